@@ -1,0 +1,307 @@
+"""The wav2vec 2.0 pretraining model's configuration, in transformers' vocabulary.
+
+`Wav2Vec2Config` uses the field names of transformers' `Wav2Vec2Config` (so a checkpoint's
+`config.json` reads and writes directly) plus two fairseq options transformers lacks:
+`feature_penalty_weight` (fairseq's `loss_weights[1]`, the weight of mean(z^2)) and
+`feature_grad_mult` (the scale of the gradient that reaches the conv feature encoder).
+
+Presets (fairseq's pretraining recipes, see `shared/REFERENCE.md`):
+
+    Wav2Vec2Config.preset("tiny")    # tests: 32-channel convs, 2 x 32-dim layers, CPU seconds
+    Wav2Vec2Config.preset("small")   # 4 x 256-dim layers on the BASE conv stack
+    Wav2Vec2Config.preset("base")    # BASE, 95.0M parameters
+    Wav2Vec2Config.preset("large")   # LARGE (LV-60), 317.4M parameters
+    Wav2Vec2Config.preset("base", num_negatives=50)   # any field can be overridden
+
+Every value is checked at construction: a bad one raises a ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+# The activations the context network and the feature encoder know (transformers' ACT2FN names).
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2Vec2Config:
+    """Hyper-parameters of `Wav2Vec2ForPreTraining`; defaults are fairseq's BASE pretraining recipe.
+
+    Attributes (transformers' names and meanings):
+      conv_dim, conv_kernel, conv_stride: channels, kernel sizes and strides of the conv layers.
+      conv_bias: whether the conv layers have biases (LARGE: True).
+      feat_extract_norm: "group" (one GroupNorm over time after conv 0, BASE) or "layer"
+        (LayerNorm over channels after every conv, LARGE).
+      feat_extract_activation: activation of the conv layers and of the positional conv.
+      hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act:
+        the Transformer.
+      hidden_dropout: dropout after attention / feed-forward blocks and on the encoder input.
+      activation_dropout: dropout after the feed-forward activation.
+      attention_dropout: dropout on the attention probabilities.
+      feat_proj_dropout: dropout after the feature projection (fairseq's dropout_input).
+      feat_quantizer_dropout: dropout on the features fed to the quantizer (dropout_features).
+      final_dropout: kept for config.json round trips (used by CTC heads, not here).
+      layerdrop: probability of skipping each Transformer layer in training.
+      layer_norm_eps: epsilon of the feature projection's and the Transformer's LayerNorms.
+      do_stable_layer_norm: pre-LN Transformer with a final LayerNorm (LARGE) instead of post-LN.
+      num_conv_pos_embeddings, num_conv_pos_embedding_groups: kernel size and groups of the
+        weight-normed positional convolution.
+      mask_time_prob, mask_time_length, mask_time_min_masks: span masking (pretraining: 0.65, 10, 2).
+      num_codevector_groups, num_codevectors_per_group: G and V of the quantizer.
+      codevector_dim: channels of the concatenated codewords; proj_codevector_dim: final dim of
+        the contrastive space (project_hid and project_q).
+      contrastive_logits_temperature: kappa; num_negatives: K distractors per masked frame.
+      diversity_loss_weight: alpha of the diversity loss.
+      feature_penalty_weight: weight of fairseq's feature penalty mean(z^2) (0 in transformers).
+      feature_grad_mult: gradient scale into the feature encoder (1 in transformers, 0.1 BASE).
+    """
+
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    feat_extract_activation: str = "gelu"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    attention_dropout: float = 0.1
+    feat_proj_dropout: float = 0.1
+    feat_quantizer_dropout: float = 0.1
+    final_dropout: float = 0.0
+    layerdrop: float = 0.05
+    layer_norm_eps: float = 1e-5
+    do_stable_layer_norm: bool = False
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    mask_time_prob: float = 0.65
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 320
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    contrastive_logits_temperature: float = 0.1
+    num_negatives: int = 100
+    diversity_loss_weight: float = 0.1
+    feature_penalty_weight: float = 10.0
+    feature_grad_mult: float = 0.1
+
+    # Overrides of the defaults above (BASE) per preset.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "tiny": dict(
+            conv_dim=(32,) * 7,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_conv_pos_embeddings=8,
+            num_conv_pos_embedding_groups=4,
+            mask_time_length=4,
+            num_codevectors_per_group=8,
+            codevector_dim=16,
+            proj_codevector_dim=16,
+            num_negatives=4,
+        ),
+        "small": dict(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=1024,
+        ),
+        "base": {},
+        # fairseq's wav2vec2_large_librivox.yaml: no dropouts but LayerDrop 0, layer-norm convs
+        # with biases, pre-LN, 768-dim codewords, no feature penalty, full encoder gradient.
+        "large": dict(
+            conv_bias=True,
+            feat_extract_norm="layer",
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            feat_proj_dropout=0.0,
+            feat_quantizer_dropout=0.0,
+            layerdrop=0.0,
+            do_stable_layer_norm=True,
+            codevector_dim=768,
+            proj_codevector_dim=768,
+            feature_penalty_weight=0.0,
+            feature_grad_mult=1.0,
+        ),
+    }
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the config is hashable (a static jit argument) only with tuples.
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not hasattr(value, "__len__"):
+                raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(name: str, requirement: str) -> None:
+            raise ValueError(f"Wav2Vec2Config.{name} {requirement}, got {getattr(self, name)!r}")
+
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            values = getattr(self, name)
+            if not values or any(not _is_int(v) or v < 1 for v in values):
+                fail(name, "must be a non-empty sequence of positive ints")
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(
+                "Wav2Vec2Config.conv_dim, conv_kernel and conv_stride must have the same length, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)} and {len(self.conv_stride)}"
+            )
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "num_conv_pos_embeddings",
+            "num_conv_pos_embedding_groups",
+            "mask_time_length",
+            "num_codevector_groups",
+            "codevector_dim",
+            "proj_codevector_dim",
+            "num_negatives",
+        ):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "must be a positive int")
+        if not _is_int(self.num_codevectors_per_group) or self.num_codevectors_per_group < 2:
+            fail("num_codevectors_per_group", "must be an int >= 2")
+        if not _is_int(self.mask_time_min_masks) or self.mask_time_min_masks < 0:
+            fail("mask_time_min_masks", "must be an int >= 0")
+        for name in ("conv_bias", "do_stable_layer_norm"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be a bool")
+        if self.feat_extract_norm not in ("group", "layer"):
+            fail("feat_extract_norm", "must be 'group' or 'layer'")
+        for name in ("feat_extract_activation", "hidden_act"):
+            if getattr(self, name) not in ACTIVATIONS:
+                fail(name, f"must be one of {ACTIVATIONS}")
+        if self.hidden_size % self.num_attention_heads:
+            fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            fail("num_conv_pos_embedding_groups", f"must divide hidden_size={self.hidden_size}")
+        if self.codevector_dim % self.num_codevector_groups:
+            fail("codevector_dim", f"must be divisible by num_codevector_groups={self.num_codevector_groups}")
+        for name in (
+            "hidden_dropout",
+            "activation_dropout",
+            "attention_dropout",
+            "feat_proj_dropout",
+            "feat_quantizer_dropout",
+            "final_dropout",
+        ):
+            if not _is_real(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
+                fail(name, "must be a probability in [0, 1)")
+        for name in ("layerdrop", "mask_time_prob"):
+            if not _is_real(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
+                fail(name, "must be a probability in [0, 1]")
+        for name in ("layer_norm_eps", "contrastive_logits_temperature"):
+            if not _is_real(getattr(self, name)) or not getattr(self, name) > 0.0:
+                fail(name, "must be a positive number")
+        for name in ("diversity_loss_weight", "feature_penalty_weight", "feature_grad_mult"):
+            if not _is_real(getattr(self, name)) or not getattr(self, name) >= 0.0:
+                fail(name, "must be a non-negative number")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Wav2Vec2Config:
+        """One of "tiny", "small", "base", "large", with any field overridden."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown Wav2Vec2Config fields: {sorted(unknown)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> Wav2Vec2Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_feat_extract_layers(self) -> int:
+        return len(self.conv_dim)
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Samples per frame (320 with the standard conv stack)."""
+        return math.prod(self.conv_stride)
+
+    @classmethod
+    def from_hf_dict(cls, config: Mapping[str, Any]) -> Wav2Vec2Config:
+        """Builds a config from a transformers `config.json` dict.
+
+        Fields this model doesn't use (CTC and classification heads, fine-tuning's feature-axis
+        masking) are ignored. A checkpoint without the fairseq-only fields gets the values that
+        make it compute what transformers computes: no feature penalty, full encoder gradient.
+        Raises a ValueError for options that change the architecture and are not implemented.
+        """
+        model_type = config.get("model_type", "wav2vec2")
+        if model_type != "wav2vec2":
+            raise ValueError(f"config.json's model_type is {model_type!r}, expected 'wav2vec2'")
+        if config.get("add_adapter") or config.get("adapter_attn_dim") is not None:
+            raise ValueError("wav2vec2 adapters (add_adapter / adapter_attn_dim) are not supported")
+        if config.get("apply_spec_augment") is False:
+            raise ValueError("apply_spec_augment=False is not supported: pretraining masks time steps")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in config.items() if k in names}
+        values.setdefault("feature_penalty_weight", 0.0)
+        values.setdefault("feature_grad_mult", 1.0)
+        # transformers' own defaults for the fields a (minimal) config.json may leave out.
+        for name, default in _HF_DEFAULTS.items():
+            values.setdefault(name, default)
+        return cls(**values)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A transformers `config.json` dict (`Wav2Vec2ForPreTraining`), fairseq fields included."""
+        out: dict[str, Any] = {"architectures": ["Wav2Vec2ForPreTraining"], "model_type": "wav2vec2"}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out["num_feat_extract_layers"] = self.num_feat_extract_layers
+        return out
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> Wav2Vec2Config:
+        """Reads a transformers `config.json`."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_hf_dict(json.load(f))
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Writes a transformers `config.json`."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+# transformers' Wav2Vec2Config defaults where they differ from ours (BASE pretraining), so a
+# config.json that omits a field means what it means to transformers.
+_HF_DEFAULTS: dict[str, Any] = {
+    "activation_dropout": 0.1,
+    "feat_proj_dropout": 0.0,
+    "feat_quantizer_dropout": 0.0,
+    "final_dropout": 0.1,
+    "layerdrop": 0.1,
+    "mask_time_prob": 0.05,
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,345 @@
+"""The context network: a Transformer over the (masked) latent frames (wav2vec 2.0, section 2).
+
+Relative positions come from a convolution rather than position embeddings: a grouped conv with a
+wide kernel (128 samples, 16 groups for BASE/LARGE) whose weight is weight-normalised over every
+axis but the kernel one (fairseq's `weight_norm(dim=2)`, one gain per kernel tap), "same" padding
+with the last frame dropped for even kernels, then GELU; its output is added to the input.
+
+Two layouts, as transformers' `Wav2Vec2Encoder` / `Wav2Vec2EncoderStableLayerNorm`:
+- post-LN (BASE): LayerNorm after adding the positional conv, and after each residual block;
+- pre-LN (LARGE, `do_stable_layer_norm`): LayerNorm at the start of each block, one at the end.
+Training applies dropout and LayerDrop (Fan et al., 2019: each layer skipped with probability
+`layerdrop`, one draw per layer for the whole batch).
+
+Modules are used functionally: no RNG state; `dropout` and LayerDrop take explicit keys, split
+into named sub-keys with `named_key`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from w2v_jax.config import Wav2Vec2Config
+
+# transformers' ACT2FN entries for the names `Wav2Vec2Config` accepts ("gelu" is the exact erf GELU).
+ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def named_key(key: jax.Array, name: str) -> jax.Array:
+    """A sub-key that depends only on `key` and `name` (e.g. "mask", "negatives", "dropout").
+
+    Folding a stable hash of the name in, rather than splitting in a fixed order, keeps each use's
+    randomness unchanged when other uses are added or removed.
+    """
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, deterministic: bool) -> jax.Array:
+    """Inverted dropout with an explicit key: zeroes with probability `rate`, scales the rest up.
+
+    Identity when `deterministic` or `rate == 0` (then `key` may be None).
+    """
+    if deterministic or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError(f"dropout with rate {rate} in training mode (deterministic=False) needs a key")
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+# transformers' initializer_range (and fairseq's init_bert_params): N(0, 0.02) Transformer weights.
+INITIALIZER_RANGE = 0.02
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    *,
+    stddev: float | None = None,
+    dtype: jnp.dtype | None = None,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """An `nnx.Linear` with float32 parameters, initialised as the reference initialises it.
+
+    Args:
+      stddev: N(0, stddev) weights and zero bias (the Transformer's linears); None for
+        `torch.nn.Linear`'s default, weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the
+        feature projection, project_hid and project_q).
+    """
+    if stddev is None:
+        bound = 1.0 / math.sqrt(in_features)
+
+        def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        kernel_init = bias_init = init
+    else:
+        kernel_init, bias_init = nnx.initializers.normal(stddev), nnx.initializers.zeros
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+class PositionalConvEmbedding(nnx.Module):
+    """Weight-normed grouped conv over time, "same" length, GELU: `[batch, time, dim]` -> same.
+
+    Parameters (transformers' names): `weight_v` `[kernel, dim // groups, dim]` (the direction),
+    `weight_g` `[kernel]` (one gain per tap: the norm is over every axis but the kernel one), `bias`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        groups: int,
+        *,
+        activation: str = "gelu",
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if dim % groups:
+            raise ValueError(f"groups={groups} must divide dim={dim}")
+        self.kernel_size = kernel_size
+        self.groups = groups
+        self.activation = activation
+        self.dtype = dtype
+        # The reference's initialisation: N(0, 2 / sqrt(kernel * dim)) weights, zero bias, and the
+        # gains set to the initial norms (the effective weight starts equal to weight_v).
+        std = 2.0 * math.sqrt(1.0 / (kernel_size * dim))
+        weight_v = std * jax.random.normal(rngs.params(), (kernel_size, dim // groups, dim), jnp.float32)
+        self.weight_v = nnx.Param(weight_v)
+        self.weight_g = nnx.Param(jnp.sqrt(jnp.sum(weight_v**2, axis=(1, 2))))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def weight(self) -> jax.Array:
+        """The effective kernel `g * v / |v|`, norms taken per kernel tap, `[kernel, dim // groups, dim]`."""
+        v = self.weight_v[...]
+        norms = jnp.sqrt(jnp.sum(v**2, axis=(1, 2), keepdims=True))
+        return v * (self.weight_g[...][:, None, None] / norms)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[batch, time, dim]` -> `[batch, time, dim]` positional embeddings."""
+        dtype = self.dtype or x.dtype
+        pad = self.kernel_size // 2
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype),
+            self.weight().astype(dtype),
+            window_strides=(1,),
+            padding=[(pad, pad)],
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=self.groups,
+        )
+        if self.kernel_size % 2 == 0:
+            y = y[:, :-1]  # an even kernel with symmetric padding yields one frame too many
+        y = y + self.bias[...].astype(dtype)
+        return ACTIVATION_FNS[self.activation](y)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with a key padding mask (transformers' `Wav2Vec2Attention`)."""
+
+    def __init__(
+        self, dim: int, num_heads: int, *, dropout_rate: float = 0.0, dtype: jnp.dtype | None = None, rngs: nnx.Rngs
+    ):
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout_rate = dropout_rate
+        self.q_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
+        self.k_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
+        self.v_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
+        self.out_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        """`[batch, time, dim]` -> `[batch, time, dim]`.
+
+        Args:
+          x: `[batch, time, dim]`.
+          padding_mask: optional `[batch, time]` bool, True on real frames: padded frames are never
+            attended to (padded queries still attend to the real frames, as in the reference).
+          deterministic: no attention dropout when True.
+          key: dropout key (training only).
+        """
+        batch, time, _ = x.shape
+        heads = (batch, time, self.num_heads, self.head_dim)
+        q = self.q_proj(x).reshape(heads)
+        k = self.k_proj(x).reshape(heads)
+        v = self.v_proj(x).reshape(heads)
+        mask = None if padding_mask is None else padding_mask[:, None, None, :]  # [batch, 1, query, key]
+        scale = self.head_dim**-0.5
+        if deterministic or self.dropout_rate == 0.0:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+        else:
+            # The fused kernel has no dropout on the probabilities: spell attention out.
+            logits = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale
+            if mask is not None:
+                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = dropout(jax.nn.softmax(logits, axis=-1), self.dropout_rate, key, deterministic)
+            out = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v.dtype), v)
+        return self.out_proj(out.reshape(batch, time, -1))
+
+
+class FeedForward(nnx.Module):
+    """dim -> intermediate -> activation -> dropout -> dim -> dropout."""
+
+    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+        self.activation = config.hidden_act
+        self.activation_dropout = config.activation_dropout
+        self.hidden_dropout = config.hidden_dropout
+        self.intermediate_dense = linear(
+            config.hidden_size, config.intermediate_size, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs
+        )
+        self.output_dense = linear(
+            config.intermediate_size, config.hidden_size, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array, *, deterministic: bool = True, key: jax.Array | None = None) -> jax.Array:
+        """`[batch, time, dim]` -> `[batch, time, dim]`."""
+        keys = (None, None) if key is None else (named_key(key, "activation"), named_key(key, "output"))
+        h = ACTIVATION_FNS[self.activation](self.intermediate_dense(x))
+        h = dropout(h, self.activation_dropout, keys[0], deterministic)
+        return dropout(self.output_dense(h), self.hidden_dropout, keys[1], deterministic)
+
+
+def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """torch.nn.LayerNorm's statistics (two-pass variance) with float32 parameters."""
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+    """One Transformer block, post-LN (BASE) or pre-LN (`stable_layer_norm`, LARGE)."""
+
+    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+        self.stable_layer_norm = config.do_stable_layer_norm
+        self.hidden_dropout = config.hidden_dropout
+        self.attention = SelfAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            dropout_rate=config.attention_dropout,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
+        self.feed_forward = FeedForward(config, dtype=dtype, rngs=rngs)
+        self.final_layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        """`[batch, time, dim]` -> `[batch, time, dim]`; `padding_mask` as `SelfAttention`."""
+        keys = [None] * 3 if key is None else [named_key(key, n) for n in ("attention", "residual", "feed_forward")]
+        attention_input = self.layer_norm(x) if self.stable_layer_norm else x
+        h = self.attention(attention_input, padding_mask, deterministic=deterministic, key=keys[0])
+        x = x + dropout(h, self.hidden_dropout, keys[1], deterministic)
+        if self.stable_layer_norm:
+            return x + self.feed_forward(self.final_layer_norm(x), deterministic=deterministic, key=keys[2])
+        x = self.layer_norm(x)
+        x = x + self.feed_forward(x, deterministic=deterministic, key=keys[2])
+        return self.final_layer_norm(x)
+
+
+class ContextNetwork(nnx.Module):
+    """Positional conv + Transformer (transformers' `Wav2Vec2Encoder[StableLayerNorm]`).
+
+    Parameter names follow transformers (`pos_conv_embed`, `layer_norm`, `layers[i].attention.q_proj`,
+    ...) so checkpoint conversion is a renaming plus transposes.
+    """
+
+    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+        self.stable_layer_norm = config.do_stable_layer_norm
+        self.hidden_dropout = config.hidden_dropout
+        self.layerdrop = config.layerdrop
+        self.pos_conv_embed = PositionalConvEmbedding(
+            config.hidden_size,
+            config.num_conv_pos_embeddings,
+            config.num_conv_pos_embedding_groups,
+            activation=config.feat_extract_activation,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
+        self.layers = nnx.List([EncoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+
+    def __call__(
+        self,
+        x: jax.Array,
+        padding_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        """Contextualises frames.
+
+        Args:
+          x: `[batch, time, dim]` projected (and masked) features.
+          padding_mask: optional `[batch, time]` bool, True on real frames. Padded frames are zeroed
+            before the positional conv and never attended to.
+          deterministic: False for training (dropout, LayerDrop).
+          key: PRNG key, required in training when a dropout or LayerDrop rate is non-zero.
+
+        Returns:
+          `[batch, time, dim]` context vectors.
+        """
+        if x.ndim != 3:
+            raise ValueError(f"x must be [batch, time, dim], got shape {tuple(x.shape)}")
+        if padding_mask is not None:
+            if tuple(padding_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(
+                    f"padding_mask must be [batch, time] = {tuple(x.shape[:2])}, got {tuple(padding_mask.shape)}"
+                )
+            x = jnp.where(padding_mask[:, :, None], x, jnp.zeros((), x.dtype))
+        x = x + self.pos_conv_embed(x).astype(x.dtype)
+        if not self.stable_layer_norm:
+            x = self.layer_norm(x)
+        x = dropout(x, self.hidden_dropout, None if key is None else named_key(key, "input"), deterministic)
+        for index, layer in enumerate(self.layers):
+            layer_key = None if key is None else jax.random.fold_in(named_key(key, "layers"), index)
+            if deterministic or self.layerdrop == 0.0:
+                x = layer(x, padding_mask, deterministic=deterministic, key=layer_key)
+                continue
+            if layer_key is None:
+                raise ValueError("LayerDrop in training mode (deterministic=False) needs a key")
+            skip = jax.random.uniform(named_key(layer_key, "layerdrop")) < self.layerdrop
+            # cond, not where: a skipped layer costs nothing at run time.
+            x = jax.lax.cond(
+                skip,
+                lambda h: h,
+                lambda h, layer=layer, layer_key=layer_key: layer(
+                    h, padding_mask, deterministic=False, key=layer_key
+                ),
+                x,
+            )
+        if self.stable_layer_norm:
+            x = self.layer_norm(x)
+        return x

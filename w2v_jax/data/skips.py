@@ -1,0 +1,146 @@
+"""Bad-input accounting: every unusable file is skipped, logged once with its path and reason, and counted.
+
+A run never dies on one bad file (unless ``strict``), and never loses files silently: per-reason
+counts go into the run's metrics (``skip_counts``) and a ``summary`` is printed at the end. Counts are
+per distinct manifest entry (a file that is bad in every epoch counts once), kept in a compact per-file
+status array so they survive checkpoint/restore.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+logger = logging.getLogger("w2v_jax.data")
+
+MISSING = "missing"
+UNREADABLE = "unreadable"  # undecodable: random bytes, truncated or corrupt streams, unknown formats
+EMPTY = "empty"
+NON_FINITE = "non_finite"  # NaN or Inf samples
+SHORTER_THAN_RECEPTIVE_FIELD = "shorter_than_receptive_field"  # < 400 samples at 16 kHz
+LENGTH_MISMATCH = "length_mismatch"  # decoded length differs from the manifest's
+SHORTER_THAN_MIN_SAMPLE_SIZE = "shorter_than_min_sample_size"  # the configured length filter
+
+# Order fixes the status codes stored in checkpoints: append only.
+SKIP_REASONS = (
+    MISSING, UNREADABLE, EMPTY, NON_FINITE, SHORTER_THAN_RECEPTIVE_FIELD, LENGTH_MISMATCH,
+    SHORTER_THAN_MIN_SAMPLE_SIZE,
+)
+# Dropping utterances below min_sample_size is a choice of the run, not broken data: it is logged and
+# counted, but neither ``strict`` nor ``max_skip_fraction`` treats it as an error.
+FILTER_REASONS = frozenset({SHORTER_THAN_MIN_SAMPLE_SIZE})
+RESAMPLED = "resampled"
+DOWNMIXED = "downmixed"
+CONVERSIONS = (RESAMPLED, DOWNMIXED)
+
+_SEEN = 1
+_RESAMPLED = 2
+_DOWNMIXED = 4
+_REASON_SHIFT = 3  # reason code (1-based index into SKIP_REASONS) in bits 3..5
+# The skip fraction is measured against at least this many files, so the first bad file of a run
+# cannot trip it (a manifest smaller than this is measured against its full size).
+_MIN_FILES_FOR_FRACTION = 100
+
+
+class TooManySkippedFiles(RuntimeError):
+    """More than ``max_skip_fraction`` of the files seen so far were unusable."""
+
+
+class BadInputError(ValueError):
+    """Raised in strict mode for the first unusable file."""
+
+
+def _reason_code(reason: str) -> int:
+    return SKIP_REASONS.index(reason) + 1
+
+
+class SkipTracker:
+    """Per-file status (seen / converted / skip reason) for the entries of one manifest.
+
+    describe: index -> path string for log messages. strict: the first bad (non-filter) file
+    raises BadInputError. max_skip_fraction: more bad files than this fraction of those seen
+    raises TooManySkippedFiles.
+    """
+
+    def __init__(self, num_files: int, describe: Callable[[int], str], *, strict: bool,
+                 max_skip_fraction: float):
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+        self._status = np.zeros(num_files, np.uint8)
+        self._describe = describe
+        self._strict = strict
+        self._max_skip_fraction = max_skip_fraction
+
+    def record(self, index: int, *, reason: str | None = None, detail: str = "",
+               resampled: bool = False, downmixed: bool = False) -> None:
+        """Records the outcome of reading file ``index``; logs and checks limits on first sight."""
+        old = int(self._status[index])
+        new = old | _SEEN | (_RESAMPLED if resampled else 0) | (_DOWNMIXED if downmixed else 0)
+        if reason is not None:
+            new = (new & ((1 << _REASON_SHIFT) - 1)) | (_reason_code(reason) << _REASON_SHIFT)
+        self._status[index] = new
+        if new == old:
+            return  # already known: a bad file re-read in a later epoch is not counted or logged again
+        path = self._describe(index)
+        if reason is None:
+            if (new & ~old) & (_RESAMPLED | _DOWNMIXED):
+                logger.info("converted %s: %s", path, detail)
+            return
+        logger.warning("skipping %s: %s (%s)", path, reason, detail)
+        if reason in FILTER_REASONS:
+            return
+        if self._strict:
+            raise BadInputError(f"strict mode: {path}: {reason} ({detail})")
+        self.check_fraction()
+
+    def check_fraction(self) -> None:
+        """Raises TooManySkippedFiles when bad files exceed max_skip_fraction of the files seen."""
+        counts = self.skip_counts()
+        bad = sum(n for reason, n in counts.items() if reason not in FILTER_REASONS)
+        seen = int(np.count_nonzero(self._status & _SEEN))
+        denominator = max(seen, min(len(self._status), _MIN_FILES_FOR_FRACTION))
+        if bad > self._max_skip_fraction * denominator:
+            details = ", ".join(f"{r}: {n}" for r, n in counts.items() if n and r not in FILTER_REASONS)
+            raise TooManySkippedFiles(
+                f"{bad} of {seen} files read so far are unusable ({details}), more than "
+                f"max_skip_fraction={self._max_skip_fraction}; check the data (the log names every file) "
+                "or raise max_skip_fraction"
+            )
+
+    def skip_counts(self) -> dict[str, int]:
+        """Distinct skipped files per reason, every reason present (stable metric keys)."""
+        codes = np.bincount(self._status >> _REASON_SHIFT, minlength=len(SKIP_REASONS) + 1)
+        return {reason: int(codes[i + 1]) for i, reason in enumerate(SKIP_REASONS)}
+
+    def conversion_counts(self) -> dict[str, int]:
+        """Distinct files that were resampled to 16 kHz / averaged to mono."""
+        return {
+            RESAMPLED: int(np.count_nonzero(self._status & _RESAMPLED)),
+            DOWNMIXED: int(np.count_nonzero(self._status & _DOWNMIXED)),
+        }
+
+    def summary(self) -> str:
+        """One line for the end of a run: files seen, skipped per reason, converted."""
+        seen = int(np.count_nonzero(self._status & _SEEN))
+        skipped = {r: n for r, n in self.skip_counts().items() if n}
+        converted = {r: n for r, n in self.conversion_counts().items() if n}
+        skipped_text = ", ".join(f"{r}: {n}" for r, n in skipped.items()) or "none"
+        converted_text = ", ".join(f"{r}: {n}" for r, n in converted.items()) or "none"
+        return (f"input files: {seen} of {len(self._status)} seen; skipped {sum(skipped.values())} "
+                f"({skipped_text}); converted ({converted_text})")
+
+    def state(self) -> str:
+        """JSON-friendly encoding of the per-file status (zlib + base64; tiny for clean corpora)."""
+        return base64.b64encode(zlib.compress(self._status.tobytes(), 9)).decode("ascii")
+
+    def set_state(self, encoded: str) -> None:
+        status = np.frombuffer(zlib.decompress(base64.b64decode(encoded)), np.uint8)
+        if status.shape != self._status.shape:
+            raise ValueError(
+                f"skip state covers {status.shape[0]} files, the manifest has {self._status.shape[0]}"
+            )
+        self._status = status.copy()

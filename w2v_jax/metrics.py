@@ -1,0 +1,136 @@
+"""Training-run outputs: `metrics.jsonl`, TensorBoard events beside it, the loss-curve PNG.
+
+`metrics.jsonl` is the record other tools read: one JSON object per logged step, appended and
+flushed as it is written, so a killed run leaves every line it logged. When a run resumes from
+a checkpoint, the lines past the checkpoint's step are dropped first (`truncate_after`), so the
+file of a resumed run reads as one uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def _jsonable(value: Any) -> Any:
+    """Python scalars for JSON; non-finite floats become null (JSON has no NaN)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` file (a torn last line, from a kill mid-write, is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> None:
+    """Drops the records of `path` with `step` greater than `step` (the resumed-from checkpoint)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)  # atomic: a kill here leaves the old or the new file, never a mix
+
+
+class MetricWriter:
+    """Appends metrics to `workdir/metrics.jsonl` and TensorBoard events in `workdir`.
+
+    Only the primary process writes (`enabled=False` elsewhere), so a multi-host run has one
+    record. TensorBoard is written with tensorboardX (no TensorFlow dependency).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+        self.path = pathlib.Path(workdir) / METRICS_FILE
+        self.enabled = enabled
+        self._file = None
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # heavy import, only where used
+
+            self._file = open(self.path, "a", encoding="utf-8")
+            self._tb = SummaryWriter(str(workdir))
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends one record `{"step": step, **metrics}` and the scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in record.items():
+            if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._tb.add_scalar(name, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def mean_metrics(window: Sequence[Mapping[str, float]], summed: Iterable[str] = ()) -> dict[str, float]:
+    """Averages a window of per-step metrics; skipped (non-finite) steps are left out of averages.
+
+    Args:
+      window: per-step host metrics, each with a "skipped_nonfinite" entry (0 or 1).
+      summed: names added up over the window instead of averaged (counts).
+
+    Returns:
+      one dict: the mean of each metric over the finite steps (NaN if there were none), the sum of
+      each `summed` name.
+    """
+    summed = set(summed)
+    good = [m for m in window if not m["skipped_nonfinite"]]
+    out: dict[str, float] = {}
+    for name in window[0]:
+        if name in summed:
+            out[name] = sum(m[name] for m in window)
+        else:
+            out[name] = sum(m[name] for m in good) / len(good) if good else float("nan")
+    return out
+
+
+def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("loss", "loss per masked frame"),
+        ("accuracy", "contrastive accuracy"),
+        ("code_perplexity", "code perplexity"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
+    for ax, (name, title) in zip(axes, panels):
+        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="." if len(points) < 50 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

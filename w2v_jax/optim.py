@@ -1,0 +1,107 @@
+"""Optimizer and schedules for wav2vec 2.0 pretraining.
+
+fairseq's pretraining recipe (`examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml`):
+Adam(0.9, 0.98), eps 1e-6, decoupled weight decay 0.01, gradient clipping, and a
+`polynomial_decay` schedule (linear warmup from 0 to the peak, then decay with power 1 to 0 at the
+last update). Here that is `optax.adamw` behind `optax.clip_by_global_norm`, wrapped in
+`optax.inject_hyperparams` so the train step sets the learning rate from its own step counter:
+the schedule is a function of the step inside the step, and a skipped (non-finite) update doesn't
+shift it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+import optax
+
+ScheduleKind = Literal["polynomial", "linear", "cosine", "constant"]
+
+
+def learning_rate_schedule(
+    peak_value: float,
+    total_steps: int,
+    warmup_steps: int,
+    kind: ScheduleKind = "polynomial",
+    end_value: float = 0.0,
+    power: float = 1.0,
+) -> optax.Schedule:
+    """Linear warmup from 0 to `peak_value`, then decay to `end_value` at `total_steps`.
+
+    Args:
+      peak_value: the learning rate at the end of the warmup.
+      total_steps: number of updates of the run; the decay ends there.
+      warmup_steps: number of warmup updates (fairseq's `warmup_updates`).
+      kind: "polynomial" (fairseq's `polynomial_decay`, `(1 - t)**power`), "linear" (power 1),
+        "cosine" or "constant" (warmup then flat).
+      end_value: the learning rate reached at `total_steps`.
+      power: exponent of the polynomial decay.
+
+    Returns:
+      an optax schedule `step -> learning rate`, jnp-friendly (usable inside jit).
+    """
+    if peak_value <= 0:
+        raise ValueError(f"peak learning rate must be positive, got {peak_value}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    if kind not in ("polynomial", "linear", "cosine", "constant"):
+        raise ValueError(f"unknown schedule kind {kind!r}: expected polynomial, linear, cosine or constant")
+    warmup = optax.linear_schedule(0.0, peak_value, warmup_steps)
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if kind == "constant":
+        decay = optax.constant_schedule(peak_value)
+    elif kind == "cosine":
+        decay = optax.cosine_decay_schedule(peak_value, decay_steps, alpha=end_value / peak_value)
+    else:
+        decay = optax.polynomial_schedule(
+            peak_value, end_value, power=1.0 if kind == "linear" else power, transition_steps=decay_steps
+        )
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def make_optimizer(
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    max_grad_norm: float | None = 10.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Global-norm clipping then AdamW, with the learning rate as an injected hyperparameter.
+
+    The returned state has `hyperparams["learning_rate"]`; the caller sets it every step
+    (see `set_learning_rate`). Weight decay is decoupled and applies to every parameter, as
+    fairseq's Adam does.
+
+    Args:
+      b1, b2, eps: Adam's moment decay rates and denominator epsilon (fairseq: 0.9, 0.98, 1e-6).
+      weight_decay: decoupled weight decay coefficient (multiplied by the learning rate).
+      max_grad_norm: clip the gradient's global norm to this; None or <= 0 disables clipping.
+
+    Returns:
+      an optax gradient transformation.
+    """
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise ValueError(f"Adam betas must be in [0, 1), got b1={b1}, b2={b2}")
+    if eps <= 0:
+        raise ValueError(f"Adam eps must be positive, got {eps}")
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    )
+    clip = optax.identity() if max_grad_norm is None or max_grad_norm <= 0 else optax.clip_by_global_norm(max_grad_norm)
+    # Always a two-element chain, so `set_learning_rate` knows where the AdamW state is.
+    return optax.chain(clip, adamw)
+
+
+def set_learning_rate(opt_state: tuple, learning_rate: jnp.ndarray) -> tuple:
+    """Returns `make_optimizer`'s state with AdamW's injected learning rate replaced (pure)."""
+    clip_state, adamw_state = opt_state
+    hyperparams = dict(adamw_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+    return (clip_state, adamw_state._replace(hyperparams=hyperparams))
+
+
+def get_learning_rate(opt_state: tuple) -> jnp.ndarray:
+    """The learning rate AdamW will use at its next update."""
+    return opt_state[1].hyperparams["learning_rate"]

@@ -1,0 +1,294 @@
+"""The train state and the pure, jit-compiled pretraining step.
+
+`train_step(state, batch, key) -> (state, metrics)` is one update of fairseq's recipe:
+1. the step's key is `fold_in(key, state.step)` (and `fold_in(., micro-batch index)` with gradient
+   accumulation); the model splits it into named sub-keys (masks, negatives, dropout, Gumbel),
+   so the random draws depend on the step and the global batch, not on how many devices there are;
+2. the Gumbel temperature and the learning rate are functions of `state.step`, computed inside;
+3. the batch is split into `grad_accum_steps` micro-batches scanned in sequence; the model's losses
+   are sums over masked frames, so gradients are summed and divided once by the total number of
+   masked frames (fairseq's `sample_size`): the update doesn't depend on the split;
+4. a non-finite loss or gradient leaves parameters and optimizer state untouched; the update is
+   counted as skipped (`nonfinite_total`, `nonfinite_consecutive` live in the state, so they are
+   checkpointed too).
+
+NNX is used functionally (Flax's performance guide): the model is split once into a static
+graph definition and a state pytree; the step is a plain `jax.jit` over the pytree that merges
+them back inside. `make_train_step` compiles it with explicit shardings (batch over the mesh,
+parameters as `sharding.state_shardings` says) and donates the old state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from w2v_jax import optim, sharding
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.quantization import gumbel_temperature
+
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an update changes; a pytree (checkpointed as is).
+
+    Attributes:
+      step: number of updates done so far (skipped ones included: each consumed a batch).
+      params: the model's `nnx.Param`s (float32 master weights).
+      model_state: the model's other variables (none today; kept so `nnx.merge` is complete).
+      opt_state: optax state of `optim.make_optimizer`.
+      nonfinite_total: updates skipped because the loss or a gradient wasn't finite.
+      nonfinite_consecutive: skipped updates since the last applied one.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State
+    opt_state: optax.OptState
+    nonfinite_total: jax.Array
+    nonfinite_consecutive: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHyperparams:
+    """The static (hashable) settings of `train_step`.
+
+    Attributes:
+      learning_rate: the schedule, a function of the step.
+      gumbel_start, gumbel_end, gumbel_decay: the Gumbel temperature schedule (`gumbel_temperature`).
+      grad_accum_steps: micro-batches per update.
+    """
+
+    learning_rate: Callable[[jax.Array], jax.Array]
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995
+    grad_accum_steps: int = 1
+
+
+def create_model(
+    config: Wav2Vec2Config, seed: int, dtype: jnp.dtype | None = None, remat: bool = False
+) -> Wav2Vec2ForPreTraining:
+    """The pretraining model with float32 parameters (`dtype` is the computation dtype)."""
+    kwargs = {"remat": True} if remat else {}
+    return Wav2Vec2ForPreTraining(config, dtype=dtype, rngs=nnx.Rngs(seed), **kwargs)
+
+
+def create_train_state(
+    config: Wav2Vec2Config,
+    optimizer: optax.GradientTransformation,
+    *,
+    seed: int,
+    mesh: Mesh,
+    param_sharding: sharding.ParamSharding = "replicated",
+    dtype: jnp.dtype | None = None,
+    remat: bool = False,
+) -> tuple[nnx.GraphDef, TrainState, Any]:
+    """Initialises the model and optimizer directly in their shardings (no host copy of big weights).
+
+    Returns:
+      (graphdef, state, state_shardings): the static model structure for `train_step`, the
+      initial state, and the `NamedSharding` pytree of the state.
+    """
+
+    def init() -> TrainState:
+        model = create_model(config, seed, dtype, remat)
+        _, params, model_state = nnx.split(model, nnx.Param, ...)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=model_state,
+            opt_state=optimizer.init(params),
+            nonfinite_total=jnp.zeros((), jnp.int32),
+            nonfinite_consecutive=jnp.zeros((), jnp.int32),
+        )
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, seed, dtype, remat)))
+    abstract = jax.eval_shape(init)
+    shardings = sharding.state_shardings(abstract, mesh, param_sharding)
+    state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state, shardings
+
+
+def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def train_step(
+    state: TrainState, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation, hparams: StepHyperparams,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One pretraining update (see the module docstring).
+
+    Args:
+      state: the train state.
+      batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]}.
+      key: the run's base PRNG key (typed); the step folds its counter in.
+      graphdef: the model's static structure (`create_train_state`).
+      optimizer: `optim.make_optimizer`'s transformation.
+      hparams: schedules and accumulation.
+
+    Returns:
+      (new state, metrics): float32 scalars, loss terms per masked frame.
+    """
+    step_key = jax.random.fold_in(key, state.step)
+    temperature = gumbel_temperature(state.step, hparams.gumbel_start, hparams.gumbel_end, hparams.gumbel_decay)
+    accum = hparams.grad_accum_steps
+    # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
+    # device's rows stay on it (the leading batch dimension keeps its sharding).
+    micro_batches = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
+    )
+
+    def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
+        model = nnx.merge(graphdef, params, state.model_state)
+        out = model(
+            micro["input_values"],
+            attention_mask=micro.get("attention_mask"),
+            deterministic=False,
+            gumbel_temperature=temperature,
+            key=micro_key,
+        )
+        num_masked = out.num_masked.astype(jnp.float32)
+        sums = {
+            "loss": out.loss,
+            "contrastive_loss": out.contrastive_loss,
+            "diversity_loss": out.diversity_loss,
+            "feature_penalty": out.feature_penalty,
+            # The model's accuracy is a fraction of masked frames; weight it by their number.
+            "accuracy": out.accuracy * num_masked,
+            "code_perplexity": out.codevector_perplexity,
+            "num_masked": num_masked,
+        }
+        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()}
+
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+
+    def accumulate(carry, inputs):
+        grads_sum, sums = carry
+        index, micro = inputs
+        grads, micro_sums = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
+        return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, sums, micro_sums)), None
+
+    zero_sums = {
+        k: jnp.zeros((), jnp.float32)
+        for k in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "code_perplexity", "num_masked")
+    }
+    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+    (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
+
+    num_masked = sums["num_masked"]
+    # fairseq divides the summed loss's gradient by the sample size (masked frames) once.
+    grads = jax.tree.map(lambda g: g / num_masked, grads_sum)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & (num_masked > 0)
+
+    learning_rate = hparams.learning_rate(state.step)
+    opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
+    updates, new_opt_state = optimizer.update(grads, opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=_tree_where(finite, new_params, state.params),
+        opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+        nonfinite_total=state.nonfinite_total + skipped,
+        nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
+    )
+    metrics = {
+        "loss": sums["loss"] / num_masked,
+        "contrastive_loss": sums["contrastive_loss"] / num_masked,
+        "diversity_loss": sums["diversity_loss"] / num_masked,
+        "feature_penalty": sums["feature_penalty"] / num_masked,
+        "accuracy": sums["accuracy"] / num_masked,
+        "code_perplexity": sums["code_perplexity"] / accum,
+        "num_masked": num_masked,
+        "gumbel_temperature": jnp.asarray(temperature, jnp.float32),
+        "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+        "grad_norm": grad_norm,
+        "skipped_nonfinite": skipped,
+        "nonfinite_total": new_state.nonfinite_total,
+        "nonfinite_consecutive": new_state.nonfinite_consecutive,
+    }
+    return new_state, metrics
+
+
+class TrainStep:
+    """`train_step` compiled with explicit shardings, donating the state, one compile per batch shape.
+
+    Each trace (= compile) is counted in `num_compiles` and logged with its batch shape and time;
+    batches come in a few fixed shapes, so this stays small (tests assert it).
+    """
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        optimizer: optax.GradientTransformation,
+        hparams: StepHyperparams,
+        mesh: Mesh,
+        state_shardings: Any,
+    ):
+        self.num_compiles = 0
+        self.compile_seconds = 0.0
+        self._batch_sharding = sharding.batch_sharding(mesh)
+        replicated = sharding.replicated(mesh)
+
+        def traced(state, batch, key):
+            self.num_compiles += 1  # runs at trace time only
+            logging.info(
+                "compiling the train step (#%d) for batch shapes %s",
+                self.num_compiles,
+                {k: tuple(v.shape) for k, v in batch.items()},
+            )
+            return train_step(state, batch, key, graphdef=graphdef, optimizer=optimizer, hparams=hparams)
+
+        self._jitted = jax.jit(
+            traced,
+            in_shardings=(state_shardings, self._batch_sharding, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return self._batch_sharding
+
+    def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        compiles = self.num_compiles
+        start = time.perf_counter()
+        out = self._jitted(state, batch, key)
+        if self.num_compiles != compiles:
+            # The first call of a new shape blocks for tracing and compiling; the run itself is async.
+            self.compile_seconds += time.perf_counter() - start
+            logging.info("train step compiled in %.1f s", time.perf_counter() - start)
+        return out
+
+
+def check_batch(batch: Mapping[str, np.ndarray], global_batch_size: int, grad_accum_steps: int) -> None:
+    """ValueError unless `batch` is a `[batch, samples]` float batch that splits evenly as configured."""
+    if "input_values" not in batch:
+        raise ValueError(f"batch needs an 'input_values' entry, got keys {sorted(batch)}")
+    x = batch["input_values"]
+    if x.ndim != 2:
+        raise ValueError(f"input_values must be [batch, samples], got shape {x.shape}")
+    if x.shape[0] != global_batch_size:
+        raise ValueError(f"global batch has {x.shape[0]} rows, expected train.batch_size={global_batch_size}")
+    if global_batch_size % grad_accum_steps:
+        raise ValueError(
+            f"train.batch_size={global_batch_size} isn't divisible by train.grad_accum_steps={grad_accum_steps}"
+        )
