@@ -63,9 +63,9 @@ def conv1d_from_scratch(signal: np.ndarray, kernel: np.ndarray, stride: int = 1)
     out_len = (length - k) // stride + 1
     out = np.zeros((c_out, out_len), dtype=np.result_type(signal, kernel))
     for t in range(out_len):
-        window = signal[:, t * stride : t * stride + k]  # [c_in, k]
-        for o in range(c_out):
-            out[o, t] = np.sum(window * kernel[o])
+        window = signal[:, t * stride : t * stride + k]  # [c_in, k]: what output position t sees
+        # Each output channel is the sum of its filter times the window.
+        out[:, t] = np.sum(kernel * window[None, :, :], axis=(1, 2))
     return out
 
 

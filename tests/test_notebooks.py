@@ -1,0 +1,24 @@
+"""The notebooks are executed headlessly, so they can never rot."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_executes(name, tmp_path, monkeypatch):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # The kernel inherits this process's environment: one plain CPU device, no display.
+    for var, value in {"MPLBACKEND": "Agg", "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}.items():
+        monkeypatch.setenv(var, value)
+    client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    assert not errors
+    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert images, "the notebook's plots produced no figure"
