@@ -21,6 +21,7 @@ from w2v_jax.contrastive_loss import (
     gather_negatives,
     sample_negative_indices,
     sample_negative_indices_from_scratch,
+    same_codewords,
     sample_negatives,
 )
 
@@ -191,3 +192,22 @@ def test_diversity_loss_in_unit_interval(logits):
 def test_diversity_loss_shape_error():
     with pytest.raises(ValueError, match=r"\[G, V\]"):
         diversity_loss(jnp.ones((2, 5)), 2, 4)
+
+
+def test_same_codewords_marks_distractors_with_the_positives_codewords():
+    codewords = jnp.array([[[0, 1], [0, 1], [2, 1], [0, 3]]])  # frames 0 and 1 share both codewords
+    indices = jnp.array([[[1, 2], [0, 3], [3, 1], [0, 2]]])
+    expected = [[[True, False], [True, False], [False, False], [False, False]]]
+    np.testing.assert_array_equal(same_codewords(codewords, indices), expected)
+
+
+def test_explicit_same_as_positive_overrides_vector_equality():
+    context, quantized, negatives, _ = _inputs()
+    flags = np.zeros((2, 9, 4), bool)
+    flags[1, 2, 3] = True
+    logits = contrastive_logits(context, quantized, negatives, same_as_positive=flags)
+    expected_inf = np.zeros((2, 9, 5), bool)
+    expected_inf[1, 2, 4] = True
+    np.testing.assert_array_equal(np.isneginf(logits), expected_inf)
+    with pytest.raises(ValueError, match="same_as_positive"):
+        contrastive_logits(context, quantized, negatives, same_as_positive=flags[:, :3])

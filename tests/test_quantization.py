@@ -147,3 +147,17 @@ def test_gumbel_temperature_schedule():
     steps = jnp.array([0, 1000, 100_000, 10**6])
     expected = [max(2.0 * 0.999995**int(s), 0.5) for s in steps]
     np.testing.assert_allclose(jax.jit(gumbel_temperature)(steps), expected, rtol=1e-5)
+
+
+def test_training_targets_with_equal_codewords_are_bitwise_equal():
+    # Frames that pick the same codewords must get identical targets (the -inf rule of the
+    # contrastive logits relies on it); a careless straight-through sum leaves rounding residue.
+    quantizer = GumbelVectorQuantizer(8, 1, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 50, 8))
+    q, usage = quantizer(x, temperature=2.0, key=jax.random.key(2), deterministic=False)
+    q = np.asarray(q).reshape(-1, 8)
+    chosen = np.asarray(usage.indices).reshape(-1)
+    for code in (0, 1):
+        rows = q[chosen == code]
+        assert len(rows) > 1
+        assert np.all(rows == rows[0])

@@ -198,8 +198,30 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return dot / jnp.sqrt(jnp.maximum(norms, COSINE_EPS**2))
 
 
+def same_codewords(codeword_indices: jax.Array, negative_indices: jax.Array) -> jax.Array:
+    """Which distractors chose exactly the codewords of their positive.
+
+    Deciding this from the integer codeword choices rather than from float equality of the
+    projected targets makes it independent of how XLA tiles the projection matmul, and so of the
+    batch layout and the number of devices.
+
+    Args:
+      codeword_indices: `[batch, time, G]` int, the codeword chosen in each group (`CodebookUsage.indices`).
+      negative_indices: `[batch, time, K]` frame indices of the distractors.
+
+    Returns:
+      `[batch, time, K]` bool.
+    """
+    negatives = gather_negatives(codeword_indices, negative_indices)  # [B, T, K, G]
+    return jnp.all(negatives == codeword_indices[:, :, None, :], axis=-1)
+
+
 def contrastive_logits(
-    context: jax.Array, quantized: jax.Array, negatives: jax.Array, temperature: float = 0.1
+    context: jax.Array,
+    quantized: jax.Array,
+    negatives: jax.Array,
+    temperature: float = 0.1,
+    same_as_positive: jax.Array | None = None,
 ) -> jax.Array:
     """Cosine logits of each context vector against its target (index 0) and distractors.
 
@@ -208,6 +230,8 @@ def contrastive_logits(
       quantized: `[batch, time, dim]` q_t.
       negatives: `[batch, time, K, dim]`.
       temperature: kappa.
+      same_as_positive: optional `[batch, time, K]` bool, the distractors that equal their target
+        (see `same_codewords`); by default, exact equality of the vectors.
 
     Returns:
       `[batch, time, 1 + K]` float32 logits; a distractor identical to its target gets -inf, so
@@ -221,7 +245,13 @@ def contrastive_logits(
         )
     targets = jnp.concatenate([quantized[:, :, None, :], negatives], axis=2)  # [B, T, 1 + K, D]
     logits = cosine_similarity(context[:, :, None, :], targets) / temperature
-    same_as_positive = jnp.all(negatives == quantized[:, :, None, :], axis=-1)
+    if same_as_positive is None:
+        same_as_positive = jnp.all(negatives == quantized[:, :, None, :], axis=-1)
+    elif tuple(same_as_positive.shape) != tuple(negatives.shape[:3]):
+        raise ValueError(
+            f"same_as_positive must be [batch, time, K] = {tuple(negatives.shape[:3])}, "
+            f"got {tuple(same_as_positive.shape)}"
+        )
     return logits.at[:, :, 1:].set(jnp.where(same_as_positive, -jnp.inf, logits[:, :, 1:]))
 
 

@@ -255,7 +255,9 @@ class GumbelVectorQuantizer(nnx.Module):
             indices = jnp.argmax(soft, axis=-1)
             hard = jax.nn.one_hot(indices, self.num_vars, dtype=jnp.float32)
             # Straight-through: forward the hard one-hot, backpropagate through the soft sample.
-            codeword_probs = hard + soft - jax.lax.stop_gradient(soft)
+            # The parentheses matter: soft - soft is exactly 0, (hard + soft) - soft is not, and
+            # frames with the same codewords must get bitwise-equal targets.
+            codeword_probs = hard + (soft - jax.lax.stop_gradient(soft))
             usage_probs = jax.nn.softmax(logits, axis=-1)
 
         marginal = _marginal(usage_probs, mask)
