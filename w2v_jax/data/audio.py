@@ -65,10 +65,12 @@ class DecodedAudio:
 
 
 def resampled_length(num_frames: int, sample_rate: int) -> int:
-    """Number of 16 kHz samples soxr produces from ``num_frames`` at ``sample_rate`` (round to nearest)."""
-    if sample_rate == SAMPLE_RATE:
-        return int(num_frames)
-    return int(round(num_frames * SAMPLE_RATE / sample_rate))
+    """Number of 16 kHz samples soxr produces from ``num_frames`` at ``sample_rate``.
+
+    soxr rounds the exact length num_frames * 16000 / sample_rate to nearest, halves up; integer
+    arithmetic keeps that exact for any length.
+    """
+    return int((2 * num_frames * SAMPLE_RATE + sample_rate) // (2 * sample_rate))
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int]:
@@ -98,6 +100,8 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
     path = Path(path)
     if not path.is_file():
         raise AudioError(skips.MISSING, path, "no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(skips.EMPTY, path, "the file has 0 bytes")
     data, rate = _decode(path)
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(skips.EMPTY, path, "the file holds no samples")

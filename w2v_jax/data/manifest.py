@@ -1,0 +1,182 @@
+"""fairseq-style TSV manifests and folder scanning.
+
+A manifest's first line is the root folder; each further line is ``relative/path<TAB>num_samples``.
+A relative root (e.g. ``.``) is resolved against the manifest file's folder, so a manifest shipped
+inside a package works wherever the package is installed. ``num_samples`` is the utterance's length
+in samples at 16 kHz (what the model sees); for 16 kHz files this is fairseq's frame count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from w2v_jax.data import audio, skips
+
+# Formats whose headers give exact frame counts; others (mp3, ogg...) are decoded to measure them.
+_EXACT_HEADER_EXTENSIONS = frozenset({".wav", ".flac", ".aiff", ".aif", ".au", ".caf", ".w64"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """Utterances under one root.
+
+    root: absolute folder; paths: as written in the manifest (relative to root unless allowed);
+    num_samples: int64 [num_files] lengths at 16 kHz; source: where it came from, for messages;
+    known_bad: index -> (skip reason, detail) for files a folder scan could not read.
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    num_samples: np.ndarray
+    source: str
+    known_bad: Mapping[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.paths) != len(self.num_samples):
+            raise ValueError(f"{len(self.paths)} paths but {len(self.num_samples)} lengths")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file_path(self, index: int) -> Path:
+        return self.root / self.paths[index]
+
+    def fingerprint(self) -> str:
+        """sha256 over the entries (paths and lengths, not the root: a moved corpus keeps it)."""
+        digest = hashlib.sha256()
+        for path, length in zip(self.paths, self.num_samples.tolist()):
+            digest.update(f"{path}\t{length}\n".encode())
+        return digest.hexdigest()
+
+
+def _check_inside_root(path: str, where: str) -> None:
+    """Refuses absolute paths and ``..`` components: a manifest must not reach outside its root."""
+    pure = PurePosixPath(path.replace("\\", "/"))
+    if pure.is_absolute() or os.path.isabs(path) or ".." in pure.parts:
+        raise ValueError(
+            f"{where}: path {path!r} escapes the manifest root (absolute or '..'); "
+            "pass allow_outside_root=True if this is intended"
+        )
+
+
+def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False) -> Manifest:
+    """Parses a TSV manifest; raises ValueError naming the line for malformed or escaping entries."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}: empty manifest (the first line must be the root folder)")
+    root = Path(lines[0].strip())
+    if not root.is_absolute():
+        root = path.parent / root
+    paths, lengths = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.rsplit("\t", 1)
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            raise ValueError(f"{where}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        try:
+            length = int(fields[1])
+        except ValueError:
+            raise ValueError(f"{where}: num_samples {fields[1]!r} is not an integer") from None
+        if length < 0:
+            raise ValueError(f"{where}: negative num_samples {length}")
+        if not allow_outside_root:
+            _check_inside_root(fields[0], where)
+        paths.append(fields[0])
+        lengths.append(length)
+    return Manifest(root.resolve(), tuple(paths), np.asarray(lengths, np.int64), str(path))
+
+
+def write_manifest(path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str],
+                   num_samples: Sequence[int]) -> None:
+    """Writes a TSV manifest; ``root`` is written as given (``.`` keeps the manifest relocatable)."""
+    lines = [str(root)] + [f"{p}\t{int(n)}" for p, n in zip(paths, num_samples, strict=True)]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def probe_length(path: str | os.PathLike) -> int:
+    """Length at 16 kHz of one file: from the header where exact, else by decoding it.
+
+    Raises audio.AudioError for missing, unreadable or empty files.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _EXACT_HEADER_EXTENSIONS:
+        return int(audio.read_audio(path).samples.shape[0])
+    if not path.is_file():
+        raise audio.AudioError(skips.MISSING, path, "no such file")
+    if path.stat().st_size == 0:
+        raise audio.AudioError(skips.EMPTY, path, "the file has 0 bytes")
+    try:
+        info = soundfile.info(path)
+    except Exception as error:  # noqa: BLE001 - see audio._decode: any decoder error = unusable file
+        raise audio.AudioError(skips.UNREADABLE, path, f"{type(error).__name__}: {error}") from error
+    if info.frames <= 0:
+        raise audio.AudioError(skips.EMPTY, path, "the header reports no samples")
+    return audio.resampled_length(info.frames, info.samplerate)
+
+
+def find_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Audio files under ``folder`` (recursively, sorted), as POSIX paths relative to it."""
+    folder = Path(folder)
+    found = []
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in audio.AUDIO_EXTENSIONS:
+                found.append((Path(directory) / name).relative_to(folder).as_posix())
+    return found
+
+
+def scan_folder(folder: str | os.PathLike, *, num_workers: int = 8, progress: bool = False) -> Manifest:
+    """Builds a manifest of every audio file under ``folder``, probing lengths in parallel threads.
+
+    Files that cannot be probed stay in the manifest with length 0 and their reason in
+    ``known_bad``; the caller logs and counts them (the pipeline does so like any other bad file).
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    paths = find_audio_files(folder)
+    if not paths:
+        raise ValueError(f"no audio files ({', '.join(sorted(audio.AUDIO_EXTENSIONS))}) under {folder}")
+
+    def probe(relative: str) -> int | audio.AudioError:
+        try:
+            return probe_length(folder / relative)
+        except audio.AudioError as error:
+            return error
+
+    # libsndfile and the decoders release the GIL, so threads probe files in parallel.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        results = list(tqdm(pool.map(probe, paths), total=len(paths), desc=f"scanning {folder.name}",
+                            unit="file", disable=not progress))
+    lengths = np.zeros(len(paths), np.int64)
+    known_bad = {}
+    for index, result in enumerate(results):
+        if isinstance(result, audio.AudioError):
+            known_bad[index] = (result.reason, result.detail)
+        else:
+            lengths[index] = result
+    return Manifest(folder, tuple(paths), lengths, str(folder), known_bad)
+
+
+def load_manifest(manifest_or_folder: str | os.PathLike, *, allow_outside_root: bool = False,
+                  num_workers: int = 8) -> Manifest:
+    """A TSV manifest file, or a folder to scan."""
+    source = Path(manifest_or_folder)
+    if source.is_dir():
+        return scan_folder(source, num_workers=num_workers)
+    if not source.is_file():
+        raise ValueError(f"{source}: no such manifest file or folder")
+    return read_manifest(source, allow_outside_root=allow_outside_root)

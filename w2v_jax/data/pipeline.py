@@ -1,0 +1,442 @@
+"""Training batches: length buckets, seeded per-epoch shuffling, per-process shards, grain workers.
+
+Every global batch is a pure function of (seed, global batch number): the epoch's plan (bucket
+membership shuffled, cut into batches of ``batch_size * shard_count``, batch order shuffled) comes
+from ``seed`` and the epoch number, each row's crop offset from ``seed``, the batch number and the
+row. So the iterator state is a single batch counter (plus the bad-file bookkeeping): restoring it
+replays exactly what an uninterrupted run would have produced, with any number of grain workers,
+and process ``shard_index`` always reads rows ``[shard_index * batch_size, (shard_index + 1) *
+batch_size)`` of each global batch, so processes never overlap.
+
+Shapes: lengths come from a fixed geometric set of ``num_buckets`` values between min_sample_size
+and max_sample_size. Crop mode (fairseq's default) files each utterance under the largest bucket
+length <= its length and crops every row to that length, so a batch is cropped to (at most) its
+shortest utterance. Pad mode files it under the smallest bucket length >= its (max-cropped) length
+and zero-pads, with ``attention_mask`` marking real samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import weakref
+from typing import Any
+
+import grain
+import numpy as np
+
+from w2v_jax.data import audio, skips
+from w2v_jax.data.manifest import Manifest, load_manifest
+
+logger = logging.getLogger("w2v_jax.data")
+
+STATE_FORMAT = "w2v_jax.data.TrainIterator/1"
+# RNG stream tags, so epoch shuffles and crop offsets never share a seed sequence.
+_SHUFFLE_STREAM = 0
+_CROP_STREAM = 1
+_REPLACEMENT_STREAM = 2
+# A row whose file is unusable is refilled with another utterance of the same bucket, so batches keep
+# their shape (a multi-process global batch needs every process's shard to be the same size); after
+# this many unusable draws in a row the slot is left as an all-padding row (attention_mask 0).
+MAX_REPLACEMENT_DRAWS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that decides which batches come out (and so must match on restore)."""
+
+    batch_size: int
+    seed: int
+    max_sample_size: int = 250_000
+    min_sample_size: int = 32_000
+    pad: bool = False
+    normalize: bool = True
+    num_buckets: int = 8
+    shard_index: int = 0
+    shard_count: int = 1
+    num_epochs: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"need 0 <= shard_index < shard_count, got {self.shard_index}, {self.shard_count}")
+        if self.min_sample_size < 0:
+            raise ValueError(f"min_sample_size must be >= 0, got {self.min_sample_size}")
+        if self.max_sample_size < max(self.min_sample_size, audio.RECEPTIVE_FIELD):
+            raise ValueError(
+                f"max_sample_size={self.max_sample_size} must be >= min_sample_size={self.min_sample_size} "
+                f"and >= the {audio.RECEPTIVE_FIELD}-sample receptive field"
+            )
+        if self.num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+
+
+def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int, *, pad: bool) -> np.ndarray:
+    """The fixed set of batch lengths: int64 [<= num_buckets], geometric, from the shortest usable
+    length (min_sample_size, at least the receptive field) up to max_sample_size inclusive.
+
+    A single bucket is the one length every usable utterance fits: the shortest usable length when
+    cropping, max_sample_size when padding.
+    """
+    low = max(min_sample_size, audio.RECEPTIVE_FIELD)
+    if num_buckets == 1 or low == max_sample_size:
+        return np.asarray([max_sample_size if pad else low], np.int64)
+    lengths = np.round(np.geomspace(low, max_sample_size, num_buckets)).astype(np.int64)
+    lengths[0], lengths[-1] = low, max_sample_size  # exact ends despite float rounding
+    return np.unique(lengths)
+
+
+def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool,
+                   max_sample_size: int) -> np.ndarray:
+    """Bucket index per utterance, int64 [num_files]; -1 where none fits (shorter than buckets[0]).
+
+    Crop mode: the largest bucket length <= the length (the crop target). Pad mode: the smallest
+    bucket length >= min(length, max_sample_size) (the padded shape).
+    """
+    clipped = np.minimum(num_samples, max_sample_size)
+    if pad:
+        index = np.searchsorted(buckets, clipped, side="left")
+        return np.where(clipped >= buckets[0], index, -1)
+    return np.searchsorted(buckets, clipped, side="right") - 1
+
+
+class EpochPlanner:
+    """Global batches of one epoch: [num_batches] bucket ids and [num_batches, global_batch] rows.
+
+    members_per_bucket: manifest indices of the usable utterances of each bucket. Each epoch
+    shuffles every bucket, cuts it into full global batches (the remainder waits for another
+    epoch's shuffle) and shuffles the batch order.
+    """
+
+    def __init__(self, members_per_bucket: list[np.ndarray], global_batch_size: int, seed: int):
+        self._members = members_per_bucket
+        self._global_batch_size = global_batch_size
+        self._seed = seed
+        self.batches_per_epoch = sum(len(m) // global_batch_size for m in members_per_bucket)
+        # One (epoch, plan) tuple, replaced whole: grain's reader threads may plan epochs concurrently.
+        self._cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._cache
+        if cache is not None and cache[0] == epoch:
+            return cache[1]
+        rng = np.random.default_rng([self._seed, _SHUFFLE_STREAM, epoch])
+        ids, rows = [], []
+        for bucket, members in enumerate(self._members):
+            count = len(members) // self._global_batch_size
+            shuffled = rng.permutation(members)[: count * self._global_batch_size]
+            ids.append(np.full(count, bucket, np.int64))
+            rows.append(shuffled.reshape(count, self._global_batch_size))
+        order = rng.permutation(self.batches_per_epoch)
+        plan = (np.concatenate(ids)[order], np.concatenate(rows)[order])
+        self._cache = (epoch, plan)
+        return plan
+
+    def bucket_members(self, bucket: int) -> np.ndarray:
+        return self._members[bucket]
+
+    def global_batch(self, number: int) -> tuple[int, np.ndarray]:
+        """(bucket id, manifest indices [global_batch]) of global batch ``number`` (0-based, all epochs)."""
+        ids, rows = self.epoch(number // self.batches_per_epoch)
+        position = number % self.batches_per_epoch
+        return int(ids[position]), rows[position]
+
+
+class _BatchDataset(grain.MapDataset):
+    """Element i = this process's shard of global batch ``start + i``, decoded, cropped and padded.
+
+    Elements also carry ``report``: one (manifest index, skip reason or "", detail, resampled,
+    downmixed) tuple per file read, so the main process can count and log what the workers saw.
+    """
+
+    def __init__(self, manifest: Manifest, planner: EpochPlanner, buckets: np.ndarray,
+                 config: PipelineConfig, start: int):
+        super().__init__()
+        self._manifest = manifest
+        self._planner = planner
+        self._buckets = buckets
+        self._config = config
+        self._start = start
+
+    def __len__(self) -> int:
+        if self._config.num_epochs is None:
+            return sys.maxsize
+        return self._planner.batches_per_epoch * self._config.num_epochs - self._start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._load_batch(self._start + index)
+
+    def __str__(self) -> str:
+        return f"_BatchDataset(start={self._start})"
+
+    def _read_row(self, index: int) -> tuple[np.ndarray | None, tuple[int, str, str, bool, bool]]:
+        path = self._manifest.file_path(index)
+        try:
+            decoded = audio.read_audio(path)
+        except audio.AudioError as error:
+            return None, (index, error.reason, error.detail, False, False)
+        conversions = (decoded.resampled, decoded.downmixed)
+        detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
+        expected = int(self._manifest.num_samples[index])
+        if decoded.samples.shape[0] != expected:
+            mismatch = (f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} "
+                        "at 16 kHz")
+            return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
+        return decoded.samples, (index, "", detail, *conversions)
+
+    def _load_batch(self, number: int) -> dict[str, Any]:
+        config = self._config
+        bucket, members = self._planner.global_batch(number)
+        length = int(self._buckets[bucket])
+        first_row = config.shard_index * config.batch_size
+        input_values = np.zeros((config.batch_size, length), np.float32)
+        attention_mask = np.zeros((config.batch_size, length), np.int32)
+        report = []
+        for slot, row in enumerate(range(first_row, first_row + config.batch_size)):
+            samples, outcome = self._read_row(int(members[row]))
+            report.append(outcome)
+            if samples is None:
+                # Replacements depend only on (seed, batch, row): the other rows never change.
+                draws = np.random.default_rng([config.seed, _REPLACEMENT_STREAM, number, row])
+                for _ in range(MAX_REPLACEMENT_DRAWS):
+                    samples, outcome = self._read_row(int(draws.choice(self._planner.bucket_members(bucket))))
+                    report.append(outcome)
+                    if samples is not None:
+                        break
+                else:
+                    continue  # all-padding row
+            if config.normalize:
+                samples = audio.normalize(samples)  # whole utterance, before cropping (as fairseq)
+            keep = length if not config.pad else min(samples.shape[0], config.max_sample_size)
+            rng = np.random.default_rng([config.seed, _CROP_STREAM, number, row])
+            offset = int(rng.integers(0, samples.shape[0] - keep + 1))
+            input_values[slot, :keep] = samples[offset : offset + keep]
+            attention_mask[slot, :keep] = 1
+        return {"input_values": input_values, "attention_mask": attention_mask, "report": tuple(report)}
+
+
+def _close_grain(holder: dict[str, Any]) -> None:
+    if holder["iterator"] is not None:
+        holder["iterator"].close()
+        holder["iterator"] = None
+
+
+class TrainIterator:
+    """Yields {"input_values": float32 [batch_size, S], "attention_mask": int32 [batch_size, S]}
+    forever (or for num_epochs).
+
+    S is one of ``bucket_lengths``. A row whose file turns out unusable is refilled with another
+    utterance of its bucket (see MAX_REPLACEMENT_DRAWS); the other rows are unaffected. Checkpoint
+    with get_state() (a JSON-serialisable dict) and set_state(); per-reason bad-file counts in
+    skip_counts(), conversions in conversion_counts(), a one-line summary() for the end of the run.
+    close() stops the workers (also done at garbage collection and interpreter exit).
+    """
+
+    def __init__(self, manifest: Manifest, config: PipelineConfig, *, num_workers: int,
+                 strict: bool, max_skip_fraction: float):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.manifest = manifest
+        self.config = config
+        self.num_workers = num_workers
+        self.buckets = bucket_lengths(config.min_sample_size, config.max_sample_size, config.num_buckets,
+                                      pad=config.pad)
+        self._tracker = skips.SkipTracker(
+            len(manifest), lambda i: str(manifest.file_path(i)), strict=strict,
+            max_skip_fraction=max_skip_fraction,
+        )
+        self._fingerprint = manifest.fingerprint()
+        self._planner = EpochPlanner(self._usable_members(), config.batch_size * config.shard_count, config.seed)
+        self._next_batch = 0
+        # The grain iterator lives in a holder that a finalizer closes at garbage collection or interpreter
+        # exit, whichever comes first: grain's own cleanup fails once module teardown has begun.
+        self._grain: dict[str, Any] = {"iterator": None}
+        weakref.finalize(self, _close_grain, self._grain)
+
+    def _usable_members(self) -> list[np.ndarray]:
+        """Records files known bad from the manifest alone, returns the rest grouped by bucket."""
+        config, lengths = self.config, self.manifest.num_samples
+        usable = np.ones(len(lengths), bool)
+        for index, (reason, detail) in sorted(self.manifest.known_bad.items()):
+            self._tracker.record(index, reason=reason, detail=detail)
+            usable[index] = False
+        too_short = [
+            (lengths == 0, skips.EMPTY, "the manifest length is 0"),
+            ((lengths > 0) & (lengths < audio.RECEPTIVE_FIELD), skips.SHORTER_THAN_RECEPTIVE_FIELD,
+             f"the manifest length is < {audio.RECEPTIVE_FIELD} samples"),
+            ((lengths >= audio.RECEPTIVE_FIELD) & (lengths < config.min_sample_size),
+             skips.SHORTER_THAN_MIN_SAMPLE_SIZE, f"the manifest length is < min_sample_size={config.min_sample_size}"),
+        ]
+        for selected, reason, detail in too_short:
+            for index in np.flatnonzero(selected & usable):
+                self._tracker.record(int(index), reason=reason, detail=f"{detail} ({lengths[index]})")
+            usable &= ~selected
+        bucket_of = assign_buckets(lengths, self.buckets, pad=config.pad, max_sample_size=config.max_sample_size)
+        members = [np.flatnonzero(usable & (bucket_of == b)) for b in range(len(self.buckets))]
+        global_batch = config.batch_size * config.shard_count
+        batches = sum(len(m) // global_batch for m in members)
+        if batches == 0:
+            raise ValueError(
+                f"{self.manifest.source}: no length bucket holds a full global batch of {global_batch} "
+                f"usable utterances (bucket sizes {[len(m) for m in members]} for lengths "
+                f"{self.buckets.tolist()}); lower batch_size or num_buckets"
+            )
+        unused = sum(len(m) for m in members if len(m) < global_batch)
+        if unused:
+            logger.warning("%d utterances sit in buckets with fewer than %d (one global batch) and are never "
+                           "used; lower num_buckets to use them", unused, global_batch)
+        logger.info("%s: %d usable utterances, %d batches of %d per epoch, lengths %s", self.manifest.source,
+                    int(usable.sum()), batches, global_batch, self.buckets.tolist())
+        return members
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches per epoch (the same every epoch)."""
+        return self._planner.batches_per_epoch
+
+    @property
+    def next_batch(self) -> int:
+        """Number of the next global batch (0-based, counted over all epochs)."""
+        return self._next_batch
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch (0-based)."""
+        return self._next_batch // self._planner.batches_per_epoch
+
+    def planned_files(self, batch_number: int) -> np.ndarray:
+        """Manifest indices this process's rows of global batch ``batch_number`` are planned to read
+        (before replacing unusable files): int64 [batch_size]. For tests and debugging a batch."""
+        first_row = self.config.shard_index * self.config.batch_size
+        return self._planner.global_batch(batch_number)[1][first_row : first_row + self.config.batch_size]
+
+    def _grain_iterator(self):
+        if self._grain["iterator"] is None:
+            dataset = _BatchDataset(self.manifest, self._planner, self.buckets, self.config, self._next_batch)
+            # Elements are whole batches: a short buffer is enough, and a long one costs memory.
+            dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+            if self.num_workers > 0:
+                from absl import flags
+
+                # grain reads absl flags when it starts workers; programs that don't use absl never
+                # parse them, so settle them to their defaults (a no-op under absl.app.run).
+                if not flags.FLAGS.is_parsed():
+                    flags.FLAGS.mark_as_parsed()
+                dataset = dataset.mp_prefetch(
+                    grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=2)
+                )
+            self._grain["iterator"] = iter(dataset)
+        return self._grain["iterator"]
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        element = next(self._grain_iterator())
+        self._next_batch += 1
+        for index, reason, detail, resampled, downmixed in element["report"]:
+            self._tracker.record(index, reason=reason or None, detail=detail, resampled=resampled,
+                                 downmixed=downmixed)
+        # Workers hand arrays over in shared memory; plain copies let grain free each segment now
+        # rather than whenever (or, at interpreter exit, after) the caller drops the batch.
+        return {key: np.array(element[key]) for key in ("input_values", "attention_mask")}
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable position: the next global batch, the config and manifest it belongs to,
+        and the bad-file bookkeeping (so counts continue after a restore)."""
+        return {
+            "format": STATE_FORMAT,
+            "next_batch": self._next_batch,
+            "epoch": self.epoch,
+            "manifest_fingerprint": self._fingerprint,
+            "num_files": len(self.manifest),
+            "config": dataclasses.asdict(self.config),
+            "file_status": self._tracker.state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from ``state``; refuses a state from another manifest or batch configuration."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a {STATE_FORMAT} state: format={state.get('format')!r}")
+        if state["manifest_fingerprint"] != self._fingerprint:
+            raise ValueError(
+                f"the manifest {self.manifest.source} changed since this state was saved "
+                f"({state['num_files']} files then, {len(self.manifest)} now; fingerprint "
+                f"{state['manifest_fingerprint'][:12]} then, {self._fingerprint[:12]} now): "
+                "resuming would not replay the same batches"
+            )
+        current = dataclasses.asdict(self.config)
+        changed = {k: (state["config"].get(k), v) for k, v in current.items() if state["config"].get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changed.items())
+            raise ValueError(f"the input pipeline's configuration changed since this state was saved ({details})")
+        self._tracker.set_state(state["file_status"])
+        self.close()
+        self._next_batch = int(state["next_batch"])
+
+    def skip_counts(self) -> dict[str, int]:
+        """Distinct skipped files per reason (every reason present, zeros included)."""
+        return self._tracker.skip_counts()
+
+    def conversion_counts(self) -> dict[str, int]:
+        """Distinct files resampled to 16 kHz / down-mixed to mono."""
+        return self._tracker.conversion_counts()
+
+    def summary(self) -> str:
+        """One line: files seen, skipped per reason, converted."""
+        return self._tracker.summary()
+
+    def close(self) -> None:
+        """Stops prefetching and worker processes; iteration may continue later (they restart)."""
+        _close_grain(self._grain)
+
+    def __enter__(self) -> TrainIterator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def make_train_iterator(
+    manifest: str | os.PathLike | Manifest,
+    *,
+    batch_size: int,
+    seed: int,
+    max_sample_size: int = 250_000,
+    min_sample_size: int = 32_000,
+    pad: bool = False,
+    normalize: bool = True,
+    num_workers: int = 2,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    max_skip_fraction: float = 0.05,
+    strict: bool = False,
+    num_epochs: int | None = None,
+    num_buckets: int = 8,
+    allow_outside_root: bool = False,
+) -> TrainIterator:
+    """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
+
+    batch_size: rows per process; each global batch has batch_size * shard_count rows and this
+    process reads rows [shard_index * batch_size, (shard_index + 1) * batch_size).
+    pad: False crops each batch to one bucket length <= its shortest utterance (fairseq); True
+    zero-pads to a bucket length with attention_mask. num_workers: grain worker processes (0 loads
+    in background threads of this process). max_skip_fraction / strict: see ``skips``.
+    num_epochs: None repeats forever. allow_outside_root: accept absolute or ``..`` manifest paths.
+    """
+    config = PipelineConfig(
+        batch_size=batch_size, seed=seed, max_sample_size=max_sample_size, min_sample_size=min_sample_size,
+        pad=pad, normalize=normalize, num_buckets=num_buckets, shard_index=shard_index,
+        shard_count=shard_count, num_epochs=num_epochs,
+    )
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest, allow_outside_root=allow_outside_root)
+    return TrainIterator(manifest, config, num_workers=num_workers, strict=strict,
+                         max_skip_fraction=max_skip_fraction)
