@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-# The activations the context network and the feature encoder know (transformers' ACT2FN names).
+# The Transformer activations the context network knows (transformers' ACT2FN names).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
 
 
@@ -188,9 +188,10 @@ class Wav2Vec2Config:
                 fail(name, "must be a bool")
         if self.feat_extract_norm not in ("group", "layer"):
             fail("feat_extract_norm", "must be 'group' or 'layer'")
-        for name in ("feat_extract_activation", "hidden_act"):
-            if getattr(self, name) not in ACTIVATIONS:
-                fail(name, f"must be one of {ACTIVATIONS}")
+        if self.feat_extract_activation != "gelu":
+            fail("feat_extract_activation", "must be 'gelu' (the feature encoder's activation)")
+        if self.hidden_act not in ACTIVATIONS:
+            fail("hidden_act", f"must be one of {ACTIVATIONS}")
         if self.hidden_size % self.num_attention_heads:
             fail("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
         if self.hidden_size % self.num_conv_pos_embedding_groups:

@@ -17,6 +17,7 @@ into named sub-keys with `named_key`.
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Callable
@@ -276,10 +277,15 @@ class ContextNetwork(nnx.Module):
     ...) so checkpoint conversion is a renaming plus transposes.
     """
 
-    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, remat: bool = False, rngs: nnx.Rngs
+    ):
+        """Builds the network; `remat` recomputes each layer's activations in the backward pass
+        (less memory, about one more forward pass of compute)."""
         self.stable_layer_norm = config.do_stable_layer_norm
         self.hidden_dropout = config.hidden_dropout
         self.layerdrop = config.layerdrop
+        self.remat = remat
         self.pos_conv_embed = PositionalConvEmbedding(
             config.hidden_size,
             config.num_conv_pos_embeddings,
@@ -325,21 +331,34 @@ class ContextNetwork(nnx.Module):
         x = dropout(x, self.hidden_dropout, None if key is None else named_key(key, "input"), deterministic)
         for index, layer in enumerate(self.layers):
             layer_key = None if key is None else jax.random.fold_in(named_key(key, "layers"), index)
+            run = functools.partial(self._run_layer, layer, padding_mask=padding_mask, deterministic=deterministic)
             if deterministic or self.layerdrop == 0.0:
-                x = layer(x, padding_mask, deterministic=deterministic, key=layer_key)
+                x = run(x, layer_key)
                 continue
             if layer_key is None:
                 raise ValueError("LayerDrop in training mode (deterministic=False) needs a key")
             skip = jax.random.uniform(named_key(layer_key, "layerdrop")) < self.layerdrop
             # cond, not where: a skipped layer costs nothing at run time.
-            x = jax.lax.cond(
-                skip,
-                lambda h: h,
-                lambda h, layer=layer, layer_key=layer_key: layer(
-                    h, padding_mask, deterministic=False, key=layer_key
-                ),
-                x,
-            )
+            x = jax.lax.cond(skip, lambda h, _: h, run, x, layer_key)
         if self.stable_layer_norm:
             x = self.layer_norm(x)
         return x
+
+    def _run_layer(
+        self,
+        layer: EncoderLayer,
+        x: jax.Array,
+        key: jax.Array | None,
+        *,
+        padding_mask: jax.Array | None,
+        deterministic: bool,
+    ) -> jax.Array:
+        if not self.remat:
+            return layer(x, padding_mask, deterministic=deterministic, key=key)
+        # Functional form for jax.checkpoint: the layer's parameters are an explicit input.
+        graphdef, params = nnx.split(layer)
+
+        def apply(params: nnx.State, x: jax.Array, padding_mask: jax.Array | None, key: jax.Array | None):
+            return nnx.merge(graphdef, params)(x, padding_mask, deterministic=deterministic, key=key)
+
+        return jax.checkpoint(apply)(params, x, padding_mask, key)

@@ -250,7 +250,7 @@ class FeatureEncoder(nnx.Module):
             raise ValueError(f"norm must be 'group', 'layer' or 'none', got {norm!r}")
         if min(conv_dim) < 1 or min(conv_kernel) < 1 or min(conv_stride) < 1:
             raise ValueError("conv_dim, conv_kernel and conv_stride must all be positive")
-        self.layer_configs = list(zip(conv_kernel, conv_stride))
+        self.layer_configs = tuple(zip(conv_kernel, conv_stride))  # a tuple keeps the GraphDef hashable
         self.norm_mode = norm
         self.out_features = conv_dim[-1]
         blocks = []

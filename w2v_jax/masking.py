@@ -21,15 +21,17 @@ frames the number of spans is
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def _check_arguments(
+def check_mask_arguments(
     shape: tuple[int, int], mask_prob: float, mask_length: int, min_masks: int
 ) -> tuple[int, int]:
-    """Eager checks shared by both samplers; returns (batch, time)."""
+    """Eager checks of the samplers' arguments (a ValueError naming the problem); returns (batch, time)."""
     if len(shape) != 2:
         raise ValueError(f"shape must be (batch, time), got {shape}")
     batch, time = (int(s) for s in shape)
@@ -63,8 +65,8 @@ def _check_lengths(frame_lengths: jax.Array | np.ndarray, batch: int, time: int)
 
 def max_num_spans(time: int, mask_prob: float, mask_length: int, min_masks: int) -> int:
     """A static upper bound of the spans any row of `time` frames can get (the JAX sampler's K)."""
-    unrounded_max = int(mask_prob * time / mask_length) + 1
-    return max(0, min(max(min_masks, unrounded_max), time // mask_length, time - mask_length + 1))
+    rounded_max = math.ceil(mask_prob * time / mask_length)  # int(x + u) <= ceil(x) for u in [0, 1)
+    return max(0, min(max(min_masks, rounded_max), time // mask_length, time - mask_length + 1))
 
 
 def compute_mask_indices(
@@ -93,7 +95,7 @@ def compute_mask_indices(
     Returns:
       `[batch, time]` bool, True on masked frames.
     """
-    batch, time = _check_arguments(shape, mask_prob, mask_length, min_masks)
+    batch, time = check_mask_arguments(shape, mask_prob, mask_length, min_masks)
     if frame_lengths is None:
         frame_lengths = jnp.full((batch,), time, jnp.int32)
     else:
@@ -148,7 +150,7 @@ def compute_mask_indices_numpy(
     Returns:
       `[batch, time]` bool, True on masked frames.
     """
-    batch, time = _check_arguments(shape, mask_prob, mask_length, min_masks)
+    batch, time = check_mask_arguments(shape, mask_prob, mask_length, min_masks)
     rng = np.random.RandomState() if rng is None else rng
     lengths = np.full(batch, time) if frame_lengths is None else np.asarray(frame_lengths)
     _check_lengths(lengths, batch, time)

@@ -1,0 +1,239 @@
+"""Wav2Vec2ForPreTraining: reductions against NumPy oracles, sampling inside jit, padding, dtypes, errors.
+
+(Numerical equality with transformers is tests/test_model_parity.py.)
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.contrastive_loss import contrastive_loss_from_scratch, cosine_similarity_from_scratch
+from w2v_jax.model import Wav2Vec2ForPreTraining, scale_gradient
+
+# fairseq BASE's objective (feature penalty 10, gradient x0.1); one layer keeps compile times short.
+CONFIG = Wav2Vec2Config.preset("tiny", num_hidden_layers=1)
+SAMPLES = 8000  # 24 frames
+LENGTHS = np.array([SAMPLES, 5600])  # 24 and 17 real frames
+
+
+@functools.lru_cache(maxsize=None)
+def _model(config=CONFIG, dtype=None):
+    return Wav2Vec2ForPreTraining(config, dtype=dtype, rngs=nnx.Rngs(0))
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(config=CONFIG, dtype=None, **static):
+    """The model under jax.jit (split once, merge inside), with static keyword arguments bound."""
+    graphdef, state = nnx.split(_model(config, dtype))
+
+    @jax.jit
+    def apply(state, *args, **kwargs):
+        return nnx.merge(graphdef, state)(*args, **kwargs, **static)
+
+    return functools.partial(apply, state)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    attention_mask = (np.arange(SAMPLES)[None, :] < LENGTHS[:, None]).astype(np.int32)
+    waveforms = (rng.standard_normal((2, SAMPLES)) * attention_mask).astype(np.float32)
+    return waveforms, attention_mask
+
+
+def _real_frames(model):
+    time = model.num_frames(SAMPLES)
+    lengths = np.array([model.num_frames(int(n)) for n in LENGTHS])
+    return np.arange(time)[None, :] < lengths[:, None]
+
+
+def _mask_and_negatives(real):
+    """A mask reaching into row 1's padding, and transformers-format distractors among the real masked frames."""
+    time = real.shape[1]
+    mask = np.zeros((2, time), bool)
+    mask[0, 2:14] = mask[1, 3:12] = True
+    mask[1, 20:] = True  # padding: dropped from the mask
+    rng = np.random.default_rng(0)
+    negatives = np.zeros((2, time, CONFIG.num_negatives), np.int64)
+    for b in range(2):
+        negatives[b] = b * time + rng.choice(np.flatnonzero(mask[b] & real[b]), (time, CONFIG.num_negatives))
+    return mask, negatives
+
+
+def test_training_step_samples_masks_inside_jit():
+    waveforms, attention_mask = _batch()
+    apply = _apply(deterministic=False)
+    out = apply(waveforms, attention_mask, key=jax.random.key(0), gumbel_temperature=1.5)
+    time = _model().num_frames(SAMPLES)
+    chex.assert_shape([out.projected_states, out.projected_quantized_states], (2, time, CONFIG.proj_codevector_dim))
+    for field in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "codevector_perplexity"):
+        value = getattr(out, field)
+        chex.assert_shape(value, ())
+        assert value.dtype == jnp.float32 and np.isfinite(value), field
+    mask = np.asarray(out.mask_time_indices)
+    assert not mask[~_real_frames(_model())].any()  # padding is never masked
+    assert int(out.num_masked) == mask.sum() > 0
+    assert 0.0 <= float(out.accuracy) <= 1.0
+    np.testing.assert_allclose(
+        out.loss,
+        out.contrastive_loss
+        + CONFIG.diversity_loss_weight * out.diversity_loss
+        + CONFIG.feature_penalty_weight * out.feature_penalty,
+        rtol=1e-6,
+    )
+    # The key decides everything: the same key repeats the step, another draws another mask.
+    again = apply(waveforms, attention_mask, key=jax.random.key(0), gumbel_temperature=1.5)
+    np.testing.assert_array_equal(again.loss, out.loss)
+    other = apply(waveforms, attention_mask, key=jax.random.key(1), gumbel_temperature=1.5)
+    assert not np.array_equal(other.mask_time_indices, mask)
+
+
+def test_losses_are_the_reference_reductions_of_the_outputs():
+    """Explicit mask and distractors: contrastive loss, accuracy, diversity and penalty from NumPy."""
+    model = _model()
+    waveforms, attention_mask = _batch()
+    real = _real_frames(model)
+    time = real.shape[1]
+    mask, negatives = _mask_and_negatives(real)
+    effective = mask & real
+    out = _apply()(waveforms, attention_mask, mask, negatives, key=jax.random.key(0))
+    np.testing.assert_array_equal(out.mask_time_indices, effective)
+    assert int(out.num_masked) == effective.sum()
+
+    c = np.asarray(out.projected_states, np.float64)
+    q = np.asarray(out.projected_quantized_states, np.float64)
+    losses, correct = [], []
+    for b, t in zip(*np.nonzero(effective)):
+        distractors = q[b, negatives[b, t] - b * time]
+        temperature = CONFIG.contrastive_logits_temperature
+        losses.append(contrastive_loss_from_scratch(c[b, t], q[b, t], distractors, temperature))
+        positive = cosine_similarity_from_scratch(c[b, t], q[b, t])
+        others = [
+            cosine_similarity_from_scratch(c[b, t], d) for d in distractors if not np.array_equal(d, q[b, t])
+        ]
+        correct.append(all(positive > o for o in others))
+    np.testing.assert_allclose(out.contrastive_loss, np.sum(losses), rtol=1e-5)
+    np.testing.assert_allclose(out.accuracy, np.mean(correct), rtol=1e-6)
+    num_vars = CONFIG.num_codevector_groups * CONFIG.num_codevectors_per_group
+    np.testing.assert_allclose(
+        out.diversity_loss, (num_vars - out.codevector_perplexity) / num_vars * effective.sum(), rtol=1e-6
+    )
+    features = np.asarray(model.feature_extractor(jnp.asarray(waveforms)), np.float64)
+    penalty = (features[real] ** 2).mean() * effective.sum()
+    np.testing.assert_allclose(out.feature_penalty, penalty, rtol=1e-5)
+
+
+def test_padded_utterance_matches_the_same_utterance_alone():
+    # Layer-norm models are independent of padding: a padded row's real frames equal the
+    # unpadded utterance's, and so do its quantized targets.
+    config = CONFIG.replace(feat_extract_norm="layer", conv_bias=True)
+    waveforms, attention_mask = _batch()
+    padded = _apply(config)(waveforms, attention_mask)
+    alone = _apply(config)(waveforms[1:, : LENGTHS[1]])
+    frames = alone.projected_states.shape[1]
+    np.testing.assert_allclose(padded.projected_states[1, :frames], alone.projected_states[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        padded.projected_quantized_states[1, :frames], alone.projected_quantized_states[0], rtol=1e-5, atol=1e-5
+    )
+    assert padded.loss is None  # no key, no mask: nothing to predict
+
+
+def test_scale_gradient_is_identity_forward_and_scales_backward():
+    x = jnp.arange(3.0)
+    np.testing.assert_array_equal(scale_gradient(x, 0.1), x)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(scale_gradient(x, 0.1) ** 2))(x), 0.2 * x, rtol=1e-6)
+
+
+def test_feature_encoder_gradient_flows_only_through_feature_grad_mult():
+    # With feature_grad_mult=0 no gradient reaches the conv stack, even through the feature
+    # penalty: every path from the loss to it crosses scale_gradient, which scales by the
+    # multiplier (test above), so a multiplier m scales the encoder's gradient by exactly m.
+    waveforms, _ = _batch()
+    mask = np.zeros((2, 24), bool)
+    mask[:, 4:16] = True
+    # Explicit distractors (frame 4 + k of the same row): eval mode, no random draws at all.
+    negatives = (np.arange(2)[:, None, None] * 24 + 4 + np.arange(CONFIG.num_negatives)).repeat(24, axis=1)
+    config = CONFIG.replace(feature_grad_mult=0.0)
+    graphdef, params = nnx.split(Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0)))
+
+    def loss(params):
+        return nnx.merge(graphdef, params)(waveforms, None, mask, negatives).loss
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert not any(np.any(g) for g in jax.tree.leaves(grads["feature_extractor"]))
+    assert all(np.any(g) for g in jax.tree.leaves(grads["feature_projection"]))
+
+
+def test_gumbel_choices_follow_softmax_of_the_logits_at_any_temperature():
+    # argmax((logits + Gumbel) / tau) is distributed as softmax(logits): tau changes the soft
+    # sample the gradient flows through, not the frequencies of the hard choice.
+    quantizer = _model().quantizer
+    x = jax.random.normal(jax.random.key(0), (1, 2, CONFIG.conv_dim[-1]))
+    logits = quantizer.weight_proj(x).reshape(1, 2, CONFIG.num_codevector_groups, -1)
+    expected = np.asarray(jax.nn.softmax(logits, axis=-1))
+    graphdef, state = nnx.split(quantizer)
+    n = 20_000
+    for tau in (0.5, 2.0):
+        def choices(key, tau=tau):
+            return nnx.merge(graphdef, state)(x, temperature=tau, key=key, deterministic=False)[1].indices
+
+        sample = jax.jit(jax.vmap(choices))
+        indices = np.asarray(sample(jax.random.split(jax.random.key(1), n)))  # [n, 1, 2, G]
+        frequencies = np.eye(CONFIG.num_codevectors_per_group)[indices].mean(0)
+        # Binomial standard error <= sqrt(0.25 / n) ~ 3.5e-3: 5 sigma.
+        np.testing.assert_allclose(frequencies, expected, atol=0.018)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_losses():
+    waveforms, attention_mask = _batch()
+    model = _model(dtype=jnp.bfloat16)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    mask, negatives = _mask_and_negatives(_real_frames(model))
+    half = _apply(dtype=jnp.bfloat16)(waveforms, attention_mask, mask, negatives, key=jax.random.key(0))
+    full = _apply()(waveforms, attention_mask, mask, negatives, key=jax.random.key(0))
+    assert half.projected_states.dtype == jnp.bfloat16
+    assert half.loss.dtype == half.contrastive_loss.dtype == jnp.float32
+    # Same parameters, same mask and distractors: the loss agrees to bf16 precision.
+    np.testing.assert_allclose(half.loss, full.loss, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(attention_mask=np.ones((2, 7999), np.int32)), "attention_mask must be"),
+        (dict(mask_time_indices=np.ones((2, 23), bool)), "mask_time_indices must be"),
+        (dict(sampled_negative_indices=np.zeros((2, 24), np.int64)), "sampled_negative_indices must be"),
+        # Row 1's indices must lie in [24, 48): transformers' flattened layout.
+        (
+            dict(mask_time_indices=np.ones((2, 24), bool), sampled_negative_indices=np.zeros((2, 24, 4), np.int64)),
+            "own utterance",
+        ),
+        (dict(deterministic=False, key=None), "needs a key"),
+        # 4 masked frames per utterance leave 3 distractors for num_negatives=4.
+        (dict(mask_time_indices=np.tile(np.arange(24) < 4, (2, 1))), "num_negatives=4"),
+    ],
+)
+def test_bad_inputs_raise_before_any_computation(kwargs, match):
+    waveforms, _ = _batch()
+    arguments = dict(key=jax.random.key(0)) | kwargs
+    with pytest.raises(ValueError, match=match):
+        _model()(waveforms, **arguments)
+
+
+@pytest.mark.parametrize(
+    "overrides, samples, match",
+    [
+        (dict(mask_time_length=10), 2400, "mask_length=10 is longer than the 7 frames"),  # 7 frames
+        (dict(mask_time_min_masks=7), SAMPLES, "min_masks=7"),  # 7 spans of 4 can't fit in 24 frames
+        (dict(), 399, "receptive field"),
+    ],
+)
+def test_impossible_masking_is_a_clear_error(overrides, samples, match):
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.preset("tiny", **overrides), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=match):
+        model(np.zeros((1, samples), np.float32), key=jax.random.key(0))

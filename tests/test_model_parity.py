@@ -1,0 +1,195 @@
+"""The whole model against transformers' Wav2Vec2ForPreTraining (PyTorch, CPU, float32).
+
+Random-init reference models of several configurations are saved with `save_pretrained`, loaded
+with `w2v_jax.convert.load_hf_checkpoint`, and both frameworks get the same waveforms, attention
+masks, masks and distractors. In eval mode every output field and the gradient of the loss with
+respect to every parameter must agree within 1e-4 relative (max abs difference / max abs value of
+the reference field). `pytest tests/test_model_parity.py -s` prints the measured errors.
+"""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.convert import load_hf_checkpoint, params_to_hf
+
+RTOL = 1e-4
+FIELDS = (
+    "loss",
+    "contrastive_loss",
+    "diversity_loss",
+    "projected_states",
+    "projected_quantized_states",
+    "codevector_perplexity",
+)
+# Parity needs transformers' objective: no fairseq feature penalty, full encoder gradient.
+TRANSFORMERS_OBJECTIVE = dict(feature_penalty_weight=0.0, feature_grad_mult=1.0)
+
+CONFIGS = {
+    # BASE's layout: group norm, post-LN; no attention mask.
+    "group_post_ln": Wav2Vec2Config.preset("tiny", **TRANSFORMERS_OBJECTIVE),
+    # LARGE's layout (layer norm with conv biases, pre-LN) with odd sizes everywhere, an odd
+    # positional kernel, tanh GELU, G=3 V=7; padded batch.
+    "layer_pre_ln_odd": Wav2Vec2Config.preset(
+        "tiny",
+        conv_dim=(17, 19, 23, 19, 17, 21, 29),
+        feat_extract_norm="layer",
+        conv_bias=True,
+        do_stable_layer_norm=True,
+        hidden_size=36,
+        num_attention_heads=3,
+        intermediate_size=50,
+        hidden_act="gelu_new",
+        num_conv_pos_embeddings=5,
+        num_conv_pos_embedding_groups=3,
+        num_codevector_groups=3,
+        num_codevectors_per_group=7,
+        codevector_dim=21,
+        proj_codevector_dim=11,
+        num_negatives=5,
+        layer_norm_eps=1e-6,
+        **TRANSFORMERS_OBJECTIVE,
+    ),
+    # Layer norm, post-LN, one codebook of 5, ReLU; padded batch.
+    "layer_post_ln_g1": Wav2Vec2Config.preset(
+        "tiny",
+        feat_extract_norm="layer",
+        hidden_act="relu",
+        num_codevector_groups=1,
+        num_codevectors_per_group=5,
+        codevector_dim=12,
+        **TRANSFORMERS_OBJECTIVE,
+    ),
+}
+SAMPLES = 8000  # half a second: 24 frames
+LENGTHS = np.array([SAMPLES, 5600])  # the second utterance padded (17 real frames)
+
+
+def _reference_checkpoint(config: Wav2Vec2Config, folder) -> transformers.Wav2Vec2ForPreTraining:
+    """A random transformers model with every parameter perturbed (LayerNorms away from 1 / 0), saved."""
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def _inputs(config: Wav2Vec2Config, model, padded: bool, seed: int = 0):
+    num_frames = model.num_frames(SAMPLES)
+    rng = np.random.default_rng(seed)
+    waveforms = rng.standard_normal((2, SAMPLES)).astype(np.float32)
+    attention_mask = None
+    frame_mask = None
+    if padded:
+        attention_mask = (np.arange(SAMPLES)[None, :] < LENGTHS[:, None]).astype(np.int64)
+        waveforms = (waveforms * attention_mask).astype(np.float32)  # zero padding, as feature extractors do
+        frame_lengths = [model.num_frames(int(n)) for n in LENGTHS]
+        frame_mask = torch.tensor(np.arange(num_frames)[None, :] < np.array(frame_lengths)[:, None])
+    np.random.seed(seed)
+    mask = _compute_mask_indices(
+        (2, num_frames), config.mask_time_prob, config.mask_time_length, frame_mask, config.mask_time_min_masks
+    )
+    negatives = _sample_negative_indices((2, num_frames), config.num_negatives, mask)
+    return waveforms, attention_mask, mask, negatives
+
+
+def _codes(reference, waveforms, attention_mask) -> np.ndarray:
+    """The reference's eval-mode codeword choices, `[batch, time, G]`."""
+    with torch.no_grad():
+        features = reference.wav2vec2(
+            torch.tensor(waveforms), None if attention_mask is None else torch.tensor(attention_mask)
+        ).extract_features
+        logits = reference.quantizer.weight_proj(features)
+    batch, time, _ = logits.shape
+    return logits.view(batch, time, reference.config.num_codevector_groups, -1).argmax(-1).numpy()
+
+
+def _without_same_code_distractors(negatives, mask, codes, seed=0):
+    """Redraws the distractors whose codewords equal their target's.
+
+    Both frameworks give such a distractor a -inf logit when its projected vector equals the
+    target's bit for bit. Ours always finds them equal (identical codes give identical rows);
+    torch's CPU matmul sometimes yields rows 1 ulp apart for identical inputs, and then the
+    reference keeps the logit. That float artifact is kept out of the comparison.
+    """
+    rng = np.random.default_rng(seed)
+    negatives = negatives.copy()
+    batch, time, _ = negatives.shape
+    for b in range(batch):
+        candidates = np.flatnonzero(mask[b])
+        for t in candidates:
+            for k, flat in enumerate(negatives[b, t]):
+                if np.array_equal(codes[b, flat - b * time], codes[b, t]):
+                    different = [j for j in candidates if not np.array_equal(codes[b, j], codes[b, t])]
+                    negatives[b, t, k] = b * time + rng.choice(different)
+    return negatives
+
+
+def _relative_error(ours, reference) -> float:
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.max(np.abs(ours - reference)) / max(np.max(np.abs(reference)), 1e-30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_outputs_and_gradients_match_transformers(name, tmp_path):
+    config = CONFIGS[name]
+    reference = _reference_checkpoint(config, tmp_path)
+    loaded_config, model = load_hf_checkpoint(tmp_path)
+    assert loaded_config == config
+    padded = name != "group_post_ln"  # one configuration without an attention mask
+    waveforms, attention_mask, mask, negatives = _inputs(config, model, padded)
+    negatives = _without_same_code_distractors(negatives, mask, _codes(reference, waveforms, attention_mask))
+
+    out_ref = reference(
+        torch.tensor(waveforms),
+        attention_mask=None if attention_mask is None else torch.tensor(attention_mask),
+        mask_time_indices=torch.tensor(mask),
+        sampled_negative_indices=torch.tensor(negatives, dtype=torch.long),
+    )
+    out_ref.loss.backward()
+    # None: no gradient path (the argmax quantizer's logits).
+    grads_ref = {k: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for k, p in reference.named_parameters()}
+
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(params, waveforms, attention_mask, mask, negatives):
+        out = nnx.merge(graphdef, params)(
+            waveforms, attention_mask, mask_time_indices=mask, sampled_negative_indices=negatives
+        )
+        return out.loss, out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params, waveforms, attention_mask, mask, negatives
+    )
+    grads = params_to_hf(grads, config)
+
+    errors = {f: _relative_error(getattr(out, f), getattr(out_ref, f).detach().numpy()) for f in FIELDS}
+    assert set(grads) == set(grads_ref)
+    # A key bias shifts all logits of a query equally: softmax ignores it, its exact gradient is 0
+    # and both frameworks return rounding noise. It must be noise-sized, not compared.
+    key_biases = [k for k in grads_ref if k.endswith("attention.k_proj.bias")]
+    for k in key_biases:
+        scale = np.abs(grads_ref[k.replace(".bias", ".weight")]).max()
+        assert np.abs(grads[k]).max() < 1e-4 * scale and np.abs(grads_ref[k]).max() < 1e-4 * scale
+    grad_errors = {
+        k: _relative_error(grads[k], grads_ref[k]) for k in grads_ref if np.any(grads_ref[k]) and k not in key_biases
+    }
+    worst_grad = max(grad_errors, key=grad_errors.get)
+    print(
+        f"\n{name}: max relative error over output fields {max(errors.values()):.2e} "
+        f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst_grad]:.2e} ({worst_grad})"
+    )
+    assert max(errors.values()) < RTOL, errors
+    assert grad_errors[worst_grad] < RTOL, {k: v for k, v in grad_errors.items() if v >= RTOL}
+    # The argmax quantizer has no gradient into its logits in either framework.
+    for key in ("quantizer.weight_proj.weight", "quantizer.weight_proj.bias"):
+        assert not np.any(grads[key]) and not np.any(grads_ref[key])
+    assert int(out.num_masked) == int(mask.sum())

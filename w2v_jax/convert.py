@@ -1,0 +1,231 @@
+"""Checkpoint interop with transformers' `Wav2Vec2ForPreTraining`, both directions.
+
+Our parameters carry transformers' module names, so a transformers key is derived from our
+parameter path by a few renames (`scale`/`kernel` -> `weight`, the conv stack's `layers` ->
+`conv_layers`, the `wav2vec2.` prefix of the backbone) and each array by a layout change:
+
+    Linear   kernel [in, out]                  <-> weight [out, in]
+    Conv     kernel [K, C_in/groups, C_out]    <-> weight [C_out, C_in/groups, K]
+    pos conv weight_g [K]                      <-> parametrizations.weight.original0 [1, 1, K]
+             weight_v [K, C/groups, C]         <-> parametrizations.weight.original1 [C, C/groups, K]
+    codevectors [G*V, D/G]                     <-> [1, G*V, D/G]
+
+Older checkpoints name the positional conv's weight norm `weight_g`/`weight_v`; both are read.
+Files are read as safetensors, or `pytorch_model.bin` through `torch.load(weights_only=True)`:
+nothing is ever unpickled otherwise. Conversions are exact (transposes and reshapes only).
+
+In memory: `params_from_hf(config, state_dict)` -> `nnx.State`, `params_to_hf(params)` ->
+`{transformers key: np.ndarray}` (load it into a torch model with `load_state_dict` after
+`torch.from_numpy`). Folders: `load_hf_checkpoint`, `save_hf_checkpoint`, and our own
+`load_checkpoint` / `save_checkpoint` (config.json + params.safetensors keyed by our paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from flax import nnx
+
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
+
+Path = tuple[str | int, ...]
+
+# Key spellings of the positional conv's weight norm: torch's parametrizations API (transformers'
+# current layout, which we write) and the older `torch.nn.utils.weight_norm` names.
+_WEIGHT_NORM_NAMES = {
+    "weight_g": ("parametrizations.weight.original0", "weight_g"),
+    "weight_v": ("parametrizations.weight.original1", "weight_v"),
+}
+_HEADS = ("quantizer", "project_hid", "project_q")
+
+
+def hf_keys(path: Path) -> tuple[str, ...]:
+    """transformers' key(s) of one of our parameters, preferred spelling first."""
+    parts = [str(p) for p in path]
+    prefix = [] if parts[0] in _HEADS else ["wav2vec2"]
+    if parts[0] == "feature_extractor":
+        parts = ["feature_extractor", "conv_layers", *parts[2:]]
+        parts = ["layer_norm" if p == "norm" else p for p in parts]
+    if parts[:2] == ["encoder", "pos_conv_embed"]:
+        stem = [*prefix, "encoder", "pos_conv_embed", "conv"]
+        names = _WEIGHT_NORM_NAMES.get(parts[2], (parts[2],))
+        return tuple(".".join([*stem, name]) for name in names)
+    if parts[-1] in ("kernel", "scale"):
+        parts[-1] = "weight"
+    return (".".join(prefix + parts),)
+
+
+def _to_hf_layout(path: Path, value: np.ndarray) -> np.ndarray:
+    name = path[-1]
+    if name == "weight_g":
+        return value.reshape(1, 1, -1)
+    if name == "codevectors":
+        return value[None]
+    if name in ("kernel", "weight_v"):
+        return np.ascontiguousarray(np.transpose(value))  # [in, out] / [K, C_in, C_out] reversed
+    return value
+
+
+def _from_hf_layout(path: Path, value: np.ndarray) -> np.ndarray:
+    name = path[-1]
+    if name == "weight_g":
+        return value.reshape(-1)
+    if name == "codevectors":
+        return value[0]
+    if name in ("kernel", "weight_v"):
+        return np.ascontiguousarray(np.transpose(value))
+    return value
+
+
+def _has_masked_spec_embed(config: Wav2Vec2Config) -> bool:
+    """transformers creates `masked_spec_embed` only for models that mask (mask_time_prob > 0)."""
+    return config.mask_time_prob > 0.0
+
+
+def params_to_hf(params: nnx.State, config: Wav2Vec2Config | None = None) -> dict[str, np.ndarray]:
+    """Our `nnx.State` of parameters -> transformers' state dict (float32 NumPy arrays).
+
+    Args:
+      params: `nnx.state(model, nnx.Param)` (or the whole model state).
+      config: when given and `mask_time_prob == 0`, `masked_spec_embed` is left out, as
+        transformers builds no such parameter then.
+    """
+    out = {}
+    for path, variable in nnx.to_flat_state(params):
+        if not isinstance(variable, nnx.Param):
+            continue
+        if path == ("masked_spec_embed",) and config is not None and not _has_masked_spec_embed(config):
+            continue
+        value = np.asarray(jax.device_get(variable[...]), np.float32)
+        out[hf_keys(path)[0]] = _to_hf_layout(path, value)
+    return out
+
+
+def params_from_hf(config: Wav2Vec2Config, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
+    """transformers' state dict -> our `nnx.State` of parameters for `Wav2Vec2ForPreTraining(config)`.
+
+    Raises a ValueError listing missing keys, unexpected keys and shape mismatches.
+    """
+    abstract = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config))
+    flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    used, missing, mismatched, values = set(), [], [], []
+    for path, variable in flat:
+        key = next((k for k in hf_keys(path) if k in state_dict), None)
+        if key is None:
+            if path == ("masked_spec_embed",) and not _has_masked_spec_embed(config):
+                # Never trained (the checkpoint never masks): the reference's U[0, 1) initialisation.
+                values.append(jax.random.uniform(jax.random.key(0), variable.shape, jnp.float32))
+                continue
+            missing.append(hf_keys(path)[0])
+            continue
+        used.add(key)
+        value = _from_hf_layout(path, np.asarray(state_dict[key], np.float32))
+        if value.shape != tuple(variable.shape):
+            mismatched.append(f"{key}: {np.shape(state_dict[key])} in the checkpoint")
+        values.append(jnp.asarray(value))
+    unexpected = sorted(set(state_dict) - used)
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            "checkpoint does not match Wav2Vec2ForPreTraining(config): "
+            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
+        )
+    return nnx.from_flat_state([(path, variable.replace(value)) for (path, variable), value in zip(flat, values)])
+
+
+def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    import torch  # only for pytorch_model.bin; weights_only refuses anything but tensors
+
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
+
+
+def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The weights of a transformers folder: model.safetensors (single or sharded) or pytorch_model.bin."""
+    folder = pathlib.Path(path)
+    if (folder / "model.safetensors").is_file():
+        return safetensors.numpy.load_file(folder / "model.safetensors")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in safetensors.numpy.load_file(folder / shard).items()}
+    if (folder / "pytorch_model.bin").is_file():
+        return _read_torch_bin(folder / "pytorch_model.bin")
+    raise ValueError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_hf_checkpoint(
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None
+) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
+    """Reads a transformers `Wav2Vec2ForPreTraining` folder (config.json + weights).
+
+    Args:
+      path: the folder.
+      dtype: computation dtype of the returned model (parameters are float32).
+
+    Returns:
+      `(config, model)`.
+    """
+    folder = pathlib.Path(path)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json")
+    config = Wav2Vec2Config.from_json_file(folder / "config.json")
+    params = params_from_hf(config, read_hf_state_dict(folder))
+    # No random initialisation: every parameter comes from the checkpoint.
+    model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
+    nnx.update(model, params)
+    return config, model
+
+
+def save_hf_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path: str | os.PathLike) -> None:
+    """Writes a folder `transformers.Wav2Vec2ForPreTraining.from_pretrained` loads with no
+    missing or unexpected keys: config.json (with our fairseq fields, which transformers keeps
+    as extra attributes) and model.safetensors."""
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.to_json_file(folder / "config.json")
+    state_dict = params_to_hf(nnx.state(model, nnx.Param), config)
+    safetensors.numpy.save_file(state_dict, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _param_name(path: Path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def save_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path: str | os.PathLike) -> None:
+    """Our folder format: config.json (transformers' + fairseq fields) and params.safetensors
+    keyed by our parameter paths (e.g. `encoder.layers.0.attention.q_proj.kernel`)."""
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.to_json_file(folder / "config.json")
+    params = {
+        _param_name(p): np.asarray(jax.device_get(v[...]), np.float32)
+        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+    safetensors.numpy.save_file(params, folder / "params.safetensors")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None
+) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
+    """Reads a folder written by `save_checkpoint`; returns `(config, model)`."""
+    folder = pathlib.Path(path)
+    config = Wav2Vec2Config.from_json_file(folder / "config.json")
+    stored = safetensors.numpy.load_file(folder / "params.safetensors")
+    model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    names = {_param_name(p) for p, _ in flat}
+    if names != set(stored) or any(stored[_param_name(p)].shape != tuple(v.shape) for p, v in flat):
+        raise ValueError(
+            f"{folder / 'params.safetensors'} does not match the config: missing {sorted(names - set(stored))}, "
+            f"unexpected {sorted(set(stored) - names)}"
+        )
+    nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(stored[_param_name(p)]))) for p, v in flat]))
+    return config, model
