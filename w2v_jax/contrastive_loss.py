@@ -286,7 +286,13 @@ def contrastive_loss(
     """
     if mask is not None:
         _check_mask(mask, tuple(context.shape[:2]), "mask")
-    logits = contrastive_logits(context, quantized, negatives, temperature)
+    return contrastive_loss_from_logits(contrastive_logits(context, quantized, negatives, temperature), mask, reduction)
+
+
+def contrastive_loss_from_logits(
+    logits: jax.Array, mask: jax.Array | None = None, reduction: Literal["mean", "sum"] = "mean"
+) -> jax.Array:
+    """Cross-entropy of class 0 from `[batch, time, 1 + K]` logits (see `contrastive_loss`)."""
     per_frame = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
     return _reduce(per_frame, mask, reduction)
 

@@ -35,9 +35,10 @@ from w2v_jax.context_network import ContextNetwork, dropout, layer_norm, linear,
 from w2v_jax.contrastive_loss import (
     contrastive_accuracy,
     contrastive_logits,
-    contrastive_loss,
+    contrastive_loss_from_logits,
     diversity_loss,
     gather_negatives,
+    same_codewords,
     sample_negative_indices,
 )
 from w2v_jax.feature_encoder import FeatureEncoder
@@ -349,8 +350,11 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         negatives = gather_negatives(projected_quantized, negative_indices)
         temperature = config.contrastive_logits_temperature
         num_masked = jnp.sum(mask, dtype=jnp.int32)
-        contrastive = contrastive_loss(projected_states, projected_quantized, negatives, temperature, mask, "sum")
-        logits = contrastive_logits(projected_states, projected_quantized, negatives, temperature)
+        # Identity of a distractor and its target from the codeword choices, not float equality of
+        # the projected vectors, which can differ by an ulp with the matmul's tiling (batch layout).
+        same_as_positive = same_codewords(usage.indices, negative_indices)
+        logits = contrastive_logits(projected_states, projected_quantized, negatives, temperature, same_as_positive)
+        contrastive = contrastive_loss_from_logits(logits, mask, "sum")
         diversity = (
             diversity_loss(usage.probs, config.num_codevector_groups, config.num_codevectors_per_group) * num_masked
         )
