@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteCheckpointError(ValueError):
     """Raised instead of writing a checkpoint whose arrays hold NaN or infinity."""
@@ -90,7 +92,7 @@ class Checkpointer:
             force=True,
         )
         if saved:
-            logging.info("checkpoint %d: save started in %s", step, self.directory)
+            logger.info("checkpoint %d: save started in %s", step, self.directory)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint `step` into the structure, dtypes and shardings of `abstract_state`.

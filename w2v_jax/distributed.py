@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+logger = logging.getLogger(__name__)
+
 # Environment variables that mean "launched by a cluster manager JAX can read the topology from".
 _AUTO_DETECT_ENV = (
     "SLURM_JOB_ID",  # SLURM (jax reads SLURM_NTASKS, SLURM_PROCID, the node list)
@@ -79,7 +81,7 @@ def initialize(
         jax.distributed.initialize(local_device_ids=local_device_ids)
     else:
         return False
-    logging.info(
+    logger.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
         jax.process_count(),

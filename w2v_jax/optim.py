@@ -32,7 +32,8 @@ def learning_rate_schedule(
     Args:
       peak_value: the learning rate at the end of the warmup.
       total_steps: number of updates of the run; the decay ends there.
-      warmup_steps: number of warmup updates (fairseq's `warmup_updates`).
+      warmup_steps: number of warmup updates (fairseq's `warmup_updates`); a run shorter than
+        that only warms up.
       kind: "polynomial" (fairseq's `polynomial_decay`, `(1 - t)**power`), "linear" (power 1),
         "cosine" or "constant" (warmup then flat).
       end_value: the learning rate reached at `total_steps`.
@@ -45,8 +46,8 @@ def learning_rate_schedule(
         raise ValueError(f"peak learning rate must be positive, got {peak_value}")
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if kind not in ("polynomial", "linear", "cosine", "constant"):
         raise ValueError(f"unknown schedule kind {kind!r}: expected polynomial, linear, cosine or constant")
     warmup = optax.linear_schedule(0.0, peak_value, warmup_steps)

@@ -1,8 +1,8 @@
 """The train state and the pure, jit-compiled pretraining step.
 
 `train_step(state, batch, key) -> (state, metrics)` is one update of fairseq's recipe:
-1. the step's key is `fold_in(key, state.step)` (and `fold_in(., micro-batch index)` with gradient
-   accumulation); the model splits it into named sub-keys (masks, negatives, dropout, Gumbel),
+1. the model's key is `fold_in(fold_in(key, state.step), micro-batch index)` (`model_key`); the
+   model derives named sub-keys from it (masks, negatives, dropout, Gumbel),
    so the random draws depend on the step and the global batch, not on how many devices there are;
 2. the Gumbel temperature and the learning rate are functions of `state.step`, computed inside;
 3. the batch is split into `grad_accum_steps` micro-batches scanned in sequence; the model's losses
@@ -14,7 +14,7 @@
 
 NNX is used functionally (Flax's performance guide): the model is split once into a static
 graph definition and a state pytree; the step is a plain `jax.jit` over the pytree that merges
-them back inside. `make_train_step` compiles it with explicit shardings (batch over the mesh,
+them back inside. `TrainStep` compiles it with explicit shardings (batch over the mesh,
 parameters as `sharding.state_shardings` says) and donates the old state.
 """
 
@@ -39,7 +39,13 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.quantization import gumbel_temperature
 
+logger = logging.getLogger(__name__)
+
 Batch = Mapping[str, jax.Array]
+# What `train_step` adds up over micro-batches.
+_SUMMED_OUTPUTS = (
+    "loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "code_perplexity", "num_masked"
+)
 
 
 @flax.struct.dataclass
@@ -83,30 +89,19 @@ class StepHyperparams:
 def create_model(
     config: Wav2Vec2Config, seed: int, dtype: jnp.dtype | None = None, remat: bool = False
 ) -> Wav2Vec2ForPreTraining:
-    """The pretraining model with float32 parameters (`dtype` is the computation dtype)."""
-    kwargs = {"remat": True} if remat else {}
-    return Wav2Vec2ForPreTraining(config, dtype=dtype, rngs=nnx.Rngs(seed), **kwargs)
+    """The pretraining model with float32 parameters (`dtype` is the computation dtype); `remat`
+    recomputes each Transformer layer's activations in the backward pass (less memory)."""
+    return Wav2Vec2ForPreTraining(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 
-def create_train_state(
-    config: Wav2Vec2Config,
-    optimizer: optax.GradientTransformation,
-    *,
-    seed: int,
-    mesh: Mesh,
-    param_sharding: sharding.ParamSharding = "replicated",
-    dtype: jnp.dtype | None = None,
-    remat: bool = False,
-) -> tuple[nnx.GraphDef, TrainState, Any]:
-    """Initialises the model and optimizer directly in their shardings (no host copy of big weights).
-
-    Returns:
-      (graphdef, state, state_shardings): the static model structure for `train_step`, the
-      initial state, and the `NamedSharding` pytree of the state.
-    """
-
+def _init_fn(
+    config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool
+) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        model = create_model(config, seed, dtype, remat)
+        # Shardings come from `state_shardings` (jit's out_shardings), not from flax's eager
+        # per-variable sharding, which needs the logical names to be mesh axes.
+        with nnx.use_eager_sharding(False):
+            model = create_model(config, seed, dtype, remat)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -117,15 +112,70 @@ def create_train_state(
             nonfinite_consecutive=jnp.zeros((), jnp.int32),
         )
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, seed, dtype, remat)))
-    abstract = jax.eval_shape(init)
-    shardings = sharding.state_shardings(abstract, mesh, param_sharding)
-    state = jax.jit(init, out_shardings=shardings)()
+    return init
+
+
+def abstract_train_state(
+    config: Wav2Vec2Config,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh,
+    param_sharding: sharding.ParamSharding = "replicated",
+    min_fsdp_size: int = 2**14,
+    dtype: jnp.dtype | None = None,
+    remat: bool = False,
+) -> tuple[nnx.GraphDef, TrainState, Any]:
+    """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
+    with nnx.use_eager_sharding(False):
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
+    abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat))
+    return graphdef, abstract, sharding.state_shardings(abstract, mesh, param_sharding, min_fsdp_size)
+
+
+def create_train_state(
+    config: Wav2Vec2Config,
+    optimizer: optax.GradientTransformation,
+    *,
+    seed: int,
+    mesh: Mesh,
+    param_sharding: sharding.ParamSharding = "replicated",
+    min_fsdp_size: int = 2**14,
+    dtype: jnp.dtype | None = None,
+    remat: bool = False,
+) -> tuple[nnx.GraphDef, TrainState, Any]:
+    """Initialises the model and optimizer directly in their shardings (no host copy of big weights).
+
+    Args:
+      config: the model config.
+      optimizer: `optim.make_optimizer`'s transformation.
+      seed: parameter initialisation seed.
+      mesh: a `sharding.make_mesh` mesh.
+      param_sharding: "replicated" or "fsdp".
+      min_fsdp_size: under "fsdp", arrays with fewer elements stay replicated.
+      dtype: computation dtype (parameters stay float32).
+      remat: rematerialise Transformer layers.
+
+    Returns:
+      (graphdef, state, state_shardings): the static model structure for `train_step`, the
+      initial state, and the `NamedSharding` pytree of the state.
+    """
+    graphdef, _, shardings = abstract_train_state(
+        config, optimizer, mesh=mesh, param_sharding=param_sharding, min_fsdp_size=min_fsdp_size, dtype=dtype,
+        remat=remat,
+    )
+    state = jax.jit(_init_fn(config, optimizer, seed, dtype, remat), out_shardings=shardings)()
     return graphdef, state, shardings
 
 
 def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def model_key(key: jax.Array, step: jax.Array | int, micro_index: jax.Array | int) -> jax.Array:
+    """The key the model gets for micro-batch `micro_index` of update `step` (it derives the named
+    sub-keys from it). Public so tools that replay a run (experiments/compare_pytorch.py) draw the
+    same masks, distractors and Gumbel noise as the step did."""
+    return jax.random.fold_in(jax.random.fold_in(key, step), micro_index)
 
 
 def train_step(
@@ -136,7 +186,10 @@ def train_step(
 
     Args:
       state: the train state.
-      batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]}.
+      batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]},
+        optionally "mask_time_indices" bool [batch, frames] and "sampled_negative_indices" int32
+        [batch, frames, K] (frame indices within each utterance) to replace the sampled ones, as
+        experiments/compare_pytorch.py does to feed the PyTorch reference the same inputs.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
       optimizer: `optim.make_optimizer`'s transformation.
@@ -145,20 +198,21 @@ def train_step(
     Returns:
       (new state, metrics): float32 scalars, loss terms per masked frame.
     """
-    step_key = jax.random.fold_in(key, state.step)
     temperature = gumbel_temperature(state.step, hparams.gumbel_start, hparams.gumbel_end, hparams.gumbel_decay)
     accum = hparams.grad_accum_steps
-    # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
-    # device's rows stay on it (the leading batch dimension keeps its sharding).
-    micro_batches = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
-    )
 
     def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
         model = nnx.merge(graphdef, params, state.model_state)
+        negatives = micro.get("sampled_negative_indices")
+        if negatives is not None:
+            # The model takes transformers' format: indices into the [batch * frames] flattened batch.
+            rows, frames = negatives.shape[:2]
+            negatives = negatives + jnp.arange(rows, dtype=negatives.dtype)[:, None, None] * frames
         out = model(
             micro["input_values"],
             attention_mask=micro.get("attention_mask"),
+            mask_time_indices=micro.get("mask_time_indices"),
+            sampled_negative_indices=negatives,
             deterministic=False,
             gumbel_temperature=temperature,
             key=micro_key,
@@ -181,20 +235,27 @@ def train_step(
     def accumulate(carry, inputs):
         grads_sum, sums = carry
         index, micro = inputs
-        grads, micro_sums = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
+        grads, micro_sums = grad_fn(state.params, micro, model_key(key, state.step, index))
         return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, sums, micro_sums)), None
 
-    zero_sums = {
-        k: jnp.zeros((), jnp.float32)
-        for k in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "code_perplexity", "num_masked")
-    }
-    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-    (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
+    if accum == 1:
+        # No length-1 scan: inside XLA:CPU's while loop the convolutions' gradients lose their
+        # fast kernels (the tiny config's step was 4.4x slower, see the README's benchmark section).
+        grads_sum, sums = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
+    else:
+        # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
+        # device's rows stay on it (the leading batch dimension keeps its sharding).
+        micro_batches = jax.tree.map(
+            lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
+        )
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS}
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
 
     num_masked = sums["num_masked"]
     # fairseq divides the summed loss's gradient by the sample size (masked frames) once.
     grads = jax.tree.map(lambda g: g / num_masked, grads_sum)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & (num_masked > 0)
 
     learning_rate = hparams.learning_rate(state.step)
@@ -250,7 +311,7 @@ class TrainStep:
 
         def traced(state, batch, key):
             self.num_compiles += 1  # runs at trace time only
-            logging.info(
+            logger.info(
                 "compiling the train step (#%d) for batch shapes %s",
                 self.num_compiles,
                 {k: tuple(v.shape) for k, v in batch.items()},
@@ -275,20 +336,19 @@ class TrainStep:
         if self.num_compiles != compiles:
             # The first call of a new shape blocks for tracing and compiling; the run itself is async.
             self.compile_seconds += time.perf_counter() - start
-            logging.info("train step compiled in %.1f s", time.perf_counter() - start)
+            logger.info("train step compiled in %.1f s", time.perf_counter() - start)
         return out
 
 
-def check_batch(batch: Mapping[str, np.ndarray], global_batch_size: int, grad_accum_steps: int) -> None:
-    """ValueError unless `batch` is a `[batch, samples]` float batch that splits evenly as configured."""
+def check_batch(batch: Mapping[str, np.ndarray], rows: int) -> None:
+    """ValueError unless `batch` is a `[rows, samples]` batch with a matching attention mask."""
     if "input_values" not in batch:
         raise ValueError(f"batch needs an 'input_values' entry, got keys {sorted(batch)}")
     x = batch["input_values"]
     if x.ndim != 2:
         raise ValueError(f"input_values must be [batch, samples], got shape {x.shape}")
-    if x.shape[0] != global_batch_size:
-        raise ValueError(f"global batch has {x.shape[0]} rows, expected train.batch_size={global_batch_size}")
-    if global_batch_size % grad_accum_steps:
-        raise ValueError(
-            f"train.batch_size={global_batch_size} isn't divisible by train.grad_accum_steps={grad_accum_steps}"
-        )
+    if x.shape[0] != rows:
+        raise ValueError(f"batch has {x.shape[0]} rows, expected {rows} (train.batch_size / processes)")
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.shape != x.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} differs from input_values shape {x.shape}")

@@ -1,0 +1,37 @@
+"""wav2vec 2.0 pretraining launcher.
+
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny --workdir=runs/tiny
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:base --workdir=runs/base \
+        --config.train.batch_size=64 --config.data.train_manifest=/data/librispeech/train.tsv
+
+Running the same command again on the same workdir resumes from its newest checkpoint; the
+resolved config is written to WORKDIR/config.json. All logic is in
+`w2v_jax.trainer.train_and_evaluate`.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from w2v_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except trainer.TrainingDivergedError as e:
+        raise SystemExit(f"training stopped: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

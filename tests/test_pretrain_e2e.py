@@ -1,0 +1,255 @@
+"""The launcher end to end: outputs, exact resume after SIGKILL (mid-run, mid-save), SIGTERM, divergence stop.
+
+Every run is a subprocess of `python -m experiments.pretrain` on the tiny config (1 device, a few
+steps of 4 x 1 s crops from the embedded corpus). Faults are injected by a small wrapper that patches
+one function before running the launcher module (never by production hooks). The runs share a JAX
+persistent compilation cache, so only the first one compiles.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import pretrain as pretrain_config
+from w2v_jax import checkpointing, metrics, optim, sharding, train
+from w2v_jax.config import Wav2Vec2Config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 6
+OVERRIDES = [
+    "--config=experiments/configs/pretrain.py:tiny",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.train.batch_size=4",
+    "--config.train.warmup_steps=2",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=2",
+    "--config.data.max_sample_size=16000",
+    "--config.data.min_sample_size=16000",
+]
+# Wall-clock metrics differ between runs; everything else must be identical after a resume.
+TIMING = {"audio_seconds_per_second", "steps_per_second"}
+
+# Runs the launcher after patching one function to inject a fault at step AT.
+RUNNER = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    fault, at = sys.argv[1], int(sys.argv[2])
+    sys.argv = ["experiments.pretrain"] + sys.argv[3:]
+
+    if fault in ("kill_after_log", "sigterm_after_log"):
+        from w2v_jax import metrics
+        write = metrics.MetricWriter.write
+        def patched(self, step, values):
+            write(self, step, values)
+            if step == at:
+                os.kill(os.getpid(), signal.SIGKILL if fault == "kill_after_log" else signal.SIGTERM)
+        metrics.MetricWriter.write = patched
+    elif fault == "kill_during_save":
+        import orbax.checkpoint._src.path.atomicity as atomicity
+        finalize = atomicity.AtomicRenameTemporaryPath.finalize
+        async def patched(self, *args, **kwargs):
+            if self._final_path.name == str(at):  # step AT's files are written, not committed
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await finalize(self, *args, **kwargs)
+        atomicity.AtomicRenameTemporaryPath.finalize = patched
+    elif fault == "nan_from_step":
+        import numpy as np
+        from w2v_jax import trainer
+        make = trainer.make_train_iterator
+        class Poisoned:
+            def __init__(self, inner):
+                self.inner, self.count = inner, 0
+            def __next__(self):
+                batch = next(self.inner)
+                self.count += 1
+                if self.count >= at:
+                    batch = dict(batch, input_values=np.full_like(batch["input_values"], np.nan))
+                return batch
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+        trainer.make_train_iterator = lambda *a, **k: Poisoned(make(*a, **k))
+    runpy.run_module("experiments.pretrain", run_name="__main__")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def launch(workdir, env, fault=None, at=0, extra=()):
+    args = [f"--workdir={workdir}", *OVERRIDES, *extra]
+    if fault is None:
+        cmd = [sys.executable, "-m", "experiments.pretrain", *args]
+    else:
+        cmd = [sys.executable, "-c", RUNNER, fault, str(at), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def records(workdir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics.read_metrics(workdir / "metrics.jsonl")]
+
+
+# Parameter counts of fairseq's BASE and LARGE (shared/REFERENCE.md).
+@pytest.mark.parametrize(
+    "variant,millions",
+    [("tiny", None), ("small", None), ("base", 95.0), pytest.param("large", 317.4, marks=pytest.mark.slow)],
+)
+def test_every_variant_resolves_to_a_valid_model_and_schedule(variant, millions):
+    config = pretrain_config.get_config(variant)
+    model_config = Wav2Vec2Config(**config.model.to_dict())
+    expected = Wav2Vec2Config.preset(variant)
+    if variant == "tiny":  # trains like LARGE: see the config's comment
+        expected = expected.replace(feature_penalty_weight=0.0, feature_grad_mult=1.0)
+    assert model_config == expected
+    t = config.train
+    schedule = optim.learning_rate_schedule(
+        t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
+    )
+    assert float(schedule(t.warmup_steps)) == pytest.approx(t.learning_rate, rel=1e-6)
+    _, abstract, _ = train.abstract_train_state(model_config, optim.make_optimizer(), mesh=sharding.make_mesh())
+    num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    if millions is not None:
+        assert num_params / 1e6 == pytest.approx(millions, rel=0.005)
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(ValueError, match="'huge'"):
+        pretrain_config.get_config("huge")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    """An uninterrupted run: its metrics are what every interrupted-and-resumed run must log."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = launch(workdir, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+@pytest.mark.slow
+def test_launcher_writes_every_output(reference):
+    workdir, proc = reference
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["num_steps"] == NUM_STEPS and config["train"]["batch_size"] == 4
+    assert config["model"]["hidden_size"] == 32 and config["data"]["max_sample_size"] == 16000
+    logged = metrics.read_metrics(workdir / "metrics.jsonl")
+    assert [r["step"] for r in logged] == list(range(1, NUM_STEPS + 1))
+    required = {
+        "loss", "contrastive_loss", "diversity_loss", "code_perplexity", "gumbel_temperature", "accuracy",
+        "learning_rate", "grad_norm", "skipped_nonfinite", "audio_seconds_per_second",
+    }
+    for r in logged:
+        assert required <= set(r), required - set(r)
+        assert np.isfinite(r["loss"]) and r["skipped_nonfinite"] == 0 and r["audio_seconds_per_second"] > 0
+        assert any(k.startswith("data_skipped_") for k in r)
+    assert logged[0]["learning_rate"] == 0.0 and logged[-1]["gumbel_temperature"] < 2.0
+    assert list(workdir.glob("events.out.tfevents.*"))
+    assert (workdir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
+    assert "pretrain: 100%" in proc.stderr  # the tqdm bar
+    assert "compiling the train step (#1)" in proc.stderr and "(#2)" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_does_nothing(reference, env, tmp_path):
+    workdir, _ = reference
+    before = (workdir / "metrics.jsonl").read_text()
+    proc = launch(workdir, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from checkpoint 6 " in proc.stderr
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+# Killed after logging step 5, checkpoint 4's asynchronous save may or may not have been committed.
+@pytest.mark.slow
+@pytest.mark.parametrize("fault,at,resumed_from", [("kill_after_log", 5, (2, 4)), ("kill_during_save", 4, (2,))])
+def test_sigkill_then_restart_logs_what_an_uninterrupted_run_logs(reference, env, tmp_path, fault, at, resumed_from):
+    killed = launch(tmp_path, env, fault, at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    if fault == "kill_during_save":
+        assert any(".orbax-checkpoint-tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
+    resumed = launch(tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert any(f"resumed from checkpoint {step} " in resumed.stderr for step in resumed_from)
+    assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, env, tmp_path):
+    stopped = launch(tmp_path, env, "sigterm_after_log", 3)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "SIGTERM: checkpoint 3 saved" in stopped.stderr
+    assert 3 in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert [r["step"] for r in records(tmp_path)] == [1, 2, 3]
+    resumed = launch(tmp_path, env)
+    assert resumed.returncode == 0 and "resumed from checkpoint 3 " in resumed.stderr
+    assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
+def test_consecutive_nonfinite_updates_stop_the_run(env, tmp_path):
+    """Batches from the 4th on are NaN: skipped, counted, then the run stops; checkpoint 2 stays good."""
+    proc = launch(tmp_path, env, "nan_from_step", 4, extra=["--config.train.max_consecutive_nonfinite=2"])
+    assert proc.returncode != 0
+    assert "consecutive updates had a non-finite loss or gradient" in proc.stderr
+    logged = metrics.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["skipped_nonfinite"] for r in logged] == [0, 0, 0, 1, 1]
+    assert logged[3]["loss"] is None and logged[3]["nonfinite_total"] == 1
+    ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.all_steps() == [2, 4]  # 4's update was skipped: its parameters are step 3's, finite
+    ckpt.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
+    """jax.distributed on localhost, CPU collectives, each process feeding half of every global batch."""
+    address = f"localhost:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "experiments.pretrain", f"--workdir={tmp_path}", *OVERRIDES,
+                f"--config.distributed.coordinator_address={address}",
+                "--config.distributed.num_processes=2",
+                f"--config.distributed.process_id={i}",
+            ],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 1 of 2" in outputs[1][1]
+    two, one = records(tmp_path), records(reference[0])
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(two, one):
+        assert a["num_masked"] == b["num_masked"]  # same global batches, same masks
+        for name in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm"):
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4, 6]

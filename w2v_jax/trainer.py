@@ -1,0 +1,281 @@
+"""The pretraining loop: `train_and_evaluate(config, workdir)`.
+
+Restarting the same command on the same workdir resumes from the newest complete checkpoint:
+parameters, optimizer state, step, counters, PRNG key, every process's data-iterator position and
+the metrics of the logging window in progress all come back, and `metrics.jsonl` lines logged
+after that checkpoint are dropped, so the resumed run logs exactly what an uninterrupted run logs
+(same device count). SIGTERM (preemption) saves a checkpoint at the next step and returns.
+
+Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + TensorBoard events,
+`checkpoints/<step>/`, `loss_curve.png` at the end; a tqdm bar with ETA on the console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from w2v_jax import checkpointing, distributed, metrics as metrics_lib, optim, sharding
+from w2v_jax import train as train_lib
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data import default_manifest, make_train_iterator
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+# Per-step metrics added up over a logging window instead of averaged.
+_SUMMED = ("skipped_nonfinite", "num_masked")
+# Counters that are states, not per-step values: the window keeps the last one.
+_LAST = ("nonfinite_total", "nonfinite_consecutive")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def _precision_dtype(precision: str) -> jnp.dtype | None:
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return jnp.bfloat16
+    raise ValueError(f"train.precision must be 'float32' or 'bfloat16', got {precision!r}")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    """Eager checks of the settings the loop relies on (the model config checks itself)."""
+    t = config.train
+    positive = ("batch_size", "num_steps", "log_every", "checkpoint_every", "grad_accum_steps", "max_consecutive_nonfinite")
+    for name in positive:
+        if not isinstance(t[name], int) or t[name] < 1:
+            raise ValueError(f"train.{name} must be a positive int, got {t[name]!r}")
+    num_devices = jax.device_count()
+    if t.batch_size % (num_devices * t.grad_accum_steps):
+        raise ValueError(
+            f"train.batch_size={t.batch_size} must be divisible by the number of devices ({num_devices}) "
+            f"times train.grad_accum_steps ({t.grad_accum_steps})"
+        )
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {jax.process_count()} processes")
+    if config.data.min_sample_size > config.data.max_sample_size:
+        raise ValueError(
+            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
+        )
+
+
+def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The window's per-step metrics as JSON-able host values (NaN and infinity -> None).
+
+    Entries are device arrays (steps of this process) or plain values (restored from a checkpoint).
+    """
+    host = []
+    for step_metrics in jax.device_get(window):
+        values = {k: v.item() if hasattr(v, "item") else v for k, v in step_metrics.items()}
+        host.append({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()})
+    return host
+
+
+def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
+    """One logged record from a window of per-step host metrics."""
+    averaged = metrics_lib.mean_metrics(
+        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED
+    )
+    return {**averaged, **{k: window[-1][k] for k in _LAST}}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs or resumes a pretraining run (see the module docstring).
+
+    Args:
+      config: an `experiments/configs/pretrain.py` config.
+      workdir: the run's directory (created if missing).
+
+    Returns:
+      a summary: final step, last logged metrics, number of compiles, checkpoint steps.
+
+    Raises:
+      TrainingDivergedError: after `train.max_consecutive_nonfinite` skipped updates in a row (the
+        newest checkpoint, finite by construction, is kept).
+    """
+    d = config.distributed
+    distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
+    _validate(config)
+    primary = distributed.is_primary()
+    workdir_path = pathlib.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    if primary:
+        config_json = config.to_json_best_effort(indent=2, sort_keys=True)
+        (workdir_path / "config.json").write_text(config_json + "\n")
+
+    t = config.train
+    model_config = Wav2Vec2Config(**config.model.to_dict())
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    optimizer = optim.make_optimizer(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay, t.max_grad_norm)
+    hparams = train_lib.StepHyperparams(
+        learning_rate=optim.learning_rate_schedule(
+            t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
+        ),
+        gumbel_start=t.max_gumbel_temperature,
+        gumbel_end=t.min_gumbel_temperature,
+        gumbel_decay=t.gumbel_temperature_decay,
+        grad_accum_steps=t.grad_accum_steps,
+    )
+    graphdef, state, state_shardings = train_lib.create_train_state(
+        model_config,
+        optimizer,
+        seed=t.seed,
+        mesh=mesh,
+        param_sharding=config.mesh.param_sharding,
+        min_fsdp_size=config.mesh.fsdp_min_size,
+        dtype=_precision_dtype(t.precision),
+        remat=t.remat,
+    )
+    step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
+
+    process_index, process_count = jax.process_index(), jax.process_count()
+    manifest = config.data.train_manifest or str(default_manifest("train"))
+    data_iter = make_train_iterator(
+        manifest,
+        batch_size=t.batch_size // process_count,
+        seed=t.seed,
+        max_sample_size=config.data.max_sample_size,
+        min_sample_size=config.data.min_sample_size,
+        pad=config.data.pad,
+        normalize=config.data.normalize,
+        num_workers=config.data.num_workers,
+        shard_index=process_index,
+        shard_count=process_count,
+    )
+
+    checkpointer = checkpointing.Checkpointer(
+        workdir_path / "checkpoints", keep=t.keep_checkpoints, async_save=t.async_checkpointing
+    )
+    key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
+    window: list[dict[str, Any]] = []
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, host = checkpointer.restore(latest, checkpointing.abstract_like(state))
+        if len(host["data_iterators"]) != process_count:
+            raise ValueError(
+                f"checkpoint {latest} in {checkpointer.directory} was written by {len(host['data_iterators'])} "
+                f"processes, this run has {process_count}: resume with the same number of processes"
+            )
+        data_iter.set_state(host["data_iterators"][process_index])
+        key_data = np.asarray(host["rng"], np.uint32)
+        window = host["window"]
+        if primary:
+            metrics_lib.truncate_after(workdir_path / metrics_lib.METRICS_FILE, latest)
+        logger.info("resumed from checkpoint %d in %s", latest, checkpointer.directory)
+    key = jax.random.wrap_key_data(jnp.asarray(key_data))
+    start_step = int(state.step)
+
+    def host_record() -> dict[str, Any]:
+        return {
+            "data_iterators": distributed.allgather_json(data_iter.get_state()),
+            "rng": key_data.tolist(),
+            "window": _host_window(window),
+        }
+
+    def save(step: int) -> None:
+        checkpointer.save(step, state, host_record())
+
+    preempted = {"flag": False}
+
+    def on_sigterm(signum, frame):
+        del signum, frame
+        preempted["flag"] = True  # acted on between two steps, never inside one
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if process_count == 1 else None
+
+    writer = metrics_lib.MetricWriter(workdir_path, enabled=primary)
+    progress = tqdm.tqdm(
+        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain"
+    )
+    last_logged: dict[str, Any] = {}
+    window_start = time.perf_counter()
+    window_compile = step_fn.compile_seconds
+    window_audio = 0.0
+    previous_metrics = None
+    step = start_step
+    try:
+        while step < t.num_steps:
+            local = next(data_iter)
+            train_lib.check_batch(local, t.batch_size // process_count)
+            window_audio += float(np.sum(local["attention_mask"])) * process_count / SAMPLE_RATE
+            batch = {
+                k: jax.make_array_from_process_local_data(
+                    step_fn.batch_sharding, v, (t.batch_size, *v.shape[1:])
+                )
+                for k, v in local.items()
+            }
+            state, step_metrics = step_fn(state, batch, key)
+            step += 1
+            window.append(step_metrics)
+            # Read the previous step's skip counter, not this one's: one step stays in flight.
+            skipped_in_a_row = 0 if previous_metrics is None else int(previous_metrics["nonfinite_consecutive"])
+            if skipped_in_a_row >= t.max_consecutive_nonfinite:
+                raise TrainingDivergedError(
+                    f"stopping at step {step - 1}: {skipped_in_a_row} consecutive updates had a non-finite "
+                    f"loss or gradient (train.max_consecutive_nonfinite={t.max_consecutive_nonfinite}); the "
+                    f"newest checkpoint, step {checkpointer.latest_step()} in {checkpointer.directory}, is "
+                    "finite and kept. Lower train.learning_rate or check the data."
+                )
+            previous_metrics = step_metrics
+            progress.update(1)
+
+            if step % t.log_every == 0 or step == t.num_steps:
+                host = _host_window(window)
+                record = _summarize(host)
+                elapsed = time.perf_counter() - window_start - (step_fn.compile_seconds - window_compile)
+                record["audio_seconds_per_second"] = window_audio / max(elapsed, 1e-9)
+                record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
+                skips = distributed.allgather_json(data_iter.skip_counts())  # each process sees its rows
+                record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+                writer.write(step, record)
+                last_logged = {"step": step, **record}
+                progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                window, window_audio = [], 0.0
+                window_start, window_compile = time.perf_counter(), step_fn.compile_seconds
+
+            stop = preempted["flag"] if process_count == 1 else multihost_utils.reached_preemption_sync_point(step)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or stop:
+                save(step)
+            if stop:
+                logger.warning("SIGTERM: checkpoint %d saved, stopping", step)
+                break
+    finally:
+        progress.close()
+        writer.close()
+        data_iter.close()
+        checkpointer.close()  # waits for the save in progress
+        checkpoint_steps = checkpointer.all_steps()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    if primary and t.plot and step == t.num_steps:
+        records = metrics_lib.read_metrics(workdir_path / metrics_lib.METRICS_FILE)
+        metrics_lib.plot_loss_curve(records, workdir_path / metrics_lib.LOSS_CURVE_FILE)
+    summary = {
+        "step": step,
+        "last_logged": last_logged,
+        "num_compiles": step_fn.num_compiles,
+        "compile_seconds": step_fn.compile_seconds,
+        "checkpoint_steps": checkpoint_steps,
+        "data": data_iter.summary(),
+    }
+    if primary:
+        logger.info("run summary: %s", json.dumps(summary, default=str))
+    return summary
