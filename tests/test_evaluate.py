@@ -1,0 +1,60 @@
+"""experiments.evaluate and experiments.plot_representations end to end on a small generated corpus."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flax import nnx
+from test_probing import make_corpus
+
+from w2v_jax import convert
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    config = Wav2Vec2Config.preset("tiny")
+    convert.save_checkpoint(config, Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(3)), folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_probes_and_histogram(checkpoint, tmp_path):
+    manifest = make_corpus(tmp_path)
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--checkpoint={checkpoint}", f"--manifest={manifest}",
+         f"--probe_train_manifest={manifest}", f"--output={out}"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    validation = record["validation"]
+    assert validation["chance_accuracy"] == 0.2 and validation["num_masked"] > 0
+    assert sum(record["codebook_usage"][0]) == sum(record["codebook_usage"][1]) > 0
+    assert [p["name"] for p in record["probes"]] == [
+        f"{checkpoint.name} (context)", "random init (context)", "log-mel (80)"
+    ]
+    assert "| majority class |" in (out / "probes.md").read_text()
+    assert (out / "codebook_usage.png").stat().st_size > 0
+    assert "phone accuracy" in result.stdout
+
+
+@pytest.mark.slow
+def test_plot_representations_draws_any_checkpoint(checkpoint, tmp_path):
+    manifest = make_corpus(tmp_path, languages=("en",), per_language=1)
+    out = tmp_path / "reps.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.plot_representations", f"--checkpoint={checkpoint}",
+         f"--audio={manifest.parent / 'en_0.flac'}", f"--out={out}"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.stat().st_size > 10_000

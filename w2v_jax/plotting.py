@@ -1,0 +1,154 @@
+"""Figures of the research workflow: curve overlays, codebook usage, sweep results, representations.
+
+Every function writes a PNG (matplotlib's Agg backend, no display needed) and returns nothing;
+`representation_figure` returns the figure so notebooks can show it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # servers and CI have no display; notebooks show returned figures anyway
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_TITLES = {
+    "loss": "loss per masked frame",
+    "contrastive_loss": "contrastive loss per masked frame",
+    "diversity_loss": "diversity loss per masked frame",
+    "code_perplexity": "code perplexity",
+    "accuracy": "contrastive accuracy",
+}
+
+
+def plot_curve_overlay(
+    records: Sequence[Mapping[str, float]],
+    path: str | os.PathLike,
+    metrics: Sequence[str],
+    frameworks: Sequence[str],
+    external: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> None:
+    """One panel per metric, one line per framework (`{metric}_{framework}` columns of `records`).
+
+    Args:
+      records: per-step dicts with a `step` key.
+      path: the PNG to write.
+      metrics: panels, e.g. ("loss", "accuracy").
+      frameworks: lines, e.g. ("jax", "pytorch").
+      external: {label: (steps, losses)} of other runs, drawn dashed on the "loss" panel.
+    """
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3), squeeze=False)
+    for ax, name in zip(axes[0], metrics):
+        for framework, style in zip(frameworks, ("-", "--", ":", "-.")):
+            ax.plot(steps, [r[f"{name}_{framework}"] for r in records], style, label=framework, linewidth=1.2)
+        if name == "loss":
+            for label, (ext_steps, values) in (external or {}).items():
+                ax.plot(ext_steps, values, ":", label=label, linewidth=1.2)
+        ax.set_title(_TITLES.get(name, name), fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_codebook_usage(usage: np.ndarray, path: str | os.PathLike, title: str = "codebook usage") -> None:
+    """Bar chart per group of how often each codeword was chosen, most used first.
+
+    Args:
+      usage: `[G, V]` counts (`probing.ValidationMetrics.codebook_usage`).
+      path: the PNG to write.
+    """
+    usage = np.asarray(usage)
+    if usage.ndim != 2:
+        raise ValueError(f"usage must be [G, V] counts, got shape {usage.shape}")
+    groups, num_vars = usage.shape
+    fig, axes = plt.subplots(1, groups, figsize=(4.5 * groups, 3.0), squeeze=False)
+    for g, ax in enumerate(axes[0]):
+        counts = np.sort(usage[g])[::-1]
+        share = counts / max(counts.sum(), 1)
+        ax.bar(np.arange(num_vars), share, width=1.0)
+        ax.set_title(f"group {g}: {int(np.sum(counts > 0))}/{num_vars} codewords used", fontsize=10)
+        ax.set_xlabel("codeword (sorted by use)")
+        ax.set_ylabel("share of frames")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweep_results(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
+    """Validation loss, code perplexity and share of codewords used against the codebook size G x V.
+
+    Args:
+      rows: `sweep.collect_results` rows (`codebook_size`, `valid_loss`, `valid_code_perplexity`,
+        `used_fraction`, and the grid values); one line per `model.num_codevector_groups`.
+      path: the PNG to write.
+    """
+    panels = [
+        ("valid_loss", "validation loss per masked frame"),
+        ("valid_code_perplexity", "validation code perplexity"),
+        ("used_fraction", "share of the G x V codewords used"),
+    ]
+    lines: dict[str, list[Mapping[str, float]]] = {}
+    for row in rows:
+        label = f"G={row['model.num_codevector_groups']}" if "model.num_codevector_groups" in row else "all"
+        lines.setdefault(label, []).append(row)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.3), squeeze=False)
+    for ax, (name, title) in zip(axes[0], panels):
+        for label, points in lines.items():
+            points = sorted(points, key=lambda r: r["codebook_size"])
+            ax.plot([r["codebook_size"] for r in points], [r[name] for r in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("codebook size G x V")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def representation_figure(
+    waveform: np.ndarray,
+    reps: Mapping[str, np.ndarray],
+    title: str = "waveform -> latent z -> quantized q",
+    dims: int = 64,
+) -> plt.Figure:
+    """The seed notebook's four panels for a real model: waveform, z, q and |c - q|.
+
+    The seed's toy quantizer mapped z to codewords of z's own size, so it drew |z - q|. Here z
+    (the conv latents) and q (codewords projected into the contrastive space) live in different
+    spaces; the comparable quantity is |c - q| in the contrastive space, what the loss pulls
+    together on masked frames.
+
+    Args:
+      waveform: `[samples]`.
+      reps: `probing.representations` of the waveform.
+      title: the figure's title.
+      dims: channels drawn from each heatmap (the first ones).
+    """
+    z, q, c = reps["z"], reps["q"], reps["c"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 7))
+    axes[0, 0].plot(waveform, linewidth=0.4)
+    axes[0, 0].set_title(f"waveform ({len(waveform)} samples)")
+    axes[0, 0].set_xlabel("sample")
+    panels = [
+        (axes[0, 1], z, "viridis", f"latent z ({z.shape[0]} frames x {z.shape[1]} dims)"),
+        (axes[1, 0], q, "viridis", f"quantized q ({q.shape[0]} frames x {q.shape[1]} dims, contrastive space)"),
+        (axes[1, 1], np.abs(c - q), "hot", "|c - q| (context vs quantized, contrastive space)"),
+    ]
+    for ax, values, cmap, name in panels:
+        image = ax.imshow(values.T[:dims], aspect="auto", cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("dimension")
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return fig
