@@ -21,6 +21,7 @@ import functools
 import math
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,50 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, deterministic: boo
         raise ValueError(f"dropout with rate {rate} in training mode (deterministic=False) needs a key")
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def rematerialised(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
+    """`fn(params, x)` whose intermediate activations are recomputed in the backward pass, not kept.
+
+    On GPU and TPU this is `jax.checkpoint`. On CPU the recomputation sits in a conditional on the
+    output's cotangent instead: XLA:CPU drops `jax.checkpoint`'s optimisation barriers and merges
+    the recomputation with the forward pass (base Transformer: the same 1105 MiB of temporaries with
+    and without it), while a conditional branch can't be merged or hoisted (164 MiB). (On GPU a
+    conditional would cost a device-to-host copy of its predicate per layer.) Only `params` and `x`
+    are kept; random draws inside `fn` (dropout) come from keys it closes over, so the
+    recomputation draws the same bits.
+
+    Args:
+      fn: a function of a parameter pytree and a `[batch, time, dim]` array.
+
+    Returns:
+      the same function, with the memory profile of a rematerialised one.
+    """
+
+    if jax.default_backend() != "cpu":
+        return jax.checkpoint(fn)
+
+    @jax.custom_vjp
+    def wrapped(params: Any, x: jax.Array) -> jax.Array:
+        return fn(params, x)
+
+    def forward(params: Any, x: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        return fn(params, x), (params, x)
+
+    def backward(saved: tuple[Any, jax.Array], cotangent: jax.Array) -> tuple[Any, jax.Array]:
+        def recompute(cotangent: jax.Array) -> tuple[Any, jax.Array]:
+            return jax.vjp(fn, *saved)[1](cotangent)
+
+        def not_finite(cotangent: jax.Array) -> tuple[Any, jax.Array]:
+            return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), saved)
+
+        # True unless the cotangent is NaN (then the gradients would be too), but XLA can't know:
+        # the recomputation stays in the backward pass.
+        probe = cotangent.reshape(-1)[0]
+        return jax.lax.cond(probe == probe, recompute, not_finite, cotangent)
+
+    wrapped.defvjp(forward, backward)
+    return wrapped
 
 
 # transformers' initializer_range (and fairseq's init_bert_params): N(0, 0.02) Transformer weights.
@@ -329,36 +374,26 @@ class ContextNetwork(nnx.Module):
         if not self.stable_layer_norm:
             x = self.layer_norm(x)
         x = dropout(x, self.hidden_dropout, None if key is None else named_key(key, "input"), deterministic)
-        for index, layer in enumerate(self.layers):
-            layer_key = None if key is None else jax.random.fold_in(named_key(key, "layers"), index)
-            run = functools.partial(self._run_layer, layer, padding_mask=padding_mask, deterministic=deterministic)
+        layers_key = None if key is None else named_key(key, "layers")
+
+        def run_layer(layer: EncoderLayer, h: jax.Array, index: int | jax.Array) -> jax.Array:
+            layer_key = None if layers_key is None else jax.random.fold_in(layers_key, index)
+            run = functools.partial(layer, padding_mask=padding_mask, deterministic=deterministic)
             if deterministic or self.layerdrop == 0.0:
-                x = run(x, layer_key)
-                continue
+                return run(h, key=layer_key)
             if layer_key is None:
                 raise ValueError("LayerDrop in training mode (deterministic=False) needs a key")
             skip = jax.random.uniform(named_key(layer_key, "layerdrop")) < self.layerdrop
             # cond, not where: a skipped layer costs nothing at run time.
-            x = jax.lax.cond(skip, lambda h, _: h, run, x, layer_key)
+            return jax.lax.cond(skip, lambda h, _: h, lambda h, k: run(h, key=k), h, layer_key)
+
+        for index, layer in enumerate(self.layers):
+            if self.remat:
+                # Functional form: the layer's parameters are an explicit input of the recomputation.
+                graphdef, params = nnx.split(layer)
+                x = rematerialised(lambda p, h, i=index: run_layer(nnx.merge(graphdef, p), h, i))(params, x)
+            else:
+                x = run_layer(layer, x, index)
         if self.stable_layer_norm:
             x = self.layer_norm(x)
         return x
-
-    def _run_layer(
-        self,
-        layer: EncoderLayer,
-        x: jax.Array,
-        key: jax.Array | None,
-        *,
-        padding_mask: jax.Array | None,
-        deterministic: bool,
-    ) -> jax.Array:
-        if not self.remat:
-            return layer(x, padding_mask, deterministic=deterministic, key=key)
-        # Functional form for jax.checkpoint: the layer's parameters are an explicit input.
-        graphdef, params = nnx.split(layer)
-
-        def apply(params: nnx.State, x: jax.Array, padding_mask: jax.Array | None, key: jax.Array | None):
-            return nnx.merge(graphdef, params)(x, padding_mask, deterministic=deterministic, key=key)
-
-        return jax.checkpoint(apply)(params, x, padding_mask, key)

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.context_network import ContextNetwork, dropout, layer_norm, linear, named_key
+from w2v_jax.context_network import ContextNetwork, dropout, layer_norm, linear, named_key, rematerialised
 from w2v_jax.contrastive_loss import (
     contrastive_accuracy,
     contrastive_logits,
@@ -137,12 +137,14 @@ class Wav2Vec2ForPreTraining(nnx.Module):
           config: the hyper-parameters.
           dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32, and the logits,
             losses and codebook statistics are computed in float32.
-          remat: recompute each Transformer layer in the backward pass (less activation memory).
+          remat: recompute the conv feature encoder and each Transformer layer in the backward
+            pass instead of keeping their activations (`context_network.rematerialised`).
           rngs: parameter initialisation only; default `nnx.Rngs(0)`.
         """
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.config = config
         self.dtype = dtype
+        self.remat = remat
         self.feature_extractor = FeatureEncoder(
             conv_dim=config.conv_dim,
             conv_kernel=config.conv_kernel,
@@ -289,7 +291,13 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             frame_lengths = self.feature_extractor.compute_output_length(samples)
             padding_mask = padding_mask_from_lengths(frame_lengths, time)
 
-        features = self.feature_extractor(input_values)
+        if self.remat:
+            # The conv stack's activations are the largest part (base, 4 x 4 s: its forward + backward
+            # alone needs 893 MiB of temporaries, the whole model's 2263 MiB; with remat 894 MiB).
+            graphdef, params = nnx.split(self.feature_extractor)
+            features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
+        else:
+            features = self.feature_extractor(input_values)
         features = scale_gradient(features, config.feature_grad_mult)
         squares = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)  # [batch, time]
         if padding_mask is None:

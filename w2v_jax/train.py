@@ -90,7 +90,7 @@ def create_model(
     config: Wav2Vec2Config, seed: int, dtype: jnp.dtype | None = None, remat: bool = False
 ) -> Wav2Vec2ForPreTraining:
     """The pretraining model with float32 parameters (`dtype` is the computation dtype); `remat`
-    recomputes each Transformer layer's activations in the backward pass (less memory)."""
+    recomputes the conv encoder's and each Transformer layer's activations in the backward pass."""
     return Wav2Vec2ForPreTraining(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 

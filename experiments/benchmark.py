@@ -1,0 +1,55 @@
+"""Training-step benchmark: w2v_jax beside transformers' PyTorch model, same config, batch and masks.
+
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:small --batch=4 --seconds=4 --vs-pytorch
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --steps=5 --precision=bfloat16
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat-memory
+
+Prints one line per framework (median step time, audio-seconds per second, model FLOPs per step,
+achieved FLOP/s, MFU against a matmul peak measured in the same run, compile time, memory), then
+`ratio=X`: our throughput over the reference's. `--remat-memory` compiles the step without and
+with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
+(activation memory) and for the whole train step. All logic: `w2v_jax.benchmark`.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from w2v_jax import benchmark
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
+)
+_BATCH = flags.DEFINE_integer("batch", 4, "Utterances per step.")
+_SECONDS = flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
+_PRECISION = flags.DEFINE_enum("precision", "float32", sorted(benchmark.PRECISIONS), "Computation dtype.")
+_REMAT = flags.DEFINE_bool("remat", False, "Rematerialise the Transformer layers.")
+_SEED = flags.DEFINE_integer("seed", 0, "Parameters, waveforms and step key.")
+_VS_PYTORCH = flags.DEFINE_bool("vs-pytorch", False, "Also time transformers' model with torch's AdamW.")
+_REMAT_MEMORY = flags.DEFINE_bool("remat-memory", False, "Only compare XLA's temporary bytes without/with remat.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    settings = benchmark.BenchmarkSettings(
+        batch_size=_BATCH.value,
+        seconds=_SECONDS.value,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        precision=_PRECISION.value,
+        remat=_REMAT.value,
+        seed=_SEED.value,
+    )
+    if _REMAT_MEMORY.value:
+        for line in benchmark.remat_memory(_CONFIG.value, settings):
+            print(line, flush=True)
+        return
+    result = benchmark.run_benchmark(_CONFIG.value, settings, vs_pytorch=_VS_PYTORCH.value)
+    for line in result.lines():
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,149 @@
+"""Tests of w2v_jax.benchmark and its launcher (fields and their consistency, never timings)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2v_jax import benchmark
+from w2v_jax import train as train_lib
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\[[^\]]*\]|'[^']*'|\S+)", line))
+
+
+def test_step_timings_statistics_match_numpy():
+    timings = benchmark.StepTimings(
+        framework="w2v_jax",
+        device="cpu",
+        step_seconds=[0.5, 0.2, 0.4, 0.3, 0.1],
+        audio_seconds_per_step=16.0,
+        flops_per_step=3e9,
+        peak_flops_per_second=5e10,
+        compile_seconds=1.0,
+        memory={"xla_temp": 2**20},
+        memory_source="test",
+    )
+    median = float(np.median(timings.step_seconds))
+    np.testing.assert_allclose(timings.median_step_seconds, median, rtol=1e-12)
+    np.testing.assert_allclose(timings.audio_seconds_per_second, 16.0 / median, rtol=1e-12)
+    np.testing.assert_allclose(timings.mfu, 3e9 / median / 5e10, rtol=1e-12)
+    fields = _fields(timings.line())
+    assert fields["median_step_s"] == "0.3000"
+    assert fields["xla_temp_mib"] == "1.0"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"batch_size": 0}, "batch size"), ({"steps": 0}, "steps"), ({"precision": "float16"}, "precision")],
+)
+def test_settings_reject_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        benchmark.BenchmarkSettings(**overrides)
+
+
+def test_matmul_peak_is_positive_and_finite():
+    peak = benchmark.matmul_peak_flops(jax.devices()[0], jnp.float32, size=128, repeats=2)
+    assert np.isfinite(peak) and peak > 0
+
+
+def test_step_masks_are_the_ones_the_model_draws():
+    """The reference is fed what our step's model samples from `train.model_key(key, step, 0)`."""
+    config = benchmark.benchmark_config(Wav2Vec2Config.preset("tiny"))
+    model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
+    waveforms = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16000), dtype=np.float32))
+    key = jax.random.key(3)
+    step = 7
+    out = model(waveforms, deterministic=False, key=train_lib.model_key(key, step, 0))
+    mask, negatives = benchmark.step_masks(config, key, step, 2, model.num_frames(16000))
+    np.testing.assert_array_equal(mask, np.asarray(out.mask_time_indices))
+    assert negatives.shape == (*mask.shape, config.num_negatives)
+    assert int(out.num_masked) == int(mask.sum())
+
+
+@pytest.mark.slow
+def test_launcher_prints_sane_fields_for_both_frameworks():
+    """The real launcher on the tiny config, a 2 x 1 s batch and one timed step after one warm-up."""
+    command = [
+        sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/pretrain.py:tiny",
+        "--batch=2", "--seconds=1", "--steps=1", "--warmup=1", "--vs-pytorch",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    header = _fields(lines[0])
+    assert header["config"] == "tiny" and header["batch"] == "2" and float(header["matmul_peak_flops_per_s"]) > 0
+    ours = _fields(next(line for line in lines if line.startswith("w2v_jax:")))
+    reference = _fields(next(line for line in lines if line.startswith("pytorch:")))
+    for fields in (ours, reference):
+        median = float(fields["median_step_s"])
+        assert median > 0
+        np.testing.assert_allclose(float(fields["audio_s_per_s"]), 2.0 / median, rtol=1e-2)
+        assert float(fields["flops_per_step"]) > 0
+        np.testing.assert_allclose(
+            float(fields["achieved_flops_per_s"]), float(fields["flops_per_step"]) / median, rtol=1e-2
+        )
+        assert 0 < float(fields["mfu"]) < 1
+        assert float(fields["peak_rss_mib"]) > 0
+    # Both ran the same model: the same FLOP count, XLA's count of our step.
+    assert ours["flops_per_step"] == reference["flops_per_step"]
+    assert float(ours["compile_s"]) > 0 and reference["compile_s"] == "none(eager)"
+    assert float(ours["xla_temp_mib"]) > 0 and float(ours["xla_arguments_mib"]) > 0
+    assert "same masks and distractors on both sides: True" in lines
+    ratio = float(lines[-1].removeprefix("ratio="))
+    assert lines[-1].startswith("ratio=")
+    np.testing.assert_allclose(ratio, float(ours["audio_s_per_s"]) / float(reference["audio_s_per_s"]), rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_remat_memory_mode_prints_both_temp_sizes():
+    command = [
+        sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/pretrain.py:tiny",
+        "--batch=2", "--seconds=1", "--remat-memory",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()[-2:]
+    assert [line.split(":")[0] for line in lines] == ["forward_backward", "train_step"]
+    for line in lines:
+        fields = _fields(line)
+        no_remat, remat = float(fields["no_remat_mib"]), float(fields["remat_mib"])
+        assert no_remat > 0 and remat > 0
+        np.testing.assert_allclose(float(fields["reduction"].rstrip("x")), no_remat / remat, rtol=2e-2)
+
+
+def test_model_remat_keeps_loss_and_gradients_and_saves_memory():
+    """Rematerialisation (conv encoder + Transformer layers) changes memory, not numbers."""
+    config = benchmark.benchmark_config(Wav2Vec2Config.preset("tiny"))
+    waveforms = jnp.asarray(np.random.default_rng(1).standard_normal((2, 16000), dtype=np.float32))
+    key = jax.random.key(5)
+
+    def compiled_grad(remat: bool):
+        graphdef, params = nnx.split(Wav2Vec2ForPreTraining(config, remat=remat, rngs=nnx.Rngs(0)))
+
+        def loss(p):
+            return nnx.merge(graphdef, p)(waveforms, deterministic=False, key=key).loss
+
+        return jax.jit(jax.value_and_grad(loss)).lower(params).compile(), params
+
+    (plain, params), (remat, _) = compiled_grad(False), compiled_grad(True)
+    plain_loss, plain_grads = plain(params)
+    remat_loss, remat_grads = remat(params)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    # The loss is a sum over frames, so gradients are O(1): float32 reassociation leaves ~3e-6.
+    chex.assert_trees_all_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-5)
+    assert remat.memory_analysis().temp_size_in_bytes < plain.memory_analysis().temp_size_in_bytes

@@ -1,0 +1,608 @@
+"""Training-step benchmark: our jit-compiled train step beside the PyTorch reference's.
+
+`run_benchmark` times, in one process and on one device, warm-up then `steps` full training
+updates (forward, backward, optimizer) of the two below; the timed steps alternate between them,
+so a shared machine's changing load hits both alike:
+
+- w2v_jax: `train.train_step` (the trainer's step: masks, distractors and Gumbel noise sampled on
+  the device from the step's key, donated state), compiled ahead of time once for the batch
+  shape, so the timed loop cannot recompile;
+- the reference (with `vs_pytorch`): transformers' `Wav2Vec2ForPreTraining` with the same
+  config and initial weights (`reference.build_reference_model`, switched to PyTorch's fused
+  `scaled_dot_product_attention` so it runs at its best), the gradient divided by the number of
+  masked frames as ours, `torch.nn.utils.clip_grad_norm_` and `torch.optim.AdamW` with our
+  recipe's hyper-parameters, fed the batch, span masks and distractors our step draws (the same
+  keys re-derived on the host; the masked-frame counts of both are checked to agree).
+
+Both run the same work per step: the config's LayerDrop is set to 0 (a random number of skipped
+layers would make step times random); dropouts stay as configured on both sides.
+
+Reported per framework: median step time, audio-seconds per second, model FLOPs per step (XLA's
+cost analysis of our compiled step; the same count is used for the reference, which runs the
+same model; with remat it includes the recomputation), achieved FLOP/s and its fraction of a
+matmul peak measured in the same run on the same device (model FLOPs utilisation), compile time, and peak memory (GPU: the device allocator's
+peak; CPU: XLA's memory analysis of the compiled step and the process's peak resident memory
+during the timed steps). Throughputs are only comparable within one run: the benchmark machine
+may be shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from w2v_jax import optim, sharding
+from w2v_jax import train as train_lib
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.context_network import named_key
+from w2v_jax.contrastive_loss import sample_negative_indices
+from w2v_jax.masking import compute_mask_indices
+from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.quantization import gumbel_temperature
+
+SAMPLE_RATE = 16_000
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
+_MIB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSettings:
+    """What is timed.
+
+    Attributes:
+      batch_size: utterances per step.
+      seconds: length of each utterance (16 kHz samples = seconds * 16000).
+      steps: timed steps (at least 1; the issue asks for >= 5).
+      warmup: untimed steps before them (first-call effects, allocator warm-up).
+      precision: "float32" or "bfloat16" (computation dtype; parameters stay float32).
+      remat: rematerialise the Transformer layers in the backward pass.
+      seed: parameters, waveforms and the step key.
+    """
+
+    batch_size: int = 4
+    seconds: float = 4.0
+    steps: int = 5
+    warmup: int = 2
+    precision: str = "float32"
+    remat: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.steps < 1 or self.warmup < 0:
+            raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={self.steps}, warmup={self.warmup}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * SAMPLE_RATE))
+
+
+@dataclasses.dataclass
+class StepTimings:
+    """One framework's measurements.
+
+    Attributes:
+      framework: "w2v_jax" or "pytorch".
+      device: where it ran.
+      step_seconds: wall time of each timed step.
+      audio_seconds_per_step: batch_size * seconds.
+      flops_per_step: model FLOPs of one update (XLA's count of our compiled step).
+      peak_flops_per_second: the matmul peak measured in this run on this device.
+      compile_seconds: tracing + compiling (None for eager PyTorch).
+      memory: named byte counts; `memory_source` says what they are.
+      memory_source: how `memory` was measured.
+    """
+
+    framework: str
+    device: str
+    step_seconds: list[float]
+    audio_seconds_per_step: float
+    flops_per_step: float
+    peak_flops_per_second: float
+    compile_seconds: float | None
+    memory: dict[str, int]
+    memory_source: str
+
+    @property
+    def median_step_seconds(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.audio_seconds_per_step / self.median_step_seconds
+
+    @property
+    def flops_per_second(self) -> float:
+        return self.flops_per_step / self.median_step_seconds
+
+    @property
+    def mfu(self) -> float:
+        """Model FLOPs utilisation: achieved FLOP/s over the measured matmul peak."""
+        return self.flops_per_second / self.peak_flops_per_second
+
+    def line(self) -> str:
+        """One `key=value` line (the fields the README table and the tests read)."""
+        compile_s = "none(eager)" if self.compile_seconds is None else f"{self.compile_seconds:.2f}"
+        memory = " ".join(f"{k}_mib={v / _MIB:.1f}" for k, v in self.memory.items())
+        return (
+            f"{self.framework}: device={self.device} median_step_s={self.median_step_seconds:.4f} "
+            f"audio_s_per_s={self.audio_seconds_per_second:.2f} flops_per_step={self.flops_per_step:.4g} "
+            f"achieved_flops_per_s={self.flops_per_second:.4g} mfu={self.mfu:.4f} compile_s={compile_s} "
+            f"{memory} memory_source={self.memory_source!r} "
+            f"steps_s=[{', '.join(f'{s:.4f}' for s in self.step_seconds)}]"
+        )
+
+
+def benchmark_config(model: Wav2Vec2Config) -> Wav2Vec2Config:
+    """The model config as benchmarked: LayerDrop 0, so every step does the same work."""
+    return model.replace(layerdrop=0.0)
+
+
+def make_waveforms(settings: BenchmarkSettings) -> np.ndarray:
+    """`[batch, samples]` float32 unit-variance noise (what normalised audio looks like to the model)."""
+    rng = np.random.default_rng(settings.seed)
+    return rng.standard_normal((settings.batch_size, settings.num_samples), dtype=np.float32)
+
+
+def matmul_peak_flops(device: jax.Device, dtype: jnp.dtype, size: int | None = None, repeats: int = 10) -> float:
+    """FLOP/s of the best of `repeats` timed `[n, n] @ [n, n]` products on `device`.
+
+    The yardstick of the model FLOPs utilisation: what this device reaches on a large dense
+    matmul in this run (so a shared or throttled machine is measured as it is now).
+    n defaults to 8192 on accelerators and 1024 on CPU (big enough to saturate its cores).
+    """
+    n = size or (1024 if device.platform == "cpu" else 8192)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(k1, (n, n), dtype), device)
+    b = jax.device_put(jax.random.normal(k2, (n, n), dtype), device)
+    product = jax.jit(jnp.matmul)
+    product(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+class PeakResidentMemory:
+    """The process's peak resident set size (Linux VmHWM), reset at `reset()`.
+
+    Writing 5 to /proc/self/clear_refs resets the high-water mark, so each framework's peak is
+    measured over its own steps (it still includes what the process already held: interpreter,
+    both frameworks' libraries and weights).
+    """
+
+    @staticmethod
+    def reset() -> None:
+        pathlib.Path("/proc/self/clear_refs").write_text("5")
+
+    @staticmethod
+    def peak_bytes() -> int:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise OSError("no VmHWM in /proc/self/status")
+
+
+def _optimizer_and_hparams(train: ml_collections.ConfigDict) -> tuple[Any, train_lib.StepHyperparams]:
+    """The trainer's optimizer and step settings from a pretrain config's `train` section."""
+    optimizer = optim.make_optimizer(
+        train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm
+    )
+    hparams = train_lib.StepHyperparams(
+        learning_rate=optim.learning_rate_schedule(
+            train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
+        ),
+        gumbel_start=train.max_gumbel_temperature,
+        gumbel_end=train.min_gumbel_temperature,
+        gumbel_decay=train.gumbel_temperature_decay,
+    )
+    return optimizer, hparams
+
+
+def step_masks(
+    model_config: Wav2Vec2Config, key: jax.Array, step: int, batch_size: int, frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The span masks `[batch, frames]` and distractors `[batch, frames, K]` our step draws at `step`.
+
+    Our train step hands the model `train.model_key(key, step, 0)` and the model draws the mask
+    and the distractors from its "mask" and "negatives" sub-keys (no attention mask: every
+    utterance is `frames` long); this re-draws them on the host for the reference.
+    """
+    model_key = train_lib.model_key(key, step, 0)
+    mask = compute_mask_indices(
+        named_key(model_key, "mask"),
+        (batch_size, frames),
+        model_config.mask_time_prob,
+        model_config.mask_time_length,
+        model_config.mask_time_min_masks,
+    )
+    negatives = sample_negative_indices(named_key(model_key, "negatives"), mask, model_config.num_negatives)
+    return np.asarray(mask), np.asarray(negatives)
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """Our train step compiled for one batch shape, with XLA's analyses of it."""
+
+    run: Callable[..., Any]
+    compile_seconds: float
+    flops: float
+    memory: Any  # jax's CompiledMemoryStats
+
+
+def compile_train_step(
+    model_config: Wav2Vec2Config,
+    train: ml_collections.ConfigDict,
+    settings: BenchmarkSettings,
+    device: jax.Device,
+) -> tuple[CompiledStep, train_lib.TrainState]:
+    """Creates the train state on `device` and compiles `train.train_step` ahead of time for the batch.
+
+    Returns:
+      (the compiled step, the initial state).
+    """
+    mesh = sharding.make_mesh(devices=[device])
+    optimizer, hparams = _optimizer_and_hparams(train)
+    graphdef, state, state_shardings = train_lib.create_train_state(
+        model_config,
+        optimizer,
+        seed=settings.seed,
+        mesh=mesh,
+        dtype=PRECISIONS[settings.precision],
+        remat=settings.remat,
+    )
+    step = jax.jit(
+        functools.partial(train_lib.train_step, graphdef=graphdef, optimizer=optimizer, hparams=hparams),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    batch = {"input_values": jax.ShapeDtypeStruct((settings.batch_size, settings.num_samples), jnp.float32)}
+    key = jax.random.key(settings.seed)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_seconds = time.perf_counter() - start
+    flops = float(compiled.cost_analysis()["flops"])
+    return CompiledStep(compiled, compile_seconds, flops, compiled.memory_analysis()), state
+
+
+def xla_memory(stats: Any) -> dict[str, int]:
+    """XLA's memory analysis of a compiled program: temporaries (activations, workspace), arguments,
+    outputs, and the donated bytes outputs reuse."""
+    return {
+        "xla_temp": int(stats.temp_size_in_bytes),
+        "xla_arguments": int(stats.argument_size_in_bytes),
+        "xla_outputs": int(stats.output_size_in_bytes),
+        "xla_aliased": int(stats.alias_size_in_bytes),
+    }
+
+
+def _describe(device: jax.Device) -> str:
+    if device.platform == "cpu":
+        return f"cpu({os.cpu_count()}-cores,{platform.processor() or platform.machine()})"
+    return f"{device.platform}({device.device_kind})"
+
+
+class JaxRunner:
+    """Our train step, compiled ahead of time for the benchmark batch; `step()` runs one update."""
+
+    def __init__(
+        self,
+        model_config: Wav2Vec2Config,
+        train: ml_collections.ConfigDict,
+        settings: BenchmarkSettings,
+        device: jax.Device,
+    ):
+        self.device = device
+        self.compiled, self.state = compile_train_step(model_config, train, settings, device)
+        # Host copies, taken before the first step donates the state: the reference starts from them.
+        self.initial_params = jax.device_get(self.state.params)
+        self.batch = {"input_values": jax.device_put(make_waveforms(settings), device)}
+        self.key = jax.random.key(settings.seed)
+        self.num_masked: list[jax.Array] = []
+
+    def step(self) -> None:
+        """One update, waited for (the timing needs it; the trainer's loop doesn't wait)."""
+        self.state, metrics = self.compiled.run(self.state, self.batch, self.key)
+        self.num_masked.append(metrics["num_masked"])
+        jax.block_until_ready(self.state)
+
+    def masked_counts(self) -> list[int]:
+        return [int(n) for n in jax.device_get(self.num_masked)]
+
+    def memory(self, peak_rss: int) -> tuple[dict[str, int], str]:
+        memory = xla_memory(self.compiled.memory)
+        if self.device.platform == "cpu":
+            memory["peak_rss"] = peak_rss
+            return memory, "XLA memory analysis of the compiled step; process peak RSS during its timed steps"
+        stats = self.device.memory_stats() or {}
+        memory["device_peak"] = int(stats.get("peak_bytes_in_use", 0))
+        return memory, "XLA memory analysis of the compiled step; device allocator peak_bytes_in_use"
+
+
+class TorchRunner:
+    """transformers' `Wav2Vec2ForPreTraining` + `torch.optim.AdamW`, fed our batch and our step's masks.
+
+    Runs on CUDA when torch has it, else on the CPU (a CPU-only torch beside a GPU shows in the
+    device field). The update mirrors ours: loss / masked frames, global-norm clipping
+    (`clip_grad_norm_`), the learning rate and Gumbel temperature of the step, AdamW.
+    """
+
+    def __init__(
+        self, model_config: Wav2Vec2Config, train: ml_collections.ConfigDict, settings: BenchmarkSettings, params: Any
+    ):
+        import torch  # the reference only: w2v_jax itself doesn't need torch
+
+        from w2v_jax.reference import build_reference_model, flat_negative_indices
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = build_reference_model(model_config, params).to(self.device)
+        # PyTorch's fused attention: the reference at its fastest (the parity tests use eager).
+        self.model.set_attn_implementation("sdpa")
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=0.0,
+            betas=(train.adam_b1, train.adam_b2),
+            eps=train.adam_eps,
+            weight_decay=train.weight_decay,
+        )
+        self.max_grad_norm = train.max_grad_norm
+        _, self.hparams = _optimizer_and_hparams(train)
+        self.autocast_dtype = torch.bfloat16 if settings.precision == "bfloat16" else None
+        self.waveforms = torch.from_numpy(make_waveforms(settings)).to(self.device)
+        frames = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config)).num_frames(settings.num_samples)
+        key = jax.random.key(settings.seed)
+        # Drawn before any timing (with JAX on the host), so a timed step is PyTorch work only.
+        self.inputs = []
+        for step in range(settings.warmup + settings.steps):
+            mask, negatives = step_masks(model_config, key, step, settings.batch_size, frames)
+            self.inputs.append((torch.from_numpy(mask.copy()), torch.from_numpy(flat_negative_indices(negatives))))
+        self.step_count = 0
+        self.num_masked: list[int] = []
+
+    def step(self) -> None:
+        """One update on the masks and distractors our step draws at the same step number."""
+        torch = self.torch
+        step = self.step_count
+        mask, negatives = self.inputs[step]
+        hp = self.hparams
+        temperature = gumbel_temperature(step, hp.gumbel_start, hp.gumbel_end, hp.gumbel_decay)
+        self.model.set_gumbel_temperature(float(temperature))
+        inputs = {
+            "input_values": self.waveforms,
+            "mask_time_indices": mask.to(self.device),
+            "sampled_negative_indices": negatives.to(self.device),
+        }
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.model(**inputs)
+        num_masked = int(mask.sum())
+        (out.loss / num_masked).backward()
+        if self.max_grad_norm and self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(hp.learning_rate(step))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.num_masked.append(num_masked)
+        self.step_count += 1
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda({self.torch.cuda.get_device_name()})"
+        return f"cpu({os.cpu_count()}-cores,{platform.processor() or platform.machine()})"
+
+    def memory(self, peak_rss: int) -> tuple[dict[str, int], str]:
+        if self.device.type == "cuda":
+            return {"device_peak": int(self.torch.cuda.max_memory_allocated())}, "torch.cuda.max_memory_allocated"
+        return {"peak_rss": peak_rss}, "process peak RSS during its timed steps"
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[], None]],
+    count: int,
+    settle_seconds: float = 0.5,
+    each_round: Callable[[], None] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Runs the steps round-robin `count` times; returns each one's wall times and peak RSS.
+
+    Alternating the frameworks step by step exposes both to the same load on a shared machine,
+    so their ratio is fair even when the machine's speed drifts during the run. An untimed
+    pause of `settle_seconds` before each step lets the other framework's worker threads, which
+    spin for a while after their work, go idle: on 2 cores they otherwise slowed PyTorch's tiny
+    step from 0.17 s to 2.5 s. `each_round` runs (untimed) after every round, e.g. to sample
+    the matmul peak under the same load.
+    """
+    rss = PeakResidentMemory()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    peaks = dict.fromkeys(steps, 0)
+    for _ in range(count):
+        for name, step in steps.items():
+            time.sleep(settle_seconds)
+            rss.reset()
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+            peaks[name] = max(peaks[name], rss.peak_bytes())
+        if each_round is not None:
+            each_round()
+    return seconds, peaks
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """`run_benchmark`'s measurements: ours, the reference's (or None), whether the masks agreed."""
+
+    header: str
+    ours: StepTimings
+    reference: StepTimings | None = None
+    masks_agree: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """Our throughput over the reference's (audio-seconds per second, same run)."""
+        if self.reference is None:
+            return None
+        return self.ours.audio_seconds_per_second / self.reference.audio_seconds_per_second
+
+    def lines(self) -> list[str]:
+        """The printed report; the last line is `ratio=X` when the reference ran."""
+        lines = [self.header, self.ours.line()]
+        if self.reference is not None:
+            lines.append(self.reference.line())
+            lines.append(f"same masks and distractors on both sides: {self.masks_agree}")
+            lines.append(f"ratio={self.ratio:.3f}")
+        return lines
+
+
+def run_benchmark(
+    config: ml_collections.ConfigDict,
+    settings: BenchmarkSettings,
+    *,
+    vs_pytorch: bool = False,
+    device: jax.Device | None = None,
+) -> BenchmarkResult:
+    """Times our train step and, with `vs_pytorch`, the reference's (see the module docstring).
+
+    Both warm up first; then their timed steps alternate (`time_interleaved`).
+
+    Args:
+      config: a pretrain config (`experiments/configs/pretrain.py`): `model.*` and the `train.*`
+        optimizer and schedule fields are used.
+      settings: batch, steps, precision, remat.
+      vs_pytorch: also time transformers' model with torch's AdamW.
+      device: where our step runs (default: the first device).
+
+    Returns:
+      the measurements; `lines()` is the report.
+    """
+    model_config = benchmark_config(Wav2Vec2Config(**config.model.to_dict()))
+    device = device or jax.devices()[0]
+    dtype = PRECISIONS[settings.precision] or jnp.float32
+    # The best matmul rate seen during the run: sampled before and after every round of steps,
+    # so the load the steps saw is in it too (one sample alone gave an MFU above 1).
+    peak = {device.platform: matmul_peak_flops(device, dtype)}
+
+    def sample_peaks() -> None:
+        for name in peak:
+            target = device if name == device.platform else jax.devices(name)[0]
+            peak[name] = max(peak[name], matmul_peak_flops(target, dtype, repeats=5))
+
+    ours = JaxRunner(model_config, config.train, settings, device)
+    steps = {"w2v_jax": ours.step}
+    reference = None
+    if vs_pytorch:
+        reference = TorchRunner(model_config, config.train, settings, ours.initial_params)
+        steps["pytorch"] = reference.step
+        reference_platform = "gpu" if reference.device.type == "cuda" else "cpu"
+        if reference_platform not in peak:
+            peak[reference_platform] = matmul_peak_flops(jax.devices(reference_platform)[0], dtype)
+    del ours.initial_params
+    for _ in range(settings.warmup):
+        for step in steps.values():
+            time.sleep(0.5)
+            step()
+    seconds, peak_rss = time_interleaved(steps, settings.steps, each_round=sample_peaks)
+
+    audio_seconds = settings.batch_size * settings.seconds
+    memory, source = ours.memory(peak_rss["w2v_jax"])
+    header = (
+        f"config={config.get('variant', '?')} layers={model_config.num_hidden_layers} "
+        f"hidden={model_config.hidden_size} "
+        f"conv_channels={model_config.conv_dim[-1]} batch={settings.batch_size} seconds={settings.seconds} "
+        f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
+        f"layerdrop=0 jax={jax.__version__} matmul_peak_flops_per_s={peak[device.platform]:.4g} "
+        f"(best {'1024' if device.platform == 'cpu' else '8192'}^2 {jnp.dtype(dtype).name} matmul of the run; "
+        f"timed steps alternate between the frameworks)"
+    )
+    result = BenchmarkResult(
+        header,
+        StepTimings(
+            framework="w2v_jax",
+            device=_describe(device),
+            step_seconds=seconds["w2v_jax"],
+            audio_seconds_per_step=audio_seconds,
+            flops_per_step=ours.compiled.flops,
+            peak_flops_per_second=peak[device.platform],
+            compile_seconds=ours.compiled.compile_seconds,
+            memory=memory,
+            memory_source=source,
+        ),
+    )
+    if reference is not None:
+        memory, source = reference.memory(peak_rss["pytorch"])
+        result.reference = StepTimings(
+            framework="pytorch",
+            device=reference.describe(),
+            step_seconds=seconds["pytorch"],
+            audio_seconds_per_step=audio_seconds,
+            # The same model: XLA's count of our step is the reference's model FLOPs too.
+            flops_per_step=ours.compiled.flops,
+            peak_flops_per_second=peak["gpu" if reference.device.type == "cuda" else "cpu"],
+            compile_seconds=None,
+            memory=memory,
+            memory_source=source,
+        )
+        result.masks_agree = reference.num_masked == ours.masked_counts()
+    return result
+
+
+def loss_gradient_temp_bytes(model_config: Wav2Vec2Config, settings: BenchmarkSettings, remat: bool) -> int:
+    """XLA's temporary bytes of the compiled forward + backward pass alone (activation memory).
+
+    The gradient of the training loss with respect to the parameters, as the train step takes
+    it, without the optimizer update (whose temporaries don't depend on rematerialisation).
+    """
+    abstract = nnx.eval_shape(lambda: train_lib.create_model(model_config, 0, PRECISIONS[settings.precision], remat))
+    graphdef, params = nnx.split(abstract)
+
+    def loss(params: nnx.State, waveforms: jax.Array, key: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params)(waveforms, deterministic=False, key=key).loss
+
+    waveforms = jax.ShapeDtypeStruct((settings.batch_size, settings.num_samples), jnp.float32)
+    compiled = jax.jit(jax.grad(loss)).lower(params, waveforms, jax.random.key(0)).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def remat_memory(config: ml_collections.ConfigDict, settings: BenchmarkSettings) -> list[str]:
+    """XLA's temporary bytes without and with remat, of the forward + backward pass and of the whole step.
+
+    Compiles only (nothing runs), on the first device.
+
+    Returns:
+      two report lines, `forward_backward` (activation memory) and `train_step` (plus the
+      optimizer update's temporaries), each `no_remat_mib=.. remat_mib=.. reduction=..x`.
+    """
+    model_config = benchmark_config(Wav2Vec2Config(**config.model.to_dict()))
+    device = jax.devices()[0]
+    temp: dict[str, dict[bool, int]] = {"forward_backward": {}, "train_step": {}}
+    for remat in (False, True):
+        temp["forward_backward"][remat] = loss_gradient_temp_bytes(model_config, settings, remat)
+        compiled, _ = compile_train_step(model_config, config.train, dataclasses.replace(settings, remat=remat), device)
+        temp["train_step"][remat] = int(compiled.memory.temp_size_in_bytes)
+    return [
+        f"{name}: xla_temp no_remat_mib={sizes[False] / _MIB:.1f} remat_mib={sizes[True] / _MIB:.1f} "
+        f"reduction={sizes[False] / sizes[True]:.2f}x"
+        for name, sizes in temp.items()
+    ]
