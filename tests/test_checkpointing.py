@@ -67,6 +67,16 @@ def test_keeps_the_last_n(tmp_path):
     ckpt.close()
 
 
+def test_relative_directory_is_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = checkpointing.Checkpointer("runs/ckpt", keep=1, async_save=False)
+    ckpt.save(1, make_state(1.0), {})
+    ckpt.wait()
+    ckpt.close()
+    assert ckpt.directory == str(tmp_path / "runs" / "ckpt")
+    assert (tmp_path / "runs" / "ckpt" / "1").is_dir()
+
+
 def test_refuses_non_finite_state(tmp_path):
     ckpt = checkpointing.Checkpointer(tmp_path)
     state = make_state(1.0)

@@ -60,7 +60,8 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.directory = os.fspath(directory)
+        # orbax refuses relative paths; a workdir given as runs/tiny must work.
+        self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             # Only explicit saves (the trainer decides when); a should_save policy would be a second one.
