@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import optim, sharding
+from w2v_jax import sharding
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import named_key
@@ -201,22 +201,6 @@ class PeakResidentMemory:
         raise OSError("no VmHWM in /proc/self/status")
 
 
-def _optimizer_and_hparams(train: ml_collections.ConfigDict) -> tuple[Any, train_lib.StepHyperparams]:
-    """The trainer's optimizer and step settings from a pretrain config's `train` section."""
-    optimizer = optim.make_optimizer(
-        train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm
-    )
-    hparams = train_lib.StepHyperparams(
-        learning_rate=optim.learning_rate_schedule(
-            train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
-        ),
-        gumbel_start=train.max_gumbel_temperature,
-        gumbel_end=train.min_gumbel_temperature,
-        gumbel_decay=train.gumbel_temperature_decay,
-    )
-    return optimizer, hparams
-
-
 def step_masks(
     model_config: Wav2Vec2Config, key: jax.Array, step: int, batch_size: int, frames: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +244,7 @@ def compile_train_step(
       (the compiled step, the initial state).
     """
     mesh = sharding.make_mesh(devices=[device])
-    optimizer, hparams = _optimizer_and_hparams(train)
+    optimizer, hparams = train_lib.optimizer_and_hyperparams(train)
     graphdef, state, state_shardings = train_lib.create_train_state(
         model_config,
         optimizer,
@@ -367,7 +351,7 @@ class TorchRunner:
             weight_decay=train.weight_decay,
         )
         self.max_grad_norm = train.max_grad_norm
-        _, self.hparams = _optimizer_and_hparams(train)
+        _, self.hparams = train_lib.optimizer_and_hyperparams(train)
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bfloat16" else None
         self.waveforms = torch.from_numpy(make_waveforms(settings)).to(self.device)
         frames = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config)).num_frames(settings.num_samples)

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax import checkpointing, convert, optim, sharding
+from w2v_jax import checkpointing, convert, sharding
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import sample_negative_indices
@@ -559,7 +559,7 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
     config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
     t = config.train
     model_config = Wav2Vec2Config(**config.model.to_dict())
-    optimizer = optim.make_optimizer(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay, t.max_grad_norm)
+    optimizer, _ = train_lib.optimizer_and_hyperparams(t)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

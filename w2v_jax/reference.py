@@ -51,7 +51,7 @@ import torch
 import transformers
 from flax import nnx
 
-from w2v_jax import optim, plotting, sharding
+from w2v_jax import plotting, sharding
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import named_key
@@ -363,16 +363,8 @@ def compare_training(
     check_comparable(model_config)
     # One device: the comparison is about the numbers, not the parallelism.
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    optimizer = optim.make_optimizer(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay, t.max_grad_norm)
-    schedule = optim.learning_rate_schedule(
-        t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
-    )
-    hparams = train_lib.StepHyperparams(
-        learning_rate=schedule,
-        gumbel_start=t.max_gumbel_temperature,
-        gumbel_end=t.min_gumbel_temperature,
-        gumbel_decay=t.gumbel_temperature_decay,
-    )
+    optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
+    schedule = hparams.learning_rate
     graphdef, state, state_shardings = train_lib.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
     step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
     _, control, _ = train_lib.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)

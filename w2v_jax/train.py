@@ -29,6 +29,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -84,6 +85,21 @@ class StepHyperparams:
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
     grad_accum_steps: int = 1
+
+
+def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
+    """The optimizer and step settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
+    optimizer = optim.make_optimizer(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
+    hparams = StepHyperparams(
+        learning_rate=optim.learning_rate_schedule(
+            train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
+        ),
+        gumbel_start=train.max_gumbel_temperature,
+        gumbel_end=train.min_gumbel_temperature,
+        gumbel_decay=train.gumbel_temperature_decay,
+        grad_accum_steps=train.grad_accum_steps,
+    )
+    return optimizer, hparams
 
 
 def create_model(

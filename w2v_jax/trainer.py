@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from w2v_jax import checkpointing, distributed, metrics as metrics_lib, optim, sharding
+from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
@@ -121,16 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t = config.train
     model_config = Wav2Vec2Config(**config.model.to_dict())
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    optimizer = optim.make_optimizer(t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay, t.max_grad_norm)
-    hparams = train_lib.StepHyperparams(
-        learning_rate=optim.learning_rate_schedule(
-            t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
-        ),
-        gumbel_start=t.max_gumbel_temperature,
-        gumbel_end=t.min_gumbel_temperature,
-        gumbel_decay=t.gumbel_temperature_decay,
-        grad_accum_steps=t.grad_accum_steps,
-    )
+    optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
     graphdef, state, state_shardings = train_lib.create_train_state(
         model_config,
         optimizer,
