@@ -14,7 +14,7 @@ with rematerialisation and prints XLA's temporary bytes of each, for the forward
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import benchmark
+from w2v_jax import benchmark, host_memory
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
@@ -28,11 +28,13 @@ _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise the Transformer layers
 _SEED = flags.DEFINE_integer("seed", 0, "Parameters, waveforms and step key.")
 _VS_PYTORCH = flags.DEFINE_bool("vs-pytorch", False, "Also time transformers' model with torch's AdamW.")
 _REMAT_MEMORY = flags.DEFINE_bool("remat-memory", False, "Only compare XLA's temporary bytes without/with remat.")
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    host_memory.configure(_HOST_MALLOC.value)
     settings = benchmark.BenchmarkSettings(
         batch_size=_BATCH.value,
         seconds=_SECONDS.value,

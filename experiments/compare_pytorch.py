@@ -14,7 +14,7 @@ run (CSV with step,loss columns, or JSONL with step and loss keys).
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import reference
+from w2v_jax import host_memory, reference
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
@@ -23,11 +23,13 @@ _STEPS = flags.DEFINE_integer("steps", 100, "Updates on each side (the schedules
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _EXTERNAL = flags.DEFINE_multi_string("external", [], "Curve files of other runs to overlay (CSV or JSONL).")
 _WINDOW = flags.DEFINE_integer("window", 10, "Moving-average window of the smoothed curves.")
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    host_memory.configure(_HOST_MALLOC.value)
     summary = reference.run_comparison(
         _CONFIG.value, _STEPS.value, _WORKDIR.value, external=_EXTERNAL.value, window=_WINDOW.value
     )

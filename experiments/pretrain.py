@@ -14,17 +14,19 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import trainer
+from w2v_jax import host_memory, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    host_memory.configure(_HOST_MALLOC.value)
     # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:

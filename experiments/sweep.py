@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import probing, sweep, trainer
+from w2v_jax import host_memory, probing, sweep, trainer
 from w2v_jax.data import default_manifest
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,11 +28,13 @@ _PRINT = flags.DEFINE_bool("print-commands", False, "Print one launcher command 
 _COLLECT = flags.DEFINE_bool("collect-only", False, "Only collect the results of finished points.")
 _VALID = flags.DEFINE_string("valid_manifest", None, "Validation manifest (default: embedded corpus valid split).")
 _MAX_UTTERANCES = flags.DEFINE_integer("max_utterances", None, "Validate on the first N utterances.")
+_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    host_memory.configure(_HOST_MALLOC.value)
     config = _CONFIG.value
     if _PRINT.value:
         overrides = [arg for arg in sys.argv[1:] if arg.startswith("--config.")]

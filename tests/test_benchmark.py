@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import benchmark
+from w2v_jax import benchmark, host_memory
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining
@@ -37,6 +37,7 @@ def test_step_timings_statistics_match_numpy():
         compile_seconds=1.0,
         memory={"xla_temp": 2**20},
         memory_source="test",
+        minor_faults=[9, 1, 5, 3, 7],
     )
     median = float(np.median(timings.step_seconds))
     np.testing.assert_allclose(timings.median_step_seconds, median, rtol=1e-12)
@@ -45,6 +46,7 @@ def test_step_timings_statistics_match_numpy():
     fields = _fields(timings.line())
     assert fields["median_step_s"] == "0.3000"
     assert fields["xla_temp_mib"] == "1.0"
+    assert fields["minor_faults_per_step"] == "5"
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,7 @@ def test_launcher_prints_sane_fields_for_both_frameworks():
     lines = result.stdout.strip().splitlines()
     header = _fields(lines[0])
     assert header["config"] == "tiny" and header["batch"] == "2" and float(header["matmul_peak_flops_per_s"]) > 0
+    assert header["host_malloc"] == ("reuse" if host_memory._glibc() is not None else "system")
     ours = _fields(next(line for line in lines if line.startswith("w2v_jax:")))
     reference = _fields(next(line for line in lines if line.startswith("pytorch:")))
     for fields in (ours, reference):
@@ -99,6 +102,7 @@ def test_launcher_prints_sane_fields_for_both_frameworks():
         )
         assert 0 < float(fields["mfu"]) < 1
         assert float(fields["peak_rss_mib"]) > 0
+        assert int(fields["minor_faults_per_step"]) >= 0
     # Both ran the same model: the same FLOP count, XLA's count of our step.
     assert ours["flops_per_step"] == reference["flops_per_step"]
     assert float(ours["compile_s"]) > 0 and reference["compile_s"] == "none(eager)"

@@ -33,6 +33,7 @@ import functools
 import os
 import pathlib
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import sharding
+from w2v_jax import host_memory, sharding
 from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import named_key
@@ -107,6 +108,8 @@ class StepTimings:
       compile_seconds: tracing + compiling (None for eager PyTorch).
       memory: named byte counts; `memory_source` says what they are.
       memory_source: how `memory` was measured.
+      minor_faults: the process's minor page faults during each timed step (pages the kernel
+        had to map and zero: a step that reuses its buffers takes almost none).
     """
 
     framework: str
@@ -118,6 +121,7 @@ class StepTimings:
     compile_seconds: float | None
     memory: dict[str, int]
     memory_source: str
+    minor_faults: list[int]
 
     @property
     def median_step_seconds(self) -> float:
@@ -145,6 +149,7 @@ class StepTimings:
             f"audio_s_per_s={self.audio_seconds_per_second:.2f} flops_per_step={self.flops_per_step:.4g} "
             f"achieved_flops_per_s={self.flops_per_second:.4g} mfu={self.mfu:.4f} compile_s={compile_s} "
             f"{memory} memory_source={self.memory_source!r} "
+            f"minor_faults_per_step={statistics.median(self.minor_faults):.0f} "
             f"steps_s=[{', '.join(f'{s:.4f}' for s in self.step_seconds)}]"
         )
 
@@ -408,8 +413,8 @@ def time_interleaved(
     count: int,
     settle_seconds: float = 0.5,
     each_round: Callable[[], None] | None = None,
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Runs the steps round-robin `count` times; returns each one's wall times and peak RSS.
+) -> tuple[dict[str, list[float]], dict[str, int], dict[str, list[int]]]:
+    """Runs the steps round-robin `count` times; returns each one's wall times, peak RSS and minor page faults.
 
     Alternating the frameworks step by step exposes both to the same load on a shared machine,
     so their ratio is fair even when the machine's speed drifts during the run. An untimed
@@ -421,17 +426,20 @@ def time_interleaved(
     rss = PeakResidentMemory()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     peaks = dict.fromkeys(steps, 0)
+    faults: dict[str, list[int]] = {name: [] for name in steps}
     for _ in range(count):
         for name, step in steps.items():
             time.sleep(settle_seconds)
             rss.reset()
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             step()
             seconds[name].append(time.perf_counter() - start)
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
             peaks[name] = max(peaks[name], rss.peak_bytes())
         if each_round is not None:
             each_round()
-    return seconds, peaks
+    return seconds, peaks, faults
 
 
 @dataclasses.dataclass
@@ -507,7 +515,7 @@ def run_benchmark(
         for step in steps.values():
             time.sleep(0.5)
             step()
-    seconds, peak_rss = time_interleaved(steps, settings.steps, each_round=sample_peaks)
+    seconds, peak_rss, faults = time_interleaved(steps, settings.steps, each_round=sample_peaks)
 
     audio_seconds = settings.batch_size * settings.seconds
     memory, source = ours.memory(peak_rss["w2v_jax"])
@@ -516,7 +524,7 @@ def run_benchmark(
         f"hidden={model_config.hidden_size} "
         f"conv_channels={model_config.conv_dim[-1]} batch={settings.batch_size} seconds={settings.seconds} "
         f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
-        f"layerdrop=0 jax={jax.__version__} matmul_peak_flops_per_s={peak[device.platform]:.4g} "
+        f"layerdrop=0 jax={jax.__version__} host_malloc={host_memory.mode()} matmul_peak_flops_per_s={peak[device.platform]:.4g} "
         f"(best {'1024' if device.platform == 'cpu' else '8192'}^2 {jnp.dtype(dtype).name} matmul of the run; "
         f"timed steps alternate between the frameworks)"
     )
@@ -532,6 +540,7 @@ def run_benchmark(
             compile_seconds=ours.compiled.compile_seconds,
             memory=memory,
             memory_source=source,
+            minor_faults=faults["w2v_jax"],
         ),
     )
     if reference is not None:
@@ -547,6 +556,7 @@ def run_benchmark(
             compile_seconds=None,
             memory=memory,
             memory_source=source,
+            minor_faults=faults["pytorch"],
         )
         result.masks_agree = reference.num_masked == ours.masked_counts()
     return result

@@ -144,6 +144,77 @@ def linear(
     )
 
 
+def _grouped_conv(x: jax.Array, kernel: jax.Array, groups: int, padding: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1,),
+        padding=[(padding, padding)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=groups,
+    )
+
+
+def grouped_conv_kernel_gradient(x: jax.Array, cotangent: jax.Array, groups: int, padding: int) -> jax.Array:
+    """The gradient of `grouped_conv`'s kernel, computed as a forward convolution.
+
+    `dK[k, c, g*O + o] = sum_{b,t} x_padded[b, t + k, g*C + c] * cotangent[b, t, g*O + o]`: a
+    correlation over time whose window is the whole cotangent. Written as a forward grouped conv
+    (the channels within a group as its batch, the utterances as its features, the cotangent as its
+    kernel) it takes XLA:CPU's fast path; XLA:CPU's own kernel gradient of a grouped conv with a long
+    kernel runs at 4 GFLOP/s (BASE's 128-tap, 16-group positional conv: 1.99 s of a 6.6 s train
+    step at batch 4 x 4 s; this way 0.12 s).
+
+    Args:
+      x: `[batch, time, dim_in]`, the conv's input.
+      cotangent: `[batch, time_out, dim_out]`, the gradient of the conv's output.
+      groups: the conv's feature groups.
+      padding: zeros added on both sides of the time axis.
+
+    Returns:
+      `[kernel, dim_in // groups, dim_out]`, in `cotangent`'s dtype.
+    """
+    batch, _, dim_in = x.shape
+    time_out, dim_out = cotangent.shape[1:]
+    per_group = dim_in // groups
+    padded = jnp.pad(x.astype(cotangent.dtype), ((0, 0), (padding, padding), (0, 0)))
+    # [per_group, time, (group, batch)] and [time_out, batch, (group, out)]
+    lhs = padded.reshape(batch, -1, groups, per_group).transpose(3, 1, 2, 0).reshape(per_group, -1, groups * batch)
+    rhs = cotangent.reshape(batch, time_out, groups, dim_out // groups).transpose(1, 0, 2, 3)
+    rhs = rhs.reshape(time_out, batch, dim_out)
+    out = _grouped_conv(lhs, rhs, groups, padding=0)  # [per_group, kernel, dim_out]
+    return out.transpose(1, 0, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def grouped_conv(x: jax.Array, kernel: jax.Array, groups: int, padding: int) -> jax.Array:
+    """A stride-1 grouped conv over time with a fast kernel gradient on CPU.
+
+    `[batch, time, dim_in]` * `[kernel, dim_in // groups, dim_out]` -> `[batch, time + 2 * padding -
+    kernel + 1, dim_out]`. The values and the input's gradient are `lax.conv_general_dilated`'s; the
+    kernel's gradient is `grouped_conv_kernel_gradient`.
+    """
+    return _grouped_conv(x, kernel, groups, padding)
+
+
+def _grouped_conv_forward(
+    x: jax.Array, kernel: jax.Array, groups: int, padding: int
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _grouped_conv(x, kernel, groups, padding), (x, kernel)
+
+
+def _grouped_conv_backward(
+    groups: int, padding: int, saved: tuple[jax.Array, jax.Array], cotangent: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    x, kernel = saved
+    (x_grad,) = jax.vjp(lambda x: _grouped_conv(x, kernel, groups, padding), x)[1](cotangent)
+    kernel_grad = grouped_conv_kernel_gradient(x, cotangent, groups, padding)
+    return x_grad, kernel_grad.astype(kernel.dtype)
+
+
+grouped_conv.defvjp(_grouped_conv_forward, _grouped_conv_backward)
+
+
 class PositionalConvEmbedding(nnx.Module):
     """Weight-normed grouped conv over time, "same" length, GELU: `[batch, time, dim]` -> same.
 
@@ -185,14 +256,9 @@ class PositionalConvEmbedding(nnx.Module):
         """`[batch, time, dim]` -> `[batch, time, dim]` positional embeddings."""
         dtype = self.dtype or x.dtype
         pad = self.kernel_size // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(dtype),
-            self.weight().astype(dtype),
-            window_strides=(1,),
-            padding=[(pad, pad)],
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=self.groups,
-        )
+        # The custom kernel gradient is for XLA:CPU's slow one; GPU/TPU keep their own (cuDNN's).
+        conv = grouped_conv if jax.default_backend() == "cpu" else _grouped_conv
+        y = conv(x.astype(dtype), self.weight().astype(dtype), self.groups, pad)
         if self.kernel_size % 2 == 0:
             y = y[:, :-1]  # an even kernel with symmetric padding yields one frame too many
         y = y + self.bias[...].astype(dtype)
