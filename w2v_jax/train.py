@@ -183,10 +183,6 @@ def create_train_state(
     return graphdef, state, shardings
 
 
-def _tree_where(pred: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def model_key(key: jax.Array, step: jax.Array | int, micro_index: jax.Array | int) -> jax.Array:
     """The key the model gets for micro-batch `micro_index` of update `step` (it derives the named
     sub-keys from it). Public so tools that replay a run (experiments/compare_pytorch.py) draw the
@@ -275,15 +271,24 @@ def train_step(
     finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & (num_masked > 0)
 
     learning_rate = hparams.learning_rate(state.step)
-    opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
-    updates, new_opt_state = optimizer.update(grads, opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
 
+    def apply_update(params_and_opt_state: tuple[nnx.State, Any]) -> tuple[nnx.State, Any]:
+        params, opt_state = params_and_opt_state
+        opt_state = optim.set_learning_rate(opt_state, learning_rate)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A conditional rather than a select between the old and new values: the update can then
+    # write into the donated buffers, where a select kept both copies alive at once (base, batch
+    # 4 x 4 s, remat: the step's temporaries 2188 -> 1256 MiB; the update was the step's peak).
+    new_params, new_opt_state = jax.lax.cond(
+        finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
+    )
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1,
-        params=_tree_where(finite, new_params, state.params),
-        opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+        params=new_params,
+        opt_state=new_opt_state,
         nonfinite_total=state.nonfinite_total + skipped,
         nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
     )
