@@ -3,12 +3,14 @@
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:small --batch=4 --seconds=4 --vs-pytorch
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --steps=5 --precision=bfloat16
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat-memory
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup=2 --steps=3 --profile=/tmp/prof
 
 Prints one line per framework (median step time, audio-seconds per second, model FLOPs per step,
 achieved FLOP/s, MFU against a matmul peak measured in the same run, compile time, memory), then
 `ratio=X`: our throughput over the reference's. `--remat-memory` compiles the step without and
 with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
-(activation memory) and for the whole train step. All logic: `w2v_jax.benchmark`.
+(activation memory) and for the whole train step. `--profile` traces our step with `jax.profiler`
+and prints its busiest XLA operations. All logic: `w2v_jax.benchmark`.
 """
 
 from absl import app, flags
@@ -28,6 +30,7 @@ _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise the Transformer layers
 _SEED = flags.DEFINE_integer("seed", 0, "Parameters, waveforms and step key.")
 _VS_PYTORCH = flags.DEFINE_bool("vs-pytorch", False, "Also time transformers' model with torch's AdamW.")
 _REMAT_MEMORY = flags.DEFINE_bool("remat-memory", False, "Only compare XLA's temporary bytes without/with remat.")
+_PROFILE = flags.DEFINE_string("profile", None, "Only trace our step into this folder and print its busiest XLA ops.")
 _HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
 
 
@@ -46,6 +49,10 @@ def main(argv: list[str]) -> None:
     )
     if _REMAT_MEMORY.value:
         for line in benchmark.remat_memory(_CONFIG.value, settings):
+            print(line, flush=True)
+        return
+    if _PROFILE.value:
+        for line in benchmark.profile_train_step(_CONFIG.value, settings, _PROFILE.value):
             print(line, flush=True)
         return
     result = benchmark.run_benchmark(_CONFIG.value, settings, vs_pytorch=_VS_PYTORCH.value)

@@ -151,3 +151,20 @@ def test_model_remat_keeps_loss_and_gradients_and_saves_memory():
     # The loss is a sum over frames, so gradients are O(1): float32 reassociation leaves ~3e-6.
     chex.assert_trees_all_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-5)
     assert remat.memory_analysis().temp_size_in_bytes < plain.memory_analysis().temp_size_in_bytes
+
+
+def test_profile_names_the_busiest_ops_of_the_step(tmp_path):
+    """The tiny step on a 2 x 1 s batch, traced: ops sorted by time, their sum within the total."""
+    from experiments.configs.pretrain import get_config
+
+    settings = benchmark.BenchmarkSettings(batch_size=2, seconds=1.0, steps=2, warmup=1)
+    lines = benchmark.profile_train_step(get_config("tiny"), settings, tmp_path, top=10)
+    header = _fields(lines[0])
+    assert float(header["median_step_s"]) > 0
+    assert list(tmp_path.rglob("*.xplane.pb")), "the trace was not kept"
+    times = [float(line.split()[0]) for line in lines[1:]]
+    assert len(times) == 10
+    assert times == sorted(times, reverse=True)
+    # The listed ops are some of the named ones; every op of the step is named in the HLO.
+    assert 0 < sum(times) <= float(header["named_ops_ms_per_step"]) + 0.01 * len(times)
+    assert all(line.split()[-1] for line in lines[1:])
