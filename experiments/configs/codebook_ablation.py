@@ -7,7 +7,7 @@
         --config.train.num_steps=2000 --config.grid.model.num_codevector_groups='(2,)'
 
 The config is the base pretrain config of the variant (default tiny: 12 points of 300 steps on
-the embedded corpus, about 5 CPU minutes each) plus `grid`, which mirrors the config's structure
+the embedded corpus, under a minute each on a 2-core CPU) plus `grid`, which mirrors the config's structure
 with the values to try at its leaves; every field, the grid's included, can be overridden on the
 command line. codevector_dim must stay divisible by every G (tiny: 16; base: 256).
 """
