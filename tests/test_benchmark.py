@@ -89,7 +89,7 @@ def test_launcher_prints_sane_fields_for_both_frameworks():
     lines = result.stdout.strip().splitlines()
     header = _fields(lines[0])
     assert header["config"] == "tiny" and header["batch"] == "2" and float(header["matmul_peak_flops_per_s"]) > 0
-    assert header["host_malloc"] == ("reuse" if host_memory._glibc() is not None else "system")
+    assert header["host_malloc"] == ("reuse" if host_memory.supported() else "system")
     ours = _fields(next(line for line in lines if line.startswith("w2v_jax:")))
     reference = _fields(next(line for line in lines if line.startswith("pytorch:")))
     for fields in (ours, reference):

@@ -30,7 +30,7 @@ touch_and_free()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
-glibc_only = pytest.mark.skipif(host_memory._glibc() is None, reason="mallopt is glibc's")
+glibc_only = pytest.mark.skipif(not host_memory.supported(), reason="mallopt is glibc's")
 
 
 def _second_round_faults(mode: str) -> tuple[bool, int]:

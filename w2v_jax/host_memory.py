@@ -42,6 +42,11 @@ def _glibc() -> ctypes.CDLL | None:
     return ctypes.CDLL(ctypes.util.find_library("c"))
 
 
+def supported() -> bool:
+    """Whether this process's C library is glibc, whose malloc `keep_freed_memory` configures."""
+    return _glibc() is not None
+
+
 def keep_freed_memory() -> bool:
     """Makes glibc's malloc keep freed memory for reuse (see the module docstring).
 
