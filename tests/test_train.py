@@ -78,7 +78,8 @@ def test_state_is_sharded_as_asked(setup8):
 def test_sharded_step_matches_single_device(setup8, setup1):
     """The same global batch on 8 devices (replicated or FSDP parameters) and on 1: same loss, metrics, parameters."""
     fsdp = make_setup(8, fsdp=4, param_sharding="fsdp", min_fsdp_size=256)
-    kernel = fsdp.initial_state.params["encoder"]["layers"][0]["feed_forward"]["intermediate_dense"]["kernel"]
+    encoder = fsdp.initial_state.params["wav2vec2"]["encoder"]
+    kernel = encoder["layers"][0]["feed_forward"]["intermediate_dense"]["kernel"]
     assert "fsdp" in kernel.get_value().sharding.spec
     key = jax.random.key(3)
     results = []
@@ -162,6 +163,8 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     opt_state0 = host(setup1.initial_state.opt_state)
     key = jax.random.key(5)
     batch = make_batch(4)
+    # Padding in micro-batch 1 only (odd rows): the micro-batches mask different numbers of frames.
+    batch["attention_mask"][1::2, SAMPLES // 2 :] = 0
     state, metrics = step(setup1.fresh_state(), batch, key)
 
     # Oracle: micro-batch i holds rows i, i + 2, i + 4, ... and the key fold_in(fold_in(key, 0), i).
@@ -173,22 +176,29 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
             out = nnx.merge(setup1.graphdef, p, nnx.State({}))(
                 x, attention_mask=m, deterministic=False, gumbel_temperature=2.0, key=k
             )
-            return out.loss, out.num_masked
+            return out.loss, (out.num_masked, out.num_correct)
 
         return jax.grad(loss, has_aux=True)(params)
 
-    total_masked = 0
+    masked, correct = [], []
     grads_sum = None
     for i in range(2):
         rows = slice(i, None, 2)
-        g, n = summed_grads(
+        g, (n, c) = summed_grads(
             model_params, batch["input_values"][rows], batch["attention_mask"][rows],
             jax.random.fold_in(jax.random.fold_in(key, 0), i),
         )
-        total_masked += int(n)
+        masked.append(int(n))
+        correct.append(int(c))
         grads_sum = g if grads_sum is None else jax.tree.map(jnp.add, grads_sum, g)
+    total_masked = sum(masked)
     grads = jax.tree.map(lambda g: g / total_masked, grads_sum)
     assert int(metrics["num_masked"]) == total_masked
+    # Accuracy is divided once: summed counts, not the mean of the micro-batches' fractions
+    # (which differ here, so the two would disagree).
+    assert masked[0] != masked[1] and correct[0] / masked[0] != correct[1] / masked[1], (masked, correct)
+    assert int(metrics["num_correct"]) == sum(correct)
+    np.testing.assert_allclose(metrics["accuracy"], sum(correct) / total_masked, rtol=1e-6)
     want_norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
     np.testing.assert_allclose(metrics["grad_norm"], want_norm, rtol=1e-5)
     opt_state = optim.set_learning_rate(jax.tree.map(jnp.asarray, opt_state0), SCHEDULE(0))

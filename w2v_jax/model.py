@@ -403,16 +403,8 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         remat: bool = False,
         rngs: nnx.Rngs | None = None,
     ):
-        """Builds the model.
-
-        Args:
-          config: the hyper-parameters.
-          dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32, and the logits,
-            losses and codebook statistics are computed in float32.
-          remat: recompute the conv feature encoder and each Transformer layer in the backward
-            pass instead of keeping their activations (`layers.rematerialised`).
-          rngs: parameter initialisation only; default `nnx.Rngs(0)`.
-        """
+        """Builds the model; the arguments are `Wav2Vec2Model`'s (whatever `dtype`, the logits,
+        losses and codebook statistics are computed in float32)."""
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.config = config
         self.dtype = dtype

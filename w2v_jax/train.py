@@ -43,10 +43,9 @@ from w2v_jax.quantization import gumbel_temperature
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, jax.Array]
-# What `train_step` adds up over micro-batches.
-_SUMMED_OUTPUTS = (
-    "loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "code_perplexity", "num_masked"
-)
+# What `train_step` adds up over micro-batches: float32 sums and exact int32 counts.
+_SUMMED_OUTPUTS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
+_COUNTS = ("num_correct", "num_masked")
 
 
 @flax.struct.dataclass
@@ -186,7 +185,8 @@ def create_train_state(
 def model_key(key: jax.Array, step: jax.Array | int, micro_index: jax.Array | int) -> jax.Array:
     """The key the model gets for micro-batch `micro_index` of update `step` (it derives the named
     sub-keys from it). Public so tools that replay a run (experiments/compare_pytorch.py) draw the
-    same masks, distractors and Gumbel noise as the step did."""
+    same masks, distractors and Gumbel noise as the step did, with `model.sample_masks_and_negatives`
+    and `model.sample_gumbel_noise`."""
     return jax.random.fold_in(jax.random.fold_in(key, step), micro_index)
 
 
@@ -200,7 +200,8 @@ def train_step(
       state: the train state.
       batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]},
         optionally "mask_time_indices" bool [batch, frames] and "sampled_negative_indices" int32
-        [batch, frames, K] (frame indices within each utterance) to replace the sampled ones, as
+        [batch, frames, K] (frame indices within each utterance, the model's `negative_indices`, not
+        transformers' flattened format) to replace the sampled ones, as
         experiments/compare_pytorch.py does to feed the PyTorch reference the same inputs.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
@@ -208,39 +209,34 @@ def train_step(
       hparams: schedules and accumulation.
 
     Returns:
-      (new state, metrics): float32 scalars, loss terms per masked frame.
+      (new state, metrics): float32 scalars, loss terms per masked frame; `accuracy` is
+      `num_correct / num_masked` of the whole batch (counts summed over micro-batches and devices).
     """
     temperature = gumbel_temperature(state.step, hparams.gumbel_start, hparams.gumbel_end, hparams.gumbel_decay)
     accum = hparams.grad_accum_steps
 
     def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
         model = nnx.merge(graphdef, params, state.model_state)
-        negatives = micro.get("sampled_negative_indices")
-        if negatives is not None:
-            # The model takes transformers' format: indices into the [batch * frames] flattened batch.
-            rows, frames = negatives.shape[:2]
-            negatives = negatives + jnp.arange(rows, dtype=negatives.dtype)[:, None, None] * frames
         out = model(
             micro["input_values"],
             attention_mask=micro.get("attention_mask"),
             mask_time_indices=micro.get("mask_time_indices"),
-            sampled_negative_indices=negatives,
+            negative_indices=micro.get("sampled_negative_indices"),
             deterministic=False,
             gumbel_temperature=temperature,
             key=micro_key,
         )
-        num_masked = out.num_masked.astype(jnp.float32)
         sums = {
             "loss": out.loss,
             "contrastive_loss": out.contrastive_loss,
             "diversity_loss": out.diversity_loss,
             "feature_penalty": out.feature_penalty,
-            # The model's accuracy is a fraction of masked frames; weight it by their number.
-            "accuracy": out.accuracy * num_masked,
             "code_perplexity": out.codevector_perplexity,
-            "num_masked": num_masked,
         }
-        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()}
+        counts = {"num_correct": out.num_correct, "num_masked": out.num_masked}
+        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()} | {
+            k: jnp.asarray(v, jnp.int32) for k, v in counts.items()
+        }
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
 
@@ -260,11 +256,13 @@ def train_step(
         micro_batches = jax.tree.map(
             lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
         )
-        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS}
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS} | {
+            k: jnp.zeros((), jnp.int32) for k in _COUNTS
+        }
         zero_grads = jax.tree.map(jnp.zeros_like, state.params)
         (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
 
-    num_masked = sums["num_masked"]
+    num_masked = sums["num_masked"].astype(jnp.float32)
     # fairseq divides the summed loss's gradient by the sample size (masked frames) once.
     grads = jax.tree.map(lambda g: g / num_masked, grads_sum)
     grad_norm = optax.tree.norm(grads)
@@ -297,9 +295,11 @@ def train_step(
         "contrastive_loss": sums["contrastive_loss"] / num_masked,
         "diversity_loss": sums["diversity_loss"] / num_masked,
         "feature_penalty": sums["feature_penalty"] / num_masked,
-        "accuracy": sums["accuracy"] / num_masked,
+        # Counts are divided once, here (and again over a logging window, from their sums).
+        "accuracy": sums["num_correct"].astype(jnp.float32) / jnp.maximum(num_masked, 1.0),
         "code_perplexity": sums["code_perplexity"] / accum,
         "num_masked": num_masked,
+        "num_correct": sums["num_correct"].astype(jnp.float32),
         "gumbel_temperature": jnp.asarray(temperature, jnp.float32),
         "learning_rate": jnp.asarray(learning_rate, jnp.float32),
         "grad_norm": grad_norm,

@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 # Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked")
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct")
+# Metrics divided once over a logging window: sum(numerator) / sum(denominator).
+_RATIOS = {"accuracy": ("num_correct", "num_masked")}
 # Counters that are states, not per-step values: the window keeps the last one.
 _LAST = ("nonfinite_total", "nonfinite_consecutive")
 
@@ -89,7 +91,7 @@ def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     """One logged record from a window of per-step host metrics."""
     averaged = metrics_lib.mean_metrics(
-        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED
+        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=_RATIOS
     )
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
 
