@@ -205,9 +205,9 @@ class Wav2Vec2Model(nnx.Module):
     """The shared encoder, numerically transformers' `Wav2Vec2Model` (no adapter).
 
     Submodules carry transformers' names (`feature_extractor`, `feature_projection`,
-    `masked_spec_embed`, `encoder`). Training (deterministic=False) with a key and
-    `mask_time_prob > 0` samples time masks as transformers does; fine-tuning's channel masking
-    belongs in `_mask_hidden_states` beside it.
+    `masked_spec_embed`, `encoder`). Training (deterministic=False) with `mask_time_prob > 0`
+    samples time masks as transformers does; `encode` is the encoder on resolved masks, for heads
+    that draw their own (the pretraining model).
 
     Example:
       >>> encoder = Wav2Vec2Model(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
@@ -286,29 +286,10 @@ class Wav2Vec2Model(nnx.Module):
             raise ValueError("training mode (deterministic=False) needs a key (dropout, Gumbel noise, LayerDrop)")
         return time
 
-    def _mask_hidden_states(
-        self,
-        hidden: jax.Array,
-        mask_time_indices: jax.Array | None,
-        padding_mask: jax.Array | None,
-        frame_lengths: jax.Array | None,
-        deterministic: bool,
-        key: jax.Array | None,
-    ) -> tuple[jax.Array, jax.Array | None]:
-        """Replaces masked frames by the mask embedding; returns `(hidden, mask [batch, time] or None)`."""
-        if mask_time_indices is not None:
-            mask = jnp.asarray(mask_time_indices, bool)
-            if padding_mask is not None:
-                mask = mask & padding_mask
-        elif not deterministic and self.config.mask_time_prob > 0.0:
-            batch, time = hidden.shape[:2]
-            check_mask_arguments(
-                (batch, time), self.config.mask_time_prob, self.config.mask_time_length, self.config.mask_time_min_masks
-            )
-            mask = _sample_time_mask(key, self.config, batch, time, frame_lengths)
-        else:
-            return hidden, None
-        return jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden), mask
+    def padding_mask(self, attention_mask: jax.Array | None, num_frames: int) -> jax.Array | None:
+        """`[batch, samples]` attention mask -> `[batch, time]` bool, True on real frames (None -> None)."""
+        frame_lengths = self.frame_lengths(attention_mask)
+        return None if frame_lengths is None else padding_mask_from_lengths(frame_lengths, num_frames)
 
     def __call__(
         self,
@@ -327,7 +308,7 @@ class Wav2Vec2Model(nnx.Module):
           attention_mask: optional `[batch, samples]` int/bool, 1 on real samples (right padding).
           mask_time_indices: optional `[batch, frames]` bool, the frames to mask; frames in padding
             are dropped from it. Without it, training samples masks from `key` when
-            `config.mask_time_prob > 0`.
+            `config.mask_time_prob > 0`, as transformers does (`sample_masks_and_negatives`' mask).
           deterministic: False for training: dropout, LayerDrop, sampled masks.
           key: PRNG key; named sub-keys drive the mask, dropout and LayerDrop.
           output_hidden_states: also return every Transformer layer's input and output.
@@ -337,12 +318,48 @@ class Wav2Vec2Model(nnx.Module):
         """
         config = self.config
         time = self.check_inputs(input_values, attention_mask, mask_time_indices, deterministic, key)
+        padding_mask = self.padding_mask(attention_mask, time)
+        if mask_time_indices is not None:
+            mask = _without_padding(mask_time_indices, padding_mask)
+        elif not deterministic and config.mask_time_prob > 0.0:
+            batch = input_values.shape[0]
+            check_mask_arguments((batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks)
+            mask = _sample_time_mask(key, config, batch, time, self.frame_lengths(attention_mask))
+        else:
+            mask = None
+        return self.encode(
+            input_values,
+            padding_mask,
+            mask,
+            deterministic=deterministic,
+            key=key,
+            output_hidden_states=output_hidden_states,
+        )
+
+    def encode(
+        self,
+        input_values: jax.Array,
+        padding_mask: jax.Array | None,
+        mask: jax.Array | None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> Wav2Vec2BaseModelOutput:
+        """`__call__` with the frame-level masks already resolved, unchecked (heads that draw their
+        own masks call this). Fine-tuning's channel masking goes here, after the time masking.
+
+        Args:
+          input_values: `[batch, samples]` float waveforms.
+          padding_mask: `[batch, time]` bool, True on real frames, or None (nothing padded).
+          mask: `[batch, time]` bool, the frames to replace by the mask embedding (none in padding),
+            or None.
+          deterministic, key, output_hidden_states: as `__call__`'s.
+        """
+        config = self.config
 
         def subkey(name: str) -> jax.Array | None:
             return None if key is None else named_key(key, name)
-
-        frame_lengths = self.frame_lengths(attention_mask)
-        padding_mask = None if frame_lengths is None else padding_mask_from_lengths(frame_lengths, time)
 
         if self.remat:
             # The conv stack's activations are the largest part (base, 4 x 4 s: its forward + backward
@@ -362,9 +379,8 @@ class Wav2Vec2Model(nnx.Module):
 
         hidden, normed = self.feature_projection(features)
         hidden = dropout(hidden, config.feat_proj_dropout, subkey("feat_proj_dropout"), deterministic)
-        hidden, mask = self._mask_hidden_states(
-            hidden, mask_time_indices, padding_mask, frame_lengths, deterministic, key
-        )
+        if mask is not None:
+            hidden = jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden)
         encoded = self.encoder(
             hidden,
             padding_mask,
@@ -381,6 +397,12 @@ class Wav2Vec2Model(nnx.Module):
             mask_time_indices=mask,
             padding_mask=padding_mask,
         )
+
+
+def _without_padding(mask_time_indices: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
+    """A caller's `[batch, time]` mask as bool, its frames in padding dropped."""
+    mask = jnp.asarray(mask_time_indices, bool)
+    return mask if padding_mask is None else mask & padding_mask
 
 
 class Wav2Vec2ForPreTraining(nnx.Module):
@@ -541,22 +563,25 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             negative_indices = jnp.asarray(sampled_negative_indices, jnp.int32) - rows * time
         batch = input_values.shape[0]
 
-        mask = mask_time_indices
-        if mask is None and key is not None:
+        padding_mask = self.wav2vec2.padding_mask(attention_mask, time)
+        if mask_time_indices is not None:
+            mask = _without_padding(mask_time_indices, padding_mask)
+        elif key is not None:
             frame_lengths = self.wav2vec2.frame_lengths(attention_mask)
             if negative_indices is None:
                 mask, negative_indices = sample_masks_and_negatives(key, config, batch, time, frame_lengths)
             else:
                 mask = _sample_time_mask(key, config, batch, time, frame_lengths)
-        base = self.wav2vec2(
+        else:
+            mask = None
+        base = self.wav2vec2.encode(
             input_values,
-            attention_mask,
+            padding_mask,
             mask,
             deterministic=deterministic,
             key=key,
             output_hidden_states=output_hidden_states,
         )
-        mask = base.mask_time_indices  # without the padded frames
         projected_states = self.project_hid(base.last_hidden_state)
 
         quantizer_input = dropout(
@@ -570,7 +595,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             temperature=gumbel_temperature,
             key=None if key is None else _gumbel_key(key),
             deterministic=deterministic,
-            mask=mask if mask is not None else base.padding_mask,
+            mask=mask if mask is not None else padding_mask,
         )
         projected_quantized = self.project_q(quantized)
         output = Wav2Vec2PreTrainingOutput(
