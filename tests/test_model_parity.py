@@ -226,7 +226,8 @@ def test_encoder_outputs_hidden_states_and_gradients_match_transformers(name, tm
         output_hidden_states=True,
     )
     assert len(out_ref.hidden_states) == config.num_hidden_layers + 1
-    names = ["last_hidden_state", "extract_features", *(f"hidden_states.{i}" for i in range(len(out_ref.hidden_states)))]
+    layers = range(len(out_ref.hidden_states))
+    names = ["last_hidden_state", "extract_features", *(f"hidden_states.{i}" for i in layers)]
     reference_outputs = [out_ref.last_hidden_state, out_ref.extract_features, *out_ref.hidden_states]
     rng = np.random.default_rng(1)
     weights = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in reference_outputs]

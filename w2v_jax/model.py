@@ -323,7 +323,9 @@ class Wav2Vec2Model(nnx.Module):
             mask = _without_padding(mask_time_indices, padding_mask)
         elif not deterministic and config.mask_time_prob > 0.0:
             batch = input_values.shape[0]
-            check_mask_arguments((batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks)
+            check_mask_arguments(
+                (batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+            )
             mask = _sample_time_mask(key, config, batch, time, self.frame_lengths(attention_mask))
         else:
             mask = None
@@ -528,10 +530,10 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         """Runs the model and its pretraining losses.
 
         Args:
-          input_values: `[batch, samples]` float waveforms (at least the encoder's receptive field).
-          attention_mask: optional `[batch, samples]` int/bool, 1 on real samples (right padding).
+          input_values, attention_mask, output_hidden_states: as `Wav2Vec2Model`'s.
           mask_time_indices: optional `[batch, frames]` bool, the frames to mask; frames in padding
-            are dropped from it. Without it, masks are sampled from `key` (none without a key).
+            are dropped from it. Without it, masks are sampled from `key` (none without a key), in
+            training and evaluation alike.
           sampled_negative_indices: optional `[batch, frames, K]` int, transformers' format (indices
             into the flattened `[batch * frames]` targets).
           negative_indices: optional `[batch, frames, K]` int, the library's format (frame indices
@@ -542,7 +544,6 @@ class Wav2Vec2ForPreTraining(nnx.Module):
           gumbel_temperature: the quantizer's temperature (training only).
           key: PRNG key; named sub-keys drive the mask, the distractors, dropout and Gumbel noise
             (`sample_masks_and_negatives`, `sample_gumbel_noise` draw the same).
-          output_hidden_states: also return the context network's per-layer states.
 
         Returns:
           A `Wav2Vec2PreTrainingOutput`.
@@ -557,11 +558,11 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             deterministic,
             key,
         )
+        batch = input_values.shape[0]
         if sampled_negative_indices is not None:
             # transformers' format -> ours: subtract each row's offset in the flattened batch.
-            rows = jnp.arange(input_values.shape[0], dtype=jnp.int32)[:, None, None]
+            rows = jnp.arange(batch, dtype=jnp.int32)[:, None, None]
             negative_indices = jnp.asarray(sampled_negative_indices, jnp.int32) - rows * time
-        batch = input_values.shape[0]
 
         padding_mask = self.wav2vec2.padding_mask(attention_mask, time)
         if mask_time_indices is not None:
