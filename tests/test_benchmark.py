@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from w2v_jax import benchmark, host_memory
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining
 

@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax import host_memory, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import named_key
 from w2v_jax.contrastive_loss import sample_negative_indices

@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 
 from w2v_jax import checkpointing, convert, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import sample_negative_indices
 from w2v_jax.data import SAMPLE_RATE, load_audio, load_manifest

@@ -52,7 +52,7 @@ import transformers
 from flax import nnx
 
 from w2v_jax import plotting, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import named_key
 from w2v_jax.contrastive_loss import contrastive_accuracy, contrastive_logits, gather_negatives, sample_negative_indices

@@ -28,7 +28,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
 
