@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from flax import nnx
-from test_probing import make_corpus
+from small_corpus import make_corpus
 
 from w2v_jax import convert
 from w2v_jax.config import Wav2Vec2Config

@@ -115,7 +115,7 @@ def records(workdir):
 )
 def test_every_variant_resolves_to_a_valid_model_and_schedule(variant, millions):
     config = pretrain_config.get_config(variant)
-    model_config = Wav2Vec2Config(**config.model.to_dict())
+    model_config = Wav2Vec2Config.from_run_config(config)
     expected = Wav2Vec2Config.preset(variant)
     if variant == "tiny":  # trains like LARGE: see the config's comment
         expected = expected.replace(feature_penalty_weight=0.0, feature_grad_mult=1.0)

@@ -11,7 +11,8 @@ shift it.
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 import jax.numpy as jnp
 import optax
@@ -61,6 +62,25 @@ def learning_rate_schedule(
             peak_value, end_value, power=1.0 if kind == "linear" else power, transition_steps=decay_steps
         )
     return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """`make_optimizer`'s arguments: the one mapping from a run config to the optimizer.
+
+    Our train step and the PyTorch twin (`research.torch_twin`) both build their optimizer from it.
+    """
+
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 10.0
+
+    @classmethod
+    def from_train_config(cls, train: Any) -> OptimizerSettings:
+        """The settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
+        return cls(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
 
 
 def make_optimizer(

@@ -89,8 +89,13 @@ class StepHyperparams:
 
 def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
     """The optimizer and step settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
-    optimizer = optim.make_optimizer(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
-    hparams = StepHyperparams(
+    optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(train)))
+    return optimizer, step_hyperparams(train)
+
+
+def step_hyperparams(train: ml_collections.ConfigDict) -> StepHyperparams:
+    """The learning-rate and Gumbel schedules and accumulation of a pretrain config's `train` section."""
+    return StepHyperparams(
         learning_rate=optim.learning_rate_schedule(
             train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
         ),
@@ -99,7 +104,6 @@ def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.G
         gumbel_decay=train.gumbel_temperature_decay,
         grad_accum_steps=train.grad_accum_steps,
     )
-    return optimizer, hparams
 
 
 def create_model(

@@ -1,18 +1,16 @@
-"""Evaluating a frozen model: its pretraining objective on held-out audio, and linear probes.
+"""Linear probes of a frozen model's features, and the evaluation that reports them.
 
-- `validation_metrics`: the contrastive task in evaluation mode (argmax codewords, no dropout) on
-  a manifest: loss, contrastive accuracy, code perplexity, and the codebook-usage histogram
-  `[G, V]` (how often each codeword is chosen over every frame).
-- Linear probes of frozen features (wav2vec 2.0 reports phone recognition from its
-  representations; a linear probe asks how linearly available the information is):
-  frame-level phone classification from the corpus' phoneme alignments, and utterance-level
-  language identification from mean-pooled features. Baselines: the same architecture with
-  random weights, and log-mel filterbanks on the same frame grid (25 ms windows, 20 ms hop).
+wav2vec 2.0 reports phone recognition from its representations; a linear probe asks how linearly
+available the information is: frame-level phone classification from the corpus' phoneme
+alignments (`data.utterances`), and utterance-level language identification from mean-pooled
+features. Baselines: the same architecture with random weights, and log-mel filterbanks on the
+same frame grid (25 ms windows, 20 ms hop). `evaluate` adds the validation objective
+(`research.validation`); `evaluate_checkpoint` is `python -m experiments.evaluate`.
 
 Features of utterances of many lengths would compile one forward pass per length; instead each
-utterance is cropped to a multiple of `crop_multiple` samples (its tail, at most that long, is
-dropped) and utterances of equal cropped length are batched, so there are a few compiles only and
-no padding (padding changes a group-norm model's features).
+utterance is cropped to a multiple of `crop_multiple` samples (`load_utterances`) and utterances
+of equal cropped length are batched, so there are a few compiles only and no padding (padding
+changes a group-norm model's features).
 """
 
 from __future__ import annotations
@@ -28,151 +26,27 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import librosa
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax import checkpointing, convert, sharding
-from w2v_jax import train_step as train_lib
-from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.contrastive_loss import sample_negative_indices
-from w2v_jax.data import SAMPLE_RATE, load_audio, load_manifest
-from w2v_jax.masking import compute_mask_indices
+from w2v_jax.checkpointing import load_model
+from w2v_jax.data import SAMPLE_RATE, default_manifest
+from w2v_jax.data.utterances import (
+    FRAME_HOP,
+    FRAME_WINDOW,
+    Utterance,
+    equal_length_batches,
+    frame_phone_labels,
+    load_utterances,
+    read_metadata,
+)
 from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.quantization import code_perplexity
+from w2v_jax.research import plotting
+from w2v_jax.research.validation import ValidationMetrics, validation_metrics
 
 FeatureKind = Literal["conv", "context", "projected"]
 FEATURE_KINDS: tuple[str, ...] = ("conv", "context", "projected")
-# Frame grid of the standard conv stack: 400-sample receptive field, 320-sample hop.
-FRAME_HOP = 320
-FRAME_WINDOW = 400
-PAUSE = "_"
-
-
-@dataclasses.dataclass(frozen=True)
-class Utterance:
-    """One utterance of a manifest with its metadata.
-
-    Attributes:
-      path: the path as written in the manifest (the metadata key).
-      waveform: float32 `[samples]`, normalised as the training pipeline does, cropped.
-      language: the metadata's language, or None.
-      phonemes, phoneme_starts, phoneme_ends: alignment (sample spans at 16 kHz), or empty.
-    """
-
-    path: str
-    waveform: np.ndarray
-    language: str | None
-    phonemes: tuple[str, ...]
-    phoneme_starts: np.ndarray
-    phoneme_ends: np.ndarray
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, dict]:
-    """A corpus' `metadata.jsonl` keyed by each record's manifest path."""
-    records = {}
-    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["path"]] = record
-    return records
-
-
-def load_utterances(
-    manifest: str | os.PathLike,
-    metadata: Mapping[str, dict] | None = None,
-    *,
-    crop_multiple: int = 16_000,
-    max_utterances: int | None = None,
-) -> list[Utterance]:
-    """Loads a manifest's audio (normalised like training) and joins its metadata.
-
-    Args:
-      manifest: a TSV manifest or a folder.
-      metadata: `read_metadata`'s dict; None: `metadata.jsonl` beside the manifest if it exists.
-      crop_multiple: each waveform is cropped to a multiple of this many samples (at least one).
-      max_utterances: keep the first N (quick runs).
-
-    Returns:
-      the utterances, in manifest order; those shorter than `crop_multiple` are left out.
-    """
-    if crop_multiple < FRAME_WINDOW:
-        raise ValueError(
-            f"crop_multiple must be at least the {FRAME_WINDOW}-sample receptive field, got {crop_multiple}"
-        )
-    entries = load_manifest(manifest)
-    if metadata is None:
-        beside = pathlib.Path(manifest).parent / "metadata.jsonl"
-        metadata = read_metadata(beside) if beside.is_file() else {}
-    out = []
-    for index in range(len(entries)):
-        if max_utterances is not None and len(out) >= max_utterances:
-            break
-        path = entries.paths[index]
-        waveform = load_audio(entries.file_path(index))
-        keep = len(waveform) // crop_multiple * crop_multiple
-        if keep == 0:
-            continue
-        record = metadata.get(path, {})
-        out.append(
-            Utterance(
-                path=path,
-                waveform=waveform[:keep],
-                language=record.get("language"),
-                phonemes=tuple(record.get("phonemes", ())),
-                phoneme_starts=np.asarray(record.get("phoneme_starts", ()), np.int64),
-                phoneme_ends=np.asarray(record.get("phoneme_ends", ()), np.int64),
-            )
-        )
-    return out
-
-
-def frame_phone_labels(
-    phonemes: Sequence[str],
-    starts: np.ndarray,
-    ends: np.ndarray,
-    num_frames: int,
-    hop: int = FRAME_HOP,
-    window: int = FRAME_WINDOW,
-) -> list[str | None]:
-    """The phoneme under the centre sample of each frame (None where no phoneme span covers it).
-
-    Frame t covers samples [t * hop, t * hop + window); its label is the phoneme whose span
-    [start, end) holds sample t * hop + window // 2.
-    """
-    starts = np.asarray(starts, np.int64)
-    ends = np.asarray(ends, np.int64)
-    if not len(phonemes) == len(starts) == len(ends):
-        raise ValueError(f"{len(phonemes)} phonemes but {len(starts)} starts and {len(ends)} ends")
-    centres = np.arange(num_frames) * hop + window // 2
-    # Spans are sorted and disjoint: the candidate is the last span starting at or before the centre.
-    candidate = np.searchsorted(starts, centres, side="right") - 1
-    labels: list[str | None] = []
-    for centre, index in zip(centres.tolist(), candidate.tolist()):
-        inside = index >= 0 and centre < ends[index]
-        labels.append(phonemes[index] if inside else None)
-    return labels
-
-
-def _batches(waveforms: Sequence[np.ndarray], batch_size: int) -> list[tuple[list[int], np.ndarray]]:
-    """Batches of equal-length waveforms, always `batch_size` rows (one compile per length).
-
-    Returns (indices of the real rows, `[batch_size, samples]` array); a short last batch is
-    filled with copies of its first row, whose results the callers drop.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    groups: dict[int, list[int]] = {}
-    for index, waveform in enumerate(waveforms):
-        groups.setdefault(len(waveform), []).append(index)
-    out = []
-    for indices in groups.values():
-        for begin in range(0, len(indices), batch_size):
-            chunk = indices[begin : begin + batch_size]
-            rows = chunk + [chunk[0]] * (batch_size - len(chunk))
-            out.append((chunk, np.stack([waveforms[i] for i in rows]).astype(np.float32)))
-    return out
 
 
 # Module-level nnx.jit: repeated calls on models of the same architecture reuse the compiled
@@ -186,17 +60,6 @@ def _features(module: Wav2Vec2ForPreTraining, x: jax.Array, kind: str) -> jax.Ar
         return features
     hidden, _ = module.feature_projection(features)
     return module.encoder(hidden, None, deterministic=True)
-
-
-@nnx.jit
-def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, negatives: jax.Array):
-    """Evaluation-mode outputs and per-utterance codeword counts `[batch, G, V]` (every frame)."""
-    flat = negatives + jnp.arange(x.shape[0], dtype=jnp.int32)[:, None, None] * mask.shape[1]
-    out = module(x, mask_time_indices=mask, sampled_negative_indices=flat, deterministic=True)
-    _, normed = module.feature_projection(module.feature_extractor(x))
-    _, usage = module.quantizer(normed, deterministic=True)
-    counts = jax.nn.one_hot(usage.indices, module.quantizer.num_vars, dtype=jnp.int32).sum(axis=1)
-    return out, counts
 
 
 @nnx.jit
@@ -240,7 +103,7 @@ def model_features(
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; choose one of {FEATURE_KINDS}")
     out: list[np.ndarray | None] = [None] * len(waveforms)
-    for chunk, batch in _batches(waveforms, batch_size):
+    for chunk, batch in equal_length_batches(waveforms, batch_size):
         model.feature_extractor.check_input(batch)
         features = np.asarray(_features(model, batch, kind), np.float32)
         for row, i in enumerate(chunk):
@@ -440,144 +303,6 @@ def probe_features(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class ValidationMetrics:
-    """The pretraining objective on held-out audio, evaluation mode.
-
-    Attributes:
-      loss, contrastive_loss, diversity_loss, feature_penalty: per masked frame (sums over
-        batches / masked frames; loss includes the weighted diversity loss and feature penalty).
-      accuracy: contrastive accuracy over every masked frame.
-      chance_accuracy: 1 / (1 + num_negatives).
-      batch_perplexity: mean over batches of the model's code perplexity (over masked frames).
-      code_perplexity: perplexity of the whole set's codeword histogram (every frame).
-      codebook_usage: `[G, V]` int, how often each codeword was chosen (every frame).
-      used_fraction: share of the G * V codewords chosen at least once.
-      num_masked: masked frames counted; skipped_utterances: too short for the distractors.
-    """
-
-    loss: float
-    contrastive_loss: float
-    diversity_loss: float
-    feature_penalty: float
-    accuracy: float
-    chance_accuracy: float
-    batch_perplexity: float
-    code_perplexity: float
-    codebook_usage: np.ndarray
-    used_fraction: float
-    num_masked: int
-    skipped_utterances: int
-
-
-def validation_metrics(
-    model: Wav2Vec2ForPreTraining, waveforms: Sequence[np.ndarray], *, seed: int = 0, batch_size: int = 8
-) -> ValidationMetrics:
-    """Runs the pretraining task in evaluation mode on `waveforms` (masks and distractors from `seed`).
-
-    Utterances whose sampled mask has no more than num_negatives frames can't have distinct
-    distractors; they are left out of the loss (counted in `skipped_utterances`) but their frames
-    still count in the codebook histogram.
-    """
-    config = model.config
-    groups, num_vars = config.num_codevector_groups, config.num_codevectors_per_group
-    key = jax.random.key(seed)
-    totals = dict(loss=0.0, contrastive_loss=0.0, diversity_loss=0.0, feature_penalty=0.0, correct=0.0, num_masked=0)
-    usage = np.zeros((groups, num_vars), np.int64)
-    perplexities, skipped, batch_index = [], 0, 0
-    for chunk, x in _batches(waveforms, batch_size):
-        batch_key = jax.random.fold_in(key, batch_index)
-        batch_index += 1
-        mask = np.array(
-            compute_mask_indices(
-                jax.random.fold_in(batch_key, 0),
-                (batch_size, model.num_frames(x.shape[1])),
-                config.mask_time_prob,
-                config.mask_time_length,
-                config.mask_time_min_masks,
-            )
-        )
-        mask[len(chunk) :] = False  # filler rows
-        too_few = mask[: len(chunk)].sum(axis=1) <= config.num_negatives
-        skipped += int(too_few.sum())
-        mask[: len(chunk)][too_few] = False
-        negatives = sample_negative_indices(jax.random.fold_in(batch_key, 1), jnp.asarray(mask), config.num_negatives)
-        out, counts = jax.device_get(_objective(model, x, mask, negatives))
-        usage += counts[: len(chunk)].sum(axis=0)
-        num_masked = int(out.num_masked)
-        if num_masked == 0:
-            continue
-        for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty"):
-            totals[name] += float(getattr(out, name))
-        totals["correct"] += float(out.accuracy) * num_masked
-        totals["num_masked"] += num_masked
-        perplexities.append(float(out.codevector_perplexity))
-    masked = max(totals["num_masked"], 1)
-    marginal = usage / np.maximum(usage.sum(axis=1, keepdims=True), 1)
-    return ValidationMetrics(
-        loss=totals["loss"] / masked,
-        contrastive_loss=totals["contrastive_loss"] / masked,
-        diversity_loss=totals["diversity_loss"] / masked,
-        feature_penalty=totals["feature_penalty"] / masked,
-        accuracy=totals["correct"] / masked,
-        chance_accuracy=1.0 / (1 + config.num_negatives),
-        batch_perplexity=float(np.mean(perplexities)) if perplexities else float("nan"),
-        code_perplexity=float(code_perplexity(jnp.asarray(marginal, jnp.float32))),
-        codebook_usage=usage,
-        used_fraction=float(np.mean(usage > 0)),
-        num_masked=int(totals["num_masked"]),
-        skipped_utterances=skipped,
-    )
-
-
-def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
-    """A model from any of our checkpoint formats.
-
-    Args:
-      path: a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain`),
-        our folder format (`config.json` + `params.safetensors`, `convert.save_checkpoint`), or a
-        transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`).
-      step: the workdir checkpoint to load; default the newest.
-    """
-    folder = pathlib.Path(path)
-    if (folder / "checkpoints").is_dir():
-        return _load_workdir(folder, step)
-    if step is not None:
-        raise ValueError(f"step={step} only applies to a training workdir (with checkpoints/), not {folder}")
-    if (folder / "params.safetensors").is_file():
-        return convert.load_checkpoint(folder)[1]
-    if (folder / "config.json").is_file():
-        return convert.load_hf_checkpoint(folder)[1]
-    raise ValueError(
-        f"{folder} is not a checkpoint: expected a training workdir (checkpoints/), params.safetensors "
-        "or a transformers folder (config.json + model.safetensors)"
-    )
-
-
-def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining:
-    """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
-    config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-    t = config.train
-    model_config = Wav2Vec2Config(**config.model.to_dict())
-    optimizer, _ = train_lib.optimizer_and_hyperparams(t)
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    checkpointer = checkpointing.Checkpointer(folder / "checkpoints", async_save=False)
-    try:
-        steps = checkpointer.all_steps()
-        if not steps:
-            raise ValueError(f"{folder / 'checkpoints'} holds no complete checkpoint")
-        if step is None:
-            step = max(steps)
-        elif step not in steps:
-            raise ValueError(f"no checkpoint {step} in {folder / 'checkpoints'}; available: {sorted(steps)}")
-        restored, _ = checkpointer.restore(step, target)
-    finally:
-        checkpointer.close()
-    return nnx.merge(graphdef, restored.params, restored.model_state)
-
-
 def probe_table(results: Sequence[ProbeResult]) -> str:
     """A markdown table of probe accuracies (test split), majority-class baselines in the last row."""
     lines = [
@@ -632,3 +357,52 @@ def evaluate(
         test = (test_utterances, [log_mel_features(w) for w in test_waveforms])
         results.append(probe_features("log-mel (80)", train, test, steps=probe_steps))
     return metrics, results
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    step: int | None = None,
+    manifest: str | os.PathLike | None = None,
+    probe_train_manifest: str | os.PathLike | None = None,
+    metadata: str | os.PathLike | None = None,
+    kind: FeatureKind = "context",
+    baselines: bool = True,
+    seed: int = 0,
+    max_utterances: int | None = None,
+) -> tuple[dict, str, pathlib.Path]:
+    """`evaluate` on a checkpoint; writes `metrics.json`, `probes.md` and `codebook_usage.png`.
+
+    Args:
+      checkpoint: anything `checkpointing.load_model` reads; `step` picks a workdir's checkpoint.
+      output: the folder to write (default CHECKPOINT/eval).
+      manifest: objective and probe test set (default: the embedded corpus' valid split).
+      probe_train_manifest: probe training set (default: the embedded corpus' train split).
+      metadata: `metadata.jsonl` with the alignments (default: beside each manifest).
+      kind, baselines, seed: as `evaluate`.
+      max_utterances: use the first N utterances of each split.
+
+    Returns:
+      (the `metrics.json` record, the markdown probe table, the output folder).
+    """
+    output = pathlib.Path(output or pathlib.Path(checkpoint) / "eval")
+    output.mkdir(parents=True, exist_ok=True)
+    records = read_metadata(metadata) if metadata else None
+    model = load_model(checkpoint, step)
+    train = load_utterances(probe_train_manifest or default_manifest("train"), records, max_utterances=max_utterances)
+    test = load_utterances(manifest or default_manifest("valid"), records, max_utterances=max_utterances)
+    metrics, probes = evaluate(
+        model, train, test, name=pathlib.Path(checkpoint).name, kind=kind, baselines=baselines, seed=seed
+    )
+    table = probe_table(probes)
+    record = {
+        "checkpoint": str(checkpoint),
+        "validation": {k: v for k, v in dataclasses.asdict(metrics).items() if k != "codebook_usage"},
+        "codebook_usage": metrics.codebook_usage.tolist(),
+        "probes": [dataclasses.asdict(p) for p in probes],
+    }
+    (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    (output / "probes.md").write_text(table + "\n")
+    plotting.plot_codebook_usage(metrics.codebook_usage, output / "codebook_usage.png")
+    return record, table, output
