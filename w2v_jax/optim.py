@@ -121,8 +121,3 @@ def set_learning_rate(opt_state: tuple, learning_rate: jnp.ndarray) -> tuple:
     clip_state, adamw_state = opt_state
     hyperparams = dict(adamw_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
     return (clip_state, adamw_state._replace(hyperparams=hyperparams))
-
-
-def get_learning_rate(opt_state: tuple) -> jnp.ndarray:
-    """The learning rate AdamW will use at its next update."""
-    return opt_state[1].hyperparams["learning_rate"]

@@ -256,7 +256,7 @@ def train_step(
 
     if accum == 1:
         # No length-1 scan: inside XLA:CPU's while loop the convolutions' gradients lose their
-        # fast kernels (the tiny config's step was 4.4x slower, see the README's benchmark section).
+        # fast kernels (measured cost: the README's performance section).
         grads_sum, sums = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
     else:
         # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
@@ -283,8 +283,8 @@ def train_step(
         return optax.apply_updates(params, updates), opt_state
 
     # A conditional rather than a select between the old and new values: the update can then
-    # write into the donated buffers, where a select kept both copies alive at once (base, batch
-    # 4 x 4 s, remat: the step's temporaries 2188 -> 1256 MiB; the update was the step's peak).
+    # write into the donated buffers, where a select kept both copies alive at once (the update
+    # was the step's memory peak; measured: the README's performance section).
     new_params, new_opt_state = jax.lax.cond(
         finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
     )

@@ -359,9 +359,8 @@ class TorchRunner:
         self.inputs = []
         for step in range(settings.warmup + settings.steps):
             mask, negatives = step_masks(model_config, key, step, settings.batch_size, frames)
-            self.inputs.append(
-                (torch.from_numpy(mask.copy()).to(self.device), torch.from_numpy(flat_negative_indices(negatives)).to(self.device))
-            )
+            flat = torch.from_numpy(flat_negative_indices(negatives))
+            self.inputs.append((torch.from_numpy(mask.copy()).to(self.device), flat.to(self.device)))
         self.num_masked: list[int] = []
 
     def step(self) -> None:
@@ -394,9 +393,9 @@ def time_interleaved(
     Alternating the frameworks step by step exposes both to the same load on a shared machine,
     so their ratio is fair even when the machine's speed drifts during the run. An untimed
     pause of `settle_seconds` before each step lets the other framework's worker threads, which
-    spin for a while after their work, go idle: on 2 cores they otherwise slowed PyTorch's tiny
-    step from 0.17 s to 2.5 s. `each_round` runs (untimed) after every round, e.g. to sample
-    the matmul peak under the same load.
+    spin for a while after their work, go idle: on a few cores they otherwise slow the other
+    framework's small steps many times over (measured: the README's performance section).
+    `each_round` runs (untimed) after every round, e.g. to sample the matmul peak under the same load.
     """
     rss = PeakResidentMemory()
     seconds: dict[str, list[float]] = {name: [] for name in steps}

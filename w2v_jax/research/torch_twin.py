@@ -22,9 +22,8 @@ The straight-through sample is formed as `hard + (soft - soft)` on both sides, s
 value is exactly the one-hot. torch's `hard - soft.detach() + soft` (and our former
 `hard + soft - soft`) round differently: the one-hot can come out 1 ulp off, two frames with the
 same codewords then get q vectors that are not bitwise equal, and the "distractor equal to its
-positive gets -inf" rule fires on different distractors in each framework (found by this
-comparison: 5 vs 10 such distractors in one tiny batch, a loss gap of 1.4% that no tolerance
-should hide).
+positive gets -inf" rule fires on different distractors in each framework (found by the curve
+comparison, `research.compare`; the README gives the gap it made).
 
 What cannot be matched: dropout masks and LayerDrop draws (torch draws them from its own
 generator), and fairseq's feature penalty and encoder gradient scale (transformers has neither).
