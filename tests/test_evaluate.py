@@ -1,4 +1,5 @@
-"""experiments.evaluate and experiments.plot_representations end to end on a small generated corpus."""
+"""experiments.evaluate (`research.probes.evaluate_checkpoint`) and experiments.plot_representations end to end
+on a small generated corpus."""
 
 import json
 import subprocess

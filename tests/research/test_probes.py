@@ -1,6 +1,4 @@
-"""w2v_jax.research.probes: log-mel and model features, linear probes, the evaluation and its files."""
-
-import json
+"""w2v_jax.research.probes: log-mel and model features, linear probes, the evaluation."""
 
 import librosa
 import numpy as np
@@ -72,19 +70,3 @@ def test_load_utterances_and_probe_tables(model, tmp_path):
     table = probes.probe_table(results)
     assert table.count("\n") == len(results) + 2 and "majority class" in table
     assert metrics.num_masked > 0
-
-
-def test_evaluate_checkpoint_writes_its_files(model, tmp_path):
-    """The evaluate launcher's logic: metrics.json, probes.md and the usage plot in the output folder."""
-    from w2v_jax import convert
-
-    manifest = make_corpus(tmp_path)
-    convert.save_checkpoint(model.config, model, tmp_path / "ckpt")
-    record, table, out = probes.evaluate_checkpoint(
-        tmp_path / "ckpt", manifest=manifest, probe_train_manifest=manifest, baselines=False
-    )
-    assert out == tmp_path / "ckpt" / "eval"
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(record))
-    assert (out / "probes.md").read_text() == table + "\n"
-    assert (out / "codebook_usage.png").stat().st_size > 0
-    assert [p["name"] for p in record["probes"]] == ["ckpt (context)"]
