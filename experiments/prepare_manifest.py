@@ -8,7 +8,6 @@ seeded random subset goes to a valid manifest beside --out (valid.tsv, or NAME_v
 logic: `w2v_jax.data.manifest.prepare_manifests`.
 """
 
-import logging
 import os
 
 from absl import app, flags
@@ -25,9 +24,6 @@ _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unusable file.")
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError(f"expected one audio folder, got {argv[1:]}")
-    if not 0.0 <= _VALID_FRACTION.value < 1.0:
-        raise app.UsageError(f"--valid-fraction must be in [0, 1), got {_VALID_FRACTION.value}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     lines = prepare_manifests(
         argv[1], _OUT.value, valid_fraction=_VALID_FRACTION.value, seed=_SEED.value,
         num_workers=_WORKERS.value, strict=_STRICT.value,
