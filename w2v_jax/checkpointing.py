@@ -15,17 +15,29 @@ asynchronous: `save` returns once the arrays are copied to host memory, the writ
 background thread while training continues.
 
 A checkpoint never holds non-finite values: `save` checks the state first and refuses.
+
+`load_model` reads a model from any of our checkpoint formats: a training workdir (this module's
+orbax checkpoints), our safetensors folder or a transformers folder (`convert`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from w2v_jax import convert, sharding
+from w2v_jax import train_step as train_lib
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +137,51 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of a live state: the restore target."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
+    """A model from any of our checkpoint formats.
+
+    Args:
+      path: a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain`),
+        our folder format (`config.json` + `params.safetensors`, `convert.save_checkpoint`), or a
+        transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`).
+      step: the workdir checkpoint to load; default the newest.
+    """
+    folder = pathlib.Path(path)
+    if (folder / "checkpoints").is_dir():
+        return _load_workdir(folder, step)
+    if step is not None:
+        raise ValueError(f"step={step} only applies to a training workdir (with checkpoints/), not {folder}")
+    if (folder / "params.safetensors").is_file():
+        return convert.load_checkpoint(folder)[1]
+    if (folder / "config.json").is_file():
+        return convert.load_hf_checkpoint(folder)[1]
+    raise ValueError(
+        f"{folder} is not a checkpoint: expected a training workdir (checkpoints/), params.safetensors "
+        "or a transformers folder (config.json + model.safetensors)"
+    )
+
+
+def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining:
+    """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
+    config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    t = config.train
+    model_config = Wav2Vec2Config.from_run_config(config)
+    optimizer, _ = train_lib.optimizer_and_hyperparams(t)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    checkpointer = Checkpointer(folder / "checkpoints", async_save=False)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise ValueError(f"{folder / 'checkpoints'} holds no complete checkpoint")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise ValueError(f"no checkpoint {step} in {folder / 'checkpoints'}; available: {sorted(steps)}")
+        restored, _ = checkpointer.restore(step, target)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, restored.params, restored.model_state)

@@ -28,7 +28,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
 
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         (workdir_path / "config.json").write_text(config_json + "\n")
 
     t = config.train
-    model_config = Wav2Vec2Config(**config.model.to_dict())
+    model_config = Wav2Vec2Config.from_run_config(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
     graphdef, state, state_shardings = train_lib.create_train_state(

@@ -1,4 +1,4 @@
-"""Tests of w2v_jax/train.py: the sharded pure step, non-finite skipping, compile counts, accumulation.
+"""Tests of w2v_jax/train_step.py: the sharded pure step, non-finite skipping, compile counts, accumulation.
 
 A smaller-than-tiny model (3 conv layers, 1 Transformer layer: compiles in half the time) on
 0.25 s of noise per utterance; compiled steps and initial states are shared between tests (module
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import optim, sharding, train
+from w2v_jax import optim, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.quantization import gumbel_temperature
 
@@ -22,7 +23,7 @@ CONFIG = Wav2Vec2Config.preset(
     "tiny", conv_dim=(32, 32, 32), conv_kernel=(10, 4, 4), conv_stride=(5, 4, 4), num_hidden_layers=1
 )
 SCHEDULE = optim.learning_rate_schedule(1e-3, 100, 4)
-HPARAMS = train.StepHyperparams(learning_rate=SCHEDULE, gumbel_decay=0.9)
+HPARAMS = train_lib.StepHyperparams(learning_rate=SCHEDULE, gumbel_decay=0.9)
 
 
 def make_batch(seed: int, samples: int = SAMPLES) -> dict[str, np.ndarray]:
@@ -38,19 +39,19 @@ class Setup:
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     shardings: object
-    step: train.TrainStep
-    initial_state: train.TrainState
+    step: train_lib.TrainStep
+    initial_state: train_lib.TrainState
 
-    def fresh_state(self) -> train.TrainState:
+    def fresh_state(self) -> train_lib.TrainState:
         """A copy of the initial state (the step donates its input, the original must survive)."""
         return jax.tree.map(jnp.copy, self.initial_state)
 
 
-def make_setup(num_devices: int, hparams: train.StepHyperparams = HPARAMS, fsdp: int = 1, **state_kwargs) -> Setup:
+def make_setup(num_devices: int, hparams: train_lib.StepHyperparams = HPARAMS, fsdp: int = 1, **state_kwargs) -> Setup:
     mesh = sharding.make_mesh(fsdp=fsdp, devices=jax.devices()[:num_devices])
     optimizer = optim.make_optimizer()
-    graphdef, state, shardings = train.create_train_state(CONFIG, optimizer, seed=0, mesh=mesh, **state_kwargs)
-    return Setup(mesh, graphdef, shardings, train.TrainStep(graphdef, optimizer, hparams, mesh, shardings), state)
+    graphdef, state, shardings = train_lib.create_train_state(CONFIG, optimizer, seed=0, mesh=mesh, **state_kwargs)
+    return Setup(mesh, graphdef, shardings, train_lib.TrainStep(graphdef, optimizer, hparams, mesh, shardings), state)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_metrics_match_the_model_and_schedules(setup8):
     state, metrics = setup8.step(state, batch, key)
 
     model = nnx.merge(setup8.graphdef, jax.tree.map(jnp.asarray, params_before), nnx.State({}))
-    step_key = train.model_key(key, 0, 0)  # step 0, micro-batch 0
+    step_key = train_lib.model_key(key, 0, 0)  # step 0, micro-batch 0
     np.testing.assert_array_equal(
         jax.random.key_data(step_key), jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, 0), 0))
     )
@@ -158,7 +159,7 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     """accum=2: the update uses the summed micro-batch gradients / total masked frames."""
     optimizer = optim.make_optimizer()
     hparams = dataclasses.replace(HPARAMS, grad_accum_steps=2)
-    step = train.TrainStep(setup1.graphdef, optimizer, hparams, setup1.mesh, setup1.shardings)
+    step = train_lib.TrainStep(setup1.graphdef, optimizer, hparams, setup1.mesh, setup1.shardings)
     params0 = host(setup1.initial_state.params)
     opt_state0 = host(setup1.initial_state.opt_state)
     key = jax.random.key(5)
@@ -210,10 +211,10 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
 
 def test_bfloat16_compute_keeps_float32_master_weights(setup1):
     optimizer = optim.make_optimizer()
-    graphdef, abstract, shardings = train.abstract_train_state(CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16)
+    graphdef, abstract, shardings = train_lib.abstract_train_state(CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16)
     # Same parameters as the float32 model: only the computation dtype (in the graphdef) differs.
     assert jax.tree.structure(abstract) == jax.tree.structure(setup1.initial_state)
-    step = train.TrainStep(graphdef, optimizer, HPARAMS, setup1.mesh, shardings)
+    step = train_lib.TrainStep(graphdef, optimizer, HPARAMS, setup1.mesh, shardings)
     state, metrics = step(setup1.fresh_state(), make_batch(0), jax.random.key(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     moments = [x for x in jax.tree.leaves(state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
@@ -225,10 +226,10 @@ def test_bfloat16_compute_keeps_float32_master_weights(setup1):
 
 def test_check_batch_names_the_problem():
     with pytest.raises(ValueError, match="input_values"):
-        train.check_batch({"x": np.zeros((8, 10))}, 8)
+        train_lib.check_batch({"x": np.zeros((8, 10))}, 8)
     with pytest.raises(ValueError, match=r"\[batch, samples\]"):
-        train.check_batch({"input_values": np.zeros((8,))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((8,))}, 8)
     with pytest.raises(ValueError, match="4 rows, expected 8"):
-        train.check_batch({"input_values": np.zeros((4, 10))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((4, 10))}, 8)
     with pytest.raises(ValueError, match="attention_mask"):
-        train.check_batch({"input_values": np.zeros((8, 10)), "attention_mask": np.zeros((8, 9))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((8, 10)), "attention_mask": np.zeros((8, 9))}, 8)

@@ -88,8 +88,13 @@ class StepHyperparams:
 
 def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
     """The optimizer and step settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
-    optimizer = optim.make_optimizer(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
-    hparams = StepHyperparams(
+    optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(train)))
+    return optimizer, step_hyperparams(train)
+
+
+def step_hyperparams(train: ml_collections.ConfigDict) -> StepHyperparams:
+    """The learning-rate and Gumbel schedules and accumulation of a pretrain config's `train` section."""
+    return StepHyperparams(
         learning_rate=optim.learning_rate_schedule(
             train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
         ),
@@ -98,7 +103,6 @@ def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.G
         gumbel_decay=train.gumbel_temperature_decay,
         grad_accum_steps=train.grad_accum_steps,
     )
-    return optimizer, hparams
 
 
 def create_model(
@@ -248,7 +252,7 @@ def train_step(
 
     if accum == 1:
         # No length-1 scan: inside XLA:CPU's while loop the convolutions' gradients lose their
-        # fast kernels (the tiny config's step was 4.4x slower, see the README's benchmark section).
+        # fast kernels (measured cost: the README's performance section).
         grads_sum, sums = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
     else:
         # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
@@ -277,8 +281,8 @@ def train_step(
         return optax.apply_updates(params, updates), opt_state
 
     # A conditional rather than a select between the old and new values: the update can then
-    # write into the donated buffers, where a select kept both copies alive at once (base, batch
-    # 4 x 4 s, remat: the step's temporaries 2188 -> 1256 MiB; the update was the step's peak).
+    # write into the donated buffers, where a select kept both copies alive at once (the update
+    # was the step's memory peak; measured: the README's performance section).
     new_params, new_opt_state = jax.lax.cond(
         finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
     )
