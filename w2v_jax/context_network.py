@@ -52,9 +52,8 @@ def grouped_conv_kernel_gradient(x: jax.Array, cotangent: jax.Array, groups: int
     `dK[k, c, g*O + o] = sum_{b,t} x_padded[b, t + k, g*C + c] * cotangent[b, t, g*O + o]`: a
     correlation over time whose window is the whole cotangent. Written as a forward grouped conv
     (the channels within a group as its batch, the utterances as its features, the cotangent as its
-    kernel) it takes XLA:CPU's fast path; XLA:CPU's own kernel gradient of a grouped conv with a long
-    kernel runs at 4 GFLOP/s (BASE's 128-tap, 16-group positional conv: 1.99 s of a 6.6 s train
-    step at batch 4 x 4 s; this way 0.12 s).
+    kernel) it takes XLA:CPU's fast path, where XLA:CPU's own kernel gradient of a grouped conv with
+    a long kernel is slow (the README's performance section has the figures).
 
     Args:
       x: `[batch, time, dim_in]`, the conv's input.

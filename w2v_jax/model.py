@@ -364,8 +364,7 @@ class Wav2Vec2Model(nnx.Module):
             return None if key is None else named_key(key, name)
 
         if self.remat:
-            # The conv stack's activations are the largest part (base, 4 x 4 s: its forward + backward
-            # alone needs 893 MiB of temporaries, the whole model's 2263 MiB; with remat 894 MiB).
+            # The conv stack's activations are the model's largest (README: Performance, remat).
             graphdef, params = nnx.split(self.feature_extractor)
             features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
         else:

@@ -117,10 +117,7 @@ def _init_fn(
     config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool
 ) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        # Shardings come from `state_shardings` (jit's out_shardings), not from flax's eager
-        # per-variable sharding, which needs the logical names to be mesh axes.
-        with nnx.use_eager_sharding(False):
-            model = create_model(config, seed, dtype, remat)
+        model = create_model(config, seed, dtype, remat)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -145,8 +142,7 @@ def abstract_train_state(
     remat: bool = False,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
-    with nnx.use_eager_sharding(False):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
     abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat))
     return graphdef, abstract, sharding.state_shardings(abstract, mesh, param_sharding, min_fsdp_size)
 
@@ -203,9 +199,9 @@ def train_step(
     Args:
       state: the train state.
       batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]},
-        optionally "mask_time_indices" bool [batch, frames] and "sampled_negative_indices" int32
+        optionally "mask_time_indices" bool [batch, frames] and "negative_indices" int32
         [batch, frames, K] (frame indices within each utterance, the model's `negative_indices`, not
-        transformers' flattened format) to replace the sampled ones, as
+        transformers' flattened `sampled_negative_indices`) to replace the sampled ones, as
         experiments/compare_pytorch.py does to feed the PyTorch reference the same inputs.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
@@ -225,7 +221,7 @@ def train_step(
             micro["input_values"],
             attention_mask=micro.get("attention_mask"),
             mask_time_indices=micro.get("mask_time_indices"),
-            negative_indices=micro.get("sampled_negative_indices"),
+            negative_indices=micro.get("negative_indices"),
             deterministic=False,
             gumbel_temperature=temperature,
             key=micro_key,

@@ -48,10 +48,7 @@ from flax import nnx
 from w2v_jax import host_memory, optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.context_network import named_key
-from w2v_jax.contrastive_loss import sample_negative_indices
-from w2v_jax.masking import compute_mask_indices
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForPreTraining, sample_masks_and_negatives
 
 SAMPLE_RATE = 16_000
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -210,19 +207,10 @@ def step_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The span masks `[batch, frames]` and distractors `[batch, frames, K]` our step draws at `step`.
 
-    Our train step hands the model `train.model_key(key, step, 0)` and the model draws the mask
-    and the distractors from its "mask" and "negatives" sub-keys (no attention mask: every
-    utterance is `frames` long); this re-draws them on the host for the reference.
+    Our train step hands the model `train_step.model_key(key, step, 0)` (no attention mask: every
+    utterance is `frames` long); this re-draws the model's masks and distractors for the reference.
     """
-    model_key = train_lib.model_key(key, step, 0)
-    mask = compute_mask_indices(
-        named_key(model_key, "mask"),
-        (batch_size, frames),
-        model_config.mask_time_prob,
-        model_config.mask_time_length,
-        model_config.mask_time_min_masks,
-    )
-    negatives = sample_negative_indices(named_key(model_key, "negatives"), mask, model_config.num_negatives)
+    mask, negatives = sample_masks_and_negatives(train_lib.model_key(key, step, 0), model_config, batch_size, frames)
     return np.asarray(mask), np.asarray(negatives)
 
 

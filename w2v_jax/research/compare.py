@@ -25,12 +25,9 @@ from flax import nnx
 from w2v_jax import optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.context_network import named_key
-from w2v_jax.contrastive_loss import sample_negative_indices
+from w2v_jax.layers import named_key
 from w2v_jax.data import default_manifest, make_train_iterator
-from w2v_jax.masking import compute_mask_indices
-from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.quantization import gumbel_noise
+from w2v_jax.model import Wav2Vec2ForPreTraining, sample_gumbel_noise, sample_masks_and_negatives
 from w2v_jax.research import plotting
 from w2v_jax.research.torch_twin import ReferenceTrainer, check_comparable, comparable_config
 
@@ -100,26 +97,17 @@ def compare_training(
     shapes = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config))
     key = jax.random.key(t.seed)  # the trainer's base key
     sampling_key = named_key(key, "compare_pytorch")
-    codebook = (model_config.num_codevector_groups, model_config.num_codevectors_per_group)
 
     records = []
     for step in range(t.num_steps):
         batch = {k: np.asarray(v) for k, v in next(batches).items()}
         rows, samples = batch["input_values"].shape
         frames = shapes.num_frames(samples)
-        frame_lengths = shapes.feature_extractor.compute_output_length(np.sum(batch["attention_mask"], axis=1))
+        frame_lengths = shapes.num_frames(np.sum(batch["attention_mask"], axis=1))
         step_key = jax.random.fold_in(sampling_key, step)
-        mask = compute_mask_indices(
-            named_key(step_key, "mask"),
-            (rows, frames),
-            model_config.mask_time_prob,
-            model_config.mask_time_length,
-            model_config.mask_time_min_masks,
-            jnp.asarray(frame_lengths, jnp.int32),
-        )
-        negatives = sample_negative_indices(named_key(step_key, "negatives"), mask, model_config.num_negatives)
-        noise = gumbel_noise(named_key(train_lib.model_key(key, step, 0), "gumbel"), (rows, frames, *codebook))
-        explicit = {"mask_time_indices": np.asarray(mask), "sampled_negative_indices": np.asarray(negatives)}
+        mask, negatives = sample_masks_and_negatives(step_key, model_config, rows, frames, frame_lengths)
+        noise = sample_gumbel_noise(train_lib.model_key(key, step, 0), model_config, rows, frames)
+        explicit = {"mask_time_indices": np.asarray(mask), "negative_indices": np.asarray(negatives)}
 
         metrics = {}
         start = time.perf_counter()
@@ -128,7 +116,7 @@ def compare_training(
         metrics["jax"]["seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         metrics["pytorch"] = reference.step(
-            batch, explicit["mask_time_indices"], explicit["sampled_negative_indices"], np.asarray(noise)
+            batch, explicit["mask_time_indices"], explicit["negative_indices"], np.asarray(noise)
         )
         metrics["pytorch"]["seconds"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -53,25 +53,22 @@ FEATURE_KINDS: tuple[str, ...] = ("conv", "context", "projected")
 # forward passes (one per input shape).
 @functools.partial(nnx.jit, static_argnames=("kind",))
 def _features(module: Wav2Vec2ForPreTraining, x: jax.Array, kind: str) -> jax.Array:
+    out = module(x)
     if kind == "projected":
-        return module(x).projected_states
-    features = module.feature_extractor(x)
+        return out.projected_states
     if kind == "conv":
-        return features
-    hidden, _ = module.feature_projection(features)
-    return module.encoder(hidden, None, deterministic=True)
+        return out.extract_features
+    return out.last_hidden_state
 
 
 @nnx.jit
 def _representations(module: Wav2Vec2ForPreTraining, x: jax.Array) -> dict[str, jax.Array]:
     out = module(x)
-    _, normed = module.feature_projection(module.feature_extractor(x))
-    _, usage = module.quantizer(normed, deterministic=True)
     return {
-        "z": module.feature_extractor(x),
+        "z": out.extract_features,
         "q": out.projected_quantized_states,
         "c": out.projected_states,
-        "codes": usage.indices,
+        "codes": out.codevector_indices,
     }
 
 
@@ -79,12 +76,12 @@ def representations(model: Wav2Vec2ForPreTraining, waveform: np.ndarray) -> dict
     """What the model makes of one utterance, evaluation mode, nothing masked.
 
     Returns:
-      {"z": `[frames, conv_dim]` feature-encoder latents, "q": `[frames, proj_dim]` quantized
+      {"z": `[frames, conv_dim]` feature-encoder latents (layer-normalised, `extract_features`), "q": `[frames, proj_dim]` quantized
       targets in the contrastive space, "c": `[frames, proj_dim]` context predictions in the same
       space, "codes": `[frames, G]` chosen codewords}.
     """
     x = np.asarray(waveform, np.float32)[None]
-    model.feature_extractor.check_input(x)
+    model.wav2vec2.feature_extractor.check_input(x)
     return {k: np.asarray(v)[0] for k, v in _representations(model, x).items()}
 
 
@@ -96,7 +93,7 @@ def model_features(
     Args:
       model: any `Wav2Vec2ForPreTraining` (a checkpoint, or a random-init baseline).
       waveforms: float32 `[samples]` each; equal lengths are batched (see the module docstring).
-      kind: "conv" (the feature encoder's z), "context" (the Transformer's output, before
+      kind: "conv" (the feature encoder's z after its LayerNorm, `extract_features`), "context" (the Transformer's output, before
         project_hid), "projected" (c, in the contrastive space).
       batch_size: utterances per forward pass.
     """
@@ -104,7 +101,7 @@ def model_features(
         raise ValueError(f"unknown feature kind {kind!r}; choose one of {FEATURE_KINDS}")
     out: list[np.ndarray | None] = [None] * len(waveforms)
     for chunk, batch in equal_length_batches(waveforms, batch_size):
-        model.feature_extractor.check_input(batch)
+        model.wav2vec2.feature_extractor.check_input(batch)
         features = np.asarray(_features(model, batch, kind), np.float32)
         for row, i in enumerate(chunk):
             out[i] = features[row]

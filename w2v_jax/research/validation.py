@@ -26,11 +26,8 @@ from w2v_jax.quantization import code_perplexity
 @nnx.jit
 def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, negatives: jax.Array):
     """Evaluation-mode outputs and per-utterance codeword counts `[batch, G, V]` (every frame)."""
-    flat = negatives + jnp.arange(x.shape[0], dtype=jnp.int32)[:, None, None] * mask.shape[1]
-    out = module(x, mask_time_indices=mask, sampled_negative_indices=flat, deterministic=True)
-    _, normed = module.feature_projection(module.feature_extractor(x))
-    _, usage = module.quantizer(normed, deterministic=True)
-    counts = jax.nn.one_hot(usage.indices, module.quantizer.num_vars, dtype=jnp.int32).sum(axis=1)
+    out = module(x, mask_time_indices=mask, negative_indices=negatives, deterministic=True)
+    counts = jax.nn.one_hot(out.codevector_indices, module.quantizer.num_vars, dtype=jnp.int32).sum(axis=1)
     return out, counts
 
 
@@ -104,7 +101,7 @@ def validation_metrics(
             continue
         for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty"):
             totals[name] += float(getattr(out, name))
-        totals["correct"] += float(out.accuracy) * num_masked
+        totals["correct"] += int(out.num_correct)
         totals["num_masked"] += num_masked
         perplexities.append(float(out.codevector_perplexity))
     masked = max(totals["num_masked"], 1)
