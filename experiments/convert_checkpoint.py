@@ -23,12 +23,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("direction", choices=("hf-to-jax", "jax-to-hf"))
     parser.add_argument("source", help="folder to read")
     parser.add_argument("destination", help="folder to write (created if missing)")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN or infinity")
     args = parser.parse_args(argv)
     if args.direction == "hf-to-jax":
-        config, model = convert.load_hf_checkpoint(args.source)
+        config, model = convert.load_hf_checkpoint(args.source, allow_nonfinite=args.allow_nonfinite)
         convert.save_checkpoint(config, model, args.destination)
     else:
-        config, model = convert.load_checkpoint(args.source)
+        config, model = convert.load_checkpoint(args.source, allow_nonfinite=args.allow_nonfinite)
         convert.save_hf_checkpoint(config, model, args.destination)
     print(f"{args.direction}: {args.source} -> {args.destination}")
 

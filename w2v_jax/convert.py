@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 
 import jax
@@ -162,13 +163,14 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def load_hf_checkpoint(
-    path: str | os.PathLike, *, dtype: jnp.dtype | None = None
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
 ) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
     """Reads a transformers `Wav2Vec2ForPreTraining` folder (config.json + weights).
 
     Args:
       path: the folder.
       dtype: computation dtype of the returned model (parameters are float32).
+      allow_nonfinite: accept NaN or infinite weights (refused by default, `check_stored_weights`).
 
     Returns:
       `(config, model)`.
@@ -177,7 +179,9 @@ def load_hf_checkpoint(
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} has no config.json")
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
-    params = params_from_hf(config, read_hf_state_dict(folder))
+    state_dict = read_hf_state_dict(folder)
+    check_stored_weights(config, state_dict, folder, allow_nonfinite=allow_nonfinite)
+    params = params_from_hf(config, state_dict)
     # No random initialisation: every parameter comes from the checkpoint.
     model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
     nnx.update(model, params)
@@ -213,12 +217,14 @@ def save_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, dtype: jnp.dtype | None = None
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
 ) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
-    """Reads a folder written by `save_checkpoint`; returns `(config, model)`."""
+    """Reads a folder written by `save_checkpoint`; returns `(config, model)`. NaN or infinite
+    weights are refused unless `allow_nonfinite` (`check_stored_weights`)."""
     folder = pathlib.Path(path)
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
     stored = safetensors.numpy.load_file(folder / "params.safetensors")
+    check_stored_weights(config, stored, folder / "params.safetensors", allow_nonfinite=allow_nonfinite)
     model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     names = {_param_name(p) for p, _ in flat}
@@ -229,3 +235,48 @@ def load_checkpoint(
         )
     nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(stored[_param_name(p)]))) for p, v in flat]))
     return config, model
+
+
+# Layer indices in both key spellings: ours (`encoder.layers.3.`, `feature_extractor.layers.0.`) and
+# transformers' (`wav2vec2.encoder.layers.3.`, `wav2vec2.feature_extractor.conv_layers.0.`).
+_LAYER_KEYS = {
+    "num_hidden_layers": re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\."),
+    "conv_dim": re.compile(r"(?:^|\.)feature_extractor\.(?:conv_)?layers\.(\d+)\."),
+}
+
+
+def check_stored_weights(
+    config: Wav2Vec2Config, weights: Mapping[str, np.ndarray], source: str | os.PathLike, *, allow_nonfinite: bool = False
+) -> None:
+    """Checks an untrusted checkpoint's weights against its config before any model is built.
+
+    The model built from `config` is bounded by the file: its Transformer and conv layer counts
+    must be the layers the weights hold (a config.json asking for 10**9 layers is refused at once,
+    instead of building them). Keys and shapes are then compared layer by layer when the model is
+    built (`params_from_hf`, `load_checkpoint`). Non-finite weights are refused unless allowed.
+
+    Args:
+      config: the checkpoint's config.
+      weights: its weights, by key (ours or transformers').
+      source: the checkpoint's path, for messages.
+      allow_nonfinite: accept NaN or infinite weights (to inspect a diverged checkpoint).
+
+    Raises:
+      ValueError: naming the field and the count the weights hold, or the non-finite arrays.
+    """
+    for field, pattern in _LAYER_KEYS.items():
+        wanted = config.num_hidden_layers if field == "num_hidden_layers" else len(config.conv_dim)
+        stored = {int(m.group(1)) for key in weights if (m := pattern.search(key))}
+        if len(stored) != wanted or max(stored, default=-1) != wanted - 1:  # i.e. stored == {0..wanted-1}
+            held = f"layers {min(stored)}..{max(stored)} ({len(stored)} distinct)" if stored else "no such layers"
+            raise ValueError(
+                f"{source}: config.json's {field} asks for {wanted} layers but the weights hold {held}; "
+                "the config does not describe these weights"
+            )
+    if not allow_nonfinite:
+        bad = sorted(key for key, value in weights.items() if not np.all(np.isfinite(value)))
+        if bad:
+            raise ValueError(
+                f"{source}: {len(bad)} weight arrays hold NaN or infinity (first: {bad[0]}); "
+                "pass allow_nonfinite=True (--allow-nonfinite) to load them anyway"
+            )

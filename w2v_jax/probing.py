@@ -563,16 +563,18 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    checkpointer = checkpointing.Checkpointer(folder / "checkpoints", async_save=False)
+    # Read-only: the run may be live, its in-flight save must not be cleaned up or its steps moved.
+    checkpointer = checkpointing.Checkpointer(folder / "checkpoints", read_only=True)
     try:
         steps = checkpointer.all_steps()
         if not steps:
             raise ValueError(f"{folder / 'checkpoints'} holds no complete checkpoint")
-        if step is None:
-            step = max(steps)
+        if step is None:  # the newest intact one (a corrupt newer one is reported and skipped)
+            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False)
         elif step not in steps:
             raise ValueError(f"no checkpoint {step} in {folder / 'checkpoints'}; available: {sorted(steps)}")
-        restored, _ = checkpointer.restore(step, target)
+        else:
+            restored, _ = checkpointer.restore(step, target)
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, restored.params, restored.model_state)

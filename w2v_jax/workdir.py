@@ -269,3 +269,11 @@ def disk_full_message(error: BaseException, workdir: str | os.PathLike) -> str |
         f"no space left on device writing {workdir} ({free}); the checkpoints committed before are intact: "
         "free some space and rerun the same command to resume"
     )
+
+
+def drop_disk_full_records(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for records about a full disk, whose traceback would bury the
+    launcher's one-line `disk_full_message`; True for every other record."""
+    if record.exc_info and record.exc_info[1] is not None and is_disk_full(record.exc_info[1]):
+        return False
+    return "No space left on device" not in record.getMessage()
