@@ -67,8 +67,8 @@ RUNNER = textwrap.dedent(
         async def patched(self, *args, **kwargs):
             if self._final_path.name == str(at):  # what tensorstore raises when the disk fills
                 raise ValueError(
-                    f"RESOURCE_EXHAUSTED: Error writing local file \"{self._final_path}/state\": "
-                    "No space left on device [os_error_code='28']"
+                    f"RESOURCE_EXHAUSTED: Error writing local file {self._final_path}/state: "
+                    "No space left on device [os_error_code=28]"
                 )
             return await finalize(self, *args, **kwargs)
         atomicity.AtomicRenameTemporaryPath.finalize = patched
@@ -222,7 +222,8 @@ def test_disk_full_is_one_line_and_the_committed_checkpoints_resume(reference, e
     assert full.returncode == 1
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith(f"no space left on device writing {tmp_path} (") and "MiB free)" in last
-    assert "Traceback" not in full.stderr and full.stderr.count("No space left on device") == 1
+    assert "Traceback" not in full.stderr
+    assert "No space left on device" not in full.stderr  # orbax's per-thread error lines are dropped
     resumed = launch(tmp_path, env)
     assert resumed.returncode == 0 and "resumed from checkpoint 2 " in resumed.stderr
     assert records(tmp_path) == records(reference[0])
