@@ -10,17 +10,16 @@ achieved FLOP/s, MFU against a matmul peak measured in the same run, compile tim
 `ratio=X`: our throughput over the reference's. `--remat-memory` compiles the step without and
 with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
 (activation memory) and for the whole train step. `--profile` traces our step with `jax.profiler`
-and prints its busiest XLA operations. All logic: `w2v_jax.benchmark`.
+and prints its busiest XLA operations. All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from w2v_jax import benchmark, host_memory
+from experiments.configs import define_config_flag
+from w2v_jax import host_memory
+from w2v_jax.research import benchmark, profiling
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
-)
+_CONFIG = define_config_flag("config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Utterances per step.")
 _SECONDS = flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
@@ -52,7 +51,7 @@ def main(argv: list[str]) -> None:
             print(line, flush=True)
         return
     if _PROFILE.value:
-        for line in benchmark.profile_train_step(_CONFIG.value, settings, _PROFILE.value):
+        for line in profiling.profile_train_step(_CONFIG.value, settings, _PROFILE.value):
             print(line, flush=True)
         return
     result = benchmark.run_benchmark(_CONFIG.value, settings, vs_pytorch=_VS_PYTORCH.value)

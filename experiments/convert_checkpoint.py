@@ -10,29 +10,29 @@
 All logic lives in `w2v_jax.convert`.
 """
 
-from __future__ import annotations
-
-import argparse
 from collections.abc import Sequence
+
+from absl import app, flags
 
 from w2v_jax import convert
 
+DIRECTIONS = ("hf-to-jax", "jax-to-hf")
+_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).")
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("direction", choices=("hf-to-jax", "jax-to-hf"))
-    parser.add_argument("source", help="folder to read")
-    parser.add_argument("destination", help="folder to write (created if missing)")
-    parser.add_argument("--allow-nonfinite", action="store_true", help="convert weights holding NaN or infinity")
-    args = parser.parse_args(argv)
-    if args.direction == "hf-to-jax":
-        config, model = convert.load_hf_checkpoint(args.source, allow_nonfinite=args.allow_nonfinite)
-        convert.save_checkpoint(config, model, args.destination)
+
+def main(argv: Sequence[str], allow_nonfinite: bool = False) -> None:
+    """`argv`: the arguments after the program name, `DIRECTION SOURCE DESTINATION`."""
+    if len(argv) != 3 or argv[0] not in DIRECTIONS:
+        raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {list(argv)}")
+    direction, source, destination = argv
+    if direction == "hf-to-jax":
+        config, model = convert.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
+        convert.save_checkpoint(config, model, destination)
     else:
-        config, model = convert.load_checkpoint(args.source, allow_nonfinite=args.allow_nonfinite)
-        convert.save_hf_checkpoint(config, model, args.destination)
-    print(f"{args.direction}: {args.source} -> {args.destination}")
+        config, model = convert.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
+        convert.save_hf_checkpoint(config, model, destination)
+    print(f"{direction}: {source} -> {destination}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(lambda argv: main(argv[1:], allow_nonfinite=_ALLOW_NONFINITE.value))

@@ -12,7 +12,8 @@ import pathlib
 
 from absl import app, flags
 
-from w2v_jax import plotting, probing
+from w2v_jax.checkpointing import load_model
+from w2v_jax.research import plotting, probes
 from w2v_jax.data import default_manifest, load_audio, load_manifest
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint folder.", required=True)
@@ -26,9 +27,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     audio = _AUDIO.value or load_manifest(default_manifest("valid")).file_path(0)
     waveform = load_audio(audio)
-    model = probing.load_model(_CHECKPOINT.value, _STEP.value)
+    model = load_model(_CHECKPOINT.value, _STEP.value)
     figure = plotting.representation_figure(
-        waveform, probing.representations(model, waveform), title=f"{_CHECKPOINT.value}: {pathlib.Path(audio).name}"
+        waveform, probes.representations(model, waveform), title=f"{_CHECKPOINT.value}: {pathlib.Path(audio).name}"
     )
     figure.savefig(_OUT.value, dpi=100)
     print(f"wrote {_OUT.value}")

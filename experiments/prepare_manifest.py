@@ -4,62 +4,32 @@
 
 Lengths are probed in parallel threads (headers for WAV/FLAC, full decode for MP3/OGG...). Unusable
 files are logged, counted and left out; --strict stops at the first one. With --valid-fraction, a
-seeded random subset goes to a valid manifest beside --out (valid.tsv, or NAME_valid.tsv).
+seeded random subset goes to a valid manifest beside --out (valid.tsv, or NAME_valid.tsv). All
+logic: `w2v_jax.data.manifest.prepare_manifests`.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import os
-from pathlib import Path
 
-import numpy as np
+from absl import app, flags
 
-from w2v_jax.data import scan_folder, write_manifest
-from w2v_jax.data.skips import BadInputError
+from w2v_jax.data.manifest import prepare_manifests
+
+_OUT = flags.DEFINE_string("out", None, "Train manifest to write.", required=True)
+_VALID_FRACTION = flags.DEFINE_float("valid-fraction", 0.0, "Share of the files for the valid manifest, in [0, 1).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train/valid split.")
+_WORKERS = flags.DEFINE_integer("workers", min(32, (os.cpu_count() or 1) * 4), "Threads probing lengths.")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unusable file.")
 
 
-def valid_path(out: Path) -> Path:
-    """valid.tsv beside train.tsv; NAME_valid.tsv beside any other NAME.tsv."""
-    return out.with_name("valid.tsv" if out.name == "train.tsv" else f"{out.stem}_valid{out.suffix or '.tsv'}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="train manifest to write")
-    parser.add_argument("--valid-fraction", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/valid split")
-    parser.add_argument("--workers", type=int, default=min(32, (os.cpu_count() or 1) * 4))
-    parser.add_argument("--strict", action="store_true", help="stop at the first unusable file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not 0.0 <= args.valid_fraction < 1.0:
-        parser.error(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
-
-    manifest = scan_folder(args.folder, num_workers=args.workers, progress=True)
-    for index, (reason, detail) in sorted(manifest.known_bad.items()):
-        if args.strict:
-            raise BadInputError(f"{manifest.file_path(index)}: {reason} ({detail})")
-        logging.warning("skipping %s: %s (%s)", manifest.file_path(index), reason, detail)
-    good = np.asarray([i for i in range(len(manifest)) if i not in manifest.known_bad], np.int64)
-    num_valid = int(round(args.valid_fraction * len(good)))
-    in_valid = np.zeros(len(good), bool)
-    in_valid[np.random.default_rng(args.seed).permutation(len(good))[:num_valid]] = True
-    splits = {args.out: good[~in_valid]}
-    if args.valid_fraction > 0:
-        splits[valid_path(args.out)] = good[in_valid]
-    for path, indices in splits.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_manifest(path, manifest.root, [manifest.paths[i] for i in indices], manifest.num_samples[indices])
-        hours = manifest.num_samples[indices].sum() / 16_000 / 3600
-        print(f"{path}: {len(indices)} files, {hours:.2f} h")
-    if manifest.known_bad:
-        reasons = [reason for reason, _ in manifest.known_bad.values()]
-        print(f"skipped {len(reasons)} unusable files: "
-              + ", ".join(f"{r}: {reasons.count(r)}" for r in sorted(set(reasons))))
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise app.UsageError(f"expected one audio folder, got {argv[1:]}")
+    lines = prepare_manifests(
+        argv[1], _OUT.value, valid_fraction=_VALID_FRACTION.value, seed=_SEED.value,
+        num_workers=_WORKERS.value, strict=_STRICT.value,
+    )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -9,7 +9,7 @@
 Points run one after another with the trainer's `train_and_evaluate`; running the command again
 skips finished points and resumes an interrupted one from its checkpoint. `--config.*` overrides
 apply to every point (and are repeated in the printed commands). Results: `results.csv`,
-`results.md` and `results.png` in the workdir (see `w2v_jax.sweep`).
+`results.md` and `results.png` in the workdir (see `w2v_jax.research.sweep`).
 """
 
 import sys
@@ -17,12 +17,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import host_memory, probing, sweep, trainer
+from experiments.configs import define_config_flag
+from w2v_jax import host_memory, trainer
+from w2v_jax.data.utterances import load_utterances
+from w2v_jax.research import sweep
 from w2v_jax.data import default_manifest
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/codebook_ablation.py", "Sweep config file, `path[:variant]`.", lock_config=True
-)
+_CONFIG = define_config_flag("config", "experiments/configs/codebook_ablation.py", "Sweep config file, `path[:variant]`.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder (one subfolder per point).", required=True)
 _PRINT = flags.DEFINE_bool("print-commands", False, "Print one launcher command per point and exit.")
 _COLLECT = flags.DEFINE_bool("collect-only", False, "Only collect the results of finished points.")
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
     if not _COLLECT.value:
         sweep.run_sweep(config, _WORKDIR.value, trainer.train_and_evaluate)
     manifest = _VALID.value or default_manifest("valid")
-    utterances = probing.load_utterances(manifest, max_utterances=_MAX_UTTERANCES.value)
+    utterances = load_utterances(manifest, max_utterances=_MAX_UTTERANCES.value)
     rows = sweep.collect_results(config, _WORKDIR.value, [u.waveform for u in utterances])
     print(sweep.results_table(rows))
 

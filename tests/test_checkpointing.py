@@ -14,7 +14,9 @@ import optax
 import pytest
 from flax import nnx
 
-from w2v_jax import checkpointing, sharding
+from w2v_jax import checkpointing, convert, sharding
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -137,3 +139,22 @@ def test_kill_during_save_never_restores_the_partial_checkpoint(tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         checkpointing.Checkpointer(tmp_path, keep=0)
+
+
+def test_load_model_reads_our_and_transformers_folders(tmp_path):
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
+    convert.save_checkpoint(model.config, model, tmp_path / "ours")
+    convert.save_hf_checkpoint(model.config, model, tmp_path / "hf")
+    expected = jax.tree.leaves(nnx.state(model, nnx.Param))
+    for folder in ("ours", "hf"):
+        loaded = checkpointing.load_model(tmp_path / folder)
+        for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), expected):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        checkpointing.load_model(tmp_path)
+
+
+def test_load_model_keeps_its_old_path():
+    from w2v_jax import probing
+
+    assert probing.load_model is checkpointing.load_model

@@ -149,3 +149,22 @@ def test_any_valid_config_round_trips(hidden_heads, layers, groups, mask_time_pr
         do_stable_layer_norm=stable,
     )
     assert Wav2Vec2Config.from_hf_dict(json.loads(json.dumps(config.to_hf_dict()))) == config
+
+
+def test_from_run_config_reads_the_model_section():
+    import ml_collections
+
+    from experiments.configs import pretrain
+
+    run = pretrain.get_config("tiny")
+    model = Wav2Vec2Config.from_run_config(run)
+    assert model.hidden_size == run.model.hidden_size and model.conv_dim == tuple(run.model.conv_dim)
+    assert model.feature_penalty_weight == run.model.feature_penalty_weight == 0.0
+    # A run config read back from a workdir's config.json (lists, not tuples) gives the same model.
+    assert Wav2Vec2Config.from_run_config(ml_collections.ConfigDict(json.loads(run.to_json()))) == model
+    with pytest.raises(ValueError, match="no 'model' section"):
+        Wav2Vec2Config.from_run_config(ml_collections.ConfigDict({"train": {"seed": 0}}))
+    run.unlock()
+    run.model.not_a_field = 1
+    with pytest.raises(ValueError, match="not_a_field"):
+        Wav2Vec2Config.from_run_config(run)

@@ -15,11 +15,10 @@ from w2v_jax.context_network import (
     ContextNetwork,
     PositionalConvEmbedding,
     SelfAttention,
-    dropout,
     grouped_conv,
     grouped_conv_kernel_gradient,
-    named_key,
 )
+from w2v_jax.layers import dropout
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
 
@@ -81,8 +80,11 @@ def attention_oracle(x, module: SelfAttention, padding_mask=None, keep=None):
     return _linear(out.reshape(batch, time, dim), module.out_proj)
 
 
-def context_network_oracle(x, net: ContextNetwork, config, padding_mask=None, layers=None):
-    """The whole network (no dropout); `layers` picks which layers run (LayerDrop's survivors)."""
+def context_network_oracle(x, net: ContextNetwork, config, padding_mask=None, layers=None, hidden_states=None):
+    """The whole network (no dropout); `layers` picks which layers run (LayerDrop's survivors).
+
+    A list given as `hidden_states` receives the first layer's input and each layer's output.
+    """
     eps = config.layer_norm_eps
     x = np.asarray(x, np.float64)
     if padding_mask is not None:
@@ -90,6 +92,8 @@ def context_network_oracle(x, net: ContextNetwork, config, padding_mask=None, la
     x = x + positional_conv_oracle(x, net.pos_conv_embed)
     if not config.do_stable_layer_norm:
         x = _layer_norm(x, net.layer_norm, eps)
+    if hidden_states is not None:
+        hidden_states.append(x)
     for index in range(len(net.layers)) if layers is None else layers:
         layer = net.layers[index]
 
@@ -102,6 +106,8 @@ def context_network_oracle(x, net: ContextNetwork, config, padding_mask=None, la
         else:
             x = _layer_norm(x + attention_oracle(x, layer.attention, padding_mask), layer.layer_norm, eps)
             x = _layer_norm(x + feed_forward(x), layer.final_layer_norm, eps)
+        if hidden_states is not None:
+            hidden_states.append(x)
     if config.do_stable_layer_norm:
         x = _layer_norm(x, net.layer_norm, eps)
     return x
@@ -133,29 +139,6 @@ def _inputs(batch=2, time=11, dim=12, seed=0):
     x = np.random.default_rng(seed).standard_normal((batch, time, dim)).astype(np.float32)
     padding_mask = np.arange(time)[None, :] < np.array([time, time - 4])[:, None]
     return x, padding_mask
-
-
-def test_dropout_is_identity_when_deterministic_or_rate_zero():
-    x = jnp.ones((4, 5))
-    assert dropout(x, 0.5, None, deterministic=True) is x
-    assert dropout(x, 0.0, None, deterministic=False) is x
-    with pytest.raises(ValueError, match="needs a key"):
-        dropout(x, 0.5, None, deterministic=False)
-
-
-def test_dropout_zeroes_at_rate_and_rescales():
-    x = jnp.ones((200_000,))
-    y = np.asarray(jax.jit(lambda k: dropout(x, 0.3, k, False))(jax.random.key(0)))
-    np.testing.assert_allclose(y[y != 0], 1 / 0.7, rtol=1e-6)
-    # Binomial standard error sqrt(0.21 / n) ~ 1e-3: 5 sigma.
-    assert abs((y == 0).mean() - 0.3) < 5e-3
-
-
-def test_named_keys_are_stable_and_distinct():
-    key = jax.random.key(0)
-    data = lambda k: np.asarray(jax.random.key_data(k))  # noqa: E731
-    np.testing.assert_array_equal(data(named_key(key, "mask")), data(named_key(key, "mask")))
-    assert not np.array_equal(data(named_key(key, "mask")), data(named_key(key, "negatives")))
 
 
 @pytest.mark.parametrize("kernel_size, groups", [(8, 4), (5, 3), (4, 1)])
@@ -248,6 +231,13 @@ def test_context_network_matches_oracle(stable):
     # Training mode without any dropout rate computes the same function as evaluation.
     out = _jitted(net, deterministic=False)(x, padding_mask, key=jax.random.key(0))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    expected_states = []
+    context_network_oracle(x, net, config, padding_mask, hidden_states=expected_states)
+    out, states = _jitted(net, output_hidden_states=True)(x, padding_mask)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert len(states) == config.num_hidden_layers + 1
+    for state, expected_state in zip(states, expected_states, strict=True):
+        np.testing.assert_allclose(state, expected_state, rtol=1e-5, atol=1e-5)
 
 
 def test_padded_frames_do_not_reach_real_frames():

@@ -11,6 +11,7 @@ import pytest
 
 from w2v_jax.contrastive_loss import (
     contrastive_accuracy,
+    contrastive_num_correct,
     contrastive_logits,
     contrastive_loss,
     contrastive_loss_from_scratch,
@@ -78,6 +79,24 @@ def test_accuracy_counts_target_wins_but_not_ties():
     logits = jnp.array([[[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [1.0, 1.0, 1.0]]])
     np.testing.assert_allclose(contrastive_accuracy(logits), 1 / 3)
     np.testing.assert_allclose(contrastive_accuracy(logits, mask=jnp.array([[True, True, False]])), 1 / 2)
+
+
+def test_num_correct_counts_masked_target_wins_as_an_oracle_loop():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    logits[0, 2] = 1.0  # all equal: not a win
+    mask = rng.random((3, 7)) < 0.6
+    expected = sum(
+        int(mask[b, t] and logits[b, t, 0] > logits[b, t, 1:].max())
+        for b in range(3)
+        for t in range(7)
+    )
+    count = jax.jit(contrastive_num_correct)(logits, mask)
+    assert count.dtype == jnp.int32 and int(count) == expected
+    assert int(contrastive_num_correct(logits)) == int((logits[..., 0] > logits[..., 1:].max(-1)).sum())
+    np.testing.assert_allclose(contrastive_accuracy(logits, mask), expected / mask.sum(), rtol=1e-6)
+    with pytest.raises(ValueError, match="mask must be"):
+        contrastive_num_correct(logits, mask[:, :3])
 
 
 def test_gather_negatives():

@@ -21,7 +21,7 @@ from w2v_jax.convert import (
     save_checkpoint,
     save_hf_checkpoint,
 )
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 CONFIGS = {
     "group_post_ln": Wav2Vec2Config.preset("tiny"),
@@ -116,17 +116,59 @@ def test_model_without_masking_has_no_mask_embedding_in_transformers(tmp_path):
 
 
 def test_key_names():
-    assert hf_keys(("feature_extractor", "layers", 0, "norm", "scale")) == (
+    assert hf_keys(("wav2vec2", "feature_extractor", "layers", 0, "norm", "scale")) == (
         "wav2vec2.feature_extractor.conv_layers.0.layer_norm.weight",
     )
-    assert hf_keys(("encoder", "pos_conv_embed", "weight_g")) == (
+    assert hf_keys(("wav2vec2", "encoder", "pos_conv_embed", "weight_g")) == (
         "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original0",
         "wav2vec2.encoder.pos_conv_embed.conv.weight_g",
     )
     assert hf_keys(("project_q", "kernel")) == ("project_q.weight",)
-    assert hf_keys(("encoder", "layers", 1, "attention", "q_proj", "bias")) == (
+    assert hf_keys(("wav2vec2", "encoder", "layers", 1, "attention", "q_proj", "bias")) == (
         "wav2vec2.encoder.layers.1.attention.q_proj.bias",
     )
+    # A bare Wav2Vec2Model: transformers' keys without the prefix.
+    assert hf_keys(("feature_extractor", "layers", 0, "conv", "kernel")) == (
+        "feature_extractor.conv_layers.0.conv.weight",
+    )
+    assert hf_keys(("masked_spec_embed",)) == ("masked_spec_embed",)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_transformers_encoder_folder_both_ways(name, tmp_path):
+    """A transformers Wav2Vec2Model folder (keys without `wav2vec2.`) loads as our Wav2Vec2Model and back."""
+    config = CONFIGS[name]
+    torch.manual_seed(0)
+    reference = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+    reference.save_pretrained(tmp_path / "hf")
+    loaded_config, model = load_hf_checkpoint(tmp_path / "hf")
+    assert isinstance(model, Wav2Vec2Model) and loaded_config == config
+    expected = _reference_state_dict(reference)
+    exported = params_to_hf(nnx.state(model, nnx.Param), config)
+    assert exported.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    save_hf_checkpoint(config, model, tmp_path / "ours")
+    _, info = transformers.Wav2Vec2Model.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    save_checkpoint(config, model, tmp_path / "native")
+    _, restored = load_checkpoint(tmp_path / "native")
+    assert isinstance(restored, Wav2Vec2Model)
+    _assert_same_params(model, restored)
+
+
+def test_params_safetensors_written_before_the_encoder_was_nested(tmp_path):
+    """Files from before `wav2vec2` nesting name encoder parameters at the top level; they still load."""
+    config = CONFIGS["group_post_ln"]
+    model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(2))
+    save_checkpoint(config, model, tmp_path)
+    stored = safetensors.numpy.load_file(tmp_path / "params.safetensors")
+    old = {k.removeprefix("wav2vec2."): v for k, v in stored.items()}
+    assert "encoder.layers.0.attention.q_proj.kernel" in old and "quantizer.codevectors" in old
+    safetensors.numpy.save_file(old, tmp_path / "params.safetensors")
+    _, restored = load_checkpoint(tmp_path)
+    assert isinstance(restored, Wav2Vec2ForPreTraining)
+    _assert_same_params(model, restored)
 
 
 def test_mismatched_checkpoints_are_clear_errors(tmp_path):
@@ -195,9 +237,9 @@ def test_nan_weights_are_refused_unless_allowed(tmp_path):
     safetensors.numpy.save_file(weights, tmp_path / "hf" / "model.safetensors")
     with pytest.raises(ValueError, match=r"1 weight arrays hold NaN or infinity \(first: project_q.bias\)"):
         load_hf_checkpoint(tmp_path / "hf")
-    with pytest.raises(ValueError, match="--allow-nonfinite"):
+    with pytest.raises(ValueError, match="--allow_nonfinite"):
         convert_checkpoint.main(["hf-to-jax", str(tmp_path / "hf"), str(tmp_path / "ours")])
-    convert_checkpoint.main(["hf-to-jax", "--allow-nonfinite", str(tmp_path / "hf"), str(tmp_path / "ours")])
+    convert_checkpoint.main(["hf-to-jax", str(tmp_path / "hf"), str(tmp_path / "ours")], allow_nonfinite=True)
     with pytest.raises(ValueError, match="NaN or infinity"):
         load_checkpoint(tmp_path / "ours")
     _, model = load_checkpoint(tmp_path / "ours", allow_nonfinite=True)

@@ -80,7 +80,7 @@ def test_default_manifest_feeds_the_pipeline():
 
 
 def test_corpus_script_alignment_and_precision_helpers(tmp_path):
-    from experiments import make_tts_corpus as tts
+    from tools import make_tts_corpus as tts
 
     events = [(tts._EVENT_WORD, 0, 1, "5"), (tts._EVENT_PHONEME, 220, 0, "h"), (tts._EVENT_PHONEME, 2205, 0, "(en)"),
               (tts._EVENT_PHONEME, 2205, 0, "ɛ"), (tts._EVENT_WORD, 4410, 7, "5"), (tts._EVENT_PHONEME, 4410, 0, "")]

@@ -1,10 +1,9 @@
-"""Manifests, folder scans and the prepare_manifest script (w2v_jax.data.manifest)."""
+"""Manifests, folder scans and the manifests of a folder (w2v_jax.data.manifest)."""
 
 import numpy as np
 import pytest
 import soundfile
 
-from experiments import prepare_manifest
 from w2v_jax.data import audio, manifest, skips
 
 
@@ -74,14 +73,13 @@ def test_scan_folder_without_audio_is_an_error(tmp_path):
         manifest.scan_folder(tmp_path)
 
 
-def test_prepare_manifest_writes_train_and_valid(tmp_path, capsys):
+def test_prepare_manifests_writes_train_and_valid(tmp_path):
     names = [f"spk{s}/ch{c}/{s}-{c}-{u}.flac" for s in range(3) for c in range(2) for u in range(5)]
     for i, name in enumerate(names):
         _write(tmp_path / "LibriSpeech" / name, 1000 + i)
     (tmp_path / "LibriSpeech" / "spk0" / "bad.flac").write_bytes(b"fLaC" + b"\x01" * 40)
     out = tmp_path / "manifests" / "train.tsv"
-    prepare_manifest.main([str(tmp_path / "LibriSpeech"), "--out", str(out), "--valid-fraction", "0.2",
-                           "--workers", "2"])
+    lines = manifest.prepare_manifests(tmp_path / "LibriSpeech", out, valid_fraction=0.2, num_workers=2)
     train = manifest.read_manifest(out)
     valid = manifest.read_manifest(tmp_path / "manifests" / "valid.tsv")
     assert train.root == valid.root == (tmp_path / "LibriSpeech").resolve()
@@ -90,14 +88,16 @@ def test_prepare_manifest_writes_train_and_valid(tmp_path, capsys):
     for part in (train, valid):
         for path, length in zip(part.paths, part.num_samples):
             assert soundfile.info(part.file_path(part.paths.index(path))).frames == length
-    assert "unreadable: 1" in capsys.readouterr().out
+    assert lines[-1] == "skipped 1 unusable files: unreadable: 1"
     with pytest.raises(skips.BadInputError, match="bad.flac"):
-        prepare_manifest.main([str(tmp_path / "LibriSpeech"), "--out", str(out), "--strict"])
+        manifest.prepare_manifests(tmp_path / "LibriSpeech", out, strict=True)
+    with pytest.raises(ValueError, match="valid fraction"):
+        manifest.prepare_manifests(tmp_path / "LibriSpeech", out, valid_fraction=1.0)
 
 
 def test_valid_path_naming(tmp_path):
-    assert prepare_manifest.valid_path(tmp_path / "train.tsv") == tmp_path / "valid.tsv"
-    assert prepare_manifest.valid_path(tmp_path / "ls960.tsv") == tmp_path / "ls960_valid.tsv"
+    assert manifest.valid_manifest_path(tmp_path / "train.tsv") == tmp_path / "valid.tsv"
+    assert manifest.valid_manifest_path(tmp_path / "ls960.tsv") == tmp_path / "ls960_valid.tsv"
 
 
 def test_manifest_with_only_its_root_line_is_refused(tmp_path):

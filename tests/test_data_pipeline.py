@@ -327,13 +327,16 @@ def test_folder_input_and_unusable_configurations(tmp_path):
         make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=0)
 
 
-def test_benchmark_script_reports_throughput(tmp_path, capsys):
-    from experiments import benchmark_input
+def test_loader_benchmark_reports_throughput(tmp_path):
+    from w2v_jax.research import input_benchmark
 
     _corpus(tmp_path, [MAX] * 8)
-    benchmark_input.main(["--manifest", str(tmp_path / "m.tsv"), "--workers", "0", "--batch-size", "4", "--batches", "3",
-                          "--warmup", "1", "--max-sample-size", str(MAX), "--min-sample-size", str(MIN)])
-    assert "workers=0:" in capsys.readouterr().out
+    result = input_benchmark.measure_loader(tmp_path / "m.tsv", num_workers=0, batch_size=4, batches=3, warmup=1,
+                                            pad=False, max_sample_size=MAX, min_sample_size=MIN)
+    assert result["audio_s_per_s"] > 0 and result["batches_per_s"] > 0 and result["startup_s"] > 0
+    # Every utterance is MAX samples long: batches are uncropped, their length is MAX.
+    assert result["mean_batch_seconds"] == MAX / 16_000
+    np.testing.assert_allclose(result["audio_s_per_s"], result["batches_per_s"] * 4 * MAX / 16_000, rtol=1e-9)
 
 
 def test_the_first_bad_file_of_a_small_folder_does_not_stop_the_run():

@@ -1,4 +1,5 @@
-"""experiments.evaluate and experiments.plot_representations end to end on a small generated corpus."""
+"""experiments.evaluate (`research.probes.evaluate_checkpoint`) and experiments.plot_representations end to end
+on a small generated corpus."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from flax import nnx
-from test_probing import make_corpus
+from small_corpus import make_corpus
 
 from w2v_jax import convert
 from w2v_jax.config import Wav2Vec2Config

@@ -14,7 +14,12 @@ from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import contrastive_loss_from_scratch, cosine_similarity_from_scratch
-from w2v_jax.model import Wav2Vec2ForPreTraining, scale_gradient
+from w2v_jax.model import (
+    Wav2Vec2ForPreTraining,
+    Wav2Vec2Model,
+    sample_gumbel_noise,
+    sample_masks_and_negatives,
+)
 
 # fairseq BASE's objective (feature penalty 10, gradient x0.1); one layer keeps compile times short.
 CONFIG = Wav2Vec2Config.preset("tiny", num_hidden_layers=1)
@@ -93,6 +98,72 @@ def test_training_step_samples_masks_inside_jit():
     assert not np.array_equal(other.mask_time_indices, mask)
 
 
+def test_public_samplers_reproduce_the_models_own_draws():
+    """sample_masks_and_negatives / sample_gumbel_noise draw what the model draws for a key."""
+    model = _model()
+    waveforms, attention_mask = _batch()
+    key = jax.random.key(7)
+    apply = _apply(deterministic=False)
+    out = apply(waveforms, attention_mask, key=key)
+    time = model.num_frames(SAMPLES)
+    mask, negatives = sample_masks_and_negatives(key, CONFIG, 2, time, model.num_frames(attention_mask.sum(-1)))
+    chex.assert_shape(negatives, (2, time, CONFIG.num_negatives))
+    assert negatives.dtype == jnp.int32 and mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(out.mask_time_indices, mask)
+    flat = np.asarray(negatives) + np.arange(2)[:, None, None] * time  # transformers' format
+    explicit = apply(waveforms, attention_mask, mask, negative_indices=negatives, key=key)
+    transformers_format = apply(waveforms, attention_mask, mask, flat, key=key)
+    for other in (explicit, transformers_format):
+        for field in ("loss", "num_correct", "projected_states", "projected_quantized_states", "codevector_indices"):
+            np.testing.assert_array_equal(getattr(other, field), getattr(out, field), err_msg=field)
+
+    # The Gumbel noise: the hard codeword choice is argmax(logits + noise) of the quantizer's logits.
+    config = CONFIG.replace(feat_quantizer_dropout=0.0)
+    out = _apply(config, deterministic=False)(waveforms, attention_mask, key=key)
+    quantizer = _model(config).quantizer
+    logits = quantizer.weight_proj(out.extract_features).reshape(2, time, CONFIG.num_codevector_groups, -1)
+    noise = sample_gumbel_noise(key, config, 2, time)
+    chex.assert_shape(noise, (2, time, CONFIG.num_codevector_groups, CONFIG.num_codevectors_per_group))
+    np.testing.assert_array_equal(out.codevector_indices, np.argmax(logits + noise, axis=-1))
+
+
+def test_encoder_outputs_and_hidden_states():
+    """Wav2Vec2ForPreTraining's encoder outputs are Wav2Vec2Model's; the hidden states are per layer."""
+    model = _model()
+    waveforms, attention_mask = _batch()
+    out = _apply(output_hidden_states=True)(waveforms, attention_mask)
+    encoder = nnx.jit(lambda m, *a, **k: m(*a, **k), static_argnames="output_hidden_states")
+    base = encoder(model.wav2vec2, waveforms, attention_mask, output_hidden_states=True)
+    time = model.num_frames(SAMPLES)
+    chex.assert_shape(out.extract_features, (2, time, CONFIG.conv_dim[-1]))
+    chex.assert_shape(out.last_hidden_state, (2, time, CONFIG.hidden_size))
+    chex.assert_shape(out.codevector_indices, (2, time, CONFIG.num_codevector_groups))
+    assert len(out.hidden_states) == CONFIG.num_hidden_layers + 1
+    np.testing.assert_allclose(out.last_hidden_state, base.last_hidden_state, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.extract_features, base.extract_features, rtol=1e-6, atol=1e-6)
+    # post-LN: the last layer's output is the context network's output.
+    np.testing.assert_allclose(out.hidden_states[-1], out.last_hidden_state, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(base.padding_mask, _real_frames(model))
+    c = np.asarray(model.project_hid(out.last_hidden_state))
+    np.testing.assert_allclose(out.projected_states, c, rtol=1e-5, atol=1e-6)
+    assert _apply()(waveforms, attention_mask).hidden_states is None
+
+
+def test_encoder_alone_masks_only_in_training():
+    config = CONFIG.replace(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
+    encoder = Wav2Vec2Model(config, rngs=nnx.Rngs(0))
+    waveforms, attention_mask = _batch()
+    key = jax.random.key(3)
+    train = encoder(waveforms, attention_mask, deterministic=False, key=key)
+    time = encoder.num_frames(SAMPLES)
+    mask, _ = sample_masks_and_negatives(key, config, 2, time, encoder.frame_lengths(attention_mask))
+    np.testing.assert_array_equal(train.mask_time_indices, mask)
+    assert encoder(waveforms, attention_mask, key=key).mask_time_indices is None  # evaluation: no masking
+    # Without time masking (fine-tuning with mask_time_prob=0) a training key only drives dropout.
+    plain = Wav2Vec2Model(config.replace(mask_time_prob=0.0), rngs=nnx.Rngs(0))
+    assert plain(waveforms, attention_mask, deterministic=False, key=key).mask_time_indices is None
+
+
 def test_losses_are_the_reference_reductions_of_the_outputs():
     """Explicit mask and distractors: contrastive loss, accuracy, diversity and penalty from NumPy."""
     model = _model()
@@ -118,12 +189,13 @@ def test_losses_are_the_reference_reductions_of_the_outputs():
         ]
         correct.append(all(positive > o for o in others))
     np.testing.assert_allclose(out.contrastive_loss, np.sum(losses), rtol=1e-5)
+    assert out.num_correct.dtype == jnp.int32 and int(out.num_correct) == np.sum(correct)
     np.testing.assert_allclose(out.accuracy, np.mean(correct), rtol=1e-6)
     num_vars = CONFIG.num_codevector_groups * CONFIG.num_codevectors_per_group
     np.testing.assert_allclose(
         out.diversity_loss, (num_vars - out.codevector_perplexity) / num_vars * effective.sum(), rtol=1e-6
     )
-    features = np.asarray(model.feature_extractor(jnp.asarray(waveforms)), np.float64)
+    features = np.asarray(model.wav2vec2.feature_extractor(jnp.asarray(waveforms)), np.float64)
     penalty = (features[real] ** 2).mean() * effective.sum()
     np.testing.assert_allclose(out.feature_penalty, penalty, rtol=1e-5)
 
@@ -143,16 +215,10 @@ def test_padded_utterance_matches_the_same_utterance_alone():
     assert padded.loss is None  # no key, no mask: nothing to predict
 
 
-def test_scale_gradient_is_identity_forward_and_scales_backward():
-    x = jnp.arange(3.0)
-    np.testing.assert_array_equal(scale_gradient(x, 0.1), x)
-    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(scale_gradient(x, 0.1) ** 2))(x), 0.2 * x, rtol=1e-6)
-
-
 def test_feature_encoder_gradient_flows_only_through_feature_grad_mult():
     # With feature_grad_mult=0 no gradient reaches the conv stack, even through the feature
     # penalty: every path from the loss to it crosses scale_gradient, which scales by the
-    # multiplier (test above), so a multiplier m scales the encoder's gradient by exactly m.
+    # multiplier (tests/test_layers.py), so a multiplier m scales the encoder's gradient by exactly m.
     waveforms, _ = _batch()
     mask = np.zeros((2, 24), bool)
     mask[:, 4:16] = True
@@ -165,8 +231,8 @@ def test_feature_encoder_gradient_flows_only_through_feature_grad_mult():
         return nnx.merge(graphdef, params)(waveforms, None, mask, negatives).loss
 
     grads = jax.jit(jax.grad(loss))(params)
-    assert not any(np.any(g) for g in jax.tree.leaves(grads["feature_extractor"]))
-    assert all(np.any(g) for g in jax.tree.leaves(grads["feature_projection"]))
+    assert not any(np.any(g) for g in jax.tree.leaves(grads["wav2vec2"]["feature_extractor"]))
+    assert all(np.any(g) for g in jax.tree.leaves(grads["wav2vec2"]["feature_projection"]))
 
 
 def test_gumbel_choices_follow_softmax_of_the_logits_at_any_temperature():
@@ -208,6 +274,15 @@ def test_bfloat16_compute_keeps_float32_params_and_losses():
         (dict(attention_mask=np.ones((2, 7999), np.int32)), "attention_mask must be"),
         (dict(mask_time_indices=np.ones((2, 23), bool)), "mask_time_indices must be"),
         (dict(sampled_negative_indices=np.zeros((2, 24), np.int64)), "sampled_negative_indices must be"),
+        (dict(negative_indices=np.zeros((2, 24), np.int32)), "negative_indices must be"),
+        (
+            dict(sampled_negative_indices=np.zeros((2, 24, 4)), negative_indices=np.zeros((2, 24, 4), np.int32)),
+            "not both",
+        ),
+        (
+            dict(mask_time_indices=np.ones((2, 24), bool), negative_indices=np.full((2, 24, 4), 24, np.int32)),
+            r"\[0, 24\)",
+        ),
         # Row 1's indices must lie in [24, 48): transformers' flattened layout.
         (
             dict(mask_time_indices=np.ones((2, 24), bool), sampled_negative_indices=np.zeros((2, 24, 4), np.int64)),

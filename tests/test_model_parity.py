@@ -17,6 +17,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.convert import load_hf_checkpoint, params_to_hf
+from w2v_jax.model import Wav2Vec2Model
 
 RTOL = 1e-4
 FIELDS = (
@@ -70,10 +71,12 @@ SAMPLES = 8000  # half a second: 24 frames
 LENGTHS = np.array([SAMPLES, 5600])  # the second utterance padded (17 real frames)
 
 
-def _reference_checkpoint(config: Wav2Vec2Config, folder) -> transformers.Wav2Vec2ForPreTraining:
+def _reference_checkpoint(
+    config: Wav2Vec2Config, folder, cls: type[torch.nn.Module] = transformers.Wav2Vec2ForPreTraining
+) -> torch.nn.Module:
     """A random transformers model with every parameter perturbed (LayerNorms away from 1 / 0), saved."""
     torch.manual_seed(0)
-    model = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+    model = cls(transformers.Wav2Vec2Config(**config.to_hf_dict()))
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
@@ -193,3 +196,65 @@ def test_outputs_and_gradients_match_transformers(name, tmp_path):
     for key in ("quantizer.weight_proj.weight", "quantizer.weight_proj.bias"):
         assert not np.any(grads[key]) and not np.any(grads_ref[key])
     assert int(out.num_masked) == int(mask.sum())
+
+
+# Wav2Vec2Model: BASE's layout (group norm, post-LN) and LARGE's (layer norm, pre-LN), both padded.
+ENCODER_CONFIGS = ("group_post_ln", "layer_pre_ln_odd")
+# Relative errors measured (float32, CPU): at most 1.6e-6 over the outputs and hidden states,
+# 3.3e-6 over the parameter gradients (the deepest conv's weight); the bounds leave ~3x.
+ENCODER_RTOL = {"outputs": 5e-6, "gradients": 1e-5}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ENCODER_CONFIGS)
+def test_encoder_outputs_hidden_states_and_gradients_match_transformers(name, tmp_path):
+    """Our Wav2Vec2Model against transformers' (eval mode, padded batch, explicit time mask).
+
+    The scalar differentiated is a fixed random projection of every output (last_hidden_state,
+    extract_features, each hidden state), so every parameter's gradient is compared.
+    """
+    config = CONFIGS[name]
+    reference = _reference_checkpoint(config, tmp_path, transformers.Wav2Vec2Model)
+    _, model = load_hf_checkpoint(tmp_path)
+    assert isinstance(model, Wav2Vec2Model)
+    waveforms, attention_mask, mask, _ = _inputs(config, model, padded=True)
+
+    out_ref = reference(
+        torch.tensor(waveforms),
+        attention_mask=torch.tensor(attention_mask),
+        mask_time_indices=torch.tensor(mask),
+        output_hidden_states=True,
+    )
+    assert len(out_ref.hidden_states) == config.num_hidden_layers + 1
+    layers = range(len(out_ref.hidden_states))
+    names = ["last_hidden_state", "extract_features", *(f"hidden_states.{i}" for i in layers)]
+    reference_outputs = [out_ref.last_hidden_state, out_ref.extract_features, *out_ref.hidden_states]
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in reference_outputs]
+    sum(torch.sum(o * torch.tensor(w)) for o, w in zip(reference_outputs, weights)).backward()
+    grads_ref = {k: p.grad.numpy() for k, p in reference.named_parameters() if p.grad is not None}
+
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def projection(params):
+        out = nnx.merge(graphdef, params)(waveforms, attention_mask, mask, output_hidden_states=True)
+        outputs = [out.last_hidden_state, out.extract_features, *out.hidden_states]
+        return sum(jax.numpy.sum(o * w) for o, w in zip(outputs, weights)), outputs
+
+    (_, outputs), grads = jax.jit(jax.value_and_grad(projection, has_aux=True))(params)
+    grads = params_to_hf(grads, config)
+
+    errors = {n: _relative_error(o, r.detach().numpy()) for n, o, r in zip(names, outputs, reference_outputs)}
+    assert set(grads) == set(grads_ref) == {k for k, _ in reference.named_parameters()}
+    key_biases = [k for k in grads_ref if k.endswith("attention.k_proj.bias")]  # exact gradient 0, see above
+    grad_errors = {k: _relative_error(grads[k], grads_ref[k]) for k in grads_ref if k not in key_biases}
+    worst_grad = max(grad_errors, key=grad_errors.get)
+    print(
+        f"\n{name} encoder: max relative error over outputs {max(errors.values()):.2e} "
+        f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst_grad]:.2e} ({worst_grad})"
+    )
+    assert max(errors.values()) < ENCODER_RTOL["outputs"], errors
+    assert grad_errors[worst_grad] < ENCODER_RTOL["gradients"], {
+        k: v for k, v in grad_errors.items() if v >= ENCODER_RTOL["gradients"]
+    }
+    assert np.any(grads["masked_spec_embed"])  # the mask reached the encoder

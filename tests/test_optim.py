@@ -100,7 +100,7 @@ def test_adamw_matches_oracle_with_per_step_learning_rate():
     s = optimizer.init(p)
     for g, lr in zip(grads_seq, lrs):
         p, s = update(p, s, g, lr)
-        np.testing.assert_allclose(optim.get_learning_rate(s), lr, rtol=1e-6)
+        np.testing.assert_allclose(s[1].hyperparams["learning_rate"], lr, rtol=1e-6)  # AdamW holds the lr set
     want = adamw_oracle(params, grads_seq, lrs, 0.9, 0.98, 1e-6, 0.01, 1.0)
     for k in params:
         np.testing.assert_allclose(p[k], want[k], rtol=1e-5, atol=1e-6)
@@ -122,3 +122,12 @@ def test_optimizer_rejects_bad_arguments():
         optim.make_optimizer(b1=1.0)
     with pytest.raises(ValueError, match="eps"):
         optim.make_optimizer(eps=0.0)
+
+
+def test_optimizer_settings_come_from_the_train_section():
+    from experiments.configs import pretrain
+
+    train = pretrain.get_config("base").train
+    train.unlock()
+    train.update(adam_b1=0.8, adam_b2=0.95, adam_eps=1e-8, weight_decay=0.05, max_grad_norm=2.0)
+    assert optim.OptimizerSettings.from_train_config(train) == optim.OptimizerSettings(0.8, 0.95, 1e-8, 0.05, 2.0)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import pretrain as pretrain_config
-from w2v_jax import checkpointing, metrics, optim, sharding, train
+from w2v_jax import checkpointing, metrics, optim, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def records(workdir):
 )
 def test_every_variant_resolves_to_a_valid_model_and_schedule(variant, millions):
     config = pretrain_config.get_config(variant)
-    model_config = Wav2Vec2Config(**config.model.to_dict())
+    model_config = Wav2Vec2Config.from_run_config(config)
     expected = Wav2Vec2Config.preset(variant)
     if variant == "tiny":  # trains like LARGE: see the config's comment
         expected = expected.replace(feature_penalty_weight=0.0, feature_grad_mult=1.0)
@@ -136,7 +137,7 @@ def test_every_variant_resolves_to_a_valid_model_and_schedule(variant, millions)
         t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
     )
     assert float(schedule(t.warmup_steps)) == pytest.approx(t.learning_rate, rel=1e-6)
-    _, abstract, _ = train.abstract_train_state(model_config, optim.make_optimizer(), mesh=sharding.make_mesh())
+    _, abstract, _ = train_lib.abstract_train_state(model_config, optim.make_optimizer(), mesh=sharding.make_mesh())
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     if millions is not None:
         assert num_params / 1e6 == pytest.approx(millions, rel=0.005)

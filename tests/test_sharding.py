@@ -42,20 +42,14 @@ def test_param_partition_spec_rules():
     assert sharding.param_partition_spec((6, 10), mesh, "fsdp", min_fsdp_size=1) == P()
     # small arrays stay whole
     assert sharding.param_partition_spec((8,), mesh, "fsdp", min_fsdp_size=16) == P()
-    # logical names win over the heuristic; a dimension the axis doesn't divide stays whole
-    assert sharding.param_partition_spec((256, 512), mesh, "fsdp", ("embed", "mlp"), min_fsdp_size=1) == P("fsdp", None)
-    assert sharding.param_partition_spec((6, 512), mesh, "fsdp", ("embed", "mlp"), min_fsdp_size=1) == P(None, None)
-    with pytest.raises(ValueError, match="logical axes"):
-        sharding.param_partition_spec((6, 512), mesh, "fsdp", ("embed",), min_fsdp_size=1)
     with pytest.raises(ValueError, match="param sharding"):
         sharding.param_partition_spec((6, 512), mesh, "zero3")
 
 
 class _TwoLayers(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
-        init = nnx.initializers.lecun_normal()
-        self.up = nnx.Linear(16, 64, kernel_init=nnx.with_partitioning(init, ("embed", "mlp")), rngs=rngs)
-        self.down = nnx.Linear(64, 16, rngs=rngs)  # no logical names: heuristic
+        self.up = nnx.Linear(16, 64, rngs=rngs)
+        self.down = nnx.Linear(64, 16, rngs=rngs)
 
 
 def test_fsdp_sharded_forward_equals_numpy():
@@ -65,12 +59,12 @@ def test_fsdp_sharded_forward_equals_numpy():
         model = _TwoLayers(nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     shardings = sharding.state_shardings(params, mesh, "fsdp", min_fsdp_size=64)
-    assert shardings["up"]["kernel"].get_value().spec == P("fsdp", None)
+    assert shardings["up"]["kernel"].get_value().spec == P(None, "fsdp")  # the larger dimension
     assert shardings["down"]["kernel"].get_value().spec == P("fsdp", None)
     assert shardings["up"]["bias"].get_value().spec == P("fsdp")  # 64 elements, divisible
     assert shardings["down"]["bias"].get_value().spec == P()  # 16 elements < min size
     sharded = jax.device_put(params, shardings)
-    assert sharded["up"]["kernel"].get_value().addressable_shards[0].data.shape == (4, 64)
+    assert sharded["up"]["kernel"].get_value().addressable_shards[0].data.shape == (16, 16)
 
     @jax.jit
     def forward(p, x):

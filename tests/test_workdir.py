@@ -23,7 +23,7 @@ import pytest
 
 from experiments.configs import pretrain as pretrain_config
 from experiments.configs import unknown_field_message
-from w2v_jax import checkpointing, metrics, probing, trainer, workdir
+from w2v_jax import checkpointing, metrics, trainer, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -260,9 +260,9 @@ def test_reading_a_live_run_leaves_its_directory_alone(killed_then_disk_full, tm
     shutil.rmtree(checkpoints / "2" / "state")
     shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
     before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
-    model = probing.load_model(run)
+    model = checkpointing.load_model(run)
     assert model.config.num_hidden_layers == 2
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
     assert any("checkpoint" in m and "is corrupt" in m for m in caplog.messages)
     with pytest.raises(checkpointing.CorruptCheckpointError, match=f"checkpoint {checkpoints / '2'} is corrupt"):
-        probing.load_model(run, step=2)
+        checkpointing.load_model(run, step=2)

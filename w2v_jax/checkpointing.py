@@ -25,6 +25,9 @@ state. The trainer's `restore_newest_intact` moves such a step aside (`<step>.co
 deleted) and falls back to the newest intact one. Checkpoints written before checksums existed
 restore unverified, with a warning. Readers open the directory with `read_only=True`: they never
 create, clean up or move anything, so reading a live run's workdir can't disturb its saves.
+
+`load_model` reads a model from any of our checkpoint formats: a training workdir (this module's
+orbax checkpoints), our safetensors folder or a transformers folder (`convert`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from jax.experimental import multihost_utils
+
+from w2v_jax import convert, sharding
+from w2v_jax import train_step as train_lib
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -319,3 +329,53 @@ class Checkpointer:
 def abstract_like(state: Any) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of a live state: the restore target."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
+    """A model from any of our checkpoint formats.
+
+    Args:
+      path: a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain`),
+        our folder format (`config.json` + `params.safetensors`, `convert.save_checkpoint`), or a
+        transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`).
+      step: the workdir checkpoint to load; default the newest.
+    """
+    folder = pathlib.Path(path)
+    if (folder / "checkpoints").is_dir():
+        return _load_workdir(folder, step)
+    if step is not None:
+        raise ValueError(f"step={step} only applies to a training workdir (with checkpoints/), not {folder}")
+    if (folder / "params.safetensors").is_file():
+        return convert.load_checkpoint(folder)[1]
+    if (folder / "config.json").is_file():
+        return convert.load_hf_checkpoint(folder)[1]
+    raise ValueError(
+        f"{folder} is not a checkpoint: expected a training workdir (checkpoints/), params.safetensors "
+        "or a transformers folder (config.json + model.safetensors)"
+    )
+
+
+def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining:
+    """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
+    config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    t = config.train
+    model_config = Wav2Vec2Config.from_run_config(config)
+    optimizer, _ = train_lib.optimizer_and_hyperparams(t)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    # Read-only: the run may be live, its in-flight save must not be cleaned up or its steps moved.
+    checkpointer = Checkpointer(folder / "checkpoints", read_only=True)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise ValueError(f"{folder / 'checkpoints'} holds no complete checkpoint")
+        if step is None:  # the newest intact one (a corrupt newer one is reported and skipped)
+            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False)
+        elif step not in steps:
+            raise ValueError(f"no checkpoint {step} in {folder / 'checkpoints'}; available: {sorted(steps)}")
+        else:
+            restored, _ = checkpointer.restore(step, target)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, restored.params, restored.model_state)

@@ -228,6 +228,17 @@ class Wav2Vec2Config:
             raise ValueError(f"unknown Wav2Vec2Config fields: {sorted(unknown)}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
+    @classmethod
+    def from_run_config(cls, config: Any) -> Wav2Vec2Config:
+        """The model of a run config (`experiments/configs/pretrain.py`'s ConfigDict): its `model` section."""
+        if "model" not in config:
+            raise ValueError(f"run config has no 'model' section; its sections: {sorted(config)}")
+        values = config.model.to_dict()
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown Wav2Vec2Config fields in the run config's model section: {sorted(unknown)}")
+        return cls(**values)
+
     def replace(self, **changes: Any) -> Wav2Vec2Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -11,138 +11,29 @@ Two layouts, as transformers' `Wav2Vec2Encoder` / `Wav2Vec2EncoderStableLayerNor
 Training applies dropout and LayerDrop (Fan et al., 2019: each layer skipped with probability
 `layerdrop`, one draw per layer for the whole batch).
 
-Modules are used functionally: no RNG state; `dropout` and LayerDrop take explicit keys, split
-into named sub-keys with `named_key`.
+Modules are used functionally: no RNG state; dropout and LayerDrop take explicit keys, split
+into named sub-keys with `layers.named_key`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import zlib
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
-
-# transformers' ACT2FN entries for the names `Wav2Vec2Config` accepts ("gelu" is the exact erf GELU).
-ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
-
-
-def named_key(key: jax.Array, name: str) -> jax.Array:
-    """A sub-key that depends only on `key` and `name` (e.g. "mask", "negatives", "dropout").
-
-    Folding a stable hash of the name in, rather than splitting in a fixed order, keeps each use's
-    randomness unchanged when other uses are added or removed.
-    """
-    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-
-
-def dropout(x: jax.Array, rate: float, key: jax.Array | None, deterministic: bool) -> jax.Array:
-    """Inverted dropout with an explicit key: zeroes with probability `rate`, scales the rest up.
-
-    Identity when `deterministic` or `rate == 0` (then `key` may be None).
-    """
-    if deterministic or rate == 0.0:
-        return x
-    if key is None:
-        raise ValueError(f"dropout with rate {rate} in training mode (deterministic=False) needs a key")
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def rematerialised(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
-    """`fn(params, x)` whose intermediate activations are recomputed in the backward pass, not kept.
-
-    On GPU and TPU this is `jax.checkpoint`. On CPU the recomputation sits in a conditional on the
-    output's cotangent instead: XLA:CPU drops `jax.checkpoint`'s optimisation barriers and merges
-    the recomputation with the forward pass (base Transformer: the same 1105 MiB of temporaries with
-    and without it), while a conditional branch can't be merged or hoisted (164 MiB). (On GPU a
-    conditional would cost a device-to-host copy of its predicate per layer.) Only `params` and `x`
-    are kept; random draws inside `fn` (dropout) come from keys it closes over, so the
-    recomputation draws the same bits.
-
-    Args:
-      fn: a function of a parameter pytree and a `[batch, time, dim]` array.
-
-    Returns:
-      the same function, with the memory profile of a rematerialised one.
-    """
-
-    if jax.default_backend() != "cpu":
-        return jax.checkpoint(fn)
-
-    @jax.custom_vjp
-    def wrapped(params: Any, x: jax.Array) -> jax.Array:
-        return fn(params, x)
-
-    def forward(params: Any, x: jax.Array) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        return fn(params, x), (params, x)
-
-    def backward(saved: tuple[Any, jax.Array], cotangent: jax.Array) -> tuple[Any, jax.Array]:
-        def recompute(cotangent: jax.Array) -> tuple[Any, jax.Array]:
-            return jax.vjp(fn, *saved)[1](cotangent)
-
-        def not_finite(cotangent: jax.Array) -> tuple[Any, jax.Array]:
-            return jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), saved)
-
-        # True unless the cotangent is NaN (then the gradients would be too), but XLA can't know:
-        # the recomputation stays in the backward pass.
-        probe = cotangent.reshape(-1)[0]
-        return jax.lax.cond(probe == probe, recompute, not_finite, cotangent)
-
-    wrapped.defvjp(forward, backward)
-    return wrapped
-
-
-# transformers' initializer_range (and fairseq's init_bert_params): N(0, 0.02) Transformer weights.
-INITIALIZER_RANGE = 0.02
-
-
-def linear(
-    in_features: int,
-    out_features: int,
-    *,
-    stddev: float | None = None,
-    dtype: jnp.dtype | None = None,
-    rngs: nnx.Rngs,
-) -> nnx.Linear:
-    """An `nnx.Linear` with float32 parameters, initialised as the reference initialises it.
-
-    Args:
-      stddev: N(0, stddev) weights and zero bias (the Transformer's linears); None for
-        `torch.nn.Linear`'s default, weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the
-        feature projection, project_hid and project_q).
-    """
-    if stddev is None:
-        bound = 1.0 / math.sqrt(in_features)
-
-        def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-        kernel_init = bias_init = init
-    else:
-        kernel_init, bias_init = nnx.initializers.normal(stddev), nnx.initializers.zeros
-    return nnx.Linear(
-        in_features,
-        out_features,
-        kernel_init=kernel_init,
-        bias_init=bias_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        rngs=rngs,
-    )
-
+from w2v_jax.layers import (
+    ACTIVATION_FNS,
+    INITIALIZER_RANGE,
+    dropout,
+    layer_norm,
+    linear,
+    named_key,
+    rematerialised,
+)
 
 def _grouped_conv(x: jax.Array, kernel: jax.Array, groups: int, padding: int) -> jax.Array:
     return jax.lax.conv_general_dilated(
@@ -161,9 +52,8 @@ def grouped_conv_kernel_gradient(x: jax.Array, cotangent: jax.Array, groups: int
     `dK[k, c, g*O + o] = sum_{b,t} x_padded[b, t + k, g*C + c] * cotangent[b, t, g*O + o]`: a
     correlation over time whose window is the whole cotangent. Written as a forward grouped conv
     (the channels within a group as its batch, the utterances as its features, the cotangent as its
-    kernel) it takes XLA:CPU's fast path; XLA:CPU's own kernel gradient of a grouped conv with a long
-    kernel runs at 4 GFLOP/s (BASE's 128-tap, 16-group positional conv: 1.99 s of a 6.6 s train
-    step at batch 4 x 4 s; this way 0.12 s).
+    kernel) it takes XLA:CPU's fast path, where XLA:CPU's own kernel gradient of a grouped conv with
+    a long kernel is slow (the README's performance section has the figures).
 
     Args:
       x: `[batch, time, dim_in]`, the conv's input.
@@ -339,11 +229,6 @@ class FeedForward(nnx.Module):
         return dropout(self.output_dense(h), self.hidden_dropout, keys[1], deterministic)
 
 
-def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """torch.nn.LayerNorm's statistics (two-pass variance) with float32 parameters."""
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
-
-
 class EncoderLayer(nnx.Module):
     """One Transformer block, post-LN (BASE) or pre-LN (`stable_layer_norm`, LARGE)."""
 
@@ -415,7 +300,8 @@ class ContextNetwork(nnx.Module):
         *,
         deterministic: bool = True,
         key: jax.Array | None = None,
-    ) -> jax.Array:
+        output_hidden_states: bool = False,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, ...]]:
         """Contextualises frames.
 
         Args:
@@ -424,9 +310,15 @@ class ContextNetwork(nnx.Module):
             before the positional conv and never attended to.
           deterministic: False for training (dropout, LayerDrop).
           key: PRNG key, required in training when a dropout or LayerDrop rate is non-zero.
+          output_hidden_states: also return every layer's input and the last layer's output.
 
         Returns:
-          `[batch, time, dim]` context vectors.
+          `[batch, time, dim]` context vectors; with `output_hidden_states`, `(context, hidden_states)`
+          where `hidden_states` holds `num_hidden_layers + 1` arrays `[batch, time, dim]` as
+          transformers (5.x) records them: the first layer's input (after the positional conv, the
+          post-LN layer norm and dropout), then each layer's output. In the pre-LN layout the last
+          one is taken before the final layer norm, so it differs from the context vectors. A layer
+          skipped by LayerDrop repeats its input (transformers leaves it out).
         """
         if x.ndim != 3:
             raise ValueError(f"x must be [batch, time, dim], got shape {tuple(x.shape)}")
@@ -453,6 +345,7 @@ class ContextNetwork(nnx.Module):
             # cond, not where: a skipped layer costs nothing at run time.
             return jax.lax.cond(skip, lambda h, _: h, lambda h, k: run(h, key=k), h, layer_key)
 
+        hidden_states = [x]
         for index, layer in enumerate(self.layers):
             if self.remat:
                 # Functional form: the layer's parameters are an explicit input of the recomputation.
@@ -460,6 +353,7 @@ class ContextNetwork(nnx.Module):
                 x = rematerialised(lambda p, h, i=index: run_layer(nnx.merge(graphdef, p), h, i))(params, x)
             else:
                 x = run_layer(layer, x, index)
+            hidden_states.append(x)
         if self.stable_layer_norm:
             x = self.layer_norm(x)
-        return x
+        return (x, tuple(hidden_states)) if output_hidden_states else x

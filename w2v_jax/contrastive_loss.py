@@ -310,8 +310,32 @@ def contrastive_accuracy(logits: jax.Array, mask: jax.Array | None = None) -> ja
     Returns:
       A float32 scalar in [0, 1].
     """
-    correct = (jnp.argmax(logits, axis=-1) == 0) & ~(jnp.argmin(logits, axis=-1) == 0)
-    return _reduce(correct.astype(jnp.float32), mask, "mean")
+    return _reduce(_correct(logits).astype(jnp.float32), mask, "mean")
+
+
+def contrastive_num_correct(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Number of counted frames whose target has the highest logit (`contrastive_accuracy`'s numerator).
+
+    Counts add up over batches, micro-batches and devices; divide the sum by the summed number of
+    counted frames once.
+
+    Args:
+      logits: `[batch, time, 1 + K]` from `contrastive_logits`.
+      mask: optional `[batch, time]` bool of the frames that count.
+
+    Returns:
+      An int32 scalar.
+    """
+    correct = _correct(logits)
+    if mask is not None:
+        _check_mask(mask, logits.shape[:2], "mask")
+        correct = correct & jnp.asarray(mask, bool)
+    return jnp.sum(correct, dtype=jnp.int32)
+
+
+def _correct(logits: jax.Array) -> jax.Array:
+    """`[batch, time]` bool: the target's logit is the largest and not all logits are equal."""
+    return (jnp.argmax(logits, axis=-1) == 0) & ~(jnp.argmin(logits, axis=-1) == 0)
 
 
 def diversity_loss(probs: jax.Array, num_groups: int, num_vars: int) -> jax.Array:

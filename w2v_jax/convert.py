@@ -1,8 +1,9 @@
-"""Checkpoint interop with transformers' `Wav2Vec2ForPreTraining`, both directions.
+"""Checkpoint interop with transformers' `Wav2Vec2ForPreTraining` and `Wav2Vec2Model`, both directions.
 
-Our parameters carry transformers' module names, so a transformers key is derived from our
-parameter path by a few renames (`scale`/`kernel` -> `weight`, the conv stack's `layers` ->
-`conv_layers`, the `wav2vec2.` prefix of the backbone) and each array by a layout change:
+Our parameters carry transformers' module names (`Wav2Vec2ForPreTraining` holds the encoder as
+`wav2vec2`, `Wav2Vec2Model` is the encoder itself), so a transformers key is our parameter path
+after a few renames (`scale`/`kernel` -> `weight`, the conv stack's `layers` -> `conv_layers`,
+`norm` -> `layer_norm`) and each array after a layout change:
 
     Linear   kernel [in, out]                  <-> weight [out, in]
     Conv     kernel [K, C_in/groups, C_out]    <-> weight [C_out, C_in/groups, K]
@@ -17,7 +18,9 @@ nothing is ever unpickled otherwise. Conversions are exact (transposes and resha
 In memory: `params_from_hf(config, state_dict)` -> `nnx.State`, `params_to_hf(params)` ->
 `{transformers key: np.ndarray}` (load it into a torch model with `load_state_dict` after
 `torch.from_numpy`). Folders: `load_hf_checkpoint`, `save_hf_checkpoint`, and our own
-`load_checkpoint` / `save_checkpoint` (config.json + params.safetensors keyed by our paths).
+`load_checkpoint` / `save_checkpoint` (config.json + params.safetensors keyed by our paths; files
+written before the encoder was nested under `wav2vec2` are read too). Which model a state dict
+holds follows from its keys: `wav2vec2.*` a pretraining model, else a bare encoder.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,9 @@ import safetensors.numpy
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
+
+Model = Wav2Vec2ForPreTraining | Wav2Vec2Model
 
 Path = tuple[str | int, ...]
 
@@ -45,13 +50,19 @@ _WEIGHT_NORM_NAMES = {
     "weight_g": ("parametrizations.weight.original0", "weight_g"),
     "weight_v": ("parametrizations.weight.original1", "weight_v"),
 }
+# The pretraining model's parameters outside its encoder `wav2vec2`.
 _HEADS = ("quantizer", "project_hid", "project_q")
 
 
 def hf_keys(path: Path) -> tuple[str, ...]:
-    """transformers' key(s) of one of our parameters, preferred spelling first."""
+    """transformers' key(s) of one of our parameters, preferred spelling first.
+
+    Paths of `Wav2Vec2ForPreTraining` (`("wav2vec2", "encoder", ...)`, `("quantizer", ...)`) give
+    its keys, paths of `Wav2Vec2Model` (`("encoder", ...)`) the bare encoder's.
+    """
     parts = [str(p) for p in path]
-    prefix = [] if parts[0] in _HEADS else ["wav2vec2"]
+    prefix = parts[:1] if parts[0] == "wav2vec2" else []
+    parts = parts[len(prefix) :]
     if parts[0] == "feature_extractor":
         parts = ["feature_extractor", "conv_layers", *parts[2:]]
         parts = ["layer_norm" if p == "norm" else p for p in parts]
@@ -62,6 +73,12 @@ def hf_keys(path: Path) -> tuple[str, ...]:
     if parts[-1] in ("kernel", "scale"):
         parts[-1] = "weight"
     return (".".join(prefix + parts),)
+
+
+def model_class(keys: Iterable[str]) -> type[Model]:
+    """The model whose parameters these (transformers' or our) keys name: `Wav2Vec2ForPreTraining`
+    when they hold an encoder under `wav2vec2.`, else `Wav2Vec2Model`."""
+    return Wav2Vec2ForPreTraining if any(k.startswith("wav2vec2.") for k in keys) else Wav2Vec2Model
 
 
 def _to_hf_layout(path: Path, value: np.ndarray) -> np.ndarray:
@@ -95,7 +112,8 @@ def params_to_hf(params: nnx.State, config: Wav2Vec2Config | None = None) -> dic
     """Our `nnx.State` of parameters -> transformers' state dict (float32 NumPy arrays).
 
     Args:
-      params: `nnx.state(model, nnx.Param)` (or the whole model state).
+      params: `nnx.state(model, nnx.Param)` (or the whole model state) of a `Wav2Vec2ForPreTraining`
+        or a `Wav2Vec2Model`.
       config: when given and `mask_time_prob == 0`, `masked_spec_embed` is left out, as
         transformers builds no such parameter then.
     """
@@ -103,25 +121,33 @@ def params_to_hf(params: nnx.State, config: Wav2Vec2Config | None = None) -> dic
     for path, variable in nnx.to_flat_state(params):
         if not isinstance(variable, nnx.Param):
             continue
-        if path == ("masked_spec_embed",) and config is not None and not _has_masked_spec_embed(config):
+        if path[-1] == "masked_spec_embed" and config is not None and not _has_masked_spec_embed(config):
             continue
         value = np.asarray(jax.device_get(variable[...]), np.float32)
         out[hf_keys(path)[0]] = _to_hf_layout(path, value)
     return out
 
 
-def params_from_hf(config: Wav2Vec2Config, state_dict: Mapping[str, np.ndarray]) -> nnx.State:
-    """transformers' state dict -> our `nnx.State` of parameters for `Wav2Vec2ForPreTraining(config)`.
+def params_from_hf(
+    config: Wav2Vec2Config, state_dict: Mapping[str, np.ndarray], cls: type[Model] | None = None
+) -> nnx.State:
+    """transformers' state dict -> our `nnx.State` of parameters for `cls(config)`.
+
+    Args:
+      config: the model's config.
+      state_dict: a `Wav2Vec2ForPreTraining`'s or a `Wav2Vec2Model`'s state dict.
+      cls: the model to build; default `model_class(state_dict)`.
 
     Raises a ValueError listing missing keys, unexpected keys and shape mismatches.
     """
-    abstract = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config))
+    cls = model_class(state_dict) if cls is None else cls
+    abstract = nnx.eval_shape(lambda: cls(config))
     flat = nnx.to_flat_state(nnx.state(abstract, nnx.Param))
     used, missing, mismatched, values = set(), [], [], []
     for path, variable in flat:
         key = next((k for k in hf_keys(path) if k in state_dict), None)
         if key is None:
-            if path == ("masked_spec_embed",) and not _has_masked_spec_embed(config):
+            if path[-1] == "masked_spec_embed" and not _has_masked_spec_embed(config):
                 # Never trained (the checkpoint never masks): the reference's U[0, 1) initialisation.
                 values.append(jax.random.uniform(jax.random.key(0), variable.shape, jnp.float32))
                 continue
@@ -135,7 +161,7 @@ def params_from_hf(config: Wav2Vec2Config, state_dict: Mapping[str, np.ndarray])
     unexpected = sorted(set(state_dict) - used)
     if missing or unexpected or mismatched:
         raise ValueError(
-            "checkpoint does not match Wav2Vec2ForPreTraining(config): "
+            f"checkpoint does not match {cls.__name__}(config): "
             f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
         )
     return nnx.from_flat_state([(path, variable.replace(value)) for (path, variable), value in zip(flat, values)])
@@ -164,8 +190,8 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def load_hf_checkpoint(
     path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
-) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
-    """Reads a transformers `Wav2Vec2ForPreTraining` folder (config.json + weights).
+) -> tuple[Wav2Vec2Config, Model]:
+    """Reads a transformers `Wav2Vec2ForPreTraining` or `Wav2Vec2Model` folder (config.json + weights).
 
     Args:
       path: the folder.
@@ -173,7 +199,7 @@ def load_hf_checkpoint(
       allow_nonfinite: accept NaN or infinite weights (refused by default, `check_stored_weights`).
 
     Returns:
-      `(config, model)`.
+      `(config, model)`, the model of the class the weights hold (`model_class`).
     """
     folder = pathlib.Path(path)
     if not (folder / "config.json").is_file():
@@ -181,20 +207,28 @@ def load_hf_checkpoint(
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
     state_dict = read_hf_state_dict(folder)
     check_stored_weights(config, state_dict, folder, allow_nonfinite=allow_nonfinite)
-    params = params_from_hf(config, state_dict)
+    cls = model_class(state_dict)
+    params = params_from_hf(config, state_dict, cls)
     # No random initialisation: every parameter comes from the checkpoint.
-    model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
+    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
     nnx.update(model, params)
     return config, model
 
 
-def save_hf_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path: str | os.PathLike) -> None:
-    """Writes a folder `transformers.Wav2Vec2ForPreTraining.from_pretrained` loads with no
-    missing or unexpected keys: config.json (with our fairseq fields, which transformers keeps
-    as extra attributes) and model.safetensors."""
+def _write_config(config: Wav2Vec2Config, model: Model, folder: pathlib.Path) -> None:
+    with open(folder / "config.json", "w", encoding="utf-8") as f:
+        json.dump({**config.to_hf_dict(), "architectures": [type(model).__name__]}, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def save_hf_checkpoint(config: Wav2Vec2Config, model: Model, path: str | os.PathLike) -> None:
+    """Writes a folder `transformers.Wav2Vec2ForPreTraining.from_pretrained` (or, for a
+    `Wav2Vec2Model`, `transformers.Wav2Vec2Model.from_pretrained`) loads with no missing or
+    unexpected keys: config.json (with our fairseq fields, which transformers keeps as extra
+    attributes) and model.safetensors."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config.to_json_file(folder / "config.json")
+    _write_config(config, model, folder)
     state_dict = params_to_hf(nnx.state(model, nnx.Param), config)
     safetensors.numpy.save_file(state_dict, folder / "model.safetensors", metadata={"format": "pt"})
 
@@ -203,12 +237,12 @@ def _param_name(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def save_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path: str | os.PathLike) -> None:
+def save_checkpoint(config: Wav2Vec2Config, model: Model, path: str | os.PathLike) -> None:
     """Our folder format: config.json (transformers' + fairseq fields) and params.safetensors
-    keyed by our parameter paths (e.g. `encoder.layers.0.attention.q_proj.kernel`)."""
+    keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`)."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config.to_json_file(folder / "config.json")
+    _write_config(config, model, folder)
     params = {
         _param_name(p): np.asarray(jax.device_get(v[...]), np.float32)
         for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
@@ -216,16 +250,26 @@ def save_checkpoint(config: Wav2Vec2Config, model: Wav2Vec2ForPreTraining, path:
     safetensors.numpy.save_file(params, folder / "params.safetensors")
 
 
+def _nest_legacy_names(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Names of a pretraining model saved before its encoder moved under `wav2vec2` (encoder
+    parameters at the top beside `quantizer`, ...) -> today's names; other files unchanged."""
+    if model_class(stored) is Wav2Vec2ForPreTraining or not any(k.split(".")[0] in _HEADS for k in stored):
+        return stored
+    return {(k if k.split(".")[0] in _HEADS else f"wav2vec2.{k}"): v for k, v in stored.items()}
+
+
 def load_checkpoint(
     path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
-) -> tuple[Wav2Vec2Config, Wav2Vec2ForPreTraining]:
-    """Reads a folder written by `save_checkpoint`; returns `(config, model)`. NaN or infinite
-    weights are refused unless `allow_nonfinite` (`check_stored_weights`)."""
+) -> tuple[Wav2Vec2Config, Model]:
+    """Reads a folder written by `save_checkpoint`; returns `(config, model)`, a
+    `Wav2Vec2ForPreTraining` or a `Wav2Vec2Model` as the file holds. NaN or infinite weights are
+    refused unless `allow_nonfinite` (`check_stored_weights`)."""
     folder = pathlib.Path(path)
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
-    stored = safetensors.numpy.load_file(folder / "params.safetensors")
+    stored = _nest_legacy_names(safetensors.numpy.load_file(folder / "params.safetensors"))
     check_stored_weights(config, stored, folder / "params.safetensors", allow_nonfinite=allow_nonfinite)
-    model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, dtype=dtype))
+    cls = model_class(stored)
+    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     names = {_param_name(p) for p, _ in flat}
     if names != set(stored) or any(stored[_param_name(p)].shape != tuple(v.shape) for p, v in flat):
@@ -278,5 +322,5 @@ def check_stored_weights(
         if bad:
             raise ValueError(
                 f"{source}: {len(bad)} weight arrays hold NaN or infinity (first: {bad[0]}); "
-                "pass allow_nonfinite=True (--allow-nonfinite) to load them anyway"
+                "pass allow_nonfinite=True (--allow_nonfinite) to load them anyway"
             )

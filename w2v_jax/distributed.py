@@ -109,9 +109,3 @@ def allgather_json(value: Any) -> list[Any]:
     padded[: payload.size] = payload
     gathered = multihost_utils.process_allgather(padded)
     return [json.loads(row[: int(n)].tobytes()) for row, n in zip(gathered, np.ravel(lengths))]
-
-
-def sync(name: str) -> None:
-    """Barrier across processes (no-op with one)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)

@@ -3,10 +3,9 @@
 Why: glibc's malloc serves every request above its mmap threshold (at most 32 MiB) with a fresh
 `mmap` and unmaps it on `free`, and worker threads' arenas, which cannot grow beyond 64 MiB, fall
 back to `mmap` for large blocks too. XLA:CPU allocates each execution's temporaries as large
-blocks (1.3 GiB for the small config's train step at batch 4 x 4 s), so every step touched all of
-it for the first time again: 400k minor page faults (1.6 GiB of zeroed pages) per step, measured
-with `getrusage`, and the step ran 2.33 s instead of 1.94 s. PyTorch's CPU allocator goes through
-the same malloc and suffered more (its small-config step went from 3.36 s to 2.02 s).
+blocks, so every step touched all of them for the first time again: hundreds of thousands of
+minor page faults per step (zeroed pages), a slower step, and slower still for PyTorch, whose CPU
+allocator goes through the same malloc (measured costs: the README's performance section).
 
 `keep_freed_memory` switches glibc's malloc to one heap that is never trimmed, so blocks freed by
 one step are reused by the next. The cost: the process's resident memory stays at its high-water

@@ -88,18 +88,27 @@ class MetricWriter:
             self._tb.close()
 
 
-def mean_metrics(window: Sequence[Mapping[str, float]], summed: Iterable[str] = ()) -> dict[str, float]:
+def mean_metrics(
+    window: Sequence[Mapping[str, float]],
+    summed: Iterable[str] = (),
+    ratios: Mapping[str, tuple[str, str]] | None = None,
+) -> dict[str, float]:
     """Averages a window of per-step metrics; skipped (non-finite) steps are left out of averages.
 
     Args:
       window: per-step host metrics, each with a "skipped_nonfinite" entry (0 or 1).
       summed: names added up over the window instead of averaged (counts).
+      ratios: `{name: (numerator, denominator)}`, names computed as sum(numerator) / sum(denominator)
+        over the finite steps instead of averaged (accuracy from correct and masked frames: a step
+        with more masked frames weighs more). A step recorded before its numerator existed (a
+        window restored from an older checkpoint) contributes `name * denominator`.
 
     Returns:
       one dict: the mean of each metric over the finite steps (NaN if there were none), the sum of
-      each `summed` name.
+      each `summed` name, each ratio (NaN if its denominator sums to 0).
     """
     summed = set(summed)
+    ratios = dict(ratios or {})
     good = [m for m in window if not m["skipped_nonfinite"]]
     out: dict[str, float] = {}
     for name in window[0]:
@@ -107,30 +116,8 @@ def mean_metrics(window: Sequence[Mapping[str, float]], summed: Iterable[str] = 
             out[name] = sum(m[name] for m in window)
         else:
             out[name] = sum(m[name] for m in good) / len(good) if good else float("nan")
+    for name, (numerator, denominator) in ratios.items():
+        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in good)
+        bottom = sum(m[denominator] for m in good)
+        out[name] = top / bottom if bottom else float("nan")
     return out
-
-
-def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("loss", "loss per masked frame"),
-        ("accuracy", "contrastive accuracy"),
-        ("code_perplexity", "code perplexity"),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
-    for ax, (name, title) in zip(axes, panels):
-        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, marker="." if len(points) < 50 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

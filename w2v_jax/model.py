@@ -1,17 +1,26 @@
-"""wav2vec 2.0 pretraining model: transformers' `Wav2Vec2ForPreTraining` in Flax NNX.
+"""wav2vec 2.0 in Flax NNX: transformers' `Wav2Vec2Model` and `Wav2Vec2ForPreTraining`.
 
     waveform [B, S] -> FeatureEncoder -> z [B, T, C]          (feature penalty mean(z^2), fairseq)
-      -> LayerNorm -> z_n ----------------------------------> quantizer -> project_q -> q [B, T, D]
+      -> LayerNorm -> z_n (extract_features) ---------------> quantizer -> project_q -> q [B, T, D]
       -> Linear -> dropout -> mask embedding on masked frames
-      -> ContextNetwork (positional conv, Transformer) -> project_hid -> c [B, T, D]
+      -> ContextNetwork (positional conv, Transformer) (last_hidden_state) -> project_hid -> c [B, T, D]
     loss = sum over masked frames of -log softmax(cos(c_t, [q_t, K distractors]) / kappa)[0]
            + diversity_loss_weight * num_masked * (GV - perplexity) / GV
            + feature_penalty_weight * num_masked * mean(z^2)
 
+`Wav2Vec2Model` is the shared encoder (the first three lines), `Wav2Vec2ForPreTraining` holds it
+as `wav2vec2` beside the quantizer and the two projections, so parameter paths are transformers'
+keys (`wav2vec2.encoder.layers.0...`, `quantizer...`); a fine-tuning head holds the same encoder.
+
 The losses are sums over the masked frames, as the reference's (divide by `num_masked` for "per
-masked frame"; fairseq logs loss / num_masked / ln 2). Masks and distractors are sampled inside
-jit from named sub-keys of `key` unless given explicitly; explicit ones use transformers' formats,
-which is how the parity tests feed both frameworks identical inputs.
+masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the count `num_correct`.
+Masks, distractors and Gumbel noise are drawn inside jit from named sub-keys of `key` unless given
+explicitly; `sample_masks_and_negatives` and `sample_gumbel_noise` draw exactly what the model
+draws for a key, for tools that feed another implementation the same inputs.
+
+Distractor indices: inside the library `[batch, time, K]` frame indices within each utterance
+(`negative_indices=`). `sampled_negative_indices=` takes transformers' format instead (indices into
+the batch flattened to `[batch * time]`), converted at the model's boundary.
 
 Padding: with an `attention_mask`, padded frames are never masked, never distractors, never
 attended to and never counted in the perplexity. Group-norm models (BASE, `feat_extract_norm="group"`)
@@ -22,8 +31,6 @@ crop batches to their shortest utterance (fairseq's default) when that matters.
 
 from __future__ import annotations
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -31,24 +38,49 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.context_network import ContextNetwork, dropout, layer_norm, linear, named_key, rematerialised
+from w2v_jax.context_network import ContextNetwork
 from w2v_jax.contrastive_loss import (
-    contrastive_accuracy,
     contrastive_logits,
     contrastive_loss_from_logits,
+    contrastive_num_correct,
     diversity_loss,
     gather_negatives,
     same_codewords,
     sample_negative_indices,
 )
 from w2v_jax.feature_encoder import FeatureEncoder
+from w2v_jax.layers import dropout, layer_norm, linear, named_key, rematerialised, scale_gradient
 from w2v_jax.masking import check_mask_arguments, compute_mask_indices, padding_mask_from_lengths
-from w2v_jax.quantization import GumbelVectorQuantizer
+from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
+
+
+@flax.struct.dataclass
+class Wav2Vec2BaseModelOutput:
+    """What `Wav2Vec2Model` returns (a pytree; optional fields are None when not computed).
+
+    Attributes:
+      last_hidden_state: `[batch, time, hidden]` the context network's output.
+      extract_features: `[batch, time, C]` the layer-normalised conv features (the projection's
+        input and the quantizer's), never masked.
+      hidden_states: with `output_hidden_states`, `num_hidden_layers + 1` arrays
+        `[batch, time, hidden]` (see `ContextNetwork`).
+      mask_time_indices: `[batch, time]` bool, the masked frames (None without masking).
+      padding_mask: `[batch, time]` bool, True on real frames (None without an attention mask).
+      mean_squared_features: float32 scalar, mean(z^2) over the real frames of the conv features
+        (fairseq's feature penalty before pretraining scales it).
+    """
+
+    last_hidden_state: jax.Array
+    extract_features: jax.Array
+    mean_squared_features: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None = None
+    mask_time_indices: jax.Array | None = None
+    padding_mask: jax.Array | None = None
 
 
 @flax.struct.dataclass
 class Wav2Vec2PreTrainingOutput:
-    """What `Wav2Vec2ForPreTraining` returns (a pytree; fields are None when not computed).
+    """What `Wav2Vec2ForPreTraining` returns (a pytree; optional fields are None when not computed).
 
     Attributes:
       loss: float32 scalar, contrastive + diversity_loss_weight * diversity
@@ -59,7 +91,9 @@ class Wav2Vec2PreTrainingOutput:
       projected_states: `[batch, time, proj_codevector_dim]` c, every frame.
       projected_quantized_states: `[batch, time, proj_codevector_dim]` q, every frame.
       codevector_perplexity: float32 scalar, over the masked frames (all real frames without a mask).
-      accuracy: float32 scalar, fraction of masked frames whose target has the largest logit.
+      codevector_indices: `[batch, time, G]` int32, the codeword each group picked, every frame.
+      last_hidden_state, extract_features, hidden_states: as `Wav2Vec2BaseModelOutput`'s.
+      num_correct: int32 scalar, masked frames whose target has the largest logit.
       num_masked: int32 scalar, masked frames in the batch.
       mask_time_indices: `[batch, time]` bool, the masked frames (None without masking).
     """
@@ -67,30 +101,87 @@ class Wav2Vec2PreTrainingOutput:
     projected_states: jax.Array
     projected_quantized_states: jax.Array
     codevector_perplexity: jax.Array
+    codevector_indices: jax.Array
+    last_hidden_state: jax.Array
+    extract_features: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None = None
     loss: jax.Array | None = None
     contrastive_loss: jax.Array | None = None
     diversity_loss: jax.Array | None = None
     feature_penalty: jax.Array | None = None
-    accuracy: jax.Array | None = None
+    num_correct: jax.Array | None = None
     num_masked: jax.Array | None = None
     mask_time_indices: jax.Array | None = None
 
+    @property
+    def accuracy(self) -> jax.Array | None:
+        """float32 scalar, num_correct / max(num_masked, 1) (None without distractors).
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
-    """Identity forward, gradient times `scale` backward (fairseq's GradMultiply)."""
-    return x
-
-
-def _scale_gradient_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, None]:
-    return x, None
-
-
-def _scale_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]:
-    return (g * scale,)
+        To average over several batches, add up `num_correct` and `num_masked` and divide once.
+        """
+        if self.num_correct is None:
+            return None
+        return self.num_correct.astype(jnp.float32) / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
 
 
-scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+def _sample_time_mask(
+    key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
+) -> jax.Array:
+    return compute_mask_indices(
+        named_key(key, "mask"),
+        (batch_size, num_frames),
+        config.mask_time_prob,
+        config.mask_time_length,
+        config.mask_time_min_masks,
+        frame_lengths,
+    )
+
+
+def _sample_negatives(key: jax.Array, config: Wav2Vec2Config, mask: jax.Array) -> jax.Array:
+    return sample_negative_indices(named_key(key, "negatives"), mask, config.num_negatives)
+
+
+def sample_masks_and_negatives(
+    key: jax.Array,
+    config: Wav2Vec2Config,
+    batch_size: int,
+    num_frames: int,
+    frame_lengths: jax.Array | np.ndarray | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The span masks and distractors `Wav2Vec2ForPreTraining` draws for `key` when given neither.
+
+    Passing them back explicitly (`mask_time_indices=`, `negative_indices=`) with the same key
+    gives identical outputs; tools use this to feed another implementation the model's draws.
+
+    Args:
+      key: the key the model gets.
+      config: the model's config (mask_time_prob, mask_time_length, mask_time_min_masks, num_negatives).
+      batch_size: B.
+      num_frames: T, `model.num_frames(samples)`.
+      frame_lengths: optional `[batch]` int real frames per utterance,
+        `model.num_frames(attention_mask.sum(-1))`; None when nothing is padded.
+
+    Returns:
+      `(mask [batch, time] bool, negative_indices [batch, time, K] int32)`, the distractors as frame
+      indices within each utterance (rows of unmasked frames hold the frame's own index).
+    """
+    check_mask_arguments(
+        (batch_size, num_frames), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+    )
+    if frame_lengths is not None:
+        frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
+    mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
+    return mask, _sample_negatives(key, config, mask)
+
+
+def sample_gumbel_noise(key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int) -> jax.Array:
+    """The standard Gumbel noise `[batch, time, G, V]` (float32) the quantizer adds in training for `key`."""
+    shape = (batch_size, num_frames, config.num_codevector_groups, config.num_codevectors_per_group)
+    return gumbel_noise(_gumbel_key(key), shape)
+
+
+def _gumbel_key(key: jax.Array) -> jax.Array:
+    return named_key(key, "gumbel")
 
 
 class FeatureProjection(nnx.Module):
@@ -110,17 +201,17 @@ def _is_concrete(x: jax.Array | np.ndarray) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-class Wav2Vec2ForPreTraining(nnx.Module):
-    """The wav2vec 2.0 pretraining model, numerically transformers' `Wav2Vec2ForPreTraining`.
+class Wav2Vec2Model(nnx.Module):
+    """The shared encoder, numerically transformers' `Wav2Vec2Model` (no adapter).
 
     Submodules carry transformers' names (`feature_extractor`, `feature_projection`,
-    `masked_spec_embed`, `encoder`, `quantizer`, `project_hid`, `project_q`), so
-    `w2v_jax.convert` maps checkpoints by renaming and transposing.
+    `masked_spec_embed`, `encoder`). Training (deterministic=False) with `mask_time_prob > 0`
+    samples time masks as transformers does; `encode` is the encoder on resolved masks, for heads
+    that draw their own (the pretraining model).
 
     Example:
-      >>> model = Wav2Vec2ForPreTraining(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
-      >>> out = model(waveforms, deterministic=False, gumbel_temperature=2.0, key=key)
-      >>> out.loss / out.num_masked
+      >>> encoder = Wav2Vec2Model(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
+      >>> encoder(waveforms, output_hidden_states=True).hidden_states[-1]
     """
 
     def __init__(
@@ -131,14 +222,13 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         remat: bool = False,
         rngs: nnx.Rngs | None = None,
     ):
-        """Builds the model.
+        """Builds the encoder.
 
         Args:
           config: the hyper-parameters.
-          dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32, and the logits,
-            losses and codebook statistics are computed in float32.
+          dtype: computation dtype (e.g. `jnp.bfloat16`); parameters stay float32.
           remat: recompute the conv feature encoder and each Transformer layer in the backward
-            pass instead of keeping their activations (`context_network.rematerialised`).
+            pass instead of keeping their activations (`layers.rematerialised`).
           rngs: parameter initialisation only; default `nnx.Rngs(0)`.
         """
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -158,31 +248,27 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         # U[0, 1), as the reference initialises it.
         self.masked_spec_embed = nnx.Param(jax.random.uniform(rngs.params(), (config.hidden_size,), jnp.float32))
         self.encoder = ContextNetwork(config, dtype=dtype, remat=remat, rngs=rngs)
-        self.quantizer = GumbelVectorQuantizer(
-            config.conv_dim[-1],
-            num_groups=config.num_codevector_groups,
-            num_vars=config.num_codevectors_per_group,
-            codevector_dim=config.codevector_dim,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.project_hid = linear(config.hidden_size, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
-        self.project_q = linear(config.codevector_dim, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
 
-    def num_frames(self, num_samples: int) -> int:
-        """Frames the feature encoder makes of `num_samples` samples."""
+    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+        """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
         return self.feature_extractor.compute_output_length(num_samples)
 
-    def _check_inputs(
+    def frame_lengths(self, attention_mask: jax.Array | None) -> jax.Array | None:
+        """`[batch, samples]` attention mask -> `[batch]` int32 real frames per utterance (None -> None)."""
+        if attention_mask is None:
+            return None
+        samples = jnp.sum(jnp.asarray(attention_mask, jnp.int32), axis=-1)
+        return self.num_frames(samples)
+
+    def check_inputs(
         self,
         input_values: jax.Array,
         attention_mask: jax.Array | None,
         mask_time_indices: jax.Array | None,
-        sampled_negative_indices: jax.Array | None,
         deterministic: bool,
         key: jax.Array | None,
     ) -> int:
-        """Eager shape and value checks (a ValueError naming the problem); returns the frame count."""
+        """Eager shape checks (a ValueError naming the problem); returns the frame count."""
         self.feature_extractor.check_input(input_values)
         batch, samples = input_values.shape
         time = self.num_frames(samples)
@@ -196,25 +282,206 @@ class Wav2Vec2ForPreTraining(nnx.Module):
                 f"mask_time_indices must be [batch, frames] = {(batch, time)} ({samples} samples make {time} "
                 f"frames), got shape {tuple(mask_time_indices.shape)}"
             )
-        if sampled_negative_indices is not None:
-            shape = tuple(sampled_negative_indices.shape)
-            if len(shape) != 3 or shape[:2] != (batch, time) or shape[2] < 1:
-                raise ValueError(
-                    f"sampled_negative_indices must be [batch, frames, K] = {(batch, time)} + (K,), got shape {shape}"
-                )
-            if mask_time_indices is None and key is None:
-                raise ValueError("sampled_negative_indices need mask_time_indices (or a key to sample them)")
-            if _is_concrete(sampled_negative_indices):
-                # transformers' format: indices into the batch flattened to [batch * time].
-                flat = np.asarray(sampled_negative_indices)
-                row = np.arange(batch)[:, None, None] * time
-                if (flat < row).any() or (flat >= row + time).any():
-                    raise ValueError(
-                        "sampled_negative_indices must index frames of their own utterance in the flattened "
-                        f"[batch * frames] = [{batch} * {time}] layout (row b holds b * {time} + frame)"
-                    )
         if not deterministic and key is None:
             raise ValueError("training mode (deterministic=False) needs a key (dropout, Gumbel noise, LayerDrop)")
+        return time
+
+    def padding_mask(self, attention_mask: jax.Array | None, num_frames: int) -> jax.Array | None:
+        """`[batch, samples]` attention mask -> `[batch, time]` bool, True on real frames (None -> None)."""
+        frame_lengths = self.frame_lengths(attention_mask)
+        return None if frame_lengths is None else padding_mask_from_lengths(frame_lengths, num_frames)
+
+    def __call__(
+        self,
+        input_values: jax.Array,
+        attention_mask: jax.Array | None = None,
+        mask_time_indices: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> Wav2Vec2BaseModelOutput:
+        """Encodes waveforms.
+
+        Args:
+          input_values: `[batch, samples]` float waveforms (at least the encoder's receptive field).
+          attention_mask: optional `[batch, samples]` int/bool, 1 on real samples (right padding).
+          mask_time_indices: optional `[batch, frames]` bool, the frames to mask; frames in padding
+            are dropped from it. Without it, training samples masks from `key` when
+            `config.mask_time_prob > 0`, as transformers does (`sample_masks_and_negatives`' mask).
+          deterministic: False for training: dropout, LayerDrop, sampled masks.
+          key: PRNG key; named sub-keys drive the mask, dropout and LayerDrop.
+          output_hidden_states: also return every Transformer layer's input and output.
+
+        Returns:
+          A `Wav2Vec2BaseModelOutput`.
+        """
+        config = self.config
+        time = self.check_inputs(input_values, attention_mask, mask_time_indices, deterministic, key)
+        padding_mask = self.padding_mask(attention_mask, time)
+        if mask_time_indices is not None:
+            mask = _without_padding(mask_time_indices, padding_mask)
+        elif not deterministic and config.mask_time_prob > 0.0:
+            batch = input_values.shape[0]
+            check_mask_arguments(
+                (batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+            )
+            mask = _sample_time_mask(key, config, batch, time, self.frame_lengths(attention_mask))
+        else:
+            mask = None
+        return self.encode(
+            input_values,
+            padding_mask,
+            mask,
+            deterministic=deterministic,
+            key=key,
+            output_hidden_states=output_hidden_states,
+        )
+
+    def encode(
+        self,
+        input_values: jax.Array,
+        padding_mask: jax.Array | None,
+        mask: jax.Array | None,
+        *,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> Wav2Vec2BaseModelOutput:
+        """`__call__` with the frame-level masks already resolved, unchecked (heads that draw their
+        own masks call this). Fine-tuning's channel masking goes here, after the time masking.
+
+        Args:
+          input_values: `[batch, samples]` float waveforms.
+          padding_mask: `[batch, time]` bool, True on real frames, or None (nothing padded).
+          mask: `[batch, time]` bool, the frames to replace by the mask embedding (none in padding),
+            or None.
+          deterministic, key, output_hidden_states: as `__call__`'s.
+        """
+        config = self.config
+
+        def subkey(name: str) -> jax.Array | None:
+            return None if key is None else named_key(key, name)
+
+        if self.remat:
+            # The conv stack's activations are the model's largest (README: Performance, remat).
+            graphdef, params = nnx.split(self.feature_extractor)
+            features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
+        else:
+            features = self.feature_extractor(input_values)
+        features = scale_gradient(features, config.feature_grad_mult)
+        squares = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)  # [batch, time]
+        if padding_mask is None:
+            mean_squared_features = jnp.mean(squares)
+        else:
+            mean_squared_features = jnp.sum(jnp.where(padding_mask, squares, 0.0)) / jnp.maximum(
+                jnp.sum(padding_mask), 1
+            )
+
+        hidden, normed = self.feature_projection(features)
+        hidden = dropout(hidden, config.feat_proj_dropout, subkey("feat_proj_dropout"), deterministic)
+        if mask is not None:
+            hidden = jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden)
+        encoded = self.encoder(
+            hidden,
+            padding_mask,
+            deterministic=deterministic,
+            key=subkey("encoder"),
+            output_hidden_states=output_hidden_states,
+        )
+        context, hidden_states = encoded if output_hidden_states else (encoded, None)
+        return Wav2Vec2BaseModelOutput(
+            last_hidden_state=context,
+            extract_features=normed,
+            mean_squared_features=mean_squared_features,
+            hidden_states=hidden_states,
+            mask_time_indices=mask,
+            padding_mask=padding_mask,
+        )
+
+
+def _without_padding(mask_time_indices: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
+    """A caller's `[batch, time]` mask as bool, its frames in padding dropped."""
+    mask = jnp.asarray(mask_time_indices, bool)
+    return mask if padding_mask is None else mask & padding_mask
+
+
+class Wav2Vec2ForPreTraining(nnx.Module):
+    """The wav2vec 2.0 pretraining model, numerically transformers' `Wav2Vec2ForPreTraining`.
+
+    Submodules carry transformers' names (`wav2vec2`, `quantizer`, `project_hid`, `project_q`), so
+    `w2v_jax.convert` maps checkpoints by renaming and transposing.
+
+    Example:
+      >>> model = Wav2Vec2ForPreTraining(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
+      >>> out = model(waveforms, deterministic=False, gumbel_temperature=2.0, key=key)
+      >>> out.loss / out.num_masked, out.accuracy
+    """
+
+    def __init__(
+        self,
+        config: Wav2Vec2Config,
+        *,
+        dtype: jnp.dtype | None = None,
+        remat: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Builds the model; the arguments are `Wav2Vec2Model`'s (whatever `dtype`, the logits,
+        losses and codebook statistics are computed in float32)."""
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        self.wav2vec2 = Wav2Vec2Model(config, dtype=dtype, remat=remat, rngs=rngs)
+        self.quantizer = GumbelVectorQuantizer(
+            config.conv_dim[-1],
+            num_groups=config.num_codevector_groups,
+            num_vars=config.num_codevectors_per_group,
+            codevector_dim=config.codevector_dim,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.project_hid = linear(config.hidden_size, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
+        self.project_q = linear(config.codevector_dim, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
+
+    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+        """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
+        return self.wav2vec2.num_frames(num_samples)
+
+    def _check_inputs(
+        self,
+        input_values: jax.Array,
+        attention_mask: jax.Array | None,
+        mask_time_indices: jax.Array | None,
+        sampled_negative_indices: jax.Array | None,
+        negative_indices: jax.Array | None,
+        deterministic: bool,
+        key: jax.Array | None,
+    ) -> int:
+        """Eager shape and value checks (a ValueError naming the problem); returns the frame count."""
+        time = self.wav2vec2.check_inputs(input_values, attention_mask, mask_time_indices, deterministic, key)
+        batch = input_values.shape[0]
+        if sampled_negative_indices is not None and negative_indices is not None:
+            raise ValueError("give sampled_negative_indices (transformers' format) or negative_indices, not both")
+        given = "sampled_negative_indices" if sampled_negative_indices is not None else "negative_indices"
+        indices = sampled_negative_indices if sampled_negative_indices is not None else negative_indices
+        if indices is not None:
+            shape = tuple(indices.shape)
+            if len(shape) != 3 or shape[:2] != (batch, time) or shape[2] < 1:
+                raise ValueError(f"{given} must be [batch, frames, K] = {(batch, time)} + (K,), got shape {shape}")
+            if mask_time_indices is None and key is None:
+                raise ValueError(f"{given} need mask_time_indices (or a key to sample them)")
+            if _is_concrete(indices):
+                # Each row's first valid index: b * time in transformers' flattened layout, else 0.
+                first = np.arange(batch)[:, None, None] * time if indices is sampled_negative_indices else 0
+                values = np.asarray(indices)
+                if (values < first).any() or (values >= first + time).any():
+                    layout = (
+                        f"the flattened [batch * frames] = [{batch} * {time}] layout (row b holds b * {time} + frame)"
+                        if indices is sampled_negative_indices
+                        else f"[0, {time}) (frame indices within the utterance)"
+                    )
+                    raise ValueError(f"{given} must index frames of their own utterance in {layout}")
         config = self.config
         if mask_time_indices is None and key is not None:
             if config.mask_time_prob == 0.0:
@@ -222,7 +489,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             check_mask_arguments(
                 (batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
             )
-        if mask_time_indices is not None and sampled_negative_indices is None and key is not None:
+        if mask_time_indices is not None and negative_indices is None and key is not None:
             self._check_negatives_possible(mask_time_indices, attention_mask)
         return time
 
@@ -236,7 +503,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             return
         mask = np.asarray(mask, bool)
         if attention_mask is not None:
-            lengths = self.feature_extractor.compute_output_length(np.asarray(attention_mask).astype(np.int64).sum(-1))
+            lengths = self.num_frames(np.asarray(attention_mask).astype(np.int64).sum(-1))
             mask = mask & (np.arange(mask.shape[1])[None, :] < lengths[:, None])
         counts = mask.sum(axis=1)
         counts = counts[counts > 0]
@@ -253,89 +520,80 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         mask_time_indices: jax.Array | None = None,
         sampled_negative_indices: jax.Array | None = None,
         *,
+        negative_indices: jax.Array | None = None,
         deterministic: bool = True,
         gumbel_temperature: float | jax.Array = 2.0,
         key: jax.Array | None = None,
+        output_hidden_states: bool = False,
     ) -> Wav2Vec2PreTrainingOutput:
         """Runs the model and its pretraining losses.
 
         Args:
-          input_values: `[batch, samples]` float waveforms (at least the encoder's receptive field).
-          attention_mask: optional `[batch, samples]` int/bool, 1 on real samples (right padding).
+          input_values, attention_mask, output_hidden_states: as `Wav2Vec2Model`'s.
           mask_time_indices: optional `[batch, frames]` bool, the frames to mask; frames in padding
-            are dropped from it. Without it, masks are sampled from `key` (none without a key).
+            are dropped from it. Without it, masks are sampled from `key` (none without a key), in
+            training and evaluation alike.
           sampled_negative_indices: optional `[batch, frames, K]` int, transformers' format (indices
-            into the flattened `[batch * frames]` targets). Without it, K = num_negatives
+            into the flattened `[batch * frames]` targets).
+          negative_indices: optional `[batch, frames, K]` int, the library's format (frame indices
+            within each utterance); give at most one of the two. Without either, K = num_negatives
             distractors per masked frame are sampled from `key` among the other masked frames of
-            the same utterance. Without either, the loss fields are None.
+            the same utterance. Without distractors, the loss fields are None.
           deterministic: False for training: dropout, LayerDrop and a hard Gumbel sample.
           gumbel_temperature: the quantizer's temperature (training only).
-          key: PRNG key; named sub-keys drive the mask, the distractors, dropout and Gumbel noise.
+          key: PRNG key; named sub-keys drive the mask, the distractors, dropout and Gumbel noise
+            (`sample_masks_and_negatives`, `sample_gumbel_noise` draw the same).
 
         Returns:
           A `Wav2Vec2PreTrainingOutput`.
         """
         config = self.config
         time = self._check_inputs(
-            input_values, attention_mask, mask_time_indices, sampled_negative_indices, deterministic, key
+            input_values,
+            attention_mask,
+            mask_time_indices,
+            sampled_negative_indices,
+            negative_indices,
+            deterministic,
+            key,
         )
         batch = input_values.shape[0]
+        if sampled_negative_indices is not None:
+            # transformers' format -> ours: subtract each row's offset in the flattened batch.
+            rows = jnp.arange(batch, dtype=jnp.int32)[:, None, None]
+            negative_indices = jnp.asarray(sampled_negative_indices, jnp.int32) - rows * time
 
-        def subkey(name: str) -> jax.Array | None:
-            return None if key is None else named_key(key, name)
-
-        frame_lengths = None
-        padding_mask = None
-        if attention_mask is not None:
-            samples = jnp.sum(jnp.asarray(attention_mask, jnp.int32), axis=-1)
-            frame_lengths = self.feature_extractor.compute_output_length(samples)
-            padding_mask = padding_mask_from_lengths(frame_lengths, time)
-
-        if self.remat:
-            # The conv stack's activations are the largest part (base, 4 x 4 s: its forward + backward
-            # alone needs 893 MiB of temporaries, the whole model's 2263 MiB; with remat 894 MiB).
-            graphdef, params = nnx.split(self.feature_extractor)
-            features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
-        else:
-            features = self.feature_extractor(input_values)
-        features = scale_gradient(features, config.feature_grad_mult)
-        squares = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)  # [batch, time]
-        if padding_mask is None:
-            penalty = jnp.mean(squares)
-        else:
-            penalty = jnp.sum(jnp.where(padding_mask, squares, 0.0)) / jnp.maximum(jnp.sum(padding_mask), 1)
-
-        hidden, normed = self.feature_projection(features)
-        hidden = dropout(hidden, config.feat_proj_dropout, subkey("feat_proj_dropout"), deterministic)
-
+        padding_mask = self.wav2vec2.padding_mask(attention_mask, time)
         if mask_time_indices is not None:
-            mask = jnp.asarray(mask_time_indices, bool)
-            if padding_mask is not None:
-                mask = mask & padding_mask
+            mask = _without_padding(mask_time_indices, padding_mask)
         elif key is not None:
-            mask = compute_mask_indices(
-                subkey("mask"),
-                (batch, time),
-                config.mask_time_prob,
-                config.mask_time_length,
-                config.mask_time_min_masks,
-                frame_lengths,
-            )
+            frame_lengths = self.wav2vec2.frame_lengths(attention_mask)
+            if negative_indices is None:
+                mask, negative_indices = sample_masks_and_negatives(key, config, batch, time, frame_lengths)
+            else:
+                mask = _sample_time_mask(key, config, batch, time, frame_lengths)
         else:
             mask = None
-        if mask is not None:
-            hidden = jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden)
-
-        context = self.encoder(hidden, padding_mask, deterministic=deterministic, key=subkey("encoder"))
-        projected_states = self.project_hid(context)
+        base = self.wav2vec2.encode(
+            input_values,
+            padding_mask,
+            mask,
+            deterministic=deterministic,
+            key=key,
+            output_hidden_states=output_hidden_states,
+        )
+        projected_states = self.project_hid(base.last_hidden_state)
 
         quantizer_input = dropout(
-            normed, config.feat_quantizer_dropout, subkey("feat_quantizer_dropout"), deterministic
+            base.extract_features,
+            config.feat_quantizer_dropout,
+            None if key is None else named_key(key, "feat_quantizer_dropout"),
+            deterministic,
         )
         quantized, usage = self.quantizer(
             quantizer_input,
             temperature=gumbel_temperature,
-            key=subkey("gumbel"),
+            key=None if key is None else _gumbel_key(key),
             deterministic=deterministic,
             mask=mask if mask is not None else padding_mask,
         )
@@ -344,16 +602,18 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             projected_states=projected_states,
             projected_quantized_states=projected_quantized,
             codevector_perplexity=usage.perplexity,
+            codevector_indices=usage.indices,
+            last_hidden_state=base.last_hidden_state,
+            extract_features=base.extract_features,
+            hidden_states=base.hidden_states,
             mask_time_indices=mask,
         )
 
-        if sampled_negative_indices is not None:
-            own_row = jnp.arange(batch, dtype=jnp.int32)[:, None, None] * time
-            negative_indices = jnp.asarray(sampled_negative_indices, jnp.int32) - own_row
-        elif mask is not None and key is not None:
-            negative_indices = sample_negative_indices(subkey("negatives"), mask, config.num_negatives)
-        else:
+        if negative_indices is None and mask is not None and key is not None:
+            negative_indices = _sample_negatives(key, config, mask)
+        if negative_indices is None:
             return output
+        negative_indices = jnp.asarray(negative_indices, jnp.int32)
 
         negatives = gather_negatives(projected_quantized, negative_indices)
         temperature = config.contrastive_logits_temperature
@@ -366,7 +626,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         diversity = (
             diversity_loss(usage.probs, config.num_codevector_groups, config.num_codevectors_per_group) * num_masked
         )
-        feature_penalty = penalty * num_masked
+        feature_penalty = base.mean_squared_features * num_masked
         loss = (
             contrastive
             + config.diversity_loss_weight * diversity
@@ -377,6 +637,6 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             contrastive_loss=contrastive,
             diversity_loss=diversity,
             feature_penalty=feature_penalty,
-            accuracy=contrastive_accuracy(logits, mask),
+            num_correct=contrastive_num_correct(logits, mask),
             num_masked=num_masked,
         )

@@ -11,7 +11,8 @@ shift it.
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 import jax.numpy as jnp
 import optax
@@ -63,6 +64,25 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """`make_optimizer`'s arguments: the one mapping from a run config to the optimizer.
+
+    Our train step and the PyTorch twin (`research.torch_twin`) both build their optimizer from it.
+    """
+
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 10.0
+
+    @classmethod
+    def from_train_config(cls, train: Any) -> OptimizerSettings:
+        """The settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
+        return cls(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
+
+
 def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.98,
@@ -101,8 +121,3 @@ def set_learning_rate(opt_state: tuple, learning_rate: jnp.ndarray) -> tuple:
     clip_state, adamw_state = opt_state
     hyperparams = dict(adamw_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
     return (clip_state, adamw_state._replace(hyperparams=hyperparams))
-
-
-def get_learning_rate(opt_state: tuple) -> jnp.ndarray:
-    """The learning rate AdamW will use at its next update."""
-    return opt_state[1].hyperparams["learning_rate"]

@@ -6,11 +6,9 @@ data parallelism: each device keeps a slice of every large weight, XLA gathers t
 forward pass and reduce-scatters the gradients). Going from one to the other is the config switch
 `mesh.param_sharding = "fsdp"` with `mesh.fsdp > 1`; the train step doesn't change.
 
-Which dimension of a weight is split comes from its logical axis names (nnx `out_sharding`
-metadata, e.g. `("embed", "mlp")`, mapped to mesh axes by `LOGICAL_AXIS_RULES`) when the model
-declares them; otherwise from big_vision's FSDP heuristic: the largest dimension divisible by the
-`fsdp` axis size, for weights with at least `min_fsdp_size` elements (small vectors stay
-replicated, where splitting costs more in communication than it saves in memory).
+Which dimension of a weight is split follows big_vision's FSDP heuristic: the largest dimension
+divisible by the `fsdp` axis size, for weights with at least `min_fsdp_size` elements (small
+vectors stay replicated, where splitting costs more in communication than it saves in memory).
 """
 
 from __future__ import annotations
@@ -27,18 +25,6 @@ MESH_AXES = ("data", "fsdp")
 # Both mesh axes split the batch: FSDP is data parallelism with sharded weights.
 BATCH_AXES = ("data", "fsdp")
 ParamSharding = Literal["replicated", "fsdp"]
-
-# Logical axis name -> mesh axis (None: replicated along that dimension).
-LOGICAL_AXIS_RULES: dict[str, str | None] = {
-    "embed": "fsdp",
-    "mlp": None,
-    "heads": None,
-    "kv": None,
-    "conv_in": None,
-    "conv_out": "fsdp",
-    "codevectors": None,
-}
-
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `("data", "fsdp")` mesh over all devices (of every process).
@@ -81,7 +67,6 @@ def param_partition_spec(
     shape: Sequence[int],
     mesh: Mesh,
     strategy: ParamSharding = "replicated",
-    logical_axes: Sequence[str | None] | None = None,
     min_fsdp_size: int = 2**14,
 ) -> P:
     """Partition spec of one parameter (or optimizer moment) of `shape`.
@@ -90,7 +75,6 @@ def param_partition_spec(
       shape: the array's shape.
       mesh: a `make_mesh` mesh.
       strategy: "replicated" or "fsdp".
-      logical_axes: the parameter's logical axis names, one per dimension, if the model gave them.
       min_fsdp_size: arrays with fewer elements stay replicated under "fsdp".
 
     Returns:
@@ -101,13 +85,6 @@ def param_partition_spec(
     fsdp_size = mesh.shape["fsdp"]
     if strategy == "replicated" or fsdp_size == 1 or int(np.prod(shape)) < min_fsdp_size:
         return P()
-    if logical_axes is not None:
-        if len(logical_axes) != len(shape):
-            raise ValueError(f"logical axes {tuple(logical_axes)} don't match shape {tuple(shape)}")
-        spec = [LOGICAL_AXIS_RULES.get(name) if name is not None else None for name in logical_axes]
-        # A rule can't split a dimension the axis doesn't divide; that dimension stays whole.
-        spec = [axis if axis is None or dim % mesh.shape[axis] == 0 else None for axis, dim in zip(spec, shape)]
-        return P(*spec)
     candidates = [i for i in np.argsort(shape)[::-1] if shape[i] % fsdp_size == 0]
     if not candidates:
         return P()
@@ -122,8 +99,8 @@ def state_shardings(
     """NamedShardings for every array of a train state (params, optimizer moments, counters).
 
     Args:
-      abstract_state: a pytree of arrays or `jax.ShapeDtypeStruct`s; nnx Variables are leaves here so
-        their `out_sharding` metadata (logical axis names) is read.
+      abstract_state: a pytree of arrays or `jax.ShapeDtypeStruct`s, nnx Variables included (their
+        sharding is returned inside the same Variable).
       mesh: a `make_mesh` mesh.
       strategy: "replicated" or "fsdp" (see `param_partition_spec`).
       min_fsdp_size: see `param_partition_spec`.
@@ -134,10 +111,8 @@ def state_shardings(
 
     def one(leaf: Any) -> Any:
         if isinstance(leaf, nnx.Variable):
-            value = leaf.get_value()
-            logical = leaf.get_metadata().get("out_sharding")
-            spec = param_partition_spec(value.shape, mesh, strategy, logical, min_fsdp_size)
+            spec = param_partition_spec(leaf.get_value().shape, mesh, strategy, min_fsdp_size)
             return leaf.replace(NamedSharding(mesh, spec))
-        return NamedSharding(mesh, param_partition_spec(np.shape(leaf), mesh, strategy, None, min_fsdp_size))
+        return NamedSharding(mesh, param_partition_spec(np.shape(leaf), mesh, strategy, min_fsdp_size))
 
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -28,8 +28,8 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax import workdir as workdir_lib
-from w2v_jax import train as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
 
@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 # Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked")
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct")
+# Metrics divided once over a logging window: sum(numerator) / sum(denominator).
+_RATIOS = {"accuracy": ("num_correct", "num_masked")}
 # Counters that are states, not per-step values: the window keeps the last one.
 _LAST = ("nonfinite_total", "nonfinite_consecutive")
 
@@ -90,7 +92,7 @@ def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     """One logged record from a window of per-step host metrics."""
     averaged = metrics_lib.mean_metrics(
-        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED
+        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=_RATIOS
     )
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
 
@@ -133,7 +135,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
     )
 
     t = config.train
-    model_config = Wav2Vec2Config(**config.model.to_dict())
+    model_config = Wav2Vec2Config.from_run_config(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
     graphdef, state, state_shardings = train_lib.create_train_state(

@@ -100,7 +100,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         # A short, meaningful CPU run on the embedded corpus: contrastive accuracy leaves chance
         # (1 / (1 + num_negatives)) within ~100 updates. BASE's feature penalty (10 x mean z^2) and
         # 0.1 encoder gradient keep this 32-channel encoder from learning anything that fast
-        # (measured: accuracy stays at chance for 150 updates), so tiny trains like LARGE / transformers.
+        # (README, Pretraining), so tiny trains like LARGE / transformers.
         config.model.feature_penalty_weight = 0.0
         config.model.feature_grad_mult = 1.0
         train.batch_size = 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -206,3 +207,55 @@ def load_manifest(manifest_or_folder: str | os.PathLike, *, allow_outside_root: 
     if not source.is_file():
         raise ValueError(f"{source}: no such manifest file or folder")
     return read_manifest(source, allow_outside_root=allow_outside_root)
+
+
+def valid_manifest_path(out: str | os.PathLike) -> Path:
+    """valid.tsv beside train.tsv; NAME_valid.tsv beside any other NAME.tsv."""
+    out = Path(out)
+    return out.with_name("valid.tsv" if out.name == "train.tsv" else f"{out.stem}_valid{out.suffix or '.tsv'}")
+
+
+def prepare_manifests(
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    valid_fraction: float = 0.0,
+    seed: int = 0,
+    num_workers: int = 8,
+    strict: bool = False,
+) -> list[str]:
+    """Scans `folder` and writes its train manifest `out` (and a valid one with `valid_fraction`).
+
+    Unusable files are logged and left out (`strict`: a `BadInputError` at the first one). A seeded
+    random `valid_fraction` of the good files goes to `valid_manifest_path(out)`.
+
+    Returns:
+      report lines: one per manifest written (files, hours), then the skipped files by reason.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid fraction must be in [0, 1), got {valid_fraction}")
+    manifest = scan_folder(folder, num_workers=num_workers, progress=True)
+    for index, (reason, detail) in sorted(manifest.known_bad.items()):
+        if strict:
+            raise skips.BadInputError(f"{manifest.file_path(index)}: {reason} ({detail})")
+        logging.warning("skipping %s: %s (%s)", manifest.file_path(index), reason, detail)
+    good = np.asarray([i for i in range(len(manifest)) if i not in manifest.known_bad], np.int64)
+    num_valid = int(round(valid_fraction * len(good)))
+    in_valid = np.zeros(len(good), bool)
+    in_valid[np.random.default_rng(seed).permutation(len(good))[:num_valid]] = True
+    splits = {Path(out): good[~in_valid]}
+    if valid_fraction > 0:
+        splits[valid_manifest_path(out)] = good[in_valid]
+    lines = []
+    for path, indices in splits.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(path, manifest.root, [manifest.paths[i] for i in indices], manifest.num_samples[indices])
+        hours = manifest.num_samples[indices].sum() / audio.SAMPLE_RATE / 3600
+        lines.append(f"{path}: {len(indices)} files, {hours:.2f} h")
+    if manifest.known_bad:
+        reasons = [reason for reason, _ in manifest.known_bad.values()]
+        lines.append(
+            f"skipped {len(reasons)} unusable files: "
+            + ", ".join(f"{r}: {reasons.count(r)}" for r in sorted(set(reasons)))
+        )
+    return lines

@@ -1,4 +1,4 @@
-"""Tests of w2v_jax/train.py: the sharded pure step, non-finite skipping, compile counts, accumulation.
+"""Tests of w2v_jax/train_step.py: the sharded pure step, non-finite skipping, compile counts, accumulation.
 
 A smaller-than-tiny model (3 conv layers, 1 Transformer layer: compiles in half the time) on
 0.25 s of noise per utterance; compiled steps and initial states are shared between tests (module
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import optim, sharding, train
+from w2v_jax import optim, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.quantization import gumbel_temperature
 
@@ -22,7 +23,7 @@ CONFIG = Wav2Vec2Config.preset(
     "tiny", conv_dim=(32, 32, 32), conv_kernel=(10, 4, 4), conv_stride=(5, 4, 4), num_hidden_layers=1
 )
 SCHEDULE = optim.learning_rate_schedule(1e-3, 100, 4)
-HPARAMS = train.StepHyperparams(learning_rate=SCHEDULE, gumbel_decay=0.9)
+HPARAMS = train_lib.StepHyperparams(learning_rate=SCHEDULE, gumbel_decay=0.9)
 
 
 def make_batch(seed: int, samples: int = SAMPLES) -> dict[str, np.ndarray]:
@@ -38,19 +39,19 @@ class Setup:
     mesh: jax.sharding.Mesh
     graphdef: nnx.GraphDef
     shardings: object
-    step: train.TrainStep
-    initial_state: train.TrainState
+    step: train_lib.TrainStep
+    initial_state: train_lib.TrainState
 
-    def fresh_state(self) -> train.TrainState:
+    def fresh_state(self) -> train_lib.TrainState:
         """A copy of the initial state (the step donates its input, the original must survive)."""
         return jax.tree.map(jnp.copy, self.initial_state)
 
 
-def make_setup(num_devices: int, hparams: train.StepHyperparams = HPARAMS, fsdp: int = 1, **state_kwargs) -> Setup:
+def make_setup(num_devices: int, hparams: train_lib.StepHyperparams = HPARAMS, fsdp: int = 1, **state_kwargs) -> Setup:
     mesh = sharding.make_mesh(fsdp=fsdp, devices=jax.devices()[:num_devices])
     optimizer = optim.make_optimizer()
-    graphdef, state, shardings = train.create_train_state(CONFIG, optimizer, seed=0, mesh=mesh, **state_kwargs)
-    return Setup(mesh, graphdef, shardings, train.TrainStep(graphdef, optimizer, hparams, mesh, shardings), state)
+    graphdef, state, shardings = train_lib.create_train_state(CONFIG, optimizer, seed=0, mesh=mesh, **state_kwargs)
+    return Setup(mesh, graphdef, shardings, train_lib.TrainStep(graphdef, optimizer, hparams, mesh, shardings), state)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,8 @@ def test_state_is_sharded_as_asked(setup8):
 def test_sharded_step_matches_single_device(setup8, setup1):
     """The same global batch on 8 devices (replicated or FSDP parameters) and on 1: same loss, metrics, parameters."""
     fsdp = make_setup(8, fsdp=4, param_sharding="fsdp", min_fsdp_size=256)
-    kernel = fsdp.initial_state.params["encoder"]["layers"][0]["feed_forward"]["intermediate_dense"]["kernel"]
+    encoder = fsdp.initial_state.params["wav2vec2"]["encoder"]
+    kernel = encoder["layers"][0]["feed_forward"]["intermediate_dense"]["kernel"]
     assert "fsdp" in kernel.get_value().sharding.spec
     key = jax.random.key(3)
     results = []
@@ -105,7 +107,7 @@ def test_metrics_match_the_model_and_schedules(setup8):
     state, metrics = setup8.step(state, batch, key)
 
     model = nnx.merge(setup8.graphdef, jax.tree.map(jnp.asarray, params_before), nnx.State({}))
-    step_key = train.model_key(key, 0, 0)  # step 0, micro-batch 0
+    step_key = train_lib.model_key(key, 0, 0)  # step 0, micro-batch 0
     np.testing.assert_array_equal(
         jax.random.key_data(step_key), jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, 0), 0))
     )
@@ -157,11 +159,13 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     """accum=2: the update uses the summed micro-batch gradients / total masked frames."""
     optimizer = optim.make_optimizer()
     hparams = dataclasses.replace(HPARAMS, grad_accum_steps=2)
-    step = train.TrainStep(setup1.graphdef, optimizer, hparams, setup1.mesh, setup1.shardings)
+    step = train_lib.TrainStep(setup1.graphdef, optimizer, hparams, setup1.mesh, setup1.shardings)
     params0 = host(setup1.initial_state.params)
     opt_state0 = host(setup1.initial_state.opt_state)
     key = jax.random.key(5)
     batch = make_batch(4)
+    # Padding in micro-batch 1 only (odd rows): the micro-batches mask different numbers of frames.
+    batch["attention_mask"][1::2, SAMPLES // 2 :] = 0
     state, metrics = step(setup1.fresh_state(), batch, key)
 
     # Oracle: micro-batch i holds rows i, i + 2, i + 4, ... and the key fold_in(fold_in(key, 0), i).
@@ -173,22 +177,29 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
             out = nnx.merge(setup1.graphdef, p, nnx.State({}))(
                 x, attention_mask=m, deterministic=False, gumbel_temperature=2.0, key=k
             )
-            return out.loss, out.num_masked
+            return out.loss, (out.num_masked, out.num_correct)
 
         return jax.grad(loss, has_aux=True)(params)
 
-    total_masked = 0
+    masked, correct = [], []
     grads_sum = None
     for i in range(2):
         rows = slice(i, None, 2)
-        g, n = summed_grads(
+        g, (n, c) = summed_grads(
             model_params, batch["input_values"][rows], batch["attention_mask"][rows],
             jax.random.fold_in(jax.random.fold_in(key, 0), i),
         )
-        total_masked += int(n)
+        masked.append(int(n))
+        correct.append(int(c))
         grads_sum = g if grads_sum is None else jax.tree.map(jnp.add, grads_sum, g)
+    total_masked = sum(masked)
     grads = jax.tree.map(lambda g: g / total_masked, grads_sum)
     assert int(metrics["num_masked"]) == total_masked
+    # Accuracy is divided once: summed counts, not the mean of the micro-batches' fractions
+    # (which differ here, so the two would disagree).
+    assert masked[0] != masked[1] and correct[0] / masked[0] != correct[1] / masked[1], (masked, correct)
+    assert int(metrics["num_correct"]) == sum(correct)
+    np.testing.assert_allclose(metrics["accuracy"], sum(correct) / total_masked, rtol=1e-6)
     want_norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
     np.testing.assert_allclose(metrics["grad_norm"], want_norm, rtol=1e-5)
     opt_state = optim.set_learning_rate(jax.tree.map(jnp.asarray, opt_state0), SCHEDULE(0))
@@ -200,10 +211,10 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
 
 def test_bfloat16_compute_keeps_float32_master_weights(setup1):
     optimizer = optim.make_optimizer()
-    graphdef, abstract, shardings = train.abstract_train_state(CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16)
+    graphdef, abstract, shardings = train_lib.abstract_train_state(CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16)
     # Same parameters as the float32 model: only the computation dtype (in the graphdef) differs.
     assert jax.tree.structure(abstract) == jax.tree.structure(setup1.initial_state)
-    step = train.TrainStep(graphdef, optimizer, HPARAMS, setup1.mesh, shardings)
+    step = train_lib.TrainStep(graphdef, optimizer, HPARAMS, setup1.mesh, shardings)
     state, metrics = step(setup1.fresh_state(), make_batch(0), jax.random.key(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     moments = [x for x in jax.tree.leaves(state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
@@ -215,10 +226,10 @@ def test_bfloat16_compute_keeps_float32_master_weights(setup1):
 
 def test_check_batch_names_the_problem():
     with pytest.raises(ValueError, match="input_values"):
-        train.check_batch({"x": np.zeros((8, 10))}, 8)
+        train_lib.check_batch({"x": np.zeros((8, 10))}, 8)
     with pytest.raises(ValueError, match=r"\[batch, samples\]"):
-        train.check_batch({"input_values": np.zeros((8,))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((8,))}, 8)
     with pytest.raises(ValueError, match="4 rows, expected 8"):
-        train.check_batch({"input_values": np.zeros((4, 10))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((4, 10))}, 8)
     with pytest.raises(ValueError, match="attention_mask"):
-        train.check_batch({"input_values": np.zeros((8, 10)), "attention_mask": np.zeros((8, 9))}, 8)
+        train_lib.check_batch({"input_values": np.zeros((8, 10)), "attention_mask": np.zeros((8, 9))}, 8)

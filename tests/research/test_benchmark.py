@@ -1,4 +1,4 @@
-"""Tests of w2v_jax.benchmark and its launcher (fields and their consistency, never timings)."""
+"""Tests of w2v_jax.research.benchmark and its launcher (fields and their consistency, never timings)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import benchmark, host_memory
-from w2v_jax import train as train_lib
+from w2v_jax import host_memory
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.research import benchmark
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _fields(line: str) -> dict[str, str]:
@@ -64,7 +65,7 @@ def test_matmul_peak_is_positive_and_finite():
 
 
 def test_step_masks_are_the_ones_the_model_draws():
-    """The reference is fed what our step's model samples from `train.model_key(key, step, 0)`."""
+    """The reference is fed what our step's model samples from `train_step.model_key(key, step, 0)`."""
     config = benchmark.benchmark_config(Wav2Vec2Config.preset("tiny"))
     model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
     waveforms = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16000), dtype=np.float32))
@@ -151,20 +152,3 @@ def test_model_remat_keeps_loss_and_gradients_and_saves_memory():
     # The loss is a sum over frames, so gradients are O(1): float32 reassociation leaves ~3e-6.
     chex.assert_trees_all_close(remat_grads, plain_grads, rtol=1e-5, atol=1e-5)
     assert remat.memory_analysis().temp_size_in_bytes < plain.memory_analysis().temp_size_in_bytes
-
-
-def test_profile_names_the_busiest_ops_of_the_step(tmp_path):
-    """The tiny step on a 2 x 1 s batch, traced: ops sorted by time, their sum within the total."""
-    from experiments.configs.pretrain import get_config
-
-    settings = benchmark.BenchmarkSettings(batch_size=2, seconds=1.0, steps=2, warmup=1)
-    lines = benchmark.profile_train_step(get_config("tiny"), settings, tmp_path, top=10)
-    header = _fields(lines[0])
-    assert float(header["median_step_s"]) > 0
-    assert list(tmp_path.rglob("*.xplane.pb")), "the trace was not kept"
-    times = [float(line.split()[0]) for line in lines[1:]]
-    assert len(times) == 10
-    assert times == sorted(times, reverse=True)
-    # The listed ops are some of the named ones; every op of the step is named in the HLO.
-    assert 0 < sum(times) <= float(header["named_ops_ms_per_step"]) + 0.01 * len(times)
-    assert all(line.split()[-1] for line in lines[1:])

@@ -1,4 +1,4 @@
-"""w2v_jax.sweep and experiments.sweep: grids as data, resume, commands, results."""
+"""w2v_jax.research.sweep and experiments.sweep: grids as data, resume, commands, results."""
 
 import csv
 import itertools
@@ -14,11 +14,11 @@ from hypothesis import given, settings, strategies as st
 from experiments.configs import codebook_ablation
 from flax import nnx
 
-from w2v_jax import sweep
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.research import sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_codebook_grid_is_the_issue_grid():
@@ -104,7 +104,7 @@ def test_collect_results_tables_finished_points(tmp_path):
     config.grid.model.num_codevectors_per_group = (80,)
     _fake_run(tmp_path / "num_codevector_groups=1,num_codevectors_per_group=80", 5, 2.5)
     def load_model(folder):
-        return Wav2Vec2ForPreTraining(Wav2Vec2Config(**config.model.to_dict()).replace(
+        return Wav2Vec2ForPreTraining(Wav2Vec2Config.from_run_config(config).replace(
             num_codevector_groups=1, num_codevectors_per_group=80), rngs=nnx.Rngs(0))
 
     waveforms = [np.random.RandomState(0).randn(9600).astype(np.float32)]

@@ -43,10 +43,9 @@ from w2v_jax.quantization import gumbel_temperature
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, jax.Array]
-# What `train_step` adds up over micro-batches.
-_SUMMED_OUTPUTS = (
-    "loss", "contrastive_loss", "diversity_loss", "feature_penalty", "accuracy", "code_perplexity", "num_masked"
-)
+# What `train_step` adds up over micro-batches: float32 sums and exact int32 counts.
+_SUMMED_OUTPUTS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
+_COUNTS = ("num_correct", "num_masked")
 
 
 @flax.struct.dataclass
@@ -89,8 +88,13 @@ class StepHyperparams:
 
 def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
     """The optimizer and step settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
-    optimizer = optim.make_optimizer(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
-    hparams = StepHyperparams(
+    optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(train)))
+    return optimizer, step_hyperparams(train)
+
+
+def step_hyperparams(train: ml_collections.ConfigDict) -> StepHyperparams:
+    """The learning-rate and Gumbel schedules and accumulation of a pretrain config's `train` section."""
+    return StepHyperparams(
         learning_rate=optim.learning_rate_schedule(
             train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
         ),
@@ -99,7 +103,6 @@ def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.G
         gumbel_decay=train.gumbel_temperature_decay,
         grad_accum_steps=train.grad_accum_steps,
     )
-    return optimizer, hparams
 
 
 def create_model(
@@ -114,10 +117,7 @@ def _init_fn(
     config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool
 ) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        # Shardings come from `state_shardings` (jit's out_shardings), not from flax's eager
-        # per-variable sharding, which needs the logical names to be mesh axes.
-        with nnx.use_eager_sharding(False):
-            model = create_model(config, seed, dtype, remat)
+        model = create_model(config, seed, dtype, remat)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -142,8 +142,7 @@ def abstract_train_state(
     remat: bool = False,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
-    with nnx.use_eager_sharding(False):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
     abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat))
     return graphdef, abstract, sharding.state_shardings(abstract, mesh, param_sharding, min_fsdp_size)
 
@@ -186,7 +185,8 @@ def create_train_state(
 def model_key(key: jax.Array, step: jax.Array | int, micro_index: jax.Array | int) -> jax.Array:
     """The key the model gets for micro-batch `micro_index` of update `step` (it derives the named
     sub-keys from it). Public so tools that replay a run (experiments/compare_pytorch.py) draw the
-    same masks, distractors and Gumbel noise as the step did."""
+    same masks, distractors and Gumbel noise as the step did, with `model.sample_masks_and_negatives`
+    and `model.sample_gumbel_noise`."""
     return jax.random.fold_in(jax.random.fold_in(key, step), micro_index)
 
 
@@ -199,8 +199,9 @@ def train_step(
     Args:
       state: the train state.
       batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]},
-        optionally "mask_time_indices" bool [batch, frames] and "sampled_negative_indices" int32
-        [batch, frames, K] (frame indices within each utterance) to replace the sampled ones, as
+        optionally "mask_time_indices" bool [batch, frames] and "negative_indices" int32
+        [batch, frames, K] (frame indices within each utterance, the model's `negative_indices`, not
+        transformers' flattened `sampled_negative_indices`) to replace the sampled ones, as
         experiments/compare_pytorch.py does to feed the PyTorch reference the same inputs.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
@@ -208,39 +209,34 @@ def train_step(
       hparams: schedules and accumulation.
 
     Returns:
-      (new state, metrics): float32 scalars, loss terms per masked frame.
+      (new state, metrics): float32 scalars, loss terms per masked frame; `accuracy` is
+      `num_correct / num_masked` of the whole batch (counts summed over micro-batches and devices).
     """
     temperature = gumbel_temperature(state.step, hparams.gumbel_start, hparams.gumbel_end, hparams.gumbel_decay)
     accum = hparams.grad_accum_steps
 
     def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
         model = nnx.merge(graphdef, params, state.model_state)
-        negatives = micro.get("sampled_negative_indices")
-        if negatives is not None:
-            # The model takes transformers' format: indices into the [batch * frames] flattened batch.
-            rows, frames = negatives.shape[:2]
-            negatives = negatives + jnp.arange(rows, dtype=negatives.dtype)[:, None, None] * frames
         out = model(
             micro["input_values"],
             attention_mask=micro.get("attention_mask"),
             mask_time_indices=micro.get("mask_time_indices"),
-            sampled_negative_indices=negatives,
+            negative_indices=micro.get("negative_indices"),
             deterministic=False,
             gumbel_temperature=temperature,
             key=micro_key,
         )
-        num_masked = out.num_masked.astype(jnp.float32)
         sums = {
             "loss": out.loss,
             "contrastive_loss": out.contrastive_loss,
             "diversity_loss": out.diversity_loss,
             "feature_penalty": out.feature_penalty,
-            # The model's accuracy is a fraction of masked frames; weight it by their number.
-            "accuracy": out.accuracy * num_masked,
             "code_perplexity": out.codevector_perplexity,
-            "num_masked": num_masked,
         }
-        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()}
+        counts = {"num_correct": out.num_correct, "num_masked": out.num_masked}
+        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()} | {
+            k: jnp.asarray(v, jnp.int32) for k, v in counts.items()
+        }
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
 
@@ -252,7 +248,7 @@ def train_step(
 
     if accum == 1:
         # No length-1 scan: inside XLA:CPU's while loop the convolutions' gradients lose their
-        # fast kernels (the tiny config's step was 4.4x slower, see the README's benchmark section).
+        # fast kernels (measured cost: the README's performance section).
         grads_sum, sums = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
     else:
         # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
@@ -260,11 +256,13 @@ def train_step(
         micro_batches = jax.tree.map(
             lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
         )
-        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS}
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS} | {
+            k: jnp.zeros((), jnp.int32) for k in _COUNTS
+        }
         zero_grads = jax.tree.map(jnp.zeros_like, state.params)
         (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
 
-    num_masked = sums["num_masked"]
+    num_masked = sums["num_masked"].astype(jnp.float32)
     # fairseq divides the summed loss's gradient by the sample size (masked frames) once.
     grads = jax.tree.map(lambda g: g / num_masked, grads_sum)
     grad_norm = optax.tree.norm(grads)
@@ -279,8 +277,8 @@ def train_step(
         return optax.apply_updates(params, updates), opt_state
 
     # A conditional rather than a select between the old and new values: the update can then
-    # write into the donated buffers, where a select kept both copies alive at once (base, batch
-    # 4 x 4 s, remat: the step's temporaries 2188 -> 1256 MiB; the update was the step's peak).
+    # write into the donated buffers, where a select kept both copies alive at once (the update
+    # was the step's memory peak; measured: the README's performance section).
     new_params, new_opt_state = jax.lax.cond(
         finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
     )
@@ -297,9 +295,11 @@ def train_step(
         "contrastive_loss": sums["contrastive_loss"] / num_masked,
         "diversity_loss": sums["diversity_loss"] / num_masked,
         "feature_penalty": sums["feature_penalty"] / num_masked,
-        "accuracy": sums["accuracy"] / num_masked,
+        # Counts are divided once, here (and again over a logging window, from their sums).
+        "accuracy": sums["num_correct"].astype(jnp.float32) / jnp.maximum(num_masked, 1.0),
         "code_perplexity": sums["code_perplexity"] / accum,
         "num_masked": num_masked,
+        "num_correct": sums["num_correct"].astype(jnp.float32),
         "gumbel_temperature": jnp.asarray(temperature, jnp.float32),
         "learning_rate": jnp.asarray(learning_rate, jnp.float32),
         "grad_norm": grad_norm,

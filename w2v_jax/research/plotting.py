@@ -61,7 +61,7 @@ def plot_codebook_usage(usage: np.ndarray, path: str | os.PathLike, title: str =
     """Bar chart per group of how often each codeword was chosen, most used first.
 
     Args:
-      usage: `[G, V]` counts (`probing.ValidationMetrics.codebook_usage`).
+      usage: `[G, V]` counts (`validation.ValidationMetrics.codebook_usage`).
       path: the PNG to write.
     """
     usage = np.asarray(usage)
@@ -129,7 +129,7 @@ def representation_figure(
 
     Args:
       waveform: `[samples]`.
-      reps: `probing.representations` of the waveform.
+      reps: `probes.representations` of the waveform.
       title: the figure's title.
       dims: channels drawn from each heatmap (the first ones).
     """

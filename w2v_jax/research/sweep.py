@@ -13,7 +13,7 @@ point whose final checkpoint exists is finished and skipped when the sweep runs 
 it was trained by a cluster job).
 `launch_commands` gives the same runs as command lines for a cluster scheduler.
 `collect_results` reads every finished point's last logged metrics, evaluates its final
-checkpoint on a validation set (`probing.validation_metrics`) and writes `results.csv`,
+checkpoint on a validation set (`validation.validation_metrics`) and writes `results.csv`,
 `results.md` and `results.png`.
 """
 
@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 
 from w2v_jax import metrics as metrics_lib
-from w2v_jax import plotting, probing
+from w2v_jax import checkpointing
+from w2v_jax.research import plotting, validation
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -155,7 +156,7 @@ def collect_results(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     valid_waveforms: Sequence[np.ndarray],
-    load_model: Callable[[pathlib.Path], Any] = probing.load_model,
+    load_model: Callable[[pathlib.Path], Any] = checkpointing.load_model,
 ) -> list[dict[str, Any]]:
     """One row per finished point: its grid values, last logged training metrics, validation metrics.
 
@@ -166,7 +167,7 @@ def collect_results(
     Args:
       config: the sweep config.
       workdir: the sweep's folder.
-      valid_waveforms: held-out audio for `probing.validation_metrics`.
+      valid_waveforms: held-out audio for `validation.validation_metrics`.
       load_model: folder -> model (default: the final checkpoint of a training workdir).
     """
     workdir = pathlib.Path(workdir)
@@ -180,7 +181,7 @@ def collect_results(
         last = metrics_lib.read_metrics(folder / metrics_lib.METRICS_FILE)[-1]
         groups = point_config.model.num_codevector_groups
         num_vars = point_config.model.num_codevectors_per_group
-        valid = probing.validation_metrics(load_model(folder), valid_waveforms, seed=point_config.train.seed)
+        valid = validation.validation_metrics(load_model(folder), valid_waveforms, seed=point_config.train.seed)
         rows.append(
             {
                 **point,

@@ -1,4 +1,4 @@
-"""w2v_jax.reference: the PyTorch reference set up like our training (weights, noise, optimizer)."""
+"""w2v_jax.research.torch_twin: the PyTorch twin set up like our training (weights, noise, optimizer)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,9 @@ import pytest
 import torch
 from flax import nnx
 
-from w2v_jax import optim, reference
+from w2v_jax import optim
+from w2v_jax import train_step as train_lib
+from w2v_jax.research import torch_twin
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import sample_negative_indices
 from w2v_jax.masking import compute_mask_indices
@@ -18,7 +20,7 @@ from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
 
 @pytest.fixture(scope="module")
 def config():
-    return reference.comparable_config(Wav2Vec2Config.preset("tiny"))
+    return torch_twin.comparable_config(Wav2Vec2Config.preset("tiny"))
 
 
 def test_comparable_config_turns_off_what_torch_cannot_share(config):
@@ -27,7 +29,7 @@ def test_comparable_config_turns_off_what_torch_cannot_share(config):
     # What both frameworks compute identically is left alone.
     tiny = Wav2Vec2Config.preset("tiny")
     assert (config.num_codevector_groups, config.mask_time_prob) == (tiny.num_codevector_groups, tiny.mask_time_prob)
-    reference.check_comparable(config)
+    torch_twin.check_comparable(config)
 
 
 @pytest.mark.parametrize(
@@ -36,7 +38,7 @@ def test_comparable_config_turns_off_what_torch_cannot_share(config):
 )
 def test_check_comparable_names_the_field(config, field, value):
     with pytest.raises(ValueError, match=field):
-        reference.check_comparable(config.replace(**{field: value}))
+        torch_twin.check_comparable(config.replace(**{field: value}))
 
 
 def test_flat_negative_indices_matches_loop():
@@ -44,9 +46,9 @@ def test_flat_negative_indices_matches_loop():
     expected = indices.copy()
     for b in range(3):
         expected[b] += b * 7
-    np.testing.assert_array_equal(reference.flat_negative_indices(indices), expected)
+    np.testing.assert_array_equal(torch_twin.flat_negative_indices(indices), expected)
     with pytest.raises(ValueError, match=r"\[batch, time, K\]"):
-        reference.flat_negative_indices(indices[0])
+        torch_twin.flat_negative_indices(indices[0])
 
 
 def test_supplied_noise_gives_torch_our_quantizer_sample():
@@ -61,7 +63,7 @@ def test_supplied_noise_gives_torch_our_quantizer_sample():
     logits = np.asarray(quantizer.weight_proj(x)).reshape(-1, num_vars)
 
     torch_logits = torch.tensor(logits, requires_grad=True)
-    with reference.supplied_gumbel_noise(noise):
+    with torch_twin.supplied_gumbel_noise(noise):
         sample = torch.nn.functional.gumbel_softmax(torch_logits, tau=tau, hard=True)
     np.testing.assert_array_equal(sample.argmax(-1).numpy().reshape(2, 5, groups), np.asarray(usage.indices))
     assert set(np.unique(sample.detach().numpy())) <= {0.0, 1.0}
@@ -75,7 +77,7 @@ def test_supplied_noise_gives_torch_our_quantizer_sample():
 
 def test_supplied_noise_is_scoped():
     original = torch.nn.functional.gumbel_softmax
-    with reference.supplied_gumbel_noise(np.zeros((1, 1, 1, 4), np.float32)):
+    with torch_twin.supplied_gumbel_noise(np.zeros((1, 1, 1, 4), np.float32)):
         assert torch.nn.functional.gumbel_softmax is not original
     assert torch.nn.functional.gumbel_softmax is original
 
@@ -83,12 +85,12 @@ def test_supplied_noise_is_scoped():
 def test_reference_model_holds_our_weights(config):
     """Eval-mode forward of the converted reference equals ours (1e-4 relative, CONTRACT)."""
     model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
-    torch_model = reference.build_reference_model(config, nnx.state(model, nnx.Param)).eval()
+    torch_model = torch_twin.build_reference_model(config, nnx.state(model, nnx.Param)).eval()
     x = np.random.RandomState(0).randn(2, 8000).astype(np.float32)
     frames = model.num_frames(8000)
     mask = compute_mask_indices(jax.random.key(3), (2, frames), 0.65, 4, 2)
     negatives = np.asarray(sample_negative_indices(jax.random.key(4), mask, config.num_negatives))
-    flat = reference.flat_negative_indices(negatives)
+    flat = torch_twin.flat_negative_indices(negatives)
     ours = model(x, mask_time_indices=mask, sampled_negative_indices=jnp.asarray(flat))
     with torch.no_grad():
         theirs = torch_model(
@@ -119,8 +121,8 @@ def test_reference_optimizer_matches_optax(max_grad_norm):
         params = optax.apply_updates(params, updates)
 
     torch_params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
-    opt = reference.ReferenceOptimizer(
-        list(torch_params.values()), reference.ReferenceHyperparams(learning_rate=schedule, max_grad_norm=max_grad_norm)
+    opt = torch_twin.ReferenceOptimizer(
+        list(torch_params.values()), optim.OptimizerSettings(max_grad_norm=max_grad_norm), schedule
     )
     for step, g in enumerate(grads):
         for k, p in torch_params.items():
@@ -132,10 +134,11 @@ def test_reference_optimizer_matches_optax(max_grad_norm):
 
 def test_temperature_is_our_float32_schedule(config):
     model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
-    trainer = reference.ReferenceTrainer(
+    trainer = torch_twin.ReferenceTrainer(
         config,
         nnx.state(model, nnx.Param),
-        reference.ReferenceHyperparams(learning_rate=lambda s: 1e-3, gumbel_decay=0.99),
+        optim.OptimizerSettings(),
+        train_lib.StepHyperparams(learning_rate=lambda s: 1e-3, gumbel_decay=0.99),
     )
     for step in (0, 7, 1000):
         expected = max(2.0 * 0.99**step, 0.5)

@@ -4,15 +4,15 @@
 updates (forward, backward, optimizer) of the two below; the timed steps alternate between them,
 so a shared machine's changing load hits both alike:
 
-- w2v_jax: `train.train_step` (the trainer's step: masks, distractors and Gumbel noise sampled on
+- w2v_jax: `train_step.train_step` (the trainer's step: masks, distractors and Gumbel noise sampled on
   the device from the step's key, donated state), compiled ahead of time once for the batch
   shape, so the timed loop cannot recompile;
-- the reference (with `vs_pytorch`): transformers' `Wav2Vec2ForPreTraining` with the same
-  config and initial weights (`reference.build_reference_model`, switched to PyTorch's fused
-  `scaled_dot_product_attention` so it runs at its best), the gradient divided by the number of
-  masked frames as ours, `torch.nn.utils.clip_grad_norm_` and `torch.optim.AdamW` with our
-  recipe's hyper-parameters, fed the batch, span masks and distractors our step draws (the same
-  keys re-derived on the host; the masked-frame counts of both are checked to agree).
+- the reference (with `vs_pytorch`): the PyTorch twin (`torch_twin.ReferenceTrainer`:
+  transformers' `Wav2Vec2ForPreTraining` with the same config and initial weights, switched to
+  PyTorch's fused `scaled_dot_product_attention` so it runs at its best, the gradient divided by
+  the number of masked frames as ours, our clipping and `torch.optim.AdamW` with our recipe's
+  hyper-parameters), fed the batch, span masks and distractors our step draws (the same keys
+  re-derived on the host; the masked-frame counts of both are checked to agree).
 
 Both run the same work per step: the config's LayerDrop is set to 0 (a random number of skipped
 layers would make step times random); dropouts stay as configured on both sides.
@@ -28,7 +28,6 @@ may be shared.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import os
@@ -46,14 +45,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import host_memory, sharding
-from w2v_jax import train as train_lib
+from w2v_jax import host_memory, optim, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.context_network import named_key
-from w2v_jax.contrastive_loss import sample_negative_indices
-from w2v_jax.masking import compute_mask_indices
-from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.quantization import gumbel_temperature
+from w2v_jax.model import Wav2Vec2ForPreTraining, sample_masks_and_negatives
 
 SAMPLE_RATE = 16_000
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -212,19 +207,10 @@ def step_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The span masks `[batch, frames]` and distractors `[batch, frames, K]` our step draws at `step`.
 
-    Our train step hands the model `train.model_key(key, step, 0)` and the model draws the mask
-    and the distractors from its "mask" and "negatives" sub-keys (no attention mask: every
-    utterance is `frames` long); this re-draws them on the host for the reference.
+    Our train step hands the model `train_step.model_key(key, step, 0)` (no attention mask: every
+    utterance is `frames` long); this re-draws the model's masks and distractors for the reference.
     """
-    model_key = train_lib.model_key(key, step, 0)
-    mask = compute_mask_indices(
-        named_key(model_key, "mask"),
-        (batch_size, frames),
-        model_config.mask_time_prob,
-        model_config.mask_time_length,
-        model_config.mask_time_min_masks,
-    )
-    negatives = sample_negative_indices(named_key(model_key, "negatives"), mask, model_config.num_negatives)
+    mask, negatives = sample_masks_and_negatives(train_lib.model_key(key, step, 0), model_config, batch_size, frames)
     return np.asarray(mask), np.asarray(negatives)
 
 
@@ -244,7 +230,7 @@ def compile_train_step(
     settings: BenchmarkSettings,
     device: jax.Device,
 ) -> tuple[CompiledStep, train_lib.TrainState]:
-    """Creates the train state on `device` and compiles `train.train_step` ahead of time for the batch.
+    """Creates the train state on `device` and compiles `train_step.train_step` ahead of time for the batch.
 
     Returns:
       (the compiled step, the initial state).
@@ -329,11 +315,11 @@ class JaxRunner:
 
 
 class TorchRunner:
-    """transformers' `Wav2Vec2ForPreTraining` + `torch.optim.AdamW`, fed our batch and our step's masks.
+    """The PyTorch twin (`torch_twin.ReferenceTrainer`), fed our batch and our step's masks.
 
     Runs on CUDA when torch has it, else on the CPU (a CPU-only torch beside a GPU shows in the
-    device field). The update mirrors ours: loss / masked frames, global-norm clipping
-    (`clip_grad_norm_`), the learning rate and Gumbel temperature of the step, AdamW.
+    device field), with PyTorch's fused attention (the reference at its fastest; the parity
+    tests use eager) and, for bfloat16, `torch.autocast`.
     """
 
     def __init__(
@@ -341,24 +327,19 @@ class TorchRunner:
     ):
         import torch  # the reference only: w2v_jax itself doesn't need torch
 
-        from w2v_jax.reference import build_reference_model, flat_negative_indices
+        from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = build_reference_model(model_config, params).to(self.device)
-        # PyTorch's fused attention: the reference at its fastest (the parity tests use eager).
-        self.model.set_attn_implementation("sdpa")
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.parameters,
-            lr=0.0,
-            betas=(train.adam_b1, train.adam_b2),
-            eps=train.adam_eps,
-            weight_decay=train.weight_decay,
+        self.trainer = ReferenceTrainer(
+            model_config,
+            params,
+            optim.OptimizerSettings.from_train_config(train),
+            train_lib.step_hyperparams(train),
+            device=self.device,
+            attention="sdpa",
+            autocast_dtype=torch.bfloat16 if settings.precision == "bfloat16" else None,
         )
-        self.max_grad_norm = train.max_grad_norm
-        _, self.hparams = train_lib.optimizer_and_hyperparams(train)
-        self.autocast_dtype = torch.bfloat16 if settings.precision == "bfloat16" else None
         self.waveforms = torch.from_numpy(make_waveforms(settings)).to(self.device)
         frames = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config)).num_frames(settings.num_samples)
         key = jax.random.key(settings.seed)
@@ -366,37 +347,17 @@ class TorchRunner:
         self.inputs = []
         for step in range(settings.warmup + settings.steps):
             mask, negatives = step_masks(model_config, key, step, settings.batch_size, frames)
-            self.inputs.append((torch.from_numpy(mask.copy()), torch.from_numpy(flat_negative_indices(negatives))))
-        self.step_count = 0
+            flat = torch.from_numpy(flat_negative_indices(negatives))
+            self.inputs.append((torch.from_numpy(mask.copy()).to(self.device), flat.to(self.device)))
         self.num_masked: list[int] = []
 
     def step(self) -> None:
         """One update on the masks and distractors our step draws at the same step number."""
-        torch = self.torch
-        step = self.step_count
-        mask, negatives = self.inputs[step]
-        hp = self.hparams
-        temperature = gumbel_temperature(step, hp.gumbel_start, hp.gumbel_end, hp.gumbel_decay)
-        self.model.set_gumbel_temperature(float(temperature))
-        inputs = {
-            "input_values": self.waveforms,
-            "mask_time_indices": mask.to(self.device),
-            "sampled_negative_indices": negatives.to(self.device),
-        }
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            out = self.model(**inputs)
-        num_masked = int(mask.sum())
-        (out.loss / num_masked).backward()
-        if self.max_grad_norm and self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(hp.learning_rate(step))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        mask, negatives = self.inputs[self.trainer.step_count]
+        update = self.trainer.update(self.waveforms, mask, negatives)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.num_masked.append(num_masked)
-        self.step_count += 1
+            self.torch.cuda.synchronize()
+        self.num_masked.append(int(update.num_masked))
 
     def describe(self) -> str:
         if self.device.type == "cuda":
@@ -420,9 +381,9 @@ def time_interleaved(
     Alternating the frameworks step by step exposes both to the same load on a shared machine,
     so their ratio is fair even when the machine's speed drifts during the run. An untimed
     pause of `settle_seconds` before each step lets the other framework's worker threads, which
-    spin for a while after their work, go idle: on 2 cores they otherwise slowed PyTorch's tiny
-    step from 0.17 s to 2.5 s. `each_round` runs (untimed) after every round, e.g. to sample
-    the matmul peak under the same load.
+    spin for a while after their work, go idle: on a few cores they otherwise slow the other
+    framework's small steps many times over (measured: the README's performance section).
+    `each_round` runs (untimed) after every round, e.g. to sample the matmul peak under the same load.
     """
     rss = PeakResidentMemory()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -490,7 +451,7 @@ def run_benchmark(
     Returns:
       the measurements; `lines()` is the report.
     """
-    model_config = benchmark_config(Wav2Vec2Config(**config.model.to_dict()))
+    model_config = benchmark_config(Wav2Vec2Config.from_run_config(config))
     device = device or jax.devices()[0]
     dtype = PRECISIONS[settings.precision] or jnp.float32
     # The best matmul rate seen during the run: sampled before and after every round of steps,
@@ -589,7 +550,7 @@ def remat_memory(config: ml_collections.ConfigDict, settings: BenchmarkSettings)
       two report lines, `forward_backward` (activation memory) and `train_step` (plus the
       optimizer update's temporaries), each `no_remat_mib=.. remat_mib=.. reduction=..x`.
     """
-    model_config = benchmark_config(Wav2Vec2Config(**config.model.to_dict()))
+    model_config = benchmark_config(Wav2Vec2Config.from_run_config(config))
     device = jax.devices()[0]
     temp: dict[str, dict[bool, int]] = {"forward_backward": {}, "train_step": {}}
     for remat in (False, True):
@@ -601,77 +562,3 @@ def remat_memory(config: ml_collections.ConfigDict, settings: BenchmarkSettings)
         f"reduction={sizes[False] / sizes[True]:.2f}x"
         for name, sizes in temp.items()
     ]
-
-
-@dataclasses.dataclass(frozen=True)
-class OpTime:
-    """One XLA operation's share of a profiled train step."""
-
-    name: str
-    milliseconds_per_step: float
-    calls_per_step: float
-
-
-def _is_xla_op_line(line_name: str) -> bool:
-    # CPU: the XLA thunks' worker threads; GPU: the "XLA Ops" line of the device plane.
-    return line_name.startswith("tf_XLAEigen") or line_name == "XLA Ops"
-
-
-def busiest_ops(profile_path: str | os.PathLike, steps: int) -> tuple[list[OpTime], float]:
-    """Time per XLA operation in a `jax.profiler` trace of `steps` train steps, busiest first.
-
-    Only operations that emit their own trace event are named: on CPU, convolutions that XLA
-    hands to Eigen's thread pool do not, so their time is in the wall time but in no op.
-
-    Args:
-      profile_path: an `.xplane.pb` file written by `jax.profiler.trace`.
-      steps: train steps the trace covers (the times are divided by it).
-
-    Returns:
-      (the ops, the summed time of all of them in ms per step).
-    """
-    data = jax.profiler.ProfileData.from_file(str(profile_path))
-    total_ns: collections.Counter[str] = collections.Counter()
-    calls: collections.Counter[str] = collections.Counter()
-    for plane in data.planes:
-        for line in plane.lines:
-            if not _is_xla_op_line(line.name):
-                continue
-            for event in line.events:
-                if "::" in event.name:  # executor and thread-pool bookkeeping, not an op
-                    continue
-                total_ns[event.name] += event.duration_ns
-                calls[event.name] += 1
-    ops = [OpTime(name, ns / 1e6 / steps, calls[name] / steps) for name, ns in total_ns.most_common()]
-    return ops, sum(total_ns.values()) / 1e6 / steps
-
-
-def profile_train_step(
-    config: ml_collections.ConfigDict, settings: BenchmarkSettings, logdir: str | os.PathLike, top: int = 25
-) -> list[str]:
-    """Traces `settings.steps` of our train step (after the warm-up) and reports its busiest XLA ops.
-
-    The trace stays in `logdir` (TensorBoard's profile plugin or Perfetto open it).
-
-    Returns:
-      report lines: the median step time, the time the named ops account for, then the `top`
-      busiest ops with their HLO names (look them up in the compiled step's HLO text).
-    """
-    model_config = benchmark_config(Wav2Vec2Config(**config.model.to_dict()))
-    runner = JaxRunner(model_config, config.train, settings, jax.devices()[0])
-    for _ in range(settings.warmup):
-        runner.step()
-    seconds = []
-    with jax.profiler.trace(str(logdir)):
-        for _ in range(settings.steps):
-            start = time.perf_counter()
-            runner.step()
-            seconds.append(time.perf_counter() - start)
-    trace = max(pathlib.Path(logdir).rglob("*.xplane.pb"), key=lambda path: path.stat().st_mtime)
-    ops, named_ms = busiest_ops(trace, settings.steps)
-    lines = [
-        f"profile: median_step_s={statistics.median(seconds):.4f} named_ops_ms_per_step={named_ms:.1f} "
-        f"(summed over threads; CPU convolutions run by Eigen are not named) trace={trace}"
-    ]
-    lines += [f"{op.milliseconds_per_step:10.2f} ms x{op.calls_per_step:g}  {op.name}" for op in ops[:top]]
-    return lines

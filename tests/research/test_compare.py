@@ -1,4 +1,4 @@
-"""experiments.compare_pytorch / reference.run_comparison: our train step against transformers'."""
+"""w2v_jax.research.compare (experiments.compare_pytorch): our train step's curves against the PyTorch twin's."""
 
 import csv
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pretrain
-from w2v_jax import reference
+from w2v_jax.research import compare
 
 
 def _batches(rows: int, samples: int, seed: int = 0):
@@ -22,48 +22,48 @@ def _batches(rows: int, samples: int, seed: int = 0):
 def test_smooth_is_a_trailing_mean():
     values = np.random.RandomState(0).rand(12)
     expected = [values[max(0, i - 3) : i + 1].mean() for i in range(12)]
-    np.testing.assert_allclose(reference.smooth(values, 4), expected, rtol=1e-12)
-    np.testing.assert_allclose(reference.smooth(values, 1), values)
+    np.testing.assert_allclose(compare.smooth(values, 4), expected, rtol=1e-12)
+    np.testing.assert_allclose(compare.smooth(values, 1), values)
     with pytest.raises(ValueError, match="window"):
-        reference.smooth(values, 0)
+        compare.smooth(values, 0)
 
 
 def test_relative_gaps_find_the_worst_step():
     records = [
         {"step": s + 1, "loss_jax": 2.0, "loss_pytorch": 2.0 + (0.2 if s == 5 else 0.0)} for s in range(8)
     ]
-    gaps = reference.relative_gaps(records, window=1, metrics=("loss",))
+    gaps = compare.relative_gaps(records, window=1, metrics=("loss",))
     assert gaps["loss"] == (pytest.approx(0.2 / 2.2), 6)
     # Smoothing spreads and shrinks a one-step blip.
-    smoothed = reference.relative_gaps(records, window=4, metrics=("loss",))
+    smoothed = compare.relative_gaps(records, window=4, metrics=("loss",))
     assert smoothed["loss"][0] < gaps["loss"][0]
 
 
 def test_read_curve_file_csv_and_jsonl(tmp_path):
     (tmp_path / "run.csv").write_text("step,loss,other\n1,3.5,x\n2,3.0,y\n3,,z\n")
-    steps, values = reference.read_curve_file(tmp_path / "run.csv")
+    steps, values = compare.read_curve_file(tmp_path / "run.csv")
     np.testing.assert_array_equal(steps, [1, 2])
     np.testing.assert_array_equal(values, [3.5, 3.0])
     lines = ['{"step": 10, "loss": 1.5}', '{"step": 20, "loss": null}', '{"step": 30, "loss": 1.0}']
     (tmp_path / "run.jsonl").write_text("\n".join(lines) + "\n")
-    steps, values = reference.read_curve_file(tmp_path / "run.jsonl")
+    steps, values = compare.read_curve_file(tmp_path / "run.jsonl")
     np.testing.assert_array_equal(steps, [10, 30])
     (tmp_path / "bad.csv").write_text("epoch,value\n1,2\n")
     with pytest.raises(ValueError, match="step"):
-        reference.read_curve_file(tmp_path / "bad.csv")
+        compare.read_curve_file(tmp_path / "bad.csv")
     (tmp_path / "run.txt").write_text("step loss\n1 2\n")
     with pytest.raises(ValueError, match="must be"):
-        reference.read_curve_file(tmp_path / "run.txt")
+        compare.read_curve_file(tmp_path / "run.txt")
     with pytest.raises(ValueError, match="does not exist"):
-        reference.read_curve_file(tmp_path / "missing.csv")
+        compare.read_curve_file(tmp_path / "missing.csv")
 
 
 def test_comparison_settings_make_a_comparable_run():
-    config = reference.comparison_settings(pretrain.get_config("tiny"), 7)
+    config = compare.comparison_settings(pretrain.get_config("tiny"), 7)
     assert config.train.num_steps == 7 and config.train.warmup_steps == 7
     assert config.model.hidden_dropout == 0.0 and config.model.feature_penalty_weight == 0.0
     with pytest.raises(ValueError, match="at least one step"):
-        reference.comparison_settings(pretrain.get_config("tiny"), 0)
+        compare.comparison_settings(pretrain.get_config("tiny"), 0)
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_curves_agree_to_float_noise(tmp_path):
     config.train.warmup_steps = 2
     external = tmp_path / "external.csv"
     external.write_text("step,loss\n1,2.0\n4,1.5\n")
-    summary = reference.run_comparison(
+    summary = compare.run_comparison(
         config, 4, tmp_path / "out", external=[external], window=2, batches=_batches(2, 16000)
     )
     for name, gap in summary["gaps"].items():
@@ -86,7 +86,7 @@ def test_curves_agree_to_float_noise(tmp_path):
     with open(tmp_path / "out" / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    for name in reference.CURVE_METRICS:
+    for name in compare.CURVE_METRICS:
         jax_values = np.array([float(r[f"{name}_jax"]) for r in rows])
         torch_values = np.array([float(r[f"{name}_pytorch"]) for r in rows])
         np.testing.assert_allclose(jax_values, torch_values, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,350 @@
+"""The PyTorch twin: transformers' `Wav2Vec2ForPreTraining` trained the way we train.
+
+`ReferenceTrainer` runs transformers' model with the optimisation of `w2v_jax.optim` and
+`w2v_jax.train_step` (the same `OptimizerSettings` and `StepHyperparams`), so that a loss curve of
+ours can be laid over the reference's and any gap means a bug, not a different recipe:
+
+- weights: our initial parameters, converted with `w2v_jax.convert.params_to_hf` (exact);
+- loss scale: the reference's losses are sums over masked frames; the gradient is divided by the
+  number of masked frames once (fairseq's sample size), as our train step does;
+- optimizer: `torch.optim.AdamW` with our betas, eps and decoupled weight decay (applied to every
+  parameter, also those whose gradient is zero this step, as optax does), after global-norm
+  clipping written to match `optax.clip_by_global_norm`;
+- schedules: the learning rate is our optax schedule evaluated at the step; the Gumbel
+  temperature is `quantization.gumbel_temperature` (the same float32 value) set on the reference
+  quantizer before each step;
+- inputs: the caller supplies the masks and distractors of each step (transformers takes them as
+  arguments) and, in training mode, the Gumbel noise (transformers draws it inside
+  `torch.nn.functional.gumbel_softmax`; `supplied_gumbel_noise` swaps that function for one that
+  uses the given noise, for the duration of one forward pass).
+
+The straight-through sample is formed as `hard + (soft - soft)` on both sides, so its forward
+value is exactly the one-hot. torch's `hard - soft.detach() + soft` (and our former
+`hard + soft - soft`) round differently: the one-hot can come out 1 ulp off, two frames with the
+same codewords then get q vectors that are not bitwise equal, and the "distractor equal to its
+positive gets -inf" rule fires on different distractors in each framework (found by the curve
+comparison, `research.compare`; the README gives the gap it made).
+
+What cannot be matched: dropout masks and LayerDrop draws (torch draws them from its own
+generator), and fairseq's feature penalty and encoder gradient scale (transformers has neither).
+`comparable_config` turns those off, so a train-mode comparison is deterministic on both sides and
+the curves should agree to float32 rounding, amplified by training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+from flax import nnx
+
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.contrastive_loss import contrastive_accuracy, contrastive_logits, gather_negatives
+from w2v_jax.convert import params_to_hf
+from w2v_jax.optim import OptimizerSettings
+from w2v_jax.quantization import gumbel_temperature
+from w2v_jax.train_step import StepHyperparams
+
+# The randomness the reference draws from its own generator: zero it for a comparison.
+_STOCHASTIC_FIELDS = (
+    "hidden_dropout",
+    "activation_dropout",
+    "attention_dropout",
+    "feat_proj_dropout",
+    "feat_quantizer_dropout",
+    "layerdrop",
+)
+
+
+def comparable_config(config: Wav2Vec2Config) -> Wav2Vec2Config:
+    """`config` with what the reference can't reproduce turned off.
+
+    Dropouts and LayerDrop are zero (their random draws can't be shared with torch), the feature
+    penalty is zero and the encoder gradient scale one (fairseq options transformers lacks).
+    Everything else, the Gumbel sampling included, stays as configured.
+    """
+    return config.replace(
+        **{name: 0.0 for name in _STOCHASTIC_FIELDS}, feature_penalty_weight=0.0, feature_grad_mult=1.0
+    )
+
+
+def check_comparable(config: Wav2Vec2Config) -> None:
+    """ValueError naming each field that makes the reference compute something else than we do."""
+    problems = [f"{name}={getattr(config, name)}" for name in _STOCHASTIC_FIELDS if getattr(config, name) != 0.0]
+    if config.feature_penalty_weight != 0.0:
+        problems.append(f"feature_penalty_weight={config.feature_penalty_weight} (transformers has no feature penalty)")
+    if config.feature_grad_mult != 1.0:
+        problems.append(f"feature_grad_mult={config.feature_grad_mult} (transformers has no gradient scale)")
+    if problems:
+        raise ValueError(
+            "config can't be compared step by step with the PyTorch reference: "
+            + ", ".join(problems)
+            + "; use torch_twin.comparable_config(config)"
+        )
+
+
+def hf_config(config: Wav2Vec2Config) -> transformers.Wav2Vec2Config:
+    """transformers' config of the same model (eager attention: no fused-kernel reordering)."""
+    hf = transformers.Wav2Vec2Config(**config.to_hf_dict())
+    hf._attn_implementation = "eager"
+    return hf
+
+
+def build_reference_model(config: Wav2Vec2Config, params: nnx.State) -> transformers.Wav2Vec2ForPreTraining:
+    """transformers' `Wav2Vec2ForPreTraining` holding our parameters, float32, in training mode.
+
+    Args:
+      config: the model config.
+      params: `nnx.state(model, nnx.Param)` of our model (or the train state's params).
+
+    Returns:
+      the torch module (every parameter loaded: `load_state_dict(strict=True)`).
+    """
+    model = transformers.Wav2Vec2ForPreTraining(hf_config(config)).to(torch.float32)
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in params_to_hf(params, config).items()}
+    model.load_state_dict(state_dict, strict=True)
+    return model.train()
+
+
+def flat_negative_indices(indices: np.ndarray) -> np.ndarray:
+    """Per-utterance distractor frames `[batch, time, K]` -> transformers' indices into `[batch * time]`."""
+    indices = np.asarray(indices)
+    if indices.ndim != 3:
+        raise ValueError(f"negative indices must be [batch, time, K], got shape {indices.shape}")
+    batch, time, _ = indices.shape
+    return indices + np.arange(batch)[:, None, None] * time
+
+
+@contextlib.contextmanager
+def supplied_gumbel_noise(noise: np.ndarray) -> Iterator[None]:
+    """Within the block, `torch.nn.functional.gumbel_softmax` uses `noise` instead of drawing it.
+
+    The replacement computes what torch's does with hard=True: the one-hot of the argmax of
+    softmax((logits + noise) / tau) in the forward pass (exactly, see the module docstring), the
+    soft sample's gradient backward.
+
+    Args:
+      noise: `[batch, time, G, V]` standard Gumbel noise, e.g. the noise our quantizer draws
+        (`quantization.gumbel_noise`); the reference flattens its logits to `[batch * time * G, V]`.
+    """
+    noise_t = torch.tensor(np.asarray(noise, np.float32))
+    original = torch.nn.functional.gumbel_softmax
+
+    def with_noise(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1):
+        del eps  # deprecated in torch, unused there too
+        if not hard or dim != -1:
+            raise ValueError("supplied_gumbel_noise supports the reference's call: hard=True over the last axis")
+        gumbels = noise_t.to(logits.device).reshape(logits.shape)
+        soft = torch.softmax((logits + gumbels) / tau, dim=-1)
+        hard_sample = torch.nn.functional.one_hot(soft.argmax(dim=-1), soft.shape[-1]).to(soft.dtype)
+        # soft - soft is exactly 0: the forward value is exactly the one-hot (see the module docstring).
+        return hard_sample + (soft - soft.detach())
+
+    torch.nn.functional.gumbel_softmax = with_noise
+    try:
+        yield
+    finally:
+        torch.nn.functional.gumbel_softmax = original
+
+
+class ReferenceOptimizer:
+    """`optim.make_optimizer` + the train step's schedule, in torch: clip, set the lr, AdamW.
+
+    Weight decay reaches every parameter, also those without a gradient this step (as optax's
+    AdamW decays every leaf), so a missing gradient counts as zero.
+    """
+
+    def __init__(
+        self, parameters: Sequence[torch.nn.Parameter], settings: OptimizerSettings, learning_rate: Any
+    ):
+        """`learning_rate`: the schedule `step -> lr` (`StepHyperparams.learning_rate`)."""
+        self.parameters = list(parameters)
+        self.settings = settings
+        self.learning_rate = learning_rate
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=0.0,
+            betas=(settings.b1, settings.b2),
+            eps=settings.eps,
+            weight_decay=settings.weight_decay,
+        )
+
+    def step(self, step: int) -> tuple[float, float]:
+        """Applies the update of `step` from the parameters' `.grad`; returns (grad norm, lr)."""
+        for p in self.parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        # optax.clip_by_global_norm: g * max_norm / norm when norm >= max_norm.
+        norm = torch.sqrt(sum(torch.sum(p.grad.double() ** 2) for p in self.parameters)).item()
+        max_norm = self.settings.max_grad_norm
+        if max_norm is not None and max_norm > 0 and norm >= max_norm:
+            for p in self.parameters:
+                p.grad.div_(norm / max_norm)
+        learning_rate = float(self.learning_rate(step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        return norm, learning_rate
+
+
+@dataclasses.dataclass
+class ReferenceUpdate:
+    """What one `ReferenceTrainer.update` did: the model's outputs and the optimizer's numbers."""
+
+    outputs: Any  # transformers' Wav2Vec2ForPreTrainingOutput
+    num_masked: float
+    grad_norm: float
+    learning_rate: float
+    gumbel_temperature: float
+
+
+class ReferenceTrainer:
+    """Trains transformers' model with our recipe, one explicitly fed step at a time.
+
+    The one PyTorch training loop of the project: the curve comparison (`research.compare`) and
+    the benchmark (`research.benchmark`) both run it.
+
+    Example:
+      >>> trainer = ReferenceTrainer(config, params, OptimizerSettings(), StepHyperparams(schedule))
+      >>> metrics = trainer.step(batch, mask, negatives, gumbel_noise)
+    """
+
+    def __init__(
+        self,
+        config: Wav2Vec2Config,
+        params: nnx.State,
+        optimizer: OptimizerSettings,
+        hparams: StepHyperparams,
+        *,
+        device: str | torch.device = "cpu",
+        attention: str = "eager",
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        """Args:
+          config: the model config (`check_comparable` it for a step-by-step comparison).
+          params: our initial parameters (`nnx.state(model, nnx.Param)` or the train state's).
+          optimizer, hparams: our recipe (`OptimizerSettings.from_train_config`,
+            `train_step.step_hyperparams`); gradient accumulation is not reproduced.
+          device: where the model runs.
+          attention: transformers' attention implementation ("eager": no fused-kernel
+            reordering, for comparisons; "sdpa": PyTorch's fused attention, for timing).
+          autocast_dtype: run the forward pass under `torch.autocast` in this dtype (None: float32).
+        """
+        self.config = config
+        self.hparams = hparams
+        self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype
+        self.model = build_reference_model(config, params).to(self.device)
+        self.model.set_attn_implementation(attention)
+        self.optimizer = ReferenceOptimizer(
+            [p for p in self.model.parameters() if p.requires_grad], optimizer, hparams.learning_rate
+        )
+        self.step_count = 0
+
+    def temperature(self, step: int) -> float:
+        """Our schedule's float32 value at `step` (what our jitted step computes)."""
+        hp = self.hparams
+        return float(gumbel_temperature(jnp.asarray(step, jnp.int32), hp.gumbel_start, hp.gumbel_end, hp.gumbel_decay))
+
+    def update(
+        self,
+        input_values: torch.Tensor,
+        mask_time_indices: torch.Tensor,
+        flat_negatives: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        gumbel_noise: np.ndarray | None = None,
+    ) -> ReferenceUpdate:
+        """One update from torch tensors already in transformers' formats (no host-side metrics).
+
+        Args:
+          input_values: float32 `[batch, samples]`.
+          mask_time_indices: bool `[batch, frames]`.
+          flat_negatives: int64 `[batch, frames, K]` indices into `[batch * frames]`
+            (`flat_negative_indices`).
+          attention_mask: optional `[batch, samples]`.
+          gumbel_noise: `[batch, frames, G, V]`; None lets torch draw its own (not comparable).
+        """
+        temperature = self.temperature(self.step_count)
+        self.model.set_gumbel_temperature(temperature)
+        inputs = {
+            "input_values": input_values.to(self.device),
+            "mask_time_indices": mask_time_indices.to(self.device),
+            "sampled_negative_indices": flat_negatives.to(self.device),
+        }
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask.to(self.device)
+        noise = contextlib.nullcontext() if gumbel_noise is None else supplied_gumbel_noise(gumbel_noise)
+        autocast = torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+        with noise, autocast:
+            out = self.model(**inputs)
+        num_masked = float(mask_time_indices.sum())
+        (out.loss / num_masked).backward()
+        grad_norm, learning_rate = self.optimizer.step(self.step_count)
+        self.step_count += 1
+        return ReferenceUpdate(out, num_masked, grad_norm, learning_rate, temperature)
+
+    def step(
+        self,
+        batch: Mapping[str, np.ndarray],
+        mask_time_indices: np.ndarray,
+        negative_indices: np.ndarray,
+        gumbel_noise: np.ndarray | None = None,
+    ) -> dict[str, float]:
+        """One update on `batch` with the given masks, distractors and Gumbel noise.
+
+        Args:
+          batch: {"input_values": float32 [batch, samples], "attention_mask": optional [batch, samples]}.
+          mask_time_indices: `[batch, frames]` bool.
+          negative_indices: `[batch, frames, K]` per-utterance frame indices
+            (`contrastive_loss.sample_negative_indices`'s format).
+          gumbel_noise: `[batch, frames, G, V]`; None lets torch draw its own (not comparable).
+
+        Returns:
+          metrics per masked frame, named as our train step's: loss, contrastive_loss,
+          diversity_loss, accuracy, code_perplexity, num_masked, grad_norm, learning_rate,
+          gumbel_temperature.
+        """
+        attention_mask = batch.get("attention_mask")
+        update = self.update(
+            torch.tensor(np.asarray(batch["input_values"], np.float32)),
+            torch.tensor(np.asarray(mask_time_indices, bool)),
+            torch.from_numpy(flat_negative_indices(negative_indices).astype(np.int64)),
+            None if attention_mask is None else torch.tensor(np.asarray(attention_mask, np.int64)),
+            gumbel_noise,
+        )
+        out, num_masked = update.outputs, update.num_masked
+        accuracy = _reference_accuracy(out, np.asarray(mask_time_indices, bool), negative_indices, self.config)
+        return {
+            "loss": out.loss.item() / num_masked,
+            "contrastive_loss": out.contrastive_loss.item() / num_masked,
+            "diversity_loss": out.diversity_loss.item() / num_masked,
+            "accuracy": accuracy,
+            "code_perplexity": out.codevector_perplexity.item(),
+            "num_masked": num_masked,
+            "grad_norm": update.grad_norm,
+            "learning_rate": update.learning_rate,
+            "gumbel_temperature": update.gumbel_temperature,
+        }
+
+
+def _reference_accuracy(out, mask: np.ndarray, negative_indices: np.ndarray, config: Wav2Vec2Config) -> float:
+    """Contrastive accuracy of the reference's outputs (transformers doesn't return its logits).
+
+    Our `contrastive_logits` / `contrastive_accuracy` applied to the reference's projected states.
+    """
+    context = out.projected_states.detach().float().cpu().numpy()
+    quantized = out.projected_quantized_states.detach().float().cpu().numpy()
+    negatives = gather_negatives(jnp.asarray(quantized), jnp.asarray(negative_indices, jnp.int32))
+    logits = contrastive_logits(
+        jnp.asarray(context), jnp.asarray(quantized), negatives, config.contrastive_logits_temperature
+    )
+    return float(contrastive_accuracy(logits, jnp.asarray(mask)))

@@ -1,0 +1,122 @@
+"""The pretraining objective of a frozen model on held-out audio, and its codebook usage.
+
+`validation_metrics` runs the contrastive task in evaluation mode (argmax codewords, no dropout):
+loss, contrastive accuracy, code perplexity, and the codebook-usage histogram `[G, V]` (how often
+each codeword is chosen over every frame). Waveforms are batched by equal length
+(`data.utterances.equal_length_batches`): a few compiles and no padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from w2v_jax.contrastive_loss import sample_negative_indices
+from w2v_jax.data.utterances import equal_length_batches
+from w2v_jax.masking import compute_mask_indices
+from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.quantization import code_perplexity
+
+
+@nnx.jit
+def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, negatives: jax.Array):
+    """Evaluation-mode outputs and per-utterance codeword counts `[batch, G, V]` (every frame)."""
+    out = module(x, mask_time_indices=mask, negative_indices=negatives, deterministic=True)
+    counts = jax.nn.one_hot(out.codevector_indices, module.quantizer.num_vars, dtype=jnp.int32).sum(axis=1)
+    return out, counts
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationMetrics:
+    """The pretraining objective on held-out audio, evaluation mode.
+
+    Attributes:
+      loss, contrastive_loss, diversity_loss, feature_penalty: per masked frame (sums over
+        batches / masked frames; loss includes the weighted diversity loss and feature penalty).
+      accuracy: contrastive accuracy over every masked frame.
+      chance_accuracy: 1 / (1 + num_negatives).
+      batch_perplexity: mean over batches of the model's code perplexity (over masked frames).
+      code_perplexity: perplexity of the whole set's codeword histogram (every frame).
+      codebook_usage: `[G, V]` int, how often each codeword was chosen (every frame).
+      used_fraction: share of the G * V codewords chosen at least once.
+      num_masked: masked frames counted; skipped_utterances: too short for the distractors.
+    """
+
+    loss: float
+    contrastive_loss: float
+    diversity_loss: float
+    feature_penalty: float
+    accuracy: float
+    chance_accuracy: float
+    batch_perplexity: float
+    code_perplexity: float
+    codebook_usage: np.ndarray
+    used_fraction: float
+    num_masked: int
+    skipped_utterances: int
+
+
+def validation_metrics(
+    model: Wav2Vec2ForPreTraining, waveforms: Sequence[np.ndarray], *, seed: int = 0, batch_size: int = 8
+) -> ValidationMetrics:
+    """Runs the pretraining task in evaluation mode on `waveforms` (masks and distractors from `seed`).
+
+    Utterances whose sampled mask has no more than num_negatives frames can't have distinct
+    distractors; they are left out of the loss (counted in `skipped_utterances`) but their frames
+    still count in the codebook histogram.
+    """
+    config = model.config
+    groups, num_vars = config.num_codevector_groups, config.num_codevectors_per_group
+    key = jax.random.key(seed)
+    totals = dict(loss=0.0, contrastive_loss=0.0, diversity_loss=0.0, feature_penalty=0.0, correct=0.0, num_masked=0)
+    usage = np.zeros((groups, num_vars), np.int64)
+    perplexities, skipped, batch_index = [], 0, 0
+    for chunk, x in equal_length_batches(waveforms, batch_size):
+        batch_key = jax.random.fold_in(key, batch_index)
+        batch_index += 1
+        mask = np.array(
+            compute_mask_indices(
+                jax.random.fold_in(batch_key, 0),
+                (batch_size, model.num_frames(x.shape[1])),
+                config.mask_time_prob,
+                config.mask_time_length,
+                config.mask_time_min_masks,
+            )
+        )
+        mask[len(chunk) :] = False  # filler rows
+        too_few = mask[: len(chunk)].sum(axis=1) <= config.num_negatives
+        skipped += int(too_few.sum())
+        mask[: len(chunk)][too_few] = False
+        negatives = sample_negative_indices(jax.random.fold_in(batch_key, 1), jnp.asarray(mask), config.num_negatives)
+        out, counts = jax.device_get(_objective(model, x, mask, negatives))
+        usage += counts[: len(chunk)].sum(axis=0)
+        num_masked = int(out.num_masked)
+        if num_masked == 0:
+            continue
+        for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty"):
+            totals[name] += float(getattr(out, name))
+        totals["correct"] += int(out.num_correct)
+        totals["num_masked"] += num_masked
+        perplexities.append(float(out.codevector_perplexity))
+    masked = max(totals["num_masked"], 1)
+    marginal = usage / np.maximum(usage.sum(axis=1, keepdims=True), 1)
+    return ValidationMetrics(
+        loss=totals["loss"] / masked,
+        contrastive_loss=totals["contrastive_loss"] / masked,
+        diversity_loss=totals["diversity_loss"] / masked,
+        feature_penalty=totals["feature_penalty"] / masked,
+        accuracy=totals["correct"] / masked,
+        chance_accuracy=1.0 / (1 + config.num_negatives),
+        batch_perplexity=float(np.mean(perplexities)) if perplexities else float("nan"),
+        code_perplexity=float(code_perplexity(jnp.asarray(marginal, jnp.float32))),
+        codebook_usage=usage,
+        used_fraction=float(np.mean(usage > 0)),
+        num_masked=int(totals["num_masked"]),
+        skipped_utterances=skipped,
+    )
