@@ -8,6 +8,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+# Flags defined through `define_config_flag` belong to the launcher that calls it, as with absl's own.
+flags.disclaim_key_flags()
+
 
 def define_config_flag(name: str, default: str, help_string: str) -> flags.FlagHolder:
     """`config_flags.DEFINE_config_file` (locked), with an unknown `--NAME.field=...` as a one-line exit.
