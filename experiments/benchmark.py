@@ -14,14 +14,12 @@ and prints its busiest XLA operations. All logic: `w2v_jax.research.benchmark` a
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from experiments.configs import define_config_flag
 from w2v_jax import host_memory
 from w2v_jax.research import benchmark, profiling
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
-)
+_CONFIG = define_config_flag("config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Utterances per step.")
 _SECONDS = flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")

@@ -12,14 +12,12 @@ run (CSV with step,loss columns, or JSONL with step and loss keys).
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from experiments.configs import define_config_flag
 from w2v_jax import host_memory
 from w2v_jax.research import compare
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.", lock_config=True
-)
+_CONFIG = define_config_flag("config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Updates on each side (the schedules span them).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _EXTERNAL = flags.DEFINE_multi_string("external", [], "Curve files of other runs to overlay (CSV or JSONL).")

@@ -12,26 +12,27 @@ All logic lives in `w2v_jax.convert`.
 
 from collections.abc import Sequence
 
-from absl import app
+from absl import app, flags
 
 from w2v_jax import convert
 
 DIRECTIONS = ("hf-to-jax", "jax-to-hf")
+_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).")
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], allow_nonfinite: bool = False) -> None:
     """`argv`: the arguments after the program name, `DIRECTION SOURCE DESTINATION`."""
     if len(argv) != 3 or argv[0] not in DIRECTIONS:
         raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {list(argv)}")
     direction, source, destination = argv
     if direction == "hf-to-jax":
-        config, model = convert.load_hf_checkpoint(source)
+        config, model = convert.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
         convert.save_checkpoint(config, model, destination)
     else:
-        config, model = convert.load_checkpoint(source)
+        config, model = convert.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
         convert.save_hf_checkpoint(config, model, destination)
     print(f"{direction}: {source} -> {destination}")
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: main(argv[1:]))
+    app.run(lambda argv: main(argv[1:], allow_nonfinite=_ALLOW_NONFINITE.value))

@@ -17,14 +17,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.configs import define_config_flag
 from w2v_jax import host_memory, trainer
 from w2v_jax.data.utterances import load_utterances
 from w2v_jax.research import sweep
 from w2v_jax.data import default_manifest
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/codebook_ablation.py", "Sweep config file, `path[:variant]`.", lock_config=True
-)
+_CONFIG = define_config_flag("config", "experiments/configs/codebook_ablation.py", "Sweep config file, `path[:variant]`.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder (one subfolder per point).", required=True)
 _PRINT = flags.DEFINE_bool("print-commands", False, "Print one launcher command per point and exit.")
 _COLLECT = flags.DEFINE_bool("collect-only", False, "Only collect the results of finished points.")

@@ -210,3 +210,37 @@ def test_loaded_model_keeps_float32_params_with_a_compute_dtype(tmp_path):
     _, model = load_hf_checkpoint(tmp_path, dtype=jax.numpy.bfloat16)
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert model.dtype == jax.numpy.bfloat16
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["ours", "transformers"])
+def test_absurd_config_is_refused_before_building_a_model(tmp_path, ours):
+    """config.json asking for 10**9 layers: refused from the weights' layer count, in well under a second."""
+    config = CONFIGS["group_post_ln"]
+    model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
+    (save_checkpoint if ours else save_hf_checkpoint)(config, model, tmp_path)
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(hf_config | {"num_hidden_layers": 10**9}))
+    load = load_checkpoint if ours else load_hf_checkpoint
+    with pytest.raises(ValueError, match="num_hidden_layers asks for 1000000000 layers but the weights hold layers 0..1"):
+        load(tmp_path)
+    extra_conv = {"conv_dim": [32] * 9, "conv_kernel": [10, 3, 3, 3, 3, 2, 2, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2, 1, 1]}
+    (tmp_path / "config.json").write_text(json.dumps(hf_config | extra_conv))
+    with pytest.raises(ValueError, match="conv_dim asks for 9 layers but the weights hold layers 0..6"):
+        load(tmp_path)
+
+
+def test_nan_weights_are_refused_unless_allowed(tmp_path):
+    config = CONFIGS["group_post_ln"]
+    save_hf_checkpoint(config, Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0)), tmp_path / "hf")
+    weights = safetensors.numpy.load_file(tmp_path / "hf" / "model.safetensors")
+    weights["project_q.bias"][3] = np.nan
+    safetensors.numpy.save_file(weights, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"1 weight arrays hold NaN or infinity \(first: project_q.bias\)"):
+        load_hf_checkpoint(tmp_path / "hf")
+    with pytest.raises(ValueError, match="--allow_nonfinite"):
+        convert_checkpoint.main(["hf-to-jax", str(tmp_path / "hf"), str(tmp_path / "ours")])
+    convert_checkpoint.main(["hf-to-jax", str(tmp_path / "hf"), str(tmp_path / "ours")], allow_nonfinite=True)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        load_checkpoint(tmp_path / "ours")
+    _, model = load_checkpoint(tmp_path / "ours", allow_nonfinite=True)
+    assert np.isnan(np.asarray(model.project_q.bias[...])[3])

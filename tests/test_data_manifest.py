@@ -98,3 +98,34 @@ def test_prepare_manifests_writes_train_and_valid(tmp_path):
 def test_valid_path_naming(tmp_path):
     assert manifest.valid_manifest_path(tmp_path / "train.tsv") == tmp_path / "valid.tsv"
     assert manifest.valid_manifest_path(tmp_path / "ls960.tsv") == tmp_path / "ls960_valid.tsv"
+
+
+def test_manifest_with_only_its_root_line_is_refused(tmp_path):
+    (tmp_path / "m.tsv").write_text(".\n\n")
+    with pytest.raises(ValueError, match=r"m.tsv: the manifest lists no files \(only its root line '.'\)"):
+        manifest.read_manifest(tmp_path / "m.tsv")
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_symlinks_leaving_the_root_are_refused_unless_allowed(tmp_path, link):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(b"RIFF")
+    root = tmp_path / "root"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "ok.wav").write_bytes(b"RIFF")
+    if link == "file":
+        (root / "in" / "x.wav").symlink_to(outside / "secret.wav")
+        entry = "in/x.wav"
+    else:
+        (root / "linked").symlink_to(outside)
+        entry = "linked/secret.wav"
+    (root / "m.tsv").write_text(f".\nin/ok.wav\t10\n{entry}\t10\n")
+    with pytest.raises(ValueError, match=f"entry '{entry}' leads outside the manifest root .* symbolic link"):
+        manifest.read_manifest(root / "m.tsv")
+    assert manifest.read_manifest(root / "m.tsv", allow_outside_root=True).paths[1] == entry
+    # A link that stays inside the root is fine.
+    (root / "in" / "x.wav").unlink(missing_ok=True)
+    (root / "in" / "alias.wav").symlink_to(root / "in" / "ok.wav")
+    (root / "m.tsv").write_text(".\nin/ok.wav\t10\nin/alias.wav\t10\n")
+    assert manifest.read_manifest(root / "m.tsv").paths == ("in/ok.wav", "in/alias.wav")

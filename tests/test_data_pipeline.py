@@ -337,3 +337,25 @@ def test_loader_benchmark_reports_throughput(tmp_path):
     # Every utterance is MAX samples long: batches are uncropped, their length is MAX.
     assert result["mean_batch_seconds"] == MAX / 16_000
     np.testing.assert_allclose(result["audio_s_per_s"], result["batches_per_s"] * 4 * MAX / 16_000, rtol=1e-9)
+
+
+def test_the_first_bad_file_of_a_small_folder_does_not_stop_the_run():
+    """10 files, limit 5%: one bad file (10%) says nothing yet; the second one stops the run."""
+    tracker = skips.SkipTracker(10, lambda i: f"f{i}.wav", strict=False, max_skip_fraction=0.05)
+    tracker.record(0)
+    tracker.record(1, reason=skips.UNREADABLE, detail="garbage")
+    tracker.record(2)
+    with pytest.raises(skips.TooManySkippedFiles) as info:
+        tracker.record(3, reason=skips.MISSING, detail="no such file")
+    message = str(info.value)
+    assert message.startswith("2 of 4 files read so far are unusable (missing: 1, unreadable: 1)")
+    assert "of 10 files (measured over the distinct files read so far, at least min(manifest size, 100)" in message
+    assert "data.max_skip_fraction" in message and "\n" not in message
+    # A large corpus: 100 files read, 5 bad is at the limit, the 6th passes it.
+    large = skips.SkipTracker(1000, lambda i: f"f{i}.wav", strict=False, max_skip_fraction=0.05)
+    for i in range(95):
+        large.record(i)
+    for i in range(95, 100):
+        large.record(i, reason=skips.EMPTY)
+    with pytest.raises(skips.TooManySkippedFiles, match="6 of 101 files .* of 101 files"):
+        large.record(100, reason=skips.EMPTY)

@@ -61,6 +61,18 @@ RUNNER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             return await finalize(self, *args, **kwargs)
         atomicity.AtomicRenameTemporaryPath.finalize = patched
+    elif fault == "disk_full_during_save":
+        import errno
+        import orbax.checkpoint._src.path.atomicity as atomicity
+        finalize = atomicity.AtomicRenameTemporaryPath.finalize
+        async def patched(self, *args, **kwargs):
+            if self._final_path.name == str(at):  # what tensorstore raises when the disk fills
+                raise ValueError(
+                    f"RESOURCE_EXHAUSTED: Error writing local file {self._final_path}/state: "
+                    "No space left on device [os_error_code=28]"
+                )
+            return await finalize(self, *args, **kwargs)
+        atomicity.AtomicRenameTemporaryPath.finalize = patched
     elif fault == "nan_from_step":
         import numpy as np
         from w2v_jax import trainer
@@ -202,6 +214,19 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, env, tmp_path):
     assert [r["step"] for r in records(tmp_path)] == [1, 2, 3]
     resumed = launch(tmp_path, env)
     assert resumed.returncode == 0 and "resumed from checkpoint 3 " in resumed.stderr
+    assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_and_the_committed_checkpoints_resume(reference, env, tmp_path):
+    full = launch(tmp_path, env, "disk_full_during_save", 4)
+    assert full.returncode == 1
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"no space left on device writing {tmp_path} (") and "MiB free)" in last
+    assert "Traceback" not in full.stderr
+    assert "No space left on device" not in full.stderr  # orbax's per-thread error lines are dropped
+    resumed = launch(tmp_path, env)
+    assert resumed.returncode == 0 and "resumed from checkpoint 2 " in resumed.stderr
     assert records(tmp_path) == records(reference[0])
 
 

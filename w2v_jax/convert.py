@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -187,12 +188,15 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def load_hf_checkpoint(path: str | os.PathLike, *, dtype: jnp.dtype | None = None) -> tuple[Wav2Vec2Config, Model]:
+def load_hf_checkpoint(
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
+) -> tuple[Wav2Vec2Config, Model]:
     """Reads a transformers `Wav2Vec2ForPreTraining` or `Wav2Vec2Model` folder (config.json + weights).
 
     Args:
       path: the folder.
       dtype: computation dtype of the returned model (parameters are float32).
+      allow_nonfinite: accept NaN or infinite weights (refused by default, `check_stored_weights`).
 
     Returns:
       `(config, model)`, the model of the class the weights hold (`model_class`).
@@ -202,6 +206,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype: jnp.dtype | None = Non
         raise ValueError(f"{folder} has no config.json")
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
     state_dict = read_hf_state_dict(folder)
+    check_stored_weights(config, state_dict, folder, allow_nonfinite=allow_nonfinite)
     cls = model_class(state_dict)
     params = params_from_hf(config, state_dict, cls)
     # No random initialisation: every parameter comes from the checkpoint.
@@ -253,12 +258,16 @@ def _nest_legacy_names(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {(k if k.split(".")[0] in _HEADS else f"wav2vec2.{k}"): v for k, v in stored.items()}
 
 
-def load_checkpoint(path: str | os.PathLike, *, dtype: jnp.dtype | None = None) -> tuple[Wav2Vec2Config, Model]:
+def load_checkpoint(
+    path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
+) -> tuple[Wav2Vec2Config, Model]:
     """Reads a folder written by `save_checkpoint`; returns `(config, model)`, a
-    `Wav2Vec2ForPreTraining` or a `Wav2Vec2Model` as the file holds."""
+    `Wav2Vec2ForPreTraining` or a `Wav2Vec2Model` as the file holds. NaN or infinite weights are
+    refused unless `allow_nonfinite` (`check_stored_weights`)."""
     folder = pathlib.Path(path)
     config = Wav2Vec2Config.from_json_file(folder / "config.json")
     stored = _nest_legacy_names(safetensors.numpy.load_file(folder / "params.safetensors"))
+    check_stored_weights(config, stored, folder / "params.safetensors", allow_nonfinite=allow_nonfinite)
     cls = model_class(stored)
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
@@ -270,3 +279,48 @@ def load_checkpoint(path: str | os.PathLike, *, dtype: jnp.dtype | None = None) 
         )
     nnx.update(model, nnx.from_flat_state([(p, v.replace(jnp.asarray(stored[_param_name(p)]))) for p, v in flat]))
     return config, model
+
+
+# Layer indices in both key spellings: ours (`encoder.layers.3.`, `feature_extractor.layers.0.`) and
+# transformers' (`wav2vec2.encoder.layers.3.`, `wav2vec2.feature_extractor.conv_layers.0.`).
+_LAYER_KEYS = {
+    "num_hidden_layers": re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\."),
+    "conv_dim": re.compile(r"(?:^|\.)feature_extractor\.(?:conv_)?layers\.(\d+)\."),
+}
+
+
+def check_stored_weights(
+    config: Wav2Vec2Config, weights: Mapping[str, np.ndarray], source: str | os.PathLike, *, allow_nonfinite: bool = False
+) -> None:
+    """Checks an untrusted checkpoint's weights against its config before any model is built.
+
+    The model built from `config` is bounded by the file: its Transformer and conv layer counts
+    must be the layers the weights hold (a config.json asking for 10**9 layers is refused at once,
+    instead of building them). Keys and shapes are then compared layer by layer when the model is
+    built (`params_from_hf`, `load_checkpoint`). Non-finite weights are refused unless allowed.
+
+    Args:
+      config: the checkpoint's config.
+      weights: its weights, by key (ours or transformers').
+      source: the checkpoint's path, for messages.
+      allow_nonfinite: accept NaN or infinite weights (to inspect a diverged checkpoint).
+
+    Raises:
+      ValueError: naming the field and the count the weights hold, or the non-finite arrays.
+    """
+    for field, pattern in _LAYER_KEYS.items():
+        wanted = config.num_hidden_layers if field == "num_hidden_layers" else len(config.conv_dim)
+        stored = {int(m.group(1)) for key in weights if (m := pattern.search(key))}
+        if len(stored) != wanted or max(stored, default=-1) != wanted - 1:  # i.e. stored == {0..wanted-1}
+            held = f"layers {min(stored)}..{max(stored)} ({len(stored)} distinct)" if stored else "no such layers"
+            raise ValueError(
+                f"{source}: config.json's {field} asks for {wanted} layers but the weights hold {held}; "
+                "the config does not describe these weights"
+            )
+    if not allow_nonfinite:
+        bad = sorted(key for key, value in weights.items() if not np.all(np.isfinite(value)))
+        if bad:
+            raise ValueError(
+                f"{source}: {len(bad)} weight arrays hold NaN or infinity (first: {bad[0]}); "
+                "pass allow_nonfinite=True (--allow_nonfinite) to load them anyway"
+            )

@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
 from w2v_jax import train_step as train_lib
+from w2v_jax import workdir as workdir_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
 
@@ -109,16 +110,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Raises:
       TrainingDivergedError: after `train.max_consecutive_nonfinite` skipped updates in a row (the
         newest checkpoint, finite by construction, is kept).
+      workdir.WorkdirLockedError: another run holds the workdir (nothing is touched).
+      workdir.ConfigChangedError: a resume changes fields its checkpoints depend on (nothing written).
+      checkpointing.CorruptCheckpointError: checkpoints exist but none is intact (moved aside).
     """
     d = config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
     _validate(config)
+    # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
+    with workdir_lib.WorkdirLock(workdir, enabled=distributed.is_primary()):
+        return _train_locked(config, pathlib.Path(workdir))
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir is locked."""
     primary = distributed.is_primary()
-    workdir_path = pathlib.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
-    if primary:
-        config_json = config.to_json_best_effort(indent=2, sort_keys=True)
-        (workdir_path / "config.json").write_text(config_json + "\n")
+    workdir_lib.prepare_config(
+        workdir_path,
+        config.to_dict(),
+        config.to_json_best_effort(indent=2, sort_keys=True),
+        has_checkpoints=checkpointing.has_checkpoints(workdir_path / "checkpoints"),
+        write=primary,
+    )
 
     t = config.train
     model_config = Wav2Vec2Config.from_run_config(config)
@@ -151,6 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_workers=config.data.num_workers,
         shard_index=process_index,
         shard_count=process_count,
+        strict=config.data.strict,
+        max_skip_fraction=config.data.max_skip_fraction,
+        allow_outside_root=config.data.allow_outside_root,
     )
 
     checkpointer = checkpointing.Checkpointer(
@@ -158,9 +175,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
     window: list[dict[str, Any]] = []
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, host = checkpointer.restore(latest, checkpointing.abstract_like(state))
+    restored = checkpointer.restore_newest_intact(checkpointing.abstract_like(state))
+    if restored is None and primary:
+        workdir_lib.start_metrics_file(workdir_path / metrics_lib.METRICS_FILE)
+    if restored is not None:
+        latest, state, host = restored
         if len(host["data_iterators"]) != process_count:
             raise ValueError(
                 f"checkpoint {latest} in {checkpointer.directory} was written by {len(host['data_iterators'])} "

@@ -79,6 +79,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     data.pad = False  # False: crop each batch to its shortest utterance (fairseq's default)
     data.normalize = True
     data.num_workers = 0
+    # Bad input: strict stops at the first unusable file; otherwise unusable files are skipped and
+    # counted until they exceed max_skip_fraction of the files read (see w2v_jax/data/skips.py).
+    data.strict = False
+    data.max_skip_fraction = 0.05
+    data.allow_outside_root = False  # accept manifest paths outside its root (absolute, '..', symlinks)
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # -1: every device not used by fsdp

@@ -96,7 +96,33 @@ def read_manifest(path: str | os.PathLike, *, allow_outside_root: bool = False) 
             _check_inside_root(fields[0], where)
         paths.append(fields[0])
         lengths.append(length)
+    if not paths:
+        raise ValueError(f"{path}: the manifest lists no files (only its root line {lines[0].strip()!r})")
+    if not allow_outside_root:
+        _check_links_inside_root(root.resolve(), paths, path)
     return Manifest(root.resolve(), tuple(paths), np.asarray(lengths, np.int64), str(path))
+
+
+def _check_links_inside_root(root: Path, paths: Sequence[str], manifest: Path) -> None:
+    """Refuses entries that a symbolic link (of the file or of a folder on its way) takes out of ``root``.
+
+    Folders are resolved once each and files are resolved only when they are links, so a manifest
+    of a million files costs one ``lstat`` per file.
+    """
+    resolved_folders: dict[Path, Path] = {}
+    for relative in paths:
+        lexical = root / relative
+        folder = resolved_folders.get(lexical.parent)
+        if folder is None:
+            folder = resolved_folders[lexical.parent] = lexical.parent.resolve()
+        target = folder / lexical.name
+        if target.is_symlink():
+            target = target.resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(
+                f"{manifest}: entry {relative!r} leads outside the manifest root {root} through a symbolic link "
+                f"(to {target}); pass allow_outside_root=True (data.allow_outside_root) if this is intended"
+            )
 
 
 def write_manifest(path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str],

@@ -43,6 +43,9 @@ _REASON_SHIFT = 3  # reason code (1-based index into SKIP_REASONS) in bits 3..5
 # The skip fraction is measured against at least this many files, so the first bad file of a run
 # cannot trip it (a manifest smaller than this is measured against its full size).
 _MIN_FILES_FOR_FRACTION = 100
+# Below this many bad files the fraction never stops a run: in a folder of 10 files one bad file is
+# 10%, a fraction that says nothing yet (``strict`` is the setting that stops on the first one).
+_MIN_BAD_FILES_FOR_FRACTION = 2
 
 
 class TooManySkippedFiles(RuntimeError):
@@ -97,17 +100,22 @@ class SkipTracker:
         self.check_fraction()
 
     def check_fraction(self) -> None:
-        """Raises TooManySkippedFiles when bad files exceed max_skip_fraction of the files seen."""
+        """Raises TooManySkippedFiles when bad files exceed max_skip_fraction of the files seen.
+
+        The fraction is bad / max(distinct files read, min(manifest size, 100)), and a single bad file
+        never trips it (the first bad file of a small folder says nothing of the fraction yet).
+        """
         counts = self.skip_counts()
         bad = sum(n for reason, n in counts.items() if reason not in FILTER_REASONS)
         seen = int(np.count_nonzero(self._status & _SEEN))
         denominator = max(seen, min(len(self._status), _MIN_FILES_FOR_FRACTION))
-        if bad > self._max_skip_fraction * denominator:
+        if bad > self._max_skip_fraction * denominator and bad >= _MIN_BAD_FILES_FOR_FRACTION:
             details = ", ".join(f"{r}: {n}" for r, n in counts.items() if n and r not in FILTER_REASONS)
             raise TooManySkippedFiles(
                 f"{bad} of {seen} files read so far are unusable ({details}), more than "
-                f"max_skip_fraction={self._max_skip_fraction}; check the data (the log names every file) "
-                "or raise max_skip_fraction"
+                f"max_skip_fraction={self._max_skip_fraction} of {denominator} files (measured over the distinct "
+                f"files read so far, at least min(manifest size, {_MIN_FILES_FOR_FRACTION}); a single bad file "
+                "never counts); check the data (the log names every file) or raise data.max_skip_fraction"
             )
 
     def skip_counts(self) -> dict[str, int]:
