@@ -12,13 +12,13 @@ from transformers import Wav2Vec2CTCTokenizer
 from transformers.loss.loss_ctc import ForCTCLoss
 
 from w2v_jax.ctc import (
-    IGNORE_INDEX,
     ctc_loss,
     ctc_loss_from_scratch,
     greedy_decode,
     greedy_frame_ids,
     min_ctc_frames,
 )
+from w2v_jax.data.labels import LABEL_PADDING
 from w2v_jax.data.vocabulary import Vocabulary
 
 # float32 losses of O(10-100) against float64 or torch's float32: measured up to 1.6e-7 relative.
@@ -34,7 +34,7 @@ def _batch(seed=0, batch=5, time=14, vocab=7, max_labels=6, blank=0):
     logits = (2 * rng.standard_normal((batch, time, vocab))).astype(np.float32)
     lengths = rng.integers(time // 2 + 2, time + 1, batch)
     lengths[0] = time
-    labels = np.full((batch, max_labels), IGNORE_INDEX, np.int64)
+    labels = np.full((batch, max_labels), LABEL_PADDING, np.int64)
     for b in range(batch):
         n = rng.integers(0 if b == batch - 1 else 1, max_labels + 1)
         target = rng.choice([v for v in range(vocab) if v != blank], n)
@@ -45,7 +45,7 @@ def _batch(seed=0, batch=5, time=14, vocab=7, max_labels=6, blank=0):
 
 
 def _targets(labels, blank=0):
-    return [[int(v) for v in row if v != IGNORE_INDEX and v != blank] for row in labels]
+    return [[int(v) for v in row if v != LABEL_PADDING and v != blank] for row in labels]
 
 
 def _torch_loss(logits, lengths, labels, blank=0, reduction="sum", zero_infinity=False):
@@ -61,7 +61,7 @@ def _float64_loss(logits, lengths, labels, blank=0, reduction="sum"):
     """The same loss in float64 (torch's CTC without transformers' float32 cast): the ground truth."""
     logits_t = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
     labels_t = torch.tensor(labels)
-    keep = (labels_t != IGNORE_INDEX) & (labels_t != blank)
+    keep = (labels_t != LABEL_PADDING) & (labels_t != blank)
     loss = torch.nn.functional.ctc_loss(torch.log_softmax(logits_t, -1).transpose(0, 1), labels_t[keep],
                                         torch.tensor(lengths), keep.sum(-1), blank=blank, reduction=reduction)
     loss.backward()
@@ -118,7 +118,7 @@ def test_loss_and_gradient_match_transformers(reduction, blank):
 def test_labels_selected_like_masked_select():
     """-100 and blanks anywhere in a row are dropped and the rest kept in order, as transformers does."""
     logits, lengths, labels = _batch(seed=3)
-    labels[:2] = [[IGNORE_INDEX, 2, 0, 2, IGNORE_INDEX, 5], [3, 0, IGNORE_INDEX, 4, 4, IGNORE_INDEX]]
+    labels[:2] = [[LABEL_PADDING, 2, 0, 2, LABEL_PADDING, 5], [3, 0, LABEL_PADDING, 4, 4, LABEL_PADDING]]
     expected_loss, expected_grad = _torch_loss(logits, lengths, labels, reduction="mean")
     loss, grad = _jax_loss(logits, lengths, labels, reduction="mean")
     np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
@@ -129,7 +129,7 @@ def test_impossible_alignment_is_inf_or_zeroed_like_transformers():
     logits, lengths, labels = _batch(seed=4)
     lengths[1:3] = [6, 5]
     labels[1] = [1, 2, 3, 4, 5, 6]  # 6 labels in 6 frames: possible
-    labels[2] = [1, 1, 2, 2, IGNORE_INDEX, IGNORE_INDEX]  # 4 labels + 2 repeats = 6 frames > 5: impossible
+    labels[2] = [1, 1, 2, 2, LABEL_PADDING, LABEL_PADDING]  # 4 labels + 2 repeats = 6 frames > 5: impossible
     np.testing.assert_array_equal(min_ctc_frames(jnp.asarray(labels[1:3]), jnp.array([6, 4])), [6, 6])
     losses = _losses(logits, lengths, labels)
     assert np.isinf(losses[2]) and np.all(np.isfinite(np.delete(losses, 2)))
@@ -149,7 +149,7 @@ def test_impossible_alignment_is_inf_or_zeroed_like_transformers():
 
 def test_empty_target_is_the_all_blank_path():
     logits, lengths, labels = _batch(seed=5)
-    labels[1] = IGNORE_INDEX
+    labels[1] = LABEL_PADDING
     labels[2] = 0  # blanks are padding too
     expected_loss, expected_grad = _torch_loss(logits, lengths, labels, reduction="mean")
     loss, grad = _jax_loss(logits, lengths, labels, reduction="mean")
@@ -176,7 +176,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="logit_lengths must be in"):
         ctc_loss(logits, lengths + logits.shape[1], labels)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
-        ctc_loss(logits, lengths, np.where(labels == IGNORE_INDEX, 7, labels))
+        ctc_loss(logits, lengths, np.where(labels == LABEL_PADDING, 7, labels))
     with pytest.raises(ValueError, match="reduction"):
         ctc_loss(logits, lengths, labels, reduction="batchmean")
 

@@ -20,6 +20,7 @@ from w2v_jax.data.labels import (
     label_path,
     letters_to_words,
     normalize_text,
+    pad_labels,
     read_label_lines,
     read_label_tokens,
     words_to_letters,
@@ -161,3 +162,12 @@ def test_corpus_vocabulary_covers_training_labels(kind, tmp_path):
     assert train.num_unknown() == 0 and sum(train.skip_counts().values()) == 0
     valid = LabelSet(CORPUS_DIR / "valid.tsv", kind, vocabulary, ENCODER.compute_output_length)
     assert sum(valid.skip_counts().values()) == 0
+
+
+def test_pad_labels():
+    padded = pad_labels([np.array([5, 6, 7]), np.array([], np.int32), np.array([8])])
+    assert padded.dtype == np.int32
+    np.testing.assert_array_equal(padded, [[5, 6, 7], [-100, -100, -100], [8, -100, -100]])
+    assert pad_labels([np.array([5])], length=4).tolist() == [[5, -100, -100, -100]]
+    with pytest.raises(ValueError, match="length 3 do not fit in length 2"):
+        pad_labels([np.array([5, 6, 7])], length=2)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from w2v_jax.data.labels import LABEL_PADDING
 from w2v_jax.data.vocabulary import Vocabulary
 
-IGNORE_INDEX = -100  # transformers' padding value for labels
 Reduction = Literal["sum", "mean", "none"]
 
 
@@ -103,10 +103,10 @@ def _check_shapes(logits, logit_lengths, labels) -> None:
             raise ValueError(f"logit_lengths must be in [0, {logits.shape[1]}], got {lengths.tolist()}")
     if not isinstance(labels, jax.core.Tracer):
         values = np.asarray(labels)
-        bad = (values != IGNORE_INDEX) & ((values < 0) | (values >= logits.shape[2]))
+        bad = (values != LABEL_PADDING) & ((values < 0) | (values >= logits.shape[2]))
         if bad.any():
             raise ValueError(
-                f"labels must be in [0, {logits.shape[2]}) or {IGNORE_INDEX} (padding), got {values[bad][:5].tolist()}"
+                f"labels must be in [0, {logits.shape[2]}) or {LABEL_PADDING} (padding), got {values[bad][:5].tolist()}"
             )
 
 
@@ -138,7 +138,7 @@ def ctc_loss(
     if reduction not in ("sum", "mean", "none"):
         raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
     _check_shapes(logits, logit_lengths, labels)
-    targets, target_lengths = _compact_labels(labels, (labels != IGNORE_INDEX) & (labels != blank_id))
+    targets, target_lengths = _compact_labels(labels, (labels != LABEL_PADDING) & (labels != blank_id))
     frames = jnp.arange(logits.shape[1])
     logit_paddings = (frames[None, :] >= logit_lengths[:, None]).astype(jnp.float32)
     label_paddings = (targets < 0).astype(jnp.float32)

@@ -39,6 +39,7 @@ LabelKind = Literal["ltr", "phn"]
 EMPTY_TRANSCRIPT = "empty_transcript"
 LONGER_THAN_FRAMES = "transcript_longer_than_frames"  # CTC needs a frame per label (+1 per repeat)
 LABEL_SKIP_REASONS = (EMPTY_TRANSCRIPT, LONGER_THAN_FRAMES)
+LABEL_PADDING = -100  # transformers' ignore index; `w2v_jax.ctc.ctc_loss` drops it too
 PAUSE_PHONE = "_"  # the embedded corpus's espeak-ng pause: silence, not a phone
 
 
@@ -128,7 +129,7 @@ class LabelSet:
         self.unknown_symbols: collections.Counter[str] = collections.Counter()
         for index, tokens in enumerate(self.tokens):
             ids, _ = vocabulary.encode(tokens)
-            self.unknown_symbols.update(t for t in tokens if t not in vocabulary.token_to_id)
+            self.unknown_symbols.update(t for t in tokens if t not in vocabulary)
             self._ids.append(ids)
             if not len(ids):
                 self._skip(manifest, index, EMPTY_TRANSCRIPT, "no labels after normalisation")
@@ -168,6 +169,21 @@ class LabelSet:
     def num_unknown(self) -> int:
         """Label symbols mapped to `<unk>`, over all rows."""
         return sum(self.unknown_symbols.values())
+
+
+def pad_labels(ids: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    """Stacks label ids into `[batch, length]` int32 padded with -100 (transformers' ignore index).
+
+    `length` defaults to the longest; a fixed `length` (e.g. a bucket size) keeps jit shapes static.
+    """
+    longest = max((len(row) for row in ids), default=0)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"labels of length {longest} do not fit in length {length}")
+    padded = np.full((len(ids), length), LABEL_PADDING, np.int32)
+    for row, values in zip(padded, ids):
+        row[: len(values)] = values
+    return padded
 
 
 def build_vocabulary(manifest_path: str | os.PathLike, kind: LabelKind) -> Vocabulary:

@@ -84,6 +84,9 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __contains__(self, token: str) -> bool:
+        return token in self._ids
+
     @property
     def token_to_id(self) -> dict[str, int]:
         return dict(self._ids)
