@@ -125,6 +125,20 @@ def test_labels_selected_like_masked_select():
     np.testing.assert_allclose(grad, expected_grad, atol=GRAD_ATOL_TRANSFORMERS)
 
 
+def test_min_ctc_frames_is_the_shortest_possible_alignment():
+    """Against the oracle: the fewest frames whose forward algorithm gives a finite loss."""
+    rng = np.random.default_rng(9)
+    targets = [rng.integers(1, 3, rng.integers(0, 7)).tolist() for _ in range(20)]  # ids 1, 2: many repeats
+    padded = np.full((len(targets), 6), -1)
+    for row, target in zip(padded, targets):
+        row[: len(target)] = target
+    needed = np.asarray(min_ctc_frames(jnp.asarray(padded), jnp.asarray([len(t) for t in targets])))
+    uniform = np.log(np.full((12, 3), 1 / 3))
+    for target, frames in zip(targets, needed):
+        shortest = next(t for t in range(13) if np.isfinite(ctc_loss_from_scratch(uniform[:t], target)))
+        assert frames == shortest, target
+
+
 def test_impossible_alignment_is_inf_or_zeroed_like_transformers():
     logits, lengths, labels = _batch(seed=4)
     lengths[1:3] = [6, 5]

@@ -7,7 +7,8 @@ of each utterance from the conv arithmetic, reduction "sum" or "mean" (each utte
 by its target length, clamped to at least 1, then averaged over the batch) and `zero_infinity`.
 
 The forward recursion is optax's (`optax.ctc_loss`), which stands in log(0) by -1e5; an alignment that
-is impossible (fewer frames than labels plus adjacent repeats, Graves et al. 2006, section 3.1) is
+is impossible (fewer frames than labels plus adjacent repeats: Graves et al. 2006's forward variables
+are all zero then) is
 detected here and given an infinite loss, as torch does, or zero with `zero_infinity`.
 """
 
