@@ -93,10 +93,12 @@ def test_missing_or_misaligned_label_files_name_both_files(tmp_path):
         read_label_tokens(manifest, "ltr", 3)
     with pytest.raises(ValueError, match="label kind"):
         read_label_tokens(manifest, "wrd", 3)
+    with pytest.raises(ValueError, match="labels need a manifest file"):
+        build_vocabulary(tmp_path, "ltr")
 
 
 def test_rows_end_only_at_newlines(tmp_path):
-    manifest = _corpus(tmp_path, [20, 20], wrd=["a\u2028b\r", ""])
+    manifest = _corpus(tmp_path, [20, 20], wrd=["\ufeffa\u2028b\r", ""])  # BOM, CRLF
     assert read_label_lines(manifest, "wrd", 2) == ["a\u2028b", ""]
 
 

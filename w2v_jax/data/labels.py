@@ -77,7 +77,7 @@ def read_label_lines(manifest_path: str | os.PathLike, extension: str, num_rows:
     path = label_path(manifest_path, extension)
     if not path.is_file():
         raise ValueError(f"{manifest_path}: label file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first transcript
     # Only "\n" ends a row: str.splitlines would also split at U+2028 and friends inside a transcript.
     lines = [line.rstrip("\r") for line in text.removesuffix("\n").split("\n")] if text else []
     if len(lines) != num_rows:
@@ -100,6 +100,13 @@ def read_label_tokens(manifest_path: str | os.PathLike, kind: LabelKind, num_row
     return [words_to_letters(line) for line in read_label_lines(manifest_path, "wrd", num_rows)]
 
 
+def _read_manifest_file(manifest_path: str | os.PathLike) -> Manifest:
+    if not Path(manifest_path).is_file():
+        raise ValueError(f"{manifest_path}: labels need a manifest file (X.tsv beside X.wrd/.ltr/.phn), "
+                         "not a folder or a missing path")
+    return read_manifest(manifest_path)
+
+
 def _frames_needed(ids: np.ndarray) -> int:
     """Fewest frames that can emit `ids` under CTC: one per label, plus a blank between repeats."""
     return int(len(ids) + np.count_nonzero(ids[1:] == ids[:-1]))
@@ -119,7 +126,7 @@ class LabelSet:
 
     def __init__(self, manifest_path: str | os.PathLike, kind: LabelKind, vocabulary: Vocabulary,
                  num_frames: Callable[[np.ndarray], np.ndarray], *, manifest: Manifest | None = None):
-        manifest = manifest if manifest is not None else read_manifest(manifest_path)
+        manifest = manifest if manifest is not None else _read_manifest_file(manifest_path)
         self.kind = kind
         self.vocabulary = vocabulary
         self.tokens = read_label_tokens(manifest_path, kind, len(manifest))
@@ -188,7 +195,7 @@ def pad_labels(ids: Sequence[np.ndarray], length: int | None = None) -> np.ndarr
 
 def build_vocabulary(manifest_path: str | os.PathLike, kind: LabelKind) -> Vocabulary:
     """The vocabulary of the training labels beside `manifest_path` (special tokens first, then sorted)."""
-    num_rows = len(read_manifest(manifest_path))
+    num_rows = len(_read_manifest_file(manifest_path))
     return Vocabulary.from_symbols(t for tokens in read_label_tokens(manifest_path, kind, num_rows) for t in tokens)
 
 
