@@ -118,6 +118,8 @@ def test_label_set_encodes_counts_and_skips(tmp_path, caplog):
     assert labels.usable_indices().tolist() == [0, 5]
     assert labels.num_unknown() == 1 and labels.unknown_symbols == {"x": 1}
     assert labels.reference(5) == "a x c"
+    assert labels.summary() == ("ltr labels: 2 of 6 rows usable; skipped (empty_transcript: 2, "
+                                "transcript_longer_than_frames: 2); 1 symbols mapped to <unk>")
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert len(skipped) == 4 and str(tmp_path / "u1.flac") in skipped[0] and "5 frames needed" in skipped[0]
     assert any("mapped to <unk>" in r.getMessage() for r in caplog.records)

@@ -177,6 +177,12 @@ class LabelSet:
         """Label symbols mapped to `<unk>`, over all rows."""
         return sum(self.unknown_symbols.values())
 
+    def summary(self) -> str:
+        """One line for the log: rows usable, skipped per reason, symbols mapped to `<unk>`."""
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in self.skip_counts().items() if n) or "none"
+        return (f"{self.kind} labels: {len(self) - len(self._skips)} of {len(self)} rows usable; skipped "
+                f"({skipped}); {self.num_unknown()} symbols mapped to <unk>")
+
 
 def pad_labels(ids: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
     """Stacks label ids into `[batch, length]` int32 padded with -100 (transformers' ignore index).
