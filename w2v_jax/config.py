@@ -1,4 +1,4 @@
-"""The wav2vec 2.0 pretraining model's configuration, in transformers' vocabulary.
+"""The wav2vec 2.0 models' configuration (pretraining and CTC fine-tuning), in transformers' vocabulary.
 
 `Wav2Vec2Config` uses the field names of transformers' `Wav2Vec2Config` (so a checkpoint's
 `config.json` reads and writes directly) plus two fairseq options transformers lacks:
@@ -46,13 +46,21 @@ class Wav2Vec2Config:
       attention_dropout: dropout on the attention probabilities.
       feat_proj_dropout: dropout after the feature projection (fairseq's dropout_input).
       feat_quantizer_dropout: dropout on the features fed to the quantizer (dropout_features).
-      final_dropout: kept for config.json round trips (used by CTC heads, not here).
+      final_dropout: dropout on the encoder output before the CTC head (`Wav2Vec2ForCTC`).
       layerdrop: probability of skipping each Transformer layer in training.
       layer_norm_eps: epsilon of the feature projection's and the Transformer's LayerNorms.
       do_stable_layer_norm: pre-LN Transformer with a final LayerNorm (LARGE) instead of post-LN.
       num_conv_pos_embeddings, num_conv_pos_embedding_groups: kernel size and groups of the
         weight-normed positional convolution.
       mask_time_prob, mask_time_length, mask_time_min_masks: span masking (pretraining: 0.65, 10, 2).
+      mask_feature_prob, mask_feature_length, mask_feature_min_masks: channel (feature-axis)
+        span masking in training, SpecAugment-style (fine-tuning; 0 = none). Masked channels of
+        the projected features are zeroed on every frame, as transformers' `_mask_hidden_states` does.
+      vocab_size: outputs of the CTC head (`lm_head`).
+      pad_token_id: the CTC blank's id (transformers' convention).
+      ctc_loss_reduction: "sum" over the batch or "mean" (each utterance's loss divided by its
+        target length, then averaged).
+      ctc_zero_infinity: impossible alignments get loss 0 instead of infinity.
       num_codevector_groups, num_codevectors_per_group: G and V of the quantizer.
       codevector_dim: channels of the concatenated codewords; proj_codevector_dim: final dim of
         the contrastive space (project_hid and project_q).
@@ -87,6 +95,9 @@ class Wav2Vec2Config:
     mask_time_prob: float = 0.65
     mask_time_length: int = 10
     mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
     num_codevector_groups: int = 2
     num_codevectors_per_group: int = 320
     codevector_dim: int = 256
@@ -96,6 +107,10 @@ class Wav2Vec2Config:
     diversity_loss_weight: float = 0.1
     feature_penalty_weight: float = 10.0
     feature_grad_mult: float = 0.1
+    vocab_size: int = 32
+    pad_token_id: int = 0
+    ctc_loss_reduction: str = "sum"
+    ctc_zero_infinity: bool = False
 
     # Overrides of the defaults above (BASE) per preset.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -172,6 +187,8 @@ class Wav2Vec2Config:
             "num_conv_pos_embeddings",
             "num_conv_pos_embedding_groups",
             "mask_time_length",
+            "mask_feature_length",
+            "vocab_size",
             "num_codevector_groups",
             "codevector_dim",
             "proj_codevector_dim",
@@ -181,9 +198,14 @@ class Wav2Vec2Config:
                 fail(name, "must be a positive int")
         if not _is_int(self.num_codevectors_per_group) or self.num_codevectors_per_group < 2:
             fail("num_codevectors_per_group", "must be an int >= 2")
-        if not _is_int(self.mask_time_min_masks) or self.mask_time_min_masks < 0:
-            fail("mask_time_min_masks", "must be an int >= 0")
-        for name in ("conv_bias", "do_stable_layer_norm"):
+        for name in ("mask_time_min_masks", "mask_feature_min_masks"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "must be an int >= 0")
+        if not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            fail("pad_token_id", f"must be an id in [0, vocab_size={self.vocab_size}) (the CTC blank)")
+        if self.ctc_loss_reduction not in ("sum", "mean"):
+            fail("ctc_loss_reduction", "must be 'sum' or 'mean'")
+        for name in ("conv_bias", "do_stable_layer_norm", "ctc_zero_infinity"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "must be a bool")
         if self.feat_extract_norm not in ("group", "layer"):
@@ -208,7 +230,7 @@ class Wav2Vec2Config:
         ):
             if not _is_real(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
                 fail(name, "must be a probability in [0, 1)")
-        for name in ("layerdrop", "mask_time_prob"):
+        for name in ("layerdrop", "mask_time_prob", "mask_feature_prob"):
             if not _is_real(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
                 fail(name, "must be a probability in [0, 1]")
         for name in ("layer_norm_eps", "contrastive_logits_temperature"):
@@ -256,8 +278,7 @@ class Wav2Vec2Config:
     def from_hf_dict(cls, config: Mapping[str, Any]) -> Wav2Vec2Config:
         """Builds a config from a transformers `config.json` dict.
 
-        Fields this model doesn't use (CTC and classification heads, fine-tuning's feature-axis
-        masking) are ignored. A checkpoint without the fairseq-only fields gets the values that
+        Fields these models don't use (classification heads, adapters' sizes) are ignored. A checkpoint without the fairseq-only fields gets the values that
         make it compute what transformers computes: no feature penalty, full encoder gradient.
         Raises a ValueError for options that change the architecture and are not implemented.
         """
@@ -278,7 +299,8 @@ class Wav2Vec2Config:
         return cls(**values)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """A transformers `config.json` dict (`Wav2Vec2ForPreTraining`), fairseq fields included."""
+        """A transformers `config.json` dict (`Wav2Vec2ForPreTraining`; writers of other models
+        replace `architectures`), fairseq fields included."""
         out: dict[str, Any] = {"architectures": ["Wav2Vec2ForPreTraining"], "model_type": "wav2vec2"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -1,7 +1,8 @@
-"""Checkpoint interop with transformers' `Wav2Vec2ForPreTraining` and `Wav2Vec2Model`, both directions.
+"""Checkpoint interop with transformers' `Wav2Vec2ForPreTraining`, `Wav2Vec2ForCTC` and
+`Wav2Vec2Model`, both directions.
 
-Our parameters carry transformers' module names (`Wav2Vec2ForPreTraining` holds the encoder as
-`wav2vec2`, `Wav2Vec2Model` is the encoder itself), so a transformers key is our parameter path
+Our parameters carry transformers' module names (`Wav2Vec2ForPreTraining` and `Wav2Vec2ForCTC`
+hold the encoder as `wav2vec2`, `Wav2Vec2Model` is the encoder itself), so a transformers key is our parameter path
 after a few renames (`scale`/`kernel` -> `weight`, the conv stack's `layers` -> `conv_layers`,
 `norm` -> `layer_norm`) and each array after a layout change:
 
@@ -20,7 +21,9 @@ In memory: `params_from_hf(config, state_dict)` -> `nnx.State`, `params_to_hf(pa
 `torch.from_numpy`). Folders: `load_hf_checkpoint`, `save_hf_checkpoint`, and our own
 `load_checkpoint` / `save_checkpoint` (config.json + params.safetensors keyed by our paths; files
 written before the encoder was nested under `wav2vec2` are read too). Which model a state dict
-holds follows from its keys: `wav2vec2.*` a pretraining model, else a bare encoder.
+holds follows from its keys (`model_class`): `lm_head.*` a CTC model, else `wav2vec2.*` a
+pretraining model, else a bare encoder. A CTC model's folder also holds its vocabulary and
+processor files (`save_hf_checkpoint`, `w2v_jax.data.vocabulary.save_processor_files`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ import safetensors.numpy
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
-Model = Wav2Vec2ForPreTraining | Wav2Vec2Model
+Model = Wav2Vec2ForPreTraining | Wav2Vec2ForCTC | Wav2Vec2Model
 
 Path = tuple[str | int, ...]
 
@@ -76,8 +79,12 @@ def hf_keys(path: Path) -> tuple[str, ...]:
 
 
 def model_class(keys: Iterable[str]) -> type[Model]:
-    """The model whose parameters these (transformers' or our) keys name: `Wav2Vec2ForPreTraining`
-    when they hold an encoder under `wav2vec2.`, else `Wav2Vec2Model`."""
+    """The model whose parameters these (transformers' or our) keys name: `Wav2Vec2ForCTC` when
+    they hold `lm_head.`, else `Wav2Vec2ForPreTraining` when they hold an encoder under `wav2vec2.`,
+    else `Wav2Vec2Model`."""
+    keys = list(keys)
+    if any(k.startswith("lm_head.") for k in keys):
+        return Wav2Vec2ForCTC
     return Wav2Vec2ForPreTraining if any(k.startswith("wav2vec2.") for k in keys) else Wav2Vec2Model
 
 
@@ -253,7 +260,7 @@ def save_checkpoint(config: Wav2Vec2Config, model: Model, path: str | os.PathLik
 def _nest_legacy_names(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Names of a pretraining model saved before its encoder moved under `wav2vec2` (encoder
     parameters at the top beside `quantizer`, ...) -> today's names; other files unchanged."""
-    if model_class(stored) is Wav2Vec2ForPreTraining or not any(k.split(".")[0] in _HEADS for k in stored):
+    if model_class(stored) is not Wav2Vec2Model or not any(k.split(".")[0] in _HEADS for k in stored):
         return stored
     return {(k if k.split(".")[0] in _HEADS else f"wav2vec2.{k}"): v for k, v in stored.items()}
 

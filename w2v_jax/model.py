@@ -1,4 +1,4 @@
-"""wav2vec 2.0 in Flax NNX: transformers' `Wav2Vec2Model` and `Wav2Vec2ForPreTraining`.
+"""wav2vec 2.0 in Flax NNX: transformers' `Wav2Vec2Model`, `Wav2Vec2ForPreTraining` and `Wav2Vec2ForCTC`.
 
     waveform [B, S] -> FeatureEncoder -> z [B, T, C]          (feature penalty mean(z^2), fairseq)
       -> LayerNorm -> z_n (extract_features) ---------------> quantizer -> project_q -> q [B, T, D]
@@ -10,7 +10,11 @@
 
 `Wav2Vec2Model` is the shared encoder (the first three lines), `Wav2Vec2ForPreTraining` holds it
 as `wav2vec2` beside the quantizer and the two projections, so parameter paths are transformers'
-keys (`wav2vec2.encoder.layers.0...`, `quantizer...`); a fine-tuning head holds the same encoder.
+keys (`wav2vec2.encoder.layers.0...`, `quantizer...`). `Wav2Vec2ForCTC`, the fine-tuning model,
+holds the same encoder as `wav2vec2` beside `lm_head`:
+
+    waveform -> Wav2Vec2Model (time spans -> mask embedding, channel spans -> 0, in training)
+      -> final dropout -> lm_head -> logits [B, T, vocab] -> CTC loss (blank = pad_token_id)
 
 The losses are sums over the masked frames, as the reference's (divide by `num_masked` for "per
 masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the count `num_correct`.
@@ -39,6 +43,7 @@ from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import ContextNetwork
+from w2v_jax.ctc import ctc_loss
 from w2v_jax.contrastive_loss import (
     contrastive_logits,
     contrastive_loss_from_logits,
@@ -172,6 +177,24 @@ def sample_masks_and_negatives(
         frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
     mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
     return mask, _sample_negatives(key, config, mask)
+
+
+def sample_feature_mask(key: jax.Array, config: Wav2Vec2Config, batch_size: int) -> jax.Array:
+    """The channel mask `[batch, hidden]` bool a model in training draws for `key` (transformers'
+    `_mask_hidden_states`: spans over the hidden channels, the same for every frame, padding-blind)."""
+    check_mask_arguments(
+        (batch_size, config.hidden_size),
+        config.mask_feature_prob,
+        config.mask_feature_length,
+        config.mask_feature_min_masks,
+    )
+    return compute_mask_indices(
+        named_key(key, "mask_feature"),
+        (batch_size, config.hidden_size),
+        config.mask_feature_prob,
+        config.mask_feature_length,
+        config.mask_feature_min_masks,
+    )
 
 
 def sample_gumbel_noise(key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int) -> jax.Array:
@@ -347,9 +370,10 @@ class Wav2Vec2Model(nnx.Module):
         deterministic: bool = True,
         key: jax.Array | None = None,
         output_hidden_states: bool = False,
+        feature_mask: jax.Array | None = None,
     ) -> Wav2Vec2BaseModelOutput:
         """`__call__` with the frame-level masks already resolved, unchecked (heads that draw their
-        own masks call this). Fine-tuning's channel masking goes here, after the time masking.
+        own masks call this). Channel masking follows the time masking, as in transformers.
 
         Args:
           input_values: `[batch, samples]` float waveforms.
@@ -357,6 +381,9 @@ class Wav2Vec2Model(nnx.Module):
           mask: `[batch, time]` bool, the frames to replace by the mask embedding (none in padding),
             or None.
           deterministic, key, output_hidden_states: as `__call__`'s.
+          feature_mask: `[batch, hidden]` bool, channels zeroed on every frame after the time
+            masking. None: in training with `config.mask_feature_prob > 0`, sampled from `key`
+            (`sample_feature_mask`), else none.
         """
         config = self.config
 
@@ -382,6 +409,10 @@ class Wav2Vec2Model(nnx.Module):
         hidden = dropout(hidden, config.feat_proj_dropout, subkey("feat_proj_dropout"), deterministic)
         if mask is not None:
             hidden = jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden)
+        if feature_mask is None and not deterministic and config.mask_feature_prob > 0.0:
+            feature_mask = sample_feature_mask(key, config, hidden.shape[0])
+        if feature_mask is not None:
+            hidden = jnp.where(feature_mask[:, None, :], jnp.zeros((), hidden.dtype), hidden)
         encoded = self.encoder(
             hidden,
             padding_mask,
@@ -640,3 +671,126 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             num_correct=contrastive_num_correct(logits, mask),
             num_masked=num_masked,
         )
+
+
+@flax.struct.dataclass
+class Wav2Vec2CTCOutput:
+    """What `Wav2Vec2ForCTC` returns (a pytree; optional fields are None when not computed).
+
+    Attributes:
+      logits: `[batch, time, vocab_size]` (the computation dtype), every frame.
+      logit_lengths: `[batch]` int32 real frames per utterance (the conv arithmetic on the
+        attention mask; all frames without one), the CTC loss's input lengths.
+      loss: float32 scalar, the CTC loss with `config.ctc_loss_reduction` (None without labels).
+      num_label_tokens: int32 scalar, label ids in the batch (-100 and blanks excluded), the
+        normaliser of a summed loss (fairseq's sample size).
+      last_hidden_state, hidden_states, mask_time_indices: as `Wav2Vec2BaseModelOutput`'s.
+    """
+
+    logits: jax.Array
+    logit_lengths: jax.Array
+    last_hidden_state: jax.Array
+    loss: jax.Array | None = None
+    num_label_tokens: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    mask_time_indices: jax.Array | None = None
+
+
+class Wav2Vec2ForCTC(nnx.Module):
+    """The fine-tuning model, numerically transformers' `Wav2Vec2ForCTC` (no adapter).
+
+    `wav2vec2` (the shared `Wav2Vec2Model`), dropout `final_dropout` on its output, `lm_head`
+    Linear(hidden -> vocab_size). Training (deterministic=False) masks time spans with the mask
+    embedding (`mask_time_prob`) and channel spans with zeros (`mask_feature_prob`), as
+    transformers does.
+
+    Example:
+      >>> model = Wav2Vec2ForCTC(Wav2Vec2Config.preset("tiny", vocab_size=30), rngs=nnx.Rngs(0))
+      >>> out = model(waveforms, attention_mask, labels=labels)     # labels padded with -100
+      >>> out.loss, greedy_decode(out.logits, out.logit_lengths, vocabulary)
+    """
+
+    def __init__(
+        self,
+        config: Wav2Vec2Config,
+        *,
+        dtype: jnp.dtype | None = None,
+        remat: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Builds the model; the arguments are `Wav2Vec2Model`'s. `lm_head` is initialised as
+        transformers does (N(0, 0.02) weights, zero bias)."""
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        self.wav2vec2 = Wav2Vec2Model(config, dtype=dtype, remat=remat, rngs=rngs)
+        self.lm_head = linear(config.hidden_size, config.vocab_size, stddev=0.02, dtype=dtype, rngs=rngs)
+
+    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+        """Frames (= logits) the model makes of `num_samples` samples (also elementwise on arrays)."""
+        return self.wav2vec2.num_frames(num_samples)
+
+    def __call__(
+        self,
+        input_values: jax.Array,
+        attention_mask: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        *,
+        mask_time_indices: jax.Array | None = None,
+        deterministic: bool = True,
+        key: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> Wav2Vec2CTCOutput:
+        """Runs the model and, with labels, its CTC loss.
+
+        Args:
+          input_values, attention_mask, mask_time_indices, output_hidden_states: as
+            `Wav2Vec2Model`'s. Group-norm models depend on zero padding (module docstring):
+            transformers' advice for them is to zero-pad without an attention mask.
+          labels: optional `[batch, labels]` int ids in [0, vocab_size), padded with -100.
+          deterministic: False for training: dropout, LayerDrop, time and channel masks.
+          key: PRNG key; named sub-keys drive the masks, the encoder's dropout and the final dropout.
+
+        Returns:
+          A `Wav2Vec2CTCOutput`.
+        """
+        config = self.config
+        base = self.wav2vec2(
+            input_values,
+            attention_mask,
+            mask_time_indices,
+            deterministic=deterministic,
+            key=key,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = dropout(
+            base.last_hidden_state,
+            config.final_dropout,
+            None if key is None else named_key(key, "final_dropout"),
+            deterministic,
+        )
+        logits = self.lm_head(hidden)
+        batch, time = logits.shape[:2]
+        lengths = self.wav2vec2.frame_lengths(attention_mask)
+        lengths = jnp.full((batch,), time, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+        output = Wav2Vec2CTCOutput(
+            logits=logits,
+            logit_lengths=lengths,
+            last_hidden_state=base.last_hidden_state,
+            hidden_states=base.hidden_states,
+            mask_time_indices=base.mask_time_indices,
+        )
+        if labels is None:
+            return output
+        labels = jnp.asarray(labels)
+        loss = ctc_loss(
+            logits,
+            lengths,
+            labels,
+            blank_id=config.pad_token_id,
+            reduction=config.ctc_loss_reduction,
+            zero_infinity=config.ctc_zero_infinity,
+        )
+        num_label_tokens = jnp.sum((labels >= 0) & (labels != config.pad_token_id), dtype=jnp.int32)
+        return output.replace(loss=loss, num_label_tokens=num_label_tokens)
