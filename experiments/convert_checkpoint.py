@@ -1,11 +1,15 @@
-"""Converts wav2vec 2.0 pretraining checkpoints between transformers and w2v_jax.
+"""Converts wav2vec 2.0 checkpoints (pretraining, CTC fine-tuned, bare encoder) between
+transformers and w2v_jax.
 
-    # a transformers Wav2Vec2ForPreTraining folder (config.json + model.safetensors or
+    # a transformers Wav2Vec2ForPreTraining / Wav2Vec2ForCTC folder (config.json + model.safetensors or
     # pytorch_model.bin) -> a w2v_jax folder (config.json + params.safetensors)
     python -m experiments.convert_checkpoint hf-to-jax path/to/hf_folder path/to/jax_folder
 
     # a w2v_jax folder -> a folder `Wav2Vec2ForPreTraining.from_pretrained` loads
     python -m experiments.convert_checkpoint jax-to-hf path/to/jax_folder path/to/hf_folder
+
+A CTC model's vocabulary (vocab.json and the tokenizer's special tokens) goes with it both ways;
+the transformers folder then also loads with `Wav2Vec2Processor.from_pretrained`.
 
 All logic lives in `w2v_jax.convert`.
 """
@@ -25,12 +29,13 @@ def main(argv: Sequence[str], allow_nonfinite: bool = False) -> None:
     if len(argv) != 3 or argv[0] not in DIRECTIONS:
         raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {list(argv)}")
     direction, source, destination = argv
+    vocabulary = convert.load_vocabulary(source)
     if direction == "hf-to-jax":
         config, model = convert.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_checkpoint(config, model, destination)
+        convert.save_checkpoint(config, model, destination, vocabulary=vocabulary)
     else:
         config, model = convert.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_hf_checkpoint(config, model, destination)
+        convert.save_hf_checkpoint(config, model, destination, vocabulary=vocabulary)
     print(f"{direction}: {source} -> {destination}")
 
 

@@ -178,8 +178,8 @@ def test_mismatched_checkpoints_are_clear_errors(tmp_path):
     del missing["project_q.bias"]
     with pytest.raises(ValueError, match="missing keys \\['project_q.bias'\\]"):
         params_from_hf(config, missing)
-    with pytest.raises(ValueError, match="unexpected keys \\['lm_head.weight'\\]"):
-        params_from_hf(config, state_dict | {"lm_head.weight": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match="unexpected keys \\['projector.weight'\\]"):
+        params_from_hf(config, state_dict | {"projector.weight": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match="shape mismatches"):
         params_from_hf(config.replace(proj_codevector_dim=8), state_dict)
     with pytest.raises(ValueError, match="no config.json"):

@@ -23,7 +23,8 @@ In memory: `params_from_hf(config, state_dict)` -> `nnx.State`, `params_to_hf(pa
 written before the encoder was nested under `wav2vec2` are read too). Which model a state dict
 holds follows from its keys (`model_class`): `lm_head.*` a CTC model, else `wav2vec2.*` a
 pretraining model, else a bare encoder. A CTC model's folder also holds its vocabulary and
-processor files (`save_hf_checkpoint`, `w2v_jax.data.vocabulary.save_processor_files`).
+processor files (`save_processor_files`), so `Wav2Vec2Processor.from_pretrained` and the
+automatic-speech-recognition pipeline load it; `load_vocabulary` reads it back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import safetensors.numpy
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 Model = Wav2Vec2ForPreTraining | Wav2Vec2ForCTC | Wav2Vec2Model
@@ -228,13 +230,89 @@ def _write_config(config: Wav2Vec2Config, model: Model, folder: pathlib.Path) ->
         f.write("\n")
 
 
-def save_hf_checkpoint(config: Wav2Vec2Config, model: Model, path: str | os.PathLike) -> None:
-    """Writes a folder `transformers.Wav2Vec2ForPreTraining.from_pretrained` (or, for a
-    `Wav2Vec2Model`, `transformers.Wav2Vec2Model.from_pretrained`) loads with no missing or
-    unexpected keys: config.json (with our fairseq fields, which transformers keeps as extra
-    attributes) and model.safetensors."""
+SAMPLE_RATE = 16_000
+
+
+def save_processor_files(
+    vocabulary: Vocabulary, config: Wav2Vec2Config, path: str | os.PathLike, *, do_normalize: bool = True
+) -> None:
+    """Writes the files `transformers.Wav2Vec2Processor.from_pretrained` reads: `vocab.json`,
+    `tokenizer_config.json` and `special_tokens_map.json` (a `Wav2Vec2CTCTokenizer` whose decode is
+    `Vocabulary.decode`), and `preprocessor_config.json` (a `Wav2Vec2FeatureExtractor` at 16 kHz).
+
+    Args:
+      vocabulary: the CTC head's tokens; its size must be `config.vocab_size`.
+      config: the model's config; layer-norm models get attention masks from the feature
+        extractor, group-norm models zero padding only (transformers' convention).
+      path: the folder (created if missing).
+      do_normalize: the feature extractor normalises each utterance to zero mean, unit variance,
+        as our input pipeline does with `data.normalize`.
+    """
+    if len(vocabulary) != config.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocabulary)} tokens but config.vocab_size is {config.vocab_size}")
+    if vocabulary.pad_id != config.pad_token_id:
+        raise ValueError(f"the vocabulary's {vocabulary.pad_token} is id {vocabulary.pad_id} but "
+                         f"config.pad_token_id (the CTC blank) is {config.pad_token_id}")
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    vocabulary.save(folder / VOCAB_FILE)
+    special = {
+        "pad_token": vocabulary.pad_token,
+        "unk_token": vocabulary.unk_token,
+        # Only tokens the vocabulary holds: the tokenizer would append missing ones as new ids.
+        **{name: token for name, token in (("bos_token", "<s>"), ("eos_token", "</s>")) if token in vocabulary},
+    }
+    tokenizer = {
+        "tokenizer_class": "Wav2Vec2CTCTokenizer",
+        "processor_class": "Wav2Vec2Processor",
+        "word_delimiter_token": vocabulary.word_delimiter_token,
+        "replace_word_delimiter_char": " ",
+        "do_lower_case": False,
+        **special,
+    }
+    feature_extractor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "processor_class": "Wav2Vec2Processor",
+        "feature_size": 1,
+        "sampling_rate": SAMPLE_RATE,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "do_normalize": do_normalize,
+        "return_attention_mask": config.feat_extract_norm == "layer",
+    }
+    for name, content in (
+        ("tokenizer_config.json", tokenizer),
+        ("special_tokens_map.json", special),
+        ("preprocessor_config.json", feature_extractor),
+    ):
+        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_vocabulary(path: str | os.PathLike) -> Vocabulary | None:
+    """The `vocab.json` of a checkpoint folder (transformers' or ours), with the tokenizer's special
+    tokens when `tokenizer_config.json` names them; None when the folder has no vocabulary."""
+    folder = pathlib.Path(path)
+    if not (folder / VOCAB_FILE).is_file():
+        return None
+    names = {}
+    if (folder / "tokenizer_config.json").is_file():
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        names = {k: settings[k] for k in ("pad_token", "unk_token", "word_delimiter_token") if isinstance(settings.get(k), str)}
+    return Vocabulary.load(folder / VOCAB_FILE, **names)
+
+
+def save_hf_checkpoint(
+    config: Wav2Vec2Config, model: Model, path: str | os.PathLike, *, vocabulary: Vocabulary | None = None
+) -> None:
+    """Writes a folder that transformers' class of the same name (`Wav2Vec2ForPreTraining`,
+    `Wav2Vec2ForCTC` or `Wav2Vec2Model`) `from_pretrained` loads with no missing or unexpected keys:
+    config.json (with our fairseq fields, which transformers keeps as extra attributes) and
+    model.safetensors; with a `vocabulary` (CTC models) also the processor files
+    (`save_processor_files`)."""
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if vocabulary is not None:
+        save_processor_files(vocabulary, config, folder)
     _write_config(config, model, folder)
     state_dict = params_to_hf(nnx.state(model, nnx.Param), config)
     safetensors.numpy.save_file(state_dict, folder / "model.safetensors", metadata={"format": "pt"})
@@ -244,11 +322,16 @@ def _param_name(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def save_checkpoint(config: Wav2Vec2Config, model: Model, path: str | os.PathLike) -> None:
+def save_checkpoint(
+    config: Wav2Vec2Config, model: Model, path: str | os.PathLike, *, vocabulary: Vocabulary | None = None
+) -> None:
     """Our folder format: config.json (transformers' + fairseq fields) and params.safetensors
-    keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`)."""
+    keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`); with
+    a `vocabulary` (CTC models) also the processor files, as `save_hf_checkpoint` writes them."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    if vocabulary is not None:
+        save_processor_files(vocabulary, config, folder)
     _write_config(config, model, folder)
     params = {
         _param_name(p): np.asarray(jax.device_get(v[...]), np.float32)

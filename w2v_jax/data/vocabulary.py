@@ -58,8 +58,12 @@ class Vocabulary:
         return cls(SPECIAL_TOKENS + tuple(sorted(symbols - set(SPECIAL_TOKENS))))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Vocabulary:
-        """Reads a `vocab.json` (or the folder holding one): a flat token -> id mapping, ids 0..n-1."""
+    def load(cls, path: str | os.PathLike, **special_tokens: str) -> Vocabulary:
+        """Reads a `vocab.json` (or the folder holding one): a flat token -> id mapping, ids 0..n-1.
+
+        `special_tokens`: `pad_token`, `unk_token`, `word_delimiter_token` when not transformers'
+        defaults (a tokenizer_config.json names them).
+        """
         path = Path(path)
         if path.is_dir():
             path = path / VOCAB_FILE
@@ -71,7 +75,7 @@ class Vocabulary:
                              "vocabularies are not supported)")
         if sorted(mapping.values()) != list(range(len(mapping))):
             raise ValueError(f"{path}: ids must be 0..{len(mapping) - 1}, each once")
-        return cls(tuple(sorted(mapping, key=mapping.__getitem__)))
+        return cls(tuple(sorted(mapping, key=mapping.__getitem__)), **special_tokens)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes `vocab.json` (into `path` if it is a folder); returns the file written."""
