@@ -131,3 +131,38 @@ def test_optimizer_settings_come_from_the_train_section():
     train.unlock()
     train.update(adam_b1=0.8, adam_b2=0.95, adam_eps=1e-8, weight_decay=0.05, max_grad_norm=2.0)
     assert optim.OptimizerSettings.from_train_config(train) == optim.OptimizerSettings(0.8, 0.95, 1e-8, 0.05, 2.0)
+
+
+def tri_stage_oracle(step, peak, total, ratios=(0.1, 0.4, 0.5), init_scale=0.01, final_scale=0.05):
+    """fairseq's TriStageLRScheduler.step_update, in Python float64 (one step at a time)."""
+    warmup, hold, decay = (int(r * total) for r in ratios)
+    init_lr, final_lr = init_scale * peak, final_scale * peak
+    if step < warmup:
+        return init_lr + (peak - init_lr) / warmup * step
+    if step < warmup + hold:
+        return peak
+    if step < warmup + hold + decay:
+        return peak * np.exp(np.log(final_scale) / decay * (step - warmup - hold))
+    return final_lr
+
+
+@pytest.mark.parametrize("total,ratios", [(13_000, (0.1, 0.4, 0.5)), (97, (0.2, 0.3, 0.4))])
+def test_tri_stage_schedule_matches_fairseq(total, ratios):
+    schedule = optim.tri_stage_schedule(5e-5, total, ratios)
+    steps = np.arange(0, total + 20)
+    want = np.array([tri_stage_oracle(s, 5e-5, total, ratios) for s in steps])
+    np.testing.assert_allclose(jax.jit(jax.vmap(schedule))(jnp.asarray(steps)), want, rtol=2e-6)
+    assert float(schedule(0)) == pytest.approx(5e-7) and float(schedule(total + 5)) == pytest.approx(2.5e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(phase_ratios=(0.5, 0.5, 0.5)), "phase_ratios"),
+        (dict(phase_ratios=(0.5, 0.5)), "phase_ratios"),
+        (dict(final_lr_scale=0.0), "final_lr_scale"),
+    ],
+)
+def test_tri_stage_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        optim.tri_stage_schedule(1.0, 100, **kwargs)

@@ -1,4 +1,4 @@
-"""Optimizer and schedules for wav2vec 2.0 pretraining.
+"""Optimizer and schedules for wav2vec 2.0 pretraining and CTC fine-tuning.
 
 fairseq's pretraining recipe (`examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml`):
 Adam(0.9, 0.98), eps 1e-6, decoupled weight decay 0.01, gradient clipping, and a
@@ -7,11 +7,18 @@ last update). Here that is `optax.adamw` behind `optax.clip_by_global_norm`, wra
 `optax.inject_hyperparams` so the train step sets the learning rate from its own step counter:
 the schedule is a function of the step inside the step, and a skipped (non-finite) update doesn't
 shift it.
+
+Fine-tuning (fairseq's `examples/wav2vec/config/finetuning/*.yaml`) uses Adam(0.9, 0.98), eps 1e-8,
+no weight decay, and the `tri_stage` schedule (`tri_stage_schedule`): linear warm-up from 1% of the
+peak, hold at the peak, exponential decay to `final_lr_scale` of the peak, in phases of 10%, 40% and
+50% of the updates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax.numpy as jnp
@@ -62,6 +69,54 @@ def learning_rate_schedule(
             peak_value, end_value, power=1.0 if kind == "linear" else power, transition_steps=decay_steps
         )
     return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def tri_stage_schedule(
+    peak_value: float,
+    total_steps: int,
+    phase_ratios: Sequence[float] = (0.1, 0.4, 0.5),
+    init_lr_scale: float = 0.01,
+    final_lr_scale: float = 0.05,
+) -> optax.Schedule:
+    """fairseq's `tri_stage` learning-rate schedule (wav2vec 2.0 fine-tuning, paper appendix B).
+
+    With `w, h, d = phase_ratios * total_steps` (rounded down): linear from
+    `init_lr_scale * peak` to `peak` over the first `w` updates, `peak` for `h` updates, then
+    `peak * exp(-ln(1 / final_lr_scale) * t / d)` for `t` in `[0, d)`, and `final_lr_scale * peak` after.
+
+    Args:
+      peak_value: the peak learning rate.
+      total_steps: the run's updates.
+      phase_ratios: fractions of `total_steps` for warm-up, hold and decay (summing to at most 1).
+      init_lr_scale, final_lr_scale: start and end as fractions of the peak.
+
+    Returns:
+      an optax schedule `step -> learning rate`, jnp-friendly (usable inside jit).
+    """
+    if peak_value <= 0:
+        raise ValueError(f"peak learning rate must be positive, got {peak_value}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if len(phase_ratios) != 3 or min(phase_ratios) < 0 or sum(phase_ratios) > 1 + 1e-9:
+        raise ValueError(f"phase_ratios must be 3 non-negative fractions summing to at most 1, got {phase_ratios}")
+    if not (0 < init_lr_scale <= 1 and 0 < final_lr_scale <= 1):
+        raise ValueError(f"init_lr_scale and final_lr_scale must be in (0, 1], got {init_lr_scale}, {final_lr_scale}")
+    warmup, hold, decay = (int(r * total_steps) for r in phase_ratios)
+    init_value = init_lr_scale * peak_value
+    decay_rate = -math.log(final_lr_scale) / max(decay, 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warming = init_value + (peak_value - init_value) * step / max(warmup, 1)
+        decaying = peak_value * jnp.exp(-decay_rate * (step - warmup - hold))
+        return jnp.where(
+            step < warmup,
+            warming,
+            jnp.where(step < warmup + hold, peak_value, jnp.where(step < warmup + hold + decay, decaying,
+                                                                   final_lr_scale * peak_value)),
+        )
+
+    return schedule
 
 
 @dataclasses.dataclass(frozen=True)
