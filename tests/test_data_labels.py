@@ -175,3 +175,39 @@ def test_pad_labels():
     assert pad_labels([np.array([5])], length=4).tolist() == [[5, -100, -100, -100]]
     with pytest.raises(ValueError, match="length 3 do not fit in length 2"):
         pad_labels([np.array([5, 6, 7])], length=2)
+
+
+def test_labelled_batches_are_whole_utterances_with_their_labels(tmp_path):
+    """The input pipeline with a LabelSet: padded, never cropped; each row carries its own labels."""
+    from w2v_jax.data import default_manifest
+    from w2v_jax.data.pipeline import make_train_iterator
+    from w2v_jax.data.skips import LONGER_THAN_MAX_SAMPLE_SIZE
+
+    manifest_path = default_manifest("train")
+    manifest = read_manifest(manifest_path)
+    labels = LabelSet(manifest_path, "ltr", build_vocabulary(manifest_path, "ltr"), ENCODER.compute_output_length)
+    max_samples = int(np.sort(manifest.num_samples)[-10])  # the 9 longest utterances can't be used
+    kwargs = dict(batch_size=4, seed=1, max_sample_size=max_samples, min_sample_size=0, pad=True, num_workers=0,
+                  num_buckets=4, labels=labels)
+    with make_train_iterator(manifest_path, **kwargs) as iterator:
+        label_length = iterator.config.label_length
+        assert label_length == max(len(labels.encode(int(i))) for i in labels.usable_indices())
+        for number in range(6):
+            rows = iterator.planned_files(number)
+            batch = next(iterator)
+            assert batch["labels"].shape == (4, label_length) and batch["labels"].dtype == np.int32
+            for slot, row in enumerate(rows):
+                np.testing.assert_array_equal(batch["attention_mask"][slot].sum(), manifest.num_samples[row])
+                ids = labels.encode(int(row))
+                np.testing.assert_array_equal(batch["labels"][slot, : len(ids)], ids)
+                assert np.all(batch["labels"][slot, len(ids) :] == -100)
+        assert iterator.skip_counts()[LONGER_THAN_MAX_SAMPLE_SIZE] == 9
+        assert set(labels.skip_counts()) <= set(iterator.skip_counts())
+        state = iterator.get_state()
+        expected = next(iterator)
+    with make_train_iterator(manifest_path, **kwargs) as resumed:
+        resumed.set_state(state)
+        for key, value in next(resumed).items():
+            np.testing.assert_array_equal(value, expected[key])
+    with pytest.raises(ValueError, match="must be padded"):
+        make_train_iterator(manifest_path, **(kwargs | dict(pad=False)))

@@ -13,6 +13,12 @@ and max_sample_size. Crop mode (fairseq's default) files each utterance under th
 length <= its length and crops every row to that length, so a batch is cropped to (at most) its
 shortest utterance. Pad mode files it under the smallest bucket length >= its (max-cropped) length
 and zero-pads, with ``attention_mask`` marking real samples.
+
+Labelled batches (CTC fine-tuning, ``labels=`` a ``LabelSet``) are padded, never cropped: a
+transcript covers its whole utterance. Utterances longer than max_sample_size are skipped
+(``longer_than_max_sample_size``), as are rows the label set skips (empty transcripts, transcripts
+needing more frames than the audio has); batches gain ``labels`` int32 ``[batch, label_length]``
+padded with -100, ``label_length`` the longest usable transcript (one static shape per run).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import grain
 import numpy as np
 
 from w2v_jax.data import audio, skips
+from w2v_jax.data.labels import LabelSet, pad_labels
 from w2v_jax.data.manifest import Manifest, load_manifest
 
 logger = logging.getLogger("w2v_jax.data")
@@ -57,6 +64,7 @@ class PipelineConfig:
     shard_index: int = 0
     shard_count: int = 1
     num_epochs: int | None = None
+    label_length: int = 0  # labelled batches: label ids per row (0: no labels)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -74,6 +82,8 @@ class PipelineConfig:
             raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+        if self.label_length and not self.pad:
+            raise ValueError("labelled batches must be padded (pad=True): cropping would cut transcripts")
 
 
 def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int, *, pad: bool) -> np.ndarray:
@@ -155,8 +165,9 @@ class _BatchDataset(grain.MapDataset):
     """
 
     def __init__(self, manifest: Manifest, planner: EpochPlanner, buckets: np.ndarray,
-                 config: PipelineConfig, start: int):
+                 config: PipelineConfig, start: int, labels: LabelSet | None = None):
         super().__init__()
+        self._labels = labels
         self._manifest = manifest
         self._planner = planner
         self._buckets = buckets
@@ -198,6 +209,7 @@ class _BatchDataset(grain.MapDataset):
         first_row = config.shard_index * config.batch_size
         input_values = np.zeros((config.batch_size, length), np.float32)
         attention_mask = np.zeros((config.batch_size, length), np.int32)
+        label_rows = [np.zeros(0, np.int32)] * config.batch_size
         report = []
         for slot, row in enumerate(range(first_row, first_row + config.batch_size)):
             samples, outcome = self._read_row(int(members[row]))
@@ -219,7 +231,12 @@ class _BatchDataset(grain.MapDataset):
             offset = int(rng.integers(0, samples.shape[0] - keep + 1))
             input_values[slot, :keep] = samples[offset : offset + keep]
             attention_mask[slot, :keep] = 1
-        return {"input_values": input_values, "attention_mask": attention_mask, "report": tuple(report)}
+            if self._labels is not None:
+                label_rows[slot] = self._labels.encode(outcome[0])  # the row read, replacements included
+        batch = {"input_values": input_values, "attention_mask": attention_mask, "report": tuple(report)}
+        if self._labels is not None:
+            batch["labels"] = pad_labels(label_rows, config.label_length)
+        return batch
 
 
 def _close_grain(holder: dict[str, Any]) -> None:
@@ -240,9 +257,14 @@ class TrainIterator:
     """
 
     def __init__(self, manifest: Manifest, config: PipelineConfig, *, num_workers: int,
-                 strict: bool, max_skip_fraction: float):
+                 strict: bool, max_skip_fraction: float, labels: LabelSet | None = None):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if (labels is not None) != (config.label_length > 0):
+            raise ValueError("a LabelSet and config.label_length > 0 go together")
+        if labels is not None and len(labels) != len(manifest):
+            raise ValueError(f"the label set has {len(labels)} rows, the manifest {manifest.source} {len(manifest)}")
+        self.labels = labels
         self.manifest = manifest
         self.config = config
         self.num_workers = num_workers
@@ -278,6 +300,14 @@ class TrainIterator:
             for index in np.flatnonzero(selected & usable):
                 self._tracker.record(int(index), reason=reason, detail=f"{detail} ({lengths[index]})")
             usable &= ~selected
+        if self.labels is not None:
+            for index in np.flatnonzero(usable & (lengths > config.max_sample_size)):
+                self._tracker.record(int(index), reason=skips.LONGER_THAN_MAX_SAMPLE_SIZE,
+                                     detail=f"{lengths[index]} samples; labelled audio is never cropped")
+                usable[index] = False
+            label_usable = np.zeros(len(lengths), bool)
+            label_usable[self.labels.usable_indices()] = True
+            usable &= label_usable  # the label set logged and counts its own skips
         bucket_of = assign_buckets(lengths, self.buckets, pad=config.pad, max_sample_size=config.max_sample_size)
         members = [np.flatnonzero(usable & (bucket_of == b)) for b in range(len(self.buckets))]
         global_batch = config.batch_size * config.shard_count
@@ -319,7 +349,8 @@ class TrainIterator:
 
     def _grain_iterator(self):
         if self._grain["iterator"] is None:
-            dataset = _BatchDataset(self.manifest, self._planner, self.buckets, self.config, self._next_batch)
+            dataset = _BatchDataset(self.manifest, self._planner, self.buckets, self.config, self._next_batch,
+                                    self.labels)
             # Elements are whole batches: a short buffer is enough, and a long one costs memory.
             dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
             if self.num_workers > 0:
@@ -346,7 +377,7 @@ class TrainIterator:
                                  downmixed=downmixed)
         # Workers hand arrays over in shared memory; plain copies let grain free each segment now
         # rather than whenever (or, at interpreter exit, after) the caller drops the batch.
-        return {key: np.array(element[key]) for key in ("input_values", "attention_mask")}
+        return {key: np.array(value) for key, value in element.items() if key != "report"}
 
     def get_state(self) -> dict[str, Any]:
         """JSON-serialisable position: the next global batch, the config and manifest it belongs to,
@@ -382,8 +413,10 @@ class TrainIterator:
         self._next_batch = int(state["next_batch"])
 
     def skip_counts(self) -> dict[str, int]:
-        """Distinct skipped files per reason (every reason present, zeros included)."""
-        return self._tracker.skip_counts()
+        """Distinct skipped files per reason (every reason present, zeros included); with labels
+        also the label set's reasons."""
+        counts = self._tracker.skip_counts()
+        return counts if self.labels is None else counts | self.labels.skip_counts()
 
     def conversion_counts(self) -> dict[str, int]:
         """Distinct files resampled to 16 kHz / down-mixed to mono."""
@@ -421,6 +454,7 @@ def make_train_iterator(
     num_epochs: int | None = None,
     num_buckets: int = 8,
     allow_outside_root: bool = False,
+    labels: LabelSet | None = None,
 ) -> TrainIterator:
     """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
 
@@ -430,13 +464,15 @@ def make_train_iterator(
     zero-pads to a bucket length with attention_mask. num_workers: grain worker processes (0 loads
     in background threads of this process). max_skip_fraction / strict: see ``skips``.
     num_epochs: None repeats forever. allow_outside_root: accept absolute or ``..`` manifest paths.
+    labels: a ``LabelSet`` of the same manifest: batches gain ``labels`` (module docstring); needs pad.
     """
     config = PipelineConfig(
         batch_size=batch_size, seed=seed, max_sample_size=max_sample_size, min_sample_size=min_sample_size,
         pad=pad, normalize=normalize, num_buckets=num_buckets, shard_index=shard_index,
         shard_count=shard_count, num_epochs=num_epochs,
+        label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, allow_outside_root=allow_outside_root)
     return TrainIterator(manifest, config, num_workers=num_workers, strict=strict,
-                         max_skip_fraction=max_skip_fraction)
+                         max_skip_fraction=max_skip_fraction, labels=labels)
