@@ -413,10 +413,13 @@ class TrainIterator:
         self._next_batch = int(state["next_batch"])
 
     def skip_counts(self) -> dict[str, int]:
-        """Distinct skipped files per reason (every reason present, zeros included); with labels
-        also the label set's reasons."""
+        """Distinct skipped files per reason (every reason that applies present, zeros included); with
+        labels also the label set's reasons."""
         counts = self._tracker.skip_counts()
-        return counts if self.labels is None else counts | self.labels.skip_counts()
+        if self.labels is None:
+            # Only labelled audio is never cropped: unlabelled runs keep their metric keys.
+            return {k: v for k, v in counts.items() if k != skips.LONGER_THAN_MAX_SAMPLE_SIZE}
+        return counts | self.labels.skip_counts()
 
     def conversion_counts(self) -> dict[str, int]:
         """Distinct files resampled to 16 kHz / down-mixed to mono."""
