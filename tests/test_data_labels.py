@@ -180,8 +180,7 @@ def test_pad_labels():
 def test_labelled_batches_are_whole_utterances_with_their_labels(tmp_path):
     """The input pipeline with a LabelSet: padded, never cropped; each row carries its own labels."""
     from w2v_jax.data import default_manifest
-    from w2v_jax.data.pipeline import make_train_iterator
-    from w2v_jax.data.skips import LONGER_THAN_MAX_SAMPLE_SIZE
+    from w2v_jax.data.pipeline import LONGER_THAN_MAX_SAMPLE_SIZE, make_train_iterator
 
     manifest_path = default_manifest("train")
     manifest = read_manifest(manifest_path)

@@ -44,6 +44,8 @@ STATE_FORMAT = "w2v_jax.data.TrainIterator/1"
 _SHUFFLE_STREAM = 0
 _CROP_STREAM = 1
 _REPLACEMENT_STREAM = 2
+# Labelled utterances longer than max_sample_size (a filter of the run, like min_sample_size).
+LONGER_THAN_MAX_SAMPLE_SIZE = "longer_than_max_sample_size"
 # A row whose file is unusable is refilled with another utterance of the same bucket, so batches keep
 # their shape (a multi-process global batch needs every process's shard to be the same size); after
 # this many unusable draws in a row the slot is left as an all-padding row (attention_mask 0).
@@ -301,10 +303,12 @@ class TrainIterator:
                 self._tracker.record(int(index), reason=reason, detail=f"{detail} ({lengths[index]})")
             usable &= ~selected
         if self.labels is not None:
-            for index in np.flatnonzero(usable & (lengths > config.max_sample_size)):
-                self._tracker.record(int(index), reason=skips.LONGER_THAN_MAX_SAMPLE_SIZE,
-                                     detail=f"{lengths[index]} samples; labelled audio is never cropped")
-                usable[index] = False
+            too_long = usable & (lengths > config.max_sample_size)
+            for index in np.flatnonzero(too_long):
+                logger.warning("skipping %s: %s (%d samples; labelled audio is never cropped)",
+                               self.manifest.file_path(int(index)), LONGER_THAN_MAX_SAMPLE_SIZE, lengths[index])
+            self._num_too_long = int(too_long.sum())
+            usable &= ~too_long
             label_usable = np.zeros(len(lengths), bool)
             label_usable[self.labels.usable_indices()] = True
             usable &= label_usable  # the label set logged and counts its own skips
@@ -417,9 +421,8 @@ class TrainIterator:
         labels also the label set's reasons."""
         counts = self._tracker.skip_counts()
         if self.labels is None:
-            # Only labelled audio is never cropped: unlabelled runs keep their metric keys.
-            return {k: v for k, v in counts.items() if k != skips.LONGER_THAN_MAX_SAMPLE_SIZE}
-        return counts | self.labels.skip_counts()
+            return counts
+        return counts | {LONGER_THAN_MAX_SAMPLE_SIZE: self._num_too_long} | self.labels.skip_counts()
 
     def conversion_counts(self) -> dict[str, int]:
         """Distinct files resampled to 16 kHz / down-mixed to mono."""
