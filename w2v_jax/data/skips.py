@@ -24,23 +24,22 @@ NON_FINITE = "non_finite"  # NaN or Inf samples
 SHORTER_THAN_RECEPTIVE_FIELD = "shorter_than_receptive_field"  # < 400 samples at 16 kHz
 LENGTH_MISMATCH = "length_mismatch"  # decoded length differs from the manifest's
 SHORTER_THAN_MIN_SAMPLE_SIZE = "shorter_than_min_sample_size"  # the configured length filter
-LONGER_THAN_MAX_SAMPLE_SIZE = "longer_than_max_sample_size"  # labelled audio is never cropped
 
 # Order fixes the status codes stored in checkpoints: append only.
 SKIP_REASONS = (
     MISSING, UNREADABLE, EMPTY, NON_FINITE, SHORTER_THAN_RECEPTIVE_FIELD, LENGTH_MISMATCH,
-    SHORTER_THAN_MIN_SAMPLE_SIZE, LONGER_THAN_MAX_SAMPLE_SIZE,
+    SHORTER_THAN_MIN_SAMPLE_SIZE,
 )
 # Dropping utterances below min_sample_size is a choice of the run, not broken data: it is logged and
 # counted, but neither ``strict`` nor ``max_skip_fraction`` treats it as an error.
-FILTER_REASONS = frozenset({SHORTER_THAN_MIN_SAMPLE_SIZE, LONGER_THAN_MAX_SAMPLE_SIZE})
+FILTER_REASONS = frozenset({SHORTER_THAN_MIN_SAMPLE_SIZE})
 RESAMPLED = "resampled"
 DOWNMIXED = "downmixed"
 
 _SEEN = 1
 _RESAMPLED = 2
 _DOWNMIXED = 4
-_REASON_SHIFT = 3  # reason code (1-based index into SKIP_REASONS) in bits 3..7
+_REASON_SHIFT = 3  # reason code (1-based index into SKIP_REASONS) in bits 3..5
 # The skip fraction is measured against at least this many files, so the first bad file of a run
 # cannot trip it (a manifest smaller than this is measured against its full size).
 _MIN_FILES_FOR_FRACTION = 100
