@@ -32,6 +32,7 @@ orbax checkpoints), our safetensors folder or a transformers folder (`convert`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,10 +47,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from w2v_jax import convert, sharding
+from w2v_jax import convert, optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+
+# A fine-tuning workdir's resolved model config and best model (`w2v_jax.finetuning` writes them).
+FINETUNED_MODEL_CONFIG = "model_config.json"
+BEST_MODEL_DIR = "best"
 
 logger = logging.getLogger(__name__)
 
@@ -331,17 +336,22 @@ def abstract_like(state: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
-def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
+def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
     """A model from any of our checkpoint formats.
 
     Args:
-      path: a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain`),
-        our folder format (`config.json` + `params.safetensors`, `convert.save_checkpoint`), or a
-        transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`).
-      step: the workdir checkpoint to load; default the newest.
+      path: a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain` or
+        `experiments.finetune`), our folder format (`config.json` + `params.safetensors`,
+        `convert.save_checkpoint`), or a transformers folder (`config.json` + `model.safetensors` /
+        `pytorch_model.bin`).
+      step: the workdir checkpoint to load; default the newest, or for a fine-tuning workdir its
+        best model by the validation metric (`WORKDIR/best/`, the newest checkpoint before any
+        validation).
     """
     folder = pathlib.Path(path)
     if (folder / "checkpoints").is_dir():
+        if step is None and (folder / BEST_MODEL_DIR / "params.safetensors").is_file():
+            return convert.load_checkpoint(folder / BEST_MODEL_DIR)[1]
         return _load_workdir(folder, step)
     if step is not None:
         raise ValueError(f"step={step} only applies to a training workdir (with checkpoints/), not {folder}")
@@ -355,14 +365,21 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForP
     )
 
 
-def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining:
+def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
     """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
     config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text(encoding="utf-8")))
     t = config.train
-    model_config = Wav2Vec2Config.from_run_config(config)
-    optimizer, _ = train_lib.optimizer_and_hyperparams(t)
+    if (folder / FINETUNED_MODEL_CONFIG).is_file():
+        model_config = Wav2Vec2Config.from_json_file(folder / FINETUNED_MODEL_CONFIG)
+        model_class = Wav2Vec2ForCTC
+    else:
+        model_config = Wav2Vec2Config.from_run_config(config)
+        model_class = Wav2Vec2ForPreTraining
+    optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(t)))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    graphdef, abstract, shardings = train_lib.abstract_train_state(model_config, optimizer, mesh=mesh)
+    graphdef, abstract, shardings = train_lib.abstract_train_state(
+        model_config, optimizer, mesh=mesh, model_class=model_class
+    )
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     # Read-only: the run may be live, its in-flight save must not be cleaned up or its steps moved.
     checkpointer = Checkpointer(folder / "checkpoints", read_only=True)

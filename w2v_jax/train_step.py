@@ -1,4 +1,4 @@
-"""The train state and the pure, jit-compiled pretraining step.
+"""The train state and the pure, jit-compiled train step (pretraining, or any `Objective`).
 
 `train_step(state, batch, key) -> (state, metrics)` is one update of fairseq's recipe:
 1. the model's key is `fold_in(fold_in(key, state.step), micro-batch index)` (`model_key`); the
@@ -12,6 +12,12 @@
    counted as skipped (`nonfinite_total`, `nonfinite_consecutive` live in the state, so they are
    checkpointed too).
 
+What the step optimises is its `Objective` (`StepHyperparams.objective`): the model's summed loss
+on a micro-batch, the sums and counts it adds up, the count that normalises the gradient and the
+metrics. `PretrainingObjective` is wav2vec 2.0's (contrastive + diversity, per masked frame);
+`w2v_jax.finetuning.CTCObjective` is CTC fine-tuning's. The loop, accumulation, non-finite skip,
+sharding and donation are shared.
+
 NNX is used functionally (Flax's performance guide): the model is split once into a static
 graph definition and a state pytree; the step is a plain `jax.jit` over the pytree that merges
 them back inside. `TrainStep` compiles it with explicit shardings (batch over the mesh,
@@ -24,7 +30,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import flax.struct
 import jax
@@ -37,15 +43,12 @@ from jax.sharding import Mesh, NamedSharding
 
 from w2v_jax import optim, sharding
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.quantization import gumbel_temperature
 
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, jax.Array]
-# What `train_step` adds up over micro-batches: float32 sums and exact int32 counts.
-_SUMMED_OUTPUTS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
-_COUNTS = ("num_correct", "num_masked")
 
 
 @flax.struct.dataclass
@@ -69,14 +72,103 @@ class TrainState:
     nonfinite_consecutive: jax.Array
 
 
+class Objective(Protocol):
+    """What `train_step` optimises; a frozen dataclass (hashable: part of the static step settings).
+
+    Attributes:
+      sums: names of the float32 sums `loss` returns, added over micro-batches.
+      counts: names of the int32 counts `loss` returns, added over micro-batches (exactly).
+      normalizer: the count that divides the summed loss's gradient once per update (fairseq's
+        sample size).
+    """
+
+    sums: tuple[str, ...]
+    counts: tuple[str, ...]
+    normalizer: str
+
+    def loss(
+        self, model: nnx.Module, micro: Mapping[str, jax.Array], key: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+        """(summed loss to differentiate, float sums, int counts) of one micro-batch in training mode."""
+        ...
+
+    def frozen_gradients(self, grads: nnx.State, step: jax.Array) -> nnx.State:
+        """The gradients with frozen parameters' zeroed (a function of the step)."""
+        ...
+
+    def metrics(self, sums: dict[str, jax.Array], counts: dict[str, jax.Array], accum: int, step: jax.Array
+                ) -> dict[str, jax.Array]:
+        """The update's float32 metrics from the summed sums and counts."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingObjective:
+    """wav2vec 2.0 pretraining: losses summed over masked frames, normalised by their count.
+
+    Attributes:
+      gumbel_start, gumbel_end, gumbel_decay: the Gumbel temperature schedule (`gumbel_temperature`).
+    """
+
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995
+    sums: tuple[str, ...] = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
+    counts: tuple[str, ...] = ("num_correct", "num_masked")
+    normalizer: str = "num_masked"
+
+    def temperature(self, step: jax.Array) -> jax.Array:
+        return gumbel_temperature(step, self.gumbel_start, self.gumbel_end, self.gumbel_decay)
+
+    def loss(self, model, micro, key, step):
+        out = model(
+            micro["input_values"],
+            attention_mask=micro.get("attention_mask"),
+            mask_time_indices=micro.get("mask_time_indices"),
+            negative_indices=micro.get("negative_indices"),
+            deterministic=False,
+            gumbel_temperature=self.temperature(step),
+            key=key,
+        )
+        sums = {
+            "loss": out.loss,
+            "contrastive_loss": out.contrastive_loss,
+            "diversity_loss": out.diversity_loss,
+            "feature_penalty": out.feature_penalty,
+            "code_perplexity": out.codevector_perplexity,
+        }
+        counts = {"num_correct": out.num_correct, "num_masked": out.num_masked}
+        return out.loss, sums, counts
+
+    def frozen_gradients(self, grads, step):
+        return grads
+
+    def metrics(self, sums, counts, accum, step):
+        num_masked = counts["num_masked"].astype(jnp.float32)
+        return {
+            "loss": sums["loss"] / num_masked,
+            "contrastive_loss": sums["contrastive_loss"] / num_masked,
+            "diversity_loss": sums["diversity_loss"] / num_masked,
+            "feature_penalty": sums["feature_penalty"] / num_masked,
+            # Counts are divided once, here (and again over a logging window, from their sums).
+            "accuracy": counts["num_correct"].astype(jnp.float32) / jnp.maximum(num_masked, 1.0),
+            "code_perplexity": sums["code_perplexity"] / accum,
+            "num_masked": num_masked,
+            "num_correct": counts["num_correct"].astype(jnp.float32),
+            "gumbel_temperature": jnp.asarray(self.temperature(step), jnp.float32),
+        }
+
+
 @dataclasses.dataclass(frozen=True)
 class StepHyperparams:
     """The static (hashable) settings of `train_step`.
 
     Attributes:
       learning_rate: the schedule, a function of the step.
-      gumbel_start, gumbel_end, gumbel_decay: the Gumbel temperature schedule (`gumbel_temperature`).
+      gumbel_start, gumbel_end, gumbel_decay: the Gumbel temperature schedule of the default
+        objective (`gumbel_temperature`).
       grad_accum_steps: micro-batches per update.
+      objective: what the step optimises; None: `PretrainingObjective` with the Gumbel schedule above.
     """
 
     learning_rate: Callable[[jax.Array], jax.Array]
@@ -84,6 +176,12 @@ class StepHyperparams:
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
     grad_accum_steps: int = 1
+    objective: Objective | None = None
+
+    def resolved_objective(self) -> Objective:
+        if self.objective is not None:
+            return self.objective
+        return PretrainingObjective(self.gumbel_start, self.gumbel_end, self.gumbel_decay)
 
 
 def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
@@ -112,19 +210,27 @@ def step_hyperparams(train: ml_collections.ConfigDict) -> StepHyperparams:
     )
 
 
+ModelClass = type[Wav2Vec2ForPreTraining] | type[Wav2Vec2ForCTC]
+
+
 def create_model(
-    config: Wav2Vec2Config, seed: int, dtype: jnp.dtype | None = None, remat: bool = False
-) -> Wav2Vec2ForPreTraining:
-    """The pretraining model with float32 parameters (`dtype` is the computation dtype); `remat`
-    recomputes the conv encoder's and each Transformer layer's activations in the backward pass."""
-    return Wav2Vec2ForPreTraining(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
+    config: Wav2Vec2Config,
+    seed: int,
+    dtype: jnp.dtype | None = None,
+    remat: bool = False,
+    model_class: ModelClass = Wav2Vec2ForPreTraining,
+) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
+    """The model (pretraining by default) with float32 parameters (`dtype` is the computation dtype);
+    `remat` recomputes the conv encoder's and each Transformer layer's activations in the backward pass."""
+    return model_class(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 
 def _init_fn(
-    config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool
+    config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool,
+    model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        model = create_model(config, seed, dtype, remat)
+        model = create_model(config, seed, dtype, remat, model_class)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -147,10 +253,11 @@ def abstract_train_state(
     min_fsdp_size: int = 2**14,
     dtype: jnp.dtype | None = None,
     remat: bool = False,
+    model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat)))
-    abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat, model_class)))
+    abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat, model_class))
     return graphdef, abstract, sharding.state_shardings(abstract, mesh, param_sharding, min_fsdp_size)
 
 
@@ -164,6 +271,7 @@ def create_train_state(
     min_fsdp_size: int = 2**14,
     dtype: jnp.dtype | None = None,
     remat: bool = False,
+    model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Initialises the model and optimizer directly in their shardings (no host copy of big weights).
 
@@ -176,6 +284,7 @@ def create_train_state(
       min_fsdp_size: under "fsdp", arrays with fewer elements stay replicated.
       dtype: computation dtype (parameters stay float32).
       remat: rematerialise Transformer layers.
+      model_class: `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC`.
 
     Returns:
       (graphdef, state, state_shardings): the static model structure for `train_step`, the
@@ -183,9 +292,9 @@ def create_train_state(
     """
     graphdef, _, shardings = abstract_train_state(
         config, optimizer, mesh=mesh, param_sharding=param_sharding, min_fsdp_size=min_fsdp_size, dtype=dtype,
-        remat=remat,
+        remat=remat, model_class=model_class,
     )
-    state = jax.jit(_init_fn(config, optimizer, seed, dtype, remat), out_shardings=shardings)()
+    state = jax.jit(_init_fn(config, optimizer, seed, dtype, remat, model_class), out_shardings=shardings)()
     return graphdef, state, shardings
 
 
@@ -201,49 +310,34 @@ def train_step(
     state: TrainState, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation, hparams: StepHyperparams,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One pretraining update (see the module docstring).
+    """One update (see the module docstring).
 
     Args:
       state: the train state.
-      batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]},
-        optionally "mask_time_indices" bool [batch, frames] and "negative_indices" int32
-        [batch, frames, K] (frame indices within each utterance, the model's `negative_indices`, not
-        transformers' flattened `sampled_negative_indices`) to replace the sampled ones, as
-        experiments/compare_pytorch.py does to feed the PyTorch reference the same inputs.
+      batch: {"input_values": float32 [batch, samples], "attention_mask": int32 [batch, samples]} and
+        what the objective reads: pretraining optionally "mask_time_indices" bool [batch, frames] and
+        "negative_indices" int32 [batch, frames, K] (frame indices within each utterance, the model's
+        `negative_indices`, not transformers' flattened `sampled_negative_indices`) to replace the
+        sampled ones, as experiments/compare_pytorch.py does to feed the PyTorch reference the same
+        inputs; CTC fine-tuning "labels" int32 [batch, labels] padded with -100.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
       optimizer: `optim.make_optimizer`'s transformation.
-      hparams: schedules and accumulation.
+      hparams: schedules, accumulation and the objective.
 
     Returns:
-      (new state, metrics): float32 scalars, loss terms per masked frame; `accuracy` is
-      `num_correct / num_masked` of the whole batch (counts summed over micro-batches and devices).
+      (new state, metrics): float32 scalars, the objective's (pretraining: loss terms per masked
+      frame; `accuracy` is `num_correct / num_masked` of the whole batch, counts summed over
+      micro-batches and devices) plus learning_rate, grad_norm and the non-finite counters.
     """
-    temperature = gumbel_temperature(state.step, hparams.gumbel_start, hparams.gumbel_end, hparams.gumbel_decay)
+    objective = hparams.resolved_objective()
     accum = hparams.grad_accum_steps
 
     def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
         model = nnx.merge(graphdef, params, state.model_state)
-        out = model(
-            micro["input_values"],
-            attention_mask=micro.get("attention_mask"),
-            mask_time_indices=micro.get("mask_time_indices"),
-            negative_indices=micro.get("negative_indices"),
-            deterministic=False,
-            gumbel_temperature=temperature,
-            key=micro_key,
-        )
-        sums = {
-            "loss": out.loss,
-            "contrastive_loss": out.contrastive_loss,
-            "diversity_loss": out.diversity_loss,
-            "feature_penalty": out.feature_penalty,
-            "code_perplexity": out.codevector_perplexity,
-        }
-        counts = {"num_correct": out.num_correct, "num_masked": out.num_masked}
-        return out.loss, {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()} | {
-            k: jnp.asarray(v, jnp.int32) for k, v in counts.items()
-        }
+        loss, sums, counts = objective.loss(model, micro, micro_key, state.step)
+        return loss, ({k: jnp.asarray(v, jnp.float32) for k, v in sums.items()},
+                      {k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
 
@@ -256,24 +350,25 @@ def train_step(
     if accum == 1:
         # No length-1 scan: inside XLA:CPU's while loop the convolutions' gradients lose their
         # fast kernels (measured cost: the README's performance section).
-        grads_sum, sums = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
+        grads_sum, (sums, counts) = grad_fn(state.params, dict(batch), model_key(key, state.step, 0))
     else:
         # [batch, ...] -> [accum, batch / accum, ...]; row i goes to micro-batch i % accum, so each
         # device's rows stay on it (the leading batch dimension keeps its sharding).
         micro_batches = jax.tree.map(
             lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
         )
-        zero_sums = {k: jnp.zeros((), jnp.float32) for k in _SUMMED_OUTPUTS} | {
-            k: jnp.zeros((), jnp.int32) for k in _COUNTS
-        }
+        zero_sums = ({k: jnp.zeros((), jnp.float32) for k in objective.sums},
+                     {k: jnp.zeros((), jnp.int32) for k in objective.counts})
         zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        (grads_sum, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches))
+        (grads_sum, (sums, counts)), _ = jax.lax.scan(
+            accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches)
+        )
 
-    num_masked = sums["num_masked"].astype(jnp.float32)
-    # fairseq divides the summed loss's gradient by the sample size (masked frames) once.
-    grads = jax.tree.map(lambda g: g / num_masked, grads_sum)
+    normalizer = counts[objective.normalizer].astype(jnp.float32)
+    # fairseq divides the summed loss's gradient by the sample size once.
+    grads = objective.frozen_gradients(jax.tree.map(lambda g: g / normalizer, grads_sum), state.step)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & (num_masked > 0)
+    finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm) & (normalizer > 0)
 
     learning_rate = hparams.learning_rate(state.step)
 
@@ -298,16 +393,7 @@ def train_step(
         nonfinite_consecutive=jnp.where(finite, 0, state.nonfinite_consecutive + 1),
     )
     metrics = {
-        "loss": sums["loss"] / num_masked,
-        "contrastive_loss": sums["contrastive_loss"] / num_masked,
-        "diversity_loss": sums["diversity_loss"] / num_masked,
-        "feature_penalty": sums["feature_penalty"] / num_masked,
-        # Counts are divided once, here (and again over a logging window, from their sums).
-        "accuracy": sums["num_correct"].astype(jnp.float32) / jnp.maximum(num_masked, 1.0),
-        "code_perplexity": sums["code_perplexity"] / accum,
-        "num_masked": num_masked,
-        "num_correct": sums["num_correct"].astype(jnp.float32),
-        "gumbel_temperature": jnp.asarray(temperature, jnp.float32),
+        **objective.metrics(sums, counts, accum, state.step),
         "learning_rate": jnp.asarray(learning_rate, jnp.float32),
         "grad_norm": grad_norm,
         "skipped_nonfinite": skipped,

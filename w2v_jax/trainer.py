@@ -1,4 +1,10 @@
-"""The pretraining loop: `train_and_evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(config, workdir, task=None)`.
+
+One loop for every task: pretraining (`PretrainingTask`, the default) and CTC fine-tuning
+(`w2v_jax.finetuning.FineTuningTask`). A `Task` says what differs: the model and its config, the
+step's objective and optimizer, the initial parameters, the input pipeline, the progress-bar
+metrics and the end-of-run plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and
+TensorBoard are the loop's, shared.
 
 Restarting the same command on the same workdir resumes from the newest complete checkpoint:
 parameters, optimizer state, step, counters, PRNG key, every process's data-iterator position and
@@ -18,7 +24,7 @@ import math
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +38,8 @@ from w2v_jax import train_step as train_lib
 from w2v_jax import workdir as workdir_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest, make_train_iterator
+from w2v_jax.data.pipeline import TrainIterator
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +99,95 @@ def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     """One logged record from a window of per-step host metrics."""
+    ratios = {k: v for k, v in _RATIOS.items() if v[1] in window[0]}  # the task's metrics have them
     averaged = metrics_lib.mean_metrics(
-        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=_RATIOS
+        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=ratios
     )
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs or resumes a pretraining run (see the module docstring).
+class Task(Protocol):
+    """What a kind of training run plugs into the loop (see the module docstring).
+
+    Attributes:
+      name: the progress bar's label.
+      model_class: the model `train_step.create_train_state` builds.
+      progress_metrics: metric name -> progress-bar label.
+    """
+
+    name: str
+    model_class: type
+    progress_metrics: dict[str, str]
+
+    def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
+        """Called once the workdir is locked and its config checked, before anything else."""
+        ...
+
+    def model_config(self, config: ml_collections.ConfigDict) -> Wav2Vec2Config:
+        ...
+
+    def optimizer_and_hyperparams(self, config: ml_collections.ConfigDict) -> tuple[Any, train_lib.StepHyperparams]:
+        ...
+
+    def initial_state(self, state: train_lib.TrainState) -> train_lib.TrainState:
+        """The state of a fresh run (not a resume): e.g. pretrained parameters put in."""
+        ...
+
+    def data_iterator(self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int,
+                      shard_count: int) -> TrainIterator:
+        ...
+
+    def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None:
+        ...
+
+
+class PretrainingTask:
+    """wav2vec 2.0 pretraining on `data.train_manifest` (default: the embedded corpus)."""
+
+    name = "pretrain"
+    model_class = Wav2Vec2ForPreTraining
+    progress_metrics = {"loss": "loss", "accuracy": "acc"}
+
+    def prepare(self, config, workdir, *, primary):
+        del config, workdir, primary
+
+    def model_config(self, config):
+        return Wav2Vec2Config.from_run_config(config)
+
+    def optimizer_and_hyperparams(self, config):
+        return train_lib.optimizer_and_hyperparams(config.train)
+
+    def initial_state(self, state):
+        return state
+
+    def data_iterator(self, config, *, batch_size, shard_index, shard_count):
+        return make_train_iterator(
+            config.data.train_manifest or str(default_manifest("train")),
+            batch_size=batch_size,
+            seed=config.train.seed,
+            max_sample_size=config.data.max_sample_size,
+            min_sample_size=config.data.min_sample_size,
+            pad=config.data.pad,
+            normalize=config.data.normalize,
+            num_workers=config.data.num_workers,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            strict=config.data.strict,
+            max_skip_fraction=config.data.max_skip_fraction,
+            allow_outside_root=config.data.allow_outside_root,
+        )
+
+    def plot(self, records, workdir):
+        metrics_lib.plot_loss_curve(records, workdir / metrics_lib.LOSS_CURVE_FILE)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> dict[str, Any]:
+    """Runs or resumes a training run (see the module docstring).
 
     Args:
-      config: an `experiments/configs/pretrain.py` config.
+      config: an `experiments/configs/pretrain.py` config (or the task's config).
       workdir: the run's directory (created if missing).
+      task: what is trained; default `PretrainingTask()`.
 
     Returns:
       a summary: final step, last logged metrics, number of compiles, checkpoint steps.
@@ -119,10 +204,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _validate(config)
     # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
     with workdir_lib.WorkdirLock(workdir, enabled=distributed.is_primary()):
-        return _train_locked(config, pathlib.Path(workdir))
+        return _train_locked(config, pathlib.Path(workdir), task or PretrainingTask())
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path) -> dict[str, Any]:
+def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task: Task) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is locked."""
     primary = distributed.is_primary()
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -134,10 +219,12 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
         write=primary,
     )
 
+    task.prepare(config, workdir_path, primary=primary)
+
     t = config.train
-    model_config = Wav2Vec2Config.from_run_config(config)
+    model_config = task.model_config(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
+    optimizer, hparams = task.optimizer_and_hyperparams(config)
     graphdef, state, state_shardings = train_lib.create_train_state(
         model_config,
         optimizer,
@@ -147,27 +234,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
         min_fsdp_size=config.mesh.fsdp_min_size,
         dtype=_precision_dtype(t.precision),
         remat=t.remat,
+        model_class=task.model_class,
     )
     step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
 
     process_index, process_count = jax.process_index(), jax.process_count()
-    manifest = config.data.train_manifest or str(default_manifest("train"))
-    data_iter = make_train_iterator(
-        manifest,
-        batch_size=t.batch_size // process_count,
-        seed=t.seed,
-        max_sample_size=config.data.max_sample_size,
-        min_sample_size=config.data.min_sample_size,
-        pad=config.data.pad,
-        normalize=config.data.normalize,
-        num_workers=config.data.num_workers,
-        shard_index=process_index,
-        shard_count=process_count,
-        strict=config.data.strict,
-        max_skip_fraction=config.data.max_skip_fraction,
-        allow_outside_root=config.data.allow_outside_root,
+    data_iter = task.data_iterator(
+        config, batch_size=t.batch_size // process_count, shard_index=process_index, shard_count=process_count
     )
 
     checkpointer = checkpointing.Checkpointer(
@@ -176,8 +251,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
     key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
     window: list[dict[str, Any]] = []
     restored = checkpointer.restore_newest_intact(checkpointing.abstract_like(state))
-    if restored is None and primary:
-        workdir_lib.start_metrics_file(workdir_path / metrics_lib.METRICS_FILE)
+    if restored is None:
+        state = task.initial_state(state)
+        if primary:
+            workdir_lib.start_metrics_file(workdir_path / metrics_lib.METRICS_FILE)
     if restored is not None:
         latest, state, host = restored
         if len(host["data_iterators"]) != process_count:
@@ -214,7 +291,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
 
     writer = metrics_lib.MetricWriter(workdir_path, enabled=primary)
     progress = tqdm.tqdm(
-        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain"
+        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name
     )
     last_logged: dict[str, Any] = {}
     window_start = time.perf_counter()
@@ -258,7 +335,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
                 writer.write(step, record)
                 last_logged = {"step": step, **record}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                progress.set_postfix(
+                    {label: f"{record[name]:.3f}" for name, label in task.progress_metrics.items() if name in record}
+                )
                 window, window_audio = [], 0.0
                 window_start, window_compile = time.perf_counter(), step_fn.compile_seconds
 
@@ -278,8 +357,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
             signal.signal(signal.SIGTERM, previous_handler)
 
     if primary and t.plot and step == t.num_steps:
-        records = metrics_lib.read_metrics(workdir_path / metrics_lib.METRICS_FILE)
-        metrics_lib.plot_loss_curve(records, workdir_path / metrics_lib.LOSS_CURVE_FILE)
+        task.plot(metrics_lib.read_metrics(workdir_path / metrics_lib.METRICS_FILE), workdir_path)
     summary = {
         "step": step,
         "last_logged": last_logged,
