@@ -5,7 +5,7 @@ import math
 import pytest
 
 from w2v_jax import trainer
-from w2v_jax.metrics import mean_metrics
+from w2v_jax.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
 
 
 def _step(loss, correct, masked, skipped=0):
@@ -45,3 +45,53 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
     record = trainer._summarize(window)
     assert record["accuracy"] == pytest.approx(19 / 110)
     assert record["num_correct"] == 19 and record["num_masked"] == 110
+
+
+def _tensorboard_events(folder):
+    """(tag, value or text) of every summary in the folder's event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        position = 0
+        while position < len(data):
+            (length,) = struct.unpack("<Q", data[position : position + 8])
+            event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
+            position += 12 + length + 4
+            for value in event.summary.value:
+                out.append((value.tag, value.simple_value if value.HasField("simple_value") else value.tensor.string_val))
+    return out
+
+
+def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
+    writer = MetricWriter(tmp_path, config='{"train": {"seed": 0}}')
+    writer.write(2, {"loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0})
+    writer.close()
+    events = _tensorboard_events(tmp_path)
+    scalars = {tag: value for tag, value in events if isinstance(value, float)}
+    assert scalars == {"train/loss": 1.5, "valid/loss": 2.5, "data/skipped_empty": 0.0}
+    texts = [b"".join(value).decode() for tag, value in events if tag.startswith("config")]
+    assert texts and '"seed": 0' in texts[0]
+    assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}]
+
+
+def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
+    records = [{"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "code_perplexity": 4.0} for s in range(1, 5)]
+    for r in records[1::2]:
+        r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, path, **kwargs):
+        drawn.extend([[tuple(line.get_xdata()) for line in ax.get_lines()] for ax in fig.axes])
+        real_savefig(fig, path, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    plot_loss_curve(records, tmp_path / "curve.png")
+    assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -32,6 +32,7 @@ OVERRIDES = [
     "--config.train.warmup_steps=2",
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=2",
+    "--config.train.eval_every=2",
     "--config.data.max_sample_size=16000",
     "--config.data.min_sample_size=16000",
 ]
@@ -174,11 +175,16 @@ def test_launcher_writes_every_output(reference):
         assert np.isfinite(r["loss"]) and r["skipped_nonfinite"] == 0 and r["audio_seconds_per_second"] > 0
         assert any(k.startswith("data_skipped_") for k in r)
     assert logged[0]["learning_rate"] == 0.0 and logged[-1]["gumbel_temperature"] < 2.0
+    # Validation every 2 steps, in the record of its step (never a line of its own).
+    assert [r["step"] for r in logged if "valid_loss" in r] == [2, 4, 6]
+    assert all(np.isfinite(r["valid_loss"]) and 0 <= r["valid_accuracy"] <= 1 for r in logged if "valid_loss" in r)
+    assert len({r["valid_num_masked"] for r in logged if "valid_loss" in r}) == 1  # the same fixed masks
     assert list(workdir.glob("events.out.tfevents.*"))
     assert (workdir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
     assert "pretrain: 100%" in proc.stderr  # the tqdm bar
     assert "compiling the train step (#1)" in proc.stderr and "(#2)" not in proc.stderr
+    assert proc.stderr.count("compiling the validation step") == 1  # one crop length: one compile
 
 
 @pytest.mark.slow
@@ -276,6 +282,8 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(two, one):
         assert a["num_masked"] == b["num_masked"]  # same global batches, same masks
-        for name in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm"):
+        assert ("valid_loss" in a) == ("valid_loss" in b)
+        names = ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm")
+        for name in names + (("valid_loss", "valid_accuracy") if "valid_loss" in b else ()):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4, 6]

@@ -12,6 +12,11 @@ the metrics of the logging window in progress all come back, and `metrics.jsonl`
 after that checkpoint are dropped, so the resumed run logs exactly what an uninterrupted run logs
 (same device count). SIGTERM (preemption) saves a checkpoint at the next step and returns.
 
+Every `train.eval_every` updates the run is validated (`w2v_jax.evaluation`; pretraining's
+`pretraining_evaluator` by default, any `Evaluator` through `make_evaluator`): the values join that
+step's logged record as `valid_*` keys. Validation uses no training randomness and no iterator, so
+it changes nothing a resume replays.
+
 Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + TensorBoard events,
 `checkpoints/<step>/`, `loss_curve.png` at the end; a tqdm bar with ETA on the console.
 """
@@ -24,6 +29,7 @@ import math
 import pathlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
@@ -33,7 +39,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
+from w2v_jax import checkpointing, distributed, evaluation, metrics as metrics_lib, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax import workdir as workdir_lib
 from w2v_jax.config import Wav2Vec2Config
@@ -71,6 +77,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     for name in positive:
         if not isinstance(t[name], int) or t[name] < 1:
             raise ValueError(f"train.{name} must be a positive int, got {t[name]!r}")
+    eval_every = t.get("eval_every", 0)
+    if not isinstance(eval_every, int) or eval_every < 0 or eval_every % t.log_every:
+        raise ValueError(
+            f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
+            f"go into the record of a logged step), got {eval_every!r}"
+        )
     num_devices = jax.device_count()
     if t.batch_size % (num_devices * t.grad_accum_steps):
         raise ValueError(
@@ -106,6 +118,26 @@ def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
 
 
+def pretraining_evaluator(
+    config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+) -> evaluation.PretrainingEvaluator:
+    """The validation of a pretrain config: `data.valid_manifest` (empty: the embedded corpus's
+    valid split), batches of `train.batch_size` made as training makes them, masks from `train.seed`."""
+    manifest = config.data.get("valid_manifest", "") or str(default_manifest("valid"))
+    batches, skipped = evaluation.validation_batches(
+        evaluation.load_waveforms(manifest, normalize=config.data.normalize),
+        Wav2Vec2Config.from_run_config(config),
+        batch_size=config.train.batch_size,
+        max_sample_size=config.data.max_sample_size,
+        min_sample_size=config.data.min_sample_size,
+        seed=config.train.seed,
+    )
+    logger.info("validation: %d batches from %s (%d utterances too short, skipped)", len(batches), manifest, skipped)
+    return evaluation.PretrainingEvaluator(
+        graphdef, batches, mesh, state_shardings.params, state_shardings.model_state
+    )
+
+
 class Task(Protocol):
     """What a kind of training run plugs into the loop (see the module docstring).
 
@@ -135,6 +167,11 @@ class Task(Protocol):
 
     def data_iterator(self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int,
                       shard_count: int) -> TrainIterator:
+        ...
+
+    def make_evaluator(self, config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh,
+                       state_shardings: Any) -> evaluation.Evaluator:
+        """The validation run every `train.eval_every` updates."""
         ...
 
     def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None:
@@ -177,16 +214,26 @@ class PretrainingTask:
             allow_outside_root=config.data.allow_outside_root,
         )
 
+    def make_evaluator(self, config, graphdef, mesh, state_shardings):
+        return pretraining_evaluator(config, graphdef, mesh, state_shardings)
+
     def plot(self, records, workdir):
         metrics_lib.plot_loss_curve(records, workdir / metrics_lib.LOSS_CURVE_FILE)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    make_evaluator: Callable[..., evaluation.Evaluator] | None = None,
+    task: Task | None = None,
+) -> dict[str, Any]:
     """Runs or resumes a training run (see the module docstring).
 
     Args:
       config: an `experiments/configs/pretrain.py` config (or the task's config).
       workdir: the run's directory (created if missing).
+      make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
+        `train.eval_every > 0` and called every `eval_every` updates (default: the task's).
       task: what is trained; default `PretrainingTask()`.
 
     Returns:
@@ -204,10 +251,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
     _validate(config)
     # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
     with workdir_lib.WorkdirLock(workdir, enabled=distributed.is_primary()):
-        return _train_locked(config, pathlib.Path(workdir), task or PretrainingTask())
+        task = task or PretrainingTask()
+        return _train_locked(config, pathlib.Path(workdir), task, make_evaluator or task.make_evaluator)
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task: Task) -> dict[str, Any]:
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    workdir_path: pathlib.Path,
+    task: Task,
+    make_evaluator: Callable[..., evaluation.Evaluator],
+) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is locked."""
     primary = distributed.is_primary()
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -237,6 +290,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
         model_class=task.model_class,
     )
     step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
+    eval_every = t.get("eval_every", 0)
+    evaluator = make_evaluator(config, graphdef, mesh, state_shardings) if eval_every else None
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
 
@@ -289,7 +344,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if process_count == 1 else None
 
-    writer = metrics_lib.MetricWriter(workdir_path, enabled=primary)
+    writer = metrics_lib.MetricWriter(
+        workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True)
+    )
     progress = tqdm.tqdm(
         total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name
     )
@@ -333,6 +390,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path,
                 record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
                 skips = distributed.allgather_json(data_iter.skip_counts())  # each process sees its rows
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+                if evaluator is not None and step % eval_every == 0:
+                    record.update(evaluation.prefixed(evaluator(state, step)))
                 writer.write(step, record)
                 last_logged = {"step": step, **record}
                 progress.set_postfix(

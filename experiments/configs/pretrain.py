@@ -70,10 +70,14 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     train.async_checkpointing = True
     train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
     train.plot = True  # loss-curve PNG at the end
+    # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
+    # step's metrics record, on data.valid_manifest (w2v_jax/evaluation.py).
+    train.eval_every = 0
 
     config.data = ml_collections.ConfigDict()
     data = config.data
     data.train_manifest = ""  # "": the embedded corpus (w2v_jax.data.default_manifest())
+    data.valid_manifest = ""  # "": the embedded corpus's valid split (used when train.eval_every > 0)
     data.max_sample_size = 250_000
     data.min_sample_size = 32_000
     data.pad = False  # False: crop each batch to its shortest utterance (fairseq's default)
@@ -112,12 +116,14 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         train.gumbel_temperature_decay = 0.995
         train.log_every = 10
         train.checkpoint_every = 100
+        train.eval_every = 100  # the 30 valid utterances: a second or two per evaluation
         data.max_sample_size = 32_000
         data.min_sample_size = 16_000
     elif variant == "small":
         train.batch_size = 16
         train.num_steps = 50_000
         train.warmup_steps = 4_000
+        train.eval_every = 1_000
         data.max_sample_size = 160_000
     elif variant == "base":
         # fairseq wav2vec2_base_librispeech: 400k updates, peak 5e-4, 32k warmup, crops 250k.
