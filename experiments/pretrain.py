@@ -9,12 +9,10 @@ resolved config is written to WORKDIR/config.json. All logic is in
 `w2v_jax.trainer.train_and_evaluate`.
 """
 
-import logging
-
 from absl import app, flags
 
 from experiments.configs import define_config_flag
-from w2v_jax import checkpointing, host_memory, trainer, workdir
+from w2v_jax import host_memory, trainer
 
 _CONFIG = define_config_flag("config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
@@ -25,20 +23,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     host_memory.configure(_HOST_MALLOC.value)
-    # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    # orbax's writer threads log a traceback each when the disk is full; the one line below says it.
-    logging.getLogger("absl").addFilter(workdir.drop_disk_full_records)
-    try:
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except trainer.TrainingDivergedError as e:
-        raise SystemExit(f"training stopped: {e}") from None
-    except (workdir.WorkdirError, checkpointing.CorruptCheckpointError) as e:
-        raise SystemExit(str(e)) from None
-    except Exception as e:
-        if message := workdir.disk_full_message(e, _WORKDIR.value):
-            raise SystemExit(message) from None
-        raise
+    trainer.run_from_command_line(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ training loop (`w2v_jax.trainer`) plugs in for this task.
   attention masks (exact: their outputs don't depend on padding), group-norm models in batches of
   equal-length utterances (exact, transformers' advice for them: no attention mask, no padding).
 - `CTCEvaluator`: validation every `train.eval_every` updates: WER and CER (PER for phones) of
-  `transcribe` on the valid manifest; keeps the best model by `train.best_metric` in
+  the transcripts of the valid manifest (group-norm models zero-padded to a few widths without
+  attention mask, as in training, rather than `transcribe`'s exact equal-length batches); keeps the best model by `train.best_metric` in
   `WORKDIR/best/` (our folder format + vocabulary), which `transcribe`, `evaluate` and `jax-to-hf`
   read by default.
 
@@ -41,14 +42,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import convert, error_rates
+from w2v_jax import convert, error_rates, optim
+from w2v_jax import metrics as metrics_lib
+from w2v_jax import train_step as train_lib
 from w2v_jax.checkpointing import BEST_MODEL_DIR, FINETUNED_MODEL_CONFIG, load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.ctc import ctc_loss, greedy_decode
 from w2v_jax.data import audio
 from w2v_jax.data.labels import LabelSet, build_vocabulary
 from w2v_jax.data.manifest import load_manifest
-from w2v_jax.data.pipeline import bucket_lengths
+from w2v_jax.data import default_manifest
+from w2v_jax.data.pipeline import TrainIterator, bucket_lengths, make_train_iterator
 from w2v_jax.data.utterances import equal_length_batches
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2Model
@@ -189,23 +193,21 @@ def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
 
 
 def prepare_vocabulary(workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: str,
-                       vocabulary_path: str, init: str, *, write: bool) -> Vocabulary:
-    """The run's vocabulary: the workdir's `vocab.json` on a resume; else `vocabulary_path`, else
-    the init checkpoint's (a fine-tuned transformers folder), else built from the training labels;
-    written to the workdir (by the primary process)."""
-    stored = workdir / VOCAB_FILE
-    if stored.is_file():
+                       vocabulary_path: str, init: str) -> Vocabulary:
+    """The run's vocabulary: the workdir's `vocab.json` on a resume; else `vocabulary_path` (a
+    vocab.json or a folder with one), else the init checkpoint's (a fine-tuned transformers folder),
+    else built from the training labels."""
+    if (workdir / VOCAB_FILE).is_file():
         return convert.load_vocabulary(workdir)
     if vocabulary_path:
-        vocabulary = convert.load_vocabulary(vocabulary_path) if pathlib.Path(vocabulary_path).is_dir() \
-            else Vocabulary.load(vocabulary_path)
+        path = pathlib.Path(vocabulary_path)
+        vocabulary = convert.load_vocabulary(path) if path.is_dir() else Vocabulary.load(path)
+        if vocabulary is None:
+            raise ValueError(f"data.vocabulary={vocabulary_path}: no {VOCAB_FILE} there")
     elif init and convert.load_vocabulary(init) is not None:
         vocabulary = convert.load_vocabulary(init)
     else:
         vocabulary = build_vocabulary(train_manifest, kind)
-    if write:
-        convert.save_processor_files(vocabulary, Wav2Vec2Config(vocab_size=len(vocabulary),
-                                                                pad_token_id=vocabulary.pad_id), workdir)
     logger.info("vocabulary: %d tokens (%s)", len(vocabulary), " ".join(vocabulary.tokens[:40]))
     return vocabulary
 
@@ -221,6 +223,7 @@ def transcribe_waveforms(
     *,
     batch_size: int,
     num_frames: Callable[[Any], Any],
+    exact: bool = True,
 ) -> list[str]:
     """Greedy transcripts of waveforms, in order, batched as the module docstring says.
 
@@ -232,9 +235,13 @@ def transcribe_waveforms(
       config: the model's config (its feature norm decides the batching).
       batch_size: rows per forward call.
       num_frames: samples -> frames of the model.
+      exact: group-norm models in batches of equal-length utterances (each utterance's transcript
+        as if alone, one compile per distinct length); False: zero-padded batches of a few fixed
+        widths without attention mask, as they are trained (validation: few compiles).
     """
     texts: list[str | None] = [None] * len(waveforms)
-    if config.feat_extract_norm == "group":
+    group_norm = config.feat_extract_norm == "group"
+    if group_norm and exact:
         for indices, batch in equal_length_batches(waveforms, batch_size):
             logits = forward(batch, None)
             lengths = jnp.full((batch.shape[0],), logits.shape[1], jnp.int32)
@@ -244,7 +251,7 @@ def transcribe_waveforms(
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
     # A few fixed widths (geometric, as the training buckets), so the forward compiles a few times.
-    widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 8, pad=True)
+    widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
     order = np.argsort(lengths, kind="stable")
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
@@ -255,7 +262,7 @@ def transcribe_waveforms(
             input_values[slot, : lengths[index]] = waveforms[index]
             attention_mask[slot, : lengths[index]] = 1
         attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
-        logits = forward(input_values, attention_mask)
+        logits = forward(input_values, None if group_norm else attention_mask)
         frame_lengths = jnp.asarray(num_frames(attention_mask.sum(-1)), jnp.int32)
         for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary)):
             texts[int(index)] = text
@@ -328,7 +335,7 @@ class CTCEvaluator:
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         forward = lambda x, mask: self._logits(state.params, state.model_state, x, mask)  # noqa: E731
         hypotheses = transcribe_waveforms(forward, self._waveforms, self._vocabulary, self._config,
-                                          batch_size=self._batch_size, num_frames=self._num_frames)
+                                          batch_size=self._batch_size, num_frames=self._num_frames, exact=False)
         values = error_rate_metrics(self._references, hypotheses, self._kind)
         if self._write:
             self._keep_best(state, step, values, hypotheses)
@@ -350,3 +357,185 @@ class CTCEvaluator:
         record = {"step": best["step"], "metric": self._best_metric, "value": best[self._best_metric],
                   "history": history}
         path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
+    """A fine-tuned model, its vocabulary and whether its inputs are normalised (zero mean, unit variance).
+
+    Args:
+      path: a fine-tuning workdir (its best model by default, `step` for a checkpoint), our folder
+        format or a transformers `Wav2Vec2ForCTC` folder with a vocab.json.
+      step: a workdir checkpoint.
+    """
+    folder = pathlib.Path(path)
+    model = load_model(folder, step)
+    if not isinstance(model, Wav2Vec2ForCTC):
+        raise ValueError(f"{folder} holds a {type(model).__name__}, not a fine-tuned (CTC) model")
+    vocabulary = convert.load_vocabulary(folder)
+    if vocabulary is None:
+        raise ValueError(f"{folder} has no {VOCAB_FILE}: the CTC head's tokens are unknown")
+    if len(vocabulary) != model.config.vocab_size:
+        raise ValueError(f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}")
+    preprocessor = folder / "preprocessor_config.json"
+    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
+    return model, vocabulary, bool(normalize)
+
+
+def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """Audio files to transcribe: each path is an audio file or a manifest (`.tsv`, all its rows)."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.suffix == ".tsv":
+            manifest = load_manifest(path)
+            files += [manifest.file_path(i) for i in range(len(manifest))]
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: no such audio file or manifest")
+    return files
+
+
+def transcribe_files(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike], *, step: int | None = None,
+                     batch_size: int = 8) -> list[tuple[pathlib.Path, str]]:
+    """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`, `transcribe`)."""
+    model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
+    files = read_inputs(paths)
+    waveforms = [audio.load_audio(f, normalize_audio=normalize) for f in files]
+    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size)))
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, manifest: str | os.PathLike, kind: str = "ltr", *,
+                        step: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """Error rates of a fine-tuned checkpoint on a labelled manifest (`transcribe`, exact batching).
+
+    Returns {"wer", "cer"} (letters) or {"per"} (phones), plus "num_utterances" and the label skips.
+    """
+    model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
+    labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
+    waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
+    hypotheses = transcribe(model, waveforms, vocabulary, batch_size)
+    return {**error_rate_metrics(references, hypotheses, kind), "num_utterances": len(waveforms),
+            **{f"skipped_{k}": v for k, v in labels.skip_counts().items()}, "unknown_symbols": labels.num_unknown()}
+
+
+PANELS = (
+    ("loss", "CTC loss per utterance"),
+    ("loss_per_token", "CTC loss per label"),
+    ("wer", "word error rate"),
+    ("cer", "character error rate"),
+    ("per", "phone error rate"),
+)
+
+
+class FineTuningTask:
+    """CTC fine-tuning as a `trainer.Task` (`experiments/configs/finetune.py` configs).
+
+    On the first run it settles the vocabulary and the model config (`prepare_vocabulary`,
+    `finetuned_model_config`) and writes both to the workdir (`vocab.json` + tokenizer files,
+    `model_config.json`); a resume reads them back, so it neither rebuilds them nor needs `init`.
+    """
+
+    name = "finetune"
+    model_class = Wav2Vec2ForCTC
+    progress_metrics = {"loss": "loss", "valid_wer": "wer", "valid_cer": "cer", "valid_per": "per"}
+
+    def __init__(self):
+        self.vocabulary: Vocabulary | None = None
+        self._model_config: Wav2Vec2Config | None = None
+        self._encoder: nnx.State | None = None
+        self._workdir: pathlib.Path | None = None
+        self._primary = True
+
+    def prepare(self, config, workdir, *, primary):
+        data = config.data
+        if data.labels not in METRICS:
+            raise ValueError(f"data.labels must be one of {sorted(METRICS)}, got {data.labels!r}")
+        if not data.pad:
+            raise ValueError("data.pad must be True for fine-tuning: labelled audio is never cropped")
+        if config.train.best_metric not in METRICS[data.labels]:
+            raise ValueError(f"train.best_metric must be one of {METRICS[data.labels]} for {data.labels} labels, "
+                             f"got {config.train.best_metric!r}")
+        self._workdir, self._primary = workdir, primary
+        stored = workdir / MODEL_CONFIG_FILE
+        self.vocabulary = prepare_vocabulary(workdir, _train_manifest(config), data.labels, data.vocabulary,
+                                             config.init)
+        if stored.is_file():
+            self._model_config = Wav2Vec2Config.from_json_file(stored)
+            return
+        init_config = None
+        if config.init:
+            init_config, self._encoder = load_encoder(config.init)
+            logger.info("initialising the encoder from %s", config.init)
+        self._model_config = finetuned_model_config(config.model, self.vocabulary, init_config)
+        if primary:
+            convert.save_processor_files(self.vocabulary, self._model_config, workdir, do_normalize=data.normalize)
+            self._model_config.to_json_file(stored)
+
+    def model_config(self, config):
+        return self._model_config
+
+    def optimizer_and_hyperparams(self, config):
+        train = config.train
+        optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(train)))
+        objective = CTCObjective(
+            freeze_finetune_updates=train.freeze_finetune_updates,
+            use_attention_mask=self._model_config.feat_extract_norm == "layer",
+        )
+        hparams = train_lib.StepHyperparams(
+            learning_rate=optim.schedule_from_train_config(train),
+            grad_accum_steps=train.grad_accum_steps,
+            objective=objective,
+        )
+        return optimizer, hparams
+
+    def initial_state(self, state):
+        if self._encoder is None:
+            return state
+        params = with_encoder(state.params, self._encoder)
+        return state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params)))
+
+    def _labels(self, manifest: str, config) -> LabelSet:
+        num_frames = nnx.eval_shape(lambda: Wav2Vec2Model(self._model_config)).num_frames
+        labels = LabelSet(manifest, config.data.labels, self.vocabulary, num_frames)
+        logger.info("%s: %s", manifest, labels.summary())
+        return labels
+
+    def data_iterator(self, config, *, batch_size, shard_index, shard_count) -> TrainIterator:
+        data = config.data
+        manifest = _train_manifest(config)
+        return make_train_iterator(
+            manifest,
+            batch_size=batch_size,
+            seed=config.train.seed,
+            max_sample_size=data.max_sample_size,
+            min_sample_size=data.min_sample_size,
+            pad=True,
+            normalize=data.normalize,
+            num_workers=data.num_workers,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            strict=data.strict,
+            max_skip_fraction=data.max_skip_fraction,
+            allow_outside_root=data.allow_outside_root,
+            num_buckets=data.num_buckets,
+            labels=self._labels(manifest, config),
+        )
+
+    def make_evaluator(self, config, graphdef, mesh, state_shardings) -> CTCEvaluator:
+        del mesh, state_shardings  # evaluated on the default device, as `transcribe` runs
+        manifest = config.data.valid_manifest or str(default_manifest("valid"))
+        waveforms, references = load_labelled_waveforms(manifest, self._labels(manifest, config),
+                                                         normalize=config.data.normalize)
+        logger.info("validation: %d utterances from %s", len(waveforms), manifest)
+        return CTCEvaluator(graphdef, self._model_config, waveforms, references, self.vocabulary,
+                            config.data.labels, batch_size=config.train.eval_batch_size, workdir=self._workdir,
+                            best_metric=config.train.best_metric, write=self._primary)
+
+    def plot(self, records, workdir):
+        panels = [(name, title) for name, title in PANELS
+                  if any(r.get(name) is not None or r.get(f"valid_{name}") is not None for r in records)]
+        metrics_lib.plot_loss_curve(records, workdir / metrics_lib.LOSS_CURVE_FILE, panels)
+
+
+def _train_manifest(config: ml_collections.ConfigDict) -> str:
+    return config.data.train_manifest or str(default_manifest("train"))

@@ -137,19 +137,26 @@ def mean_metrics(
     return out
 
 
-def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step: the
-    training values, and the validation values (`valid_*` keys) where the records have them."""
+PRETRAINING_PANELS = (
+    ("loss", "loss per masked frame"),
+    ("accuracy", "contrastive accuracy"),
+    ("code_perplexity", "code perplexity"),
+)
+
+
+def plot_loss_curve(
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, str]] = PRETRAINING_PANELS,
+) -> None:
+    """Writes a PNG with one panel per `(metric, title)` against the step (default: pretraining's
+    loss, contrastive accuracy and code perplexity): the training values, and the validation values
+    (`valid_*` keys) where the records have them."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("loss", "loss per masked frame"),
-        ("accuracy", "contrastive accuracy"),
-        ("code_perplexity", "code perplexity"),
-    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
     for ax, (name, title) in zip(axes, panels):
         for key, label in ((name, "train"), (f"valid_{name}", "valid")):

@@ -119,6 +119,18 @@ def tri_stage_schedule(
     return schedule
 
 
+def schedule_from_train_config(train: Any) -> optax.Schedule:
+    """The learning-rate schedule of a run config's `train` section: `tri_stage_schedule` when
+    `lr_schedule == "tri_stage"` (fine-tuning), else `learning_rate_schedule`."""
+    if train.lr_schedule == "tri_stage":
+        return tri_stage_schedule(
+            train.learning_rate, train.num_steps, tuple(train.phase_ratios), train.init_lr_scale, train.final_lr_scale
+        )
+    return learning_rate_schedule(
+        train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
     """`make_optimizer`'s arguments: the one mapping from a run config to the optimizer.

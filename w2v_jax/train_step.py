@@ -191,18 +191,9 @@ def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.G
 
 
 def step_hyperparams(train: ml_collections.ConfigDict) -> StepHyperparams:
-    """The learning-rate and Gumbel schedules and accumulation of a pretrain (or fine-tune) config's
-    `train` section; `lr_schedule="tri_stage"` is fine-tuning's (`optim.tri_stage_schedule`)."""
-    if train.lr_schedule == "tri_stage":
-        schedule = optim.tri_stage_schedule(
-            train.learning_rate, train.num_steps, tuple(train.phase_ratios), train.init_lr_scale, train.final_lr_scale
-        )
-    else:
-        schedule = optim.learning_rate_schedule(
-            train.learning_rate, train.num_steps, train.warmup_steps, train.lr_schedule, train.lr_end, train.lr_power
-        )
+    """The learning-rate and Gumbel schedules and accumulation of a pretrain config's `train` section."""
     return StepHyperparams(
-        learning_rate=schedule,
+        learning_rate=optim.schedule_from_train_config(train),
         gumbel_start=train.max_gumbel_temperature,
         gumbel_end=train.min_gumbel_temperature,
         gumbel_decay=train.gumbel_temperature_decay,

@@ -428,3 +428,22 @@ def _train_locked(
     if primary:
         logger.info("run summary: %s", json.dumps(summary, default=str))
     return summary
+
+
+def run_from_command_line(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> None:
+    """`train_and_evaluate` for a launcher: the run's expected failures (divergence, a locked or
+    changed workdir, corrupt checkpoints, a full disk) end it with one line, SystemExit."""
+    # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    # orbax's writer threads log a traceback each when the disk is full; the one line below says it.
+    logging.getLogger("absl").addFilter(workdir_lib.drop_disk_full_records)
+    try:
+        train_and_evaluate(config, workdir, task=task)
+    except TrainingDivergedError as e:
+        raise SystemExit(f"training stopped: {e}") from None
+    except (workdir_lib.WorkdirError, checkpointing.CorruptCheckpointError) as e:
+        raise SystemExit(str(e)) from None
+    except Exception as e:
+        if message := workdir_lib.disk_full_message(e, workdir):
+            raise SystemExit(message) from None
+        raise
