@@ -1,0 +1,130 @@
+"""The fine-tuning launcher end to end on the tiny config and the embedded corpus: outputs, validation
+and the best model, exact resume, transcription, export to transformers' ASR pipeline.
+
+Runs are subprocesses of `python -m experiments.finetune` (1 device) sharing a JAX persistent
+compilation cache, so only the first one compiles.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import transformers
+
+from w2v_jax import metrics
+from w2v_jax.checkpointing import load_model
+from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import load_audio
+from w2v_jax.data.manifest import read_manifest
+from w2v_jax.finetuning import BEST_DIR, BEST_FILE, MODEL_CONFIG_FILE, read_inputs, transcribe_files
+from w2v_jax.model import Wav2Vec2ForCTC
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 40
+OVERRIDES = [
+    "--config=experiments/configs/finetune.py:tiny",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.train.batch_size=4",
+    "--config.train.log_every=10",
+    "--config.train.eval_every=20",
+    "--config.train.checkpoint_every=20",
+]
+TIMING = {"audio_seconds_per_second", "steps_per_second"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def run(module, args, env):
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def records(workdir):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics.read_metrics(workdir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    workdir = tmp_path_factory.mktemp("finetune") / "run"
+    run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
+    return workdir
+
+
+def test_launcher_writes_every_output(reference):
+    for name in ("config.json", MODEL_CONFIG_FILE, "vocab.json", "tokenizer_config.json", "preprocessor_config.json",
+                 "metrics.jsonl", "loss_curve.png", BEST_FILE, f"{BEST_DIR}/params.safetensors",
+                 f"{BEST_DIR}/vocab.json"):
+        assert (reference / name).is_file(), name
+    logged = records(reference)
+    assert [r["step"] for r in logged] == [10, 20, 30, 40]
+    assert all(np.isfinite(r["loss"]) for r in logged)
+    # Training leaves the initial (uniform) stage: the loss per label falls well below its start.
+    assert logged[-1]["loss_per_token"] < 0.6 * logged[0]["loss_per_token"]
+    evaluated = [r for r in logged if "valid_cer" in r]
+    assert [r["step"] for r in evaluated] == [20, 40]
+    assert all(0.0 <= r["valid_cer"] and 0.0 <= r["valid_wer"] for r in evaluated)
+    best = json.loads((reference / BEST_FILE).read_text())
+    assert best["metric"] == "cer" and best["value"] == min(r["valid_cer"] for r in evaluated)
+    assert [h["step"] for h in best["history"]] == [20, 40]
+    assert isinstance(load_model(reference), Wav2Vec2ForCTC)
+
+
+def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tmp_path):
+    """The reference run with its last checkpoint removed resumes from step 20 and ends identical."""
+    workdir = tmp_path / "resumed"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(NUM_STEPS))
+    (workdir / "lock").unlink(missing_ok=True)
+    run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
+    assert records(workdir) == records(reference)
+    resumed, uninterrupted = load_model(workdir, NUM_STEPS), load_model(reference, NUM_STEPS)
+    for (path, a), (_, b) in zip(*(nnx_flat(m) for m in (resumed, uninterrupted))):
+        np.testing.assert_array_equal(a, b, err_msg=str(path))
+    assert json.loads((workdir / BEST_FILE).read_text()) == json.loads((reference / BEST_FILE).read_text())
+
+
+def nnx_flat(model):
+    from flax import nnx
+
+    return [(p, np.asarray(v[...])) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
+def test_transcribe_launcher_prints_the_best_models_transcripts(reference, env, tmp_path):
+    manifest = read_manifest(default_manifest("valid"))
+    files = [str(manifest.file_path(i)) for i in range(3)]
+    out = run("experiments.transcribe", [f"--checkpoint={reference}", *files], env).stdout
+    expected = transcribe_files(reference, files)
+    assert out.rstrip("\n").split("\n") == [f"{path}\t{text}" for path, text in expected]
+    # A manifest stands for all its rows.
+    assert read_inputs([default_manifest("valid")]) == [manifest.file_path(i) for i in range(len(manifest))]
+    with pytest.raises(ValueError, match="no such audio file or manifest"):
+        read_inputs([tmp_path / "missing.flac"])
+
+
+def test_export_then_transformers_pipeline_gives_our_transcripts(reference, env, tmp_path):
+    run("experiments.convert_checkpoint", ["jax-to-hf", str(reference), str(tmp_path / "hf")], env)
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(tmp_path / "hf"), device="cpu")
+    manifest = read_manifest(default_manifest("valid"))
+    files = [manifest.file_path(i) for i in range(4)]
+    ours = dict(transcribe_files(reference, files))
+    for path in files:
+        raw = load_audio(path, normalize_audio=False)
+        assert asr({"raw": raw, "sampling_rate": 16_000})["text"] == ours[path]
