@@ -6,7 +6,6 @@ compilation cache, so only the first one compiles.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import transformers
+from test_pretrain_e2e import env  # noqa: F401  (the fixture: 1 device, a shared compilation cache)
 
 from w2v_jax import metrics
 from w2v_jax.checkpointing import load_model
@@ -35,19 +35,6 @@ OVERRIDES = [
     "--config.train.checkpoint_every=20",
 ]
 TIMING = {"audio_seconds_per_second", "steps_per_second"}
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
 
 
 def run(module, args, env):

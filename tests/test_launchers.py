@@ -81,6 +81,12 @@ CASES = [
      ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max-bytes", "10000000"],
      [], {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max-bytes": 10_000_000}),
     ("tools.make_tts_corpus", "tools.make_tts_corpus", ["--seed", "2"], [], {"seed": 2}),
+    ("experiments.finetune", "experiments.finetune",
+     ["--config=experiments/configs/finetune.py:base_10m", "--workdir=runs/ft", "--config.init=runs/base",
+      "--config.train.eval_every=500"],
+     [], {"workdir": "runs/ft", "host_malloc": "reuse"}),
+    ("experiments.transcribe", "experiments.transcribe", ["--checkpoint=runs/ft", "--step=3", "a.flac", "v.tsv"],
+     ["a.flac", "v.tsv"], {"checkpoint": "runs/ft", "step": 3, "batch_size": 8}),
 ]
 
 
@@ -100,3 +106,6 @@ def test_every_launcher_parses_its_old_command_lines():
     pretrain_config = parsed[0]["values"]["config"]
     assert pretrain_config["variant"] == "tiny" and pretrain_config["train"]["batch_size"] == 64
     assert parsed[5]["values"]["config"]["variant"] == "small"
+    finetune_config = parsed[-2]["values"]["config"]
+    assert finetune_config["variant"] == "base_10m" and finetune_config["init"] == "runs/base"
+    assert finetune_config["train"]["eval_every"] == 500
