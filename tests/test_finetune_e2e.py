@@ -115,3 +115,23 @@ def test_export_then_transformers_pipeline_gives_our_transcripts(reference, env,
     for path in files:
         raw = load_audio(path, normalize_audio=False)
         assert asr({"raw": raw, "sampling_rate": 16_000})["text"] == ours[path]
+
+
+def test_evaluate_launcher_reports_error_rates_of_the_best_model(reference, env, tmp_path):
+    """On a 3-row labelled manifest: WER and CER of the transcripts against the normalised references."""
+    from w2v_jax.data.labels import label_path, letters_to_words
+    from w2v_jax.data.manifest import write_manifest
+    from w2v_jax.finetuning import error_rate_metrics
+
+    source = default_manifest("valid")
+    manifest = read_manifest(source)
+    write_manifest(tmp_path / "small.tsv", manifest.root, manifest.paths[:3], manifest.num_samples[:3])
+    letters = label_path(source, "ltr").read_text(encoding="utf-8").split("\n")[:3]
+    label_path(tmp_path / "small.tsv", "ltr").write_text("".join(f"{line}\n" for line in letters), encoding="utf-8")
+    run("experiments.evaluate", [f"--checkpoint={reference}", f"--manifest={tmp_path / 'small.tsv'}",
+                                 f"--output={tmp_path / 'eval'}"], env)
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    hypotheses = [text for _, text in transcribe_files(reference, [tmp_path / "small.tsv"])]
+    references = [letters_to_words(line.split()) for line in letters]
+    assert {k: record[k] for k in ("wer", "cer")} == error_rate_metrics(references, hypotheses, "ltr")
+    assert record["num_utterances"] == 3
