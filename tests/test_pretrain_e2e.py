@@ -9,6 +9,7 @@ persistent compilation cache, so only the first one compiles.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,23 @@ def test_disk_full_is_one_line_and_the_committed_checkpoints_resume(reference, e
     resumed = launch(tmp_path, env)
     assert resumed.returncode == 0 and "resumed from checkpoint 2 " in resumed.stderr
     assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_falls_back_and_resumes_exactly(reference, env, tmp_path):
+    """The finished reference run with checkpoint 6's largest array file cut short: run again, the
+    launcher reports it in one line, moves it aside, resumes from 4 and logs what the reference logged."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    damaged = max((workdir / "checkpoints" / "6" / "state").rglob("*"), key=lambda p: p.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    proc = launch(workdir, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint {workdir / 'checkpoints' / '6'} is corrupt or incomplete" in proc.stderr
+    assert "falling back to checkpoint 4" in proc.stderr and "resumed from checkpoint 4 " in proc.stderr
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    assert (workdir / "checkpoints" / "6.corrupt").is_dir()
+    assert records(workdir) == records(reference[0])
 
 
 @pytest.mark.slow
