@@ -14,6 +14,7 @@ import json
 
 from absl import app, flags
 
+from w2v_jax import checkpointing
 from w2v_jax.research import probes
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint folder.", required=True)
@@ -31,18 +32,21 @@ _MAX_UTTERANCES = flags.DEFINE_integer("max_utterances", None, "Use the first N 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    record, table, output = probes.evaluate_checkpoint(
-        _CHECKPOINT.value,
-        _OUTPUT.value,
-        step=_STEP.value,
-        manifest=_MANIFEST.value,
-        probe_train_manifest=_PROBE_TRAIN.value,
-        metadata=_METADATA.value,
-        kind=_FEATURES.value,
-        baselines=_BASELINES.value,
-        seed=_SEED.value,
-        max_utterances=_MAX_UTTERANCES.value,
-    )
+    try:
+        record, table, output = probes.evaluate_checkpoint(
+            _CHECKPOINT.value,
+            _OUTPUT.value,
+            step=_STEP.value,
+            manifest=_MANIFEST.value,
+            probe_train_manifest=_PROBE_TRAIN.value,
+            metadata=_METADATA.value,
+            kind=_FEATURES.value,
+            baselines=_BASELINES.value,
+            seed=_SEED.value,
+            max_utterances=_MAX_UTTERANCES.value,
+        )
+    except checkpointing.CorruptCheckpointError as e:
+        raise SystemExit(str(e)) from None
     print(json.dumps(record["validation"], indent=2))
     print(table)
     print(f"wrote {output}/metrics.json, probes.md, codebook_usage.png")

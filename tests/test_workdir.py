@@ -266,3 +266,19 @@ def test_reading_a_live_run_leaves_its_directory_alone(killed_then_disk_full, tm
     assert any("checkpoint" in m and "is corrupt" in m for m in caplog.messages)
     with pytest.raises(checkpointing.CorruptCheckpointError, match=f"checkpoint {checkpoints / '2'} is corrupt"):
         checkpointing.load_model(run, step=2)
+
+
+def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(killed_then_disk_full[0], run)
+    checkpoints = run / "checkpoints"
+    shutil.rmtree(checkpoints / "2" / "state")
+    shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--checkpoint={run}", "--step=2", f"--output={tmp_path / 'eval'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"checkpoint {checkpoints / '2'} is corrupt: ")
+    assert "Traceback" not in proc.stderr and (checkpoints / "2").is_dir()  # a reader moves nothing
