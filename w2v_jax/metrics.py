@@ -121,3 +121,29 @@ def mean_metrics(
         bottom = sum(m[denominator] for m in good)
         out[name] = top / bottom if bottom else float("nan")
     return out
+
+
+def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("loss", "loss per masked frame"),
+        ("accuracy", "contrastive accuracy"),
+        ("code_perplexity", "code perplexity"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
+    for ax, (name, title) in zip(axes, panels):
+        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="." if len(points) < 50 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
