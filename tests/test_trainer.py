@@ -126,3 +126,22 @@ def test_checkpoint_round_trip_after_real_updates(tmp_path):
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         assert a.sharding == b.sharding
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "section, name, value, match",
+    [
+        ("train", "batch_size", 12, "divisible by the number of devices"),
+        ("train", "grad_accum_steps", 2, r"batch_size=8 must be divisible .*grad_accum_steps \(2\)"),
+        ("train", "log_every", 0, "train.log_every must be a positive int"),
+        ("train", "checkpoint_every", 0, "train.checkpoint_every must be a positive int"),
+        ("train", "num_steps", -1, "train.num_steps must be a positive int"),
+        ("data", "min_sample_size", 20000, "min_sample_size=20000 > data.max_sample_size=16000"),
+    ],
+)
+def test_settings_are_checked_before_anything_runs(tmp_path, section, name, value, match):
+    config = _config()
+    config[section][name] = value
+    with pytest.raises(ValueError, match=match):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written
