@@ -132,7 +132,8 @@ def context_network_oracle(
             return out * keep(sub_ff("output"), config.hidden_dropout, out.shape)
 
         if config.do_stable_layer_norm:
-            attended = attention_oracle(_layer_norm(x, layer.layer_norm, eps), layer.attention, padding_mask, attention_keep)
+            normed = _layer_norm(x, layer.layer_norm, eps)
+            attended = attention_oracle(normed, layer.attention, padding_mask, attention_keep)
             x = x + attended * residual_keep
             x = x + feed_forward(_layer_norm(x, layer.final_layer_norm, eps))
         else:

@@ -406,7 +406,8 @@ def test_an_utterance_with_one_masked_frame_counts_as_correct_with_zero_loss():
     assert int(out.num_masked) == 13
     c = np.asarray(out.projected_states, np.float64)
     q = np.asarray(out.projected_quantized_states, np.float64)
-    negatives = np.asarray(sample_negative_indices(named_key(key, "negatives"), jnp.asarray(mask), CONFIG.num_negatives))
+    negatives = sample_negative_indices(named_key(key, "negatives"), jnp.asarray(mask), CONFIG.num_negatives)
+    negatives = np.asarray(negatives)
     assert np.all(negatives[1, 9] == 9)
     losses, correct = [], 0
     for b, t in zip(*np.nonzero(mask)):

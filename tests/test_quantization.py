@@ -120,8 +120,10 @@ def test_straight_through_gradient_is_the_soft_samples_gradient():
     ours = jax.jit(jax.grad(straight_through, argnums=(0, 1)))(state, x)
     soft = jax.jit(jax.grad(soft_sample, argnums=(0, 1)))(state, x)
     np.testing.assert_allclose(ours[1], soft[1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ours[0]["weight_proj"]["kernel"][...], soft[0]["weight_proj"]["kernel"][...], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ours[0]["weight_proj"]["bias"][...], soft[0]["weight_proj"]["bias"][...], rtol=1e-5, atol=1e-6)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(
+            ours[0]["weight_proj"][name][...], soft[0]["weight_proj"][name][...], rtol=1e-5, atol=1e-6
+        )
     # Codewords: d/dC of sum(w * C[hard choice]) = the weights summed over the frames choosing each.
     _, usage = quantizer(x, temperature=temperature, key=key, deterministic=False)
     indices = np.asarray(usage.indices)

@@ -6,7 +6,6 @@ does not divide `checkpoint_every`, so a checkpoint falls inside a logging windo
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -31,7 +30,8 @@ def _config(num_steps=6):
 
 
 def _records(workdir):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in metrics.read_metrics(workdir / metrics.METRICS_FILE)]
+    records = metrics.read_metrics(workdir / metrics.METRICS_FILE)
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def test_resume_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(unin
         with pytest.raises(RuntimeError, match="simulated crash"):
             trainer.train_and_evaluate(_config(), str(tmp_path))
     assert [r["step"] for r in _records(tmp_path)] == [3]
-    restored_window = checkpointing.Checkpointer(tmp_path / "checkpoints")
-    assert restored_window.latest_step() == 4
-    restored_window.close()
+    checkpointer = checkpointing.Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.latest_step() == 4
+    checkpointer.close()
     trainer.train_and_evaluate(_config(), str(tmp_path))
     resumed, reference = _records(tmp_path), _records(uninterrupted[0])
     assert [r["step"] for r in reference] == [3, 6]
@@ -110,7 +110,10 @@ def test_checkpoint_round_trip_after_real_updates(tmp_path):
     step = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
     rng = np.random.default_rng(0)
     for _ in range(3):  # step 0's learning rate is 0 (warmup): three updates move every parameter
-        batch = {"input_values": rng.standard_normal((8, 8000)).astype(np.float32), "attention_mask": np.ones((8, 8000), np.int32)}
+        batch = {
+            "input_values": rng.standard_normal((8, 8000)).astype(np.float32),
+            "attention_mask": np.ones((8, 8000), np.int32),
+        }
         state, _ = step(state, batch, jax.random.key(0))
     is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
     (adam,) = [node for node in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(node)]
