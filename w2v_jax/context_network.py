@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from w2v_jax.config import Wav2Vec2Config
 from w2v_jax import layers as layers_lib
+from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.layers import (
     ACTIVATION_FNS,
     INITIALIZER_RANGE,
