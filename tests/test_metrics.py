@@ -45,3 +45,22 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
     record = trainer._summarize(window)
     assert record["accuracy"] == pytest.approx(19 / 110)
     assert record["num_correct"] == 19 and record["num_masked"] == 110
+
+
+def test_a_window_with_skipped_steps():
+    # Skipped steps are left out of every average and ratio but counted; the counters come from
+    # the window's last step.
+    window = [
+        {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0},
+        {**_step(float("nan"), 0, 7, skipped=1), "nonfinite_total": 1, "nonfinite_consecutive": 1},
+        {**_step(2.0, 3, 30), "nonfinite_total": 1, "nonfinite_consecutive": 0},
+        {**_step(float("inf"), 0, 20, skipped=1), "nonfinite_total": 2, "nonfinite_consecutive": 1},
+    ]
+    record = trainer._summarize(window)
+    assert record["loss"] == pytest.approx(1.5)
+    assert record["accuracy"] == pytest.approx(12 / 40)
+    assert record["skipped_nonfinite"] == 2
+    assert record["nonfinite_total"] == 2 and record["nonfinite_consecutive"] == 1
+    all_skipped = trainer._summarize(window[1:2])
+    assert math.isnan(all_skipped["loss"]) and math.isnan(all_skipped["accuracy"])
+    assert all_skipped["skipped_nonfinite"] == 1
