@@ -17,9 +17,9 @@ Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + Ten
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
@@ -135,7 +135,7 @@ def train_and_evaluate(
     """Runs or resumes a pretraining run (see the module docstring).
 
     Args:
-      config: an `experiments/configs/pretrain.py` config.
+      config: an `w2v_jax/configs/pretrain.py` config.
       workdir: the run's directory (created if missing).
       make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
         `train.eval_every > 0` and called every `eval_every` updates (default `pretraining_evaluator`).
@@ -255,10 +255,14 @@ def _train_locked(
     writer = metrics_lib.MetricWriter(
         workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True)
     )
+    # smoothing=0: the rate is steps done / time since the start, and the start is moved forward by
+    # every compile and evaluation (`_exclude_from_eta`), so the ETA counts training steps only.
     progress = tqdm.tqdm(
-        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain"
+        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain", smoothing=0
     )
     last_logged: dict[str, Any] = {}
+    last_valid: dict[str, Any] = {}
+    eval_seconds = 0.0
     window_start = time.perf_counter()
     window_compile = step_fn.compile_seconds
     window_audio = 0.0
@@ -275,7 +279,9 @@ def _train_locked(
                 )
                 for k, v in local.items()
             }
+            compiled_before = step_fn.compile_seconds
             state, step_metrics = step_fn(state, batch, key)
+            _exclude_from_eta(progress, step_fn.compile_seconds - compiled_before)
             step += 1
             window.append(step_metrics)
             # Read the previous step's skip counter, not this one's: one step stays in flight.
@@ -299,10 +305,17 @@ def _train_locked(
                 skips = distributed.allgather_json(data_iter.skip_counts())  # each process sees its rows
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
                 if evaluator is not None and step % eval_every == 0:
-                    record.update(evaluation.prefixed(evaluator(state, step)))
+                    eval_start = time.perf_counter()
+                    last_valid = {"step": step, **evaluator(state, step)}
+                    record.update(evaluation.prefixed({k: v for k, v in last_valid.items() if k != "step"}))
+                    eval_seconds += time.perf_counter() - eval_start
+                    _exclude_from_eta(progress, time.perf_counter() - eval_start)
                 writer.write(step, record)
                 last_logged = {"step": step, **record}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
+                if "loss" in last_valid:
+                    postfix["valid"] = f"{last_valid['loss']:.3f}"
+                progress.set_postfix(postfix)
                 window, window_audio = [], 0.0
                 window_start, window_compile = time.perf_counter(), step_fn.compile_seconds
 
@@ -326,12 +339,50 @@ def _train_locked(
         metrics_lib.plot_loss_curve(records, workdir_path / metrics_lib.LOSS_CURVE_FILE)
     summary = {
         "step": step,
+        "num_steps": t.num_steps,
         "last_logged": last_logged,
+        "last_valid": last_valid,
         "num_compiles": step_fn.num_compiles,
         "compile_seconds": step_fn.compile_seconds,
+        "eval_seconds": eval_seconds,
         "checkpoint_steps": checkpoint_steps,
         "data": data_iter.summary(),
     }
     if primary:
-        logger.info("run summary: %s", json.dumps(summary, default=str))
+        logger.info("%s", format_summary(summary, workdir_path))
     return summary
+
+
+def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
+    """Moves the bar's start forward by `seconds` (a compile or an evaluation): not training time."""
+    if seconds > 0 and not progress.disable:
+        progress.start_t += seconds
+
+
+def format_summary(summary: dict[str, Any], workdir: str | os.PathLike) -> str:
+    """The end-of-run summary as a few readable lines (`train_and_evaluate`'s return value)."""
+
+    def metrics_line(values: dict[str, Any]) -> str:
+        parts = []
+        for name, label, spec in (("loss", "loss", ".4f"), ("accuracy", "accuracy", ".3f"),
+                                  ("code_perplexity", "code perplexity", ".2f")):
+            value = values.get(name)
+            parts.append(f"{label} {'n/a' if value is None else format(value, spec)}")
+        return ", ".join(parts)
+
+    finished = summary["step"] >= summary["num_steps"]
+    lines = [
+        f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"
+    ]
+    if summary["last_logged"]:
+        lines.append(f"  train (step {summary['last_logged']['step']}): {metrics_line(summary['last_logged'])}")
+    if summary["last_valid"]:
+        lines.append(f"  valid (step {summary['last_valid']['step']}): {metrics_line(summary['last_valid'])}")
+    steps = ", ".join(str(s) for s in summary["checkpoint_steps"]) or "none"
+    lines.append(f"  checkpoints: {steps}")
+    lines.append(
+        f"  compiles: {summary['num_compiles']} train step ({summary['compile_seconds']:.1f} s); "
+        f"validation {summary['eval_seconds']:.1f} s"
+    )
+    lines.append(f"  data: {summary['data']}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from experiments.configs import codebook_ablation
+from w2v_jax.configs import codebook_ablation
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
