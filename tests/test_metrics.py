@@ -95,3 +95,22 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
     plot_loss_curve(records, tmp_path / "curve.png")
     assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_end_of_run_summary_is_a_few_readable_lines():
+    summary = {
+        "step": 300, "num_steps": 300, "checkpoint_steps": [200, 300], "num_compiles": 1, "compile_seconds": 21.04,
+        "eval_seconds": 3.5, "data": "input files: 160 of 160 seen",
+        "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
+        "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
+    }
+    assert trainer.format_summary(summary, "runs/tiny").splitlines() == [
+        "finished at step 300 of 300 in runs/tiny",
+        "  train (step 300): loss 2.3457, accuracy 0.400, code perplexity n/a",
+        "  valid (step 300): loss 2.5000, accuracy 0.375, code perplexity 6.12",
+        "  checkpoints: 200, 300",
+        "  compiles: 1 train step (21.0 s); validation 3.5 s",
+        "  data: input files: 160 of 160 seen",
+    ]
+    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
+    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)

@@ -33,6 +33,12 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 )
 # Libraries that log every file, compile or checkpoint step at INFO.
 _QUIET_LOGGERS = ("absl", "jax", "orbax")
+# orbax warns when a reader opens checkpoints read-only, which the readers (evaluate, export) do on purpose.
+_EXPECTED_WARNINGS = ("Given directory is read only",)
+
+
+def _drop_expected_warnings(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_EXPECTED_WARNINGS)
 
 
 class _ProgressBarHandler(logging.Handler):
@@ -61,8 +67,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # orbax's writer threads log a traceback each when the disk is full; the launcher says it in one line.
     absl_logger = logging.getLogger("absl")
-    if workdir.drop_disk_full_records not in absl_logger.filters:
-        absl_logger.addFilter(workdir.drop_disk_full_records)
+    for record_filter in (workdir.drop_disk_full_records, _drop_expected_warnings):
+        if record_filter not in absl_logger.filters:
+            absl_logger.addFilter(record_filter)
     handler = _ProgressBarHandler()
     handler.setFormatter(_Formatter("%(message)s"))
     package = logging.getLogger("w2v_jax")
