@@ -215,8 +215,8 @@ def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_
 
 @pytest.mark.slow
 def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
-    """`convert_checkpoint jax-to-hf WORKDIR --step`: transformers' from_pretrained and
-    AutoFeatureExtractor load the folder, and give our model's features at that step."""
+    """`convert_checkpoint jax-to-hf WORKDIR --step`: transformers' from_pretrained, AutoFeatureExtractor
+    and pipelines load the folder, and give our model's features at that step."""
     import torch
     import transformers
 
@@ -233,6 +233,9 @@ def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
         expected = hf_model.wav2vec2(inputs.input_values).last_hidden_state[0].numpy()
     got = ours.features([audio.normalize(raw)])[0].last_hidden_state
     np.testing.assert_allclose(got, expected, atol=1e-5)  # parity tests measure ~1e-6
+    # A pipeline starts from the folder (its classification head is new, the usual fine-tuning start).
+    pipe = transformers.pipeline("audio-classification", model=str(tmp_path / "hf"))
+    assert pipe.feature_extractor.do_normalize and len(pipe(raw)) == 2
     newest = Wav2Vec2ForPreTraining.from_pretrained(workdir).features([audio.normalize(raw)])[0]
     assert np.abs(newest.last_hidden_state - got).max() > 1e-3  # step 4, not the newest (6)
 

@@ -135,7 +135,7 @@ def train_and_evaluate(
     """Runs or resumes a pretraining run (see the module docstring).
 
     Args:
-      config: an `w2v_jax/configs/pretrain.py` config.
+      config: a `w2v_jax/configs/pretrain.py` config.
       workdir: the run's directory (created if missing).
       make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
         `train.eval_every > 0` and called every `eval_every` updates (default `pretraining_evaluator`).
@@ -306,8 +306,9 @@ def _train_locked(
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
                 if evaluator is not None and step % eval_every == 0:
                     eval_start = time.perf_counter()
-                    last_valid = {"step": step, **evaluator(state, step)}
-                    record.update(evaluation.prefixed({k: v for k, v in last_valid.items() if k != "step"}))
+                    values = evaluator(state, step)
+                    record.update(evaluation.prefixed(values))
+                    last_valid = {"step": step, **values}
                     eval_seconds += time.perf_counter() - eval_start
                     _exclude_from_eta(progress, time.perf_counter() - eval_start)
                 writer.write(step, record)
