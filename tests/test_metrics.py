@@ -114,3 +114,18 @@ def test_end_of_run_summary_is_a_few_readable_lines():
     ]
     stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
     assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)
+
+
+def test_eta_leaves_out_compiles_and_evaluations():
+    import io
+
+    import tqdm
+
+    bar = tqdm.tqdm(total=10, smoothing=0, file=io.StringIO())
+    bar.start_t -= 60.0  # the first step finished 60 s after the start, 59 s of it compiling
+    bar.update(1)
+    trainer._exclude_from_eta(bar, 59.0)
+    meter = bar.format_dict
+    remaining = (meter["total"] - meter["n"]) * meter["elapsed"] / meter["n"]
+    assert 8.0 < remaining < 20.0  # ~9 steps of ~1 s, not 9 x 60 s
+    bar.close()

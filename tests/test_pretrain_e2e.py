@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from without_reference import BLOCK_REFERENCE
 
-from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax import checkpointing, metrics, optim, sharding
+from w2v_jax import train_step as train_lib
 from w2v_jax.cli import convert_checkpoint
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import audio
 from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax import train_step as train_lib
-from w2v_jax.config import Wav2Vec2Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 6

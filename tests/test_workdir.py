@@ -21,9 +21,9 @@ import ml_collections
 import orbax.checkpoint._src.path.atomicity as atomicity
 import pytest
 
+from w2v_jax import checkpointing, metrics, trainer, workdir
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.configs import unknown_field_message
-from w2v_jax import checkpointing, metrics, trainer, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
