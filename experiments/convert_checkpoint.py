@@ -1,38 +1,6 @@
-"""Converts wav2vec 2.0 pretraining checkpoints between transformers and w2v_jax.
+"""`python -m experiments.convert_checkpoint` from the repository root: runs `w2v_jax.cli.convert_checkpoint` (the `w2v-convert-checkpoint` command)."""
 
-    # a transformers Wav2Vec2ForPreTraining folder (config.json + model.safetensors or
-    # pytorch_model.bin) -> a w2v_jax folder (config.json + params.safetensors)
-    python -m experiments.convert_checkpoint hf-to-jax path/to/hf_folder path/to/jax_folder
-
-    # a w2v_jax folder -> a folder `Wav2Vec2ForPreTraining.from_pretrained` loads
-    python -m experiments.convert_checkpoint jax-to-hf path/to/jax_folder path/to/hf_folder
-
-All logic lives in `w2v_jax.convert`.
-"""
-
-from collections.abc import Sequence
-
-from absl import app, flags
-
-from w2v_jax import convert
-
-DIRECTIONS = ("hf-to-jax", "jax-to-hf")
-_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).")
-
-
-def main(argv: Sequence[str], allow_nonfinite: bool = False) -> None:
-    """`argv`: the arguments after the program name, `DIRECTION SOURCE DESTINATION`."""
-    if len(argv) != 3 or argv[0] not in DIRECTIONS:
-        raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {list(argv)}")
-    direction, source, destination = argv
-    if direction == "hf-to-jax":
-        config, model = convert.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_checkpoint(config, model, destination)
-    else:
-        config, model = convert.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_hf_checkpoint(config, model, destination)
-    print(f"{direction}: {source} -> {destination}")
-
+from w2v_jax.cli.convert_checkpoint import run
 
 if __name__ == "__main__":
-    app.run(lambda argv: main(argv[1:], allow_nonfinite=_ALLOW_NONFINITE.value))
+    run()

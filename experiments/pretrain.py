@@ -1,45 +1,6 @@
-"""wav2vec 2.0 pretraining launcher.
+"""`python -m experiments.pretrain` from the repository root: runs `w2v_jax.cli.pretrain` (the `w2v-pretrain` command)."""
 
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny --workdir=runs/tiny
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:base --workdir=runs/base \
-        --config.train.batch_size=64 --config.data.train_manifest=/data/librispeech/train.tsv
-
-Running the same command again on the same workdir resumes from its newest checkpoint; the
-resolved config is written to WORKDIR/config.json. All logic is in
-`w2v_jax.trainer.train_and_evaluate`.
-"""
-
-import logging
-
-from absl import app, flags
-
-from experiments.configs import define_config_flag
-from w2v_jax import checkpointing, host_memory, trainer, workdir
-
-_CONFIG = define_config_flag("config", "experiments/configs/pretrain.py:tiny", "Training config file, `path:variant`.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    host_memory.configure(_HOST_MALLOC.value)
-    # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    # orbax's writer threads log a traceback each when the disk is full; the one line below says it.
-    logging.getLogger("absl").addFilter(workdir.drop_disk_full_records)
-    try:
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except trainer.TrainingDivergedError as e:
-        raise SystemExit(f"training stopped: {e}") from None
-    except (workdir.WorkdirError, checkpointing.CorruptCheckpointError) as e:
-        raise SystemExit(str(e)) from None
-    except Exception as e:
-        if message := workdir.disk_full_message(e, _WORKDIR.value):
-            raise SystemExit(message) from None
-        raise
-
+from w2v_jax.cli.pretrain import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

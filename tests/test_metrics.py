@@ -5,7 +5,7 @@ import math
 import pytest
 
 from w2v_jax import trainer
-from w2v_jax.metrics import mean_metrics
+from w2v_jax.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
 
 
 def _step(loss, correct, masked, skipped=0):
@@ -64,3 +64,87 @@ def test_a_window_with_skipped_steps():
     all_skipped = trainer._summarize(window[1:2])
     assert math.isnan(all_skipped["loss"]) and math.isnan(all_skipped["accuracy"])
     assert all_skipped["skipped_nonfinite"] == 1
+
+
+def _tensorboard_events(folder):
+    """(tag, value or text) of every summary in the folder's event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        position = 0
+        while position < len(data):
+            (length,) = struct.unpack("<Q", data[position : position + 8])
+            event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
+            position += 12 + length + 4
+            for value in event.summary.value:
+                out.append((value.tag, value.simple_value if value.HasField("simple_value") else value.tensor.string_val))
+    return out
+
+
+def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
+    writer = MetricWriter(tmp_path, config='{"train": {"seed": 0}}')
+    writer.write(2, {"loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0})
+    writer.close()
+    events = _tensorboard_events(tmp_path)
+    scalars = {tag: value for tag, value in events if isinstance(value, float)}
+    assert scalars == {"train/loss": 1.5, "valid/loss": 2.5, "data/skipped_empty": 0.0}
+    texts = [b"".join(value).decode() for tag, value in events if tag.startswith("config")]
+    assert texts and '"seed": 0' in texts[0]
+    assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}]
+
+
+def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
+    records = [{"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "code_perplexity": 4.0} for s in range(1, 5)]
+    for r in records[1::2]:
+        r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, path, **kwargs):
+        drawn.extend([[tuple(line.get_xdata()) for line in ax.get_lines()] for ax in fig.axes])
+        real_savefig(fig, path, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    plot_loss_curve(records, tmp_path / "curve.png")
+    assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_end_of_run_summary_is_a_few_readable_lines():
+    summary = {
+        "step": 300, "num_steps": 300, "checkpoint_steps": [200, 300], "num_compiles": 1, "compile_seconds": 21.04,
+        "eval_seconds": 3.5, "data": "input files: 160 of 160 seen",
+        "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
+        "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
+    }
+    assert trainer.format_summary(summary, "runs/tiny").splitlines() == [
+        "finished at step 300 of 300 in runs/tiny",
+        "  train (step 300): loss 2.3457, accuracy 0.400, code perplexity n/a",
+        "  valid (step 300): loss 2.5000, accuracy 0.375, code perplexity 6.12",
+        "  checkpoints: 200, 300",
+        "  compiles: 1 train step (21.0 s); validation 3.5 s",
+        "  data: input files: 160 of 160 seen",
+    ]
+    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
+    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)
+
+
+def test_eta_leaves_out_compiles_and_evaluations():
+    import io
+
+    import tqdm
+
+    bar = tqdm.tqdm(total=10, smoothing=0, file=io.StringIO())
+    bar.start_t -= 60.0  # the first step finished 60 s after the start, 59 s of it compiling
+    bar.update(1)
+    trainer._exclude_from_eta(bar, 59.0)
+    meter = bar.format_dict
+    remaining = (meter["total"] - meter["n"]) * meter["elapsed"] / meter["n"]
+    assert 8.0 < remaining < 20.0  # ~9 steps of ~1 s, not 9 x 60 s
+    bar.close()

@@ -18,11 +18,15 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from without_reference import BLOCK_REFERENCE
 
-from experiments.configs import pretrain as pretrain_config
 from w2v_jax import checkpointing, metrics, optim, sharding
 from w2v_jax import train_step as train_lib
+from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.data import audio
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 6
@@ -33,6 +37,7 @@ OVERRIDES = [
     "--config.train.warmup_steps=2",
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=2",
+    "--config.train.eval_every=2",
     "--config.data.max_sample_size=16000",
     "--config.data.min_sample_size=16000",
 ]
@@ -175,11 +180,65 @@ def test_launcher_writes_every_output(reference):
         assert np.isfinite(r["loss"]) and r["skipped_nonfinite"] == 0 and r["audio_seconds_per_second"] > 0
         assert any(k.startswith("data_skipped_") for k in r)
     assert logged[0]["learning_rate"] == 0.0 and logged[-1]["gumbel_temperature"] < 2.0
+    # Validation every 2 steps, in the record of its step (never a line of its own).
+    assert [r["step"] for r in logged if "valid_loss" in r] == [2, 4, 6]
+    assert all(np.isfinite(r["valid_loss"]) and 0 <= r["valid_accuracy"] <= 1 for r in logged if "valid_loss" in r)
+    assert len({r["valid_num_masked"] for r in logged if "valid_loss" in r}) == 1  # the same fixed masks
     assert list(workdir.glob("events.out.tfevents.*"))
     assert (workdir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
     assert "pretrain: 100%" in proc.stderr  # the tqdm bar
     assert "compiling the train step (#1)" in proc.stderr and "(#2)" not in proc.stderr
+    assert proc.stderr.count("compiling the validation step") == 1  # one crop length: one compile
+
+
+@pytest.mark.slow
+def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_path):
+    """The installed command's module, started outside the repository (its config path resolved from
+    the package) on an install without torch: the same run, record for record."""
+    program = BLOCK_REFERENCE + textwrap.dedent(
+        """
+        import runpy
+        sys.argv = ["w2v-pretrain"] + sys.argv[1:]
+        runpy.run_module("w2v_jax.cli.pretrain", run_name="__main__")
+        """
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", program, f"--workdir={tmp_path / 'run'}", *OVERRIDES],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert records(tmp_path / "run") == records(reference[0])
+    assert "finished at step 6 of 6" in proc.stderr  # the readable end-of-run summary
+
+
+@pytest.mark.slow
+def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
+    """`convert_checkpoint jax-to-hf WORKDIR --step`: transformers' from_pretrained, AutoFeatureExtractor
+    and pipelines load the folder, and give our model's features at that step."""
+    import torch
+    import transformers
+
+    workdir, _ = reference
+    convert_checkpoint.main(["jax-to-hf", str(workdir), str(tmp_path / "hf")], step=4)
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
+    hf_model = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ours = Wav2Vec2ForPreTraining.from_pretrained(workdir, step=4)
+    raw = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32) + 0.02
+    inputs = extractor(raw, sampling_rate=16_000, return_tensors="pt")
+    # The extractor normalises as the training pipeline does (float32 vs float64 statistics).
+    np.testing.assert_allclose(inputs.input_values[0].numpy(), audio.normalize(raw), atol=1e-5)
+    with torch.no_grad():
+        expected = hf_model.wav2vec2(inputs.input_values).last_hidden_state[0].numpy()
+    got = ours.features([audio.normalize(raw)])[0].last_hidden_state
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # parity tests measure ~1e-6
+    # A pipeline starts from the folder (its classification head is new, the usual fine-tuning start).
+    pipe = transformers.pipeline("audio-classification", model=str(tmp_path / "hf"))
+    assert pipe.feature_extractor.do_normalize and len(pipe(raw)) == 2
+    newest = Wav2Vec2ForPreTraining.from_pretrained(workdir).features([audio.normalize(raw)])[0]
+    assert np.abs(newest.last_hidden_state - got).max() > 1e-3  # step 4, not the newest (6)
 
 
 @pytest.mark.slow
@@ -294,6 +353,8 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(two, one):
         assert a["num_masked"] == b["num_masked"]  # same global batches, same masks
-        for name in ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm"):
+        assert ("valid_loss" in a) == ("valid_loss" in b)
+        names = ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm")
+        for name in names + (("valid_loss", "valid_accuracy") if "valid_loss" in b else ()):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4, 6]

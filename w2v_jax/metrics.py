@@ -52,14 +52,25 @@ def truncate_after(path: str | os.PathLike, step: int) -> None:
     os.replace(tmp, path)  # atomic: a kill here leaves the old or the new file, never a mix
 
 
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of a record key: `valid_loss` -> `valid/loss`, `data_skipped_empty` ->
+    `data/skipped_empty`, anything else under `train/` (TensorBoard groups tags by their prefix)."""
+    for group in ("valid", "data"):
+        if name.startswith(group + "_"):
+            return f"{group}/{name[len(group) + 1:]}"
+    return f"train/{name}"
+
+
 class MetricWriter:
     """Appends metrics to `workdir/metrics.jsonl` and TensorBoard events in `workdir`.
 
     Only the primary process writes (`enabled=False` elsewhere), so a multi-host run has one
-    record. TensorBoard is written with tensorboardX (no TensorFlow dependency).
+    record. TensorBoard is written with tensorboardX (no TensorFlow dependency); scalars are grouped
+    by `tensorboard_tag`, and `config` (the run's resolved config as JSON text) is recorded as the
+    `config` text entry.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, config: str | None = None):
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self.enabled = enabled
         self._file = None
@@ -69,6 +80,9 @@ class MetricWriter:
 
             self._file = open(self.path, "a", encoding="utf-8")
             self._tb = SummaryWriter(str(workdir))
+            if config is not None:
+                # Markdown code block: TensorBoard's text tab keeps the JSON's indentation.
+                self._tb.add_text("config", "```\n" + config + "\n```", 0)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends one record `{"step": step, **metrics}` and the scalars to TensorBoard."""
@@ -79,7 +93,7 @@ class MetricWriter:
         self._file.flush()
         for name, value in record.items():
             if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-                self._tb.add_scalar(name, value, step)
+                self._tb.add_scalar(tensorboard_tag(name), value, step)
         self._tb.flush()
 
     def close(self) -> None:
@@ -124,7 +138,8 @@ def mean_metrics(
 
 
 def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step."""
+    """Writes a PNG with the loss, contrastive accuracy and code perplexity against the step: the
+    training values, and the validation values (`valid_*` keys) where the records have them."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -137,10 +152,13 @@ def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | os.PathLik
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
     for ax, (name, title) in zip(axes, panels):
-        points = [(r["step"], r[name]) for r in records if r.get(name) is not None]
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, marker="." if len(points) < 50 else None)
+        for key, label in ((name, "train"), (f"valid_{name}", "valid")):
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="." if len(points) < 50 else None, label=label)
+        if any(r.get(f"valid_{name}") is not None for r in records):
+            ax.legend()
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

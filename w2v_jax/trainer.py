@@ -6,18 +6,24 @@ the metrics of the logging window in progress all come back, and `metrics.jsonl`
 after that checkpoint are dropped, so the resumed run logs exactly what an uninterrupted run logs
 (same device count). SIGTERM (preemption) saves a checkpoint at the next step and returns.
 
+Every `train.eval_every` updates the run is validated (`w2v_jax.evaluation`; pretraining's
+`pretraining_evaluator` by default, any `Evaluator` through `make_evaluator`): the values join that
+step's logged record as `valid_*` keys. Validation uses no training randomness and no iterator, so
+it changes nothing a resume replays.
+
 Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + TensorBoard events,
 `checkpoints/<step>/`, `loss_curve.png` at the end; a tqdm bar with ETA on the console.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,7 +33,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from w2v_jax import checkpointing, distributed, metrics as metrics_lib, sharding
+from w2v_jax import checkpointing, distributed, evaluation, metrics as metrics_lib, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax import workdir as workdir_lib
 from w2v_jax.config import Wav2Vec2Config
@@ -63,6 +69,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     for name in positive:
         if not isinstance(t[name], int) or t[name] < 1:
             raise ValueError(f"train.{name} must be a positive int, got {t[name]!r}")
+    eval_every = t.get("eval_every", 0)
+    if not isinstance(eval_every, int) or eval_every < 0 or eval_every % t.log_every:
+        raise ValueError(
+            f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
+            f"go into the record of a logged step), got {eval_every!r}"
+        )
     num_devices = jax.device_count()
     if t.batch_size % (num_devices * t.grad_accum_steps):
         raise ValueError(
@@ -97,12 +109,36 @@ def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def pretraining_evaluator(
+    config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+) -> evaluation.PretrainingEvaluator:
+    """The validation of a pretrain config: `data.valid_manifest` (empty: the embedded corpus's
+    valid split), batches of `train.batch_size` made as training makes them, masks from `train.seed`."""
+    manifest = config.data.get("valid_manifest", "") or str(default_manifest("valid"))
+    batches, skipped = evaluation.validation_batches(
+        evaluation.load_waveforms(manifest, normalize=config.data.normalize),
+        Wav2Vec2Config.from_run_config(config),
+        batch_size=config.train.batch_size,
+        max_sample_size=config.data.max_sample_size,
+        min_sample_size=config.data.min_sample_size,
+        seed=config.train.seed,
+    )
+    logger.info("validation: %d batches from %s (%d utterances too short, skipped)", len(batches), manifest, skipped)
+    return evaluation.PretrainingEvaluator(
+        graphdef, batches, mesh, state_shardings.params, state_shardings.model_state
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, make_evaluator: Callable[..., evaluation.Evaluator] | None = None
+) -> dict[str, Any]:
     """Runs or resumes a pretraining run (see the module docstring).
 
     Args:
-      config: an `experiments/configs/pretrain.py` config.
+      config: a `w2v_jax/configs/pretrain.py` config.
       workdir: the run's directory (created if missing).
+      make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
+        `train.eval_every > 0` and called every `eval_every` updates (default `pretraining_evaluator`).
 
     Returns:
       a summary: final step, last logged metrics, number of compiles, checkpoint steps.
@@ -119,10 +155,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _validate(config)
     # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
     with workdir_lib.WorkdirLock(workdir, enabled=distributed.is_primary()):
-        return _train_locked(config, pathlib.Path(workdir))
+        return _train_locked(config, pathlib.Path(workdir), make_evaluator or pretraining_evaluator)
 
 
-def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path) -> dict[str, Any]:
+def _train_locked(
+    config: ml_collections.ConfigDict, workdir_path: pathlib.Path, make_evaluator: Callable[..., evaluation.Evaluator]
+) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is locked."""
     primary = distributed.is_primary()
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -149,6 +187,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
         remat=t.remat,
     )
     step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
+    eval_every = t.get("eval_every", 0)
+    evaluator = make_evaluator(config, graphdef, mesh, state_shardings) if eval_every else None
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
 
@@ -212,11 +252,17 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if process_count == 1 else None
 
-    writer = metrics_lib.MetricWriter(workdir_path, enabled=primary)
+    writer = metrics_lib.MetricWriter(
+        workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True)
+    )
+    # smoothing=0: the rate is steps done / time since the start, and the start is moved forward by
+    # every compile and evaluation (`_exclude_from_eta`), so the ETA counts training steps only.
     progress = tqdm.tqdm(
-        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain"
+        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc="pretrain", smoothing=0
     )
     last_logged: dict[str, Any] = {}
+    last_valid: dict[str, Any] = {}
+    eval_seconds = 0.0
     window_start = time.perf_counter()
     window_compile = step_fn.compile_seconds
     window_audio = 0.0
@@ -233,7 +279,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
                 )
                 for k, v in local.items()
             }
+            compiled_before = step_fn.compile_seconds
             state, step_metrics = step_fn(state, batch, key)
+            _exclude_from_eta(progress, step_fn.compile_seconds - compiled_before)
             step += 1
             window.append(step_metrics)
             # Read the previous step's skip counter, not this one's: one step stays in flight.
@@ -256,9 +304,19 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
                 record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
                 skips = distributed.allgather_json(data_iter.skip_counts())  # each process sees its rows
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+                if evaluator is not None and step % eval_every == 0:
+                    eval_start = time.perf_counter()
+                    values = evaluator(state, step)
+                    record.update(evaluation.prefixed(values))
+                    last_valid = {"step": step, **values}
+                    eval_seconds += time.perf_counter() - eval_start
+                    _exclude_from_eta(progress, time.perf_counter() - eval_start)
                 writer.write(step, record)
                 last_logged = {"step": step, **record}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.3f}")
+                postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['accuracy']:.3f}"}
+                if "loss" in last_valid:
+                    postfix["valid"] = f"{last_valid['loss']:.3f}"
+                progress.set_postfix(postfix)
                 window, window_audio = [], 0.0
                 window_start, window_compile = time.perf_counter(), step_fn.compile_seconds
 
@@ -282,12 +340,50 @@ def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path)
         metrics_lib.plot_loss_curve(records, workdir_path / metrics_lib.LOSS_CURVE_FILE)
     summary = {
         "step": step,
+        "num_steps": t.num_steps,
         "last_logged": last_logged,
+        "last_valid": last_valid,
         "num_compiles": step_fn.num_compiles,
         "compile_seconds": step_fn.compile_seconds,
+        "eval_seconds": eval_seconds,
         "checkpoint_steps": checkpoint_steps,
         "data": data_iter.summary(),
     }
     if primary:
-        logger.info("run summary: %s", json.dumps(summary, default=str))
+        logger.info("%s", format_summary(summary, workdir_path))
     return summary
+
+
+def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
+    """Moves the bar's start forward by `seconds` (a compile or an evaluation): not training time."""
+    if seconds > 0 and not progress.disable:
+        progress.start_t += seconds
+
+
+def format_summary(summary: dict[str, Any], workdir: str | os.PathLike) -> str:
+    """The end-of-run summary as a few readable lines (`train_and_evaluate`'s return value)."""
+
+    def metrics_line(values: dict[str, Any]) -> str:
+        parts = []
+        for name, label, spec in (("loss", "loss", ".4f"), ("accuracy", "accuracy", ".3f"),
+                                  ("code_perplexity", "code perplexity", ".2f")):
+            value = values.get(name)
+            parts.append(f"{label} {'n/a' if value is None else format(value, spec)}")
+        return ", ".join(parts)
+
+    finished = summary["step"] >= summary["num_steps"]
+    lines = [
+        f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"
+    ]
+    if summary["last_logged"]:
+        lines.append(f"  train (step {summary['last_logged']['step']}): {metrics_line(summary['last_logged'])}")
+    if summary["last_valid"]:
+        lines.append(f"  valid (step {summary['last_valid']['step']}): {metrics_line(summary['last_valid'])}")
+    steps = ", ".join(str(s) for s in summary["checkpoint_steps"]) or "none"
+    lines.append(f"  checkpoints: {steps}")
+    lines.append(
+        f"  compiles: {summary['num_compiles']} train step ({summary['compile_seconds']:.1f} s); "
+        f"validation {summary['eval_seconds']:.1f} s"
+    )
+    lines.append(f"  data: {summary['data']}")
+    return "\n".join(lines)

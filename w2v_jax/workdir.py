@@ -59,6 +59,7 @@ RESUMABLE_FIELDS = frozenset({
     "data.num_workers",
     "data.strict",
     "data.max_skip_fraction",
+    "data.valid_manifest",
 })
 # Sections that describe where and how the run executes, never what it computes.
 RESUMABLE_SECTIONS = ("mesh.", "distributed.")

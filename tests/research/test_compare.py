@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.configs import pretrain
+from w2v_jax.configs import pretrain
 from w2v_jax.research import compare
 
 

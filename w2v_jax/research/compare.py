@@ -217,7 +217,7 @@ def run_comparison(
     and `summary.json`; returns the summary, whose "line" is the one-line verdict.
 
     Args:
-      config: a pretrain config (`experiments/configs/pretrain.py`); made comparable here.
+      config: a pretrain config (`w2v_jax/configs/pretrain.py`); made comparable here.
       num_steps: updates to run on each side.
       workdir: output folder (created).
       external: CSV / JSONL curve files of other PyTorch runs (step and loss), overlaid on the loss.
