@@ -1,32 +1,6 @@
-"""wav2vec 2.0 CTC fine-tuning launcher.
+"""`python -m experiments.finetune` from the repository root: runs `w2v_jax.cli.finetune` (the `w2v-finetune` command)."""
 
-    python -m experiments.finetune --config=experiments/configs/finetune.py:tiny --workdir=runs/ft_tiny
-    python -m experiments.finetune --config=experiments/configs/finetune.py:base_10m --workdir=runs/ft \
-        --config.init=runs/base --config.data.train_manifest=/data/ll10m/train.tsv
-
-`--config.init` is the pretrained checkpoint (a pretraining workdir, our folder format or a
-transformers folder; empty: random initialisation). Running the same command again resumes. The
-workdir holds the vocabulary (vocab.json + tokenizer files), model_config.json, metrics, checkpoints
-and the best model by the validation metric in best/. All logic is in `w2v_jax.finetuning` and the
-shared loop `w2v_jax.trainer`.
-"""
-
-from absl import app, flags
-
-from experiments.configs import define_config_flag
-from w2v_jax import finetuning, host_memory, trainer
-
-_CONFIG = define_config_flag("config", "experiments/configs/finetune.py:tiny", "Fine-tuning config file, `path:variant`.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    host_memory.configure(_HOST_MALLOC.value)
-    trainer.run_from_command_line(_CONFIG.value, _WORKDIR.value, task=finetuning.FineTuningTask())
-
+from w2v_jax.cli.finetune import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -9,6 +9,8 @@ import json
 import os
 import pathlib
 import shutil
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +192,19 @@ def test_reader_leaves_a_live_run_alone(two_checkpoints):
     with pytest.raises(ValueError, match="not a checkpoint directory"):
         checkpointing.Checkpointer(two_checkpoints / "missing", read_only=True)
     assert not (two_checkpoints / "missing").exists()
+
+
+def test_abandoned_reads_of_a_corrupt_checkpoint_print_no_tracebacks(two_checkpoints, monkeypatch):
+    """After a failed restore tensorstore finishes the other reads into orbax's closed event loop:
+    one unraisable "Event loop is closed" per array, dropped; any other unraisable error still shows."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    truncate(two_checkpoints / "2")
+    ckpt = checkpointing.Checkpointer(two_checkpoints, keep=3, async_save=False)
+    with pytest.raises(checkpointing.CorruptCheckpointError):
+        ckpt.restore(2, checkpointing.abstract_like(state_of(0)))
+    loop_closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
+    other = types.SimpleNamespace(exc_value=ValueError("something else"), object=None)
+    sys.unraisablehook(loop_closed)
+    sys.unraisablehook(other)
+    assert [u for u in seen if u in (loop_closed, other)] == [other]

@@ -154,7 +154,7 @@ def test_any_valid_config_round_trips(hidden_heads, layers, groups, mask_time_pr
 def test_from_run_config_reads_the_model_section():
     import ml_collections
 
-    from experiments.configs import pretrain
+    from w2v_jax.configs import pretrain
 
     run = pretrain.get_config("tiny")
     model = Wav2Vec2Config.from_run_config(run)

@@ -10,7 +10,7 @@ import torch
 import transformers
 from flax import nnx
 
-from experiments import convert_checkpoint
+from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.convert import (
     hf_keys,

@@ -119,3 +119,15 @@ def test_bad_files_raise_audio_error_with_reason(tmp_path, kind):
 
 def test_receptive_field_matches_feature_encoder():
     assert feature_encoder.receptive_field(feature_encoder.FeatureEncoder.LAYER_CONFIGS) == audio.RECEPTIVE_FIELD
+
+
+def test_containers_libsndfile_does_not_know_go_through_librosa(tmp_path):
+    # .m4a / .mp4 / ... are decoded by librosa (here a WAV under an .m4a name, which librosa
+    # opens by content): same samples, rate, channel count and mono mix as the soundfile path.
+    stereo = _tone(9000, 22_050, 2)
+    soundfile.write(tmp_path / "a.wav", stereo, 22_050, subtype="FLOAT")
+    (tmp_path / "a.m4a").write_bytes((tmp_path / "a.wav").read_bytes())
+    direct, via_librosa = audio.read_audio(tmp_path / "a.wav"), audio.read_audio(tmp_path / "a.m4a")
+    assert (via_librosa.source_rate, via_librosa.source_channels) == (22_050, 2)
+    np.testing.assert_array_equal(via_librosa.samples, direct.samples)
+    assert via_librosa.samples.shape == (audio.resampled_length(9000, 22_050),)

@@ -72,6 +72,28 @@ def test_crop_mode_shapes_and_crops(tmp_path):
             assert any(np.array_equal(source[s : s + width], row) for s in starts)
 
 
+def test_crop_offsets_are_drawn_per_row_and_batch(tmp_path):
+    # Each row's crop offset is its own draw (seed, batch, row): rows of equal-length files in one
+    # batch start at different offsets, spread over the whole file.
+    length = 20_000
+    _corpus(tmp_path, [length] * 8)
+    iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=0, min_sample_size=MAX, max_sample_size=MAX,
+                                   num_buckets=1, num_workers=0, normalize=False)
+    offsets = []
+    for number in range(6):
+        files = iterator.planned_files(number)
+        batch = next(iterator)
+        row_offsets = []
+        for row, index in zip(batch["input_values"], files):
+            source = _signal(int(index), length)
+            (start,) = [s for s in range(length - MAX + 1) if np.array_equal(source[s : s + MAX], row)]
+            row_offsets.append(start)
+        assert len(set(row_offsets)) == 4, row_offsets
+        offsets += row_offsets
+    # 24 uniform draws in [0, 12000]: their spread is far from a constant offset.
+    assert min(offsets) < 3_000 and max(offsets) > 9_000
+
+
 def test_pad_mode_masks_normalisation_and_max_crop(tmp_path):
     lengths = [4_000, 4_300, 5_000, 5_900, 6_100, 7_000, 7_999, 8_000, 12_000, 30_000, 4_100, 6_500]
     _corpus(tmp_path, lengths)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.configs import pretrain as pretrain_config
 from w2v_jax import evaluation, sharding, trainer
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining
 

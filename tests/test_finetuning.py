@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.configs import finetune as finetune_configs
+from w2v_jax.configs import finetune as finetune_configs
 from w2v_jax import optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.checkpointing import load_model

@@ -47,6 +47,25 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
     assert record["num_correct"] == 19 and record["num_masked"] == 110
 
 
+def test_a_window_with_skipped_steps():
+    # Skipped steps are left out of every average and ratio but counted; the counters come from
+    # the window's last step.
+    window = [
+        {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0},
+        {**_step(float("nan"), 0, 7, skipped=1), "nonfinite_total": 1, "nonfinite_consecutive": 1},
+        {**_step(2.0, 3, 30), "nonfinite_total": 1, "nonfinite_consecutive": 0},
+        {**_step(float("inf"), 0, 20, skipped=1), "nonfinite_total": 2, "nonfinite_consecutive": 1},
+    ]
+    record = trainer._summarize(window)
+    assert record["loss"] == pytest.approx(1.5)
+    assert record["accuracy"] == pytest.approx(12 / 40)
+    assert record["skipped_nonfinite"] == 2
+    assert record["nonfinite_total"] == 2 and record["nonfinite_consecutive"] == 1
+    all_skipped = trainer._summarize(window[1:2])
+    assert math.isnan(all_skipped["loss"]) and math.isnan(all_skipped["accuracy"])
+    assert all_skipped["skipped_nonfinite"] == 1
+
+
 def _tensorboard_events(folder):
     """(tag, value or text) of every summary in the folder's event files (TFRecord framing)."""
     import struct
@@ -95,3 +114,37 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
     plot_loss_curve(records, tmp_path / "curve.png")
     assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_end_of_run_summary_is_a_few_readable_lines():
+    summary = {
+        "step": 300, "num_steps": 300, "checkpoint_steps": [200, 300], "num_compiles": 1, "compile_seconds": 21.04,
+        "eval_seconds": 3.5, "data": "input files: 160 of 160 seen",
+        "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
+        "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
+    }
+    assert trainer.format_summary(summary, "runs/tiny").splitlines() == [
+        "finished at step 300 of 300 in runs/tiny",
+        "  train (step 300): loss 2.3457, accuracy 0.400, code perplexity n/a",
+        "  valid (step 300): loss 2.5000, accuracy 0.375, code perplexity 6.12",
+        "  checkpoints: 200, 300",
+        "  compiles: 1 train step (21.0 s); validation 3.5 s",
+        "  data: input files: 160 of 160 seen",
+    ]
+    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
+    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)
+
+
+def test_eta_leaves_out_compiles_and_evaluations():
+    import io
+
+    import tqdm
+
+    bar = tqdm.tqdm(total=10, smoothing=0, file=io.StringIO())
+    bar.start_t -= 60.0  # the first step finished 60 s after the start, 59 s of it compiling
+    bar.update(1)
+    trainer._exclude_from_eta(bar, 59.0)
+    meter = bar.format_dict
+    remaining = (meter["total"] - meter["n"]) * meter["elapsed"] / meter["n"]
+    assert 8.0 < remaining < 20.0  # ~9 steps of ~1 s, not 9 x 60 s
+    bar.close()

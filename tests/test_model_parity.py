@@ -3,7 +3,7 @@
 Random-init reference models of several configurations are saved with `save_pretrained`, loaded
 with `w2v_jax.convert.load_hf_checkpoint`, and both frameworks get the same waveforms, attention
 masks, masks and distractors. In eval mode every output field and the gradient of the loss with
-respect to every parameter must agree within 1e-4 relative (max abs difference / max abs value of
+respect to every parameter must agree within `RTOL` relative (max abs difference / max abs value of
 the reference field). `pytest tests/test_model_parity.py -s` prints the measured errors.
 """
 
@@ -19,7 +19,9 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.convert import load_hf_checkpoint, params_to_hf
 from w2v_jax.model import Wav2Vec2Model
 
-RTOL = 1e-4
+# Measured (float32, highest matmul precision): outputs <= 1.6e-6, gradients <= 3.6e-6 (the conv
+# stack's, whose reductions are longest); the bounds are ~3x those.
+RTOL = {"outputs": 5e-6, "gradients": 1.1e-5}
 FIELDS = (
     "loss",
     "contrastive_loss",
@@ -190,8 +192,10 @@ def test_outputs_and_gradients_match_transformers(name, tmp_path):
         f"\n{name}: max relative error over output fields {max(errors.values()):.2e} "
         f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst_grad]:.2e} ({worst_grad})"
     )
-    assert max(errors.values()) < RTOL, errors
-    assert grad_errors[worst_grad] < RTOL, {k: v for k, v in grad_errors.items() if v >= RTOL}
+    assert max(errors.values()) < RTOL["outputs"], errors
+    assert grad_errors[worst_grad] < RTOL["gradients"], {
+        k: v for k, v in grad_errors.items() if v >= RTOL["gradients"]
+    }
     # The argmax quantizer has no gradient into its logits in either framework.
     for key in ("quantizer.weight_proj.weight", "quantizer.weight_proj.bias"):
         assert not np.any(grads[key]) and not np.any(grads_ref[key])

@@ -125,7 +125,7 @@ def test_optimizer_rejects_bad_arguments():
 
 
 def test_optimizer_settings_come_from_the_train_section():
-    from experiments.configs import pretrain
+    from w2v_jax.configs import pretrain
 
     train = pretrain.get_config("base").train
     train.unlock()

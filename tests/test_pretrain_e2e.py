@@ -9,6 +9,7 @@ persistent compilation cache, so only the first one compiles.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,15 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from without_reference import BLOCK_REFERENCE
 
-from experiments.configs import pretrain as pretrain_config
 from w2v_jax import checkpointing, metrics, optim, sharding
 from w2v_jax import train_step as train_lib
+from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.data import audio
+from w2v_jax.model import Wav2Vec2ForPreTraining
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 6
@@ -188,6 +193,55 @@ def test_launcher_writes_every_output(reference):
 
 
 @pytest.mark.slow
+def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_path):
+    """The installed command's module, started outside the repository (its config path resolved from
+    the package) on an install without torch: the same run, record for record."""
+    program = BLOCK_REFERENCE + textwrap.dedent(
+        """
+        import runpy
+        sys.argv = ["w2v-pretrain"] + sys.argv[1:]
+        runpy.run_module("w2v_jax.cli.pretrain", run_name="__main__")
+        """
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", program, f"--workdir={tmp_path / 'run'}", *OVERRIDES],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert records(tmp_path / "run") == records(reference[0])
+    assert "finished at step 6 of 6" in proc.stderr  # the readable end-of-run summary
+
+
+@pytest.mark.slow
+def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
+    """`convert_checkpoint jax-to-hf WORKDIR --step`: transformers' from_pretrained, AutoFeatureExtractor
+    and pipelines load the folder, and give our model's features at that step."""
+    import torch
+    import transformers
+
+    workdir, _ = reference
+    convert_checkpoint.main(["jax-to-hf", str(workdir), str(tmp_path / "hf")], step=4)
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
+    hf_model = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ours = Wav2Vec2ForPreTraining.from_pretrained(workdir, step=4)
+    raw = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32) + 0.02
+    inputs = extractor(raw, sampling_rate=16_000, return_tensors="pt")
+    # The extractor normalises as the training pipeline does (float32 vs float64 statistics).
+    np.testing.assert_allclose(inputs.input_values[0].numpy(), audio.normalize(raw), atol=1e-5)
+    with torch.no_grad():
+        expected = hf_model.wav2vec2(inputs.input_values).last_hidden_state[0].numpy()
+    got = ours.features([audio.normalize(raw)])[0].last_hidden_state
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # parity tests measure ~1e-6
+    # A pipeline starts from the folder (its classification head is new, the usual fine-tuning start).
+    pipe = transformers.pipeline("audio-classification", model=str(tmp_path / "hf"))
+    assert pipe.feature_extractor.do_normalize and len(pipe(raw)) == 2
+    newest = Wav2Vec2ForPreTraining.from_pretrained(workdir).features([audio.normalize(raw)])[0]
+    assert np.abs(newest.last_hidden_state - got).max() > 1e-3  # step 4, not the newest (6)
+
+
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_does_nothing(reference, env, tmp_path):
     workdir, _ = reference
     before = (workdir / "metrics.jsonl").read_text()
@@ -234,6 +288,23 @@ def test_disk_full_is_one_line_and_the_committed_checkpoints_resume(reference, e
     resumed = launch(tmp_path, env)
     assert resumed.returncode == 0 and "resumed from checkpoint 2 " in resumed.stderr
     assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_falls_back_and_resumes_exactly(reference, env, tmp_path):
+    """The finished reference run with checkpoint 6's largest array file cut short: run again, the
+    launcher reports it in one line, moves it aside, resumes from 4 and logs what the reference logged."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    damaged = max((workdir / "checkpoints" / "6" / "state").rglob("*"), key=lambda p: p.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    proc = launch(workdir, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint {workdir / 'checkpoints' / '6'} is corrupt or incomplete" in proc.stderr
+    assert "falling back to checkpoint 4" in proc.stderr and "resumed from checkpoint 4 " in proc.stderr
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    assert (workdir / "checkpoints" / "6.corrupt").is_dir()
+    assert records(workdir) == records(reference[0])
 
 
 @pytest.mark.slow

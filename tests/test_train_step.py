@@ -118,10 +118,25 @@ def test_metrics_match_the_model_and_schedules(setup8):
     np.testing.assert_allclose(metrics["accuracy"], out.accuracy, rtol=1e-5)
     assert metrics["num_masked"] == out.num_masked
     assert float(metrics["learning_rate"]) == float(SCHEDULE(0)) == 0.0
-    state, metrics = setup8.step(state, make_batch(3), key)
+    # Step 1 draws afresh: its key folds in the step counter (an update that reused step 0's masks,
+    # distractors, dropout and Gumbel noise would fail here), on the same batch as step 0.
+    params_before = host(state.params)
+    state, metrics = setup8.step(state, batch, key)
     np.testing.assert_allclose(metrics["learning_rate"], SCHEDULE(1), rtol=1e-6)
     np.testing.assert_allclose(metrics["gumbel_temperature"], gumbel_temperature(1, 2.0, 0.5, 0.9), rtol=1e-6)
     assert int(state.step) == 2
+    model = nnx.merge(setup8.graphdef, jax.tree.map(jnp.asarray, params_before), nnx.State({}))
+    temperature = float(gumbel_temperature(1, 2.0, 0.5, 0.9))
+
+    def run(step_key):
+        return jax.jit(
+            lambda x, m: model(x, attention_mask=m, deterministic=False, gumbel_temperature=temperature, key=step_key)
+        )(batch["input_values"], batch["attention_mask"])
+
+    out = run(jax.random.fold_in(jax.random.fold_in(key, 1), 0))
+    np.testing.assert_allclose(metrics["loss"], out.loss / out.num_masked, rtol=1e-5)
+    stale = run(step_key)
+    assert not np.array_equal(out.mask_time_indices, stale.mask_time_indices)
 
 
 def test_nan_batch_is_skipped_and_counted(setup8):

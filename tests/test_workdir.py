@@ -21,9 +21,10 @@ import ml_collections
 import orbax.checkpoint._src.path.atomicity as atomicity
 import pytest
 
-from experiments.configs import pretrain as pretrain_config
-from experiments.configs import unknown_field_message
 from w2v_jax import checkpointing, metrics, trainer, workdir
+from w2v_jax.cli import run_faults_exit
+from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.configs import unknown_field_message
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -266,3 +267,55 @@ def test_reading_a_live_run_leaves_its_directory_alone(killed_then_disk_full, tm
     assert any("checkpoint" in m and "is corrupt" in m for m in caplog.messages)
     with pytest.raises(checkpointing.CorruptCheckpointError, match=f"checkpoint {checkpoints / '2'} is corrupt"):
         checkpointing.load_model(run, step=2)
+
+
+def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(killed_then_disk_full[0], run)
+    checkpoints = run / "checkpoints"
+    shutil.rmtree(checkpoints / "2" / "state")
+    shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--checkpoint={run}", "--step=2", f"--output={tmp_path / 'eval'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"checkpoint {checkpoints / '2'} is corrupt: ")
+    assert "Traceback" not in proc.stderr and (checkpoints / "2").is_dir()  # a reader moves nothing
+
+
+def test_a_sweep_point_in_use_exits_with_one_line(tmp_path):
+    # The sweep's first point is locked by another run: the sweep stops with the same one line.
+    point = tmp_path / "num_codevector_groups=2,num_codevectors_per_group=8"
+    point.mkdir()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    with workdir.WorkdirLock(point):
+        holder = (point / workdir.LOCK_FILE).read_text().strip()
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/codebook_ablation.py",
+             f"--workdir={tmp_path}", "--config.grid.model.num_codevector_groups=(2,)",
+             "--config.grid.model.num_codevectors_per_group=(8,)", "--compilation_cache="],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"workdir {point} is in use by {holder}; wait for that run to end or use another --workdir"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_faults_exit_turns_user_faults_into_one_line(tmp_path):
+    for error, line in [
+        (workdir.WorkdirLockedError("workdir w is in use"), "workdir w is in use"),
+        (checkpointing.CorruptCheckpointError("corrupt checkpoint c"), "corrupt checkpoint c"),
+        (trainer.TrainingDivergedError("stopping at step 3"), "training stopped: stopping at step 3"),
+    ]:
+        with pytest.raises(SystemExit) as info, run_faults_exit(tmp_path):
+            raise error
+        assert str(info.value) == line
+    with pytest.raises(SystemExit) as info, run_faults_exit(tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(tmp_path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="a bug"), run_faults_exit(tmp_path):  # anything else propagates
+        raise ValueError("a bug")

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -116,6 +117,31 @@ def state_checksums(tree: Any) -> dict[str, list[int]]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+    """An error of orbax's reads of a checkpoint whose restore already failed: tensorstore finishes
+    the other arrays' reads and each reports to the closed event loop, or a read coroutine is closed."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+def _drop_abandoned_reads() -> None:
+    """Installs (once) an unraisable-exception hook that drops `_is_abandoned_read` errors, which
+    would print a traceback per array of a corrupt checkpoint; every other one goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:
@@ -231,6 +257,7 @@ class Checkpointer:
                     f"checkpoint {path} does not match the state this run builds ({_first_line(error)}); "
                     "was it written by another model config or code version?"
                 ) from None
+            _drop_abandoned_reads()
             raise CorruptCheckpointError(f"checkpoint {path} is corrupt or incomplete ({_first_line(error)})") from None
         if verified:
             expected = restored[INTEGRITY_ITEM].get("checksums", {})

@@ -252,7 +252,7 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_run_config(cls, config: Any) -> Wav2Vec2Config:
-        """The model of a run config (`experiments/configs/pretrain.py`'s ConfigDict): its `model` section."""
+        """The model of a run config (`w2v_jax/configs/pretrain.py`'s ConfigDict): its `model` section."""
         if "model" not in config:
             raise ValueError(f"run config has no 'model' section; its sections: {sorted(config)}")
         values = config.model.to_dict()

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from w2v_jax import layers as layers_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.layers import (
     ACTIVATION_FNS,
@@ -147,7 +148,7 @@ class PositionalConvEmbedding(nnx.Module):
         dtype = self.dtype or x.dtype
         pad = self.kernel_size // 2
         # The custom kernel gradient is for XLA:CPU's slow one; GPU/TPU keep their own (cuDNN's).
-        conv = grouped_conv if jax.default_backend() == "cpu" else _grouped_conv
+        conv = grouped_conv if layers_lib.cpu_code_paths() else _grouped_conv
         y = conv(x.astype(dtype), self.weight().astype(dtype), self.groups, pad)
         if self.kernel_size % 2 == 0:
             y = y[:, :-1]  # an even kernel with symmetric padding yields one frame too many

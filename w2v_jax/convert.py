@@ -44,6 +44,7 @@ from flax import nnx
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from w2v_jax.reference import import_reference
 
 Model = Wav2Vec2ForPreTraining | Wav2Vec2ForCTC | Wav2Vec2Model
 
@@ -177,7 +178,8 @@ def params_from_hf(
 
 
 def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
-    import torch  # only for pytorch_model.bin; weights_only refuses anything but tensors
+    # Only for pytorch_model.bin (model.safetensors needs no torch); weights_only refuses anything but tensors.
+    torch = import_reference("torch", f"reading {path}")
 
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
@@ -230,7 +232,20 @@ def _write_config(config: Wav2Vec2Config, model: Model, folder: pathlib.Path) ->
         f.write("\n")
 
 
-SAMPLE_RATE = 16_000
+def preprocessor_config(config: Wav2Vec2Config) -> dict[str, object]:
+    """transformers' `Wav2Vec2FeatureExtractor` settings for our models: 16 kHz mono, each utterance
+    normalised to zero mean and unit variance (as the training pipeline does, `data.normalize`),
+    zero padding; an attention mask only for layer-norm models (group-norm ones run unpadded, as
+    transformers' own BASE checkpoints say)."""
+    return {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16_000,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "do_normalize": True,
+        "return_attention_mask": config.feat_extract_norm == "layer",
+    }
 
 
 def save_processor_files(
@@ -270,16 +285,7 @@ def save_processor_files(
         "do_lower_case": False,
         **special,
     }
-    feature_extractor = {
-        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-        "processor_class": "Wav2Vec2Processor",
-        "feature_size": 1,
-        "sampling_rate": SAMPLE_RATE,
-        "padding_side": "right",
-        "padding_value": 0.0,
-        "do_normalize": do_normalize,
-        "return_attention_mask": config.feat_extract_norm == "layer",
-    }
+    feature_extractor = {**preprocessor_config(config), "do_normalize": do_normalize, "processor_class": "Wav2Vec2Processor"}
     for name, content in (
         ("tokenizer_config.json", tokenizer),
         ("special_tokens_map.json", special),
@@ -311,9 +317,13 @@ def save_hf_checkpoint(
     (`save_processor_files`)."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    _write_config(config, model, folder)
     if vocabulary is not None:
         save_processor_files(vocabulary, config, folder)
-    _write_config(config, model, folder)
+    else:
+        with open(folder / "preprocessor_config.json", "w", encoding="utf-8") as f:
+            json.dump(preprocessor_config(config), f, indent=2, sort_keys=True)
+            f.write("\n")
     state_dict = params_to_hf(nnx.state(model, nnx.Param), config)
     safetensors.numpy.save_file(state_dict, folder / "model.safetensors", metadata={"format": "pt"})
 

@@ -124,11 +124,7 @@ def validation_batches(
 def load_waveforms(manifest: str | os.PathLike, *, normalize: bool = True) -> list[np.ndarray]:
     """Every utterance of a manifest, float32 `[samples]` at 16 kHz (normalised as training does)."""
     entries = load_manifest(manifest)
-    out = []
-    for index in range(len(entries)):
-        samples = audio.load_audio(entries.file_path(index))
-        out.append(audio.normalize(samples) if normalize else samples)
-    return out
+    return [audio.load_audio(entries.file_path(i), normalize_audio=normalize) for i in range(len(entries))]
 
 
 # The sums the validation step returns per batch (float32), and the counts (int32).

@@ -48,6 +48,15 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None, deterministic: boo
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+def cpu_code_paths() -> bool:
+    """Whether to take the code paths written for XLA:CPU (the default backend is the CPU).
+
+    `rematerialised` and the positional conv's kernel gradient pick their implementation with it
+    at trace time; tests patch it to False to run the GPU/TPU paths on the CPU.
+    """
+    return jax.default_backend() == "cpu"
+
+
 def rematerialised(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, jax.Array], jax.Array]:
     """`fn(params, x)` whose intermediate activations are recomputed in the backward pass, not kept.
 
@@ -66,7 +75,7 @@ def rematerialised(fn: Callable[[Any, jax.Array], jax.Array]) -> Callable[[Any, 
       the same function, with the memory profile of a rematerialised one.
     """
 
-    if jax.default_backend() != "cpu":
+    if not cpu_code_paths():
         return jax.checkpoint(fn)
 
     @jax.custom_vjp

@@ -31,9 +31,16 @@ attended to and never counted in the perplexity. Group-norm models (BASE, `feat_
 normalise the first conv layer over time *including the padded samples*, exactly as the
 reference does, so their outputs on real frames depend on how much padding the batch has;
 crop batches to their shortest utterance (fairseq's default) when that matters.
+
+Downstream use: `Wav2Vec2ForPreTraining.from_pretrained(path)` loads any checkpoint format, and
+`model.features(waveforms, output_hidden_states=True)` returns each utterance's per-layer features
+from bucketed batches, no compile per length (`w2v_jax.features`).
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import flax.struct
 import jax
@@ -54,6 +61,7 @@ from w2v_jax.contrastive_loss import (
     sample_negative_indices,
 )
 from w2v_jax.feature_encoder import FeatureEncoder
+from w2v_jax.features import UtteranceFeatures, extract_features
 from w2v_jax.layers import dropout, layer_norm, linear, named_key, rematerialised, scale_gradient
 from w2v_jax.masking import check_mask_arguments, compute_mask_indices, padding_mask_from_lengths
 from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
@@ -478,6 +486,29 @@ class Wav2Vec2ForPreTraining(nnx.Module):
     def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
         """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
         return self.wav2vec2.num_frames(num_samples)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
+        """A model from any checkpoint format in one call: a training workdir (newest checkpoint, or
+        `step`), our folder (`params.safetensors`) or a transformers folder (`checkpointing.load_model`)."""
+        from w2v_jax.checkpointing import load_model  # checkpointing builds on this module
+
+        return load_model(path, step)
+
+    def features(
+        self,
+        waveforms: Sequence[np.ndarray],
+        *,
+        output_hidden_states: bool = False,
+        batch_size: int = 8,
+        group_norm: str = "exact",
+    ) -> list[UtteranceFeatures]:
+        """Per-utterance features of `waveforms` (float `[samples]` each), evaluation mode: the last
+        hidden state, the conv features and, with `output_hidden_states`, every layer's hidden
+        states, from bucketed batches (no compile per length). See `w2v_jax.features`."""
+        return extract_features(
+            self, waveforms, output_hidden_states=output_hidden_states, batch_size=batch_size, group_norm=group_norm
+        )
 
     def _check_inputs(
         self,

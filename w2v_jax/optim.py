@@ -146,7 +146,7 @@ class OptimizerSettings:
 
     @classmethod
     def from_train_config(cls, train: Any) -> OptimizerSettings:
-        """The settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
+        """The settings of a pretrain config's `train` section (w2v_jax/configs/pretrain.py)."""
         return cls(train.adam_b1, train.adam_b2, train.adam_eps, train.weight_decay, train.max_grad_norm)
 
 

@@ -185,7 +185,7 @@ class StepHyperparams:
 
 
 def optimizer_and_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
-    """The optimizer and step settings of a pretrain config's `train` section (experiments/configs/pretrain.py)."""
+    """The optimizer and step settings of a pretrain config's `train` section (w2v_jax/configs/pretrain.py)."""
     optimizer = optim.make_optimizer(**dataclasses.asdict(optim.OptimizerSettings.from_train_config(train)))
     return optimizer, step_hyperparams(train)
 

@@ -23,9 +23,9 @@ Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + Ten
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import pathlib
 import signal
 import time
@@ -230,7 +230,7 @@ def train_and_evaluate(
     """Runs or resumes a training run (see the module docstring).
 
     Args:
-      config: an `experiments/configs/pretrain.py` config (or the task's config).
+      config: a `w2v_jax/configs/pretrain.py` config (or the task's, e.g. `finetune.py`).
       workdir: the run's directory (created if missing).
       make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
         `train.eval_every > 0` and called every `eval_every` updates (default: the task's).
@@ -347,10 +347,14 @@ def _train_locked(
     writer = metrics_lib.MetricWriter(
         workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True)
     )
+    # smoothing=0: the rate is steps done / time since the start, and the start is moved forward by
+    # every compile and evaluation (`_exclude_from_eta`), so the ETA counts training steps only.
     progress = tqdm.tqdm(
-        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name
+        total=t.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name, smoothing=0
     )
     last_logged: dict[str, Any] = {}
+    last_valid: dict[str, Any] = {}
+    eval_seconds = 0.0
     window_start = time.perf_counter()
     window_compile = step_fn.compile_seconds
     window_audio = 0.0
@@ -367,7 +371,9 @@ def _train_locked(
                 )
                 for k, v in local.items()
             }
+            compiled_before = step_fn.compile_seconds
             state, step_metrics = step_fn(state, batch, key)
+            _exclude_from_eta(progress, step_fn.compile_seconds - compiled_before)
             step += 1
             window.append(step_metrics)
             # Read the previous step's skip counter, not this one's: one step stays in flight.
@@ -391,12 +397,17 @@ def _train_locked(
                 skips = distributed.allgather_json(data_iter.skip_counts())  # each process sees its rows
                 record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
                 if evaluator is not None and step % eval_every == 0:
-                    record.update(evaluation.prefixed(evaluator(state, step)))
+                    eval_start = time.perf_counter()
+                    values = evaluator(state, step)
+                    record.update(evaluation.prefixed(values))
+                    last_valid = {"step": step, **values}
+                    eval_seconds += time.perf_counter() - eval_start
+                    _exclude_from_eta(progress, time.perf_counter() - eval_start)
                 writer.write(step, record)
                 last_logged = {"step": step, **record}
-                progress.set_postfix(
-                    {label: f"{record[name]:.3f}" for name, label in task.progress_metrics.items() if name in record}
-                )
+                postfix = {label: f"{record[name]:.3f}" for name, label in task.progress_metrics.items() if name in record}
+                postfix.update({f"valid {name}": f"{last_valid[name]:.3f}" for name in ("loss", "cer") if name in last_valid})
+                progress.set_postfix(postfix)
                 window, window_audio = [], 0.0
                 window_start, window_compile = time.perf_counter(), step_fn.compile_seconds
 
@@ -419,31 +430,50 @@ def _train_locked(
         task.plot(metrics_lib.read_metrics(workdir_path / metrics_lib.METRICS_FILE), workdir_path)
     summary = {
         "step": step,
+        "num_steps": t.num_steps,
         "last_logged": last_logged,
+        "last_valid": last_valid,
         "num_compiles": step_fn.num_compiles,
         "compile_seconds": step_fn.compile_seconds,
+        "eval_seconds": eval_seconds,
         "checkpoint_steps": checkpoint_steps,
         "data": data_iter.summary(),
     }
     if primary:
-        logger.info("run summary: %s", json.dumps(summary, default=str))
+        logger.info("%s", format_summary(summary, workdir_path))
     return summary
 
 
-def run_from_command_line(config: ml_collections.ConfigDict, workdir: str, task: Task | None = None) -> None:
-    """`train_and_evaluate` for a launcher: the run's expected failures (divergence, a locked or
-    changed workdir, corrupt checkpoints, a full disk) end it with one line, SystemExit."""
-    # orbax and jax log every file and compile through absl at INFO; keep w2v_jax's INFO lines only.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    # orbax's writer threads log a traceback each when the disk is full; the one line below says it.
-    logging.getLogger("absl").addFilter(workdir_lib.drop_disk_full_records)
-    try:
-        train_and_evaluate(config, workdir, task=task)
-    except TrainingDivergedError as e:
-        raise SystemExit(f"training stopped: {e}") from None
-    except (workdir_lib.WorkdirError, checkpointing.CorruptCheckpointError) as e:
-        raise SystemExit(str(e)) from None
-    except Exception as e:
-        if message := workdir_lib.disk_full_message(e, workdir):
-            raise SystemExit(message) from None
-        raise
+def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
+    """Moves the bar's start forward by `seconds` (a compile or an evaluation): not training time."""
+    if seconds > 0 and not progress.disable:
+        progress.start_t += seconds
+
+
+def format_summary(summary: dict[str, Any], workdir: str | os.PathLike) -> str:
+    """The end-of-run summary as a few readable lines (`train_and_evaluate`'s return value)."""
+
+    def metrics_line(values: dict[str, Any]) -> str:
+        parts = []
+        for name, label, spec in (("loss", "loss", ".4f"), ("accuracy", "accuracy", ".3f"),
+                                  ("code_perplexity", "code perplexity", ".2f")):
+            value = values.get(name)
+            parts.append(f"{label} {'n/a' if value is None else format(value, spec)}")
+        return ", ".join(parts)
+
+    finished = summary["step"] >= summary["num_steps"]
+    lines = [
+        f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"
+    ]
+    if summary["last_logged"]:
+        lines.append(f"  train (step {summary['last_logged']['step']}): {metrics_line(summary['last_logged'])}")
+    if summary["last_valid"]:
+        lines.append(f"  valid (step {summary['last_valid']['step']}): {metrics_line(summary['last_valid'])}")
+    steps = ", ".join(str(s) for s in summary["checkpoint_steps"]) or "none"
+    lines.append(f"  checkpoints: {steps}")
+    lines.append(
+        f"  compiles: {summary['num_compiles']} train step ({summary['compile_seconds']:.1f} s); "
+        f"validation {summary['eval_seconds']:.1f} s"
+    )
+    lines.append(f"  data: {summary['data']}")
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.configs import pretrain
+from w2v_jax.configs import pretrain
 from w2v_jax.research import compare
 
 
@@ -69,7 +69,8 @@ def test_comparison_settings_make_a_comparable_run():
 @pytest.mark.slow
 def test_curves_agree_to_float_noise(tmp_path):
     """Four train-mode steps (warmup then decay, Gumbel sampling, clipping) from the same weights:
-    every curve agrees within 1e-4 relative (float32 rounding), and the outputs are written."""
+    every curve, the gradient norm's included, agrees within 1.2e-6 relative (float32 rounding),
+    and the outputs are written."""
     config = pretrain.get_config("tiny")
     config.train.batch_size = 2
     config.train.warmup_steps = 2
@@ -78,18 +79,21 @@ def test_curves_agree_to_float_noise(tmp_path):
     summary = compare.run_comparison(
         config, 4, tmp_path / "out", external=[external], window=2, batches=_batches(2, 16000)
     )
+    # Measured: every curve, grad_norm included, within 3.9e-7 relative at every step (float32
+    # rounding of the two frameworks' reductions); the bounds are 3x that.
     for name, gap in summary["gaps"].items():
-        assert gap["gap"] < 1e-4, (name, gap)
+        assert gap["gap"] < 1.2e-6, (name, gap)
     # The control run starts one ulp away: a gap of float-rounding size, but not zero.
     assert 0.0 < max(g["gap"] for g in summary["control_gaps"].values()) < 1e-4
     assert "largest relative gap" in summary["line"] and "1-ulp" in summary["line"]
     with open(tmp_path / "out" / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert "grad_norm" in compare.CURVE_METRICS  # the gradients are compared at every step, not only the losses
     for name in compare.CURVE_METRICS:
         jax_values = np.array([float(r[f"{name}_jax"]) for r in rows])
         torch_values = np.array([float(r[f"{name}_pytorch"]) for r in rows])
-        np.testing.assert_allclose(jax_values, torch_values, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(jax_values, torch_values, rtol=1.2e-6, atol=1e-7)
     learning_rates = [float(r["learning_rate_jax"]) for r in rows]
     assert learning_rates[0] == 0.0 and max(learning_rates) == pytest.approx(config.train.learning_rate)
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0

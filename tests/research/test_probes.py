@@ -7,7 +7,7 @@ from flax import nnx
 from small_corpus import make_corpus
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.data.utterances import load_utterances
+from w2v_jax.data.utterances import Utterance, load_utterances
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import probes
 
@@ -65,8 +65,46 @@ def test_load_utterances_and_probe_tables(model, tmp_path):
     assert {u.language for u in utterances} == {"en", "fr"} and len(utterances[0].phonemes) == 8
     metrics, results = probes.evaluate(model, utterances, utterances, probe_steps=50)
     assert [r.name for r in results] == ["checkpoint (context)", "random init (context)", "log-mel (80)"]
-    for r in results:
-        assert 0.0 <= r.phone_accuracy <= 1.0 and r.num_phone_classes == 6
+    assert all(r.num_phone_classes == 6 for r in results)
     table = probes.probe_table(results)
     assert table.count("\n") == len(results) + 2 and "majority class" in table
     assert metrics.num_masked > 0
+
+
+def _aligned_utterances(seed, languages=("en", "fr", "de"), per_language=4):
+    """Utterances of 8 phonemes x 640 samples (2 frames each) and, per utterance, features whose
+    frame t encodes the phoneme under its centre sample (t * 320 + 200) and the language."""
+    rng = np.random.RandomState(seed)
+    phonemes = [f"p{k}" for k in range(5)]
+    utterances, features = [], []
+    for li, language in enumerate(languages):
+        for _ in range(per_language):
+            labels = rng.randint(0, 5, 8)
+            starts = np.arange(8) * 640
+            utterances.append(
+                Utterance(
+                    path="x", waveform=np.zeros(8 * 640, np.float32), language=language,
+                    phonemes=tuple(phonemes[k] for k in labels), phoneme_starts=starts, phoneme_ends=starts + 640,
+                )
+            )
+            frames = (8 * 640 - 400) // 320 + 1
+            under = labels[(np.arange(frames) * 320 + 200) // 640]
+            feats = 0.3 * rng.randn(frames, 9)
+            feats[np.arange(frames), under] += 3.0
+            feats[:, 5 + li] += 3.0
+            features.append(feats)
+    return utterances, features
+
+
+def test_probes_find_the_answer_where_it_is_known():
+    # Features that encode the phoneme of each frame and the language: both probes are perfect;
+    # shuffled across frames, the phone probe is back near the majority class.
+    train, test = _aligned_utterances(0), _aligned_utterances(1)
+    result = probes.probe_features("known", train, test, steps=200)
+    assert result.phone_accuracy == 1.0 and result.language_accuracy == 1.0
+    assert result.num_phone_classes == 5 and result.num_phone_frames == 12 * 15
+    assert result.language_majority == pytest.approx(1 / 3)  # 4 test utterances per language
+    rng = np.random.RandomState(2)
+    scrambled = [f[rng.permutation(len(f))] for f in train[1]]
+    noise = probes.probe_features("scrambled", (train[0], scrambled), test, steps=200)
+    assert noise.phone_accuracy < 0.5, noise.phone_accuracy  # 5 classes: ~0.2-0.3

@@ -2,7 +2,7 @@
 
 import re
 
-from experiments.configs.pretrain import get_config
+from w2v_jax.configs.pretrain import get_config
 from w2v_jax.research import benchmark, profiling
 
 

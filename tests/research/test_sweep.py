@@ -3,18 +3,18 @@
 import csv
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from experiments.configs import codebook_ablation
-from flax import nnx
-
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import codebook_ablation
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import sweep
 
@@ -127,7 +127,11 @@ def test_sweep_launcher_runs_a_two_point_tiny_grid(tmp_path):
         "--config.grid.model.num_codevectors_per_group=(8,16)", "--max_utterances=2",
     ]
     env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    first = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    # Quiet output: no absl/orbax INFO lines (`I1127 12:00:00.000 ...`), a few lines per point.
+    lines = first.stderr.splitlines()
+    assert not [line for line in lines if re.match(r"I\d{4} ", line.split("\r")[-1])], first.stderr[-2000:]
+    assert len(lines) < 60, first.stderr[-2000:]
     with open(tmp_path / sweep.RESULTS_CSV) as f:
         rows = list(csv.DictReader(f))
     assert [int(r["codebook_size"]) for r in rows] == [16, 32] and all(int(r["step"]) == 2 for r in rows)

@@ -49,6 +49,7 @@ from w2v_jax import host_memory, optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForPreTraining, sample_masks_and_negatives
+from w2v_jax.reference import import_reference
 
 SAMPLE_RATE = 16_000
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -325,8 +326,7 @@ class TorchRunner:
     def __init__(
         self, model_config: Wav2Vec2Config, train: ml_collections.ConfigDict, settings: BenchmarkSettings, params: Any
     ):
-        import torch  # the reference only: w2v_jax itself doesn't need torch
-
+        torch = import_reference("torch", "benchmark --vs-pytorch")
         from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
 
         self.torch = torch
@@ -442,7 +442,7 @@ def run_benchmark(
     Both warm up first; then their timed steps alternate (`time_interleaved`).
 
     Args:
-      config: a pretrain config (`experiments/configs/pretrain.py`): `model.*` and the `train.*`
+      config: a pretrain config (`w2v_jax/configs/pretrain.py`): `model.*` and the `train.*`
         optimizer and schedule fields are used.
       settings: batch, steps, precision, remat.
       vs_pytorch: also time transformers' model with torch's AdamW.

@@ -32,9 +32,9 @@ from w2v_jax.research import plotting
 from w2v_jax.research.torch_twin import ReferenceTrainer, check_comparable, comparable_config
 
 # The curves compared (per masked frame where it applies), in our train step's metric names.
-CURVE_METRICS = ("loss", "contrastive_loss", "diversity_loss", "code_perplexity", "accuracy")
+CURVE_METRICS = ("loss", "contrastive_loss", "diversity_loss", "code_perplexity", "accuracy", "grad_norm")
 # Written to the CSV too, not part of the gap.
-EXTRA_METRICS = ("grad_norm", "learning_rate", "gumbel_temperature", "num_masked", "seconds")
+EXTRA_METRICS = ("learning_rate", "gumbel_temperature", "num_masked", "seconds")
 # "jax_ulp": our step again, from initial weights moved by one float32 ulp: the control run that
 # measures how far float rounding alone carries two runs apart (training amplifies it, and the
 # hard Gumbel argmax turns small differences into different codeword choices).
@@ -217,7 +217,7 @@ def run_comparison(
     and `summary.json`; returns the summary, whose "line" is the one-line verdict.
 
     Args:
-      config: a pretrain config (`experiments/configs/pretrain.py`); made comparable here.
+      config: a pretrain config (`w2v_jax/configs/pretrain.py`); made comparable here.
       num_steps: updates to run on each side.
       workdir: output folder (created).
       external: CSV / JSONL curve files of other PyTorch runs (step and loss), overlaid on the loss.

@@ -1,6 +1,6 @@
 """Hyper-parameter sweeps as data: grid expansion, one run per point, resume, result collection.
 
-A sweep config (e.g. `experiments/configs/codebook_ablation.py`) is a pretrain config with a
+A sweep config (e.g. `w2v_jax/configs/codebook_ablation.py`) is a pretrain config with a
 `grid` field mirroring the config's structure, whose leaves are the values to try:
 
     config.grid.model.num_codevector_groups = (1, 2, 4)

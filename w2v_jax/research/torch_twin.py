@@ -40,8 +40,6 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-import torch
-import transformers
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
@@ -49,7 +47,11 @@ from w2v_jax.contrastive_loss import contrastive_accuracy, contrastive_logits, g
 from w2v_jax.convert import params_to_hf
 from w2v_jax.optim import OptimizerSettings
 from w2v_jax.quantization import gumbel_temperature
+from w2v_jax.reference import import_reference
 from w2v_jax.train_step import StepHyperparams
+
+torch = import_reference("torch", "w2v_jax.research.torch_twin")
+transformers = import_reference("transformers", "w2v_jax.research.torch_twin")
 
 # The randomness the reference draws from its own generator: zero it for a comparison.
 _STOCHASTIC_FIELDS = (

@@ -1,0 +1,124 @@
+"""The command-line programs (`w2v-<name>` once installed, `python -m experiments.<name>` in the repository).
+
+Each module parses its flags and calls library code; `launch(main)` is absl's `app.run` plus what every
+launcher shares:
+
+- quiet, structured output: absl, orbax and jax log at WARNING only (they log each file written and
+  each compile at INFO); w2v_jax's own lines are `HH:MM:SS message`, written through tqdm so they
+  never break a progress bar;
+- JAX's persistent compilation cache, on by default in `~/.cache/w2v_jax/jax` (`$XDG_CACHE_HOME`
+  respected), so a rerun or the next sweep point loads the compiled step instead of compiling it
+  again: `--compilation_cache=DIR` moves it, `--compilation_cache=` turns it off, and
+  `JAX_COMPILATION_CACHE_DIR` in the environment takes precedence over both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Iterator
+
+import jax
+import tqdm
+from absl import app, flags
+
+from w2v_jax import checkpointing, trainer, workdir
+
+_DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "w2v_jax" / "jax"
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", str(_DEFAULT_CACHE),
+    "Folder of JAX's persistent compilation cache ('' turns it off; JAX_COMPILATION_CACHE_DIR wins).",
+)
+# Libraries that log every file, compile or checkpoint step at INFO.
+_QUIET_LOGGERS = ("absl", "jax", "orbax")
+# orbax warns when a reader opens checkpoints read-only, which the readers (evaluate, export) do on purpose.
+_EXPECTED_WARNINGS = ("Given directory is read only",)
+
+
+def _drop_expected_warnings(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_EXPECTED_WARNINGS)
+
+
+class _ProgressBarHandler(logging.Handler):
+    """Writes records with `tqdm.write`: a line printed under an active bar doesn't break it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise (logging.Handler's contract)
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    """`HH:MM:SS message`; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            text = f"{record.levelname.lower()}: {text}"
+        return f"{self.formatTime(record, '%H:%M:%S')} {text}"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Quiet third-party INFO logs; w2v_jax's through the progress-bar-safe handler (idempotent)."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # orbax's writer threads log a traceback each when the disk is full; the launcher says it in one line.
+    absl_logger = logging.getLogger("absl")
+    for record_filter in (workdir.drop_disk_full_records, _drop_expected_warnings):
+        if record_filter not in absl_logger.filters:
+            absl_logger.addFilter(record_filter)
+    handler = _ProgressBarHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    package = logging.getLogger("w2v_jax")
+    package.handlers[:] = [handler]
+    package.setLevel(level)
+    package.propagate = False
+
+
+def enable_compilation_cache(folder: str) -> str | None:
+    """Turns on JAX's persistent compilation cache in `folder` ('' : off); returns the folder used.
+
+    `JAX_COMPILATION_CACHE_DIR` in the environment, if set, is JAX's own setting and is kept.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if not folder:
+        return None
+    folder = os.path.expanduser(folder)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    return folder
+
+
+@contextlib.contextmanager
+def run_faults_exit(run_dir: str | os.PathLike | None) -> Iterator[None]:
+    """Turns the faults a user causes into one line and a non-zero exit (no traceback).
+
+    A locked workdir or a refused config change (`workdir.WorkdirError`), a corrupt checkpoint with no
+    intact one to fall back to, a diverged run, and a full disk under `run_dir` (named with its free
+    space) each end the program with `SystemExit(message)`; anything else propagates.
+    """
+    try:
+        yield
+    except trainer.TrainingDivergedError as e:
+        raise SystemExit(f"training stopped: {e}") from None
+    except (workdir.WorkdirError, checkpointing.CorruptCheckpointError) as e:
+        raise SystemExit(str(e)) from None
+    except Exception as e:
+        if run_dir is not None and (message := workdir.disk_full_message(e, run_dir)):
+            raise SystemExit(message) from None
+        raise
+
+
+def launch(main: Callable[[list[str]], object]) -> None:
+    """`absl.app.run(main)` after `configure_logging` and `enable_compilation_cache` (see the module docstring)."""
+
+    def with_setup(argv: list[str]) -> object:
+        configure_logging()
+        enable_compilation_cache(_COMPILATION_CACHE.value)
+        return main(argv)
+
+    app.run(with_setup)

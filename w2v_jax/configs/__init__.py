@@ -1,0 +1,77 @@
+"""Experiment configs: `get_config(variant)` files for ml_collections config flags.
+
+`pretrain.py` (the pretraining variants) and `codebook_ablation.py` (a sweep) live in the package,
+so launchers find them from any directory: `--config=pretrain.py:tiny` (or `pretrain:tiny`) names
+them, and the repository's `--config=experiments/configs/pretrain.py:tiny` still works anywhere
+(`resolve_config_path`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+# Flags defined through `define_config_flag` belong to the launcher that calls it, as with absl's own.
+flags.disclaim_key_flags()
+
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def resolve_config_path(spec: str) -> str:
+    """`path[:variant]` with the path made independent of the current directory.
+
+    An existing file is kept as given; otherwise a config of this package with the same file name
+    (`experiments/configs/pretrain.py`, `pretrain.py` or `pretrain`) is used. Anything else is
+    returned unchanged (config_flags then names the missing file).
+    """
+    path, sep, variant = spec.partition(":")
+    if os.path.isfile(path):
+        return spec
+    name = pathlib.Path(path).name
+    name = name if name.endswith(".py") else name + ".py"
+    packaged = PACKAGE_DIR / name
+    if packaged.is_file() and not name.startswith("_"):
+        return f"{packaged}{sep}{variant}"
+    return spec
+
+
+def _resolve_argv(name: str, argv: list[str]) -> None:
+    """Rewrites `--NAME=spec` / `--NAME spec` in place with `resolve_config_path` (absl parses sys.argv later)."""
+    for index, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            argv[index] = f"--{name}=" + resolve_config_path(arg.split("=", 1)[1])
+        elif arg == f"--{name}" and index + 1 < len(argv):
+            argv[index + 1] = resolve_config_path(argv[index + 1])
+
+
+def define_config_flag(name: str, default: str, help_string: str) -> flags.FlagHolder:
+    """`config_flags.DEFINE_config_file` (locked), with an unknown `--NAME.field=...` as a one-line exit.
+
+    The default and the command line's `--NAME` are resolved with `resolve_config_path`, so the
+    launchers run from any directory. config_flags applies the command line's overrides while it
+    defines the flag, at import, so an unknown field (a typo) would otherwise end in a three-part
+    KeyError traceback.
+    """
+    _resolve_argv(name, sys.argv)
+    try:
+        return config_flags.DEFINE_config_file(name, resolve_config_path(default), help_string, lock_config=True)
+    except (AttributeError, KeyError) as error:
+        raise SystemExit(unknown_field_message(error, name, sys.argv)) from None
+
+
+def unknown_field_message(error: BaseException, name: str, argv: list[str]) -> str:
+    """One line naming the override with an unknown field (and config_dict's suggestion, if any)."""
+    text = str(error).replace("\\'", "'")
+    field = re.search(r"'(\w+)'", text)
+    suggestion = re.search(r'Did you mean "(\w+)"', text)
+    overrides = [arg.split("=", 1)[0].lstrip("-") for arg in argv if arg.startswith(f"--{name}.")]
+    culprit = next((o for o in overrides if field and field.group(1) in o.split(".")), None)
+    where = f"--{culprit}" if culprit else f"a --{name}.* override"
+    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    return f"unknown config field in {where}: the config has no field {field.group(1) if field else text!r}{hint}"

@@ -1,0 +1,140 @@
+"""wav2vec 2.0 pretraining configs: `get_config("tiny" | "small" | "base" | "large")`.
+
+Launch (any field can be overridden on the command line):
+
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny --workdir=runs/tiny
+    python -m experiments.pretrain --config=experiments/configs/pretrain.py:base --workdir=runs/base \
+        --config.train.batch_size=64 --config.mesh.param_sharding=fsdp --config.mesh.fsdp=8
+
+`model.*` are `Wav2Vec2Config`'s fields (transformers' names); `train.*` the optimisation (fairseq's
+recipe: Adam 0.9/0.98, eps 1e-6, wd 0.01, linear warmup then polynomial decay); `data.*` the input
+pipeline (an empty `train_manifest` means the corpus embedded in the package); `mesh.*` the device
+mesh and parameter sharding; `distributed.*` multi-host start-up (empty: single process or
+auto-detected on TPU pods / SLURM).
+
+tiny is the README's demo and the tests' config: a 2-layer 32-dim model that trains on the embedded
+corpus in a few CPU minutes. base and large follow fairseq's LibriSpeech / LV-60 recipes (update
+counts, peak learning rates, crops, Gumbel schedule); their batch sizes are per update, in
+utterances (fairseq counts samples: 1.4M samples per GPU x 64 GPUs for BASE, about 560 crops of
+250k samples, reached here with `train.grad_accum_steps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from w2v_jax.config import Wav2Vec2Config
+
+VARIANTS = ("tiny", "small", "base", "large")
+
+
+def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+    """The resolved config of one variant (see the module docstring)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown pretrain config variant {variant!r}; choose one of {VARIANTS}")
+    config = ml_collections.ConfigDict()
+    config.variant = variant
+
+    preset = Wav2Vec2Config.preset(variant)
+    config.model = ml_collections.ConfigDict(
+        {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)}
+    )
+
+    config.train = ml_collections.ConfigDict()
+    train = config.train
+    train.seed = 0
+    train.batch_size = 8  # global, utterances per update
+    train.grad_accum_steps = 1  # micro-batches per update (the batch is split, gradients summed)
+    train.num_steps = 400_000
+    train.learning_rate = 5e-4  # peak
+    train.warmup_steps = 32_000
+    train.lr_schedule = "polynomial"  # polynomial | linear | cosine | constant
+    train.lr_end = 0.0
+    train.lr_power = 1.0
+    train.adam_b1 = 0.9
+    train.adam_b2 = 0.98
+    train.adam_eps = 1e-6
+    train.weight_decay = 0.01
+    train.max_grad_norm = 10.0  # <= 0: no clipping
+    # Gumbel temperature max(start * decay**step, end) (transformers' example script's names).
+    train.max_gumbel_temperature = 2.0
+    train.min_gumbel_temperature = 0.5
+    train.gumbel_temperature_decay = 0.999995
+    train.precision = "float32"  # float32 | bfloat16 (bf16 compute, float32 master weights)
+    train.remat = False  # recompute the conv encoder and Transformer layers in the backward pass (less memory)
+    train.log_every = 100
+    train.checkpoint_every = 1000
+    train.keep_checkpoints = 3
+    train.async_checkpointing = True
+    train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
+    train.plot = True  # loss-curve PNG at the end
+    # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
+    # step's metrics record, on data.valid_manifest (w2v_jax/evaluation.py).
+    train.eval_every = 0
+
+    config.data = ml_collections.ConfigDict()
+    data = config.data
+    data.train_manifest = ""  # "": the embedded corpus (w2v_jax.data.default_manifest())
+    data.valid_manifest = ""  # "": the embedded corpus's valid split (used when train.eval_every > 0)
+    data.max_sample_size = 250_000
+    data.min_sample_size = 32_000
+    data.pad = False  # False: crop each batch to its shortest utterance (fairseq's default)
+    data.normalize = True
+    data.num_workers = 0
+    # Bad input: strict stops at the first unusable file; otherwise unusable files are skipped and
+    # counted until they exceed max_skip_fraction of the files read (see w2v_jax/data/skips.py).
+    data.strict = False
+    data.max_skip_fraction = 0.05
+    data.allow_outside_root = False  # accept manifest paths outside its root (absolute, '..', symlinks)
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # -1: every device not used by fsdp
+    config.mesh.fsdp = 1
+    config.mesh.param_sharding = "replicated"  # replicated | fsdp
+    config.mesh.fsdp_min_size = 2**14  # under fsdp, smaller arrays stay replicated
+
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""  # host:port of process 0; "" = auto-detect / single
+    config.distributed.num_processes = 0
+    config.distributed.process_id = -1
+
+    if variant == "tiny":
+        # A short, meaningful CPU run on the embedded corpus: contrastive accuracy leaves chance
+        # (1 / (1 + num_negatives)) within ~100 updates. BASE's feature penalty (10 x mean z^2) and
+        # 0.1 encoder gradient keep this 32-channel encoder from learning anything that fast
+        # (README, Pretraining), so tiny trains like LARGE / transformers.
+        config.model.feature_penalty_weight = 0.0
+        config.model.feature_grad_mult = 1.0
+        train.batch_size = 8
+        train.num_steps = 300
+        train.learning_rate = 2e-3
+        train.warmup_steps = 30
+        train.max_gumbel_temperature = 2.0
+        train.min_gumbel_temperature = 0.5
+        train.gumbel_temperature_decay = 0.995
+        train.log_every = 10
+        train.checkpoint_every = 100
+        train.eval_every = 100  # the 30 valid utterances: a second or two per evaluation
+        data.max_sample_size = 32_000
+        data.min_sample_size = 16_000
+    elif variant == "small":
+        train.batch_size = 16
+        train.num_steps = 50_000
+        train.warmup_steps = 4_000
+        train.eval_every = 1_000
+        data.max_sample_size = 160_000
+    elif variant == "base":
+        # fairseq wav2vec2_base_librispeech: 400k updates, peak 5e-4, 32k warmup, crops 250k.
+        train.batch_size = 64
+    else:
+        # fairseq wav2vec2_large_librivox: 1M updates, 32k warmup, crops 320k, temperature 2 -> 0.1.
+        train.batch_size = 64
+        train.num_steps = 1_000_000
+        train.learning_rate = 5e-3
+        train.min_gumbel_temperature = 0.1
+        train.precision = "bfloat16"
+        train.remat = True
+        data.max_sample_size = 320_000
+    return config

@@ -1,0 +1,29 @@
+"""The optional PyTorch reference: torch and transformers are imported only where they are used.
+
+They come with the `reference` extra (`pip install -e '.[reference]'`, also part of `test`):
+`research.torch_twin` / `research.compare` (experiments.compare_pytorch), benchmark's
+`--vs-pytorch`, and reading `pytorch_model.bin` checkpoints. Everything else, training included,
+runs on the main install; a missing package raises an ImportError that names the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+INSTALL_HINT = "pip install -e '.[reference]'"
+
+
+def import_reference(name: str, needed_for: str) -> ModuleType:
+    """Imports `name` ("torch" or "transformers"), or raises an ImportError naming the extra.
+
+    Args:
+      name: the module to import.
+      needed_for: what needs it, for the message (e.g. "benchmark --vs-pytorch").
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ImportError(
+            f"{needed_for} needs {name} (the PyTorch reference, not installed): {INSTALL_HINT}"
+        ) from error
