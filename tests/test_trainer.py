@@ -25,6 +25,7 @@ def _config(num_steps=6):
     t = config.train
     t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = num_steps, 2, 3, 2
     t.keep_checkpoints, t.plot, t.async_checkpointing = 5, False, False
+    t.eval_every = 0  # validation replay across a resume is in test_pretrain_e2e.py
     config.data.max_sample_size = config.data.min_sample_size = 16000
     return config
 
