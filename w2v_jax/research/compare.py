@@ -22,11 +22,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import optim, sharding
+from w2v_jax import optim, sharding, trainer
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.layers import named_key
-from w2v_jax.data import default_manifest, make_train_iterator
 from w2v_jax.model import Wav2Vec2ForPreTraining, sample_gumbel_noise, sample_masks_and_negatives
 from w2v_jax.research import plotting
 from w2v_jax.research.torch_twin import ReferenceTrainer, check_comparable, comparable_config
@@ -229,15 +228,8 @@ def run_comparison(
     workdir.mkdir(parents=True, exist_ok=True)
     external_curves = {pathlib.Path(p).name: read_curve_file(p) for p in external}
     if batches is None:
-        batches = make_train_iterator(
-            config.data.train_manifest or default_manifest("train"),
-            batch_size=config.train.batch_size,
-            seed=config.train.seed,
-            max_sample_size=config.data.max_sample_size,
-            min_sample_size=config.data.min_sample_size,
-            pad=config.data.pad,
-            normalize=config.data.normalize,
-            num_workers=config.data.num_workers,
+        batches = trainer.PretrainingTask().data_iterator(
+            config, batch_size=config.train.batch_size, shard_index=0, shard_count=1
         )
     records = compare_training(config, batches)
     write_curves_csv(records, workdir / "curves.csv")
