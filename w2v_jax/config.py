@@ -128,6 +128,20 @@ class Wav2Vec2Config:
             proj_codevector_dim=16,
             num_negatives=4,
         ),
+        # CPU research model (pretrain.py:mini): sized by measurement, see the README.
+        "mini": dict(
+            conv_dim=(128,) * 7,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=512,
+            num_conv_pos_embeddings=32,
+            num_conv_pos_embedding_groups=8,
+            num_codevectors_per_group=64,
+            codevector_dim=64,
+            proj_codevector_dim=64,
+            num_negatives=20,
+        ),
         "small": dict(
             hidden_size=256,
             num_hidden_layers=4,
@@ -242,7 +256,7 @@ class Wav2Vec2Config:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Wav2Vec2Config:
-        """One of "tiny", "small", "base", "large", with any field overridden."""
+        """One of "tiny", "mini", "small", "base", "large", with any field overridden."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(cls.PRESETS)}")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
