@@ -36,7 +36,7 @@ from w2v_jax.configs import pretrain
 
 SIZES = ("base", "large")
 DATA_AMOUNTS = ("10m", "1h", "10h", "100h")
-VARIANTS = ("tiny", *(f"{size}_{amount}" for size in SIZES for amount in DATA_AMOUNTS))
+VARIANTS = ("tiny", "mini", "mini_scratch", *(f"{size}_{amount}" for size in SIZES for amount in DATA_AMOUNTS))
 
 # fairseq's recipes: (max_update, lr, freeze_finetune_updates, mask_prob, mask_channel_prob, layerdrop).
 RECIPES = {
@@ -128,6 +128,31 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         data.min_sample_size = 48_000
         data.max_sample_size = 104_000
         data.num_buckets = 2
+    elif variant in ("mini", "mini_scratch"):
+        # The low-resource comparison in miniature (README): the `mini` pretraining model
+        # fine-tuned on the embedded corpus's letters, from a pretrained checkpoint (`mini`,
+        # fairseq's recipe: feature encoder frozen) or from random initialisation
+        # (`mini_scratch`: every part trains, at the learning rate that suits it best).
+        model.mask_time_prob = 0.25
+        model.mask_time_length = 5
+        model.mask_time_min_masks = 0
+        model.mask_feature_prob = 0.1
+        model.mask_feature_length = 16
+        model.layerdrop = 0.0
+        model.activation_dropout = 0.0
+        train.batch_size = 8
+        train.num_steps = 600
+        train.learning_rate = 1e-3
+        train.log_every = 20
+        train.eval_every = 100
+        train.checkpoint_every = 100
+        train.best_metric = "cer"
+        data.min_sample_size = 48_000
+        data.max_sample_size = 104_000
+        data.num_buckets = 2
+        if variant == "mini_scratch":
+            model.feature_grad_mult = 1.0
+            train.learning_rate = 2e-3
     else:
         num_steps, lr, freeze, mask_prob, channel_prob, layerdrop = RECIPES[variant]
         train.num_steps = num_steps
