@@ -47,6 +47,18 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
     assert record["num_correct"] == 19 and record["num_masked"] == 110
 
 
+def test_trainer_logs_chance_as_a_ratio_and_leaves_out_steps_restored_without_it():
+    def chance_step(loss, correct, chance, masked):
+        return {**_step(loss, correct, masked), "chance_correct": chance, "chance_accuracy": chance / masked,
+                "nonfinite_total": 0, "nonfinite_consecutive": 0}
+
+    old = {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0}  # before chance_accuracy existed
+    record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)])
+    assert record["chance_accuracy"] == pytest.approx(42.5 / 110)  # the old step's 10 frames left out
+    assert record["accuracy"] == pytest.approx(44 / 120) and record["num_masked"] == 120
+    assert "chance_accuracy" not in trainer._summarize([old])
+
+
 def test_a_window_with_skipped_steps():
     # Skipped steps are left out of every average and ratio but counted; the counters come from
     # the window's last step.

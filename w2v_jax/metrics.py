@@ -115,7 +115,8 @@ def mean_metrics(
       ratios: `{name: (numerator, denominator)}`, names computed as sum(numerator) / sum(denominator)
         over the finite steps instead of averaged (accuracy from correct and masked frames: a step
         with more masked frames weighs more). A step recorded before its numerator existed (a
-        window restored from an older checkpoint) contributes `name * denominator`.
+        window restored from an older checkpoint) contributes `name * denominator`; one recorded
+        before the ratio itself existed (chance_accuracy) is left out of it.
 
     Returns:
       one dict: the mean of each metric over the finite steps (NaN if there were none), the sum of
@@ -131,8 +132,9 @@ def mean_metrics(
         else:
             out[name] = sum(m[name] for m in good) / len(good) if good else float("nan")
     for name, (numerator, denominator) in ratios.items():
-        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in good)
-        bottom = sum(m[denominator] for m in good)
+        counted = [m for m in good if numerator in m or name in m]
+        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in counted)
+        bottom = sum(m[denominator] for m in counted)
         out[name] = top / bottom if bottom else float("nan")
     return out
 
