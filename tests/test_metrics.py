@@ -110,7 +110,10 @@ def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
 
 
 def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
-    records = [{"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "code_perplexity": 4.0} for s in range(1, 5)]
+    records = [
+        {"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "chance_accuracy": 0.1, "code_perplexity": 4.0}
+        for s in range(1, 5)
+    ]
     for r in records[1::2]:
         r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
     import matplotlib.pyplot as plt
@@ -124,7 +127,8 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
 
     monkeypatch.setattr(plt.Figure, "savefig", capture)
     plot_loss_curve(records, tmp_path / "curve.png")
-    assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
+    # Per panel: train at every step, valid where taken; the accuracy's chance level at every step.
+    assert drawn == [[(1, 2, 3, 4), (2, 4)], [(1, 2, 3, 4), (2, 4), (1, 2, 3, 4)], [(1, 2, 3, 4), (2, 4)]]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
