@@ -11,6 +11,7 @@ import pytest
 
 from w2v_jax.contrastive_loss import (
     contrastive_accuracy,
+    contrastive_chance_correct,
     contrastive_num_correct,
     contrastive_logits,
     contrastive_loss,
@@ -97,6 +98,36 @@ def test_num_correct_counts_masked_target_wins_as_an_oracle_loop():
     np.testing.assert_allclose(contrastive_accuracy(logits, mask), expected / mask.sum(), rtol=1e-6)
     with pytest.raises(ValueError, match="mask must be"):
         contrastive_num_correct(logits, mask[:, :3])
+
+
+def test_chance_counts_the_distractors_that_count_with_a_tiny_codebook():
+    # G=1, V=2: about half of all distractors share their target's codeword, so chance is far
+    # above 1 / (1 + K); checked exactly against a loop over frames and distractors.
+    rng = np.random.default_rng(4)
+    batch, time, k, dim = 3, 12, 6, 5
+    codes = rng.integers(0, 2, (batch, time, 1))
+    codebook = rng.standard_normal((2, dim)).astype(np.float32)
+    quantized = codebook[codes[..., 0]]
+    context = rng.standard_normal((batch, time, dim)).astype(np.float32)
+    mask = rng.random((batch, time)) < 0.7
+    indices = np.asarray(sample_negative_indices(jax.random.key(0), jnp.asarray(mask), k))
+    negatives = np.stack([quantized[b][indices[b]] for b in range(batch)])
+    same = same_codewords(jnp.asarray(codes), jnp.asarray(indices))
+    logits = contrastive_logits(context, quantized, negatives, same_as_positive=same)
+    per_frame = np.zeros((batch, time))
+    for b in range(batch):
+        for t in range(time):
+            counted = sum(codes[b, indices[b, t, j], 0] != codes[b, t, 0] for j in range(k))
+            per_frame[b, t] = 1.0 / (1 + counted)
+    chance = jax.jit(contrastive_chance_correct)(logits, mask)
+    assert chance.dtype == jnp.float32
+    np.testing.assert_allclose(chance, per_frame[mask].sum(), rtol=1e-6)
+    np.testing.assert_allclose(contrastive_chance_correct(logits), per_frame.sum(), rtol=1e-6)
+    masked = per_frame[mask]
+    # The case is the one that matters: collisions everywhere, some frames with none counted.
+    assert masked.mean() > 2 / (1 + k) and np.any(masked == 1.0) and np.any(masked < 1 / 2)
+    with pytest.raises(ValueError, match="mask must be"):
+        contrastive_chance_correct(logits, mask[:, :3])
 
 
 def test_gather_negatives():

@@ -1,10 +1,11 @@
-"""w2v_jax.data.utterances: frame labels from phoneme spans, equal-length batches."""
+"""w2v_jax.data.utterances: speakers, frame labels from phoneme spans, equal-length batches."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from w2v_jax.data.utterances import equal_length_batches, frame_phone_labels
+from w2v_jax.data import default_manifest
+from w2v_jax.data.utterances import Utterance, equal_length_batches, frame_phone_labels, load_utterances
 
 
 def _labels_oracle(phonemes, starts, ends, num_frames):
@@ -45,3 +46,13 @@ def test_equal_length_batches_group_lengths_and_fill_the_last_batch():
         np.testing.assert_array_equal(batch[len(chunk) :, 0], chunk[0])  # filler: copies of the first row
     with pytest.raises(ValueError, match="batch_size"):
         equal_length_batches(waveforms, 0)
+
+
+def test_the_speaker_is_the_voice_variant_in_every_language():
+    def speaker(voice):
+        return Utterance("x", np.zeros(400, np.float32), None, (), np.zeros(0), np.zeros(0), voice).speaker
+
+    assert speaker("fr+m3") == speaker("en-us+m3") == "m3" and speaker("de+klatt2") == "klatt2"
+    assert speaker("en-us") == "en-us" and speaker(None) is None  # no variant: the voice is its own speaker
+    loaded = load_utterances(default_manifest("valid"), max_utterances=2)
+    assert [u.voice for u in loaded] == ["en-us+f2", "fr+m3"] and [u.speaker for u in loaded] == ["f2", "m3"]

@@ -86,7 +86,7 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
 
     model = nnx.merge(graphdef, state.params, state.model_state)
     assert isinstance(model, Wav2Vec2ForPreTraining)
-    loss = correct = masked = 0.0
+    loss = correct = chance = masked = 0.0
     perplexities = []
     for b in batches:
         out = model(
@@ -96,11 +96,13 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
         )
         loss += float(out.loss)
         correct += int(out.num_correct)
+        chance += float(out.chance_correct)
         masked += int(out.num_masked)
         perplexities.append(float(out.codevector_perplexity))
     # float32 sums of the same per-batch values in another order (sharded vs not): ~1e-7 relative.
     assert got["loss"] == pytest.approx(loss / masked, rel=1e-5)
     assert got["accuracy"] == correct / masked and got["num_masked"] == masked
+    assert got["chance_accuracy"] == pytest.approx(chance / masked, rel=1e-5)
     assert got["code_perplexity"] == pytest.approx(np.mean(perplexities), rel=1e-5)
     assert evaluator(state, 1) == got  # fixed masks and distractors: the same parameters, the same values
     assert evaluator.num_compiles == len({b.input_values.shape for b in batches})

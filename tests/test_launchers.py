@@ -56,6 +56,14 @@ CASES = [
       "--features=conv", "--nobaselines", "--output=out", "--seed=1", "--max_utterances=3", "--metadata=m.jsonl"],
      [], {"checkpoint": "hf_folder", "manifest": "valid.tsv", "probe_train_manifest": "train.tsv", "step": 40,
           "features": "conv", "baselines": False, "output": "out", "metadata": "m.jsonl"}),
+    # New: the phone probe's protocol and steps.
+    ("experiments.evaluate", "w2v_jax.cli.evaluate",
+     ["--checkpoint=w", "--held_out_voices=m1,f3", "--probe_steps=50"],
+     [], {"features": "layers", "held_out_voices": ["m1", "f3"], "probe_steps": 50}),
+    ("experiments.sweep", "w2v_jax.cli.sweep",
+     ["--config=codebook_ablation.py:tiny", "--workdir=w", "--noprobe", "--held_out_voices=", "--probe_steps=9",
+      "--probe_train_manifest=t.tsv"],
+     [], {"probe": False, "held_out_voices": [], "probe_steps": 9, "probe_train_manifest": "t.tsv"}),
     ("experiments.plot_representations", "w2v_jax.cli.plot_representations",
      ["--checkpoint=hf_folder", "--audio=speech.flac", "--out=reps.png", "--step", "3"],
      [], {"checkpoint": "hf_folder", "audio": "speech.flac", "out": "reps.png", "step": 3}),
@@ -112,7 +120,7 @@ def test_every_launcher_parses_its_old_command_lines():
         assert {k: got["values"][k] for k in expected} == expected, (launcher, argv)
     pretrain_config = parsed[0]["values"]["config"]
     assert pretrain_config["variant"] == "tiny" and pretrain_config["train"]["batch_size"] == 64
-    assert parsed[5]["values"]["config"]["variant"] == "small"
+    assert parsed[7]["values"]["config"]["variant"] == "small"
     finetune_config = parsed[-4]["values"]["config"]
     assert finetune_config["variant"] == "base_10m" and finetune_config["init"] == "runs/base"
     assert finetune_config["train"]["eval_every"] == 500

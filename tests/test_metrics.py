@@ -47,6 +47,18 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
     assert record["num_correct"] == 19 and record["num_masked"] == 110
 
 
+def test_trainer_logs_chance_as_a_ratio_and_leaves_out_steps_restored_without_it():
+    def chance_step(loss, correct, chance, masked):
+        return {**_step(loss, correct, masked), "chance_correct": chance, "chance_accuracy": chance / masked,
+                "nonfinite_total": 0, "nonfinite_consecutive": 0}
+
+    old = {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0}  # before chance_accuracy existed
+    record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)])
+    assert record["chance_accuracy"] == pytest.approx(42.5 / 110)  # the old step's 10 frames left out
+    assert record["accuracy"] == pytest.approx(44 / 120) and record["num_masked"] == 120
+    assert "chance_accuracy" not in trainer._summarize([old])
+
+
 def test_a_window_with_skipped_steps():
     # Skipped steps are left out of every average and ratio but counted; the counters come from
     # the window's last step.
@@ -98,7 +110,10 @@ def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
 
 
 def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
-    records = [{"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "code_perplexity": 4.0} for s in range(1, 5)]
+    records = [
+        {"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "chance_accuracy": 0.1, "code_perplexity": 4.0}
+        for s in range(1, 5)
+    ]
     for r in records[1::2]:
         r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
     import matplotlib.pyplot as plt
@@ -112,7 +127,8 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
 
     monkeypatch.setattr(plt.Figure, "savefig", capture)
     plot_loss_curve(records, tmp_path / "curve.png")
-    assert drawn == [[(1, 2, 3, 4), (2, 4)]] * 3  # per panel: train at every step, valid where taken
+    # Per panel: train at every step, valid where taken; the accuracy's chance level at every step.
+    assert drawn == [[(1, 2, 3, 4), (2, 4)], [(1, 2, 3, 4), (2, 4), (1, 2, 3, 4)], [(1, 2, 3, 4), (2, 4)]]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

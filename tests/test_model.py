@@ -183,7 +183,7 @@ def test_losses_are_the_reference_reductions_of_the_outputs():
 
     c = np.asarray(out.projected_states, np.float64)
     q = np.asarray(out.projected_quantized_states, np.float64)
-    losses, correct = [], []
+    losses, correct, chance = [], [], []
     for b, t in zip(*np.nonzero(effective)):
         distractors = q[b, negatives[b, t] - b * time]
         temperature = CONFIG.contrastive_logits_temperature
@@ -193,9 +193,12 @@ def test_losses_are_the_reference_reductions_of_the_outputs():
             cosine_similarity_from_scratch(c[b, t], d) for d in distractors if not np.array_equal(d, q[b, t])
         ]
         correct.append(all(positive > o for o in others))
+        chance.append(1 / (1 + len(others)))
     np.testing.assert_allclose(out.contrastive_loss, np.sum(losses), rtol=1e-5)
     assert out.num_correct.dtype == jnp.int32 and int(out.num_correct) == np.sum(correct)
     np.testing.assert_allclose(out.accuracy, np.mean(correct), rtol=1e-6)
+    np.testing.assert_allclose(out.chance_correct, np.sum(chance), rtol=1e-6)
+    np.testing.assert_allclose(out.chance_accuracy, np.mean(chance), rtol=1e-6)
     num_vars = CONFIG.num_codevector_groups * CONFIG.num_codevectors_per_group
     np.testing.assert_allclose(
         out.diversity_loss, (num_vars - out.codevector_perplexity) / num_vars * effective.sum(), rtol=1e-6
@@ -422,3 +425,21 @@ def test_an_utterance_with_one_masked_frame_counts_as_correct_with_zero_loss():
     assert losses[-1] == 0.0
     np.testing.assert_allclose(out.contrastive_loss, np.sum(losses), rtol=1e-5)
     assert int(out.num_correct) == correct
+
+
+def test_chance_counts_only_distractors_with_other_codewords_in_a_two_codeword_model():
+    # G=1, V=2: about half of the distractors have their target's codeword (logit -inf), so the
+    # real chance level is far above 1 / (1 + K); the count comes from the codeword choices.
+    config = CONFIG.replace(num_codevector_groups=1, num_codevectors_per_group=2, num_negatives=8)
+    waveforms, attention_mask = _batch(seed=2)
+    real = _real_frames(_model(config))
+    mask = np.zeros_like(real)
+    mask[0, 1:21] = mask[1, 2:15] = True
+    key = jax.random.key(5)
+    negatives = np.asarray(sample_negative_indices(key, jnp.asarray(mask), config.num_negatives))
+    out = _apply(config)(waveforms, attention_mask, jnp.asarray(mask), negative_indices=jnp.asarray(negatives))
+    codes = np.asarray(out.codevector_indices)[..., 0]
+    chance = [1 / (1 + np.sum(codes[b, negatives[b, t]] != codes[b, t])) for b, t in zip(*np.nonzero(mask))]
+    assert min(chance) < 1 / 3 and max(chance) > 1 / 3  # both codewords in use, collisions common
+    np.testing.assert_allclose(out.chance_correct, np.sum(chance), rtol=1e-6)
+    assert float(out.chance_accuracy) > 2 / (1 + config.num_negatives)

@@ -173,7 +173,7 @@ def test_launcher_writes_every_output(reference):
     assert [r["step"] for r in logged] == list(range(1, NUM_STEPS + 1))
     required = {
         "loss", "contrastive_loss", "diversity_loss", "code_perplexity", "gumbel_temperature", "accuracy",
-        "learning_rate", "grad_norm", "skipped_nonfinite", "audio_seconds_per_second",
+        "chance_accuracy", "learning_rate", "grad_norm", "skipped_nonfinite", "audio_seconds_per_second",
     }
     for r in logged:
         assert required <= set(r), required - set(r)
@@ -183,6 +183,9 @@ def test_launcher_writes_every_output(reference):
     # Validation every 2 steps, in the record of its step (never a line of its own).
     assert [r["step"] for r in logged if "valid_loss" in r] == [2, 4, 6]
     assert all(np.isfinite(r["valid_loss"]) and 0 <= r["valid_accuracy"] <= 1 for r in logged if "valid_loss" in r)
+    # The real chance level: at least 1 / (1 + K), K = 4 distractors.
+    assert all(0.2 <= r["chance_accuracy"] <= 1 for r in logged)
+    assert all(0.2 <= r["valid_chance_accuracy"] <= 1 for r in logged if "valid_loss" in r)
     assert len({r["valid_num_masked"] for r in logged if "valid_loss" in r}) == 1  # the same fixed masks
     assert list(workdir.glob("events.out.tfevents.*"))
     assert (workdir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -192,20 +192,21 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
             out = nnx.merge(setup1.graphdef, p, nnx.State({}))(
                 x, attention_mask=m, deterministic=False, gumbel_temperature=2.0, key=k
             )
-            return out.loss, (out.num_masked, out.num_correct)
+            return out.loss, (out.num_masked, out.num_correct, out.chance_correct)
 
         return jax.grad(loss, has_aux=True)(params)
 
-    masked, correct = [], []
+    masked, correct, chance = [], [], []
     grads_sum = None
     for i in range(2):
         rows = slice(i, None, 2)
-        g, (n, c) = summed_grads(
+        g, (n, c, h) = summed_grads(
             model_params, batch["input_values"][rows], batch["attention_mask"][rows],
             jax.random.fold_in(jax.random.fold_in(key, 0), i),
         )
         masked.append(int(n))
         correct.append(int(c))
+        chance.append(float(h))
         grads_sum = g if grads_sum is None else jax.tree.map(jnp.add, grads_sum, g)
     total_masked = sum(masked)
     grads = jax.tree.map(lambda g: g / total_masked, grads_sum)
@@ -215,6 +216,7 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     assert masked[0] != masked[1] and correct[0] / masked[0] != correct[1] / masked[1], (masked, correct)
     assert int(metrics["num_correct"]) == sum(correct)
     np.testing.assert_allclose(metrics["accuracy"], sum(correct) / total_masked, rtol=1e-6)
+    np.testing.assert_allclose(metrics["chance_accuracy"], sum(chance) / total_masked, rtol=1e-6)
     want_norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
     np.testing.assert_allclose(metrics["grad_norm"], want_norm, rtol=1e-5)
     opt_state = optim.set_learning_rate(jax.tree.map(jnp.asarray, opt_state0), SCHEDULE(0))

@@ -333,6 +333,29 @@ def contrastive_num_correct(logits: jax.Array, mask: jax.Array | None = None) ->
     return jnp.sum(correct, dtype=jnp.int32)
 
 
+def contrastive_chance_correct(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Expected number of counted frames a uniform guess among each frame's candidates gets right.
+
+    A frame's candidates are its target and the distractors that count: those whose logit isn't
+    -inf (`contrastive_logits` gives -inf to a distractor with its target's codewords). A guess is
+    right with probability 1 / (1 + distractors that count), 1 when none counts (the target then
+    wins, as `contrastive_num_correct` counts it). Divided by the number of counted frames, the
+    sum is the accuracy at chance: 1 / (1 + K) only when no distractor shares its target's
+    codewords, more with a small codebook. Counts add up as `contrastive_num_correct`'s do.
+
+    Args:
+      logits: `[batch, time, 1 + K]` from `contrastive_logits`.
+      mask: optional `[batch, time]` bool of the frames that count.
+
+    Returns:
+      A float32 scalar.
+    """
+    if mask is not None:
+        _check_mask(mask, logits.shape[:2], "mask")
+    candidates = 1 + jnp.sum(logits[..., 1:] != -jnp.inf, axis=-1)
+    return _reduce(1.0 / candidates.astype(jnp.float32), mask, "sum")
+
+
 def _correct(logits: jax.Array) -> jax.Array:
     """`[batch, time]` bool: the target's logit is the largest and not all logits are equal."""
     return (jnp.argmax(logits, axis=-1) == 0) & ~(jnp.argmin(logits, axis=-1) == 0)

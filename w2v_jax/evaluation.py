@@ -128,7 +128,7 @@ def load_waveforms(manifest: str | os.PathLike, *, normalize: bool = True) -> li
 
 
 # The sums the validation step returns per batch (float32), and the counts (int32).
-_SUMS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
+_SUMS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity", "chance_correct")
 _COUNTS = ("num_correct", "num_masked")
 
 
@@ -136,8 +136,10 @@ class PretrainingEvaluator:
     """The pretraining objective on fixed validation batches (an `Evaluator`).
 
     Returns per masked frame `loss`, `contrastive_loss`, `diversity_loss`, `feature_penalty`;
-    `accuracy` over every masked frame; `code_perplexity` (the mean over batches of the model's
-    perplexity over masked frames, the training metric's meaning); `num_masked`.
+    `accuracy` over every masked frame and its real chance level `chance_accuracy` (a guess among
+    the distractors that count, `Wav2Vec2PreTrainingOutput.chance_correct`); `code_perplexity`
+    (the mean over batches of the model's perplexity over masked frames, the training metric's
+    meaning); `num_masked`.
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class PretrainingEvaluator:
         masked = max(totals["num_masked"], 1.0)
         metrics = {name: totals[name] / masked for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty")}
         metrics["accuracy"] = totals["num_correct"] / masked
+        metrics["chance_accuracy"] = totals["chance_correct"] / masked
         metrics["code_perplexity"] = totals["code_perplexity"] / len(self.batches)
         metrics["num_masked"] = int(totals["num_masked"])
         self.seconds += time.perf_counter() - start

@@ -115,7 +115,8 @@ def mean_metrics(
       ratios: `{name: (numerator, denominator)}`, names computed as sum(numerator) / sum(denominator)
         over the finite steps instead of averaged (accuracy from correct and masked frames: a step
         with more masked frames weighs more). A step recorded before its numerator existed (a
-        window restored from an older checkpoint) contributes `name * denominator`.
+        window restored from an older checkpoint) contributes `name * denominator`; one recorded
+        before the ratio itself existed (chance_accuracy) is left out of it.
 
     Returns:
       one dict: the mean of each metric over the finite steps (NaN if there were none), the sum of
@@ -131,8 +132,9 @@ def mean_metrics(
         else:
             out[name] = sum(m[name] for m in good) / len(good) if good else float("nan")
     for name, (numerator, denominator) in ratios.items():
-        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in good)
-        bottom = sum(m[denominator] for m in good)
+        counted = [m for m in good if numerator in m or name in m]
+        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in counted)
+        bottom = sum(m[denominator] for m in counted)
         out[name] = top / bottom if bottom else float("nan")
     return out
 
@@ -150,8 +152,8 @@ def plot_loss_curve(
     panels: Sequence[tuple[str, str]] = PRETRAINING_PANELS,
 ) -> None:
     """Writes a PNG with one panel per `(metric, title)` against the step (default: pretraining's
-    loss, contrastive accuracy and code perplexity): the training values, and the validation values
-    (`valid_*` keys) where the records have them."""
+    loss, contrastive accuracy and code perplexity): the training values, the validation values
+    (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -159,12 +161,15 @@ def plot_loss_curve(
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
     for ax, (name, title) in zip(axes, panels):
-        for key, label in ((name, "train"), (f"valid_{name}", "valid")):
+        for key, label in ((name, "train"), (f"valid_{name}", "valid"), (f"chance_{name}", "chance")):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, marker="." if len(points) < 50 else None, label=label)
-        if any(r.get(f"valid_{name}") is not None for r in records):
+                if label == "chance":
+                    ax.plot(steps, values, linestyle=":", color="gray", label=label)
+                else:
+                    ax.plot(steps, values, marker="." if len(points) < 50 else None, label=label)
+        if any(r.get(f"valid_{name}") is not None or r.get(f"chance_{name}") is not None for r in records):
             ax.legend()
         ax.set_title(title)
         ax.set_xlabel("step")

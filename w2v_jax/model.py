@@ -17,7 +17,9 @@ holds the same encoder as `wav2vec2` beside `lm_head`:
       -> final dropout -> lm_head -> logits [B, T, vocab] -> CTC loss (blank = pad_token_id)
 
 The losses are sums over the masked frames, as the reference's (divide by `num_masked` for "per
-masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the count `num_correct`.
+masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the count `num_correct`,
+and its chance level as `chance_correct` (a distractor with its target's codewords can't be picked,
+so chance is above 1 / (1 + K) when codebooks are small).
 Masks, distractors and Gumbel noise are drawn inside jit from named sub-keys of `key` unless given
 explicitly; `sample_masks_and_negatives` and `sample_gumbel_noise` draw exactly what the model
 draws for a key, for tools that feed another implementation the same inputs.
@@ -52,6 +54,7 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import ContextNetwork
 from w2v_jax.ctc import ctc_loss
 from w2v_jax.contrastive_loss import (
+    contrastive_chance_correct,
     contrastive_logits,
     contrastive_loss_from_logits,
     contrastive_num_correct,
@@ -108,6 +111,9 @@ class Wav2Vec2PreTrainingOutput:
       last_hidden_state, extract_features, hidden_states: as `Wav2Vec2BaseModelOutput`'s.
       num_correct: int32 scalar, masked frames whose target has the largest logit.
       num_masked: int32 scalar, masked frames in the batch.
+      chance_correct: float32 scalar, the masked frames a uniform guess among each frame's
+        target and the distractors that count (not -inf) gets right, in expectation
+        (`contrastive_chance_correct`); divided by `num_masked`, the real chance accuracy.
       mask_time_indices: `[batch, time]` bool, the masked frames (None without masking).
     """
 
@@ -124,6 +130,7 @@ class Wav2Vec2PreTrainingOutput:
     feature_penalty: jax.Array | None = None
     num_correct: jax.Array | None = None
     num_masked: jax.Array | None = None
+    chance_correct: jax.Array | None = None
     mask_time_indices: jax.Array | None = None
 
     @property
@@ -135,6 +142,14 @@ class Wav2Vec2PreTrainingOutput:
         if self.num_correct is None:
             return None
         return self.num_correct.astype(jnp.float32) / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
+
+    @property
+    def chance_accuracy(self) -> jax.Array | None:
+        """float32 scalar, chance_correct / max(num_masked, 1): the accuracy of a uniform guess among
+        the distractors that count (None without distractors). Over several batches, divide sums."""
+        if self.chance_correct is None:
+            return None
+        return self.chance_correct / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
 
 
 def _sample_time_mask(
@@ -701,6 +716,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             feature_penalty=feature_penalty,
             num_correct=contrastive_num_correct(logits, mask),
             num_masked=num_masked,
+            chance_correct=contrastive_chance_correct(logits, mask),
         )
 
 

@@ -113,7 +113,9 @@ class PretrainingObjective:
     gumbel_start: float = 2.0
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
-    sums: tuple[str, ...] = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity")
+    sums: tuple[str, ...] = (
+        "loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity", "chance_correct"
+    )
     counts: tuple[str, ...] = ("num_correct", "num_masked")
     normalizer: str = "num_masked"
 
@@ -136,6 +138,7 @@ class PretrainingObjective:
             "diversity_loss": out.diversity_loss,
             "feature_penalty": out.feature_penalty,
             "code_perplexity": out.codevector_perplexity,
+            "chance_correct": out.chance_correct,
         }
         counts = {"num_correct": out.num_correct, "num_masked": out.num_masked}
         return out.loss, sums, counts
@@ -152,9 +155,13 @@ class PretrainingObjective:
             "feature_penalty": sums["feature_penalty"] / num_masked,
             # Counts are divided once, here (and again over a logging window, from their sums).
             "accuracy": counts["num_correct"].astype(jnp.float32) / jnp.maximum(num_masked, 1.0),
+            # The accuracy a guess among the distractors that count would reach (above 1 / (1 + K)
+            # when small codebooks give distractors their target's codewords).
+            "chance_accuracy": sums["chance_correct"] / jnp.maximum(num_masked, 1.0),
             "code_perplexity": sums["code_perplexity"] / accum,
             "num_masked": num_masked,
             "num_correct": counts["num_correct"].astype(jnp.float32),
+            "chance_correct": sums["chance_correct"],
             "gumbel_temperature": jnp.asarray(self.temperature(step), jnp.float32),
         }
 

@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 # Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct")
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct")
 # Metrics divided once over a logging window: sum(numerator) / sum(denominator).
-_RATIOS = {"accuracy": ("num_correct", "num_masked")}
+_RATIOS = {"accuracy": ("num_correct", "num_masked"), "chance_accuracy": ("chance_correct", "num_masked")}
 # Counters that are states, not per-step values: the window keeps the last one.
 _LAST = ("nonfinite_total", "nonfinite_consecutive")
 
@@ -111,7 +111,8 @@ def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
     """One logged record from a window of per-step host metrics."""
-    ratios = {k: v for k, v in _RATIOS.items() if v[1] in window[0]}  # the task's metrics have them
+    # The task's metrics have them (a window restored from an older checkpoint may lack a newer one).
+    ratios = {k: v for k, v in _RATIOS.items() if any(v[0] in m or k in m for m in window)}
     averaged = metrics_lib.mean_metrics(
         [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=ratios
     )

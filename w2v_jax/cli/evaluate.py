@@ -1,13 +1,17 @@
-"""Evaluates a checkpoint: pretraining objective on a validation split, codebook usage, linear probes.
+"""Evaluates a checkpoint: pretraining objective on a validation split, codebook usage, phone probes.
 
     python -m experiments.evaluate --checkpoint=runs/tiny --output=runs/tiny/eval
     python -m experiments.evaluate --checkpoint=hf_folder --manifest=valid.tsv --probe_train_manifest=train.tsv
 
 `--checkpoint` is a training workdir (newest checkpoint, or `--step`), a `convert.save_checkpoint`
-folder or a transformers folder. Defaults: the embedded corpus' valid split (objective and probe
-test set) and train split (probe training set), with its `metadata.jsonl` alignments. Writes
-`metrics.json`, `probes.md` and `codebook_usage.png` into `--output` and prints them. All logic:
-`w2v_jax.research.probes.evaluate_checkpoint`.
+folder or a transformers folder. Defaults: the embedded corpus' valid split (the objective's set)
+and both splits for the linear frame phone probe of every layer, with the held-out-voice protocol:
+the probe trains on the train split's utterances of all voices but `--held_out_voices` and is
+scored on every utterance of those voices (unseen voices) and on the other voices' valid split
+(held-out sentences), beside the same architecture at random init and 80-dim log-mel
+(`w2v_jax.research.probes`). Writes `metrics.json`, `probes.md` (the table, naming each model's
+best layer), `phone_probe.png` (accuracy against depth) and `codebook_usage.png` into `--output`
+and prints the table. All logic: `w2v_jax.research.probes.evaluate_checkpoint`.
 
 A fine-tuned (CTC) checkpoint (a fine-tuning workdir: its best model unless `--step`) is evaluated
 by its error rates instead: WER and CER (`--labels=ltr`) or PER (`--labels=phn`) on `--manifest`
@@ -32,11 +36,20 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdi
 _MANIFEST = flags.DEFINE_string("manifest", None, "Validation manifest (default: embedded corpus valid split).")
 _PROBE_TRAIN = flags.DEFINE_string("probe_train_manifest", None, "Probe training manifest (default: corpus train).")
 _METADATA = flags.DEFINE_string("metadata", None, "metadata.jsonl with alignments (default: beside the manifest).")
-_FEATURES = flags.DEFINE_enum("features", "context", probes.FEATURE_KINDS, "Which features are probed.")
+_FEATURES = flags.DEFINE_enum(
+    "features", "layers", probes.FEATURE_KINDS, "Which features are probed: every layer, or one set."
+)
 _BASELINES = flags.DEFINE_bool("baselines", True, "Also probe a random-init model and log-mel features.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (default: CHECKPOINT/eval).")
 _SEED = flags.DEFINE_integer("seed", 0, "Masks/distractors of the objective and the random-init weights.")
-_MAX_UTTERANCES = flags.DEFINE_integer("max_utterances", None, "Use the first N utterances of each split.")
+_MAX_UTTERANCES = flags.DEFINE_integer(
+    "max_utterances", None, "Use the first N utterances of the objective's set and of each probe set."
+)
+_HELD_OUT_VOICES = flags.DEFINE_list(
+    "held_out_voices", list(probes.DEFAULT_HELD_OUT_VOICES),
+    "Voices (espeak-ng variants, e.g. m2) held out of the phone probe's training set; empty: none.",
+)
+_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 300, "Adam iterations of each linear probe.")
 _LABELS = flags.DEFINE_enum("labels", "ltr", sorted(finetuning.METRICS), "CTC checkpoints: letter or phone labels.")
 
 
@@ -69,10 +82,12 @@ def main(argv: list[str]) -> None:
             baselines=_BASELINES.value,
             seed=_SEED.value,
             max_utterances=_MAX_UTTERANCES.value,
+            held_out_voices=_HELD_OUT_VOICES.value,
+            probe_steps=_PROBE_STEPS.value,
         )
     print(json.dumps(record["validation"], indent=2))
     print(table)
-    print(f"wrote {output}/metrics.json, probes.md, codebook_usage.png")
+    print(f"wrote {output}/metrics.json, probes.md, phone_probe.png, codebook_usage.png")
 
 
 def run() -> None:

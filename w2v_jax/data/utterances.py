@@ -1,7 +1,7 @@
 """Utterances of a manifest with their metadata: language and phoneme alignments.
 
 The embedded corpus (and any corpus with a `metadata.jsonl` beside its manifest) records each
-utterance's language and espeak-ng's phoneme spans; `load_utterances` joins them to the audio,
+utterance's language, voice and espeak-ng's phoneme spans; `load_utterances` joins them to the audio,
 `frame_phone_labels` puts the phonemes on the conv stack's frame grid, and `equal_length_batches`
 groups waveforms of equal length so a model compiles one forward pass per length.
 """
@@ -33,6 +33,7 @@ class Utterance:
       waveform: float32 `[samples]`, normalised as the training pipeline does, cropped.
       language: the metadata's language, or None.
       phonemes, phoneme_starts, phoneme_ends: alignment (sample spans at 16 kHz), or empty.
+      voice: the metadata's voice (espeak-ng's `language+variant`, e.g. "fr+m3"), or None.
     """
 
     path: str
@@ -41,6 +42,15 @@ class Utterance:
     phonemes: tuple[str, ...]
     phoneme_starts: np.ndarray
     phoneme_ends: np.ndarray
+    voice: str | None = None
+
+    @property
+    def speaker(self) -> str | None:
+        """The voice's variant ("m3" of "fr+m3"): the same synthetic speaker in every language
+        (a voice without a variant is its own speaker); None without a voice."""
+        if self.voice is None:
+            return None
+        return self.voice.rpartition("+")[2]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, dict]:
@@ -97,6 +107,7 @@ def load_utterances(
                 phonemes=tuple(record.get("phonemes", ())),
                 phoneme_starts=np.asarray(record.get("phoneme_starts", ()), np.int64),
                 phoneme_ends=np.asarray(record.get("phoneme_ends", ()), np.int64),
+                voice=record.get("voice"),
             )
         )
     return out

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # servers and CI have no display; notebooks show returned figures anyway
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from w2v_jax.research.probes import PhoneProbeReport
 
 _TITLES = {
     "loss": "loss per masked frame",
@@ -82,33 +86,140 @@ def plot_codebook_usage(usage: np.ndarray, path: str | os.PathLike, title: str =
     plt.close(fig)
 
 
-def plot_sweep_results(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Validation loss, code perplexity and share of codewords used against the codebook size G x V.
+def plot_phone_probe(report: PhoneProbeReport, path: str | os.PathLike) -> None:
+    """Phone probe accuracy against depth, one panel per test set (`probes.PhoneProbeReport`).
+
+    A line per model (the checkpoint, random init) over its feature sets in depth order; log-mel
+    and the majority class as horizontal lines; each model's best layer circled. A test set
+    without frames (no voice held out) gets no panel.
+    """
+    titles = {"unseen_voice": "unseen voices", "held_out_sentences": "held-out sentences (seen voices)"}
+    tests = [t for t in titles if report.num_frames.get(t)]
+    models = [name for name in report.feature_names() if report.rows(name)[0].layer]
+    constants = [name for name in report.feature_names() if name not in models]
+    fig, axes = plt.subplots(1, len(tests), figsize=(5.2 * len(tests), 3.6), squeeze=False)
+    for ax, test in zip(axes[0], tests):
+        for name, color in zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+            rows = report.rows(name)
+            values = [getattr(r, test) for r in rows]
+            ax.plot(range(len(rows)), values, marker="o", color=color, label=name)
+            best = rows.index(report.best(name))
+            ax.plot(best, values[best], "o", markersize=12, markerfacecolor="none", color=color)
+        for name, style in zip(constants, ("--", "-.", ":")):
+            ax.axhline(getattr(report.rows(name)[0], test), linestyle=style, color="gray", label=name)
+        ax.axhline(report.majority[test], linestyle=":", color="black", label="majority class")
+        layers = [r.layer for r in report.rows(models[0])] if models else []
+        ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=8)
+        voices = f" ({', '.join(report.held_out_voices)})" if test == "unseen_voice" else ""
+        ax.set_title(f"{titles[test]}{voices}: {report.num_frames[test]} frames", fontsize=10)
+        ax.set_ylabel("phone accuracy (frames)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"linear frame phone probe per layer ({report.num_classes} phones)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """A sweep's trend against the codebook size G x V, one line per G, error bars over seeds.
+
+    Panels: the phone probe's accuracy on unseen voices (best layer solid, last layer dashed; when
+    the points have it), validation accuracy with its real chance level (dotted), accuracy minus
+    chance, validation loss, code perplexity and the share of codewords used.
 
     Args:
-      rows: `sweep.collect_results` rows (`codebook_size`, `valid_loss`, `valid_code_perplexity`,
-        `used_fraction`, and the grid values); one line per `model.num_codevector_groups`.
+      points: `sweep.summarize_seeds` entries: `codebook_size`, the grid values and `Spread`s
+        (mean, min, max; the bars span min to max).
       path: the PNG to write.
     """
     panels = [
-        ("valid_loss", "validation loss per masked frame"),
-        ("valid_code_perplexity", "validation code perplexity"),
-        ("used_fraction", "share of the G x V codewords used"),
+        ("phone probe accuracy (unseen voices)", [("probe_best_unseen_voice", "-", "best layer"),
+                                                  ("probe_last_unseen_voice", "--", "last layer")]),
+        ("validation accuracy (x, dotted: chance)",
+         [("valid_accuracy", "-", None), ("valid_chance_accuracy", ":", None)]),
+        ("validation accuracy - chance", [("valid_accuracy_above_chance", "-", None)]),
+        ("validation loss per masked frame", [("valid_loss", "-", None)]),
+        ("code perplexity (validation)", [("valid_code_perplexity", "-", None)]),
+        ("share of the G x V codewords used", [("used_fraction", "-", None)]),
     ]
-    lines: dict[str, list[Mapping[str, float]]] = {}
-    for row in rows:
-        label = f"G={row['model.num_codevector_groups']}" if "model.num_codevector_groups" in row else "all"
-        lines.setdefault(label, []).append(row)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.3), squeeze=False)
-    for ax, (name, title) in zip(axes[0], panels):
-        for label, points in lines.items():
-            points = sorted(points, key=lambda r: r["codebook_size"])
-            ax.plot([r["codebook_size"] for r in points], [r[name] for r in points], marker="o", label=label)
+    panels = [(title, lines) for title, lines in panels if points and lines[0][0] in points[0]]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for point in points:
+        label = f"G={point['model.num_codevector_groups']}" if "model.num_codevector_groups" in point else "all"
+        groups.setdefault(label, []).append(point)
+    columns = 3
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, lines) in zip(axes.flat, panels):
+        for (label, members), color in zip(groups.items(), colors):
+            members = sorted(members, key=lambda p: p["codebook_size"])
+            x = np.asarray([p["codebook_size"] for p in members], np.float64)
+            for name, style, kind in lines:
+                mean = np.asarray([p[name].mean for p in members])
+                bars = [mean - [p[name].min for p in members], [p[name].max for p in members] - mean]
+                ax.errorbar(
+                    x, mean, yerr=bars, fmt=style, marker={"-": "o", "--": "s", ":": "x"}[style], markersize=4,
+                    capsize=3, color=color,
+                    label=label if kind is None else f"{label}, {kind}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("codebook size G x V")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        if lines[0][2] is not None or ax is axes.flat[0]:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("mean over seeds, bars: min to max", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sweep_curves(
+    runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike
+) -> None:
+    """Every run's training curves overlaid: one colour per point (its seeds share it).
+
+    Panels: training loss, training accuracy with its real chance level (dotted, where the records
+    have `chance_accuracy`) and validation accuracy (markers, where they have `valid_accuracy`),
+    code perplexity.
+
+    Args:
+      runs: (point label, the run's `metrics.jsonl` records) per run.
+      path: the PNG to write.
+    """
+    panels = [("loss", "training loss per masked frame"), ("accuracy", "contrastive accuracy"),
+              ("code_perplexity", "code perplexity (training)")]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color_of = {label: colors[i % len(colors)] for i, label in enumerate(dict.fromkeys(label for label, _ in runs))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    labelled = set()
+    for label, records in runs:
+        color = color_of[label]
+        for ax, (name, _) in zip(axes[0], panels):
+            series = [(name, "-", 1.0), ("valid_" + name, "none", 1.0)]
+            if name == "accuracy":
+                series.append(("chance_accuracy", ":", 0.8))
+            for key, style, alpha in series:
+                points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+                if not points:
+                    continue
+                steps, values = zip(*points)
+                marker = "o" if style == "none" else None
+                legend = label if key == name and label not in labelled and ax is axes[0][0] else None
+                if legend:
+                    labelled.add(label)
+                ax.plot(steps, values, linestyle=style, marker=marker, markersize=3, color=color, alpha=alpha,
+                        linewidth=1.0, label=legend)
+    for ax, (_, title) in zip(axes[0], panels):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("every run; markers: validation; dotted: chance accuracy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,14 +13,23 @@ point whose final checkpoint exists is finished and skipped when the sweep runs 
 it was trained by a cluster job).
 `launch_commands` gives the same runs as command lines for a cluster scheduler.
 `collect_results` reads every finished point's last logged metrics, evaluates its final
-checkpoint on a validation set (`validation.validation_metrics`) and writes `results.csv`,
-`results.md` and `results.png`.
+checkpoint on a validation set (`validation.validation_metrics`: loss, accuracy beside its real
+chance level, code perplexity, share of codewords used) and, given the probe's utterances, with the
+held-out-voice phone probe of every layer (`probes.phone_probe`, once per final checkpoint: the
+report is kept in the point's `phone_probe.json`). A `train.seed` grid axis repeats every point
+with other seeds; results are summarised over them (`summarize_seeds`: mean and min-max). Files:
+`results.csv` (one row per run, every seed), `results.md` (one row per point, mean [min, max] over
+seeds), `results.png` (the trend against the codebook size G x V with min-max error bars) and
+`results_curves.png` (every run's training curves overlaid).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
+import json
+import math
 import os
 import pathlib
 import shlex
@@ -32,11 +41,27 @@ import numpy as np
 
 from w2v_jax import metrics as metrics_lib
 from w2v_jax import checkpointing
-from w2v_jax.research import plotting, validation
+from w2v_jax.research import plotting, probes, validation
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+RESULTS_CURVES_PNG = "results_curves.png"
+PROBE_CACHE = "phone_probe.json"
+# The grid axis whose values are repetitions of a point, not points: results are summarised over it.
+SEED_AXIS = "train.seed"
+# The run values `results.md` and `results.png` summarise over seeds, with their column titles.
+SUMMARY_METRICS = {
+    "valid_loss": "valid loss",
+    "valid_accuracy": "valid accuracy",
+    "valid_chance_accuracy": "chance",
+    "valid_accuracy_above_chance": "accuracy - chance",
+    "valid_code_perplexity": "code perplexity",
+    "used_fraction": "codewords used",
+    "probe_best_unseen_voice": "probe: best layer, unseen voices",
+    "probe_best_held_out_sentences": "probe: best layer, held-out sentences",
+    "probe_last_unseen_voice": "probe: last layer, unseen voices",
+}
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -157,64 +182,207 @@ def collect_results(
     workdir: str | os.PathLike,
     valid_waveforms: Sequence[np.ndarray],
     load_model: Callable[[pathlib.Path], Any] = checkpointing.load_model,
+    *,
+    probe_sets: probes.ProbeSets | None = None,
+    probe_steps: int = 300,
+    phone_probe: Callable[..., probes.PhoneProbeReport] = probes.phone_probe,
 ) -> list[dict[str, Any]]:
-    """One row per finished point: its grid values, last logged training metrics, validation metrics.
+    """One row per finished run: its grid values, last logged training metrics, validation metrics
+    and phone probe.
 
-    Writes `results.csv`, `results.md` and `results.png` (validation loss, code perplexity and
-    share of codewords used against the codebook size G x V, one line per G) into `workdir`.
-    Unfinished points are listed in the markdown table as missing.
+    Writes `results.csv` (these rows), `results.md` (`results_table` of `summarize_seeds`),
+    `results.png` (`plotting.plot_sweep_results`) and `results_curves.png` (every run's
+    `metrics.jsonl`, `plotting.plot_sweep_curves`) into `workdir`. Unfinished runs are listed in
+    `results.md` as missing.
 
     Args:
       config: the sweep config.
       workdir: the sweep's folder.
-      valid_waveforms: held-out audio for `validation.validation_metrics`.
+      valid_waveforms: held-out audio for `validation.validation_metrics` (masks from the run's seed).
       load_model: folder -> model (default: the final checkpoint of a training workdir).
+      probe_sets: the phone probe's utterances (`probes.HeldOutVoices.split`); None: no probe.
+      probe_steps: Adam iterations of each linear probe.
+      phone_probe: `probes.phone_probe` (or a stand-in with its signature), run once per final
+        checkpoint on the model's layers (no baselines); the report is kept in the run's
+        `phone_probe.json` and reused while the checkpoint, probe sets and steps are the same.
+
+    Returns:
+      the rows: the grid values, `codebook_size` (G x V), `step`, `train_*` (the last logged
+      window), `valid_loss`, `valid_accuracy`, `valid_chance_accuracy` (a guess among the
+      distractors that count), `valid_accuracy_above_chance`, `valid_code_perplexity` (of the
+      codeword histogram), `used_fraction`, and with a probe `probe_best_layer` (the best on unseen
+      voices, or on held-out sentences when none is held out), `probe_best_unseen_voice`,
+      `probe_best_held_out_sentences`, `probe_last_layer`, `probe_last_unseen_voice`,
+      `probe_last_held_out_sentences`.
     """
     workdir = pathlib.Path(workdir)
-    rows, missing = [], []
+    rows, missing, curves = [], [], []
     for point in expand_grid(config.grid):
         folder = workdir / point_name(point)
         point_config = apply_point(config, point)
         if not is_finished(folder, point_config.train.num_steps):
             missing.append(point_name(point))
             continue
-        last = metrics_lib.read_metrics(folder / metrics_lib.METRICS_FILE)[-1]
-        groups = point_config.model.num_codevector_groups
-        num_vars = point_config.model.num_codevectors_per_group
-        valid = validation.validation_metrics(load_model(folder), valid_waveforms, seed=point_config.train.seed)
-        rows.append(
-            {
-                **point,
-                "codebook_size": groups * num_vars,
-                "step": last["step"],
-                "train_loss": last["loss"],
-                "train_accuracy": last["accuracy"],
-                "train_code_perplexity": last["code_perplexity"],
-                "valid_loss": valid.loss,
-                "valid_accuracy": valid.accuracy,
-                "valid_code_perplexity": valid.code_perplexity,
-                "used_fraction": valid.used_fraction,
-                "chance_accuracy": valid.chance_accuracy,
-            }
-        )
+        records = metrics_lib.read_metrics(folder / metrics_lib.METRICS_FILE)
+        curves.append((point, records))
+        last = records[-1]
+        model = load_model(folder)
+        valid = validation.validation_metrics(model, valid_waveforms, seed=point_config.train.seed)
+        row = {
+            **point,
+            "codebook_size": point_config.model.num_codevector_groups * point_config.model.num_codevectors_per_group,
+            "step": last["step"],
+            "train_loss": last["loss"],
+            "train_accuracy": last["accuracy"],
+            "train_chance_accuracy": last.get("chance_accuracy", math.nan),
+            "train_code_perplexity": last["code_perplexity"],
+            "valid_loss": valid.loss,
+            "valid_accuracy": valid.accuracy,
+            "valid_chance_accuracy": valid.chance_accuracy,
+            "valid_accuracy_above_chance": valid.accuracy - valid.chance_accuracy,
+            "valid_code_perplexity": valid.code_perplexity,
+            "used_fraction": valid.used_fraction,
+        }
+        if probe_sets is not None:
+            report = _probe_run(folder, model, last["step"], probe_sets, probe_steps, phone_probe)
+            row |= _probe_columns(report)
+        rows.append(row)
     if rows:
         with open(workdir / RESULTS_CSV, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        plotting.plot_sweep_results(rows, workdir / RESULTS_PNG)
+        points = summarize_seeds(rows)
+        plotting.plot_sweep_results(points, workdir / RESULTS_PNG)
+        plotting.plot_sweep_curves([(_point_label(p), r) for p, r in curves], workdir / RESULTS_CURVES_PNG)
     (workdir / RESULTS_MD).write_text(results_table(rows, missing) + "\n", encoding="utf-8")
     return rows
 
 
+def _probe_run(
+    folder: pathlib.Path,
+    model: Any,
+    step: int,
+    sets: probes.ProbeSets,
+    steps: int,
+    phone_probe: Callable[..., probes.PhoneProbeReport],
+) -> probes.PhoneProbeReport:
+    """The run's phone probe report, from its `phone_probe.json` when that was made of the same
+    checkpoint step, probe sets and probe steps."""
+    key = {"step": step, "probe_sets": sets.fingerprint(), "probe_steps": steps}
+    cache = folder / PROBE_CACHE
+    if cache.is_file():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                return probes.PhoneProbeReport.from_dict(stored["report"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # an unreadable cache (a run killed while writing it) is computed again
+    report = phone_probe(model, sets, name="checkpoint", baselines=False, steps=steps)
+    temporary = cache.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"key": key, "report": report.to_dict()}, indent=1) + "\n", encoding="utf-8")
+    temporary.replace(cache)
+    return report
+
+
+def _probe_columns(report: probes.PhoneProbeReport) -> dict[str, Any]:
+    rows = report.rows("checkpoint")
+    best, last = report.best("checkpoint"), rows[-1]
+    return {
+        "probe_best_layer": best.layer,
+        "probe_best_unseen_voice": best.unseen_voice,
+        "probe_best_held_out_sentences": best.held_out_sentences,
+        "probe_last_layer": last.layer,
+        "probe_last_unseen_voice": last.unseen_voice,
+        "probe_last_held_out_sentences": last.held_out_sentences,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """A value over a point's seeds: the mean and the range [min, max]; NaN when any seed's is."""
+
+    mean: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        values = np.asarray(values, np.float64)
+        return cls(float(np.mean(values)), float(np.min(values)), float(np.max(values)))
+
+    def __str__(self) -> str:
+        if math.isnan(self.mean):
+            return "n/a"
+        if self.min == self.max:
+            return f"{self.mean:.4g}"
+        return f"{self.mean:.4g} [{self.min:.4g}, {self.max:.4g}]"
+
+
+def _point_label(point: Mapping[str, Any]) -> str:
+    """A point's short name without its seed, for legends: "G=2,V=320"."""
+    short = {"model.num_codevector_groups": "G", "model.num_codevectors_per_group": "V"}
+    return ",".join(
+        f"{short.get(path, path.rsplit('.', 1)[-1])}={value}" for path, value in point.items() if path != SEED_AXIS
+    )
+
+
+def _grid_axes(row: Mapping[str, Any]) -> list[str]:
+    # Grid values are the row's dotted config paths ("model.num_codevector_groups"); measured
+    # values have plain names.
+    return [key for key in row if "." in key]
+
+
+def summarize_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`collect_results` rows summarised per grid point over the `train.seed` axis.
+
+    Returns:
+      one dict per point, in the rows' order: its grid values but the seed, `codebook_size`,
+      `seeds` (those finished), a `Spread` for each `SUMMARY_METRICS` name the rows have, and with a
+      probe `probe_best_layer` (each seed's best layer, joined with "/" when they differ).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        point = tuple((axis, row[axis]) for axis in _grid_axes(row) if axis != SEED_AXIS)
+        groups.setdefault(point, []).append(row)
+    points = []
+    for point, members in groups.items():
+        summary: dict[str, Any] = dict(point)
+        summary["codebook_size"] = members[0]["codebook_size"]
+        summary["seeds"] = [m.get(SEED_AXIS) for m in members]
+        for name in SUMMARY_METRICS:
+            if name in members[0]:
+                summary[name] = Spread.of([m[name] for m in members])
+        if "probe_best_layer" in members[0]:
+            summary["probe_best_layer"] = "/".join(dict.fromkeys(m["probe_best_layer"] for m in members))
+        points.append(summary)
+    return points
+
+
 def results_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str] = ()) -> str:
-    """A markdown table of `collect_results` rows (floats with 4 significant digits)."""
+    """Markdown of `collect_results` rows: one line per grid point, each value as its mean over
+    seeds and, when seeds differ, their range: `mean [min, max]` (4 significant digits)."""
     if not rows:
         return "no finished points" + (f"; missing: {', '.join(missing)}" if missing else "")
-    names = list(rows[0])
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    points = summarize_seeds(rows)
+    axes = _grid_axes(points[0])
+    metrics = [name for name in SUMMARY_METRICS if name in points[0]]
+    titles = [axis.rsplit(".", 1)[-1] for axis in axes] + ["G x V", "seeds"]
+    titles += [SUMMARY_METRICS[name] for name in metrics]
+    if "probe_best_layer" in points[0]:
+        titles.append("probe: best layer")
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for point in points:
+        cells = [str(point[axis]) for axis in axes] + [str(point["codebook_size"]), str(len(point["seeds"]))]
+        cells += [str(point[name]) for name in metrics]
+        if "probe_best_layer" in point:
+            cells.append(point["probe_best_layer"])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        "\nValues: mean over the point's seeds, [min, max] when they differ; chance: the accuracy of a guess "
+        "among the distractors that count (one with its target's codewords is never counted); "
+        "per-seed values in results.csv."
+    )
     if missing:
         lines.append(f"\nnot finished: {', '.join(missing)}")
     return "\n".join(lines)

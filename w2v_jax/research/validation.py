@@ -31,7 +31,6 @@ def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, ne
     return out, counts
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ValidationMetrics:
     """The pretraining objective on held-out audio, evaluation mode.
@@ -40,7 +39,10 @@ class ValidationMetrics:
       loss, contrastive_loss, diversity_loss, feature_penalty: per masked frame (sums over
         batches / masked frames; loss includes the weighted diversity loss and feature penalty).
       accuracy: contrastive accuracy over every masked frame.
-      chance_accuracy: 1 / (1 + num_negatives).
+      chance_accuracy: the accuracy of a guess among each masked frame's target and the
+        distractors that count, averaged over masked frames (`chance_correct` of the model's
+        outputs): 1 / (1 + num_negatives) when no distractor has its target's codewords, more when
+        a small codebook makes them collide (such a distractor's logit is -inf).
       batch_perplexity: mean over batches of the model's code perplexity (over masked frames).
       code_perplexity: perplexity of the whole set's codeword histogram (every frame).
       codebook_usage: `[G, V]` int, how often each codeword was chosen (every frame).
@@ -74,7 +76,10 @@ def validation_metrics(
     config = model.config
     groups, num_vars = config.num_codevector_groups, config.num_codevectors_per_group
     key = jax.random.key(seed)
-    totals = dict(loss=0.0, contrastive_loss=0.0, diversity_loss=0.0, feature_penalty=0.0, correct=0.0, num_masked=0)
+    totals = dict(
+        loss=0.0, contrastive_loss=0.0, diversity_loss=0.0, feature_penalty=0.0, chance_correct=0.0, correct=0.0,
+        num_masked=0,
+    )
     usage = np.zeros((groups, num_vars), np.int64)
     perplexities, skipped, batch_index = [], 0, 0
     for chunk, x in equal_length_batches(waveforms, batch_size):
@@ -99,7 +104,7 @@ def validation_metrics(
         num_masked = int(out.num_masked)
         if num_masked == 0:
             continue
-        for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty"):
+        for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "chance_correct"):
             totals[name] += float(getattr(out, name))
         totals["correct"] += int(out.num_correct)
         totals["num_masked"] += num_masked
@@ -112,7 +117,7 @@ def validation_metrics(
         diversity_loss=totals["diversity_loss"] / masked,
         feature_penalty=totals["feature_penalty"] / masked,
         accuracy=totals["correct"] / masked,
-        chance_accuracy=1.0 / (1 + config.num_negatives),
+        chance_accuracy=totals["chance_correct"] / masked,
         batch_perplexity=float(np.mean(perplexities)) if perplexities else float("nan"),
         code_perplexity=float(code_perplexity(jnp.asarray(marginal, jnp.float32))),
         codebook_usage=usage,
