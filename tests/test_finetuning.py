@@ -167,7 +167,7 @@ def test_every_variant_builds_a_valid_model_config(variant):
     assert model_config.vocab_size == len(VOCABULARY)
     assert config.train.lr_schedule == "tri_stage" and config.data.pad
     optim.schedule_from_train_config(config.train)(0)
-    if variant != "tiny":
+    if variant in finetune_configs.RECIPES:
         num_steps, lr, freeze, *_ = finetune_configs.RECIPES[variant]
         assert (config.train.num_steps, config.train.learning_rate, config.train.freeze_finetune_updates) == (
             num_steps, lr, freeze)
