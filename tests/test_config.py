@@ -26,7 +26,7 @@ def _num_params_reference(config: Wav2Vec2Config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "base", "large"])
+@pytest.mark.parametrize("name", ["tiny", "mini", "small", "base", "large"])
 def test_preset_parameter_count_equals_transformers(name):
     config = Wav2Vec2Config.preset(name)
     assert _num_params_ours(config) == _num_params_reference(config)

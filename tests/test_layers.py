@@ -47,6 +47,22 @@ def test_scale_gradient_is_identity_forward_and_scales_backward():
     np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(scale_gradient(x, 0.1) ** 2))(x), 0.2 * x, rtol=1e-6)
 
 
+def test_zero_gradient_scale_prunes_the_backward_pass():
+    # A frozen feature encoder: exactly zero gradient, and no backward convolutions in the
+    # gradient's program (with any other scale the kernel's gradient needs one).
+    x = jnp.ones((1, 16, 2))
+    y = jnp.arange(16.0)
+    conv = lambda w: jax.lax.conv_general_dilated(x, w, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+
+    def loss(w, scale):
+        return jnp.sum(scale_gradient(conv(w), scale)) + jnp.sum(w) * jnp.sum(y)
+
+    w = jnp.ones((3, 2, 4))
+    np.testing.assert_array_equal(jax.grad(loss)(w, 0.0), np.full(w.shape, np.sum(y)))
+    convs = lambda scale: str(jax.make_jaxpr(jax.grad(lambda w: loss(w, scale)))(w)).count("conv_general_dilated")
+    assert convs(0.0) <= 1 < convs(0.5)  # at most the forward convolution
+
+
 def test_linear_and_layer_norm_match_numpy():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 6)).astype(np.float32) * 3 + 1

@@ -147,9 +147,19 @@ def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) ->
 
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
-    """Identity forward, gradient times `scale` backward (fairseq's GradMultiply)."""
+    """Identity forward, gradient times `scale` backward (fairseq's GradMultiply).
+
+    `scale == 0` (a frozen feature encoder) stops the gradient instead: the backward pass through
+    whatever produced `x` is then not computed at all, rather than computed and multiplied by 0.
+    """
+    if scale == 0:
+        return jax.lax.stop_gradient(x)
+    return _scale_gradient(x, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _scale_gradient(x: jax.Array, scale: float) -> jax.Array:
     return x
 
 
@@ -161,4 +171,4 @@ def _scale_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]
     return (g * scale,)
 
 
-scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+_scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
