@@ -131,8 +131,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     elif variant in ("mini", "mini_scratch"):
         # The low-resource comparison in miniature (README): the `mini` pretraining model
         # fine-tuned on the embedded corpus's letters, from a pretrained checkpoint (`mini`,
-        # fairseq's recipe: feature encoder frozen) or from random initialisation
-        # (`mini_scratch`: every part trains, at the learning rate that suits it best).
+        # fairseq's recipe in small: feature encoder frozen, the Transformer frozen for the first
+        # half, so that the head learns on the pretrained features before they move) or from random
+        # initialisation (`mini_scratch`: every part trains from the first update).
         model.mask_time_prob = 0.25
         model.mask_time_length = 5
         model.mask_time_min_masks = 0
@@ -143,6 +144,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         train.batch_size = 8
         train.num_steps = 600
         train.learning_rate = 1e-3
+        train.freeze_finetune_updates = 300
         train.log_every = 20
         train.eval_every = 100
         train.checkpoint_every = 100
@@ -152,6 +154,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         data.num_buckets = 2
         if variant == "mini_scratch":
             model.feature_grad_mult = 1.0
+            train.freeze_finetune_updates = 0
             train.learning_rate = 2e-3
     else:
         num_steps, lr, freeze, mask_prob, channel_prob, layerdrop = RECIPES[variant]
