@@ -47,6 +47,19 @@ def test_scale_gradient_is_identity_forward_and_scales_backward():
     np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(scale_gradient(x, 0.1) ** 2))(x), 0.2 * x, rtol=1e-6)
 
 
+def test_zero_scale_gives_a_zero_gradient_without_its_backward_pass():
+    """A frozen input (fine-tuning's feature encoder): no matmul transposed for a gradient known to be 0."""
+    x = jnp.arange(12.0).reshape(3, 4)
+    w = jnp.ones((4, 5))
+
+    def loss(w, scale):
+        return jnp.sum(scale_gradient(jnp.tanh(x @ w), scale)) + jnp.sum(w)
+
+    np.testing.assert_array_equal(jax.grad(loss)(w, 0.0), jnp.ones_like(w))
+    matmuls = {s: str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(w, s)).count("dot_general") for s in (0.0, 0.1)}
+    assert matmuls[0.0] < matmuls[0.1], matmuls
+
+
 def test_linear_and_layer_norm_match_numpy():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 6)).astype(np.float32) * 3 + 1

@@ -147,18 +147,29 @@ def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) ->
 
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
-    """Identity forward, gradient times `scale` backward (fairseq's GradMultiply)."""
+    """Identity forward, gradient times `scale` backward (fairseq's GradMultiply).
+
+    A zero scale stops the gradient: the same zero gradient, but the backward pass through what
+    made `x` is not computed at all (fairseq runs a frozen feature encoder under `torch.no_grad`),
+    where multiplying by zero left XLA computing it (measured: the README's fine-tuning benchmark).
+    """
+    if scale == 0.0:
+        return jax.lax.stop_gradient(x)
+    return _multiplied_gradient(x, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _multiplied_gradient(x: jax.Array, scale: float) -> jax.Array:
     return x
 
 
-def _scale_gradient_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, None]:
+def _multiplied_gradient_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, None]:
     return x, None
 
 
-def _scale_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]:
+def _multiplied_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]:
     return (g * scale,)
 
 
-scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+_multiplied_gradient.defvjp(_multiplied_gradient_fwd, _multiplied_gradient_bwd)
