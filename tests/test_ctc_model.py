@@ -20,7 +20,7 @@ from transformers.models.wav2vec2 import modeling_wav2vec2
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.convert import load_hf_checkpoint, params_to_hf
 from w2v_jax.ctc import ctc_loss_from_scratch
-from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask
+from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask, sample_training_masks
 
 # Measured (float32, CPU): at most 1.2e-6 relative over logits and losses, 4.6e-6 over the parameter
 # gradients (README, Fine-tuning); the bounds leave 2-4x.
@@ -123,9 +123,12 @@ def test_training_masks_match_transformers_mask_hidden_states():
     waveforms, attention_mask = _batch(padded=True)
     key = jax.random.key(7)
     out = model(waveforms, attention_mask, deterministic=False, key=key)
-    feature_mask = np.asarray(sample_feature_mask(key, config, 2))
-    time_mask = np.asarray(out.mask_time_indices)
+    # What tools feed another implementation (the PyTorch twin): the masks the model draws.
+    time_mask, feature_mask = map(np.asarray, sample_training_masks(key, config, 2, 24, out.logit_lengths))
+    np.testing.assert_array_equal(time_mask, out.mask_time_indices)
+    np.testing.assert_array_equal(feature_mask, sample_feature_mask(key, config, 2))
     assert feature_mask.any() and time_mask.any() and not feature_mask.all()
+    assert sample_training_masks(key, config.replace(mask_time_prob=0.0, mask_feature_prob=0.0), 2, 24) == (None, None)
 
     reference = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**config.to_hf_dict()))
     reference.load_state_dict({k: torch.tensor(v) for k, v in params_to_hf(nnx.state(model, nnx.Param)).items()})

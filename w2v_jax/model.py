@@ -19,8 +19,9 @@ holds the same encoder as `wav2vec2` beside `lm_head`:
 The losses are sums over the masked frames, as the reference's (divide by `num_masked` for "per
 masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the count `num_correct`.
 Masks, distractors and Gumbel noise are drawn inside jit from named sub-keys of `key` unless given
-explicitly; `sample_masks_and_negatives` and `sample_gumbel_noise` draw exactly what the model
-draws for a key, for tools that feed another implementation the same inputs.
+explicitly; `sample_masks_and_negatives`, `sample_gumbel_noise` and (fine-tuning's time and channel
+masks) `sample_training_masks` draw exactly what the model draws for a key, for tools that feed
+another implementation the same inputs.
 
 Distractor indices: inside the library `[batch, time, K]` frame indices within each utterance
 (`negative_indices=`). `sampled_negative_indices=` takes transformers' format instead (indices into
@@ -203,6 +204,40 @@ def sample_feature_mask(key: jax.Array, config: Wav2Vec2Config, batch_size: int)
         config.mask_feature_length,
         config.mask_feature_min_masks,
     )
+
+
+def sample_training_masks(
+    key: jax.Array,
+    config: Wav2Vec2Config,
+    batch_size: int,
+    num_frames: int,
+    frame_lengths: jax.Array | np.ndarray | None = None,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """The masks `Wav2Vec2Model` (so `Wav2Vec2ForCTC`) draws in training for `key` when given none.
+
+    Args:
+      key: the key the model gets.
+      config: the model's config (`mask_time_*`, `mask_feature_*`).
+      batch_size: B.
+      num_frames: T, `model.num_frames(samples)`.
+      frame_lengths: optional `[batch]` int real frames per utterance, from the attention mask the
+        model gets; None when it gets none.
+
+    Returns:
+      `(time mask [batch, time] bool, channel mask [batch, hidden] bool)`, each None when its
+      probability is 0 (the model then masks nothing there).
+    """
+    time_mask = feature_mask = None
+    if config.mask_time_prob > 0.0:
+        if frame_lengths is not None:
+            frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
+        check_mask_arguments(
+            (batch_size, num_frames), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+        )
+        time_mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
+    if config.mask_feature_prob > 0.0:
+        feature_mask = sample_feature_mask(key, config, batch_size)
+    return time_mask, feature_mask
 
 
 def sample_gumbel_noise(key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int) -> jax.Array:
