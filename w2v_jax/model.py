@@ -350,6 +350,13 @@ class Wav2Vec2Model(nnx.Module):
             )
         if not deterministic and key is None:
             raise ValueError("training mode (deterministic=False) needs a key (dropout, Gumbel noise, LayerDrop)")
+        config = self.config
+        if not deterministic and config.mask_feature_prob > 0.0:
+            # Before anything is computed: channel spans that can't be drawn are a config error.
+            check_mask_arguments(
+                (batch, config.hidden_size), config.mask_feature_prob, config.mask_feature_length,
+                config.mask_feature_min_masks,
+            )
         return time
 
     def padding_mask(self, attention_mask: jax.Array | None, num_frames: int) -> jax.Array | None:
