@@ -18,11 +18,11 @@ from w2v_jax.convert import (
     save_hf_checkpoint,
     save_processor_files,
 )
-from w2v_jax.ctc import greedy_decode
 from w2v_jax.data import default_manifest
 from w2v_jax.data.audio import load_audio
 from w2v_jax.data.labels import build_vocabulary
 from w2v_jax.data.manifest import read_manifest
+from w2v_jax.finetuning import transcribe
 from w2v_jax.model import Wav2Vec2ForCTC
 
 VOCABULARY = build_vocabulary(default_manifest("train"), "ltr")
@@ -55,10 +55,11 @@ def test_export_loads_in_transformers_and_its_pipeline_gives_our_transcripts(nor
 
     asr = transformers.pipeline("automatic-speech-recognition", model=str(tmp_path), device="cpu")
     manifest = read_manifest(default_manifest("valid"))
-    for index in range(3):
-        raw = load_audio(manifest.file_path(index), normalize_audio=False)
-        ours = model(load_audio(manifest.file_path(index))[None])
-        text = greedy_decode(ours.logits, ours.logit_lengths, VOCABULARY)[0]
+    paths = [manifest.file_path(index) for index in range(3)]
+    # Our transcripts: the model's greedy decoding, each utterance as if alone (`transcribe` is exact).
+    texts = transcribe(model, [load_audio(path) for path in paths], VOCABULARY)
+    for path, text in zip(paths, texts):
+        raw = load_audio(path, normalize_audio=False)
         assert len(set(text)) > 3  # not a degenerate all-blank transcript
         assert asr({"raw": raw, "sampling_rate": 16_000})["text"] == text
 

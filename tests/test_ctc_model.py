@@ -20,7 +20,7 @@ from transformers.models.wav2vec2 import modeling_wav2vec2
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.convert import load_hf_checkpoint, params_to_hf
 from w2v_jax.ctc import ctc_loss_from_scratch
-from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask
+from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask, sample_training_masks
 
 # Measured (float32, CPU): at most 1.2e-6 relative over logits and losses, 4.6e-6 over the parameter
 # gradients (README, Fine-tuning); the bounds leave 2-4x.
@@ -54,6 +54,9 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
     assert loaded_config == config and isinstance(model, Wav2Vec2ForCTC)
     waveforms, attention_mask = _batch(padded=name != "group_post_ln")
     graphdef, params = nnx.split(model, nnx.Param)
+    # Both reductions' outputs and gradients from one compiled function.
+    ours = jax.jit(lambda params: {r: _value_and_grad(config, r, params, waveforms, attention_mask)
+                                   for r in ("sum", "mean")})(params)
 
     errors, grad_errors = {}, {}
     for reduction in ("sum", "mean"):
@@ -67,13 +70,7 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
         out_ref.loss.backward()
         grads_ref = {k: p.grad.numpy().copy() for k, p in reference.named_parameters() if p.grad is not None}
 
-        graphdef_r = nnx.graphdef(nnx.eval_shape(lambda r=reduction: Wav2Vec2ForCTC(config.replace(ctc_loss_reduction=r))))
-
-        def loss(params, graphdef_r=graphdef_r):
-            out = nnx.merge(graphdef_r, params)(waveforms, attention_mask, LABELS)
-            return out.loss, out
-
-        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        out, grads = ours[reduction]
         grads = params_to_hf(grads, config)
         assert set(grads) == set(grads_ref) | {"wav2vec2.masked_spec_embed"}  # unused in eval: no torch grad
         errors["logits"] = _relative_error(out.logits, out_ref.logits.detach().numpy())
@@ -89,13 +86,31 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
     assert grad_errors[worst] < RTOL["gradients"], {k: v for k, v in grad_errors.items() if v >= RTOL["gradients"]}
 
 
+def _graphdef(config: Wav2Vec2Config, reduction: str) -> nnx.GraphDef:
+    return nnx.graphdef(nnx.eval_shape(lambda: Wav2Vec2ForCTC(config.replace(ctc_loss_reduction=reduction))))
+
+
+def _value_and_grad(config, reduction, params, waveforms, attention_mask):
+    """(output, gradient of the loss) of `config`'s model with `params` and `reduction`, in eval mode."""
+
+    def loss(params):
+        out = nnx.merge(_graphdef(config, reduction), params)(waveforms, attention_mask, LABELS)
+        return out.loss, out
+
+    (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return out, grads
+
+
 def test_loss_is_the_forward_algorithm_on_the_models_logits():
     """The model's loss against the NumPy forward-algorithm oracle on its own logits (both reductions)."""
     config = Wav2Vec2Config.preset("tiny", vocab_size=VOCAB, pad_token_id=3)
     waveforms, attention_mask = _batch(padded=True)
+    params = nnx.state(Wav2Vec2ForCTC(config, rngs=nnx.Rngs(0)), nnx.Param)
+    # Both reductions from one compiled function (eager mode compiles every operation).
+    outputs = jax.jit(lambda params: {r: nnx.merge(_graphdef(config, r), params)(waveforms, attention_mask, LABELS)
+                                      for r in ("sum", "mean")})(params)
     for reduction in ("sum", "mean"):
-        model = Wav2Vec2ForCTC(config.replace(ctc_loss_reduction=reduction), rngs=nnx.Rngs(0))
-        out = model(waveforms, attention_mask, LABELS)
+        out = outputs[reduction]
         log_probs = np.asarray(jax.nn.log_softmax(out.logits.astype(jnp.float32)), np.float64)
         losses, lengths = [], []
         for row, n, labels in zip(log_probs, np.asarray(out.logit_lengths), LABELS):
@@ -120,12 +135,17 @@ def test_training_masks_match_transformers_mask_hidden_states():
         feature_penalty_weight=0.0, feature_grad_mult=1.0,
     )
     model = Wav2Vec2ForCTC(config, rngs=nnx.Rngs(1))
+    graphdef, state = nnx.split(model)
     waveforms, attention_mask = _batch(padded=True)
     key = jax.random.key(7)
-    out = model(waveforms, attention_mask, deterministic=False, key=key)
-    feature_mask = np.asarray(sample_feature_mask(key, config, 2))
-    time_mask = np.asarray(out.mask_time_indices)
+    out = jax.jit(lambda state: nnx.merge(graphdef, state)(waveforms, attention_mask, deterministic=False, key=key))(
+        state)
+    # What tools feed another implementation (the PyTorch twin): the masks the model draws.
+    time_mask, feature_mask = map(np.asarray, sample_training_masks(key, config, 2, 24, out.logit_lengths))
+    np.testing.assert_array_equal(time_mask, out.mask_time_indices)
+    np.testing.assert_array_equal(feature_mask, sample_feature_mask(key, config, 2))
     assert feature_mask.any() and time_mask.any() and not feature_mask.all()
+    assert sample_training_masks(key, config.replace(mask_time_prob=0.0, mask_feature_prob=0.0), 2, 24) == (None, None)
 
     reference = transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(**config.to_hf_dict()))
     reference.load_state_dict({k: torch.tensor(v) for k, v in params_to_hf(nnx.state(model, nnx.Param)).items()})
@@ -140,11 +160,15 @@ def test_training_masks_match_transformers_mask_hidden_states():
         modeling_wav2vec2._compute_mask_indices = original
     assert _relative_error(out.logits, logits_ref.numpy()) < 5e-6  # the eval-mode bound above
     # Without the channel mask the output differs: the mask did something.
-    unmasked = model.wav2vec2.encode(
-        waveforms, model.wav2vec2.padding_mask(attention_mask, 24), out.mask_time_indices,
-        feature_mask=jnp.zeros((2, config.hidden_size), bool),
-    )
-    assert _relative_error(model.lm_head(unmasked.last_hidden_state), logits_ref.numpy()) > 1e-3
+    def without_channel_mask(state):
+        model = nnx.merge(graphdef, state)
+        unmasked = model.wav2vec2.encode(
+            waveforms, model.wav2vec2.padding_mask(attention_mask, 24), out.mask_time_indices,
+            feature_mask=jnp.zeros((2, config.hidden_size), bool),
+        )
+        return model.lm_head(unmasked.last_hidden_state)
+
+    assert _relative_error(jax.jit(without_channel_mask)(state), logits_ref.numpy()) > 1e-3
 
 
 def test_channel_mask_spans_follow_the_config():

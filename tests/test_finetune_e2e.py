@@ -32,7 +32,7 @@ OVERRIDES = [
     "--config.train.batch_size=4",
     "--config.train.log_every=10",
     "--config.train.eval_every=20",
-    "--config.train.checkpoint_every=20",
+    "--config.train.checkpoint_every=10",
 ]
 TIMING = {"audio_seconds_per_second", "steps_per_second"}
 
@@ -75,7 +75,8 @@ def test_launcher_writes_every_output(reference):
 
 
 def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tmp_path):
-    """The reference run with its last checkpoint removed resumes from step 20 and ends identical."""
+    """The reference run with its last checkpoint removed resumes from step 30 (after the validation at 20,
+    before the one at 40) and ends identical."""
     workdir = tmp_path / "resumed"
     shutil.copytree(reference, workdir)
     shutil.rmtree(workdir / "checkpoints" / str(NUM_STEPS))

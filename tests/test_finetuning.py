@@ -59,8 +59,20 @@ def _flat(params):
     return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(params)}
 
 
-def test_transformer_frozen_for_the_first_updates_feature_encoder_always():
-    graphdef, state, step = _setup(CONFIG, CTCObjective(freeze_finetune_updates=2, use_attention_mask=False))
+@pytest.fixture(scope="module")
+def ctc_training():
+    """One compiled CTC train step for the tests below (compiling it is most of their time): the
+    layer-norm model with the attention mask, dropout and masks off, the Transformer frozen for the
+    first 2 updates; its initial state on the host (the step donates the state it is given)."""
+    config = LAYER_CONFIG.replace(mask_time_prob=0.0, layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0,
+                                  activation_dropout=0.0, feat_proj_dropout=0.0)
+    graphdef, state, step = _setup(config, CTCObjective(freeze_finetune_updates=2, use_attention_mask=True))
+    return graphdef, jax.device_get(state), step
+
+
+def test_transformer_frozen_for_the_first_updates_feature_encoder_always(ctc_training):
+    _, initial, step = ctc_training
+    state = jax.tree.map(jnp.asarray, initial)
     key = jax.random.key(0)
     history = [_flat(state.params)]
     for _ in range(3):
@@ -79,15 +91,15 @@ def test_transformer_frozen_for_the_first_updates_feature_encoder_always():
             assert changed == [False, False, True], name
 
 
-def test_step_loss_is_the_sum_of_ctc_losses_over_utterances():
+def test_step_loss_is_the_sum_of_ctc_losses_over_utterances(ctc_training):
     """The logged loss is the summed CTC loss / utterances (fairseq's sentence_avg), the model's own
     "sum" loss with the attention mask (layer-norm model, eval mode: dropout and masks off)."""
-    config = LAYER_CONFIG.replace(mask_time_prob=0.0, layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0,
-                                  activation_dropout=0.0, feat_proj_dropout=0.0)
-    graphdef, state, step = _setup(config, CTCObjective(use_attention_mask=True))
+    graphdef, initial, step = ctc_training
+    state = jax.tree.map(jnp.asarray, initial)
     batch = _batch()
-    model = nnx.merge(graphdef, state.params, state.model_state)
-    expected = model(batch["input_values"], batch["attention_mask"], batch["labels"])
+    # Jitted: one compile instead of one per operation in eager mode.
+    expected = jax.jit(lambda params, model_state: nnx.merge(graphdef, params, model_state)(
+        batch["input_values"], batch["attention_mask"], batch["labels"]))(state.params, state.model_state)
     _, metrics = step(state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected.loss) / 4, rtol=1e-5)
     assert float(metrics["num_label_tokens"]) == int(expected.num_label_tokens)

@@ -29,6 +29,7 @@ uses each utterance's real frame count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -269,11 +270,20 @@ def transcribe_waveforms(
     return texts
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_logits(graphdef: nnx.GraphDef, state: nnx.State, input_values: jax.Array,
+                 attention_mask: jax.Array | None) -> jax.Array:
+    return nnx.merge(graphdef, state)(input_values, attention_mask).logits
+
+
 def model_forward(model: Wav2Vec2ForCTC) -> Forward:
-    """A jitted eval-mode `Forward` of a model."""
+    """A jitted eval-mode `Forward` of a model.
+
+    One compiled function for every model of the same structure (the graph definition is a static
+    argument): transcribing again, or with a reloaded checkpoint, reuses the compiles per input shape.
+    """
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, x, mask: nnx.merge(graphdef, state)(x, mask).logits)
-    return lambda x, mask: run(state, x, mask)
+    return lambda x, mask: _eval_logits(graphdef, state, x, mask)
 
 
 def transcribe(model: Wav2Vec2ForCTC, waveforms: Sequence[np.ndarray], vocabulary: Vocabulary,

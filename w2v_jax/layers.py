@@ -150,25 +150,26 @@ def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) ->
 def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
     """Identity forward, gradient times `scale` backward (fairseq's GradMultiply).
 
-    `scale == 0` (a frozen feature encoder) stops the gradient instead: the backward pass through
-    whatever produced `x` is then not computed at all, rather than computed and multiplied by 0.
+    A zero scale stops the gradient: the same zero gradient, but the backward pass through what
+    made `x` is not computed at all (fairseq runs a frozen feature encoder under `torch.no_grad`),
+    where multiplying by zero left XLA computing it (measured: the README's fine-tuning benchmark).
     """
-    if scale == 0:
+    if scale == 0.0:
         return jax.lax.stop_gradient(x)
-    return _scale_gradient(x, scale)
+    return _multiplied_gradient(x, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+def _multiplied_gradient(x: jax.Array, scale: float) -> jax.Array:
     return x
 
 
-def _scale_gradient_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, None]:
+def _multiplied_gradient_fwd(x: jax.Array, scale: float) -> tuple[jax.Array, None]:
     return x, None
 
 
-def _scale_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]:
+def _multiplied_gradient_bwd(scale: float, _: None, g: jax.Array) -> tuple[jax.Array]:
     return (g * scale,)
 
 
-_scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+_multiplied_gradient.defvjp(_multiplied_gradient_fwd, _multiplied_gradient_bwd)

@@ -21,8 +21,9 @@ masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the c
 and its chance level as `chance_correct` (a distractor with its target's codewords can't be picked,
 so chance is above 1 / (1 + K) when codebooks are small).
 Masks, distractors and Gumbel noise are drawn inside jit from named sub-keys of `key` unless given
-explicitly; `sample_masks_and_negatives` and `sample_gumbel_noise` draw exactly what the model
-draws for a key, for tools that feed another implementation the same inputs.
+explicitly; `sample_masks_and_negatives`, `sample_gumbel_noise` and (fine-tuning's time and channel
+masks) `sample_training_masks` draw exactly what the model draws for a key, for tools that feed
+another implementation the same inputs.
 
 Distractor indices: inside the library `[batch, time, K]` frame indices within each utterance
 (`negative_indices=`). `sampled_negative_indices=` takes transformers' format instead (indices into
@@ -220,6 +221,40 @@ def sample_feature_mask(key: jax.Array, config: Wav2Vec2Config, batch_size: int)
     )
 
 
+def sample_training_masks(
+    key: jax.Array,
+    config: Wav2Vec2Config,
+    batch_size: int,
+    num_frames: int,
+    frame_lengths: jax.Array | np.ndarray | None = None,
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """The masks `Wav2Vec2Model` (so `Wav2Vec2ForCTC`) draws in training for `key` when given none.
+
+    Args:
+      key: the key the model gets.
+      config: the model's config (`mask_time_*`, `mask_feature_*`).
+      batch_size: B.
+      num_frames: T, `model.num_frames(samples)`.
+      frame_lengths: optional `[batch]` int real frames per utterance, from the attention mask the
+        model gets; None when it gets none.
+
+    Returns:
+      `(time mask [batch, time] bool, channel mask [batch, hidden] bool)`, each None when its
+      probability is 0 (the model then masks nothing there).
+    """
+    time_mask = feature_mask = None
+    if config.mask_time_prob > 0.0:
+        if frame_lengths is not None:
+            frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
+        check_mask_arguments(
+            (batch_size, num_frames), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+        )
+        time_mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
+    if config.mask_feature_prob > 0.0:
+        feature_mask = sample_feature_mask(key, config, batch_size)
+    return time_mask, feature_mask
+
+
 def sample_gumbel_noise(key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int) -> jax.Array:
     """The standard Gumbel noise `[batch, time, G, V]` (float32) the quantizer adds in training for `key`."""
     shape = (batch_size, num_frames, config.num_codevector_groups, config.num_codevectors_per_group)
@@ -330,6 +365,13 @@ class Wav2Vec2Model(nnx.Module):
             )
         if not deterministic and key is None:
             raise ValueError("training mode (deterministic=False) needs a key (dropout, Gumbel noise, LayerDrop)")
+        config = self.config
+        if not deterministic and config.mask_feature_prob > 0.0:
+            # Before anything is computed: channel spans that can't be drawn are a config error.
+            check_mask_arguments(
+                (batch, config.hidden_size), config.mask_feature_prob, config.mask_feature_length,
+                config.mask_feature_min_masks,
+            )
         return time
 
     def padding_mask(self, attention_mask: jax.Array | None, num_frames: int) -> jax.Array | None:

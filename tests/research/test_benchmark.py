@@ -17,6 +17,8 @@ from flax import nnx
 from w2v_jax import host_memory
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import finetune as finetune_configs
+from w2v_jax.finetuning import CTCObjective
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import benchmark
 
@@ -112,6 +114,41 @@ def test_launcher_prints_sane_fields_for_both_frameworks():
     ratio = float(lines[-1].removeprefix("ratio="))
     assert lines[-1].startswith("ratio=")
     np.testing.assert_allclose(ratio, float(ours["audio_s_per_s"]) / float(reference["audio_s_per_s"]), rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_finetuning_benchmark_times_the_ctc_step_against_transformers_ctc_model():
+    """The fine-tune tiny config (dropout off, so both sides compute the same): our CTC train step and
+    the twin's `Wav2Vec2ForCTC` step on the same batch, labels, weights and masks."""
+    config = finetune_configs.get_config("tiny")
+    with config.unlocked():
+        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout"):
+            config.model[name] = 0.0
+    settings = benchmark.BenchmarkSettings(batch_size=2, seconds=1.0, steps=1, warmup=1)
+    task = benchmark.benchmark_task(config)
+    assert task.name == "finetune" and isinstance(task.hparams.objective, CTCObjective)
+    assert task.model_config.vocab_size == len(task.vocabulary) and task.model_config.layerdrop == 0.0
+    batch = benchmark.make_batch(task, settings)
+    labels = batch["labels"]
+    # 15 letters per second of audio, none of them special tokens.
+    assert labels.shape == (2, 15) and batch["attention_mask"].all()
+    special = [task.vocabulary.token_to_id[token] for token in ("<pad>", "<s>", "</s>", "<unk>")]
+    assert not np.isin(labels, special).any()
+
+    result = benchmark.run_benchmark(config, settings, vs_pytorch=True)
+    lines = result.lines()
+    header = _fields(lines[0])
+    assert (header["task"], header["labels"], header["vocab"]) == ("finetune", "15", str(len(task.vocabulary)))
+    assert result.reference.flops_per_step == result.ours.flops_per_step > 0
+    # Same weights, batch and masks, no dropout: the losses agree to float32 rounding (the CTC
+    # model's parity bound, tests/test_ctc_model.py).
+    np.testing.assert_allclose(result.first_losses["w2v_jax"], result.first_losses["pytorch"], rtol=5e-6)
+    assert result.first_losses["w2v_jax"] > 0
+    assert any(line.startswith("first step's loss per utterance:") for line in lines)
+    np.testing.assert_allclose(float(lines[-1].removeprefix("ratio=")), result.ratio, rtol=1e-3)
+    np.testing.assert_allclose(
+        result.ratio, result.reference.median_step_seconds / result.ours.median_step_seconds, rtol=1e-12
+    )
 
 
 @pytest.mark.slow

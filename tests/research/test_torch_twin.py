@@ -1,4 +1,7 @@
-"""w2v_jax.research.torch_twin: the PyTorch twin set up like our training (weights, noise, optimizer)."""
+"""w2v_jax.research.torch_twin: the PyTorch twin set up like our training (weights, noise, optimizer),
+for pretraining and CTC fine-tuning."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -6,15 +9,18 @@ import numpy as np
 import optax
 import pytest
 import torch
+import transformers
 from flax import nnx
 
-from w2v_jax import optim
+from w2v_jax import convert, optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.research import torch_twin
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import sample_negative_indices
+from w2v_jax.data.vocabulary import Vocabulary
+from w2v_jax.finetuning import CTCObjective
 from w2v_jax.masking import compute_mask_indices
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, sample_training_masks
 from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
 
 
@@ -30,6 +36,10 @@ def test_comparable_config_turns_off_what_torch_cannot_share(config):
     tiny = Wav2Vec2Config.preset("tiny")
     assert (config.num_codevector_groups, config.mask_time_prob) == (tiny.num_codevector_groups, tiny.mask_time_prob)
     torch_twin.check_comparable(config)
+    # A frozen feature encoder (fine-tuning's feature_grad_mult = 0) is transformers' freeze_feature_encoder.
+    frozen = torch_twin.comparable_config(tiny.replace(feature_grad_mult=0.0, final_dropout=0.1))
+    assert frozen.feature_grad_mult == 0.0 and frozen.final_dropout == 0.0
+    torch_twin.check_comparable(frozen)
 
 
 @pytest.mark.parametrize(
@@ -143,3 +153,82 @@ def test_temperature_is_our_float32_schedule(config):
     for step in (0, 7, 1000):
         expected = max(2.0 * 0.99**step, 0.5)
         assert trainer.temperature(step) == pytest.approx(expected, rel=1e-6)
+
+
+# CTC fine-tuning: a layer-norm model (LARGE's layout: attention mask, padded batch), masks in time
+# and channels, the feature encoder frozen, the Transformer frozen for the first update. (The
+# group-norm layout without attention mask, BASE's, is the benchmark's tiny fine-tuning test.)
+CTC_VOCABULARY = Vocabulary.from_symbols("abcdefgh")
+CTC_CONFIG = torch_twin.comparable_config(Wav2Vec2Config.preset(
+    "tiny", vocab_size=len(CTC_VOCABULARY), feature_grad_mult=0.0, mask_time_prob=0.3, mask_time_length=3,
+    mask_feature_prob=0.3, mask_feature_length=4, ctc_zero_infinity=True, feat_extract_norm="layer", conv_bias=True,
+    do_stable_layer_norm=True,
+))
+
+
+def _ctc_batch(padded: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    lengths = np.array([8000, 5600 if padded else 8000])
+    attention_mask = (np.arange(8000)[None, :] < lengths[:, None]).astype(np.int32)
+    labels = np.array([[5, 6, 6, 7, 9, 12], [8, 5, 10, -100, -100, -100]], np.int32)
+    waveforms = (rng.standard_normal((2, 8000)) * attention_mask).astype(np.float32)
+    return {"input_values": waveforms, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_ctc_steps_match_our_train_step():
+    """Three updates of the twin's CTC step and ours from the same weights on the same padded batch and
+    masks: the same loss, gradient norm and learning rate at each, the same parameters frozen and updated."""
+    config = CTC_CONFIG
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    settings = optim.OptimizerSettings(eps=1e-8, weight_decay=0.0, max_grad_norm=0.0)  # fairseq's fine-tuning
+    objective = CTCObjective(freeze_finetune_updates=1, use_attention_mask=True)
+    hparams = train_lib.StepHyperparams(learning_rate=optim.tri_stage_schedule(1e-2, 10), objective=objective)
+    optimizer = optim.make_optimizer(**dataclasses.asdict(settings))
+    graphdef, state, shardings = train_lib.create_train_state(config, optimizer, seed=0, mesh=mesh,
+                                                              model_class=Wav2Vec2ForCTC)
+    train_step = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
+    initial = convert.params_to_hf(state.params, config)
+    twin = torch_twin.ReferenceTrainer(config, jax.device_get(state.params), settings, hparams)
+    batch = _ctc_batch(padded=True)
+    num_frames = nnx.eval_shape(lambda: Wav2Vec2ForCTC(config)).num_frames
+    frames, lengths = num_frames(8000), num_frames(batch["attention_mask"].sum(-1))
+    key = jax.random.key(0)
+    sample_masks = jax.jit(sample_training_masks, static_argnums=(1, 2, 3))
+    for step in range(3):
+        time_mask, feature_mask = sample_masks(train_lib.model_key(key, step, 0), config, 2, frames, lengths)
+        assert np.asarray(time_mask).any() and np.asarray(feature_mask).any()
+        state, ours = train_step(state, batch, key)
+        theirs = twin.step_ctc(batch, np.asarray(time_mask), np.asarray(feature_mask))
+        # Measured over five updates (and of a group-norm model): at most 2.2e-7 (loss) and 2.0e-6
+        # (gradient norm) relative, float32 rounding of the same computation (tests/test_ctc_model.py).
+        for name, rtol in (("loss", 1e-6), ("grad_norm", 5e-6)):
+            np.testing.assert_allclose(float(ours[name]), theirs[name], rtol=rtol, err_msg=f"{name} at step {step}")
+        assert float(ours["learning_rate"]) == pytest.approx(theirs["learning_rate"], rel=1e-6)
+        assert (float(ours["num_utterances"]), float(ours["num_label_tokens"])) == (
+            theirs["num_utterances"], theirs["num_label_tokens"])
+        ours_now = convert.params_to_hf(state.params, config)
+        theirs_now = {k: p.detach().numpy() for k, p in twin.model.named_parameters()}
+        for name, value in initial.items():
+            changed = {"ours": not np.array_equal(ours_now[name], value),
+                       "pytorch": not np.array_equal(theirs_now[name], value)}
+            if name.startswith("lm_head"):
+                expected = True
+            elif name.startswith("wav2vec2.feature_extractor") or step == 0:
+                expected = False  # feature_grad_mult = 0; the Transformer frozen for one update
+            else:
+                continue  # learns from step 1 (some parameters have exactly zero gradient)
+            assert changed == {"ours": expected, "pytorch": expected}, (name, step)
+
+
+def test_ctc_twin_refuses_what_it_cannot_reproduce():
+    config = CTC_CONFIG
+    params = nnx.state(Wav2Vec2ForCTC(config, rngs=nnx.Rngs(0)), nnx.Param)
+    hparams = train_lib.StepHyperparams(lambda step: 1e-3, objective=CTCObjective(use_attention_mask=False))
+    twin = torch_twin.ReferenceTrainer(config, params, optim.OptimizerSettings(), hparams)
+    with pytest.raises(ValueError, match="padded batch without the attention mask"):
+        twin.step_ctc(_ctc_batch(padded=True))
+    with pytest.raises(ValueError, match="call update_ctc"):
+        twin.update(torch.zeros(2, 8000), torch.zeros(2, 24, dtype=torch.bool), torch.zeros(2, 24, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(2, 32\) channel mask, transformers asked for \(2, 24\)"):
+        with torch_twin.supplied_feature_mask(np.zeros((2, 32), bool)):
+            transformers.models.wav2vec2.modeling_wav2vec2._compute_mask_indices((2, 24), 0.5, 2)

@@ -1,13 +1,16 @@
 """Training-step benchmark: w2v_jax beside transformers' PyTorch model, same config, batch and masks.
 
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:small --batch=4 --seconds=4 --vs-pytorch
+    python -m experiments.benchmark --config=experiments/configs/finetune.py:tiny --vs-pytorch
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --steps=5 --precision=bfloat16
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat-memory
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup=2 --steps=3 --profile=/tmp/prof
 
 Prints one line per framework (median step time, audio-seconds per second, model FLOPs per step,
 achieved FLOP/s, MFU against a matmul peak measured in the same run, compile time, memory), then
-`ratio=X`: our throughput over the reference's. `--remat-memory` compiles the step without and
+`ratio=X`: our throughput over the reference's. A fine-tune config times the CTC fine-tuning step
+(`Wav2Vec2ForCTC`, labels, the frozen parameters and optimizer of the config) against
+transformers' `Wav2Vec2ForCTC` with torch's AdamW. `--remat-memory` compiles the step without and
 with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
 (activation memory) and for the whole train step. `--profile` traces our step with `jax.profiler`
 and prints its busiest XLA operations. All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
@@ -20,7 +23,7 @@ from w2v_jax.cli import launch
 from w2v_jax.configs import define_config_flag
 from w2v_jax.research import benchmark, profiling
 
-_CONFIG = define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.")
+_CONFIG = define_config_flag("config", "pretrain.py:tiny", "Pretrain or fine-tune config file, `path:variant`.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Utterances per step.")
 _SECONDS = flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")

@@ -2,17 +2,24 @@
 
 `run_benchmark` times, in one process and on one device, warm-up then `steps` full training
 updates (forward, backward, optimizer) of the two below; the timed steps alternate between them,
-so a shared machine's changing load hits both alike:
+so a shared machine's changing load hits both alike. What is trained is the config's task, set up
+by the trainer's own `Task` (`benchmark_task`): pretraining, or CTC fine-tuning for a
+`w2v_jax/configs/finetune.py` config (its vocabulary, model, objective, optimizer and `init`).
 
-- w2v_jax: `train_step.train_step` (the trainer's step: masks, distractors and Gumbel noise sampled on
-  the device from the step's key, donated state), compiled ahead of time once for the batch
-  shape, so the timed loop cannot recompile;
+- w2v_jax: `train_step.train_step` with the task's objective (the trainer's step: masks,
+  distractors and Gumbel noise sampled on the device from the step's key, donated state),
+  compiled ahead of time once for the batch shape, so the timed loop cannot recompile;
 - the reference (with `vs_pytorch`): the PyTorch twin (`torch_twin.ReferenceTrainer`:
-  transformers' `Wav2Vec2ForPreTraining` with the same config and initial weights, switched to
-  PyTorch's fused `scaled_dot_product_attention` so it runs at its best, the gradient divided by
-  the number of masked frames as ours, our clipping and `torch.optim.AdamW` with our recipe's
-  hyper-parameters), fed the batch, span masks and distractors our step draws (the same keys
-  re-derived on the host; the masked-frame counts of both are checked to agree).
+  transformers' `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC` with the same config and initial
+  weights, switched to PyTorch's fused `scaled_dot_product_attention` so it runs at its best, the
+  gradient normalised as ours, our clipping and `torch.optim.AdamW` with our recipe's
+  hyper-parameters, the same frozen parameters), fed the batch and the masks (and distractors)
+  our step draws (the same keys re-derived on the host). Pretraining: the masked-frame counts of
+  both are checked to agree. Fine-tuning: the first step's losses are printed side by side (equal
+  up to float32 rounding when the config has no dropout, which torch draws from its own generator).
+
+The batch is unit-variance noise, every utterance `seconds` long; fine-tuning adds random labels
+from the vocabulary at `LETTERS_PER_SECOND`.
 
 Both run the same work per step: the config's LayerDrop is set to 0 (a random number of skipped
 layers would make step times random); dropouts stay as configured on both sides.
@@ -35,6 +42,7 @@ import pathlib
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,16 +51,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from w2v_jax import host_memory, optim, sharding
 from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForPreTraining, sample_masks_and_negatives
+from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
+from w2v_jax.finetuning import FineTuningTask
+from w2v_jax.model import sample_masks_and_negatives, sample_training_masks
 from w2v_jax.reference import import_reference
+from w2v_jax.trainer import PretrainingTask
 
 SAMPLE_RATE = 16_000
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
+# Letters and word delimiters per second of read speech (LibriSpeech: about 2.7 words of 4-5 letters).
+LETTERS_PER_SECOND = 15.0
 _MIB = 2**20
 
 
@@ -162,6 +176,76 @@ def make_waveforms(settings: BenchmarkSettings) -> np.ndarray:
     return rng.standard_normal((settings.batch_size, settings.num_samples), dtype=np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchmarkTask:
+    """What is trained, as the trainer's `Task` for the config sets it up (`benchmark_task`).
+
+    Attributes:
+      name: the task's name ("pretrain" or "finetune").
+      model_config: the model, LayerDrop 0 (`benchmark_config`).
+      model_class: `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC`.
+      optimizer, hparams: the task's optimizer and step settings (its objective).
+      optimizer_settings: the optimizer's settings, for the PyTorch twin.
+      initial_state: the task's state of a fresh run (fine-tuning: `init`'s encoder put in).
+      vocabulary: the CTC head's tokens (fine-tuning), else None.
+    """
+
+    name: str
+    model_config: Wav2Vec2Config
+    model_class: type[nnx.Module]
+    optimizer: optax.GradientTransformation
+    hparams: train_lib.StepHyperparams
+    optimizer_settings: optim.OptimizerSettings
+    initial_state: Callable[[train_lib.TrainState], train_lib.TrainState]
+    vocabulary: Vocabulary | None = None
+
+    def num_frames(self, num_samples: int) -> int:
+        return int(nnx.eval_shape(lambda: self.model_class(self.model_config)).num_frames(num_samples))
+
+
+def benchmark_task(config: ml_collections.ConfigDict) -> BenchmarkTask:
+    """The task of a run config, set up by the trainer's `Task` as for a fresh run (nothing written).
+
+    A fine-tuning config (`w2v_jax/configs/finetune.py`, which has `data.labels`) is set up by
+    `finetuning.FineTuningTask`: its vocabulary (from the training labels or `data.vocabulary`),
+    model (`init`'s architecture when given), `CTCObjective` and optimizer; any other config by
+    `trainer.PretrainingTask`.
+    """
+    task = FineTuningTask() if "labels" in config.data else PretrainingTask()
+    with tempfile.TemporaryDirectory() as workdir:
+        task.prepare(config, pathlib.Path(workdir), primary=False)  # not primary: writes nothing
+    optimizer, hparams = task.optimizer_and_hyperparams(config)
+    return BenchmarkTask(
+        name=task.name,
+        model_config=benchmark_config(task.model_config(config)),
+        model_class=task.model_class,
+        optimizer=optimizer,
+        hparams=hparams,
+        optimizer_settings=optim.OptimizerSettings.from_train_config(config.train),
+        initial_state=task.initial_state,
+        vocabulary=getattr(task, "vocabulary", None),
+    )
+
+
+def make_batch(task: BenchmarkTask, settings: BenchmarkSettings) -> dict[str, np.ndarray]:
+    """The benchmark's batch: `make_waveforms`, and for fine-tuning the attention mask (every sample
+    real) and labels `[batch, labels]`: random symbols of the vocabulary (no special token),
+    `LETTERS_PER_SECOND` of audio, at most half the frames (so every alignment exists)."""
+    waveforms = make_waveforms(settings)
+    if task.vocabulary is None:
+        return {"input_values": waveforms}
+    vocabulary = task.vocabulary
+    special = {vocabulary.pad_token, vocabulary.unk_token, BOS, EOS}
+    symbols = np.array([i for i, token in enumerate(vocabulary.tokens) if token not in special])
+    num_labels = max(1, min(round(LETTERS_PER_SECOND * settings.seconds), task.num_frames(settings.num_samples) // 2))
+    rng = np.random.default_rng(settings.seed + 1)
+    return {
+        "input_values": waveforms,
+        "attention_mask": np.ones(waveforms.shape, np.int32),
+        "labels": rng.choice(symbols, (settings.batch_size, num_labels)).astype(np.int32),
+    }
+
+
 def matmul_peak_flops(device: jax.Device, dtype: jnp.dtype, size: int | None = None, repeats: int = 10) -> float:
     """FLOP/s of the best of `repeats` timed `[n, n] @ [n, n]` products on `device`.
 
@@ -226,33 +310,32 @@ class CompiledStep:
 
 
 def compile_train_step(
-    model_config: Wav2Vec2Config,
-    train: ml_collections.ConfigDict,
-    settings: BenchmarkSettings,
-    device: jax.Device,
+    task: BenchmarkTask, settings: BenchmarkSettings, device: jax.Device
 ) -> tuple[CompiledStep, train_lib.TrainState]:
-    """Creates the train state on `device` and compiles `train_step.train_step` ahead of time for the batch.
+    """Creates the task's train state on `device` and compiles `train_step.train_step` ahead of time
+    for the batch (`make_batch`'s shapes).
 
     Returns:
       (the compiled step, the initial state).
     """
     mesh = sharding.make_mesh(devices=[device])
-    optimizer, hparams = train_lib.optimizer_and_hyperparams(train)
     graphdef, state, state_shardings = train_lib.create_train_state(
-        model_config,
-        optimizer,
+        task.model_config,
+        task.optimizer,
         seed=settings.seed,
         mesh=mesh,
         dtype=PRECISIONS[settings.precision],
         remat=settings.remat,
+        model_class=task.model_class,
     )
+    state = task.initial_state(state)
     step = jax.jit(
-        functools.partial(train_lib.train_step, graphdef=graphdef, optimizer=optimizer, hparams=hparams),
+        functools.partial(train_lib.train_step, graphdef=graphdef, optimizer=task.optimizer, hparams=task.hparams),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
-    batch = {"input_values": jax.ShapeDtypeStruct((settings.batch_size, settings.num_samples), jnp.float32)}
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in make_batch(task, settings).items()}
     key = jax.random.key(settings.seed)
     start = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
@@ -281,29 +364,24 @@ def _describe(device: jax.Device) -> str:
 class JaxRunner:
     """Our train step, compiled ahead of time for the benchmark batch; `step()` runs one update."""
 
-    def __init__(
-        self,
-        model_config: Wav2Vec2Config,
-        train: ml_collections.ConfigDict,
-        settings: BenchmarkSettings,
-        device: jax.Device,
-    ):
+    def __init__(self, task: BenchmarkTask, settings: BenchmarkSettings, device: jax.Device):
         self.device = device
-        self.compiled, self.state = compile_train_step(model_config, train, settings, device)
+        self.compiled, self.state = compile_train_step(task, settings, device)
         # Host copies, taken before the first step donates the state: the reference starts from them.
         self.initial_params = jax.device_get(self.state.params)
-        self.batch = {"input_values": jax.device_put(make_waveforms(settings), device)}
+        self.batch = {k: jax.device_put(v, device) for k, v in make_batch(task, settings).items()}
         self.key = jax.random.key(settings.seed)
-        self.num_masked: list[jax.Array] = []
+        self.metrics: list[dict[str, jax.Array]] = []
 
     def step(self) -> None:
         """One update, waited for (the timing needs it; the trainer's loop doesn't wait)."""
         self.state, metrics = self.compiled.run(self.state, self.batch, self.key)
-        self.num_masked.append(metrics["num_masked"])
+        self.metrics.append(metrics)
         jax.block_until_ready(self.state)
 
-    def masked_counts(self) -> list[int]:
-        return [int(n) for n in jax.device_get(self.num_masked)]
+    def values(self, name: str) -> list[float]:
+        """A metric of every step so far (e.g. "num_masked", "loss")."""
+        return [float(m[name]) for m in jax.device_get(self.metrics)]
 
     def memory(self, peak_rss: int) -> tuple[dict[str, int], str]:
         memory = xla_memory(self.compiled.memory)
@@ -323,41 +401,68 @@ class TorchRunner:
     tests use eager) and, for bfloat16, `torch.autocast`.
     """
 
-    def __init__(
-        self, model_config: Wav2Vec2Config, train: ml_collections.ConfigDict, settings: BenchmarkSettings, params: Any
-    ):
+    def __init__(self, task: BenchmarkTask, settings: BenchmarkSettings, params: Any):
         torch = import_reference("torch", "benchmark --vs-pytorch")
         from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.trainer = ReferenceTrainer(
-            model_config,
+            task.model_config,
             params,
-            optim.OptimizerSettings.from_train_config(train),
-            train_lib.step_hyperparams(train),
+            task.optimizer_settings,
+            task.hparams,
             device=self.device,
             attention="sdpa",
             autocast_dtype=torch.bfloat16 if settings.precision == "bfloat16" else None,
         )
-        self.waveforms = torch.from_numpy(make_waveforms(settings)).to(self.device)
-        frames = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config)).num_frames(settings.num_samples)
+        self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v).to(self.device)
+                      for k, v in make_batch(task, settings).items()}
+        model_config, rows, frames = task.model_config, settings.batch_size, task.num_frames(settings.num_samples)
         key = jax.random.key(settings.seed)
         # Drawn before any timing (with JAX on the host), so a timed step is PyTorch work only.
-        self.inputs = []
+        self.inputs: list[dict[str, Any]] = []
         for step in range(settings.warmup + settings.steps):
-            mask, negatives = step_masks(model_config, key, step, settings.batch_size, frames)
-            flat = torch.from_numpy(flat_negative_indices(negatives))
-            self.inputs.append((torch.from_numpy(mask.copy()).to(self.device), flat.to(self.device)))
-        self.num_masked: list[int] = []
+            if self.trainer.is_ctc:
+                # The model sees the attention mask (so its real frame counts) only when the objective passes it.
+                lengths = np.full(rows, frames) if task.hparams.objective.use_attention_mask else None
+                time_mask, feature_mask = sample_training_masks(
+                    train_lib.model_key(key, step, 0), model_config, rows, frames, lengths
+                )
+                if time_mask is not None:
+                    time_mask = torch.from_numpy(np.array(time_mask)).to(self.device)
+                self.inputs.append({
+                    "mask_time_indices": time_mask,
+                    "feature_mask": None if feature_mask is None else np.array(feature_mask),
+                })
+            else:
+                mask, negatives = step_masks(model_config, key, step, rows, frames)
+                self.inputs.append({
+                    "mask_time_indices": torch.from_numpy(mask.copy()).to(self.device),
+                    "flat_negatives": torch.from_numpy(flat_negative_indices(negatives)).to(self.device),
+                })
+        self.updates: list[Any] = []
 
     def step(self) -> None:
-        """One update on the masks and distractors our step draws at the same step number."""
-        mask, negatives = self.inputs[self.trainer.step_count]
-        update = self.trainer.update(self.waveforms, mask, negatives)
+        """One update on the masks (and distractors) our step draws at the same step number."""
+        inputs = self.inputs[self.trainer.step_count]
+        if self.trainer.is_ctc:
+            update = self.trainer.update_ctc(
+                self.batch["input_values"], self.batch["labels"], self.batch["attention_mask"], **inputs
+            )
+        else:
+            update = self.trainer.update(self.batch["input_values"], **inputs)
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
-        self.num_masked.append(int(update.num_masked))
+        self.updates.append(update)
+
+    def values(self, name: str) -> list[float]:
+        """"num_masked" (pretraining) or "loss" (per masked frame or per utterance, as our step's) of every step."""
+        if name == "num_masked" and not self.trainer.is_ctc:
+            return [u.normalizer for u in self.updates]
+        if name == "loss":
+            return [u.outputs.loss.item() / u.normalizer for u in self.updates]
+        raise ValueError(f"no reference value {name!r} for this task")
 
     def describe(self) -> str:
         if self.device.type == "cuda":
@@ -406,12 +511,18 @@ def time_interleaved(
 
 @dataclasses.dataclass
 class BenchmarkResult:
-    """`run_benchmark`'s measurements: ours, the reference's (or None), whether the masks agreed."""
+    """`run_benchmark`'s measurements: ours, the reference's (or None), and the inputs check.
+
+    Attributes:
+      masks_agree: pretraining: whether both sides masked as many frames at every step.
+      first_losses: fine-tuning: the first step's loss per utterance, {framework: loss}.
+    """
 
     header: str
     ours: StepTimings
     reference: StepTimings | None = None
     masks_agree: bool | None = None
+    first_losses: dict[str, float] | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -425,7 +536,15 @@ class BenchmarkResult:
         lines = [self.header, self.ours.line()]
         if self.reference is not None:
             lines.append(self.reference.line())
-            lines.append(f"same masks and distractors on both sides: {self.masks_agree}")
+            if self.masks_agree is not None:
+                lines.append(f"same masks and distractors on both sides: {self.masks_agree}")
+            if self.first_losses is not None:
+                ours, theirs = self.first_losses["w2v_jax"], self.first_losses["pytorch"]
+                lines.append(
+                    f"first step's loss per utterance: w2v_jax={ours:.7g} pytorch={theirs:.7g} "
+                    f"relative_gap={abs(ours - theirs) / abs(theirs):.2e} (same batch, weights and masks; "
+                    "dropout, if any, differs)"
+                )
             lines.append(f"ratio={self.ratio:.3f}")
         return lines
 
@@ -442,8 +561,8 @@ def run_benchmark(
     Both warm up first; then their timed steps alternate (`time_interleaved`).
 
     Args:
-      config: a pretrain config (`w2v_jax/configs/pretrain.py`): `model.*` and the `train.*`
-        optimizer and schedule fields are used.
+      config: a pretrain or fine-tune config (`w2v_jax/configs/{pretrain,finetune}.py`; see
+        `benchmark_task`): the task's model, objective, optimizer and schedule are used.
       settings: batch, steps, precision, remat.
       vs_pytorch: also time transformers' model with torch's AdamW.
       device: where our step runs (default: the first device).
@@ -451,7 +570,8 @@ def run_benchmark(
     Returns:
       the measurements; `lines()` is the report.
     """
-    model_config = benchmark_config(Wav2Vec2Config.from_run_config(config))
+    task = benchmark_task(config)
+    model_config = task.model_config
     device = device or jax.devices()[0]
     dtype = PRECISIONS[settings.precision] or jnp.float32
     # The best matmul rate seen during the run: sampled before and after every round of steps,
@@ -463,11 +583,11 @@ def run_benchmark(
             target = device if name == device.platform else jax.devices(name)[0]
             peak[name] = max(peak[name], matmul_peak_flops(target, dtype, repeats=5))
 
-    ours = JaxRunner(model_config, config.train, settings, device)
+    ours = JaxRunner(task, settings, device)
     steps = {"w2v_jax": ours.step}
     reference = None
     if vs_pytorch:
-        reference = TorchRunner(model_config, config.train, settings, ours.initial_params)
+        reference = TorchRunner(task, settings, ours.initial_params)
         steps["pytorch"] = reference.step
         reference_platform = "gpu" if reference.device.type == "cuda" else "cpu"
         if reference_platform not in peak:
@@ -481,11 +601,13 @@ def run_benchmark(
 
     audio_seconds = settings.batch_size * settings.seconds
     memory, source = ours.memory(peak_rss["w2v_jax"])
+    labels = ours.batch.get("labels")
     header = (
-        f"config={config.get('variant', '?')} layers={model_config.num_hidden_layers} "
+        f"config={config.get('variant', '?')} task={task.name} layers={model_config.num_hidden_layers} "
         f"hidden={model_config.hidden_size} "
         f"conv_channels={model_config.conv_dim[-1]} batch={settings.batch_size} seconds={settings.seconds} "
-        f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
+        + ("" if labels is None else f"labels={labels.shape[1]} vocab={model_config.vocab_size} ")
+        + f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
         f"layerdrop=0 jax={jax.__version__} host_malloc={host_memory.mode()} matmul_peak_flops_per_s={peak[device.platform]:.4g} "
         f"(best {'1024' if device.platform == 'cpu' else '8192'}^2 {jnp.dtype(dtype).name} matmul of the run; "
         f"timed steps alternate between the frameworks)"
@@ -520,24 +642,31 @@ def run_benchmark(
             memory_source=source,
             minor_faults=faults["pytorch"],
         )
-        result.masks_agree = reference.num_masked == ours.masked_counts()
+        if reference.trainer.is_ctc:
+            result.first_losses = {"w2v_jax": ours.values("loss")[0], "pytorch": reference.values("loss")[0]}
+        else:
+            result.masks_agree = reference.values("num_masked") == ours.values("num_masked")
     return result
 
 
-def loss_gradient_temp_bytes(model_config: Wav2Vec2Config, settings: BenchmarkSettings, remat: bool) -> int:
+def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, remat: bool) -> int:
     """XLA's temporary bytes of the compiled forward + backward pass alone (activation memory).
 
-    The gradient of the training loss with respect to the parameters, as the train step takes
-    it, without the optimizer update (whose temporaries don't depend on rematerialisation).
+    The gradient of the task objective's training loss with respect to the parameters, as the
+    train step takes it, without the optimizer update (whose temporaries don't depend on
+    rematerialisation).
     """
-    abstract = nnx.eval_shape(lambda: train_lib.create_model(model_config, 0, PRECISIONS[settings.precision], remat))
+    abstract = nnx.eval_shape(
+        lambda: train_lib.create_model(task.model_config, 0, PRECISIONS[settings.precision], remat, task.model_class)
+    )
     graphdef, params = nnx.split(abstract)
+    objective = task.hparams.resolved_objective()
 
-    def loss(params: nnx.State, waveforms: jax.Array, key: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params)(waveforms, deterministic=False, key=key).loss
+    def loss(params: nnx.State, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
+        return objective.loss(nnx.merge(graphdef, params), batch, key, jnp.zeros((), jnp.int32))[0]
 
-    waveforms = jax.ShapeDtypeStruct((settings.batch_size, settings.num_samples), jnp.float32)
-    compiled = jax.jit(jax.grad(loss)).lower(params, waveforms, jax.random.key(0)).compile()
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in make_batch(task, settings).items()}
+    compiled = jax.jit(jax.grad(loss)).lower(params, batch, jax.random.key(0)).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
@@ -550,12 +679,12 @@ def remat_memory(config: ml_collections.ConfigDict, settings: BenchmarkSettings)
       two report lines, `forward_backward` (activation memory) and `train_step` (plus the
       optimizer update's temporaries), each `no_remat_mib=.. remat_mib=.. reduction=..x`.
     """
-    model_config = benchmark_config(Wav2Vec2Config.from_run_config(config))
+    task = benchmark_task(config)
     device = jax.devices()[0]
     temp: dict[str, dict[bool, int]] = {"forward_backward": {}, "train_step": {}}
     for remat in (False, True):
-        temp["forward_backward"][remat] = loss_gradient_temp_bytes(model_config, settings, remat)
-        compiled, _ = compile_train_step(model_config, config.train, dataclasses.replace(settings, remat=remat), device)
+        temp["forward_backward"][remat] = loss_gradient_temp_bytes(task, settings, remat)
+        compiled, _ = compile_train_step(task, dataclasses.replace(settings, remat=remat), device)
         temp["train_step"][remat] = int(compiled.memory.temp_size_in_bytes)
     return [
         f"{name}: xla_temp no_remat_mib={sizes[False] / _MIB:.1f} remat_mib={sizes[True] / _MIB:.1f} "

@@ -1,7 +1,8 @@
-"""Figures of the research workflow: curve overlays, codebook usage, sweep results, representations.
+"""Figures of the research workflow: curve overlays, codebook usage, sweep results, representations,
+CTC alignments.
 
 Every function writes a PNG (matplotlib's Agg backend, no display needed) and returns nothing;
-`representation_figure` returns the figure so notebooks can show it.
+`representation_figure` and `ctc_alignment_figure` return the figure so notebooks can show it.
 """
 
 from __future__ import annotations
@@ -261,5 +262,64 @@ def representation_figure(
         ax.set_ylabel("dimension")
         fig.colorbar(image, ax=ax)
     fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+def ctc_alignment_figure(
+    waveform: np.ndarray,
+    logits: np.ndarray,
+    tokens: Sequence[str],
+    blank_id: int,
+    *,
+    hop: int = 320,
+    window: int = 400,
+    sample_rate: int = 16_000,
+    title: str = "CTC alignment",
+) -> plt.Figure:
+    """The waveform with a fine-tuned model's frame-wise argmax: which frames emit a symbol, which a blank.
+
+    Greedy CTC decoding reads the argmax of every frame, collapses repeats and drops blanks; this
+    draws that argmax where it happens. Top: the waveform, each non-blank frame's symbol written
+    at the frame's centre (a shaded band over the frame's hop). Bottom: per frame, the probability
+    of the blank and of the likeliest other symbol. Early in fine-tuning nearly every frame is
+    blank (CTC's first stage); the figure shows that too.
+
+    Args:
+      waveform: `[samples]`.
+      logits: `[frames, vocab]`, the model's output for the waveform (unpadded frames only).
+      tokens: the vocabulary's tokens, `tokens[i]` for id i.
+      blank_id: the blank's id (`pad_token_id`).
+      hop, window: the feature encoder's stride and receptive field in samples (frame t covers
+        samples `[t * hop, t * hop + window)`; BASE's conv stack: 320 and 400).
+      sample_rate: of `waveform`.
+      title: the figure's title.
+    """
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or logits.shape[1] != len(tokens):
+        raise ValueError(f"logits must be [frames, {len(tokens)}] (one column per token), got {logits.shape}")
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ids = probs.argmax(-1)
+    centres = (np.arange(len(ids)) * hop + window / 2) / sample_rate
+    emitting = np.flatnonzero(ids != blank_id)
+    others = np.delete(probs, blank_id, axis=1)
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 5.5), sharex=True, height_ratios=(2, 1))
+    top.plot(np.arange(len(waveform)) / sample_rate, waveform, linewidth=0.4, color="0.35")
+    peak = float(np.max(np.abs(waveform))) or 1.0
+    for frame in emitting:
+        top.axvspan(centres[frame] - hop / sample_rate / 2, centres[frame] + hop / sample_rate / 2,
+                    color="tab:orange", alpha=0.25, linewidth=0)
+        top.text(centres[frame], 1.05 * peak, tokens[ids[frame]], ha="center", va="bottom", fontsize=9)
+    top.set_ylim(-1.2 * peak, 1.3 * peak)
+    top.set_title(f"{title}: {len(emitting)} of {len(ids)} frames emit a symbol, the others the blank", fontsize=10)
+    bottom.plot(centres, probs[:, blank_id], label=f"blank ({tokens[blank_id]})", linewidth=1.0)
+    bottom.plot(centres, others.max(-1), label="likeliest other symbol", linewidth=1.0)
+    bottom.set_ylim(0, 1.02)
+    bottom.set_ylabel("probability")
+    bottom.set_xlabel("seconds")
+    bottom.legend(fontsize=8, loc="center right")
+    bottom.grid(alpha=0.3)
     fig.tight_layout()
     return fig

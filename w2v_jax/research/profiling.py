@@ -12,8 +12,7 @@ import time
 import jax
 import ml_collections
 
-from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.research.benchmark import BenchmarkSettings, JaxRunner, benchmark_config
+from w2v_jax.research.benchmark import BenchmarkSettings, JaxRunner, benchmark_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +61,8 @@ def busiest_ops(profile_path: str | os.PathLike, steps: int) -> tuple[list[OpTim
 def profile_train_step(
     config: ml_collections.ConfigDict, settings: BenchmarkSettings, logdir: str | os.PathLike, top: int = 25
 ) -> list[str]:
-    """Traces `settings.steps` of our train step (after the warm-up) and reports its busiest XLA ops.
+    """Traces `settings.steps` of our train step for the config's task (`benchmark.benchmark_task`; after
+    the warm-up) and reports its busiest XLA ops.
 
     The trace stays in `logdir` (TensorBoard's profile plugin or Perfetto open it).
 
@@ -70,8 +70,7 @@ def profile_train_step(
       report lines: the median step time, the time the named ops account for, then the `top`
       busiest ops with their HLO names (look them up in the compiled step's HLO text).
     """
-    model_config = benchmark_config(Wav2Vec2Config.from_run_config(config))
-    runner = JaxRunner(model_config, config.train, settings, jax.devices()[0])
+    runner = JaxRunner(benchmark_task(config), settings, jax.devices()[0])
     for _ in range(settings.warmup):
         runner.step()
     seconds = []
