@@ -1,4 +1,4 @@
-"""CTC fine-tuning configs: `get_config("tiny" | "base_10m" | "base_1h" | ... | "large_100h")`.
+"""CTC fine-tuning configs: `get_config("tiny" | "mini" | "mini_scratch" | "base_10m" | ... | "large_100h")`.
 
 Launch (any field can be overridden on the command line):
 
@@ -18,7 +18,9 @@ Labels: fairseq's files beside each manifest (`X.ltr` or `X.wrd` for letters, `X
 `data.vocabulary`, or from a fine-tuned transformers init) and stored in the workdir.
 
 `tiny` is the CPU demo and the tests' config: with no data flags it fine-tunes on the embedded
-corpus's train split with letter labels and validates on its valid split. The BASE / LARGE variants
+corpus's train split with letter labels and validates on its valid split. `mini` (from a
+`pretrain.py:mini` checkpoint given as `init`) and `mini_scratch` (random initialisation) are the
+README's low-resource comparison on the same data. The BASE / LARGE variants
 are fairseq's recipes (`examples/wav2vec/config/finetuning/{base,vox}_{10m,1h,10h,100h}.yaml`):
 updates, peak learning rate, tri-stage schedule (10% / 40% / 50%, final scale 0.05), Adam
 (0.9, 0.98) eps 1e-8 without weight decay or clipping, feature encoder frozen (feature_grad_mult 0),
@@ -36,7 +38,8 @@ from w2v_jax.configs import pretrain
 
 SIZES = ("base", "large")
 DATA_AMOUNTS = ("10m", "1h", "10h", "100h")
-VARIANTS = ("tiny", "mini", "mini_scratch", *(f"{size}_{amount}" for size in SIZES for amount in DATA_AMOUNTS))
+CPU_VARIANTS = ("tiny", "mini", "mini_scratch")
+VARIANTS = (*CPU_VARIANTS, *(f"{size}_{amount}" for size in SIZES for amount in DATA_AMOUNTS))
 
 # fairseq's recipes: (max_update, lr, freeze_finetune_updates, mask_prob, mask_channel_prob, layerdrop).
 RECIPES = {
@@ -104,54 +107,45 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     data.min_sample_size = 0
     data.max_sample_size = 560_000  # 35 s: LibriSpeech's longest; longer utterances are skipped
 
-    if variant == "tiny":
-        # The tiny pretraining model (2 x 32 Transformer, group-norm conv stack) learns letters of
-        # the 5-language embedded corpus (about 13 min) quickly enough to pass CTC's all-blank
-        # plateau in a CPU test. Nothing frozen: a random or briefly pretrained tiny encoder needs
-        # to adapt; masking is light.
-        model.mask_time_prob = 0.05
-        model.mask_time_length = 4
+    if variant in CPU_VARIANTS:
+        # Fine-tuning on the embedded corpus (about 13 min of letters) on a CPU: batches of 8 at one
+        # padded length (6.5 s; the corpus's utterances are 3.2 s to 6.4 s), so one compile;
+        # validation every 100 updates; light masking, no LayerDrop.
         model.mask_time_min_masks = 0
-        model.mask_feature_prob = 0.0
-        model.mask_feature_length = 4
         model.layerdrop = 0.0
         model.activation_dropout = 0.0
-        model.feature_grad_mult = 1.0
         train.batch_size = 8
-        train.num_steps = 400
-        train.learning_rate = 3e-3
         train.log_every = 20
         train.eval_every = 100
         train.checkpoint_every = 100
         train.best_metric = "cer"
-        # One padded length in use (6.5 s; the corpus's utterances are 3.2 s to 6.4 s): one compile.
         data.min_sample_size = 48_000
         data.max_sample_size = 104_000
         data.num_buckets = 2
+    if variant == "tiny":
+        # The CPU demo and the tests' config on the tiny pretraining model (2 x 32 Transformer,
+        # group-norm conv stack). Everything trains: a random or briefly pretrained tiny encoder
+        # needs to adapt.
+        model.mask_time_prob = 0.05
+        model.mask_time_length = 4
+        model.mask_feature_prob = 0.0
+        model.mask_feature_length = 4
+        model.feature_grad_mult = 1.0
+        train.num_steps = 400
+        train.learning_rate = 3e-3
     elif variant in ("mini", "mini_scratch"):
         # The low-resource comparison in miniature (README): the `mini` pretraining model
-        # fine-tuned on the embedded corpus's letters, from a pretrained checkpoint (`mini`,
-        # fairseq's recipe in small: feature encoder frozen, the Transformer frozen for the first
-        # half, so that the head learns on the pretrained features before they move) or from random
-        # initialisation (`mini_scratch`: every part trains from the first update).
+        # fine-tuned from a pretrained checkpoint (`mini`, fairseq's recipe in small: feature
+        # encoder frozen, the Transformer frozen for the first half, so that the head learns on the
+        # pretrained features before they move) or from random initialisation (`mini_scratch`:
+        # every part trains from the first update), for the same 600 updates.
         model.mask_time_prob = 0.25
         model.mask_time_length = 5
-        model.mask_time_min_masks = 0
         model.mask_feature_prob = 0.1
         model.mask_feature_length = 16
-        model.layerdrop = 0.0
-        model.activation_dropout = 0.0
-        train.batch_size = 8
         train.num_steps = 600
         train.learning_rate = 1e-3
         train.freeze_finetune_updates = 300
-        train.log_every = 20
-        train.eval_every = 100
-        train.checkpoint_every = 100
-        train.best_metric = "cer"
-        data.min_sample_size = 48_000
-        data.max_sample_size = 104_000
-        data.num_buckets = 2
         if variant == "mini_scratch":
             model.feature_grad_mult = 1.0
             train.freeze_finetune_updates = 0
