@@ -73,6 +73,14 @@ def test_decode_tokens_keeps_token_boundaries():
     assert PHONES.decode_tokens([0, t, t, 0, t, ai, ai, 0]) == ["t", "t", "aɪ"]
 
 
+def test_phone_transcripts_keep_phones_apart():
+    # Phones span several characters ("aɪ"): joined like letters, "t aɪ t" would read "taɪt".
+    t, ai = PHONES.token_to_id["t"], PHONES.token_to_id["aɪ"]
+    ids = [0, t, t, 0, t, ai, ai, 0, t]
+    assert PHONES.decode(ids) == "ttaɪt"
+    assert PHONES.decode(ids, separator=" ") == "t t aɪ t"
+
+
 def test_encode_maps_unknown_symbols_and_counts_them():
     ids, unknown = LETTERS.encode(["a", "b", "q", "|", "é", "Q"])
     assert ids.dtype == np.int32 and unknown == 2

@@ -22,8 +22,11 @@ from w2v_jax.finetuning import (
     BEST_FILE,
     CTCEvaluator,
     CTCObjective,
+    SEPARATORS,
+    error_rate_metrics,
     finetuned_model_config,
     transcribe,
+    transcribe_waveforms,
     with_encoder,
 )
 from w2v_jax.data.vocabulary import Vocabulary
@@ -170,6 +173,23 @@ def test_evaluator_keeps_the_best_model_and_replays_after_a_resume(tmp_path):
     with pytest.raises(ValueError, match="best_metric"):
         CTCEvaluator(graphdef, LAYER_CONFIG, waveforms, ["a"] * 3, VOCABULARY, "phn", batch_size=2,
                      workdir=tmp_path, best_metric="cer")
+
+
+def test_phone_error_rate_counts_phones_not_strings():
+    """Greedy transcripts of a phone model (logits spelling known phones) scored against .phn
+    references: PER counts phone edits; concatenated phones would count one "word" per utterance."""
+    phones = Vocabulary.from_symbols(["aɪ", "t", "s"])
+    ids = [phones.token_to_id[p] for p in ("t", "aɪ", "s")]
+    logits = np.full((1, 8, len(phones)), -5.0, np.float32)
+    for frame, token in enumerate([ids[0], phones.pad_id, ids[1], ids[1], phones.pad_id, ids[2], ids[2], ids[0]]):
+        logits[0, frame, token] = 5.0
+    forward = lambda x, mask: jnp.asarray(logits)
+    config = Wav2Vec2Config.preset("tiny", feat_extract_norm="layer", conv_bias=True)
+    hypotheses = transcribe_waveforms(forward, [np.zeros(2560, np.float32)], phones, config, batch_size=1,
+                                      num_frames=lambda n: n // 320, exact=False, separator=SEPARATORS["phn"])
+    assert hypotheses == ["t aɪ s t"]
+    # One insertion (s) against 3 reference phones; "taɪst" against "taɪt" would score 1.0.
+    assert error_rate_metrics(["t aɪ t"], hypotheses, "phn") == {"per": pytest.approx(1 / 3)}
 
 
 @pytest.mark.parametrize("variant", finetune_configs.VARIANTS)

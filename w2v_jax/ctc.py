@@ -160,13 +160,14 @@ def greedy_frame_ids(logits: jax.Array, logit_lengths: jax.Array) -> jax.Array:
     return jnp.where(jnp.arange(logits.shape[1])[None, :] < logit_lengths[:, None], ids, -1)
 
 
-def greedy_decode(logits: jax.Array, logit_lengths: jax.Array, vocabulary: Vocabulary) -> list[str]:
+def greedy_decode(logits: jax.Array, logit_lengths: jax.Array, vocabulary: Vocabulary, separator: str = "") -> list[str]:
     """Greedy CTC transcripts: the text transformers' ASR pipeline gives for each utterance.
 
     Args:
       logits: `[batch, time, vocab]`.
       logit_lengths: `[batch]` unpadded frames.
       vocabulary: maps ids to tokens (`Vocabulary.decode` collapses repeats and drops blanks).
+      separator: between tokens ("": letters; " ": phones).
     """
     frame_ids = np.asarray(greedy_frame_ids(logits, logit_lengths))
-    return [vocabulary.decode(row[: int(n)]) for row, n in zip(frame_ids, np.asarray(logit_lengths))]
+    return [vocabulary.decode(row[: int(n)], separator) for row, n in zip(frame_ids, np.asarray(logit_lengths))]

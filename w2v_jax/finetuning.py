@@ -82,6 +82,8 @@ FINETUNING_FIELDS = (
     "ctc_zero_infinity",
 )
 METRICS = {"ltr": ("wer", "cer"), "phn": ("per",)}
+# Between the tokens of a transcript: letters are joined (`|` is the space), phones spaced as in .phn files.
+SEPARATORS = {"ltr": "", "phn": " "}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +227,7 @@ def transcribe_waveforms(
     batch_size: int,
     num_frames: Callable[[Any], Any],
     exact: bool = True,
+    separator: str = "",
 ) -> list[str]:
     """Greedy transcripts of waveforms, in order, batched as the module docstring says.
 
@@ -239,6 +242,7 @@ def transcribe_waveforms(
       exact: group-norm models in batches of equal-length utterances (each utterance's transcript
         as if alone, one compile per distinct length); False: zero-padded batches of a few fixed
         widths without attention mask, as they are trained (validation: few compiles).
+      separator: between tokens (`SEPARATORS`: "" for letters, " " for phones).
     """
     texts: list[str | None] = [None] * len(waveforms)
     group_norm = config.feat_extract_norm == "group"
@@ -246,7 +250,7 @@ def transcribe_waveforms(
         for indices, batch in equal_length_batches(waveforms, batch_size):
             logits = forward(batch, None)
             lengths = jnp.full((batch.shape[0],), logits.shape[1], jnp.int32)
-            for index, text in zip(indices, greedy_decode(logits, lengths, vocabulary)):
+            for index, text in zip(indices, greedy_decode(logits, lengths, vocabulary, separator)):
                 texts[index] = text
         return texts
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
@@ -265,7 +269,7 @@ def transcribe_waveforms(
         attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
         logits = forward(input_values, None if group_norm else attention_mask)
         frame_lengths = jnp.asarray(num_frames(attention_mask.sum(-1)), jnp.int32)
-        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary)):
+        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
             texts[int(index)] = text
     return texts
 
@@ -287,10 +291,11 @@ def model_forward(model: Wav2Vec2ForCTC) -> Forward:
 
 
 def transcribe(model: Wav2Vec2ForCTC, waveforms: Sequence[np.ndarray], vocabulary: Vocabulary,
-               batch_size: int = 8) -> list[str]:
-    """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training)."""
+               batch_size: int = 8, separator: str = "") -> list[str]:
+    """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training); tokens
+    joined by `separator` (" " for phones)."""
     return transcribe_waveforms(model_forward(model), waveforms, vocabulary, model.config,
-                                batch_size=batch_size, num_frames=model.num_frames)
+                                batch_size=batch_size, num_frames=model.num_frames, separator=separator)
 
 
 def error_rate_metrics(references: Sequence[str], hypotheses: Sequence[str], kind: str) -> dict[str, float]:
@@ -345,7 +350,8 @@ class CTCEvaluator:
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         forward = lambda x, mask: self._logits(state.params, state.model_state, x, mask)  # noqa: E731
         hypotheses = transcribe_waveforms(forward, self._waveforms, self._vocabulary, self._config,
-                                          batch_size=self._batch_size, num_frames=self._num_frames, exact=False)
+                                          batch_size=self._batch_size, num_frames=self._num_frames, exact=False,
+                                          separator=SEPARATORS[self._kind])
         values = error_rate_metrics(self._references, hypotheses, self._kind)
         if self._write:
             self._keep_best(state, step, values, hypotheses)
@@ -406,12 +412,13 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
 
 
 def transcribe_files(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike], *, step: int | None = None,
-                     batch_size: int = 8) -> list[tuple[pathlib.Path, str]]:
-    """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`, `transcribe`)."""
+                     batch_size: int = 8, separator: str = "") -> list[tuple[pathlib.Path, str]]:
+    """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`,
+    `transcribe`; `separator` between tokens, " " for phones)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths)
     waveforms = [audio.load_audio(f, normalize_audio=normalize) for f in files]
-    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size)))
+    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size, separator)))
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, manifest: str | os.PathLike, kind: str = "ltr", *,
@@ -423,7 +430,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, manifest: str | os.PathLi
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
     waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
-    hypotheses = transcribe(model, waveforms, vocabulary, batch_size)
+    hypotheses = transcribe(model, waveforms, vocabulary, batch_size, SEPARATORS[kind])
     return {**error_rate_metrics(references, hypotheses, kind), "num_utterances": len(waveforms),
             **{f"skipped_{k}": v for k, v in labels.skip_counts().items()}, "unknown_symbols": labels.num_unknown()}
 

@@ -115,7 +115,9 @@ class Vocabulary:
         tokens = (self.tokens[i] if 0 <= i < len(self.tokens) else self.unk_token for i in map(int, frame_ids))
         return [token for token, _ in itertools.groupby(tokens) if token != self.pad_token]
 
-    def decode(self, frame_ids: Iterable[int]) -> str:
-        """The transcript `Wav2Vec2CTCTokenizer.decode` gives in the ASR pipeline (see the module docstring)."""
+    def decode(self, frame_ids: Iterable[int], separator: str = "") -> str:
+        """The transcript `Wav2Vec2CTCTokenizer.decode` gives in the ASR pipeline (see the module
+        docstring); `separator=" "` puts a space between tokens, as phone transcripts (`.phn`
+        files, transformers' phoneme tokenizer) are written: phones span several characters."""
         tokens = self.decode_tokens(frame_ids)
-        return "".join(" " if t == self.word_delimiter_token else t for t in tokens).strip()
+        return separator.join(" " if t == self.word_delimiter_token else t for t in tokens).strip()
