@@ -287,15 +287,16 @@ def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_
 
 def test_a_sweep_point_in_use_exits_with_one_line(tmp_path):
     # The sweep's first point is locked by another run: the sweep stops with the same one line.
-    point = tmp_path / "num_codevector_groups=2,num_codevectors_per_group=8"
+    point = tmp_path / "num_codevector_groups=2,num_codevectors_per_group=8,seed=0"
     point.mkdir()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     with workdir.WorkdirLock(point):
         holder = (point / workdir.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
-            [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/codebook_ablation.py",
+            [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/codebook_ablation.py:tiny",
              f"--workdir={tmp_path}", "--config.grid.model.num_codevector_groups=(2,)",
-             "--config.grid.model.num_codevectors_per_group=(8,)", "--compilation_cache="],
+             "--config.grid.model.num_codevectors_per_group=(8,)", "--config.grid.train.seed=(0,)",
+             "--compilation_cache="],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )
     assert proc.returncode == 1

@@ -136,6 +136,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         train.num_steps = 300
         train.learning_rate = 3e-3
         train.freeze_finetune_updates = 100
+        train.log_every = 10
         train.eval_every = 50
     elif variant in ("mini", "mini_scratch"):
         # The low-resource comparison in miniature (README): the `mini` pretraining model
