@@ -129,12 +129,29 @@ def _is_abandoned_read(unraisable: Any) -> bool:
     return code is not None and "orbax" in code.co_filename
 
 
+class _AbandonedReadFilter(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" reports of orbax's reads (the same abandoned
+    reads, when the event loop's handler sees them first): a traceback per array otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+            return True
+        traceback = record.exc_info[2]
+        while traceback is not None:
+            if "orbax" in traceback.tb_frame.f_code.co_filename:
+                return False
+            traceback = traceback.tb_next
+        return True
+
+
 def _drop_abandoned_reads() -> None:
     """Installs (once) an unraisable-exception hook that drops `_is_abandoned_read` errors, which
-    would print a traceback per array of a corrupt checkpoint; every other one goes to the previous hook."""
+    would print a traceback per array of a corrupt checkpoint (every other one goes to the previous
+    hook), and `_AbandonedReadFilter` on asyncio's logger."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_abandoned_reads", False):
         return
+    logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
     def hook(unraisable: Any) -> None:
         if not _is_abandoned_read(unraisable):
