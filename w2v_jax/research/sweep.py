@@ -370,7 +370,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str] = ()
     titles = [axis.rsplit(".", 1)[-1] for axis in axes] + ["G x V", "seeds"]
     titles += [SUMMARY_METRICS[name] for name in metrics]
     if "probe_best_layer" in points[0]:
-        titles.append("probe: best layer")
+        titles.append("which layer is best")
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for point in points:
         cells = [str(point[axis]) for axis in axes] + [str(point["codebook_size"]), str(len(point["seeds"]))]
