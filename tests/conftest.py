@@ -1,20 +1,18 @@
-"""Test-session set-up: eight simulated CPU devices, float32 everywhere."""
+"""Test-session set-up: eight simulated CPU devices, float32 everywhere; the session's shared folder,
+launcher environment and the README's tiny pretraining run."""
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from filelock import FileLock
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.support.launchers import run, subprocess_env
 
 # Must happen before jax is imported anywhere: sharding tests need several devices, and CI has one
 # CPU. The test models are tiny, so compilation dominates their time: skipping LLVM's optimisation
 # passes halves it (numerics are unchanged: no fast-math either way).
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -23,19 +21,33 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")
-def tiny_pretraining(tmp_path_factory):
+def session_dir(tmp_path_factory) -> pathlib.Path:
+    """A folder of the whole test session, shared by pytest-xdist's workers (which run in parallel:
+    guard what they share with a `FileLock`)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def env(session_dir) -> dict[str, str]:
+    """The environment of launcher subprocesses (`support.launchers.subprocess_env`): one device, one
+    persistent compilation cache for the whole session, so each program compiles once."""
+    return subprocess_env(session_dir / "jax_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_pretraining(session_dir, env) -> pathlib.Path:
     """The README's main run: 300 updates of the tiny pretraining config on the embedded corpus (one
-    device, the launcher as users run it); its workdir."""
-    workdir = tmp_path_factory.mktemp("tiny_pretraining") / "run"
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
-        "JAX_PLATFORMS": "cpu",
-    }
-    command = [
-        sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/pretrain.py:tiny",
-        f"--workdir={workdir}", "--config.train.plot=False", "--config.train.log_every=50",
-    ]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stderr[-3000:]
+    device, the launcher as users run it), run once per session; its workdir."""
+    workdir = session_dir / "tiny_pretraining"
+    with FileLock(f"{workdir}.lock"):
+        if not pathlib.Path(f"{workdir}.finished").is_file():
+            result = run(
+                "experiments.pretrain",
+                ["--config=experiments/configs/pretrain.py:tiny", f"--workdir={workdir}", "--config.train.plot=False",
+                 "--config.train.log_every=50"],
+                env,
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            pathlib.Path(f"{workdir}.finished").touch()
     return workdir

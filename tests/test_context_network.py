@@ -10,6 +10,7 @@ import pytest
 import scipy.special
 from flax import nnx
 
+from w2v_jax import layers
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import (
     ContextNetwork,
@@ -18,7 +19,6 @@ from w2v_jax.context_network import (
     grouped_conv,
     grouped_conv_kernel_gradient,
 )
-from w2v_jax import layers
 from w2v_jax.layers import dropout, named_key
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)

@@ -12,18 +12,18 @@ import pytest
 from w2v_jax.contrastive_loss import (
     contrastive_accuracy,
     contrastive_chance_correct,
-    contrastive_num_correct,
     contrastive_logits,
     contrastive_loss,
     contrastive_loss_from_scratch,
+    contrastive_num_correct,
     cosine_similarity,
     cosine_similarity_from_scratch,
     diversity_loss,
     diversity_loss_from_scratch,
     gather_negatives,
+    same_codewords,
     sample_negative_indices,
     sample_negative_indices_from_scratch,
-    same_codewords,
     sample_negatives,
 )
 

@@ -1,25 +1,16 @@
-"""CTC loss against a NumPy forward-algorithm oracle and transformers' loss; greedy decoding."""
+"""CTC loss against a NumPy forward-algorithm oracle and transformers' loss."""
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import Wav2Vec2CTCTokenizer
 from transformers.loss.loss_ctc import ForCTCLoss
 
-from w2v_jax.ctc import (
-    ctc_loss,
-    ctc_loss_from_scratch,
-    greedy_decode,
-    greedy_frame_ids,
-    min_ctc_frames,
-)
+from w2v_jax.ctc import ctc_loss, ctc_loss_from_scratch, min_ctc_frames
 from w2v_jax.data.labels import LABEL_PADDING
-from w2v_jax.data.vocabulary import Vocabulary
 
 # float32 losses of O(10-100) against float64 or torch's float32: measured up to 1.6e-7 relative.
 RTOL = 5e-7
@@ -193,25 +184,3 @@ def test_bad_inputs_are_named():
         ctc_loss(logits, lengths, np.where(labels == LABEL_PADDING, 7, labels))
     with pytest.raises(ValueError, match="reduction"):
         ctc_loss(logits, lengths, labels, reduction="batchmean")
-
-
-def test_greedy_frame_ids_is_argmax_with_padding():
-    logits, lengths, _ = _batch(seed=7)
-    ids = np.asarray(jax.jit(greedy_frame_ids)(logits, lengths))
-    expected = np.where(np.arange(logits.shape[1])[None, :] < lengths[:, None], logits.argmax(-1), -1)
-    np.testing.assert_array_equal(ids, expected)
-
-
-def test_greedy_decode_gives_the_tokenizer_text(tmp_path):
-    vocabulary = Vocabulary.from_symbols("abc'")
-    vocabulary.save(tmp_path)
-    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))
-    rng = np.random.default_rng(8)
-    logits = rng.standard_normal((6, 20, len(vocabulary))).astype(np.float32)
-    logits[:, :, vocabulary.pad_id] += 1.0  # blanks frequent, as in a trained model
-    logits[0, :, vocabulary.pad_id] += 100.0  # all blank
-    lengths = np.array([20, 20, 17, 9, 3, 1])
-    texts = greedy_decode(jnp.asarray(logits), jnp.asarray(lengths), vocabulary)
-    expected = [tokenizer.decode(torch.tensor(logits[b, : lengths[b]]).argmax(-1)) for b in range(6)]
-    assert texts == expected and texts[0] == ""
-    assert json.loads((tmp_path / "vocab.json").read_text())["<pad>"] == 0

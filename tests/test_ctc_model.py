@@ -1,7 +1,7 @@
 """`Wav2Vec2ForCTC` against transformers' (PyTorch, CPU, float32), and its training-time masking.
 
 Random-init reference models (every parameter perturbed) are saved with `save_pretrained`, loaded
-with `w2v_jax.convert.load_hf_checkpoint`, and both frameworks get the same padded batch and labels
+with `w2v_jax.checkpoints.hf.load_hf_checkpoint`, and both frameworks get the same padded batch and labels
 padded with -100. In eval mode the logits, the loss (both reductions) and the gradient of the loss
 with respect to every parameter must agree. `pytest tests/test_ctc_model.py -s` prints the measured
 errors (README, Fine-tuning).
@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from test_model_parity import CONFIGS, _reference_checkpoint, _relative_error
 from transformers.models.wav2vec2 import modeling_wav2vec2
 
+from tests.support.parity import CONFIGS, reference_checkpoint, relative_error
+from w2v_jax.checkpoints.hf import load_hf_checkpoint, params_to_hf
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.convert import load_hf_checkpoint, params_to_hf
 from w2v_jax.ctc import ctc_loss_from_scratch
 from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask, sample_training_masks
 
@@ -49,7 +49,7 @@ def _batch(padded: bool):
 @pytest.mark.parametrize("name", list(CTC_CONFIGS))
 def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
     config = CTC_CONFIGS[name]
-    reference = _reference_checkpoint(config, tmp_path, transformers.Wav2Vec2ForCTC)
+    reference = reference_checkpoint(config, tmp_path, transformers.Wav2Vec2ForCTC)
     loaded_config, model = load_hf_checkpoint(tmp_path)
     assert loaded_config == config and isinstance(model, Wav2Vec2ForCTC)
     waveforms, attention_mask = _batch(padded=name != "group_post_ln")
@@ -73,12 +73,12 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
         out, grads = ours[reduction]
         grads = params_to_hf(grads, config)
         assert set(grads) == set(grads_ref) | {"wav2vec2.masked_spec_embed"}  # unused in eval: no torch grad
-        errors["logits"] = _relative_error(out.logits, out_ref.logits.detach().numpy())
-        errors[f"loss_{reduction}"] = _relative_error(out.loss, out_ref.loss.detach().numpy())
+        errors["logits"] = relative_error(out.logits, out_ref.logits.detach().numpy())
+        errors[f"loss_{reduction}"] = relative_error(out.loss, out_ref.loss.detach().numpy())
         key_biases = [k for k in grads_ref if k.endswith("attention.k_proj.bias")]  # exact gradient 0
         for k in grads_ref:
             if k not in key_biases:
-                grad_errors[f"{k} ({reduction})"] = _relative_error(grads[k], grads_ref[k])
+                grad_errors[f"{k} ({reduction})"] = relative_error(grads[k], grads_ref[k])
     worst = max(grad_errors, key=grad_errors.get)
     print(f"\n{name} CTC: max relative error over logits and losses {max(errors.values()):.2e} "
           f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst]:.2e} ({worst})")
@@ -158,7 +158,7 @@ def test_training_masks_match_transformers_mask_hidden_states():
             logits_ref = reference(torch.tensor(waveforms), attention_mask=torch.tensor(attention_mask)).logits
     finally:
         modeling_wav2vec2._compute_mask_indices = original
-    assert _relative_error(out.logits, logits_ref.numpy()) < 5e-6  # the eval-mode bound above
+    assert relative_error(out.logits, logits_ref.numpy()) < 5e-6  # the eval-mode bound above
     # Without the channel mask the output differs: the mask did something.
     def without_channel_mask(state):
         model = nnx.merge(graphdef, state)
@@ -168,7 +168,7 @@ def test_training_masks_match_transformers_mask_hidden_states():
         )
         return model.lm_head(unmasked.last_hidden_state)
 
-    assert _relative_error(jax.jit(without_channel_mask)(state), logits_ref.numpy()) > 1e-3
+    assert relative_error(jax.jit(without_channel_mask)(state), logits_ref.numpy()) > 1e-3
 
 
 def test_channel_mask_spans_follow_the_config():

@@ -400,7 +400,6 @@ def test_feature_projection_and_quantizer_input_dropout_match_oracle():
 def test_an_utterance_with_one_masked_frame_counts_as_correct_with_zero_loss():
     # Fewer than 2 masked frames: every distractor is the frame itself, all logits but the
     # target's are -inf, the frame's loss is 0 and it counts (fairseq: argmax 0, argmin not 0).
-    model = _model()
     waveforms, _ = _batch()
     mask = np.zeros((2, 24), bool)
     mask[0, 2:14] = True

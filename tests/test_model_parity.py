@@ -1,7 +1,7 @@
 """The whole model against transformers' Wav2Vec2ForPreTraining (PyTorch, CPU, float32).
 
 Random-init reference models of several configurations are saved with `save_pretrained`, loaded
-with `w2v_jax.convert.load_hf_checkpoint`, and both frameworks get the same waveforms, attention
+with `w2v_jax.checkpoints.hf.load_hf_checkpoint`, and both frameworks get the same waveforms, attention
 masks, masks and distractors. In eval mode every output field and the gradient of the loss with
 respect to every parameter must agree within `RTOL` relative (max abs difference / max abs value of
 the reference field). `pytest tests/test_model_parity.py -s` prints the measured errors.
@@ -15,8 +15,9 @@ import transformers
 from flax import nnx
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
+from tests.support.parity import CONFIGS, reference_checkpoint, relative_error
+from w2v_jax.checkpoints.hf import load_hf_checkpoint, params_to_hf
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.convert import load_hf_checkpoint, params_to_hf
 from w2v_jax.model import Wav2Vec2Model
 
 # Measured (float32, highest matmul precision): outputs <= 1.6e-6, gradients <= 3.6e-6 (the conv
@@ -30,60 +31,8 @@ FIELDS = (
     "projected_quantized_states",
     "codevector_perplexity",
 )
-# Parity needs transformers' objective: no fairseq feature penalty, full encoder gradient.
-TRANSFORMERS_OBJECTIVE = dict(feature_penalty_weight=0.0, feature_grad_mult=1.0)
-
-CONFIGS = {
-    # BASE's layout: group norm, post-LN; no attention mask.
-    "group_post_ln": Wav2Vec2Config.preset("tiny", **TRANSFORMERS_OBJECTIVE),
-    # LARGE's layout (layer norm with conv biases, pre-LN) with odd sizes everywhere, an odd
-    # positional kernel, tanh GELU, G=3 V=7; padded batch.
-    "layer_pre_ln_odd": Wav2Vec2Config.preset(
-        "tiny",
-        conv_dim=(17, 19, 23, 19, 17, 21, 29),
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
-        hidden_size=36,
-        num_attention_heads=3,
-        intermediate_size=50,
-        hidden_act="gelu_new",
-        num_conv_pos_embeddings=5,
-        num_conv_pos_embedding_groups=3,
-        num_codevector_groups=3,
-        num_codevectors_per_group=7,
-        codevector_dim=21,
-        proj_codevector_dim=11,
-        num_negatives=5,
-        layer_norm_eps=1e-6,
-        **TRANSFORMERS_OBJECTIVE,
-    ),
-    # Layer norm, post-LN, one codebook of 5, ReLU; padded batch.
-    "layer_post_ln_g1": Wav2Vec2Config.preset(
-        "tiny",
-        feat_extract_norm="layer",
-        hidden_act="relu",
-        num_codevector_groups=1,
-        num_codevectors_per_group=5,
-        codevector_dim=12,
-        **TRANSFORMERS_OBJECTIVE,
-    ),
-}
 SAMPLES = 8000  # half a second: 24 frames
 LENGTHS = np.array([SAMPLES, 5600])  # the second utterance padded (17 real frames)
-
-
-def _reference_checkpoint(
-    config: Wav2Vec2Config, folder, cls: type[torch.nn.Module] = transformers.Wav2Vec2ForPreTraining
-) -> torch.nn.Module:
-    """A random transformers model with every parameter perturbed (LayerNorms away from 1 / 0), saved."""
-    torch.manual_seed(0)
-    model = cls(transformers.Wav2Vec2Config(**config.to_hf_dict()))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(folder)
-    return model.eval()
 
 
 def _inputs(config: Wav2Vec2Config, model, padded: bool, seed: int = 0):
@@ -137,16 +86,11 @@ def _without_same_code_distractors(negatives, mask, codes, seed=0):
     return negatives
 
 
-def _relative_error(ours, reference) -> float:
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    return float(np.max(np.abs(ours - reference)) / max(np.max(np.abs(reference)), 1e-30))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_outputs_and_gradients_match_transformers(name, tmp_path):
     config = CONFIGS[name]
-    reference = _reference_checkpoint(config, tmp_path)
+    reference = reference_checkpoint(config, tmp_path)
     loaded_config, model = load_hf_checkpoint(tmp_path)
     assert loaded_config == config
     padded = name != "group_post_ln"  # one configuration without an attention mask
@@ -176,7 +120,7 @@ def test_outputs_and_gradients_match_transformers(name, tmp_path):
     )
     grads = params_to_hf(grads, config)
 
-    errors = {f: _relative_error(getattr(out, f), getattr(out_ref, f).detach().numpy()) for f in FIELDS}
+    errors = {f: relative_error(getattr(out, f), getattr(out_ref, f).detach().numpy()) for f in FIELDS}
     assert set(grads) == set(grads_ref)
     # A key bias shifts all logits of a query equally: softmax ignores it, its exact gradient is 0
     # and both frameworks return rounding noise. It must be noise-sized, not compared.
@@ -185,7 +129,7 @@ def test_outputs_and_gradients_match_transformers(name, tmp_path):
         scale = np.abs(grads_ref[k.replace(".bias", ".weight")]).max()
         assert np.abs(grads[k]).max() < 1e-4 * scale and np.abs(grads_ref[k]).max() < 1e-4 * scale
     grad_errors = {
-        k: _relative_error(grads[k], grads_ref[k]) for k in grads_ref if np.any(grads_ref[k]) and k not in key_biases
+        k: relative_error(grads[k], grads_ref[k]) for k in grads_ref if np.any(grads_ref[k]) and k not in key_biases
     }
     worst_grad = max(grad_errors, key=grad_errors.get)
     print(
@@ -218,7 +162,7 @@ def test_encoder_outputs_hidden_states_and_gradients_match_transformers(name, tm
     extract_features, each hidden state), so every parameter's gradient is compared.
     """
     config = CONFIGS[name]
-    reference = _reference_checkpoint(config, tmp_path, transformers.Wav2Vec2Model)
+    reference = reference_checkpoint(config, tmp_path, transformers.Wav2Vec2Model)
     _, model = load_hf_checkpoint(tmp_path)
     assert isinstance(model, Wav2Vec2Model)
     waveforms, attention_mask, mask, _ = _inputs(config, model, padded=True)
@@ -248,10 +192,10 @@ def test_encoder_outputs_hidden_states_and_gradients_match_transformers(name, tm
     (_, outputs), grads = jax.jit(jax.value_and_grad(projection, has_aux=True))(params)
     grads = params_to_hf(grads, config)
 
-    errors = {n: _relative_error(o, r.detach().numpy()) for n, o, r in zip(names, outputs, reference_outputs)}
+    errors = {n: relative_error(o, r.detach().numpy()) for n, o, r in zip(names, outputs, reference_outputs)}
     assert set(grads) == set(grads_ref) == {k for k, _ in reference.named_parameters()}
     key_biases = [k for k in grads_ref if k.endswith("attention.k_proj.bias")]  # exact gradient 0, see above
-    grad_errors = {k: _relative_error(grads[k], grads_ref[k]) for k in grads_ref if k not in key_biases}
+    grad_errors = {k: relative_error(grads[k], grads_ref[k]) for k in grads_ref if k not in key_biases}
     worst_grad = max(grad_errors, key=grad_errors.get)
     print(
         f"\n{name} encoder: max relative error over outputs {max(errors.values()):.2e} "

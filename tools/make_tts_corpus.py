@@ -1,7 +1,7 @@
 """Regenerates the embedded speech corpus (w2v_jax/data/corpus/) with the espeak-ng synthesiser.
 
     apt-get install -y espeak-ng libespeak-ng-dev      # only needed to regenerate
-    python -m tools.make_tts_corpus [--out w2v_jax/data/corpus] [--minutes 15.25] [--max-bytes 10000000]
+    python -m tools.make_tts_corpus [--out w2v_jax/data/corpus] [--minutes 15.25] [--max_bytes 10000000]
 
 Each bundled sentence (five languages) is spoken by up to three voice variants with their own rate and pitch,
 through libespeak-ng's C API (ctypes), resampled to 16 kHz and stored as FLAC. Two sentences per
@@ -9,7 +9,7 @@ language are held out: all their renderings form the valid split. espeak-ng repo
 with the output sample where it starts (espeakEVENT_PHONEME, IPA names): metadata.jsonl keeps them,
 and the words, as 16 kHz sample spans for probing learned representations.
 
-Size: the audio must fit --max-bytes with at least --minutes of speech. Utterances are taken round-robin
+Size: the audio must fit --max_bytes (older spelling: --max-bytes) with at least --minutes of speech. Utterances are taken round-robin
 over languages until --minutes is reached, then the highest sample precision (16 bits down) whose FLAC
 files fit the budget is chosen: fewer minutes first, lower precision only when even that won't fit.
 """
@@ -21,19 +21,17 @@ import ctypes.util
 import io
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile
 import soxr
 from absl import app, flags
 
+from w2v_jax.cli import alias, launch
 from w2v_jax.data import CORPUS_DIR, SAMPLE_RATE, write_manifest
-
-_OUT = flags.DEFINE_string("out", str(CORPUS_DIR), "The corpus folder to (re)write.")
-_MINUTES = flags.DEFINE_float("minutes", 15.25, "Minimum minutes of audio.")
-_MAX_BYTES = flags.DEFINE_integer("max-bytes", 10_000_000, "Budget for the whole folder.")
-_SEED = flags.DEFINE_integer("seed", 0, "Voices, rates and pitches.")
 
 # espeak-ng's C API (speak_lib.h)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -326,18 +324,37 @@ def write_corpus(utterances: list[dict], out: Path, max_bytes: int) -> dict:
     return stats
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The tool's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    args = SimpleNamespace(
+        out=flags.DEFINE_string("out", str(CORPUS_DIR), "The corpus folder to (re)write.", flag_values=fv),
+        minutes=flags.DEFINE_float("minutes", 15.25, "Minimum minutes of audio.", flag_values=fv),
+        max_bytes=flags.DEFINE_integer("max_bytes", 10_000_000, "Budget for the whole folder.", flag_values=fv),
+        seed=flags.DEFINE_integer("seed", 0, "Voices, rates and pitches.", flag_values=fv),
+    )
+    alias(fv, ("max-bytes", "max_bytes"))
+    return args
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    out = Path(_OUT.value)
-    utterances = synthesize_corpus(_MINUTES.value, _SEED.value)
+    out = Path(args.out.value)
+    utterances = synthesize_corpus(args.minutes.value, args.seed.value)
     total = sum(u["num_samples"] for u in utterances) / SAMPLE_RATE
-    if total < _MINUTES.value * 60:
-        raise SystemExit(f"only {total / 60:.1f} min from the bundled sentences, fewer than --minutes {_MINUTES.value}")
-    stats = write_corpus(utterances, out, _MAX_BYTES.value)
+    if total < args.minutes.value * 60:
+        raise SystemExit(f"only {total / 60:.1f} min from the bundled sentences, fewer than --minutes {args.minutes.value}")
+    stats = write_corpus(utterances, out, args.max_bytes.value)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(json.dumps({**stats, "total_bytes_on_disk": size, "minutes": total / 60}, indent=1))
 
 
+def run() -> None:
+    """`python -m tools.make_tts_corpus`."""
+    launch(main, define_flags)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

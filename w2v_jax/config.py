@@ -128,7 +128,7 @@ class Wav2Vec2Config:
             proj_codevector_dim=16,
             num_negatives=4,
         ),
-        # CPU research model (pretrain.py:mini): sized by measurement, see the README.
+        # The CPU research model (pretrain.py:mini; docs/research.md says how it was sized).
         "mini": dict(
             conv_dim=(128,) * 7,
             hidden_size=128,

@@ -36,6 +36,7 @@ from w2v_jax.layers import (
     rematerialised,
 )
 
+
 def _grouped_conv(x: jax.Array, kernel: jax.Array, groups: int, padding: int) -> jax.Array:
     return jax.lax.conv_general_dilated(
         x,
@@ -54,7 +55,7 @@ def grouped_conv_kernel_gradient(x: jax.Array, cotangent: jax.Array, groups: int
     correlation over time whose window is the whole cotangent. Written as a forward grouped conv
     (the channels within a group as its batch, the utterances as its features, the cotangent as its
     kernel) it takes XLA:CPU's fast path, where XLA:CPU's own kernel gradient of a grouped conv with
-    a long kernel is slow (the README's performance section has the figures).
+    a long kernel is slow (docs/performance.md has the figures).
 
     Args:
       x: `[batch, time, dim_in]`, the conv's input.

@@ -1,4 +1,4 @@
-"""Connectionist temporal classification (CTC): the fine-tuning loss and greedy decoding.
+"""Connectionist temporal classification (CTC): the fine-tuning loss `Wav2Vec2ForCTC` computes.
 
 `ctc_loss` has the semantics of transformers' `Wav2Vec2ForCTC` loss (`loss/loss_ctc.py`, which calls
 `torch.nn.functional.ctc_loss`): log-softmax in float32, blank = `pad_token_id`, labels padded with
@@ -23,7 +23,6 @@ import numpy as np
 import optax
 
 from w2v_jax.data.labels import LABEL_PADDING
-from w2v_jax.data.vocabulary import Vocabulary
 
 Reduction = Literal["sum", "mean", "none"]
 
@@ -111,6 +110,51 @@ def _check_shapes(logits, logit_lengths, labels) -> None:
             )
 
 
+def ctc_utterance_losses(
+    logits: jax.Array,
+    logit_lengths: jax.Array,
+    labels: jax.Array,
+    *,
+    blank_id: int = 0,
+    zero_infinity: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Each utterance's CTC loss (the negative log-likelihood of its labels) and its target length.
+
+    Args:
+      logits: `[batch, time, vocab]` (any float dtype; the log-softmax is taken in float32).
+      logit_lengths: `[batch]` unpadded frames (the feature encoder's `compute_output_length` of the
+        unpadded sample counts).
+      labels: `[batch, labels]` ids; positions equal to -100 or to `blank_id` are padding.
+      blank_id: the CTC blank, transformers' `pad_token_id`.
+      zero_infinity: impossible alignments get loss 0 (and no gradient) instead of `inf`.
+
+    Returns:
+      `(losses [batch] float32, target_lengths [batch] int)`. An impossible utterance contributes no
+      gradient either way (torch's gradient is NaN there without `zero_infinity`).
+    """
+    _check_shapes(logits, logit_lengths, labels)
+    targets, target_lengths = _compact_labels(labels, (labels != LABEL_PADDING) & (labels != blank_id))
+    frames = jnp.arange(logits.shape[1])
+    logit_paddings = (frames[None, :] >= logit_lengths[:, None]).astype(jnp.float32)
+    label_paddings = (targets < 0).astype(jnp.float32)
+    # optax takes the log-softmax itself; float32 input makes it float32 as transformers' is.
+    losses = optax.ctc_loss(logits.astype(jnp.float32), logit_paddings, targets, label_paddings, blank_id=blank_id)
+    feasible = logit_lengths >= min_ctc_frames(targets, target_lengths)
+    return jnp.where(feasible, losses, 0.0 if zero_infinity else jnp.inf), target_lengths
+
+
+def reduce_ctc_losses(losses: jax.Array, target_lengths: jax.Array, reduction: Reduction) -> jax.Array:
+    """`ctc_utterance_losses`' `[batch]` losses reduced as transformers does: "sum" over the batch,
+    "mean" (each loss divided by its target length, at least 1, then averaged), or "none"."""
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return (losses / jnp.maximum(target_lengths, 1)).mean()
+
+
 def ctc_loss(
     logits: jax.Array,
     logit_lengths: jax.Array,
@@ -120,54 +164,18 @@ def ctc_loss(
     reduction: Reduction = "sum",
     zero_infinity: bool = False,
 ) -> jax.Array:
-    """CTC loss as transformers' `Wav2Vec2ForCTC` computes it.
+    """CTC loss as transformers' `Wav2Vec2ForCTC` computes it: `ctc_utterance_losses` reduced by
+    `reduce_ctc_losses`.
 
     Args:
-      logits: `[batch, time, vocab]` (any float dtype; the log-softmax is taken in float32).
-      logit_lengths: `[batch]` unpadded frames (the feature encoder's `compute_output_length` of the
-        unpadded sample counts).
-      labels: `[batch, labels]` ids; positions equal to -100 or to `blank_id` are padding.
-      blank_id: the CTC blank, transformers' `pad_token_id`.
+      logits, logit_lengths, labels, blank_id, zero_infinity: as `ctc_utterance_losses`'.
       reduction: "sum" over the batch, "mean" (each loss divided by its target length, at least 1,
         then averaged), or "none" (`[batch]`).
-      zero_infinity: impossible alignments get loss 0 (and no gradient) instead of `inf`.
 
     Returns:
-      A float32 scalar, or `[batch]` for reduction "none". An impossible utterance contributes no
-      gradient either way (torch's gradient is NaN there without `zero_infinity`).
+      A float32 scalar, or `[batch]` for reduction "none".
     """
-    if reduction not in ("sum", "mean", "none"):
-        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
-    _check_shapes(logits, logit_lengths, labels)
-    targets, target_lengths = _compact_labels(labels, (labels != LABEL_PADDING) & (labels != blank_id))
-    frames = jnp.arange(logits.shape[1])
-    logit_paddings = (frames[None, :] >= logit_lengths[:, None]).astype(jnp.float32)
-    label_paddings = (targets < 0).astype(jnp.float32)
-    # optax takes the log-softmax itself; float32 input makes it float32 as transformers' is.
-    losses = optax.ctc_loss(logits.astype(jnp.float32), logit_paddings, targets, label_paddings, blank_id=blank_id)
-    feasible = logit_lengths >= min_ctc_frames(targets, target_lengths)
-    losses = jnp.where(feasible, losses, 0.0 if zero_infinity else jnp.inf)
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return (losses / jnp.maximum(target_lengths, 1)).mean()
-
-
-def greedy_frame_ids(logits: jax.Array, logit_lengths: jax.Array) -> jax.Array:
-    """Frame-wise argmax, as transformers' ASR pipeline takes it: `[batch, time]` int32, -1 in padding."""
-    ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jnp.where(jnp.arange(logits.shape[1])[None, :] < logit_lengths[:, None], ids, -1)
-
-
-def greedy_decode(logits: jax.Array, logit_lengths: jax.Array, vocabulary: Vocabulary, separator: str = "") -> list[str]:
-    """Greedy CTC transcripts: the text transformers' ASR pipeline gives for each utterance.
-
-    Args:
-      logits: `[batch, time, vocab]`.
-      logit_lengths: `[batch]` unpadded frames.
-      vocabulary: maps ids to tokens (`Vocabulary.decode` collapses repeats and drops blanks).
-      separator: between tokens ("": letters; " ": phones).
-    """
-    frame_ids = np.asarray(greedy_frame_ids(logits, logit_lengths))
-    return [vocabulary.decode(row[: int(n)], separator) for row, n in zip(frame_ids, np.asarray(logit_lengths))]
+    losses, target_lengths = ctc_utterance_losses(
+        logits, logit_lengths, labels, blank_id=blank_id, zero_infinity=zero_infinity
+    )
+    return reduce_ctc_losses(losses, target_lengths, reduction)

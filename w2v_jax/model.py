@@ -35,15 +35,17 @@ normalise the first conv layer over time *including the padded samples*, exactly
 reference does, so their outputs on real frames depend on how much padding the batch has;
 crop batches to their shortest utterance (fairseq's default) when that matters.
 
-Downstream use: `Wav2Vec2ForPreTraining.from_pretrained(path)` loads any checkpoint format, and
-`model.features(waveforms, output_hidden_states=True)` returns each utterance's per-layer features
-from bucketed batches, no compile per length (`w2v_jax.features`).
+Downstream use: `Wav2Vec2ForPreTraining.from_pretrained(path)` loads any checkpoint format
+(`checkpoints.load_model`, handed down to this module by `import w2v_jax`: the loader builds these
+models, so it lives above them), and `model.features(waveforms, output_hidden_states=True)` returns
+each utterance's per-layer representations from bucketed batches, no compile per length
+(`w2v_jax.representations`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
@@ -53,7 +55,6 @@ from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.context_network import ContextNetwork
-from w2v_jax.ctc import ctc_loss
 from w2v_jax.contrastive_loss import (
     contrastive_chance_correct,
     contrastive_logits,
@@ -64,11 +65,22 @@ from w2v_jax.contrastive_loss import (
     same_codewords,
     sample_negative_indices,
 )
+from w2v_jax.ctc import ctc_utterance_losses, reduce_ctc_losses
 from w2v_jax.feature_encoder import FeatureEncoder
-from w2v_jax.features import UtteranceFeatures, extract_features
 from w2v_jax.layers import dropout, layer_norm, linear, named_key, rematerialised, scale_gradient
 from w2v_jax.masking import check_mask_arguments, compute_mask_indices, padding_mask_from_lengths
-from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
+from w2v_jax.quantization import CodebookUsage, GumbelVectorQuantizer, gumbel_noise
+from w2v_jax.representations import UtteranceRepresentation, extract_representations
+
+# `checkpoints.load_model`, set by `w2v_jax/__init__.py` (`set_pretrained_loader`): the loader builds
+# these models and reads training checkpoints, so it is handed down rather than imported.
+_pretrained_loader: Callable[[str | os.PathLike, int | None], nnx.Module] | None = None
+
+
+def set_pretrained_loader(loader: Callable[[str | os.PathLike, int | None], nnx.Module]) -> None:
+    """Makes `loader(path, step)` what `Wav2Vec2ForPreTraining.from_pretrained` calls."""
+    global _pretrained_loader
+    _pretrained_loader = loader
 
 
 @flax.struct.dataclass
@@ -153,11 +165,11 @@ class Wav2Vec2PreTrainingOutput:
         return self.chance_correct / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
 
 
-def _sample_time_mask(
-    key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
+def _span_mask(
+    mask_key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
 ) -> jax.Array:
     return compute_mask_indices(
-        named_key(key, "mask"),
+        mask_key,
         (batch_size, num_frames),
         config.mask_time_prob,
         config.mask_time_length,
@@ -166,8 +178,44 @@ def _sample_time_mask(
     )
 
 
+def _sample_time_mask(
+    key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
+) -> jax.Array:
+    return _span_mask(named_key(key, "mask"), config, batch_size, num_frames, frame_lengths)
+
+
 def _sample_negatives(key: jax.Array, config: Wav2Vec2Config, mask: jax.Array) -> jax.Array:
     return sample_negative_indices(named_key(key, "negatives"), mask, config.num_negatives)
+
+
+def masks_and_negatives(
+    mask_key: jax.Array,
+    negatives_key: jax.Array,
+    config: Wav2Vec2Config,
+    batch_size: int,
+    num_frames: int,
+    frame_lengths: jax.Array | np.ndarray | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Span masks drawn from `mask_key` and, for each masked frame, `num_negatives` distractors
+    among the other masked frames of its utterance drawn from `negatives_key` (the config's
+    `mask_time_*` and `num_negatives`). `sample_masks_and_negatives` calls it with the model's sub-keys.
+
+    Args:
+      mask_key, negatives_key: the two draws' keys.
+      config: the model's config.
+      batch_size: B.
+      num_frames: T, `model.num_frames(samples)`.
+      frame_lengths: optional `[batch]` int real frames per utterance (never masked beyond them);
+        None when nothing is padded.
+
+    Returns:
+      `(mask [batch, time] bool, negative_indices [batch, time, K] int32)`, the distractors as frame
+      indices within each utterance (rows of unmasked frames hold the frame's own index).
+    """
+    if frame_lengths is not None:
+        frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
+    mask = _span_mask(mask_key, config, batch_size, num_frames, frame_lengths)
+    return mask, sample_negative_indices(negatives_key, mask, config.num_negatives)
 
 
 def sample_masks_and_negatives(
@@ -184,34 +232,19 @@ def sample_masks_and_negatives(
 
     Args:
       key: the key the model gets.
-      config: the model's config (mask_time_prob, mask_time_length, mask_time_min_masks, num_negatives).
-      batch_size: B.
-      num_frames: T, `model.num_frames(samples)`.
-      frame_lengths: optional `[batch]` int real frames per utterance,
-        `model.num_frames(attention_mask.sum(-1))`; None when nothing is padded.
+      config, batch_size, num_frames, frame_lengths: as `masks_and_negatives`'.
 
     Returns:
-      `(mask [batch, time] bool, negative_indices [batch, time, K] int32)`, the distractors as frame
-      indices within each utterance (rows of unmasked frames hold the frame's own index).
+      `masks_and_negatives` drawn from the model's sub-keys of `key` ("mask", "negatives").
     """
-    check_mask_arguments(
-        (batch_size, num_frames), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
+    return masks_and_negatives(
+        named_key(key, "mask"), named_key(key, "negatives"), config, batch_size, num_frames, frame_lengths
     )
-    if frame_lengths is not None:
-        frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
-    mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
-    return mask, _sample_negatives(key, config, mask)
 
 
 def sample_feature_mask(key: jax.Array, config: Wav2Vec2Config, batch_size: int) -> jax.Array:
     """The channel mask `[batch, hidden]` bool a model in training draws for `key` (transformers'
     `_mask_hidden_states`: spans over the hidden channels, the same for every frame, padding-blind)."""
-    check_mask_arguments(
-        (batch_size, config.hidden_size),
-        config.mask_feature_prob,
-        config.mask_feature_length,
-        config.mask_feature_min_masks,
-    )
     return compute_mask_indices(
         named_key(key, "mask_feature"),
         (batch_size, config.hidden_size),
@@ -246,9 +279,6 @@ def sample_training_masks(
     if config.mask_time_prob > 0.0:
         if frame_lengths is not None:
             frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
-        check_mask_arguments(
-            (batch_size, num_frames), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
-        )
         time_mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
     if config.mask_feature_prob > 0.0:
         feature_mask = sample_feature_mask(key, config, batch_size)
@@ -410,11 +440,7 @@ class Wav2Vec2Model(nnx.Module):
         if mask_time_indices is not None:
             mask = _without_padding(mask_time_indices, padding_mask)
         elif not deterministic and config.mask_time_prob > 0.0:
-            batch = input_values.shape[0]
-            check_mask_arguments(
-                (batch, time), config.mask_time_prob, config.mask_time_length, config.mask_time_min_masks
-            )
-            mask = _sample_time_mask(key, config, batch, time, self.frame_lengths(attention_mask))
+            mask = _sample_time_mask(key, config, input_values.shape[0], time, self.frame_lengths(attention_mask))
         else:
             mask = None
         return self.encode(
@@ -456,7 +482,7 @@ class Wav2Vec2Model(nnx.Module):
             return None if key is None else named_key(key, name)
 
         if self.remat:
-            # The conv stack's activations are the model's largest (README: Performance, remat).
+            # The conv stack's activations are the model's largest.
             graphdef, params = nnx.split(self.feature_extractor)
             features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
         else:
@@ -545,12 +571,13 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         return self.wav2vec2.num_frames(num_samples)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, step: int | None = None) -> Wav2Vec2ForPreTraining:
+    def from_pretrained(cls, path: str | os.PathLike, step: int | None = None) -> nnx.Module:
         """A model from any checkpoint format in one call: a training workdir (newest checkpoint, or
-        `step`), our folder (`params.safetensors`) or a transformers folder (`checkpointing.load_model`)."""
-        from w2v_jax.checkpointing import load_model  # checkpointing builds on this module
-
-        return load_model(path, step)
+        `step`), our folder (`params.safetensors`) or a transformers folder; the class the checkpoint
+        holds. This is `w2v_jax.checkpoints.load_model` (see the module docstring)."""
+        if _pretrained_loader is None:
+            raise RuntimeError("no checkpoint loader: import w2v_jax (its __init__ sets it) before from_pretrained")
+        return _pretrained_loader(path, step)
 
     def features(
         self,
@@ -559,11 +586,11 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         output_hidden_states: bool = False,
         batch_size: int = 8,
         group_norm: str = "exact",
-    ) -> list[UtteranceFeatures]:
-        """Per-utterance features of `waveforms` (float `[samples]` each), evaluation mode: the last
-        hidden state, the conv features and, with `output_hidden_states`, every layer's hidden
-        states, from bucketed batches (no compile per length). See `w2v_jax.features`."""
-        return extract_features(
+    ) -> list[UtteranceRepresentation]:
+        """Per-utterance representations of `waveforms` (float `[samples]` each), evaluation mode: the
+        last hidden state, the conv features and, with `output_hidden_states`, every layer's hidden
+        states, from bucketed batches (no compile per length). See `w2v_jax.representations`."""
+        return extract_representations(
             self, waveforms, output_hidden_states=output_hidden_states, batch_size=batch_size, group_norm=group_norm
         )
 
@@ -683,16 +710,9 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             negative_indices = jnp.asarray(sampled_negative_indices, jnp.int32) - rows * time
 
         padding_mask = self.wav2vec2.padding_mask(attention_mask, time)
-        if mask_time_indices is not None:
-            mask = _without_padding(mask_time_indices, padding_mask)
-        elif key is not None:
-            frame_lengths = self.wav2vec2.frame_lengths(attention_mask)
-            if negative_indices is None:
-                mask, negative_indices = sample_masks_and_negatives(key, config, batch, time, frame_lengths)
-            else:
-                mask = _sample_time_mask(key, config, batch, time, frame_lengths)
-        else:
-            mask = None
+        mask, negative_indices = self._masks(
+            mask_time_indices, negative_indices, attention_mask, padding_mask, key, batch, time
+        )
         base = self.wav2vec2.encode(
             input_values,
             padding_mask,
@@ -728,38 +748,91 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             mask_time_indices=mask,
         )
 
-        if negative_indices is None and mask is not None and key is not None:
-            negative_indices = _sample_negatives(key, config, mask)
         if negative_indices is None:
             return output
-        negative_indices = jnp.asarray(negative_indices, jnp.int32)
+        losses = pretraining_losses(
+            config,
+            projected_states,
+            projected_quantized,
+            usage,
+            mask,
+            jnp.asarray(negative_indices, jnp.int32),
+            base.mean_squared_features,
+        )
+        return output.replace(**losses)
 
-        negatives = gather_negatives(projected_quantized, negative_indices)
-        temperature = config.contrastive_logits_temperature
-        num_masked = jnp.sum(mask, dtype=jnp.int32)
-        # Identity of a distractor and its target from the codeword choices, not float equality of
-        # the projected vectors, which can differ by an ulp with the matmul's tiling (batch layout).
-        same_as_positive = same_codewords(usage.indices, negative_indices)
-        logits = contrastive_logits(projected_states, projected_quantized, negatives, temperature, same_as_positive)
-        contrastive = contrastive_loss_from_logits(logits, mask, "sum")
-        diversity = (
-            diversity_loss(usage.probs, config.num_codevector_groups, config.num_codevectors_per_group) * num_masked
-        )
-        feature_penalty = base.mean_squared_features * num_masked
-        loss = (
-            contrastive
-            + config.diversity_loss_weight * diversity
-            + config.feature_penalty_weight * feature_penalty
-        )
-        return output.replace(
-            loss=loss,
-            contrastive_loss=contrastive,
-            diversity_loss=diversity,
-            feature_penalty=feature_penalty,
-            num_correct=contrastive_num_correct(logits, mask),
-            num_masked=num_masked,
-            chance_correct=contrastive_chance_correct(logits, mask),
-        )
+    def _masks(
+        self,
+        mask_time_indices: jax.Array | None,
+        negative_indices: jax.Array | None,
+        attention_mask: jax.Array | None,
+        padding_mask: jax.Array | None,
+        key: jax.Array | None,
+        batch: int,
+        time: int,
+    ) -> tuple[jax.Array | None, jax.Array | None]:
+        """The masked frames and distractors of a call: the given ones (masked frames in padding
+        dropped), the others drawn from `key` (`sample_masks_and_negatives`' draws); None without a key."""
+        config = self.config
+        if mask_time_indices is not None:
+            mask = _without_padding(mask_time_indices, padding_mask)
+        elif key is not None:
+            frame_lengths = self.wav2vec2.frame_lengths(attention_mask)
+            if negative_indices is None:
+                return sample_masks_and_negatives(key, config, batch, time, frame_lengths)
+            mask = _sample_time_mask(key, config, batch, time, frame_lengths)
+        else:
+            mask = None
+        if negative_indices is None and mask is not None and key is not None:
+            negative_indices = _sample_negatives(key, config, mask)
+        return mask, negative_indices
+
+
+def pretraining_losses(
+    config: Wav2Vec2Config,
+    projected_states: jax.Array,
+    projected_quantized: jax.Array,
+    usage: CodebookUsage,
+    mask: jax.Array,
+    negative_indices: jax.Array,
+    mean_squared_features: jax.Array,
+) -> dict[str, jax.Array]:
+    """The pretraining objective's fields of `Wav2Vec2PreTrainingOutput` (see the module docstring).
+
+    Args:
+      config: the model's config (temperature, loss weights, G and V).
+      projected_states: c `[batch, time, D]`.
+      projected_quantized: q `[batch, time, D]`.
+      usage: the quantizer's codebook usage (soft probabilities and chosen codewords).
+      mask: `[batch, time]` bool, the masked frames.
+      negative_indices: `[batch, time, K]` int32 frame indices within each utterance.
+      mean_squared_features: mean(z^2) over the real frames.
+
+    Returns:
+      `loss`, `contrastive_loss`, `diversity_loss`, `feature_penalty` (sums over the masked
+      frames), `num_correct`, `num_masked`, `chance_correct`.
+    """
+    negatives = gather_negatives(projected_quantized, negative_indices)
+    num_masked = jnp.sum(mask, dtype=jnp.int32)
+    # Identity of a distractor and its target from the codeword choices, not float equality of
+    # the projected vectors, which can differ by an ulp with the matmul's tiling (batch layout).
+    same_as_positive = same_codewords(usage.indices, negative_indices)
+    logits = contrastive_logits(
+        projected_states, projected_quantized, negatives, config.contrastive_logits_temperature, same_as_positive
+    )
+    contrastive = contrastive_loss_from_logits(logits, mask, "sum")
+    diversity = diversity_loss(usage.probs, config.num_codevector_groups, config.num_codevectors_per_group) * num_masked
+    feature_penalty = mean_squared_features * num_masked
+    loss = contrastive + config.diversity_loss_weight * diversity + config.feature_penalty_weight * feature_penalty
+    return {
+        "loss": loss,
+        "contrastive_loss": contrastive,
+        "diversity_loss": diversity,
+        "feature_penalty": feature_penalty,
+        "num_correct": contrastive_num_correct(logits, mask),
+        "num_masked": num_masked,
+        "chance_correct": contrastive_chance_correct(logits, mask),
+    }
 
 
 @flax.struct.dataclass
@@ -771,6 +844,7 @@ class Wav2Vec2CTCOutput:
       logit_lengths: `[batch]` int32 real frames per utterance (the conv arithmetic on the
         attention mask; all frames without one), the CTC loss's input lengths.
       loss: float32 scalar, the CTC loss with `config.ctc_loss_reduction` (None without labels).
+      utterance_losses: `[batch]` float32, each utterance's CTC loss, before the reduction.
       num_label_tokens: int32 scalar, label ids in the batch (-100 and blanks excluded), the
         normaliser of a summed loss (fairseq's sample size).
       last_hidden_state, hidden_states, mask_time_indices: as `Wav2Vec2BaseModelOutput`'s.
@@ -780,6 +854,7 @@ class Wav2Vec2CTCOutput:
     logit_lengths: jax.Array
     last_hidden_state: jax.Array
     loss: jax.Array | None = None
+    utterance_losses: jax.Array | None = None
     num_label_tokens: jax.Array | None = None
     hidden_states: tuple[jax.Array, ...] | None = None
     mask_time_indices: jax.Array | None = None
@@ -826,6 +901,7 @@ class Wav2Vec2ForCTC(nnx.Module):
         attention_mask: jax.Array | None = None,
         labels: jax.Array | None = None,
         *,
+        input_lengths: jax.Array | None = None,
         mask_time_indices: jax.Array | None = None,
         deterministic: bool = True,
         key: jax.Array | None = None,
@@ -838,6 +914,9 @@ class Wav2Vec2ForCTC(nnx.Module):
             `Wav2Vec2Model`'s. Group-norm models depend on zero padding (module docstring):
             transformers' advice for them is to zero-pad without an attention mask.
           labels: optional `[batch, labels]` int ids in [0, vocab_size), padded with -100.
+          input_lengths: optional `[batch]` int real samples per row of a zero-padded batch given
+            without attention mask: the logits' real frames (the CTC loss's lengths) come from them
+            instead of from the attention mask.
           deterministic: False for training: dropout, LayerDrop, time and channel masks.
           key: PRNG key; named sub-keys drive the masks, the encoder's dropout and the final dropout.
 
@@ -861,7 +940,10 @@ class Wav2Vec2ForCTC(nnx.Module):
         )
         logits = self.lm_head(hidden)
         batch, time = logits.shape[:2]
-        lengths = self.wav2vec2.frame_lengths(attention_mask)
+        if input_lengths is not None:
+            lengths = self.num_frames(jnp.asarray(input_lengths, jnp.int32))
+        else:
+            lengths = self.wav2vec2.frame_lengths(attention_mask)
         lengths = jnp.full((batch,), time, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
         output = Wav2Vec2CTCOutput(
             logits=logits,
@@ -873,13 +955,11 @@ class Wav2Vec2ForCTC(nnx.Module):
         if labels is None:
             return output
         labels = jnp.asarray(labels)
-        loss = ctc_loss(
-            logits,
-            lengths,
-            labels,
-            blank_id=config.pad_token_id,
-            reduction=config.ctc_loss_reduction,
-            zero_infinity=config.ctc_zero_infinity,
+        losses, target_lengths = ctc_utterance_losses(
+            logits, lengths, labels, blank_id=config.pad_token_id, zero_infinity=config.ctc_zero_infinity
         )
-        num_label_tokens = jnp.sum((labels >= 0) & (labels != config.pad_token_id), dtype=jnp.int32)
-        return output.replace(loss=loss, num_label_tokens=num_label_tokens)
+        return output.replace(
+            loss=reduce_ctc_losses(losses, target_lengths, config.ctc_loss_reduction),
+            utterance_losses=losses,
+            num_label_tokens=jnp.sum(target_lengths, dtype=jnp.int32),
+        )

@@ -3,7 +3,8 @@
 They come with the `reference` extra (`pip install -e '.[reference]'`, also part of `test`):
 `research.torch_twin` / `research.compare` (experiments.compare_pytorch), benchmark's
 `--vs-pytorch`, and reading `pytorch_model.bin` checkpoints. Everything else, training included,
-runs on the main install; a missing package raises an ImportError that names the extra.
+runs on the main install. Every module imports without them (`LazyReference`); using the reference
+without them raises an ImportError that names the extra.
 """
 
 from __future__ import annotations
@@ -27,3 +28,16 @@ def import_reference(name: str, needed_for: str) -> ModuleType:
         raise ImportError(
             f"{needed_for} needs {name} (the PyTorch reference, not installed): {INSTALL_HINT}"
         ) from error
+
+
+class LazyReference(ModuleType):
+    """`torch` or `transformers`, imported on first attribute access (`import_reference`): a module
+    that holds the PyTorch reference imports without it, and says which extra is missing when used."""
+
+    def __init__(self, name: str, needed_for: str):
+        super().__init__(name)
+        self._needed_for = needed_for
+
+    def __getattr__(self, attribute: str):
+        module = import_reference(self.__name__, self._needed_for)
+        return getattr(module, attribute)

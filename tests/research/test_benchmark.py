@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import host_memory
-from w2v_jax import train_step as train_lib
+from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import finetune as finetune_configs
-from w2v_jax.finetuning import CTCObjective
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import benchmark
+from w2v_jax.training import host_memory, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,7 +72,7 @@ def test_step_masks_are_the_ones_the_model_draws():
     waveforms = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16000), dtype=np.float32))
     key = jax.random.key(3)
     step = 7
-    out = model(waveforms, deterministic=False, key=train_lib.model_key(key, step, 0))
+    out = model(waveforms, deterministic=False, key=train_step.model_key(key, step, 0))
     mask, negatives = benchmark.step_masks(config, key, step, 2, model.num_frames(16000))
     np.testing.assert_array_equal(mask, np.asarray(out.mask_time_indices))
     assert negatives.shape == (*mask.shape, config.num_negatives)

@@ -6,8 +6,8 @@ import librosa
 import numpy as np
 import pytest
 from flax import nnx
-from small_corpus import make_corpus
 
+from tests.support.corpus import make_corpus
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import Utterance, load_utterances

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import codebook_ablation

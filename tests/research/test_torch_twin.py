@@ -12,16 +12,17 @@ import torch
 import transformers
 from flax import nnx
 
-from w2v_jax import convert, optim, sharding
-from w2v_jax import train_step as train_lib
-from w2v_jax.research import torch_twin
+from w2v_jax.asr.objective import CTCObjective
+from w2v_jax.checkpoints.hf import params_to_hf
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import sample_negative_indices
 from w2v_jax.data.vocabulary import Vocabulary
-from w2v_jax.finetuning import CTCObjective
 from w2v_jax.masking import compute_mask_indices
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, sample_training_masks
 from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
+from w2v_jax.research import torch_twin
+from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training.pretraining import PretrainingObjective
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_temperature_is_our_float32_schedule(config):
         config,
         nnx.state(model, nnx.Param),
         optim.OptimizerSettings(),
-        train_lib.StepHyperparams(learning_rate=lambda s: 1e-3, gumbel_decay=0.99),
+        train_step.StepHyperparams(learning_rate=lambda s: 1e-3, objective=PretrainingObjective(gumbel_decay=0.99)),
     )
     for step in (0, 7, 1000):
         expected = max(2.0 * 0.99**step, 0.5)
@@ -182,12 +183,12 @@ def test_ctc_steps_match_our_train_step():
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     settings = optim.OptimizerSettings(eps=1e-8, weight_decay=0.0, max_grad_norm=0.0)  # fairseq's fine-tuning
     objective = CTCObjective(freeze_finetune_updates=1, use_attention_mask=True)
-    hparams = train_lib.StepHyperparams(learning_rate=optim.tri_stage_schedule(1e-2, 10), objective=objective)
+    hparams = train_step.StepHyperparams(learning_rate=optim.tri_stage_schedule(1e-2, 10), objective=objective)
     optimizer = optim.make_optimizer(**dataclasses.asdict(settings))
-    graphdef, state, shardings = train_lib.create_train_state(config, optimizer, seed=0, mesh=mesh,
+    graphdef, state, shardings = train_step.create_train_state(config, optimizer, seed=0, mesh=mesh,
                                                               model_class=Wav2Vec2ForCTC)
-    train_step = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
-    initial = convert.params_to_hf(state.params, config)
+    step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
+    initial = params_to_hf(state.params, config)
     twin = torch_twin.ReferenceTrainer(config, jax.device_get(state.params), settings, hparams)
     batch = _ctc_batch(padded=True)
     num_frames = nnx.eval_shape(lambda: Wav2Vec2ForCTC(config)).num_frames
@@ -195,9 +196,9 @@ def test_ctc_steps_match_our_train_step():
     key = jax.random.key(0)
     sample_masks = jax.jit(sample_training_masks, static_argnums=(1, 2, 3))
     for step in range(3):
-        time_mask, feature_mask = sample_masks(train_lib.model_key(key, step, 0), config, 2, frames, lengths)
+        time_mask, feature_mask = sample_masks(train_step.model_key(key, step, 0), config, 2, frames, lengths)
         assert np.asarray(time_mask).any() and np.asarray(feature_mask).any()
-        state, ours = train_step(state, batch, key)
+        state, ours = step_fn(state, batch, key)
         theirs = twin.step_ctc(batch, np.asarray(time_mask), np.asarray(feature_mask))
         # Measured over five updates (and of a group-norm model): at most 2.2e-7 (loss) and 2.0e-6
         # (gradient norm) relative, float32 rounding of the same computation (tests/test_ctc_model.py).
@@ -206,7 +207,7 @@ def test_ctc_steps_match_our_train_step():
         assert float(ours["learning_rate"]) == pytest.approx(theirs["learning_rate"], rel=1e-6)
         assert (float(ours["num_utterances"]), float(ours["num_label_tokens"])) == (
             theirs["num_utterances"], theirs["num_label_tokens"])
-        ours_now = convert.params_to_hf(state.params, config)
+        ours_now = params_to_hf(state.params, config)
         theirs_now = {k: p.detach().numpy() for k, p in twin.model.named_parameters()}
         for name, value in initial.items():
             changed = {"ours": not np.array_equal(ours_now[name], value),
@@ -223,7 +224,7 @@ def test_ctc_steps_match_our_train_step():
 def test_ctc_twin_refuses_what_it_cannot_reproduce():
     config = CTC_CONFIG
     params = nnx.state(Wav2Vec2ForCTC(config, rngs=nnx.Rngs(0)), nnx.Param)
-    hparams = train_lib.StepHyperparams(lambda step: 1e-3, objective=CTCObjective(use_attention_mask=False))
+    hparams = train_step.StepHyperparams(lambda step: 1e-3, objective=CTCObjective(use_attention_mask=False))
     twin = torch_twin.ReferenceTrainer(config, params, optim.OptimizerSettings(), hparams)
     with pytest.raises(ValueError, match="padded batch without the attention mask"):
         twin.step_ctc(_ctc_batch(padded=True))

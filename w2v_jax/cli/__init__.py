@@ -1,7 +1,8 @@
 """The command-line programs (`w2v-<name>` once installed, `python -m experiments.<name>` in the repository).
 
-Each module parses its flags and calls library code; `launch(main)` is absl's `app.run` plus what every
-launcher shares:
+Each module defines its flags in `define_flags(flag_values, argv)` (nothing happens at import, so
+every module of the package imports in one process), parses them and calls library code.
+`launch(main, define_flags)` is absl's `app.run` plus what every launcher shares:
 
 - quiet, structured output: absl, orbax and jax log at WARNING only (they log each file written and
   each compile at INFO); w2v_jax's own lines are `HH:MM:SS message`, written through tqdm so they
@@ -10,6 +11,8 @@ launcher shares:
   respected), so a rerun or the next sweep point loads the compiled step instead of compiling it
   again: `--compilation_cache=DIR` moves it, `--compilation_cache=` turns it off, and
   `JAX_COMPILATION_CACHE_DIR` in the environment takes precedence over both.
+
+Flags are snake_case; the dashed spellings of older launchers stay accepted (`alias`).
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import jax
 import tqdm
 from absl import app, flags
 
-from w2v_jax import checkpointing, trainer, workdir
+from w2v_jax.configs import resolve_argv, unknown_field_message
+from w2v_jax.research import probes
+from w2v_jax.training import host_memory, workdir
+from w2v_jax.training.checkpointer import CorruptCheckpointError
+from w2v_jax.training.trainer import TrainingDivergedError
 
-_DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "w2v_jax" / "jax"
-_COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", str(_DEFAULT_CACHE),
-    "Folder of JAX's persistent compilation cache ('' turns it off; JAX_COMPILATION_CACHE_DIR wins).",
-)
+DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "w2v_jax" / "jax"
 # Libraries that log every file, compile or checkpoint step at INFO.
 _QUIET_LOGGERS = ("absl", "jax", "orbax")
 # orbax warns when a reader opens checkpoints read-only, which the readers (evaluate, export) do on purpose.
@@ -103,9 +107,9 @@ def run_faults_exit(run_dir: str | os.PathLike | None) -> Iterator[None]:
     """
     try:
         yield
-    except trainer.TrainingDivergedError as e:
+    except TrainingDivergedError as e:
         raise SystemExit(f"training stopped: {e}") from None
-    except (workdir.WorkdirError, checkpointing.CorruptCheckpointError) as e:
+    except (workdir.WorkdirError, CorruptCheckpointError) as e:
         raise SystemExit(str(e)) from None
     except Exception as e:
         if run_dir is not None and (message := workdir.disk_full_message(e, run_dir)):
@@ -113,12 +117,75 @@ def run_faults_exit(run_dir: str | os.PathLike | None) -> Iterator[None]:
         raise
 
 
-def launch(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)` after `configure_logging` and `enable_compilation_cache` (see the module docstring)."""
+Flags = TypeVar("Flags")
+
+
+def alias(flag_values: flags.FlagValues, *pairs: tuple[str, str]) -> None:
+    """Accepts each `(old, new)` pair's old spelling (e.g. `vs-pytorch`) for flag `new`."""
+    for old, new in pairs:
+        flags.DEFINE_alias(old, new, flag_values=flag_values)
+
+
+def define_host_malloc_flag(flag_values: flags.FlagValues) -> flags.FlagHolder:
+    """`--host_malloc`: the process's host allocator (`training.host_memory`)."""
+    return flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP, flag_values=flag_values)
+
+
+def define_checkpoint_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHolder]:
+    """`--checkpoint` (any format `checkpoints.load_model` reads) and `--step` (a workdir's checkpoint)."""
+    return {
+        "checkpoint": flags.DEFINE_string(
+            "checkpoint", None, "Training workdir or checkpoint folder.", required=True, flag_values=flag_values
+        ),
+        "step": flags.DEFINE_integer(
+            "step", None, "Checkpoint step of a training workdir (default: newest).", flag_values=flag_values
+        ),
+    }
+
+
+def define_probe_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHolder]:
+    """`--held_out_voices` and `--probe_steps`, the phone probe's protocol (`research.probes`)."""
+    return {
+        "held_out_voices": flags.DEFINE_list(
+            "held_out_voices", list(probes.DEFAULT_HELD_OUT_VOICES),
+            "Voices (espeak-ng variants, e.g. m2) held out of the phone probe's training set; empty: none.",
+            flag_values=flag_values,
+        ),
+        "probe_steps": flags.DEFINE_integer(
+            "probe_steps", 300, "Adam iterations of each linear probe.", flag_values=flag_values
+        ),
+    }
+
+
+def launch(
+    main: Callable[[list[str], Flags], Any],
+    define_flags: Callable[[flags.FlagValues, Sequence[str]], Flags],
+) -> None:
+    """Defines the launcher's flags and `--compilation_cache` on absl's flags, then
+    `absl.app.run(main(argv, flags))` after `configure_logging` and `enable_compilation_cache`
+    (see the module docstring)."""
+    defined = define_flags(flags.FLAGS, sys.argv)
+    cache = flags.DEFINE_string(
+        "compilation_cache", str(DEFAULT_CACHE),
+        "Folder of JAX's persistent compilation cache ('' turns it off; JAX_COMPILATION_CACHE_DIR wins).",
+    )
 
     def with_setup(argv: list[str]) -> object:
         configure_logging()
-        enable_compilation_cache(_COMPILATION_CACHE.value)
-        return main(argv)
+        enable_compilation_cache(cache.value)
+        return main(argv, defined)
 
-    app.run(with_setup)
+    app.run(with_setup, flags_parser=lambda argv: parse_flags(argv, app.parse_flags_with_usage))
+
+
+def parse_flags(
+    argv: Sequence[str], parse: Callable[[list[str]], list[str]] = flags.FLAGS
+) -> list[str]:
+    """The positional arguments of the command line `argv`, parsed by `parse` (absl's flags, or
+    another `FlagValues`) after `--config` is resolved from the package. config_flags applies the
+    `--config.*` overrides while parsing: an unknown field ends the program with one line naming it."""
+    argv = resolve_argv("config", argv)
+    try:
+        return parse(argv)
+    except (AttributeError, KeyError) as error:
+        raise SystemExit(unknown_field_message(error, "config", argv)) from None

@@ -1,64 +1,84 @@
 """Input pipeline throughput: audio-seconds per second decoded, normalised, cropped and batched.
 
-    python -m experiments.benchmark_input [--manifest M] [--workers 0,1,2] [--batch-size 8] [--batches 60]
-    python -m experiments.benchmark_input --vs-train-step tiny,small [--workers 0,2]
+    python -m experiments.benchmark_input [--manifest M] [--workers 0,1,2] [--batch_size 8] [--timed_batches 60]
+    python -m experiments.benchmark_input --vs_train_step tiny,small [--workers 0,2]
 
 For each worker count: seconds to the first batch (worker start-up) and the steady-state rate over
---batches batches after --warmup. Audio-seconds count real (attention_mask) samples at 16 kHz. 0
+--timed_batches batches after --warmup_batches. Audio-seconds count real (attention_mask) samples at 16 kHz. 0
 workers = background threads in this process.
 
-`--vs-train-step` compares, in the same run, with what train steps consume: for each named variant
+`--vs_train_step` compares, in the same run, with what train steps consume: for each named variant
 of experiments/configs/pretrain.py, the loader runs with that config's batch size and crop lengths,
 then the config's train step is timed (`w2v_jax.research.benchmark`) on batches of the mean length
 the loader produced, and `ratio=` is the loader's audio-seconds per second over the step's. All
 logic: `w2v_jax.research.input_benchmark`.
+Older spellings stay accepted: `--batch-size`, `--batches`, `--warmup`, `--max-sample-size`,
+`--min-sample-size`, `--vs-train-step`.
 """
+
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import launch
+from w2v_jax.cli import alias, launch
 from w2v_jax.configs import pretrain
 from w2v_jax.data import default_manifest
 from w2v_jax.research import input_benchmark
 
-_MANIFEST = flags.DEFINE_string("manifest", str(default_manifest("train")), "TSV manifest or folder.")
-_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Comma-separated worker counts.")
-_BATCH_SIZE = flags.DEFINE_integer("batch-size", 8, "Utterances per batch.")
-_BATCHES = flags.DEFINE_integer("batches", 60, "Timed batches.")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed batches first.")
-_PAD = flags.DEFINE_bool("pad", False, "Pad mode (default: crop to the batch's shortest).")
-_MAX_SAMPLE_SIZE = flags.DEFINE_integer("max-sample-size", 250_000, "Longest crop in samples.")
-_MIN_SAMPLE_SIZE = flags.DEFINE_integer("min-sample-size", 32_000, "Shortest utterance kept, in samples.")
-_VS_TRAIN_STEP = flags.DEFINE_list("vs-train-step", [], "Comma-separated pretrain config variants to compare with.")
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    args = SimpleNamespace(
+        manifest=flags.DEFINE_string("manifest", str(default_manifest("train")), "TSV manifest or folder.", flag_values=fv),
+        workers=flags.DEFINE_list("workers", ["0", "1", "2"], "Comma-separated worker counts.", flag_values=fv),
+        batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances per batch.", flag_values=fv),
+        timed_batches=flags.DEFINE_integer("timed_batches", 60, "Timed batches.", flag_values=fv),
+        warmup_batches=flags.DEFINE_integer("warmup_batches", 3, "Untimed batches first.", flag_values=fv),
+        pad=flags.DEFINE_bool("pad", False, "Pad mode (default: crop to the batch's shortest).", flag_values=fv),
+        max_sample_size=flags.DEFINE_integer("max_sample_size", 250_000, "Longest crop in samples.", flag_values=fv),
+        min_sample_size=flags.DEFINE_integer(
+            "min_sample_size", 32_000, "Shortest utterance kept, in samples.", flag_values=fv
+        ),
+        vs_train_step=flags.DEFINE_list(
+            "vs_train_step", [], "Comma-separated pretrain config variants to compare with.", flag_values=fv
+        ),
+    )
+    alias(fv, ("batch-size", "batch_size"), ("batches", "timed_batches"), ("warmup", "warmup_batches"),
+          ("max-sample-size", "max_sample_size"), ("min-sample-size", "min_sample_size"),
+          ("vs-train-step", "vs_train_step"))
+    return args
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    workers = [int(w) for w in _WORKERS.value]
-    if _VS_TRAIN_STEP.value:
-        for variant in _VS_TRAIN_STEP.value:
+    workers = [int(w) for w in args.workers.value]
+    if args.vs_train_step.value:
+        for variant in args.vs_train_step.value:
             lines = input_benchmark.loader_vs_train_step(
-                _MANIFEST.value, variant, pretrain.get_config(variant), workers,
-                batches=_BATCHES.value, warmup=_WARMUP.value,
+                args.manifest.value, variant, pretrain.get_config(variant), workers,
+                batches=args.timed_batches.value, warmup=args.warmup_batches.value,
             )
             print("\n".join(lines), flush=True)
         return
-    print(f"manifest {_MANIFEST.value}, batch {_BATCH_SIZE.value}, {'pad' if _PAD.value else 'crop'} mode, "
-          f"crops {_MIN_SAMPLE_SIZE.value}-{_MAX_SAMPLE_SIZE.value} samples")
+    print(f"manifest {args.manifest.value}, batch {args.batch_size.value}, {'pad' if args.pad.value else 'crop'} mode, "
+          f"crops {args.min_sample_size.value}-{args.max_sample_size.value} samples")
     for count in workers:
         result = input_benchmark.measure_loader(
-            _MANIFEST.value, num_workers=count, batch_size=_BATCH_SIZE.value, batches=_BATCHES.value,
-            warmup=_WARMUP.value, pad=_PAD.value, max_sample_size=_MAX_SAMPLE_SIZE.value,
-            min_sample_size=_MIN_SAMPLE_SIZE.value,
+            args.manifest.value, num_workers=count, batch_size=args.batch_size.value,
+            batches=args.timed_batches.value, warmup=args.warmup_batches.value, pad=args.pad.value,
+            max_sample_size=args.max_sample_size.value, min_sample_size=args.min_sample_size.value,
         )
         print(f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
-              f"(first {_WARMUP.value} batches after {result['startup_s']:.1f} s)", flush=True)
+              f"(first {args.warmup_batches.value} batches after {result['startup_s']:.1f} s)", flush=True)
 
 
 def run() -> None:
     """The `w2v-benchmark-input` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Loss curves of w2v_jax against transformers' Wav2Vec2ForPreTraining, step by step.
 
-    python -m experiments.compare_pytorch --config=experiments/configs/pretrain.py:tiny --steps=100 \
+    python -m experiments.compare_pytorch --config=experiments/configs/pretrain.py:tiny --num_steps=100 \
         --workdir=runs/compare_tiny [--external=other_run/metrics.jsonl ...]
 
 Both frameworks start from the same weights and get the same batches, masks, distractors and
@@ -9,36 +9,51 @@ LayerDrop are off (their random draws can't be shared; see `w2v_jax.research.tor
 `curves.csv`, `curves.png` and `summary.json` into the workdir and prints the summary line (the
 largest relative gap between the smoothed curves). `--external` overlays the loss of any other
 run (CSV with step,loss columns, or JSONL with step and loss keys).
+`--steps` (the older spelling of `--num_steps`) stays accepted.
 """
+
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax import host_memory
-from w2v_jax.cli import launch
+from w2v_jax.cli import alias, define_host_malloc_flag, launch
 from w2v_jax.configs import define_config_flag
 from w2v_jax.research import compare
-
-_CONFIG = define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.")
-_STEPS = flags.DEFINE_integer("steps", 100, "Updates on each side (the schedules span them).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
-_EXTERNAL = flags.DEFINE_multi_string("external", [], "Curve files of other runs to overlay (CSV or JSONL).")
-_WINDOW = flags.DEFINE_integer("window", 10, "Moving-average window of the smoothed curves.")
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
+from w2v_jax.training import host_memory
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
+    fv = flag_values
+    args = SimpleNamespace(
+        config=define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.", fv, argv),
+        num_steps=flags.DEFINE_integer("num_steps", 100, "Updates on each side (the schedules span them).", flag_values=fv),
+        workdir=flags.DEFINE_string("workdir", None, "Output folder.", required=True, flag_values=fv),
+        external=flags.DEFINE_multi_string(
+            "external", [], "Curve files of other runs to overlay (CSV or JSONL).", flag_values=fv
+        ),
+        window=flags.DEFINE_integer("window", 10, "Moving-average window of the smoothed curves.", flag_values=fv),
+        host_malloc=define_host_malloc_flag(fv),
+    )
+    alias(fv, ("steps", "num_steps"))
+    return args
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    host_memory.configure(_HOST_MALLOC.value)
+    host_memory.configure(args.host_malloc.value)
     summary = compare.run_comparison(
-        _CONFIG.value, _STEPS.value, _WORKDIR.value, external=_EXTERNAL.value, window=_WINDOW.value
+        args.config.value, args.num_steps.value, args.workdir.value, external=args.external.value,
+        window=args.window.value,
     )
     print(summary["line"])
 
 
 def run() -> None:
     """The `w2v-compare-pytorch` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -14,46 +14,48 @@ that `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
 `pipeline("automatic-speech-recognition", model=...)` load; a CTC model's vocabulary (vocab.json
 and the tokenizer's special tokens) goes with it both ways.
 
-All logic lives in `w2v_jax.convert` and `w2v_jax.checkpointing.load_model`.
+All logic: `w2v_jax.checkpoints.conversion.convert`.
 """
 
-import pathlib
 from collections.abc import Sequence
+from types import SimpleNamespace
 
-from absl import app, flags
+from absl import flags
 
-from w2v_jax import checkpointing, convert
+from w2v_jax.checkpoints.conversion import DIRECTIONS, convert
 from w2v_jax.cli import launch
 
-DIRECTIONS = ("hf-to-jax", "jax-to-hf")
-_ALLOW_NONFINITE = flags.DEFINE_bool("allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).")
-_STEP = flags.DEFINE_integer("step", None, "jax-to-hf from a training workdir: its checkpoint step (default: "
-                             "the best model of a fine-tuning run, else the newest checkpoint).")
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    return SimpleNamespace(
+        allow_nonfinite=flags.DEFINE_bool(
+            "allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).",
+            flag_values=flag_values,
+        ),
+        step=flags.DEFINE_integer(
+            "step", None, "jax-to-hf from a training workdir: its checkpoint step (default: the best model of a "
+            "fine-tuning run, else the newest checkpoint).", flag_values=flag_values,
+        ),
+    )
 
 
-def main(argv: Sequence[str], allow_nonfinite: bool = False, step: int | None = None) -> None:
-    """`argv`: the arguments after the program name, `DIRECTION SOURCE DESTINATION`."""
-    if len(argv) != 3 or argv[0] not in DIRECTIONS:
-        raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {list(argv)}")
-    direction, source, destination = argv
-    vocabulary = convert.load_vocabulary(source)
-    if direction == "hf-to-jax":
-        config, model = convert.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_checkpoint(config, model, destination, vocabulary=vocabulary)
-    elif checkpointing.has_checkpoints(pathlib.Path(source) / "checkpoints"):
-        model = checkpointing.load_model(source, step)  # training checkpoints are finite by construction
-        convert.save_hf_checkpoint(model.config, model, destination, vocabulary=vocabulary)
-    else:
-        if step is not None:
-            raise SystemExit(f"--step applies to a training workdir (with checkpoints/), not {source}")
-        config, model = convert.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
-        convert.save_hf_checkpoint(config, model, destination, vocabulary=vocabulary)
+def main(argv: list[str], args: SimpleNamespace) -> None:
+    """`argv`: the program name, then `DIRECTION SOURCE DESTINATION`."""
+    if len(argv) != 4 or argv[1] not in DIRECTIONS:
+        raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {argv[1:]}")
+    direction, source, destination = argv[1:]
+    try:
+        convert(direction, source, destination, step=args.step.value, allow_nonfinite=args.allow_nonfinite.value)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     print(f"{direction}: {source} -> {destination}")
 
 
 def run() -> None:
     """The `w2v-convert-checkpoint` command."""
-    launch(lambda argv: main(argv[1:], allow_nonfinite=_ALLOW_NONFINITE.value, step=_STEP.value))
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

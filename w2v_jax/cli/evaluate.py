@@ -11,79 +11,98 @@ scored on every utterance of those voices (unseen voices) and on the other voice
 (held-out sentences), beside the same architecture at random init and 80-dim log-mel
 (`w2v_jax.research.probes`). Writes `metrics.json`, `probes.md` (the table, naming each model's
 best layer), `phone_probe.png` (accuracy against depth) and `codebook_usage.png` into `--output`
-and prints the table. All logic: `w2v_jax.research.probes.evaluate_checkpoint`.
+and prints the table. All logic: `w2v_jax.research.probes.evaluate_pretrained_checkpoint`.
 
 A fine-tuned (CTC) checkpoint (a fine-tuning workdir: its best model unless `--step`) is evaluated
 by its error rates instead: WER and CER (`--labels=ltr`) or PER (`--labels=phn`) on `--manifest`
 (default: the embedded corpus's valid split), written to `--output`/metrics.json
-(`w2v_jax.finetuning.evaluate_checkpoint`).
+(`w2v_jax.asr.evaluator.evaluate_finetuned_checkpoint`).
 """
 
 import json
 import pathlib
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax import finetuning
-from w2v_jax.checkpointing import load_model
-from w2v_jax.cli import launch, run_faults_exit
+from w2v_jax.asr.error_rates import METRICS
+from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint
+from w2v_jax.checkpoints import load_model
+from w2v_jax.cli import define_checkpoint_flags, define_probe_flags, launch, run_faults_exit
 from w2v_jax.data import default_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.research import probes
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint folder.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir (default: newest).")
-_MANIFEST = flags.DEFINE_string("manifest", None, "Validation manifest (default: embedded corpus valid split).")
-_PROBE_TRAIN = flags.DEFINE_string("probe_train_manifest", None, "Probe training manifest (default: corpus train).")
-_METADATA = flags.DEFINE_string("metadata", None, "metadata.jsonl with alignments (default: beside the manifest).")
-_FEATURES = flags.DEFINE_enum(
-    "features", "layers", probes.FEATURE_KINDS, "Which features are probed: every layer, or one set."
-)
-_BASELINES = flags.DEFINE_bool("baselines", True, "Also probe a random-init model and log-mel features.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder (default: CHECKPOINT/eval).")
-_SEED = flags.DEFINE_integer("seed", 0, "Masks/distractors of the objective and the random-init weights.")
-_MAX_UTTERANCES = flags.DEFINE_integer(
-    "max_utterances", None, "Use the first N utterances of the objective's set and of each probe set."
-)
-_HELD_OUT_VOICES = flags.DEFINE_list(
-    "held_out_voices", list(probes.DEFAULT_HELD_OUT_VOICES),
-    "Voices (espeak-ng variants, e.g. m2) held out of the phone probe's training set; empty: none.",
-)
-_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 300, "Adam iterations of each linear probe.")
-_LABELS = flags.DEFINE_enum("labels", "ltr", sorted(finetuning.METRICS), "CTC checkpoints: letter or phone labels.")
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    return SimpleNamespace(
+        **define_checkpoint_flags(fv),
+        manifest=flags.DEFINE_string(
+            "manifest", None, "Validation manifest (default: embedded corpus valid split).", flag_values=fv
+        ),
+        probe_train_manifest=flags.DEFINE_string(
+            "probe_train_manifest", None, "Probe training manifest (default: corpus train).", flag_values=fv
+        ),
+        metadata=flags.DEFINE_string(
+            "metadata", None, "metadata.jsonl with alignments (default: beside the manifest).", flag_values=fv
+        ),
+        features=flags.DEFINE_enum(
+            "features", "layers", probes.FEATURE_KINDS, "Which features are probed: every layer, or one set.",
+            flag_values=fv,
+        ),
+        baselines=flags.DEFINE_bool(
+            "baselines", True, "Also probe a random-init model and log-mel features.", flag_values=fv
+        ),
+        output=flags.DEFINE_string("output", None, "Output folder (default: CHECKPOINT/eval).", flag_values=fv),
+        seed=flags.DEFINE_integer(
+            "seed", 0, "Masks/distractors of the objective and the random-init weights.", flag_values=fv
+        ),
+        max_utterances=flags.DEFINE_integer(
+            "max_utterances", None, "Use the first N utterances of the objective's set and of each probe set.",
+            flag_values=fv,
+        ),
+        **define_probe_flags(fv),
+        labels=flags.DEFINE_enum(
+            "labels", "ltr", sorted(METRICS), "CTC checkpoints: letter or phone labels.", flag_values=fv
+        ),
+    )
 
 
-def evaluate_ctc() -> None:
+def evaluate_ctc(args: SimpleNamespace) -> None:
     """Error rates of a fine-tuned checkpoint (module docstring)."""
-    manifest = _MANIFEST.value or str(default_manifest("valid"))
-    record = finetuning.evaluate_checkpoint(_CHECKPOINT.value, manifest, _LABELS.value, step=_STEP.value)
-    output = pathlib.Path(_OUTPUT.value or pathlib.Path(_CHECKPOINT.value) / "eval")
+    manifest = args.manifest.value or str(default_manifest("valid"))
+    record = evaluate_finetuned_checkpoint(args.checkpoint.value, manifest, args.labels.value, step=args.step.value)
+    output = pathlib.Path(args.output.value or pathlib.Path(args.checkpoint.value) / "eval")
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"wrote {output}/metrics.json")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    with run_faults_exit(_OUTPUT.value or _CHECKPOINT.value):
-        if isinstance(load_model(_CHECKPOINT.value, _STEP.value), Wav2Vec2ForCTC):
-            evaluate_ctc()
+    with run_faults_exit(args.output.value or args.checkpoint.value):
+        if isinstance(load_model(args.checkpoint.value, args.step.value), Wav2Vec2ForCTC):
+            evaluate_ctc(args)
             return
-        record, table, output = probes.evaluate_checkpoint(
-            _CHECKPOINT.value,
-            _OUTPUT.value,
-            step=_STEP.value,
-            manifest=_MANIFEST.value,
-            probe_train_manifest=_PROBE_TRAIN.value,
-            metadata=_METADATA.value,
-            kind=_FEATURES.value,
-            baselines=_BASELINES.value,
-            seed=_SEED.value,
-            max_utterances=_MAX_UTTERANCES.value,
-            held_out_voices=_HELD_OUT_VOICES.value,
-            probe_steps=_PROBE_STEPS.value,
+        record, table, output = probes.evaluate_pretrained_checkpoint(
+            args.checkpoint.value,
+            args.output.value,
+            step=args.step.value,
+            manifest=args.manifest.value,
+            probe_train_manifest=args.probe_train_manifest.value,
+            metadata=args.metadata.value,
+            kind=args.features.value,
+            baselines=args.baselines.value,
+            seed=args.seed.value,
+            max_utterances=args.max_utterances.value,
+            held_out_voices=args.held_out_voices.value,
+            probe_steps=args.probe_steps.value,
         )
     print(json.dumps(record["validation"], indent=2))
     print(table)
@@ -92,7 +111,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `w2v-evaluate` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

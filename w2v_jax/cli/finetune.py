@@ -7,32 +7,45 @@
 `--config.init` is the pretrained checkpoint (a pretraining workdir, our folder format or a
 transformers folder; empty: random initialisation). Running the same command again resumes. The
 workdir holds the vocabulary (vocab.json + tokenizer files), model_config.json, metrics, checkpoints
-and the best model by the validation metric in best/. All logic is in `w2v_jax.finetuning` and the
-shared loop `w2v_jax.trainer`.
+and the best model by the validation metric in best/. All logic is in `w2v_jax.asr.task` and the
+shared loop `w2v_jax.training.trainer`.
 """
+
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax import finetuning, host_memory, trainer
-from w2v_jax.cli import launch, run_faults_exit
+from w2v_jax.asr.task import FineTuningTask
+from w2v_jax.cli import define_host_malloc_flag, launch, run_faults_exit
 from w2v_jax.configs import define_config_flag
-
-_CONFIG = define_config_flag("config", "finetune.py:tiny", "Fine-tuning config file, `path:variant`.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.", required=True)
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
+from w2v_jax.training import host_memory, trainer
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
+    return SimpleNamespace(
+        config=define_config_flag(
+            "config", "finetune.py:tiny", "Fine-tuning config file, `path:variant`.", flag_values, argv
+        ),
+        workdir=flags.DEFINE_string(
+            "workdir", None, "Directory for checkpoints, metrics and plots.", required=True, flag_values=flag_values
+        ),
+        host_malloc=define_host_malloc_flag(flag_values),
+    )
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    host_memory.configure(_HOST_MALLOC.value)
-    with run_faults_exit(_WORKDIR.value):
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, task=finetuning.FineTuningTask())
+    host_memory.configure(args.host_malloc.value)
+    with run_faults_exit(args.workdir.value):
+        trainer.train_and_evaluate(args.config.value, args.workdir.value, task=FineTuningTask())
 
 
 def run() -> None:
     """The `w2v-finetune` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -9,36 +9,46 @@ valid split), normalised as in training.
 """
 
 import pathlib
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.checkpointing import load_model
-from w2v_jax.cli import launch
+from w2v_jax.checkpoints import load_model
+from w2v_jax.cli import define_checkpoint_flags, launch
 from w2v_jax.data import default_manifest, load_audio, load_manifest
 from w2v_jax.research import plotting, probes
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint folder.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a training workdir (default: newest).")
-_AUDIO = flags.DEFINE_string("audio", None, "Audio file (default: first utterance of the corpus valid split).")
-_OUT = flags.DEFINE_string("out", "representations.png", "The PNG to write.")
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    return SimpleNamespace(
+        **define_checkpoint_flags(fv),
+        audio=flags.DEFINE_string(
+            "audio", None, "Audio file (default: first utterance of the corpus valid split).", flag_values=fv
+        ),
+        out=flags.DEFINE_string("out", "representations.png", "The PNG to write.", flag_values=fv),
+    )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    audio = _AUDIO.value or load_manifest(default_manifest("valid")).file_path(0)
+    audio = args.audio.value or load_manifest(default_manifest("valid")).file_path(0)
     waveform = load_audio(audio)
-    model = load_model(_CHECKPOINT.value, _STEP.value)
+    model = load_model(args.checkpoint.value, args.step.value)
     figure = plotting.representation_figure(
-        waveform, probes.representations(model, waveform), title=f"{_CHECKPOINT.value}: {pathlib.Path(audio).name}"
+        waveform, probes.representations(model, waveform), title=f"{args.checkpoint.value}: {pathlib.Path(audio).name}"
     )
-    figure.savefig(_OUT.value, dpi=100)
-    print(f"wrote {_OUT.value}")
+    figure.savefig(args.out.value, dpi=100)
+    print(f"wrote {args.out.value}")
 
 
 def run() -> None:
     """The `w2v-plot-representations` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

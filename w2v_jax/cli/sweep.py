@@ -2,9 +2,9 @@
 
     python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook
     python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
-        --print-commands     # print one experiments.pretrain command per point and exit
+        --print_commands     # print one experiments.pretrain command per point and exit
     python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
-        --collect-only       # after the cluster ran those commands
+        --collect_only       # after the cluster ran those commands
 
 Points run one after another with the trainer's `train_and_evaluate`; running the command again
 skips finished points and resumes an interrupted one from its checkpoint. `--config.*` overrides
@@ -14,69 +14,88 @@ every layer (probe trained on `--probe_train_manifest`'s seen voices, scored on 
 `--held_out_voices` and on the valid split's seen voices; `--noprobe` skips it), summarised over
 the `train.seed` grid axis: `results.csv`, `results.md`, `results.png` and `results_curves.png` in
 the workdir (see `w2v_jax.research.sweep`).
+`--print-commands` and `--collect-only` (the older spellings) stay accepted.
 """
 
 import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax import host_memory, trainer
-from w2v_jax.cli import launch, run_faults_exit
+from w2v_jax.cli import alias, define_host_malloc_flag, define_probe_flags, launch, run_faults_exit
 from w2v_jax.configs import define_config_flag
 from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import load_utterances
 from w2v_jax.research import probes, sweep
-
-_CONFIG = define_config_flag("config", "codebook_ablation.py", "Sweep config file, `path[:variant]`.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's folder (one subfolder per point).", required=True)
-_PRINT = flags.DEFINE_bool("print-commands", False, "Print one launcher command per point and exit.")
-_COLLECT = flags.DEFINE_bool("collect-only", False, "Only collect the results of finished points.")
-_VALID = flags.DEFINE_string("valid_manifest", None, "Validation manifest (default: embedded corpus valid split).")
-_MAX_UTTERANCES = flags.DEFINE_integer(
-    "max_utterances", None, "Validate on the first N utterances; at most N in each phone probe set."
-)
-_PROBE = flags.DEFINE_bool("probe", True, "Run the phone probe of every layer on each point's final checkpoint.")
-_PROBE_TRAIN = flags.DEFINE_string(
-    "probe_train_manifest", None, "The phone probe's train split (default: embedded corpus train split)."
-)
-_HELD_OUT_VOICES = flags.DEFINE_list(
-    "held_out_voices", list(probes.DEFAULT_HELD_OUT_VOICES),
-    "Voices (espeak-ng variants, e.g. m2) held out of the phone probe's training set; empty: none.",
-)
-_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 300, "Adam iterations of each linear probe.")
-_HOST_MALLOC = flags.DEFINE_enum("host_malloc", "reuse", host_memory.MODES, host_memory.FLAG_HELP)
+from w2v_jax.training import host_memory, trainer
 
 
-def main(argv: list[str]) -> None:
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
+    fv = flag_values
+    args = SimpleNamespace(
+        config=define_config_flag("config", "codebook_ablation.py", "Sweep config file, `path[:variant]`.", fv, argv),
+        workdir=flags.DEFINE_string(
+            "workdir", None, "The sweep's folder (one subfolder per point).", required=True, flag_values=fv
+        ),
+        print_commands=flags.DEFINE_bool(
+            "print_commands", False, "Print one launcher command per point and exit.", flag_values=fv
+        ),
+        collect_only=flags.DEFINE_bool(
+            "collect_only", False, "Only collect the results of finished points.", flag_values=fv
+        ),
+        valid_manifest=flags.DEFINE_string(
+            "valid_manifest", None, "Validation manifest (default: embedded corpus valid split).", flag_values=fv
+        ),
+        max_utterances=flags.DEFINE_integer(
+            "max_utterances", None, "Validate on the first N utterances; at most N in each phone probe set.",
+            flag_values=fv,
+        ),
+        probe=flags.DEFINE_bool(
+            "probe", True, "Run the phone probe of every layer on each point's final checkpoint.", flag_values=fv
+        ),
+        probe_train_manifest=flags.DEFINE_string(
+            "probe_train_manifest", None, "The phone probe's train split (default: embedded corpus train split).",
+            flag_values=fv,
+        ),
+        **define_probe_flags(fv),
+        host_malloc=define_host_malloc_flag(fv),
+    )
+    alias(fv, ("print-commands", "print_commands"), ("collect-only", "collect_only"))
+    return args
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    host_memory.configure(_HOST_MALLOC.value)
-    config = _CONFIG.value
-    if _PRINT.value:
+    host_memory.configure(args.host_malloc.value)
+    config = args.config.value
+    if args.print_commands.value:
         overrides = [arg for arg in sys.argv[1:] if arg.startswith("--config.")]
         config_path = config_flags.get_config_filename(flags.FLAGS["config"])
-        print("\n".join(sweep.launch_commands(config, config_path, _WORKDIR.value, overrides)))
+        print("\n".join(sweep.launch_commands(config, config_path, args.workdir.value, overrides)))
         return
-    if not _COLLECT.value:
-        with run_faults_exit(_WORKDIR.value):
-            sweep.run_sweep(config, _WORKDIR.value, trainer.train_and_evaluate)
-    valid = load_utterances(_VALID.value or default_manifest("valid"))
+    if not args.collect_only.value:
+        with run_faults_exit(args.workdir.value):
+            sweep.run_sweep(config, args.workdir.value, trainer.train_and_evaluate)
+    valid = load_utterances(args.valid_manifest.value or default_manifest("valid"))
     probe_sets = None
-    if _PROBE.value:
-        train = load_utterances(_PROBE_TRAIN.value or default_manifest("train"))
-        protocol = probes.HeldOutVoices(tuple(_HELD_OUT_VOICES.value))
-        probe_sets = protocol.split(train, valid, max_utterances=_MAX_UTTERANCES.value)
+    if args.probe.value:
+        train = load_utterances(args.probe_train_manifest.value or default_manifest("train"))
+        protocol = probes.HeldOutVoices(tuple(args.held_out_voices.value))
+        probe_sets = protocol.split(train, valid, max_utterances=args.max_utterances.value)
     rows = sweep.collect_results(
-        config, _WORKDIR.value, [u.waveform for u in valid[: _MAX_UTTERANCES.value]],
-        probe_sets=probe_sets, probe_steps=_PROBE_STEPS.value,
+        config, args.workdir.value, [u.waveform for u in valid[: args.max_utterances.value]],
+        probe_sets=probe_sets, probe_steps=args.probe_steps.value,
     )
     print(sweep.results_table(rows))
 
 
 def run() -> None:
     """The `w2v-sweep` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

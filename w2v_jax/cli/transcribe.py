@@ -8,28 +8,44 @@ checkpoint), our folder format or a transformers `Wav2Vec2ForCTC` folder with it
 Arguments are audio files or manifests (every row). Greedy CTC decoding, batched (layer-norm models
 padded, group-norm models in batches of equal length), in the text transformers' ASR pipeline gives
 (`--labels=phn`: phones separated by spaces, as in `.phn` files).
-All logic: `w2v_jax.finetuning.transcribe_files`.
+All logic: `w2v_jax.asr.transcription.transcribe_files`.
 """
+
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax import finetuning
+from w2v_jax.asr.decoding import SEPARATORS
+from w2v_jax.asr.transcription import transcribe_files
 from w2v_jax.cli import launch
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of a workdir (default: its best model).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.")
-_LABELS = flags.DEFINE_enum("labels", "ltr", sorted(finetuning.SEPARATORS),
-                            "The model's labels: ltr (letters joined) or phn (phones separated by spaces).")
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    return SimpleNamespace(
+        checkpoint=flags.DEFINE_string(
+            "checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True, flag_values=fv
+        ),
+        step=flags.DEFINE_integer("step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv),
+        batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.", flag_values=fv),
+        labels=flags.DEFINE_enum(
+            "labels", "ltr", sorted(SEPARATORS),
+            "The model's labels: ltr (letters joined) or phn (phones separated by spaces).", flag_values=fv,
+        ),
+    )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) < 2:
         raise app.UsageError("give audio files or manifests to transcribe")
     try:
-        results = finetuning.transcribe_files(_CHECKPOINT.value, argv[1:], step=_STEP.value,
-                                              batch_size=_BATCH_SIZE.value,
-                                              separator=finetuning.SEPARATORS[_LABELS.value])
+        results = transcribe_files(
+            args.checkpoint.value, argv[1:], step=args.step.value, batch_size=args.batch_size.value,
+            separator=SEPARATORS[args.labels.value],
+        )
     except ValueError as error:
         raise SystemExit(str(error)) from None
     for path, text in results:
@@ -38,7 +54,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `w2v-transcribe` command."""
-    launch(main)
+    launch(main, define_flags)
 
 
 if __name__ == "__main__":

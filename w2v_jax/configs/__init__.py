@@ -11,14 +11,10 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import sys
+from collections.abc import Sequence
 
 from absl import flags
 from ml_collections import config_flags
-
-# Flags defined through `define_config_flag` belong to the launcher that calls it, as with absl's own.
-flags.disclaim_key_flags()
-
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -41,31 +37,39 @@ def resolve_config_path(spec: str) -> str:
     return spec
 
 
-def _resolve_argv(name: str, argv: list[str]) -> None:
-    """Rewrites `--NAME=spec` / `--NAME spec` in place with `resolve_config_path` (absl parses sys.argv later)."""
-    for index, arg in enumerate(argv):
+def resolve_argv(name: str, argv: Sequence[str]) -> list[str]:
+    """`argv` with `--NAME=spec` / `--NAME spec` resolved by `resolve_config_path`."""
+    resolved = list(argv)
+    for index, arg in enumerate(resolved):
         if arg.startswith(f"--{name}="):
-            argv[index] = f"--{name}=" + resolve_config_path(arg.split("=", 1)[1])
-        elif arg == f"--{name}" and index + 1 < len(argv):
-            argv[index + 1] = resolve_config_path(argv[index + 1])
+            resolved[index] = f"--{name}=" + resolve_config_path(arg.split("=", 1)[1])
+        elif arg == f"--{name}" and index + 1 < len(resolved):
+            resolved[index + 1] = resolve_config_path(resolved[index + 1])
+    return resolved
 
 
-def define_config_flag(name: str, default: str, help_string: str) -> flags.FlagHolder:
-    """`config_flags.DEFINE_config_file` (locked), with an unknown `--NAME.field=...` as a one-line exit.
+def define_config_flag(
+    name: str, default: str, help_string: str, flag_values: flags.FlagValues, argv: Sequence[str]
+) -> flags.FlagHolder:
+    """`config_flags.DEFINE_config_file` (locked) on `flag_values`, with an unknown
+    `--NAME.field=...` as a one-line exit.
 
-    The default and the command line's `--NAME` are resolved with `resolve_config_path`, so the
-    launchers run from any directory. config_flags applies the command line's overrides while it
-    defines the flag, at import, so an unknown field (a typo) would otherwise end in a three-part
-    KeyError traceback.
+    config_flags reads the `--NAME.*` overrides from the command line `argv` while it defines the
+    flag, so an unknown field (a typo) would otherwise end in a three-part KeyError traceback. The
+    default and the command line's `--NAME` are resolved with `resolve_config_path`, so the
+    launchers run from any directory; parse `resolve_argv(name, argv)` with `flag_values`.
     """
-    _resolve_argv(name, sys.argv)
+    resolved = resolve_argv(name, argv)
     try:
-        return config_flags.DEFINE_config_file(name, resolve_config_path(default), help_string, lock_config=True)
+        return config_flags.DEFINE_config_file(
+            name, resolve_config_path(default), help_string, flag_values=flag_values, lock_config=True,
+            sys_argv=resolved,
+        )
     except (AttributeError, KeyError) as error:
-        raise SystemExit(unknown_field_message(error, name, sys.argv)) from None
+        raise SystemExit(unknown_field_message(error, name, resolved)) from None
 
 
-def unknown_field_message(error: BaseException, name: str, argv: list[str]) -> str:
+def unknown_field_message(error: BaseException, name: str, argv: Sequence[str]) -> str:
     """One line naming the override with an unknown field (and config_dict's suggestion, if any)."""
     text = str(error).replace("\\'", "'")
     field = re.search(r"'(\w+)'", text)

@@ -14,9 +14,8 @@ collapsed codebook: many distractors share their target's codewords and drop out
 task, which raises its chance level) to 640 (far more codewords than the corpus has phones). `train.seed` is a grid
 axis too: each point is trained with every seed, and the results report the mean and min-max over
 seeds (`w2v_jax.research.sweep`). Every run trains 1000 updates, half of mini's default run, which
-is enough for every point to leave chance; the 16 runs and their phone probes fit the ~2 hour budget
-of the 2-core CPU machine (README, "Evidence that pretraining learns", has the measured time and the
-result). codevector_dim must stay divisible by every G (tiny: 16; mini: 64; base: 256).
+is enough for every point to leave chance; the 16 runs and their phone probes fit a ~2 hour budget
+on a 2-core CPU machine (docs/research.md has the time and the result). codevector_dim must stay divisible by every G (tiny: 16; mini: 64; base: 256).
 """
 
 import ml_collections

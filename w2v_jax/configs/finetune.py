@@ -20,7 +20,7 @@ Labels: fairseq's files beside each manifest (`X.ltr` or `X.wrd` for letters, `X
 `tiny` is the CPU demo and the tests' config: with no data flags it fine-tunes on the embedded
 corpus's train split with letter labels and validates on its valid split. `mini` (from a
 `pretrain.py:mini` checkpoint given as `init`) and `mini_scratch` (random initialisation) are the
-README's low-resource comparison on the same data. The BASE / LARGE variants
+low-resource comparison on the same data (docs/finetuning.md). The BASE / LARGE variants
 are fairseq's recipes (`examples/wav2vec/config/finetuning/{base,vox}_{10m,1h,10h,100h}.yaml`):
 updates, peak learning rate, tri-stage schedule (10% / 40% / 50%, final scale 0.05), Adam
 (0.9, 0.98) eps 1e-8 without weight decay or clipping, feature encoder frozen (feature_grad_mult 0),
@@ -54,13 +54,92 @@ RECIPES = {
 }
 
 
+# The CPU variants on the embedded corpus (about 13 min of letters): batches of 8 at one padded length
+# (6.5 s; the corpus's utterances are 3.2 s to 6.4 s), so one compile; validation every 100 updates;
+# light masking, no LayerDrop.
+_CPU = {
+    "model.mask_time_min_masks": 0,
+    "model.layerdrop": 0.0,
+    "model.activation_dropout": 0.0,
+    "train.batch_size": 8,
+    "train.log_every": 20,
+    "train.eval_every": 100,
+    "train.checkpoint_every": 100,
+    "train.best_metric": "cer",
+    "data.min_sample_size": 48_000,
+    "data.max_sample_size": 104_000,
+    "data.num_buckets": 2,
+}
+# The low-resource comparison in miniature on the `mini` pretraining model: fine-tuned from a
+# pretrained checkpoint (`mini`: fairseq's recipe in small, the feature encoder frozen and the
+# Transformer frozen for the first half, so that the head learns on the pretrained features before
+# they move) or from random initialisation (`mini_scratch`: every part trains from the first
+# update), for the same 600 updates.
+_MINI = {
+    **_CPU,
+    "model.mask_time_prob": 0.25,
+    "model.mask_time_length": 5,
+    "model.mask_feature_prob": 0.1,
+    "model.mask_feature_length": 16,
+    "train.num_steps": 600,
+    "train.learning_rate": 1e-3,
+    "train.freeze_finetune_updates": 300,
+}
+OVERRIDES: dict[str, dict[str, object]] = {
+    # The CPU demo and the tests' config on the tiny pretraining model (2 x 32 Transformer, group-norm
+    # conv stack). The conv encoder trains (a briefly pretrained tiny one needs to adapt); the
+    # Transformer is frozen for the first 100 updates while the head learns on its features: from
+    # the main command's 300-update tiny pretraining this leaves CTC's all-blank plateau within the
+    # 300 updates (trained from the first update, it does not).
+    "tiny": {
+        **_CPU,
+        "model.mask_time_prob": 0.05,
+        "model.mask_time_length": 4,
+        "model.mask_feature_prob": 0.0,
+        "model.mask_feature_length": 4,
+        "model.feature_grad_mult": 1.0,
+        "train.num_steps": 300,
+        "train.learning_rate": 3e-3,
+        "train.freeze_finetune_updates": 100,
+        "train.log_every": 10,
+        "train.eval_every": 50,
+    },
+    "mini": _MINI,
+    "mini_scratch": {
+        **_MINI,
+        "model.feature_grad_mult": 1.0,
+        "train.freeze_finetune_updates": 0,
+        "train.learning_rate": 2e-3,
+    },
+    **{
+        name: {
+            "train.num_steps": num_steps,
+            "train.learning_rate": lr,
+            "train.freeze_finetune_updates": freeze,
+            "model.mask_time_prob": mask_prob,
+            "model.mask_feature_prob": channel_prob,
+            "model.layerdrop": layerdrop,
+            "train.precision": "bfloat16" if name.startswith("large") else "float32",
+            "train.remat": name.startswith("large"),
+        }
+        for name, (num_steps, lr, freeze, mask_prob, channel_prob, layerdrop) in RECIPES.items()
+    },
+}
+
+
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     """The resolved config of one variant (see the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown finetune config variant {variant!r}; choose one of {VARIANTS}")
-    # The sections the training loop shares with pretraining (mesh, distributed, data, train).
-    config = pretrain.get_config(variant.split("_")[0])
+    config = _base_config(pretrain.get_config(variant.split("_")[0]))
     config.variant = variant
+    config.update_from_flattened_dict(OVERRIDES[variant])
+    return config
+
+
+def _base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A pretrain config turned into fairseq's CTC fine-tuning recipe (the sections the training loop
+    shares with pretraining: mesh, distributed, data, train)."""
     config.init = ""  # pretrained checkpoint; "": random initialisation
 
     model = config.model
@@ -106,63 +185,4 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     data.num_buckets = 8  # padded lengths: geometric between min_sample_size and max_sample_size
     data.min_sample_size = 0
     data.max_sample_size = 560_000  # 35 s: LibriSpeech's longest; longer utterances are skipped
-
-    if variant in CPU_VARIANTS:
-        # Fine-tuning on the embedded corpus (about 13 min of letters) on a CPU: batches of 8 at one
-        # padded length (6.5 s; the corpus's utterances are 3.2 s to 6.4 s), so one compile;
-        # validation every 100 updates; light masking, no LayerDrop.
-        model.mask_time_min_masks = 0
-        model.layerdrop = 0.0
-        model.activation_dropout = 0.0
-        train.batch_size = 8
-        train.log_every = 20
-        train.eval_every = 100
-        train.checkpoint_every = 100
-        train.best_metric = "cer"
-        data.min_sample_size = 48_000
-        data.max_sample_size = 104_000
-        data.num_buckets = 2
-    if variant == "tiny":
-        # The CPU demo and the tests' config on the tiny pretraining model (2 x 32 Transformer,
-        # group-norm conv stack). The conv encoder trains (a briefly pretrained tiny one needs to
-        # adapt); the Transformer is frozen for the first 100 updates, while the head learns on
-        # its features: from the README's 300-update tiny pretraining this leaves CTC's all-blank
-        # plateau within the 300 updates (trained from the first update, it does not).
-        model.mask_time_prob = 0.05
-        model.mask_time_length = 4
-        model.mask_feature_prob = 0.0
-        model.mask_feature_length = 4
-        model.feature_grad_mult = 1.0
-        train.num_steps = 300
-        train.learning_rate = 3e-3
-        train.freeze_finetune_updates = 100
-        train.log_every = 10
-        train.eval_every = 50
-    elif variant in ("mini", "mini_scratch"):
-        # The low-resource comparison in miniature (README): the `mini` pretraining model
-        # fine-tuned from a pretrained checkpoint (`mini`, fairseq's recipe in small: feature
-        # encoder frozen, the Transformer frozen for the first half, so that the head learns on the
-        # pretrained features before they move) or from random initialisation (`mini_scratch`:
-        # every part trains from the first update), for the same 600 updates.
-        model.mask_time_prob = 0.25
-        model.mask_time_length = 5
-        model.mask_feature_prob = 0.1
-        model.mask_feature_length = 16
-        train.num_steps = 600
-        train.learning_rate = 1e-3
-        train.freeze_finetune_updates = 300
-        if variant == "mini_scratch":
-            model.feature_grad_mult = 1.0
-            train.freeze_finetune_updates = 0
-            train.learning_rate = 2e-3
-    else:
-        num_steps, lr, freeze, mask_prob, channel_prob, layerdrop = RECIPES[variant]
-        train.num_steps = num_steps
-        train.learning_rate = lr
-        train.freeze_finetune_updates = freeze
-        model.mask_time_prob = mask_prob
-        model.mask_feature_prob = channel_prob
-        model.layerdrop = layerdrop
-        train.precision = "bfloat16" if variant.startswith("large") else "float32"
-        train.remat = variant.startswith("large")
     return config

@@ -12,8 +12,8 @@ pipeline (an empty `train_manifest` means the corpus embedded in the package); `
 mesh and parameter sharding; `distributed.*` multi-host start-up (empty: single process or
 auto-detected on TPU pods / SLURM).
 
-tiny is the README's demo and the tests' config: a 2-layer 32-dim model that trains on the embedded
-corpus in a few CPU minutes. base and large follow fairseq's LibriSpeech / LV-60 recipes (update
+tiny is the main command's demo and the tests' config: a 2-layer 32-dim model that trains on the
+embedded corpus in a few CPU minutes; mini is the CPU research model (docs/research.md). base and large follow fairseq's LibriSpeech / LV-60 recipes (update
 counts, peak learning rates, crops, Gumbel schedule); their batch sizes are per update, in
 utterances (fairseq counts samples: 1.4M samples per GPU x 64 GPUs for BASE, about 560 crops of
 250k samples, reached here with `train.grad_accum_steps`).
@@ -27,20 +27,80 @@ import ml_collections
 
 from w2v_jax.config import Wav2Vec2Config
 
-VARIANTS = ("tiny", "mini", "small", "base", "large")
+# Each variant: `Wav2Vec2Config.preset(variant)` as the model and BASE's recipe (`_base_config`), with
+# these fields changed.
+OVERRIDES: dict[str, dict[str, object]] = {
+    # A short, meaningful CPU run on the embedded corpus: contrastive accuracy leaves chance
+    # (1 / (1 + num_negatives)) within ~100 updates. BASE's feature penalty (10 x mean z^2) and 0.1
+    # encoder gradient keep this 32-channel encoder from learning that fast, so tiny trains like
+    # LARGE and transformers: no penalty, the whole gradient.
+    "tiny": {
+        "model.feature_penalty_weight": 0.0,
+        "model.feature_grad_mult": 1.0,
+        "train.batch_size": 8,
+        "train.num_steps": 300,
+        "train.learning_rate": 2e-3,
+        "train.warmup_steps": 30,
+        "train.gumbel_temperature_decay": 0.995,
+        "train.log_every": 10,
+        "train.checkpoint_every": 100,
+        "train.eval_every": 100,
+        "data.max_sample_size": 32_000,
+        "data.min_sample_size": 16_000,
+    },
+    # The CPU research model on the embedded corpus, as tiny without penalty.
+    "mini": {
+        "model.feature_penalty_weight": 0.0,
+        "model.feature_grad_mult": 1.0,
+        "train.batch_size": 8,
+        "train.num_steps": 2000,
+        "train.learning_rate": 2e-3,
+        "train.warmup_steps": 100,
+        "train.gumbel_temperature_decay": 0.999,
+        "train.log_every": 50,
+        "train.checkpoint_every": 500,
+        "train.eval_every": 500,
+        "data.max_sample_size": 48_000,
+        "data.min_sample_size": 16_000,
+    },
+    "small": {
+        "train.batch_size": 16,
+        "train.num_steps": 50_000,
+        "train.warmup_steps": 4_000,
+        "train.eval_every": 1_000,
+        "data.max_sample_size": 160_000,
+    },
+    # fairseq's wav2vec2_base_librispeech: 400k updates, peak 5e-4, 32k warmup, crops 250k.
+    "base": {"train.batch_size": 64},
+    # fairseq's wav2vec2_large_librivox: 1M updates, 32k warmup, crops 320k, temperature 2 -> 0.1.
+    "large": {
+        "train.batch_size": 64,
+        "train.num_steps": 1_000_000,
+        "train.learning_rate": 5e-3,
+        "train.min_gumbel_temperature": 0.1,
+        "train.precision": "bfloat16",
+        "train.remat": True,
+        "data.max_sample_size": 320_000,
+    },
+}
+VARIANTS = tuple(OVERRIDES)
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     """The resolved config of one variant (see the module docstring)."""
-    if variant not in VARIANTS:
+    if variant not in OVERRIDES:
         raise ValueError(f"unknown pretrain config variant {variant!r}; choose one of {VARIANTS}")
-    config = ml_collections.ConfigDict()
+    config = _base_config(Wav2Vec2Config.preset(variant))
     config.variant = variant
+    config.update_from_flattened_dict(OVERRIDES[variant])
+    return config
 
-    preset = Wav2Vec2Config.preset(variant)
-    config.model = ml_collections.ConfigDict(
-        {f.name: getattr(preset, f.name) for f in dataclasses.fields(preset)}
-    )
+
+def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
+    """fairseq's BASE pretraining recipe around `model`."""
+    config = ml_collections.ConfigDict()
+    config.variant = ""
+    config.model = ml_collections.ConfigDict({f.name: getattr(model, f.name) for f in dataclasses.fields(model)})
 
     config.train = ml_collections.ConfigDict()
     train = config.train
@@ -71,7 +131,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
     train.plot = True  # loss-curve PNG at the end
     # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
-    # step's metrics record, on data.valid_manifest (w2v_jax/evaluation.py).
+    # step's metrics record, on data.valid_manifest (w2v_jax/training/evaluation.py).
     train.eval_every = 0
 
     config.data = ml_collections.ConfigDict()
@@ -99,56 +159,4 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     config.distributed.coordinator_address = ""  # host:port of process 0; "" = auto-detect / single
     config.distributed.num_processes = 0
     config.distributed.process_id = -1
-
-    if variant == "tiny":
-        # A short, meaningful CPU run on the embedded corpus: contrastive accuracy leaves chance
-        # (1 / (1 + num_negatives)) within ~100 updates. BASE's feature penalty (10 x mean z^2) and
-        # 0.1 encoder gradient keep this 32-channel encoder from learning anything that fast
-        # (README, Pretraining), so tiny trains like LARGE / transformers.
-        config.model.feature_penalty_weight = 0.0
-        config.model.feature_grad_mult = 1.0
-        train.batch_size = 8
-        train.num_steps = 300
-        train.learning_rate = 2e-3
-        train.warmup_steps = 30
-        train.max_gumbel_temperature = 2.0
-        train.min_gumbel_temperature = 0.5
-        train.gumbel_temperature_decay = 0.995
-        train.log_every = 10
-        train.checkpoint_every = 100
-        train.eval_every = 100  # the 30 valid utterances: a second or two per evaluation
-        data.max_sample_size = 32_000
-        data.min_sample_size = 16_000
-    elif variant == "mini":
-        # The CPU research model: pretrains on the embedded corpus in ~20 minutes on 2 cores.
-        config.model.feature_penalty_weight = 0.0
-        config.model.feature_grad_mult = 1.0
-        train.batch_size = 8
-        train.num_steps = 2000
-        train.learning_rate = 2e-3
-        train.warmup_steps = 100
-        train.gumbel_temperature_decay = 0.999
-        train.log_every = 50
-        train.checkpoint_every = 500
-        train.eval_every = 500
-        data.max_sample_size = 48_000
-        data.min_sample_size = 16_000
-    elif variant == "small":
-        train.batch_size = 16
-        train.num_steps = 50_000
-        train.warmup_steps = 4_000
-        train.eval_every = 1_000
-        data.max_sample_size = 160_000
-    elif variant == "base":
-        # fairseq wav2vec2_base_librispeech: 400k updates, peak 5e-4, 32k warmup, crops 250k.
-        train.batch_size = 64
-    else:
-        # fairseq wav2vec2_large_librivox: 1M updates, 32k warmup, crops 320k, temperature 2 -> 0.1.
-        train.batch_size = 64
-        train.num_steps = 1_000_000
-        train.learning_rate = 5e-3
-        train.min_gumbel_temperature = 0.1
-        train.precision = "bfloat16"
-        train.remat = True
-        data.max_sample_size = 320_000
     return config

@@ -13,6 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile
 import soxr
@@ -77,8 +78,6 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     """Returns ([frames, channels] float32, sample_rate); raises AudioError("unreadable") on any failure."""
     try:
         if path.suffix.lower() in _LIBROSA_ONLY_EXTENSIONS:
-            import librosa  # slow import, only needed for these containers
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # librosa warns about its audioread fallback
                 data, rate = librosa.load(path, sr=None, mono=False, dtype=np.float32)

@@ -209,6 +209,12 @@ def load_manifest(manifest_or_folder: str | os.PathLike, *, allow_outside_root: 
     return read_manifest(source, allow_outside_root=allow_outside_root)
 
 
+def load_waveforms(manifest: str | os.PathLike, *, normalize: bool = True) -> list[np.ndarray]:
+    """Every utterance of a manifest, float32 `[samples]` at 16 kHz (normalised as training does)."""
+    entries = load_manifest(manifest)
+    return [audio.load_audio(entries.file_path(i), normalize_audio=normalize) for i in range(len(entries))]
+
+
 def valid_manifest_path(out: str | os.PathLike) -> Path:
     """valid.tsv beside train.tsv; NAME_valid.tsv beside any other NAME.tsv."""
     out = Path(out)

@@ -32,6 +32,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from w2v_jax.data import audio, skips
 from w2v_jax.data.labels import LabelSet, pad_labels
@@ -358,8 +359,6 @@ class TrainIterator:
             # Elements are whole batches: a short buffer is enough, and a long one costs memory.
             dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
             if self.num_workers > 0:
-                from absl import flags
-
                 # grain reads absl flags when it starts workers; programs that don't use absl never
                 # parse them, so settle them to their defaults (a no-op under absl.app.run).
                 if not flags.FLAGS.is_parsed():

@@ -54,16 +54,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax import host_memory, optim, sharding
-from w2v_jax import train_step as train_lib
+from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
-from w2v_jax.finetuning import FineTuningTask
 from w2v_jax.model import sample_masks_and_negatives, sample_training_masks
 from w2v_jax.reference import import_reference
-from w2v_jax.trainer import PretrainingTask
+from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
+from w2v_jax.training import host_memory, optim, sharding, train_step
+from w2v_jax.training.pretraining import PretrainingTask
 
-SAMPLE_RATE = 16_000
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
 # Letters and word delimiters per second of read speech (LibriSpeech: about 2.7 words of 4-5 letters).
 LETTERS_PER_SECOND = 15.0
@@ -152,7 +152,7 @@ class StepTimings:
         return self.flops_per_second / self.peak_flops_per_second
 
     def line(self) -> str:
-        """One `key=value` line (the fields the README table and the tests read)."""
+        """One `key=value` line (the fields the performance tables and the tests read)."""
         compile_s = "none(eager)" if self.compile_seconds is None else f"{self.compile_seconds:.2f}"
         memory = " ".join(f"{k}_mib={v / _MIB:.1f}" for k, v in self.memory.items())
         return (
@@ -194,9 +194,9 @@ class BenchmarkTask:
     model_config: Wav2Vec2Config
     model_class: type[nnx.Module]
     optimizer: optax.GradientTransformation
-    hparams: train_lib.StepHyperparams
+    hparams: train_step.StepHyperparams
     optimizer_settings: optim.OptimizerSettings
-    initial_state: Callable[[train_lib.TrainState], train_lib.TrainState]
+    initial_state: Callable[[train_step.TrainState], train_step.TrainState]
     vocabulary: Vocabulary | None = None
 
     def num_frames(self, num_samples: int) -> int:
@@ -207,9 +207,9 @@ def benchmark_task(config: ml_collections.ConfigDict) -> BenchmarkTask:
     """The task of a run config, set up by the trainer's `Task` as for a fresh run (nothing written).
 
     A fine-tuning config (`w2v_jax/configs/finetune.py`, which has `data.labels`) is set up by
-    `finetuning.FineTuningTask`: its vocabulary (from the training labels or `data.vocabulary`),
+    `asr.task.FineTuningTask`: its vocabulary (from the training labels or `data.vocabulary`),
     model (`init`'s architecture when given), `CTCObjective` and optimizer; any other config by
-    `trainer.PretrainingTask`.
+    `pretraining.PretrainingTask`.
     """
     task = FineTuningTask() if "labels" in config.data else PretrainingTask()
     with tempfile.TemporaryDirectory() as workdir:
@@ -295,7 +295,7 @@ def step_masks(
     Our train step hands the model `train_step.model_key(key, step, 0)` (no attention mask: every
     utterance is `frames` long); this re-draws the model's masks and distractors for the reference.
     """
-    mask, negatives = sample_masks_and_negatives(train_lib.model_key(key, step, 0), model_config, batch_size, frames)
+    mask, negatives = sample_masks_and_negatives(train_step.model_key(key, step, 0), model_config, batch_size, frames)
     return np.asarray(mask), np.asarray(negatives)
 
 
@@ -311,7 +311,7 @@ class CompiledStep:
 
 def compile_train_step(
     task: BenchmarkTask, settings: BenchmarkSettings, device: jax.Device
-) -> tuple[CompiledStep, train_lib.TrainState]:
+) -> tuple[CompiledStep, train_step.TrainState]:
     """Creates the task's train state on `device` and compiles `train_step.train_step` ahead of time
     for the batch (`make_batch`'s shapes).
 
@@ -319,7 +319,7 @@ def compile_train_step(
       (the compiled step, the initial state).
     """
     mesh = sharding.make_mesh(devices=[device])
-    graphdef, state, state_shardings = train_lib.create_train_state(
+    graphdef, state, state_shardings = train_step.create_train_state(
         task.model_config,
         task.optimizer,
         seed=settings.seed,
@@ -330,7 +330,7 @@ def compile_train_step(
     )
     state = task.initial_state(state)
     step = jax.jit(
-        functools.partial(train_lib.train_step, graphdef=graphdef, optimizer=task.optimizer, hparams=task.hparams),
+        functools.partial(train_step.train_step, graphdef=graphdef, optimizer=task.optimizer, hparams=task.hparams),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -403,8 +403,6 @@ class TorchRunner:
 
     def __init__(self, task: BenchmarkTask, settings: BenchmarkSettings, params: Any):
         torch = import_reference("torch", "benchmark --vs-pytorch")
-        from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
-
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.trainer = ReferenceTrainer(
@@ -427,7 +425,7 @@ class TorchRunner:
                 # The model sees the attention mask (so its real frame counts) only when the objective passes it.
                 lengths = np.full(rows, frames) if task.hparams.objective.use_attention_mask else None
                 time_mask, feature_mask = sample_training_masks(
-                    train_lib.model_key(key, step, 0), model_config, rows, frames, lengths
+                    train_step.model_key(key, step, 0), model_config, rows, frames, lengths
                 )
                 if time_mask is not None:
                     time_mask = torch.from_numpy(np.array(time_mask)).to(self.device)
@@ -487,7 +485,7 @@ def time_interleaved(
     so their ratio is fair even when the machine's speed drifts during the run. An untimed
     pause of `settle_seconds` before each step lets the other framework's worker threads, which
     spin for a while after their work, go idle: on a few cores they otherwise slow the other
-    framework's small steps many times over (measured: the README's performance section).
+    framework's small steps many times over.
     `each_round` runs (untimed) after every round, e.g. to sample the matmul peak under the same load.
     """
     rss = PeakResidentMemory()
@@ -571,7 +569,6 @@ def run_benchmark(
       the measurements; `lines()` is the report.
     """
     task = benchmark_task(config)
-    model_config = task.model_config
     device = device or jax.devices()[0]
     dtype = PRECISIONS[settings.precision] or jnp.float32
     # The best matmul rate seen during the run: sampled before and after every round of steps,
@@ -601,17 +598,7 @@ def run_benchmark(
 
     audio_seconds = settings.batch_size * settings.seconds
     memory, source = ours.memory(peak_rss["w2v_jax"])
-    labels = ours.batch.get("labels")
-    header = (
-        f"config={config.get('variant', '?')} task={task.name} layers={model_config.num_hidden_layers} "
-        f"hidden={model_config.hidden_size} "
-        f"conv_channels={model_config.conv_dim[-1]} batch={settings.batch_size} seconds={settings.seconds} "
-        + ("" if labels is None else f"labels={labels.shape[1]} vocab={model_config.vocab_size} ")
-        + f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
-        f"layerdrop=0 jax={jax.__version__} host_malloc={host_memory.mode()} matmul_peak_flops_per_s={peak[device.platform]:.4g} "
-        f"(best {'1024' if device.platform == 'cpu' else '8192'}^2 {jnp.dtype(dtype).name} matmul of the run; "
-        f"timed steps alternate between the frameworks)"
-    )
+    header = _report_header(config, task, settings, device, dtype, peak[device.platform], ours.batch.get("labels"))
     result = BenchmarkResult(
         header,
         StepTimings(
@@ -649,6 +636,29 @@ def run_benchmark(
     return result
 
 
+def _report_header(
+    config: ml_collections.ConfigDict,
+    task: BenchmarkTask,
+    settings: BenchmarkSettings,
+    device: jax.Device,
+    dtype: jnp.dtype,
+    peak_flops: float,
+    labels: np.ndarray | None,
+) -> str:
+    """The report's first line: what ran, where, and the matmul peak the MFU is measured against."""
+    model_config = task.model_config
+    return (
+        f"config={config.get('variant', '?')} task={task.name} layers={model_config.num_hidden_layers} "
+        f"hidden={model_config.hidden_size} "
+        f"conv_channels={model_config.conv_dim[-1]} batch={settings.batch_size} seconds={settings.seconds} "
+        + ("" if labels is None else f"labels={labels.shape[1]} vocab={model_config.vocab_size} ")
+        + f"precision={settings.precision} remat={settings.remat} warmup={settings.warmup} steps={settings.steps} "
+        f"layerdrop=0 jax={jax.__version__} host_malloc={host_memory.mode()} matmul_peak_flops_per_s={peak_flops:.4g} "
+        f"(best {'1024' if device.platform == 'cpu' else '8192'}^2 {jnp.dtype(dtype).name} matmul of the run; "
+        f"timed steps alternate between the frameworks)"
+    )
+
+
 def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, remat: bool) -> int:
     """XLA's temporary bytes of the compiled forward + backward pass alone (activation memory).
 
@@ -657,10 +667,10 @@ def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, r
     rematerialisation).
     """
     abstract = nnx.eval_shape(
-        lambda: train_lib.create_model(task.model_config, 0, PRECISIONS[settings.precision], remat, task.model_class)
+        lambda: train_step.create_model(task.model_config, 0, PRECISIONS[settings.precision], remat, task.model_class)
     )
     graphdef, params = nnx.split(abstract)
-    objective = task.hparams.resolved_objective()
+    objective = task.hparams.objective
 
     def loss(params: nnx.State, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
         return objective.loss(nnx.merge(graphdef, params), batch, key, jnp.zeros((), jnp.int32))[0]

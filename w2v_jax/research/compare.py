@@ -22,13 +22,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from w2v_jax import optim, sharding, trainer
-from w2v_jax import train_step as train_lib
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.layers import named_key
 from w2v_jax.model import Wav2Vec2ForPreTraining, sample_gumbel_noise, sample_masks_and_negatives
 from w2v_jax.research import plotting
 from w2v_jax.research.torch_twin import ReferenceTrainer, check_comparable, comparable_config
+from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training.pretraining import PretrainingTask, pretraining_hyperparams
 
 # The curves compared (per masked frame where it applies), in our train step's metric names.
 CURVE_METRICS = ("loss", "contrastive_loss", "diversity_loss", "code_perplexity", "accuracy", "grad_norm")
@@ -84,10 +84,10 @@ def compare_training(
     check_comparable(model_config)
     # One device: the comparison is about the numbers, not the parallelism.
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    optimizer, hparams = train_lib.optimizer_and_hyperparams(t)
-    graphdef, state, state_shardings = train_lib.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
-    step_fn = train_lib.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
-    _, control, _ = train_lib.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
+    optimizer, hparams = pretraining_hyperparams(t)
+    graphdef, state, state_shardings = train_step.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
+    step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
+    _, control, _ = train_step.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
     one_ulp_up = jax.jit(
         lambda p: jax.tree.map(lambda x: jnp.nextafter(x, jnp.inf), p), out_shardings=state_shardings.params
     )
@@ -105,7 +105,7 @@ def compare_training(
         frame_lengths = shapes.num_frames(np.sum(batch["attention_mask"], axis=1))
         step_key = jax.random.fold_in(sampling_key, step)
         mask, negatives = sample_masks_and_negatives(step_key, model_config, rows, frames, frame_lengths)
-        noise = sample_gumbel_noise(train_lib.model_key(key, step, 0), model_config, rows, frames)
+        noise = sample_gumbel_noise(train_step.model_key(key, step, 0), model_config, rows, frames)
         explicit = {"mask_time_indices": np.asarray(mask), "negative_indices": np.asarray(negatives)}
 
         metrics = {}
@@ -228,7 +228,7 @@ def run_comparison(
     workdir.mkdir(parents=True, exist_ok=True)
     external_curves = {pathlib.Path(p).name: read_curve_file(p) for p in external}
     if batches is None:
-        batches = trainer.PretrainingTask().data_iterator(
+        batches = PretrainingTask().data_iterator(
             config, batch_size=config.train.batch_size, shard_index=0, shard_count=1
         )
     records = compare_training(config, batches)

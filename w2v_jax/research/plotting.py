@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -17,8 +17,21 @@ matplotlib.use("Agg")  # servers and CI have no display; notebooks show returned
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-if TYPE_CHECKING:
-    from w2v_jax.research.probes import PhoneProbeReport
+
+class PhoneProbeResults(Protocol):
+    """What `plot_phone_probe` reads of a `probes.PhoneProbeReport`."""
+
+    num_frames: Mapping[str, int]
+    majority: Mapping[str, float]
+    held_out_voices: Sequence[str]
+    num_classes: int
+
+    def feature_names(self) -> list[str]: ...
+
+    def rows(self, features: str) -> list[Any]: ...
+
+    def best(self, features: str) -> Any: ...
+
 
 _TITLES = {
     "loss": "loss per masked frame",
@@ -87,7 +100,7 @@ def plot_codebook_usage(usage: np.ndarray, path: str | os.PathLike, title: str =
     plt.close(fig)
 
 
-def plot_phone_probe(report: PhoneProbeReport, path: str | os.PathLike) -> None:
+def plot_phone_probe(report: PhoneProbeResults, path: str | os.PathLike) -> None:
     """Phone probe accuracy against depth, one panel per test set (`probes.PhoneProbeReport`).
 
     A line per model (the checkpoint, random init) over its feature sets in depth order; log-mel

@@ -18,8 +18,8 @@ trains on the train split's utterances of the other ("seen") voices and is score
 A probe that leans on what it memorised of the training voices fails the first test; one that
 leans on the training sentences fails the second.
 
-`evaluate` adds the validation objective (`research.validation`); `evaluate_checkpoint` is
-`python -m experiments.evaluate`.
+`evaluate` adds the validation objective (`research.validation`); `evaluate_pretrained_checkpoint`
+is `python -m experiments.evaluate` on a pretrained checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax.checkpointing import load_model
+from w2v_jax.checkpoints import load_model
 from w2v_jax.data import SAMPLE_RATE, default_manifest
 from w2v_jax.data.utterances import (
     FRAME_HOP,
@@ -580,7 +580,7 @@ def evaluate(
     return metrics, report
 
 
-def evaluate_checkpoint(
+def evaluate_pretrained_checkpoint(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
@@ -598,7 +598,7 @@ def evaluate_checkpoint(
     """`evaluate` on a checkpoint; writes `metrics.json`, `probes.md`, `phone_probe.png` and `codebook_usage.png`.
 
     Args:
-      checkpoint: anything `checkpointing.load_model` reads; `step` picks a workdir's checkpoint.
+      checkpoint: anything `checkpoints.load_model` reads; `step` picks a workdir's checkpoint.
       output: the folder to write (default CHECKPOINT/eval).
       manifest: the valid split: the objective's set, and the probe's held-out sentences (default:
         the embedded corpus' valid split).

@@ -39,9 +39,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from w2v_jax import metrics as metrics_lib
-from w2v_jax import checkpointing
+from w2v_jax.checkpoints import load_model
 from w2v_jax.research import plotting, probes, validation
+from w2v_jax.training import metrics
+from w2v_jax.training.workdir import CHECKPOINTS_DIR
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -148,8 +149,8 @@ def is_finished(folder: pathlib.Path, num_steps: int) -> bool:
 
     orbax renames a checkpoint's temporary folder to `<step>` only once it is fully written.
     """
-    metrics_file = folder / metrics_lib.METRICS_FILE
-    return (folder / "checkpoints" / str(num_steps)).is_dir() and metrics_file.is_file()
+    metrics_file = folder / metrics.METRICS_FILE
+    return (folder / CHECKPOINTS_DIR / str(num_steps)).is_dir() and metrics_file.is_file()
 
 
 def launch_commands(
@@ -181,7 +182,7 @@ def collect_results(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     valid_waveforms: Sequence[np.ndarray],
-    load_model: Callable[[pathlib.Path], Any] = checkpointing.load_model,
+    load_model: Callable[[pathlib.Path], Any] = load_model,
     *,
     probe_sets: probes.ProbeSets | None = None,
     probe_steps: int = 300,
@@ -223,7 +224,7 @@ def collect_results(
         if not is_finished(folder, point_config.train.num_steps):
             missing.append(point_name(point))
             continue
-        records = metrics_lib.read_metrics(folder / metrics_lib.METRICS_FILE)
+        records = metrics.read_metrics(folder / metrics.METRICS_FILE)
         curves.append((point, records))
         last = records[-1]
         model = load_model(folder)
@@ -366,15 +367,15 @@ def results_table(rows: Sequence[Mapping[str, Any]], missing: Sequence[str] = ()
         return "no finished points" + (f"; missing: {', '.join(missing)}" if missing else "")
     points = summarize_seeds(rows)
     axes = _grid_axes(points[0])
-    metrics = [name for name in SUMMARY_METRICS if name in points[0]]
+    columns = [name for name in SUMMARY_METRICS if name in points[0]]
     titles = [axis.rsplit(".", 1)[-1] for axis in axes] + ["G x V", "seeds"]
-    titles += [SUMMARY_METRICS[name] for name in metrics]
+    titles += [SUMMARY_METRICS[name] for name in columns]
     if "probe_best_layer" in points[0]:
         titles.append("which layer is best")
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for point in points:
         cells = [str(point[axis]) for axis in axes] + [str(point["codebook_size"]), str(len(point["seeds"]))]
-        cells += [str(point[name]) for name in metrics]
+        cells += [str(point[name]) for name in columns]
         if "probe_best_layer" in point:
             cells.append(point["probe_best_layer"])
         lines.append("| " + " | ".join(cells) + " |")

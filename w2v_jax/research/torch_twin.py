@@ -1,12 +1,12 @@
 """The PyTorch twin: transformers' `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC` trained the way we train.
 
-`ReferenceTrainer` runs transformers' model with the optimisation of `w2v_jax.optim` and
-`w2v_jax.train_step` (the same `OptimizerSettings` and `StepHyperparams`), so that a loss curve of
+`ReferenceTrainer` runs transformers' model with the optimisation of `training.optim` and
+`training.train_step` (the same `OptimizerSettings` and `StepHyperparams`), so that a loss curve of
 ours can be laid over the reference's and any gap means a bug, not a different recipe. What the
-step optimises follows our step's objective: pretraining (`train_step.PretrainingObjective`) or
-CTC fine-tuning (`finetuning.CTCObjective`: `Wav2Vec2ForCTC`).
+step optimises follows our step's objective: pretraining (`training.pretraining.PretrainingObjective`) or
+CTC fine-tuning (`asr.objective.CTCObjective`: `Wav2Vec2ForCTC`).
 
-- weights: our initial parameters, converted with `w2v_jax.convert.params_to_hf` (exact);
+- weights: our initial parameters, converted with `checkpoints.hf.params_to_hf` (exact);
 - loss scale: the reference's losses are sums (pretraining: over masked frames; CTC: transformers'
   "sum" reduction, over utterances); the gradient is divided once by the number of masked frames
   (fairseq's sample size) or of utterances (fairseq's `sentence_avg`), as our train step does;
@@ -28,11 +28,10 @@ CTC fine-tuning (`finetuning.CTCObjective`: `Wav2Vec2ForCTC`).
   channel mask through `supplied_feature_mask` (transformers draws it in `_compute_mask_indices`).
 
 The straight-through sample is formed as `hard + (soft - soft)` on both sides, so its forward
-value is exactly the one-hot. torch's `hard - soft.detach() + soft` (and our former
-`hard + soft - soft`) round differently: the one-hot can come out 1 ulp off, two frames with the
-same codewords then get q vectors that are not bitwise equal, and the "distractor equal to its
-positive gets -inf" rule fires on different distractors in each framework (found by the curve
-comparison, `research.compare`; the README gives the gap it made).
+value is exactly the one-hot. torch's `hard - soft.detach() + soft` (or `hard + soft - soft`)
+rounds differently: the one-hot can come out 1 ulp off, two frames with the same codewords then get
+q vectors that are not bitwise equal, and the "distractor equal to its positive gets -inf" rule
+fires on different distractors in each framework.
 
 What cannot be matched: dropout masks and LayerDrop draws (torch draws them from its own
 generator), and fairseq's feature penalty and encoder gradient scale other than 0 or 1
@@ -52,17 +51,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2v_jax.asr.objective import CTCObjective
+from w2v_jax.checkpoints.hf import params_to_hf
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.contrastive_loss import contrastive_accuracy, contrastive_logits, gather_negatives
-from w2v_jax.convert import params_to_hf
-from w2v_jax.finetuning import CTCObjective
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from w2v_jax.optim import OptimizerSettings
-from w2v_jax.reference import import_reference
-from w2v_jax.train_step import StepHyperparams
+from w2v_jax.reference import LazyReference
+from w2v_jax.training.optim import OptimizerSettings
+from w2v_jax.training.train_step import StepHyperparams
 
-torch = import_reference("torch", "w2v_jax.research.torch_twin")
-transformers = import_reference("transformers", "w2v_jax.research.torch_twin")
+torch = LazyReference("torch", "the PyTorch twin (w2v_jax.research.torch_twin)")
+transformers = LazyReference("transformers", "the PyTorch twin (w2v_jax.research.torch_twin)")
 
 # The randomness the reference draws from its own generator: zero it for a comparison.
 _STOCHASTIC_FIELDS = (
@@ -279,10 +278,10 @@ class ReferenceTrainer:
     The one PyTorch training loop of the project: the curve comparison (`research.compare`) and
     the benchmark (`research.benchmark`) both run it. `update` / `step` feed a pretraining step,
     `update_ctc` / `step_ctc` a CTC fine-tuning step (when `hparams.objective` is a
-    `finetuning.CTCObjective`); both end in the same backward pass and optimizer update.
+    `asr.objective.CTCObjective`); both end in the same backward pass and optimizer update.
 
     Example:
-      >>> trainer = ReferenceTrainer(config, params, OptimizerSettings(), StepHyperparams(schedule))
+      >>> trainer = ReferenceTrainer(config, params, OptimizerSettings(), StepHyperparams(schedule, PretrainingObjective()))
       >>> metrics = trainer.step(batch, mask, negatives, gumbel_noise)
       >>> ctc = ReferenceTrainer(config, params, settings, StepHyperparams(schedule, objective=CTCObjective()))
       >>> metrics = ctc.step_ctc(batch, time_mask, feature_mask)      # batch with "labels"
@@ -304,7 +303,7 @@ class ReferenceTrainer:
           params: our initial parameters (`nnx.state(model, nnx.Param)` or the train state's) of
             the objective's model: `Wav2Vec2ForCTC` for a `CTCObjective`, else `Wav2Vec2ForPreTraining`.
           optimizer, hparams: our recipe (`OptimizerSettings.from_train_config`,
-            `train_step.step_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
+            `pretraining.pretraining_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
             accumulation is not reproduced.
           device: where the model runs.
           attention: transformers' attention implementation ("eager": no fused-kernel
@@ -313,7 +312,7 @@ class ReferenceTrainer:
         """
         self.config = config
         self.hparams = hparams
-        self.objective = hparams.resolved_objective()
+        self.objective = hparams.objective
         self.is_ctc = isinstance(self.objective, CTCObjective)
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype

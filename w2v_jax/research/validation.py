@@ -2,8 +2,14 @@
 
 `validation_metrics` runs the contrastive task in evaluation mode (argmax codewords, no dropout):
 loss, contrastive accuracy, code perplexity, and the codebook-usage histogram `[G, V]` (how often
-each codeword is chosen over every frame). Waveforms are batched by equal length
-(`data.utterances.equal_length_batches`): a few compiles and no padding.
+each codeword is chosen over every frame). It shares the validation inside training
+(`training.evaluation`): the model's masks and distractors (`model.masks_and_negatives`) and the
+totals of the objective (`PretrainingTotals`). Where it differs, on purpose: the waveforms are
+batched by equal length (`data.utterances.equal_length_batches`: no padding, a few compiles, any
+model, no training config), the masks come from keys of its own seed and batch number (so a
+checkpoint's figures are comparable across runs, whatever their training seed), an utterance with
+too few masked frames for distinct distractors is left out of the loss, and every frame counts in
+the codebook histogram.
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2v_jax.contrastive_loss import sample_negative_indices
 from w2v_jax.data.utterances import equal_length_batches
-from w2v_jax.masking import compute_mask_indices
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForPreTraining, masks_and_negatives
 from w2v_jax.quantization import code_perplexity
+from w2v_jax.training.evaluation import PretrainingTotals, pretraining_sums
 
 
 @nnx.jit
 def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, negatives: jax.Array):
-    """Evaluation-mode outputs and per-utterance codeword counts `[batch, G, V]` (every frame)."""
+    """Evaluation-mode sums and counts (`pretraining_sums`) and per-utterance codeword counts
+    `[batch, G, V]` (every frame)."""
     out = module(x, mask_time_indices=mask, negative_indices=negatives, deterministic=True)
     counts = jax.nn.one_hot(out.codevector_indices, module.quantizer.num_vars, dtype=jnp.int32).sum(axis=1)
-    return out, counts
+    sums, num = pretraining_sums(out)
+    return sums | num, counts
+
+# One compile per batch shape for the mask sampler's many small ops.
+_masks_and_negatives = jax.jit(masks_and_negatives, static_argnums=(2, 3, 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,52 +86,37 @@ def validation_metrics(
     config = model.config
     groups, num_vars = config.num_codevector_groups, config.num_codevectors_per_group
     key = jax.random.key(seed)
-    totals = dict(
-        loss=0.0, contrastive_loss=0.0, diversity_loss=0.0, feature_penalty=0.0, chance_correct=0.0, correct=0.0,
-        num_masked=0,
-    )
+    totals = PretrainingTotals()
     usage = np.zeros((groups, num_vars), np.int64)
-    perplexities, skipped, batch_index = [], 0, 0
-    for chunk, x in equal_length_batches(waveforms, batch_size):
+    skipped = 0
+    for batch_index, (chunk, x) in enumerate(equal_length_batches(waveforms, batch_size)):
         batch_key = jax.random.fold_in(key, batch_index)
-        batch_index += 1
-        mask = np.array(
-            compute_mask_indices(
-                jax.random.fold_in(batch_key, 0),
-                (batch_size, model.num_frames(x.shape[1])),
-                config.mask_time_prob,
-                config.mask_time_length,
-                config.mask_time_min_masks,
-            )
+        mask, negatives = _masks_and_negatives(
+            jax.random.fold_in(batch_key, 0), jax.random.fold_in(batch_key, 1), config, batch_size,
+            int(model.num_frames(x.shape[1])),
         )
+        mask = np.array(mask)
         mask[len(chunk) :] = False  # filler rows
         too_few = mask[: len(chunk)].sum(axis=1) <= config.num_negatives
         skipped += int(too_few.sum())
         mask[: len(chunk)][too_few] = False
-        negatives = sample_negative_indices(jax.random.fold_in(batch_key, 1), jnp.asarray(mask), config.num_negatives)
-        out, counts = jax.device_get(_objective(model, x, mask, negatives))
+        values, counts = jax.device_get(_objective(model, x, mask, negatives))
         usage += counts[: len(chunk)].sum(axis=0)
-        num_masked = int(out.num_masked)
-        if num_masked == 0:
-            continue
-        for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "chance_correct"):
-            totals[name] += float(getattr(out, name))
-        totals["correct"] += int(out.num_correct)
-        totals["num_masked"] += num_masked
-        perplexities.append(float(out.codevector_perplexity))
-    masked = max(totals["num_masked"], 1)
+        if values["num_masked"] > 0:
+            totals.add(values)
+    metrics = totals.metrics()
     marginal = usage / np.maximum(usage.sum(axis=1, keepdims=True), 1)
     return ValidationMetrics(
-        loss=totals["loss"] / masked,
-        contrastive_loss=totals["contrastive_loss"] / masked,
-        diversity_loss=totals["diversity_loss"] / masked,
-        feature_penalty=totals["feature_penalty"] / masked,
-        accuracy=totals["correct"] / masked,
-        chance_accuracy=totals["chance_correct"] / masked,
-        batch_perplexity=float(np.mean(perplexities)) if perplexities else float("nan"),
+        loss=metrics["loss"],
+        contrastive_loss=metrics["contrastive_loss"],
+        diversity_loss=metrics["diversity_loss"],
+        feature_penalty=metrics["feature_penalty"],
+        accuracy=metrics["accuracy"],
+        chance_accuracy=metrics["chance_accuracy"],
+        batch_perplexity=metrics["code_perplexity"],
         code_perplexity=float(code_perplexity(jnp.asarray(marginal, jnp.float32))),
         codebook_usage=usage,
         used_fraction=float(np.mean(usage > 0)),
-        num_masked=int(totals["num_masked"]),
+        num_masked=metrics["num_masked"],
         skipped_utterances=skipped,
     )

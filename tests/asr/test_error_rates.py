@@ -1,0 +1,69 @@
+"""WER, CER and PER (jiwer) against a plain edit-distance oracle."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from w2v_jax.asr.error_rates import (
+    char_error_rate,
+    edit_distance_from_scratch,
+    error_rate_from_scratch,
+    token_error_rate,
+    word_error_rate,
+)
+
+
+@pytest.mark.parametrize("reference, hypothesis, distance", [
+    ("", "", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3), ("flaw", "lawn", 2),
+    (["the", "cat"], ["a", "cat", "sat"], 2),
+])
+def test_edit_distance_oracle(reference, hypothesis, distance):
+    assert edit_distance_from_scratch(reference, hypothesis) == distance
+    assert edit_distance_from_scratch(hypothesis, reference) == distance
+
+
+def _random_sentences(seed, count=40):
+    """Sentences over a tiny alphabet, hypotheses as corrupted references (some empty)."""
+    rng = np.random.default_rng(seed)
+    words = ["a", "ab", "ba", "abc", "c", "ça", "l'a"]
+
+    def sentence(low):
+        return " ".join(rng.choice(words, rng.integers(low, 7)))
+    references = [sentence(1) for _ in range(count)]
+    hypotheses = [sentence(0) if rng.random() < 0.5 else r for r in references]
+    hypotheses[0], hypotheses[1] = "", hypotheses[1] + "  " + "c"  # empty; two spaces inside
+    return references, hypotheses
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rates_match_the_oracle(seed):
+    references, hypotheses = _random_sentences(seed)
+    assert word_error_rate(references, hypotheses) == pytest.approx(
+        error_rate_from_scratch([r.split() for r in references], [h.split() for h in hypotheses]), rel=1e-12)
+    assert char_error_rate(references, hypotheses) == pytest.approx(
+        error_rate_from_scratch([r.strip() for r in references], [h.strip() for h in hypotheses]), rel=1e-12)
+    phones_ref, phones_hyp = [r.split() for r in references], [h.split() for h in hypotheses]
+    assert token_error_rate(phones_ref, phones_hyp) == pytest.approx(
+        error_rate_from_scratch(phones_ref, phones_hyp), rel=1e-12)
+
+
+def test_known_values():
+    assert word_error_rate(["the cat sat", "on"], ["the bat sat down", ""]) == 3 / 4
+    assert char_error_rate(["ab c"], ["ab"]) == 2 / 4
+    assert token_error_rate([["aɪ", "t"]], [["aɪ", "t", "t"]]) == 1 / 2
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        word_error_rate(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="references are empty"):
+        char_error_rate(["", " "], ["a", "b"])
+    with pytest.raises(ValueError, match="whitespace"):
+        token_error_rate([["a b"]], [["a"]])
+
+
+def test_missing_jiwer_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jiwer", None)  # makes `import jiwer` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[finetune\]'"):
+        word_error_rate(["a"], ["a"])

@@ -1,0 +1,116 @@
+"""Every launcher (`python -m experiments.<name>`, `python -m tools.<name>`) parses its documented command
+lines, the old dashed spellings included, and every repository forwarder runs its packaged launcher.
+
+The launchers' flags are defined by `define_flags` in `w2v_jax.cli.<name>` (the installed `w2v-<name>`
+commands); each case parses them on a fresh flag registry in this process (`support.launchers.parse`).
+"""
+
+import importlib
+
+import pytest
+
+from tests.support import REPO
+from tests.support.launchers import parse
+from w2v_jax.cli import benchmark, finetune, pretrain
+
+PRETRAIN = "experiments/configs/pretrain.py"
+# (module defining the launcher's flags, a command line, expected positional arguments, expected values)
+CASES = [
+    ("w2v_jax.cli.pretrain",
+     [f"--config={PRETRAIN}:tiny", "--workdir=runs/tiny", "--config.train.batch_size=64", "--host_malloc=system"],
+     [], {"workdir": "runs/tiny", "host_malloc": "system"}),
+    ("w2v_jax.cli.compare_pytorch",
+     [f"--config={PRETRAIN}:tiny", "--steps=100", "--workdir=runs/compare_tiny", "--external=a.jsonl",
+      "--external=b.csv", "--window", "5"],
+     [], {"num_steps": 100, "workdir": "runs/compare_tiny", "external": ["a.jsonl", "b.csv"], "window": 5}),
+    ("w2v_jax.cli.compare_pytorch", [f"--config={PRETRAIN}:tiny", "--num_steps=7", "--workdir=w"], [],
+     {"num_steps": 7}),
+    ("w2v_jax.cli.sweep",
+     ["--config=experiments/configs/codebook_ablation.py", "--workdir=runs/codebook", "--print-commands",
+      "--collect-only", "--valid_manifest=v.tsv", "--max_utterances=4"],
+     [], {"print_commands": True, "collect_only": True, "valid_manifest": "v.tsv", "max_utterances": 4}),
+    ("w2v_jax.cli.sweep", ["--config=codebook_ablation.py", "--workdir=w", "--print_commands", "--collect_only"], [],
+     {"print_commands": True, "collect_only": True}),
+    ("w2v_jax.cli.evaluate",
+     ["--checkpoint=hf_folder", "--manifest=valid.tsv", "--probe_train_manifest=train.tsv", "--step=40",
+      "--features=conv", "--nobaselines", "--output=out", "--seed=1", "--max_utterances=3", "--metadata=m.jsonl"],
+     [], {"checkpoint": "hf_folder", "manifest": "valid.tsv", "probe_train_manifest": "train.tsv", "step": 40,
+          "features": "conv", "baselines": False, "output": "out", "metadata": "m.jsonl"}),
+    ("w2v_jax.cli.evaluate", ["--checkpoint=w", "--held_out_voices=m1,f3", "--probe_steps=50"],
+     [], {"features": "layers", "held_out_voices": ["m1", "f3"], "probe_steps": 50}),
+    ("w2v_jax.cli.sweep",
+     ["--config=codebook_ablation.py:tiny", "--workdir=w", "--noprobe", "--held_out_voices=", "--probe_steps=9",
+      "--probe_train_manifest=t.tsv"],
+     [], {"probe": False, "held_out_voices": [], "probe_steps": 9, "probe_train_manifest": "t.tsv"}),
+    ("w2v_jax.cli.plot_representations",
+     ["--checkpoint=hf_folder", "--audio=speech.flac", "--out=reps.png", "--step", "3"],
+     [], {"checkpoint": "hf_folder", "audio": "speech.flac", "out": "reps.png", "step": 3}),
+    ("w2v_jax.cli.benchmark",
+     [f"--config={PRETRAIN}:small", "--batch=4", "--seconds=4", "--vs-pytorch", "--steps=5", "--precision=bfloat16",
+      "--remat-memory", "--warmup=2", "--profile=/tmp/prof", "--remat"],
+     [], {"batch": 4, "seconds": 4.0, "vs_pytorch": True, "timed_steps": 5, "warmup_steps": 2,
+          "precision": "bfloat16", "remat_memory": True, "profile": "/tmp/prof", "remat": True}),
+    ("w2v_jax.cli.benchmark", ["--vs_pytorch", "--remat_memory", "--timed_steps=3", "--warmup_steps=1"], [],
+     {"vs_pytorch": True, "remat_memory": True, "timed_steps": 3, "warmup_steps": 1}),
+    ("w2v_jax.cli.benchmark_input",
+     ["--manifest", "M", "--workers", "0,1,2", "--batch-size", "8", "--batches", "60", "--warmup", "3", "--pad",
+      "--max-sample-size", "100", "--min-sample-size", "10"],
+     [], {"manifest": "M", "workers": ["0", "1", "2"], "batch_size": 8, "timed_batches": 60, "warmup_batches": 3,
+          "pad": True, "max_sample_size": 100, "min_sample_size": 10, "vs_train_step": []}),
+    ("w2v_jax.cli.benchmark_input", ["--vs-train-step", "tiny,small", "--workers", "0,2", "--batches", "30"],
+     [], {"vs_train_step": ["tiny", "small"], "workers": ["0", "2"], "timed_batches": 30, "pad": False}),
+    ("w2v_jax.cli.benchmark_input", ["--vs_train_step=tiny", "--batch_size=2", "--timed_batches=5"], [],
+     {"vs_train_step": ["tiny"], "batch_size": 2, "timed_batches": 5}),
+    ("w2v_jax.cli.prepare_manifest",
+     ["/data/LibriSpeech/train-clean-100", "--out", "train.tsv", "--valid-fraction", "0.01", "--seed", "3",
+      "--workers", "4", "--strict"],
+     ["/data/LibriSpeech/train-clean-100"], {"out": "train.tsv", "valid_fraction": 0.01, "seed": 3, "workers": 4,
+                                             "strict": True}),
+    ("w2v_jax.cli.prepare_manifest", ["folder", "--out=t.tsv", "--valid_fraction=0.1"], ["folder"],
+     {"valid_fraction": 0.1}),
+    ("w2v_jax.cli.convert_checkpoint", ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
+     ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"], {"step": None, "allow_nonfinite": False}),
+    ("w2v_jax.cli.convert_checkpoint", ["jax-to-hf", "runs/tiny", "hf_folder", "--step=200"],
+     ["jax-to-hf", "runs/tiny", "hf_folder"], {"step": 200}),
+    ("tools.make_tts_corpus", ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max-bytes", "10000000"],
+     [], {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max_bytes": 10_000_000}),
+    ("tools.make_tts_corpus", ["--seed", "2", "--max_bytes=5"], [], {"seed": 2, "max_bytes": 5}),
+    ("w2v_jax.cli.finetune",
+     ["--config=experiments/configs/finetune.py:base_10m", "--workdir=runs/ft", "--config.init=runs/base",
+      "--config.train.eval_every=500"],
+     [], {"workdir": "runs/ft", "host_malloc": "reuse"}),
+    ("w2v_jax.cli.transcribe", ["--checkpoint=runs/ft", "--step=3", "a.flac", "v.tsv"],
+     ["a.flac", "v.tsv"], {"checkpoint": "runs/ft", "step": 3, "batch_size": 8}),
+    # Configs named by their file in the package (any directory).
+    ("w2v_jax.cli.pretrain", ["--config=pretrain:base", "--workdir=w"], [], {"workdir": "w"}),
+]
+
+
+@pytest.mark.parametrize("module, argv, positional, expected", CASES, ids=[f"{c[0]}:{i}" for i, c in enumerate(CASES)])
+def test_every_launcher_parses_its_command_lines(module, argv, positional, expected):
+    parsed_positional, args = parse(importlib.import_module(module), argv)
+    assert parsed_positional[1:] == positional
+    assert {name: getattr(args, name).value for name in expected} == expected
+
+
+def test_config_flags_take_their_overrides_and_the_package_path():
+    _, args = parse(pretrain, [f"--config={PRETRAIN}:tiny", "--workdir=w", "--config.train.batch_size=64"])
+    assert args.config.value.variant == "tiny" and args.config.value.train.batch_size == 64
+    _, args = parse(benchmark, [f"--config={PRETRAIN}:small"])
+    assert args.config.value.variant == "small"
+    _, args = parse(finetune, ["--config=experiments/configs/finetune.py:base_10m", "--workdir=w",
+                               "--config.init=runs/base", "--config.train.eval_every=500"])
+    assert (args.config.value.variant, args.config.value.init, args.config.value.train.eval_every) == (
+        "base_10m", "runs/base", 500)
+    _, args = parse(pretrain, ["--config=pretrain:base", "--workdir=w"])
+    assert args.config.value.variant == "base"
+    with pytest.raises(SystemExit, match=r"unknown config field in --config.train.batch_sise"):
+        parse(pretrain, ["--config=pretrain:tiny", "--workdir=w", "--config.train.batch_sise=3"])
+
+
+def test_every_forwarder_runs_its_launcher_and_every_launcher_is_complete():
+    launchers = sorted(p.stem for p in (REPO / "w2v_jax" / "cli").glob("*.py") if p.stem != "__init__")
+    for name in launchers:
+        assert f"from w2v_jax.cli.{name} import run" in (REPO / "experiments" / f"{name}.py").read_text()
+        module = importlib.import_module(f"w2v_jax.cli.{name}")
+        assert callable(module.define_flags) and callable(module.main) and callable(module.run), name

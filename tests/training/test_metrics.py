@@ -1,0 +1,166 @@
+"""Logging-window reductions: averages over finite steps, summed counts, ratios divided once."""
+
+import math
+
+import pytest
+
+from w2v_jax.training import trainer
+from w2v_jax.training.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
+
+
+def _step(loss, correct, masked, skipped=0):
+    return {
+        "loss": loss,
+        "accuracy": correct / masked,
+        "num_correct": correct,
+        "num_masked": masked,
+        "skipped_nonfinite": skipped,
+    }
+
+
+def test_ratio_is_summed_counts_divided_once_over_finite_steps():
+    window = [_step(1.0, 9, 10), _step(3.0, 10, 100), _step(float("nan"), 5, 5, skipped=1)]
+    out = mean_metrics(
+        window, summed=("num_masked", "num_correct", "skipped_nonfinite"),
+        ratios={"accuracy": ("num_correct", "num_masked")},
+    )
+    assert out["accuracy"] == pytest.approx(19 / 110)  # not the mean of 0.9 and 0.1
+    assert out["loss"] == pytest.approx(2.0)
+    assert out["num_masked"] == 115 and out["num_correct"] == 24 and out["skipped_nonfinite"] == 1
+
+
+def test_steps_restored_without_counts_weigh_their_ratio_by_the_denominator():
+    old = {k: v for k, v in _step(1.0, 9, 10).items() if k != "num_correct"}
+    out = mean_metrics([old, _step(1.0, 10, 100)], ratios={"accuracy": ("num_correct", "num_masked")})
+    assert out["accuracy"] == pytest.approx(19 / 110)
+    only_skipped = mean_metrics([_step(1.0, 1, 2, skipped=1)], ratios={"accuracy": ("num_correct", "num_masked")})
+    assert math.isnan(only_skipped["accuracy"])
+
+
+def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
+    window = [
+        {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0},
+        {**_step(2.0, 10, 100), "nonfinite_total": 0, "nonfinite_consecutive": 0},
+    ]
+    record = trainer._summarize(window)
+    assert record["accuracy"] == pytest.approx(19 / 110)
+    assert record["num_correct"] == 19 and record["num_masked"] == 110
+
+
+def test_trainer_logs_chance_as_a_ratio_and_leaves_out_steps_restored_without_it():
+    def chance_step(loss, correct, chance, masked):
+        return {**_step(loss, correct, masked), "chance_correct": chance, "chance_accuracy": chance / masked,
+                "nonfinite_total": 0, "nonfinite_consecutive": 0}
+
+    old = {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0}  # before chance_accuracy existed
+    record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)])
+    assert record["chance_accuracy"] == pytest.approx(42.5 / 110)  # the old step's 10 frames left out
+    assert record["accuracy"] == pytest.approx(44 / 120) and record["num_masked"] == 120
+    assert "chance_accuracy" not in trainer._summarize([old])
+
+
+def test_a_window_with_skipped_steps():
+    # Skipped steps are left out of every average and ratio but counted; the counters come from
+    # the window's last step.
+    window = [
+        {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0},
+        {**_step(float("nan"), 0, 7, skipped=1), "nonfinite_total": 1, "nonfinite_consecutive": 1},
+        {**_step(2.0, 3, 30), "nonfinite_total": 1, "nonfinite_consecutive": 0},
+        {**_step(float("inf"), 0, 20, skipped=1), "nonfinite_total": 2, "nonfinite_consecutive": 1},
+    ]
+    record = trainer._summarize(window)
+    assert record["loss"] == pytest.approx(1.5)
+    assert record["accuracy"] == pytest.approx(12 / 40)
+    assert record["skipped_nonfinite"] == 2
+    assert record["nonfinite_total"] == 2 and record["nonfinite_consecutive"] == 1
+    all_skipped = trainer._summarize(window[1:2])
+    assert math.isnan(all_skipped["loss"]) and math.isnan(all_skipped["accuracy"])
+    assert all_skipped["skipped_nonfinite"] == 1
+
+
+def _tensorboard_events(folder):
+    """(tag, value or text) of every summary in the folder's event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        position = 0
+        while position < len(data):
+            (length,) = struct.unpack("<Q", data[position : position + 8])
+            event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
+            position += 12 + length + 4
+            for value in event.summary.value:
+                out.append((value.tag, value.simple_value if value.HasField("simple_value") else value.tensor.string_val))
+    return out
+
+
+def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
+    writer = MetricWriter(tmp_path, config='{"train": {"seed": 0}}')
+    writer.write(2, {"loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0})
+    writer.close()
+    events = _tensorboard_events(tmp_path)
+    scalars = {tag: value for tag, value in events if isinstance(value, float)}
+    assert scalars == {"train/loss": 1.5, "valid/loss": 2.5, "data/skipped_empty": 0.0}
+    texts = [b"".join(value).decode() for tag, value in events if tag.startswith("config")]
+    assert texts and '"seed": 0' in texts[0]
+    assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}]
+
+
+def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
+    records = [
+        {"step": s, "loss": 3.0 - s / 10, "accuracy": 0.2, "chance_accuracy": 0.1, "code_perplexity": 4.0}
+        for s in range(1, 5)
+    ]
+    for r in records[1::2]:
+        r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, path, **kwargs):
+        drawn.extend([[tuple(line.get_xdata()) for line in ax.get_lines()] for ax in fig.axes])
+        real_savefig(fig, path, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    plot_loss_curve(records, tmp_path / "curve.png")
+    # Per panel: train at every step, valid where taken; the accuracy's chance level at every step.
+    assert drawn == [[(1, 2, 3, 4), (2, 4)], [(1, 2, 3, 4), (2, 4), (1, 2, 3, 4)], [(1, 2, 3, 4), (2, 4)]]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_end_of_run_summary_is_a_few_readable_lines():
+    summary = {
+        "step": 300, "num_steps": 300, "checkpoint_steps": [200, 300], "num_compiles": 1, "compile_seconds": 21.04,
+        "eval_seconds": 3.5, "data": "input files: 160 of 160 seen",
+        "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
+        "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
+    }
+    assert trainer.format_summary(summary, "runs/tiny").splitlines() == [
+        "finished at step 300 of 300 in runs/tiny",
+        "  train (step 300): loss 2.3457, accuracy 0.400, code perplexity n/a",
+        "  valid (step 300): loss 2.5000, accuracy 0.375, code perplexity 6.12",
+        "  checkpoints: 200, 300",
+        "  compiles: 1 train step (21.0 s); validation 3.5 s",
+        "  data: input files: 160 of 160 seen",
+    ]
+    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
+    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)
+
+
+def test_eta_leaves_out_compiles_and_evaluations():
+    import io
+
+    import tqdm
+
+    bar = tqdm.tqdm(total=10, smoothing=0, file=io.StringIO())
+    bar.start_t -= 60.0  # the first step finished 60 s after the start, 59 s of it compiling
+    bar.update(1)
+    trainer._exclude_from_eta(bar, 59.0)
+    meter = bar.format_dict
+    remaining = (meter["total"] - meter["n"]) * meter["elapsed"] / meter["n"]
+    assert 8.0 < remaining < 20.0  # ~9 steps of ~1 s, not 9 x 60 s
+    bar.close()

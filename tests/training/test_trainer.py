@@ -1,0 +1,152 @@
+"""The training loop in process: checkpoints after real updates, resume mid logging window, settings.
+
+A tiny run on the 8 simulated devices (1 utterance each, 1 s crops of the embedded corpus). The
+subprocess tests of the launcher (tests/e2e/test_pretrain.py) log every step; here `log_every`
+does not divide `checkpoint_every`, so a checkpoint falls inside a logging window.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from w2v_jax.checkpoints import load_model
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.training import checkpointer, metrics, pretraining, sharding, train_step, trainer
+from w2v_jax.training.pretraining import pretraining_hyperparams
+
+TIMING = {"audio_seconds_per_second", "steps_per_second"}
+
+
+def _config(num_steps=6):
+    config = pretrain_config.get_config("tiny")
+    config.model.num_hidden_layers = 1
+    t = config.train
+    t.num_steps, t.warmup_steps, t.log_every, t.checkpoint_every = num_steps, 2, 3, 2
+    t.keep_checkpoints, t.plot, t.async_checkpointing = 5, False, False
+    t.eval_every = 0  # validation replay across a resume is in tests/e2e/test_pretrain.py
+    config.data.max_sample_size = config.data.min_sample_size = 16000
+    return config
+
+
+def _records(workdir):
+    records = metrics.read_metrics(workdir / metrics.METRICS_FILE)
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 6-step run; `saved` holds host copies of the parameters the loop checkpointed, by step."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    saved = {}
+    save = checkpointer.Checkpointer.save
+
+    def recording_save(self, step, state, host):
+        saved[step] = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+        return save(self, step, state, host)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpointer.Checkpointer, "save", recording_save)
+        trainer.train_and_evaluate(_config(), str(workdir))
+    return workdir, saved
+
+
+def test_resume_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(uninterrupted, tmp_path, monkeypatch):
+    # Crash when fetching the 6th batch: checkpoint 4 holds a window with step 4's metrics only
+    # (steps 1-3 were logged at 3), which the resumed run must average with steps 5 and 6.
+    make = pretraining.make_train_iterator
+
+    class Crashing:
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def __next__(self):
+            self.count += 1
+            if self.count == 6:
+                raise RuntimeError("simulated crash")
+            return next(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretraining, "make_train_iterator", lambda *a, **k: Crashing(make(*a, **k)))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            trainer.train_and_evaluate(_config(), str(tmp_path))
+    assert [r["step"] for r in _records(tmp_path)] == [3]
+    checkpoints = checkpointer.Checkpointer(tmp_path / "checkpoints")
+    assert checkpoints.latest_step() == 4
+    checkpoints.close()
+    trainer.train_and_evaluate(_config(), str(tmp_path))
+    resumed, reference = _records(tmp_path), _records(uninterrupted[0])
+    assert [r["step"] for r in reference] == [3, 6]
+    assert resumed == reference
+
+
+def test_loading_a_run_at_a_step_returns_that_steps_weights(uninterrupted):
+    workdir, saved = uninterrupted
+    assert sorted(saved) == [2, 4, 6]
+    # The three checkpoints hold different weights, so a load of the wrong one fails.
+    assert all(any(not np.array_equal(a, b) for a, b in zip(saved[s], saved[6])) for s in (2, 4))
+    for step in (2, 4, 6, None):
+        loaded = jax.tree.leaves(nnx.state(load_model(workdir, step=step), nnx.Param))
+        for a, b in zip(loaded, saved[step or 6], strict=True):
+            np.testing.assert_array_equal(np.asarray(a), b)
+    with pytest.raises(ValueError, match="no checkpoint 3"):
+        load_model(workdir, step=3)
+
+
+def test_checkpoint_round_trip_after_real_updates(tmp_path):
+    # Every leaf of the state holds distinct values after two updates: Adam's two moments differ
+    # from each other and from zero, so a restore that swaps or re-initialises them fails here.
+    config = _config()
+    model_config = Wav2Vec2Config.from_run_config(config)
+    optimizer, hparams = pretraining_hyperparams(config.train)
+    mesh = sharding.make_mesh(data=2, fsdp=4)
+    graphdef, state, shardings = train_step.create_train_state(
+        model_config, optimizer, seed=0, mesh=mesh, param_sharding="fsdp", min_fsdp_size=64
+    )
+    initial = checkpointer.abstract_like(state)
+    step = train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # step 0's learning rate is 0 (warmup): three updates move every parameter
+        batch = {
+            "input_values": rng.standard_normal((8, 8000)).astype(np.float32),
+            "attention_mask": np.ones((8, 8000), np.int32),
+        }
+        state, _ = step(state, batch, jax.random.key(0))
+    is_adam = lambda node: isinstance(node, optax.ScaleByAdamState)  # noqa: E731
+    (adam,) = [node for node in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(node)]
+    for mu, nu in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(adam.nu), strict=True):
+        assert np.all(np.asarray(nu) > 0) and not np.array_equal(np.asarray(mu), np.asarray(nu))
+    checkpoints = checkpointer.Checkpointer(tmp_path, async_save=False)
+    host = {"data_iterators": [{"epoch": 0, "position": 24}], "rng": [0, 0], "window": []}
+    checkpoints.save(3, state, host)
+    restored, restored_host = checkpoints.restore(3, initial)
+    checkpoints.close()
+    assert restored_host == host
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        assert a.sharding == b.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "section, name, value, match",
+    [
+        ("train", "batch_size", 12, "divisible by the number of devices"),
+        ("train", "grad_accum_steps", 2, r"batch_size=8 must be divisible .*grad_accum_steps \(2\)"),
+        ("train", "log_every", 0, "train.log_every must be a positive int"),
+        ("train", "checkpoint_every", 0, "train.checkpoint_every must be a positive int"),
+        ("train", "num_steps", -1, "train.num_steps must be a positive int"),
+        ("data", "min_sample_size", 20000, "min_sample_size=20000 > data.max_sample_size=16000"),
+    ],
+)
+def test_settings_are_checked_before_anything_runs(tmp_path, section, name, value, match):
+    config = _config()
+    config[section][name] = value
+    with pytest.raises(ValueError, match=match):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written

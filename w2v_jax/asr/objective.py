@@ -1,0 +1,78 @@
+"""CTC fine-tuning as the train step's objective (fairseq's `wav2vec_ctc` criterion).
+
+`CTCObjective`: the model's CTC loss summed over utterances (whatever `ctc_loss_reduction` says), the gradient divided by the number of
+utterances (fairseq's `sentence_avg: true`), the encoder frozen (zero gradient) for the first
+`freeze_finetune_updates` updates while the head learns. The feature encoder is frozen by
+`feature_grad_mult = 0` (fairseq's setting), whose gradient is zero.
+
+Batches are padded to the input pipeline's bucket lengths (never cropped: a transcript covers the
+whole utterance). Layer-norm models get the attention mask. Group-norm models (BASE) get zero
+padding without an attention mask, as transformers' docs prescribe for them; their outputs then
+depend slightly on the padding of the batch, which length buckets keep short. The CTC loss always
+uses each utterance's real frame count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class CTCObjective:
+    """CTC fine-tuning as a `train_step.Objective` (see the module docstring).
+
+    Attributes:
+      freeze_finetune_updates: updates during which only `lm_head` learns.
+      use_attention_mask: pass the attention mask to the model (layer-norm models); group-norm
+        models get zero padding only.
+    """
+
+    freeze_finetune_updates: int = 0
+    use_attention_mask: bool = True
+    sums: tuple[str, ...] = ("loss",)
+    counts: tuple[str, ...] = ("num_utterances", "num_label_tokens")
+    normalizer: str = "num_utterances"
+
+    def loss(self, model, micro, key, step):
+        attention_mask = micro["attention_mask"]
+        # The model's per-utterance CTC losses; group-norm models get the batch zero-padded without
+        # an attention mask, and their real lengths for the loss.
+        out = model(
+            micro["input_values"],
+            attention_mask if self.use_attention_mask else None,
+            micro["labels"],
+            input_lengths=None if self.use_attention_mask else jnp.sum(attention_mask.astype(jnp.int32), axis=-1),
+            deterministic=False,
+            key=key,
+        )
+        loss = jnp.sum(out.utterance_losses)
+        counts = {
+            "num_utterances": jnp.sum(jnp.any(attention_mask > 0, axis=-1), dtype=jnp.int32),
+            "num_label_tokens": out.num_label_tokens,
+        }
+        return loss, {"loss": loss}, counts
+
+    def frozen_gradients(self, grads, step):
+        if self.freeze_finetune_updates <= 0:
+            return grads
+        frozen = step < self.freeze_finetune_updates
+
+        def freeze(path, grad):
+            in_encoder = getattr(path[0], "key", None) == "wav2vec2"
+            return jnp.where(frozen, jnp.zeros_like(grad), grad) if in_encoder else grad
+
+        return jax.tree_util.tree_map_with_path(freeze, grads)
+
+    def metrics(self, sums, counts, accum, step):
+        utterances = counts["num_utterances"].astype(jnp.float32)
+        tokens = counts["num_label_tokens"].astype(jnp.float32)
+        return {
+            "loss": sums["loss"] / jnp.maximum(utterances, 1.0),
+            "loss_per_token": sums["loss"] / jnp.maximum(tokens, 1.0),
+            "num_utterances": utterances,
+            "num_label_tokens": tokens,
+            "encoder_frozen": (step < self.freeze_finetune_updates).astype(jnp.float32),
+        }

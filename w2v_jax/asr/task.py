@@ -1,0 +1,266 @@
+"""CTC fine-tuning as a task of the training loop (`trainer.Task`; fairseq's `wav2vec_ctc` recipe,
+transformers' `Wav2Vec2ForCTC`).
+
+- `finetuned_model_config`: the model = a pretrained checkpoint's architecture (or the config's,
+  for random initialisation) + the run's fine-tuning fields (dropouts, masks, CTC options) + the
+  vocabulary's size and blank.
+- `with_encoder`: the pretrained encoder's parameters (`checkpoints.load_encoder`) put into the
+  fine-tuning model.
+- `prepare_vocabulary`: the run's vocabulary (resume, a given file, the init checkpoint's, or built
+  from the training labels).
+- `FineTuningTask`: the pieces above, `objective.CTCObjective`, the labelled input pipeline and
+  `evaluator.CTCEvaluator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from w2v_jax.asr.error_rates import METRICS
+from w2v_jax.asr.evaluator import CTCEvaluator, load_labelled_waveforms, read_best_record
+from w2v_jax.asr.objective import CTCObjective
+from w2v_jax.checkpoints.hf import load_vocabulary, save_processor_files
+from w2v_jax.checkpoints.loading import load_encoder
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data import default_manifest
+from w2v_jax.data.labels import LabelSet, build_vocabulary
+from w2v_jax.data.pipeline import TrainIterator, make_train_iterator
+from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2Model
+from w2v_jax.training import metrics, optim
+from w2v_jax.training.train_step import StepHyperparams
+from w2v_jax.training.workdir import BEST_MODEL_DIR, MODEL_CONFIG_FILE
+
+logger = logging.getLogger(__name__)
+
+# What a run config's `model` section sets on top of a pretrained checkpoint's architecture.
+FINETUNING_FIELDS = (
+    "hidden_dropout",
+    "activation_dropout",
+    "attention_dropout",
+    "feat_proj_dropout",
+    "final_dropout",
+    "layerdrop",
+    "mask_time_prob",
+    "mask_time_length",
+    "mask_time_min_masks",
+    "mask_feature_prob",
+    "mask_feature_length",
+    "mask_feature_min_masks",
+    "feature_grad_mult",
+    "ctc_loss_reduction",
+    "ctc_zero_infinity",
+)
+
+
+def finetuned_model_config(
+    model_section: ml_collections.ConfigDict, vocabulary: Vocabulary, init_config: Wav2Vec2Config | None = None
+) -> Wav2Vec2Config:
+    """The fine-tuning model's config.
+
+    Args:
+      model_section: the run config's `model` (all `Wav2Vec2Config` fields).
+      vocabulary: sets `vocab_size` and `pad_token_id` (the blank).
+      init_config: a pretrained checkpoint's config: its architecture is kept, only
+        `FINETUNING_FIELDS` come from `model_section`. None: everything from `model_section`.
+    """
+    values = model_section.to_dict()
+    unknown = set(values) - {f.name for f in dataclasses.fields(Wav2Vec2Config)}
+    if unknown:
+        raise ValueError(f"unknown Wav2Vec2Config fields in the run config's model section: {sorted(unknown)}")
+    heads = dict(vocab_size=len(vocabulary), pad_token_id=vocabulary.pad_id)
+    if init_config is None:
+        return Wav2Vec2Config(**{**values, **heads})
+    return init_config.replace(**{name: values[name] for name in FINETUNING_FIELDS}, **heads)
+
+
+def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
+    """`Wav2Vec2ForCTC` parameters with `wav2vec2.*` replaced by `encoder`'s (shapes must agree)."""
+    replacement = {("wav2vec2", *path): variable for path, variable in nnx.to_flat_state(encoder)}
+    flat = []
+    for path, variable in nnx.to_flat_state(params):
+        if path[0] == "wav2vec2":
+            if path not in replacement:
+                raise ValueError(f"the pretrained encoder has no parameter {'.'.join(map(str, path[1:]))}")
+            new = replacement.pop(path)
+            if tuple(new.shape) != tuple(variable.shape):
+                raise ValueError(f"{'.'.join(map(str, path))}: shape {tuple(new.shape)} in the pretrained encoder, "
+                                 f"{tuple(variable.shape)} in the model")
+            variable = variable.replace(jnp.asarray(new[...], variable.dtype))
+        flat.append((path, variable))
+    if replacement:
+        raise ValueError(f"the pretrained encoder has parameters the model lacks: {sorted(replacement)[:5]}")
+    return nnx.from_flat_state(flat)
+
+
+def prepare_vocabulary(workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: str,
+                       vocabulary_path: str, init: str) -> Vocabulary:
+    """The run's vocabulary: the workdir's `vocab.json` on a resume; else `vocabulary_path` (a
+    vocab.json or a folder with one), else the init checkpoint's (a fine-tuned transformers folder),
+    else built from the training labels."""
+    if (workdir / VOCAB_FILE).is_file():
+        return load_vocabulary(workdir)
+    if vocabulary_path:
+        path = pathlib.Path(vocabulary_path)
+        vocabulary = load_vocabulary(path) if path.is_dir() else Vocabulary.load(path)
+        if vocabulary is None:
+            raise ValueError(f"data.vocabulary={vocabulary_path}: no {VOCAB_FILE} there")
+    elif init and load_vocabulary(init) is not None:
+        vocabulary = load_vocabulary(init)
+    else:
+        vocabulary = build_vocabulary(train_manifest, kind)
+    logger.info("vocabulary: %d tokens (%s)", len(vocabulary), " ".join(vocabulary.tokens[:40]))
+    return vocabulary
+
+
+PANELS = (
+    ("loss", "CTC loss per utterance"),
+    ("loss_per_token", "CTC loss per label"),
+    ("wer", "word error rate"),
+    ("cer", "character error rate"),
+    ("per", "phone error rate"),
+)
+
+
+class FineTuningTask:
+    """CTC fine-tuning as a `trainer.Task` (`experiments/configs/finetune.py` configs).
+
+    On the first run it settles the vocabulary and the model config (`prepare_vocabulary`,
+    `finetuned_model_config`) and writes both to the workdir (`vocab.json` + tokenizer files,
+    `model_config.json`); a resume reads them back, so it neither rebuilds them nor needs `init`.
+    """
+
+    name = "finetune"
+    model_class = Wav2Vec2ForCTC
+    progress_metrics = {"loss": "loss", "valid_wer": "wer", "valid_cer": "cer", "valid_per": "per"}
+
+    def __init__(self):
+        self.vocabulary: Vocabulary | None = None
+        self._model_config: Wav2Vec2Config | None = None
+        self._encoder: nnx.State | None = None
+        self._workdir: pathlib.Path | None = None
+        self._primary = True
+
+    def prepare(self, config, workdir, *, primary):
+        data = config.data
+        if data.labels not in METRICS:
+            raise ValueError(f"data.labels must be one of {sorted(METRICS)}, got {data.labels!r}")
+        if not data.pad:
+            raise ValueError("data.pad must be True for fine-tuning: labelled audio is never cropped")
+        if config.train.best_metric not in METRICS[data.labels]:
+            raise ValueError(f"train.best_metric must be one of {METRICS[data.labels]} for {data.labels} labels, "
+                             f"got {config.train.best_metric!r}")
+        self._workdir, self._primary = workdir, primary
+        stored = workdir / MODEL_CONFIG_FILE
+        self.vocabulary = prepare_vocabulary(workdir, _train_manifest(config), data.labels, data.vocabulary,
+                                             config.init)
+        if stored.is_file():
+            self._model_config = Wav2Vec2Config.from_json_file(stored)
+            return
+        init_config = None
+        if config.init:
+            init_config, self._encoder = load_encoder(config.init)
+            logger.info("initialising the encoder from %s", config.init)
+        self._model_config = finetuned_model_config(config.model, self.vocabulary, init_config)
+        if primary:
+            save_processor_files(self.vocabulary, self._model_config, workdir, do_normalize=data.normalize)
+            self._model_config.to_json_file(stored)
+
+    def model_config(self, config):
+        return self._model_config
+
+    def optimizer_and_hyperparams(self, config):
+        train = config.train
+        objective = CTCObjective(
+            freeze_finetune_updates=train.freeze_finetune_updates,
+            use_attention_mask=self._model_config.feat_extract_norm == "layer",
+        )
+        hparams = StepHyperparams(
+            learning_rate=optim.schedule_from_train_config(train),
+            objective=objective,
+            grad_accum_steps=train.grad_accum_steps,
+        )
+        return optim.optimizer_from_train_config(train), hparams
+
+    def initial_state(self, state):
+        if self._encoder is None:
+            return state
+        params = with_encoder(state.params, self._encoder)
+        return state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params)))
+
+    def _labels(self, manifest: str, config) -> LabelSet:
+        num_frames = nnx.eval_shape(lambda: Wav2Vec2Model(self._model_config)).num_frames
+        labels = LabelSet(manifest, config.data.labels, self.vocabulary, num_frames)
+        logger.info("%s: %s", manifest, labels.summary())
+        return labels
+
+    def data_iterator(self, config, *, batch_size, shard_index, shard_count) -> TrainIterator:
+        data = config.data
+        manifest = _train_manifest(config)
+        return make_train_iterator(
+            manifest,
+            batch_size=batch_size,
+            seed=config.train.seed,
+            max_sample_size=data.max_sample_size,
+            min_sample_size=data.min_sample_size,
+            pad=True,
+            normalize=data.normalize,
+            num_workers=data.num_workers,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            strict=data.strict,
+            max_skip_fraction=data.max_skip_fraction,
+            allow_outside_root=data.allow_outside_root,
+            num_buckets=data.num_buckets,
+            labels=self._labels(manifest, config),
+        )
+
+    def make_evaluator(self, config, graphdef, mesh, state_shardings) -> CTCEvaluator:
+        del mesh, state_shardings  # evaluated on the default device, as `transcribe` runs
+        manifest = config.data.valid_manifest or str(default_manifest("valid"))
+        waveforms, references = load_labelled_waveforms(manifest, self._labels(manifest, config),
+                                                         normalize=config.data.normalize)
+        logger.info("validation: %d utterances from %s", len(waveforms), manifest)
+        return CTCEvaluator(graphdef, self._model_config, waveforms, references, self.vocabulary,
+                            config.data.labels, batch_size=config.train.eval_batch_size, workdir=self._workdir,
+                            best_metric=config.train.best_metric, write=self._primary)
+
+    def summary_lines(self, summary: dict[str, Any]) -> list[str]:
+        """The end-of-run summary's lines on what fine-tuning measured: the CTC loss, the validation
+        error rates and the best model kept."""
+        lines = []
+        train, valid = summary["last_logged"], summary["last_valid"]
+        if train:
+            lines.append(f"  train (step {train['step']}): " + metrics.format_values(train, TRAIN_SUMMARY))
+        if valid:
+            rates = [(name, name.upper(), ".4f") for name in ("wer", "cer", "per") if name in valid]
+            lines.append(f"  valid (step {valid['step']}): " + metrics.format_values(valid, rates))
+        record = read_best_record(self._workdir) if self._workdir is not None else None
+        if record is not None:
+            lines.append(
+                f"  best model: {record['metric'].upper()} {record['value']:.4f} at step {record['step']} "
+                f"in {self._workdir / BEST_MODEL_DIR}"
+            )
+        return lines
+
+    def plot(self, records, workdir):
+        panels = [(name, title) for name, title in PANELS
+                  if any(r.get(name) is not None or r.get(f"valid_{name}") is not None for r in records)]
+        metrics.plot_loss_curve(records, workdir / metrics.LOSS_CURVE_FILE, panels)
+
+
+# (name, label, format) of the training figures a fine-tuning run's summary reports.
+TRAIN_SUMMARY = (("loss", "CTC loss per utterance", ".4f"), ("loss_per_token", "per label", ".4f"))
+
+
+def _train_manifest(config: ml_collections.ConfigDict) -> str:
+    return config.data.train_manifest or str(default_manifest("train"))

@@ -1,0 +1,12 @@
+"""Checkpoint formats and loading a model from any of them.
+
+- `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder),
+  `load_encoder`, `load_ctc_checkpoint`;
+- `hf`: transformers' folders, both directions, with a CTC model's vocabulary and processor files;
+- `folder`: our folder format (`config.json` + `params.safetensors`);
+- `weights`: what the formats share (which model the weights fill, checks on untrusted weights).
+"""
+
+from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_encoder, load_model
+
+__all__ = ["load_ctc_checkpoint", "load_encoder", "load_model"]

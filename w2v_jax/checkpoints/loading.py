@@ -1,0 +1,121 @@
+"""A model from any checkpoint format in one call: `load_model(path, step=None)`.
+
+The formats, told apart by what the path holds:
+- a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain` or
+  `experiments.finetune`): the newest intact checkpoint or `step`; a fine-tuning workdir's best
+  model by the validation metric (`best/`) by default;
+- our folder format (`config.json` + `params.safetensors`, `folder.save_checkpoint`);
+- a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`).
+
+`Wav2Vec2ForPreTraining.from_pretrained(path, step)` is this function: the loader builds models and
+reads training checkpoints, so it lives above the model and the training loop, and `import w2v_jax`
+hands it down to the model class (`w2v_jax/__init__.py`). `load_encoder` and `load_ctc_checkpoint`
+are the pieces fine-tuning and transcription take from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import jax
+import ml_collections
+from flax import nnx
+
+from w2v_jax.checkpoints import folder as folder_format
+from w2v_jax.checkpoints import hf
+from w2v_jax.checkpoints.weights import Model
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training.checkpointer import Checkpointer
+from w2v_jax.training.workdir import BEST_MODEL_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_CONFIG_FILE
+
+
+def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
+    """A model from any of our checkpoint formats (see the module docstring).
+
+    Args:
+      path: a training workdir, our folder format or a transformers folder.
+      step: the workdir checkpoint to load; default the newest, or for a fine-tuning workdir its
+        best model by the validation metric (`WORKDIR/best/`, the newest checkpoint before any
+        validation).
+    """
+    folder = pathlib.Path(path)
+    if (folder / CHECKPOINTS_DIR).is_dir():
+        if step is None and (folder / BEST_MODEL_DIR / folder_format.PARAMS_FILE).is_file():
+            return folder_format.load_checkpoint(folder / BEST_MODEL_DIR)[1]
+        return _load_workdir(folder, step)
+    if step is not None:
+        raise ValueError(f"step={step} only applies to a training workdir (with {CHECKPOINTS_DIR}/), not {folder}")
+    if (folder / folder_format.PARAMS_FILE).is_file():
+        return folder_format.load_checkpoint(folder)[1]
+    if (folder / hf.CONFIG_FILE).is_file():
+        return hf.load_hf_checkpoint(folder)[1]
+    raise ValueError(
+        f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE} "
+        "or a transformers folder (config.json + model.safetensors)"
+    )
+
+
+def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
+    """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
+    config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
+    if (folder / MODEL_CONFIG_FILE).is_file():
+        model_config = Wav2Vec2Config.from_json_file(folder / MODEL_CONFIG_FILE)
+        model_class = Wav2Vec2ForCTC
+    else:
+        model_config = Wav2Vec2Config.from_run_config(config)
+        model_class = Wav2Vec2ForPreTraining
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    graphdef, abstract, shardings = train_step.abstract_train_state(
+        model_config, optim.optimizer_from_train_config(config.train), mesh=mesh, model_class=model_class
+    )
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    # Read-only: the run may be live, its in-flight save must not be cleaned up or its steps moved.
+    checkpointer = Checkpointer(folder / CHECKPOINTS_DIR, read_only=True)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise ValueError(f"{folder / CHECKPOINTS_DIR} holds no complete checkpoint")
+        if step is None:  # the newest intact one (a corrupt newer one is reported and skipped)
+            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False)
+        elif step not in steps:
+            raise ValueError(f"no checkpoint {step} in {folder / CHECKPOINTS_DIR}; available: {sorted(steps)}")
+        else:
+            restored, _ = checkpointer.restore(step, target)
+    finally:
+        checkpointer.close()
+    return nnx.merge(graphdef, restored.params, restored.model_state)
+
+
+def load_encoder(path: str | os.PathLike) -> tuple[Wav2Vec2Config, nnx.State]:
+    """The config and encoder (`Wav2Vec2Model`) parameters of any checkpoint (`load_model`: a
+    pretraining or fine-tuning workdir, our folder format or a transformers folder)."""
+    model = load_model(path)
+    encoder = model if isinstance(model, Wav2Vec2Model) else model.wav2vec2
+    return model.config, nnx.state(encoder, nnx.Param)
+
+
+def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
+    """A fine-tuned model, its vocabulary and whether its inputs are normalised (zero mean, unit variance).
+
+    Args:
+      path: a fine-tuning workdir (its best model by default, `step` for a checkpoint), our folder
+        format or a transformers `Wav2Vec2ForCTC` folder with a vocab.json.
+      step: a workdir checkpoint.
+    """
+    folder = pathlib.Path(path)
+    model = load_model(folder, step)
+    if not isinstance(model, Wav2Vec2ForCTC):
+        raise ValueError(f"{folder} holds a {type(model).__name__}, not a fine-tuned (CTC) model")
+    vocabulary = hf.load_vocabulary(folder)
+    if vocabulary is None:
+        raise ValueError(f"{folder} has no {VOCAB_FILE}: the CTC head's tokens are unknown")
+    if len(vocabulary) != model.config.vocab_size:
+        raise ValueError(f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}")
+    preprocessor = folder / hf.PREPROCESSOR_FILE
+    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
+    return model, vocabulary, bool(normalize)

@@ -1,0 +1,12 @@
+"""The training loop and what it runs on.
+
+- `train_step`: the train state and the pure, jit-compiled, sharded update over an `Objective`;
+- `optim`: the optimizer and learning-rate schedules;
+- `pretraining`: wav2vec 2.0 pretraining as a task of the loop (objective, step settings, task);
+- `trainer`: the loop, `train_and_evaluate(config, workdir, task)`;
+- `evaluation`: validation inside the loop (pretraining's evaluator);
+- `checkpointer`: orbax checkpoints with checksums;
+- `workdir`: the run's directory (lock, config check on resume, file layout, disk full);
+- `metrics`: `metrics.jsonl`, TensorBoard, the loss-curve plot;
+- `sharding`, `distributed`, `host_memory`: the device mesh, multi-host start-up, host malloc.
+"""

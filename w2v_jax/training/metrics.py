@@ -1,0 +1,186 @@
+"""Training-run outputs: `metrics.jsonl`, TensorBoard events beside it, the loss-curve PNG.
+
+`metrics.jsonl` is the record other tools read: one JSON object per logged step, appended and
+flushed as it is written, so a killed run leaves every line it logged. When a run resumes from
+a checkpoint, the lines past the checkpoint's step are dropped first (`truncate_after`), so the
+file of a resumed run reads as one uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def _jsonable(value: Any) -> Any:
+    """Python scalars for JSON; non-finite floats become null (JSON has no NaN)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` file (a torn last line, from a kill mid-write, is skipped)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def truncate_after(path: str | os.PathLike, step: int) -> None:
+    """Drops the records of `path` with `step` greater than `step` (the resumed-from checkpoint)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)  # atomic: a kill here leaves the old or the new file, never a mix
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of a record key: `valid_loss` -> `valid/loss`, `data_skipped_empty` ->
+    `data/skipped_empty`, anything else under `train/` (TensorBoard groups tags by their prefix)."""
+    for group in ("valid", "data"):
+        if name.startswith(group + "_"):
+            return f"{group}/{name[len(group) + 1:]}"
+    return f"train/{name}"
+
+
+class MetricWriter:
+    """Appends metrics to `workdir/metrics.jsonl` and TensorBoard events in `workdir`.
+
+    Only the primary process writes (`enabled=False` elsewhere), so a multi-host run has one
+    record. TensorBoard is written with tensorboardX (no TensorFlow dependency); scalars are grouped
+    by `tensorboard_tag`, and `config` (the run's resolved config as JSON text) is recorded as the
+    `config` text entry.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, config: str | None = None):
+        self.path = pathlib.Path(workdir) / METRICS_FILE
+        self.enabled = enabled
+        self._file = None
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 - a 1 s import, for the writing process only
+
+            self._file = open(self.path, "a", encoding="utf-8")
+            self._tb = SummaryWriter(str(workdir))
+            if config is not None:
+                # Markdown code block: TensorBoard's text tab keeps the JSON's indentation.
+                self._tb.add_text("config", "```\n" + config + "\n```", 0)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends one record `{"step": step, **metrics}` and the scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for name, value in record.items():
+            if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._tb.add_scalar(tensorboard_tag(name), value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def mean_metrics(
+    window: Sequence[Mapping[str, float]],
+    summed: Iterable[str] = (),
+    ratios: Mapping[str, tuple[str, str]] | None = None,
+) -> dict[str, float]:
+    """Averages a window of per-step metrics; skipped (non-finite) steps are left out of averages.
+
+    Args:
+      window: per-step host metrics, each with a "skipped_nonfinite" entry (0 or 1).
+      summed: names added up over the window instead of averaged (counts).
+      ratios: `{name: (numerator, denominator)}`, names computed as sum(numerator) / sum(denominator)
+        over the finite steps instead of averaged (accuracy from correct and masked frames: a step
+        with more masked frames weighs more). A step recorded before its numerator existed (a
+        window restored from an older checkpoint) contributes `name * denominator`; one recorded
+        before the ratio itself existed (chance_accuracy) is left out of it.
+
+    Returns:
+      one dict: the mean of each metric over the finite steps (NaN if there were none), the sum of
+      each `summed` name, each ratio (NaN if its denominator sums to 0).
+    """
+    summed = set(summed)
+    ratios = dict(ratios or {})
+    good = [m for m in window if not m["skipped_nonfinite"]]
+    out: dict[str, float] = {}
+    for name in window[0]:
+        if name in summed:
+            out[name] = sum(m[name] for m in window)
+        else:
+            out[name] = sum(m[name] for m in good) / len(good) if good else float("nan")
+    for name, (numerator, denominator) in ratios.items():
+        counted = [m for m in good if numerator in m or name in m]
+        top = sum(m[numerator] if numerator in m else m[name] * m[denominator] for m in counted)
+        bottom = sum(m[denominator] for m in counted)
+        out[name] = top / bottom if bottom else float("nan")
+    return out
+
+
+def format_values(values: Mapping[str, Any], spec: Sequence[tuple[str, str, str]]) -> str:
+    """`label value, label value, ...` for each `(name, label, format)` of `spec`; a missing or None
+    value reads `n/a` (e.g. "loss 2.3457, accuracy 0.400, code perplexity n/a")."""
+    parts = []
+    for name, label, number_format in spec:
+        value = values.get(name)
+        parts.append(f"{label} {'n/a' if value is None else format(value, number_format)}")
+    return ", ".join(parts)
+
+
+PRETRAINING_PANELS = (
+    ("loss", "loss per masked frame"),
+    ("accuracy", "contrastive accuracy"),
+    ("code_perplexity", "code perplexity"),
+)
+
+
+def plot_loss_curve(
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, str]] = PRETRAINING_PANELS,
+) -> None:
+    """Writes a PNG with one panel per `(metric, title)` against the step (default: pretraining's
+    loss, contrastive accuracy and code perplexity): the training values, the validation values
+    (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, title) in zip(axes, panels):
+        for key, label in ((name, "train"), (f"valid_{name}", "valid"), (f"chance_{name}", "chance")):
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                if label == "chance":
+                    ax.plot(steps, values, linestyle=":", color="gray", label=label)
+                else:
+                    ax.plot(steps, values, marker="." if len(points) < 50 else None, label=label)
+        if any(r.get(f"valid_{name}") is not None or r.get(f"chance_{name}") is not None for r in records):
+            ax.legend()
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,484 @@
+"""The training loop: `train_and_evaluate(config, workdir, task=None)`.
+
+One loop for every task: pretraining (`pretraining.PretrainingTask`, the default) and CTC fine-tuning
+(`asr.task.FineTuningTask`). A `Task` says what differs: the model and its config, the step's
+objective and optimizer, the initial parameters, the input pipeline, the validation, the
+progress-bar metrics, the end-of-run summary's figures and plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and
+TensorBoard are the loop's, shared.
+
+Restarting the same command on the same workdir resumes from the newest complete checkpoint:
+parameters, optimizer state, step, counters, PRNG key, every process's data-iterator position and
+the metrics of the logging window in progress all come back, and `metrics.jsonl` lines logged
+after that checkpoint are dropped, so the resumed run logs exactly what an uninterrupted run logs
+(same device count). SIGTERM (preemption) saves a checkpoint at the next step and returns.
+
+Every `train.eval_every` updates the run is validated (`evaluation.Evaluator`: the task's, or any
+through `make_evaluator`): the values join that
+step's logged record as `valid_*` keys. Validation uses no training randomness and no iterator, so
+it changes nothing a resume replays.
+
+Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + TensorBoard events,
+`checkpoints/<step>/`, `loss_curve.png` at the end; a tqdm bar with ETA on the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data.audio import SAMPLE_RATE
+from w2v_jax.data.pipeline import TrainIterator
+from w2v_jax.training import distributed, evaluation, metrics, sharding, train_step
+from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
+from w2v_jax.training.pretraining import PretrainingTask
+from w2v_jax.training.workdir import CHECKPOINTS_DIR, WorkdirLock, prepare_config, start_metrics_file
+
+logger = logging.getLogger(__name__)
+
+# Per-step metrics added up over a logging window instead of averaged.
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct")
+# Metrics divided once over a logging window: sum(numerator) / sum(denominator).
+_RATIOS = {"accuracy": ("num_correct", "num_masked"), "chance_accuracy": ("chance_correct", "num_masked")}
+# Counters that are states, not per-step values: the window keeps the last one.
+_LAST = ("nonfinite_total", "nonfinite_consecutive")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def _precision_dtype(precision: str) -> jnp.dtype | None:
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return jnp.bfloat16
+    raise ValueError(f"train.precision must be 'float32' or 'bfloat16', got {precision!r}")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    """Eager checks of the settings the loop relies on (the model config checks itself)."""
+    t = config.train
+    positive = ("batch_size", "num_steps", "log_every", "checkpoint_every", "grad_accum_steps", "max_consecutive_nonfinite")
+    for name in positive:
+        if not isinstance(t[name], int) or t[name] < 1:
+            raise ValueError(f"train.{name} must be a positive int, got {t[name]!r}")
+    eval_every = t.get("eval_every", 0)
+    if not isinstance(eval_every, int) or eval_every < 0 or eval_every % t.log_every:
+        raise ValueError(
+            f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
+            f"go into the record of a logged step), got {eval_every!r}"
+        )
+    num_devices = jax.device_count()
+    if t.batch_size % (num_devices * t.grad_accum_steps):
+        raise ValueError(
+            f"train.batch_size={t.batch_size} must be divisible by the number of devices ({num_devices}) "
+            f"times train.grad_accum_steps ({t.grad_accum_steps})"
+        )
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {jax.process_count()} processes")
+    if config.data.min_sample_size > config.data.max_sample_size:
+        raise ValueError(
+            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
+        )
+
+
+def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The window's per-step metrics as JSON-able host values (NaN and infinity -> None).
+
+    Entries are device arrays (steps of this process) or plain values (restored from a checkpoint).
+    """
+    host = []
+    for step_metrics in jax.device_get(window):
+        values = {k: v.item() if hasattr(v, "item") else v for k, v in step_metrics.items()}
+        host.append({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()})
+    return host
+
+
+def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
+    """One logged record from a window of per-step host metrics."""
+    # The task's metrics have them (a window restored from an older checkpoint may lack a newer one).
+    ratios = {k: v for k, v in _RATIOS.items() if any(v[0] in m or k in m for m in window)}
+    averaged = metrics.mean_metrics(
+        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=ratios
+    )
+    return {**averaged, **{k: window[-1][k] for k in _LAST}}
+
+
+
+
+class Task(Protocol):
+    """What a kind of training run plugs into the loop (see the module docstring).
+
+    Attributes:
+      name: the progress bar's label.
+      model_class: the model `train_step.create_train_state` builds.
+      progress_metrics: metric name -> progress-bar label.
+    """
+
+    name: str
+    model_class: type
+    progress_metrics: dict[str, str]
+
+    def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
+        """Called once the workdir is locked and its config checked, before anything else."""
+        ...
+
+    def model_config(self, config: ml_collections.ConfigDict) -> Wav2Vec2Config: ...
+
+    def optimizer_and_hyperparams(
+        self, config: ml_collections.ConfigDict
+    ) -> tuple[Any, train_step.StepHyperparams]: ...
+
+    def initial_state(self, state: train_step.TrainState) -> train_step.TrainState:
+        """The state of a fresh run (not a resume): e.g. pretrained parameters put in."""
+        ...
+
+    def data_iterator(
+        self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int, shard_count: int
+    ) -> TrainIterator: ...
+
+    def make_evaluator(
+        self, config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+    ) -> evaluation.Evaluator:
+        """The validation run every `train.eval_every` updates."""
+        ...
+
+    def summary_lines(self, summary: dict[str, Any]) -> list[str]:
+        """The end-of-run summary's lines on what the run measured (`train_and_evaluate`'s summary)."""
+        ...
+
+    def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None: ...
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    make_evaluator: Callable[..., evaluation.Evaluator] | None = None,
+    task: Task | None = None,
+) -> dict[str, Any]:
+    """Runs or resumes a training run (see the module docstring).
+
+    Args:
+      config: a `w2v_jax/configs/pretrain.py` config (or the task's, e.g. `finetune.py`).
+      workdir: the run's directory (created if missing).
+      make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
+        `train.eval_every > 0` and called every `eval_every` updates (default: the task's).
+      task: what is trained; default `PretrainingTask()`.
+
+    Returns:
+      a summary: final step, last logged metrics, number of compiles, checkpoint steps.
+
+    Raises:
+      TrainingDivergedError: after `train.max_consecutive_nonfinite` skipped updates in a row (the
+        newest checkpoint, finite by construction, is kept).
+      workdir.WorkdirLockedError: another run holds the workdir (nothing is touched).
+      workdir.ConfigChangedError: a resume changes fields its checkpoints depend on (nothing written).
+      checkpointer.CorruptCheckpointError: checkpoints exist but none is intact (moved aside).
+    """
+    d = config.distributed
+    distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
+    _validate(config)
+    # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
+    with WorkdirLock(workdir, enabled=distributed.is_primary()):
+        task = task or PretrainingTask()
+        return _train_locked(config, pathlib.Path(workdir), task, make_evaluator or task.make_evaluator)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run builds before its first update, and what it carries from step to step."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    task: Task
+    state: train_step.TrainState
+    step_fn: train_step.TrainStep
+    evaluator: evaluation.Evaluator | None
+    data_iter: TrainIterator
+    checkpointer: Checkpointer
+    key_data: np.ndarray
+    window: list[dict[str, Any]]
+
+    def host_record(self) -> dict[str, Any]:
+        """What a checkpoint keeps beside the state: every process's data position, the key, the window."""
+        return {
+            "data_iterators": distributed.allgather_json(self.data_iter.get_state()),
+            "rng": self.key_data.tolist(),
+            "window": _host_window(self.window),
+        }
+
+    def save(self, step: int) -> None:
+        self.checkpointer.save(step, self.state, self.host_record())
+
+
+def _set_up(
+    config: ml_collections.ConfigDict,
+    workdir_path: pathlib.Path,
+    task: Task,
+    make_evaluator: Callable[..., evaluation.Evaluator],
+) -> _Run:
+    """The model, train state, compiled step, evaluator, data iterator and checkpointer of a fresh run."""
+    t = config.train
+    model_config = task.model_config(config)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    optimizer, hparams = task.optimizer_and_hyperparams(config)
+    graphdef, state, state_shardings = train_step.create_train_state(
+        model_config,
+        optimizer,
+        seed=t.seed,
+        mesh=mesh,
+        param_sharding=config.mesh.param_sharding,
+        min_fsdp_size=config.mesh.fsdp_min_size,
+        dtype=_precision_dtype(t.precision),
+        remat=t.remat,
+        model_class=task.model_class,
+    )
+    step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
+    evaluator = make_evaluator(config, graphdef, mesh, state_shardings) if t.get("eval_every", 0) else None
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
+    process_index, process_count = jax.process_index(), jax.process_count()
+    data_iter = task.data_iterator(
+        config, batch_size=t.batch_size // process_count, shard_index=process_index, shard_count=process_count
+    )
+    checkpoints = Checkpointer(workdir_path / CHECKPOINTS_DIR, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+    key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
+    return _Run(config, workdir_path, task, state, step_fn, evaluator, data_iter, checkpoints, key_data, [])
+
+
+def _resume_or_start(run: _Run) -> None:
+    """Restores the newest intact checkpoint into `run`, or starts a fresh run (task's initial
+    state, a clean metrics file)."""
+    primary = distributed.is_primary()
+    restored = run.checkpointer.restore_newest_intact(abstract_like(run.state))
+    if restored is None:
+        run.state = run.task.initial_state(run.state)
+        if primary:
+            start_metrics_file(run.workdir / metrics.METRICS_FILE)
+        return
+    latest, run.state, host = restored
+    process_count = jax.process_count()
+    if len(host["data_iterators"]) != process_count:
+        raise ValueError(
+            f"checkpoint {latest} in {run.checkpointer.directory} was written by {len(host['data_iterators'])} "
+            f"processes, this run has {process_count}: resume with the same number of processes"
+        )
+    run.data_iter.set_state(host["data_iterators"][jax.process_index()])
+    run.key_data = np.asarray(host["rng"], np.uint32)
+    run.window = host["window"]
+    if primary:
+        metrics.truncate_after(run.workdir / metrics.METRICS_FILE, latest)
+    logger.info("resumed from checkpoint %d in %s", latest, run.checkpointer.directory)
+
+
+@contextlib.contextmanager
+def _preemption_requests() -> Iterator[dict[str, bool]]:
+    """SIGTERM (preemption) sets `flag` of the yielded dict, acted on between two steps, never inside
+    one; the previous handler comes back on exit. Multi-process runs use JAX's preemption sync points."""
+    requested = {"flag": False}
+
+    def on_sigterm(signum, frame):
+        del signum, frame
+        requested["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if jax.process_count() == 1 else None
+    try:
+        yield requested
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _LoggingWindow:
+    """The steps since the last logged record: their metrics, the audio they consumed, their time
+    (compiles left out)."""
+
+    def __init__(self, steps: list[dict[str, Any]], step_fn: train_step.TrainStep):
+        self.steps = steps  # a resumed run's window continues the checkpointed one
+        self._step_fn = step_fn
+        self.audio_seconds = 0.0
+        self._start = time.perf_counter()
+        self._compile = step_fn.compile_seconds
+
+    def record(self) -> dict[str, Any]:
+        """The window's logged record (throughputs included), then a new window."""
+        host = _host_window(self.steps)
+        record = _summarize(host)
+        elapsed = time.perf_counter() - self._start - (self._step_fn.compile_seconds - self._compile)
+        record["audio_seconds_per_second"] = self.audio_seconds / max(elapsed, 1e-9)
+        record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
+        self.steps, self.audio_seconds = [], 0.0
+        self._start, self._compile = time.perf_counter(), self._step_fn.compile_seconds
+        return record
+
+
+def _train_locked(
+    config: ml_collections.ConfigDict,
+    workdir_path: pathlib.Path,
+    task: Task,
+    make_evaluator: Callable[..., evaluation.Evaluator],
+) -> dict[str, Any]:
+    """`train_and_evaluate` once the workdir is locked: set-up, resume, the loop, the summary."""
+    primary = distributed.is_primary()
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    prepare_config(
+        workdir_path,
+        config.to_dict(),
+        config.to_json_best_effort(indent=2, sort_keys=True),
+        has_checkpoints=has_checkpoints(workdir_path / CHECKPOINTS_DIR),
+        write=primary,
+    )
+    task.prepare(config, workdir_path, primary=primary)
+    run = _set_up(config, workdir_path, task, make_evaluator)
+    _resume_or_start(run)
+    start_step = int(run.state.step)
+
+    writer = metrics.MetricWriter(workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True))
+    # smoothing=0: the rate is steps done / time since the start, and the start is moved forward by
+    # every compile and evaluation (`_exclude_from_eta`), so the ETA counts training steps only.
+    progress = tqdm.tqdm(
+        total=config.train.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name,
+        smoothing=0,
+    )
+    outcome = {"step": start_step, "last_logged": {}, "last_valid": {}, "eval_seconds": 0.0}
+    try:
+        with _preemption_requests() as preemption:
+            _loop(run, start_step, writer, progress, preemption, outcome)
+    finally:
+        progress.close()
+        writer.close()
+        run.data_iter.close()
+        run.checkpointer.close()  # waits for the save in progress
+        checkpoint_steps = run.checkpointer.all_steps()
+
+    step = outcome["step"]
+    if primary and config.train.plot and step == config.train.num_steps:
+        task.plot(metrics.read_metrics(workdir_path / metrics.METRICS_FILE), workdir_path)
+    summary = {
+        "step": step,
+        "num_steps": config.train.num_steps,
+        "last_logged": outcome["last_logged"],
+        "last_valid": outcome["last_valid"],
+        "num_compiles": run.step_fn.num_compiles,
+        "compile_seconds": run.step_fn.compile_seconds,
+        "eval_seconds": outcome["eval_seconds"],
+        "checkpoint_steps": checkpoint_steps,
+        "data": run.data_iter.summary(),
+    }
+    if primary:
+        logger.info("%s", format_summary(summary, workdir_path, task))
+    return summary
+
+
+def _loop(
+    run: _Run,
+    start_step: int,
+    writer: metrics.MetricWriter,
+    progress: tqdm.tqdm,
+    preemption: dict[str, bool],
+    outcome: dict[str, Any],
+) -> None:
+    """The updates from `start_step` to `train.num_steps` (or a preemption); logged records,
+    validation and checkpoints on their schedules. `outcome` holds the step reached and the last
+    logged and validation values, also when an error ends the loop."""
+    t = run.config.train
+    process_count = jax.process_count()
+    key = jax.random.wrap_key_data(jnp.asarray(run.key_data))
+    window = _LoggingWindow(run.window, run.step_fn)
+    eval_every = t.get("eval_every", 0)
+    previous_metrics = None
+    step = start_step
+    while step < t.num_steps:
+        # --- one update ---
+        local = next(run.data_iter)
+        train_step.check_batch(local, t.batch_size // process_count)
+        window.audio_seconds += float(np.sum(local["attention_mask"])) * process_count / SAMPLE_RATE
+        batch = {
+            k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (t.batch_size, *v.shape[1:]))
+            for k, v in local.items()
+        }
+        compiled_before = run.step_fn.compile_seconds
+        run.state, step_metrics = run.step_fn(run.state, batch, key)
+        _exclude_from_eta(progress, run.step_fn.compile_seconds - compiled_before)
+        step += 1
+        outcome["step"] = step
+        window.steps.append(step_metrics)
+        run.window = window.steps
+        # Read the previous step's skip counter, not this one's: one step stays in flight.
+        skipped_in_a_row = 0 if previous_metrics is None else int(previous_metrics["nonfinite_consecutive"])
+        if skipped_in_a_row >= t.max_consecutive_nonfinite:
+            raise TrainingDivergedError(
+                f"stopping at step {step - 1}: {skipped_in_a_row} consecutive updates had a non-finite "
+                f"loss or gradient (train.max_consecutive_nonfinite={t.max_consecutive_nonfinite}); the "
+                f"newest checkpoint, step {run.checkpointer.latest_step()} in {run.checkpointer.directory}, is "
+                "finite and kept. Lower train.learning_rate or check the data."
+            )
+        previous_metrics = step_metrics
+        progress.update(1)
+
+        # --- the logged record, with validation on its schedule ---
+        if step % t.log_every == 0 or step == t.num_steps:
+            record = window.record()
+            run.window = window.steps
+            skips = distributed.allgather_json(run.data_iter.skip_counts())  # each process sees its rows
+            record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+            if run.evaluator is not None and step % eval_every == 0:
+                eval_start = time.perf_counter()
+                values = run.evaluator(run.state, step)
+                record.update(evaluation.prefixed(values))
+                outcome["last_valid"] = {"step": step, **values}
+                outcome["eval_seconds"] += time.perf_counter() - eval_start
+                _exclude_from_eta(progress, time.perf_counter() - eval_start)
+            writer.write(step, record)
+            outcome["last_logged"] = {"step": step, **record}
+            last_valid = outcome["last_valid"]
+            postfix = {label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record}
+            postfix.update({f"valid {name}": f"{last_valid[name]:.3f}" for name in ("loss", "cer") if name in last_valid})
+            progress.set_postfix(postfix)
+
+        # --- checkpoints, and the stop a preemption asks for ---
+        stop = preemption["flag"] if process_count == 1 else multihost_utils.reached_preemption_sync_point(step)
+        if step % t.checkpoint_every == 0 or step == t.num_steps or stop:
+            run.save(step)
+        if stop:
+            logger.warning("SIGTERM: checkpoint %d saved, stopping", step)
+            break
+
+
+def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
+    """Moves the bar's start forward by `seconds` (a compile or an evaluation): not training time."""
+    if seconds > 0 and not progress.disable:
+        progress.start_t += seconds
+
+
+def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Task | None = None) -> str:
+    """The end-of-run summary as a few readable lines (`train_and_evaluate`'s return value); the
+    figures of the task that ran (default: pretraining's)."""
+    task = task or PretrainingTask()
+    finished = summary["step"] >= summary["num_steps"]
+    lines = [f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"]
+    lines += task.summary_lines(summary)
+    steps = ", ".join(str(s) for s in summary["checkpoint_steps"]) or "none"
+    lines.append(f"  checkpoints: {steps}")
+    lines.append(
+        f"  compiles: {summary['num_compiles']} train step ({summary['compile_seconds']:.1f} s); "
+        f"validation {summary['eval_seconds']:.1f} s"
+    )
+    lines.append(f"  data: {summary['data']}")
+    return "\n".join(lines)
