@@ -1,4 +1,5 @@
-"""`python -m experiments.evaluate` from the repository root: runs `w2v_jax.cli.evaluate` (the `w2v-evaluate` command)."""
+"""`python -m experiments.evaluate` from the repository root: runs `w2v_jax.cli.evaluate` (the `w2v-evaluate`
+command)."""
 
 from w2v_jax.cli.evaluate import run
 

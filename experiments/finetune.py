@@ -1,4 +1,5 @@
-"""`python -m experiments.finetune` from the repository root: runs `w2v_jax.cli.finetune` (the `w2v-finetune` command)."""
+"""`python -m experiments.finetune` from the repository root: runs `w2v_jax.cli.finetune` (the `w2v-finetune`
+command)."""
 
 from w2v_jax.cli.finetune import run
 

@@ -1,4 +1,5 @@
-"""`python -m experiments.plot_representations` from the repository root: runs `w2v_jax.cli.plot_representations` (the `w2v-plot-representations` command)."""
+"""`python -m experiments.plot_representations` from the repository root: runs `w2v_jax.cli.plot_representations` (the
+`w2v-plot-representations` command)."""
 
 from w2v_jax.cli.plot_representations import run
 

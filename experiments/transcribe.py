@@ -1,4 +1,5 @@
-"""`python -m experiments.transcribe` from the repository root: runs `w2v_jax.cli.transcribe` (the `w2v-transcribe` command)."""
+"""`python -m experiments.transcribe` from the repository root: runs `w2v_jax.cli.transcribe` (the `w2v-transcribe`
+command)."""
 
 from w2v_jax.cli.transcribe import run
 

@@ -44,8 +44,12 @@ def tiny_pretraining(session_dir, env) -> pathlib.Path:
         if not pathlib.Path(f"{workdir}.finished").is_file():
             result = run(
                 "experiments.pretrain",
-                ["--config=experiments/configs/pretrain.py:tiny", f"--workdir={workdir}", "--config.train.plot=False",
-                 "--config.train.log_every=50"],
+                [
+                    "--config=experiments/configs/pretrain.py:tiny",
+                    f"--workdir={workdir}",
+                    "--config.train.plot=False",
+                    "--config.train.log_every=50",
+                ],
                 env,
             )
             assert result.returncode == 0, result.stderr[-3000:]

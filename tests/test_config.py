@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import jax
+import ml_collections
 import pytest
 import torch
 import transformers
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import pretrain
 from w2v_jax.model import Wav2Vec2ForPreTraining
 
 
@@ -152,9 +154,6 @@ def test_any_valid_config_round_trips(hidden_heads, layers, groups, mask_time_pr
 
 
 def test_from_run_config_reads_the_model_section():
-    import ml_collections
-
-    from w2v_jax.configs import pretrain
 
     run = pretrain.get_config("tiny")
     model = Wav2Vec2Config.from_run_config(run)

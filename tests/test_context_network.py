@@ -256,8 +256,13 @@ def test_attention_dropout_matches_oracle_with_the_same_mask():
 @pytest.mark.parametrize("stable", [False, True])
 def test_context_network_matches_oracle(stable):
     config = Wav2Vec2Config.preset(
-        "tiny", hidden_size=12, num_attention_heads=3, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=3,
-        do_stable_layer_norm=stable, **NO_DROPOUT,
+        "tiny",
+        hidden_size=12,
+        num_attention_heads=3,
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=3,
+        do_stable_layer_norm=stable,
+        **NO_DROPOUT,
     )
     net = _random_params(ContextNetwork(config, rngs=nnx.Rngs(0)))
     x, padding_mask = _inputs()
@@ -296,7 +301,11 @@ def test_remat_changes_nothing_but_memory(paths, request):
     if paths == "accelerator":
         request.getfixturevalue("accelerator_paths")
     config = Wav2Vec2Config.preset(
-        "tiny", hidden_size=12, num_attention_heads=3, num_conv_pos_embedding_groups=3, num_hidden_layers=1,
+        "tiny",
+        hidden_size=12,
+        num_attention_heads=3,
+        num_conv_pos_embedding_groups=3,
+        num_hidden_layers=1,
         hidden_dropout=0.2,
     )
     x, padding_mask = _inputs()
@@ -344,7 +353,11 @@ def test_accelerator_paths_match_the_cpu_paths_and_the_kernel_gradient_oracle(ac
     # The oracle: d/dK of sum(w * gelu(conv(x, K) + b)) = kernel gradient of the cotangent w * gelu'.
     pre = np.asarray(
         jax.lax.conv_general_dilated(
-            jnp.asarray(x), module.weight(), (1,), [(4, 4)], dimension_numbers=("NWC", "WIO", "NWC"),
+            jnp.asarray(x),
+            module.weight(),
+            (1,),
+            [(4, 4)],
+            dimension_numbers=("NWC", "WIO", "NWC"),
             feature_group_count=4,
         )[:, :-1]
         + module.bias[...],
@@ -359,8 +372,15 @@ def test_accelerator_paths_match_the_cpu_paths_and_the_kernel_gradient_oracle(ac
 @pytest.mark.parametrize("stable", [False, True])
 def test_dropout_matches_oracle_with_the_same_masks(stable):
     config = Wav2Vec2Config.preset(
-        "tiny", hidden_size=12, num_attention_heads=3, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=3,
-        do_stable_layer_norm=stable, hidden_dropout=0.2, attention_dropout=0.15, activation_dropout=0.3,
+        "tiny",
+        hidden_size=12,
+        num_attention_heads=3,
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=3,
+        do_stable_layer_norm=stable,
+        hidden_dropout=0.2,
+        attention_dropout=0.15,
+        activation_dropout=0.3,
         layerdrop=0.0,
     )
     net = _random_params(ContextNetwork(config, rngs=nnx.Rngs(0)))
@@ -374,7 +394,10 @@ def test_dropout_matches_oracle_with_the_same_masks(stable):
 def test_layerdrop_rate_over_many_draws():
     # Which layers ran, for 4000 keys at once (vmap): the nearest of the four survivor oracles.
     config = Wav2Vec2Config.preset(
-        "tiny", hidden_size=12, num_attention_heads=3, num_conv_pos_embedding_groups=3,
+        "tiny",
+        hidden_size=12,
+        num_attention_heads=3,
+        num_conv_pos_embedding_groups=3,
         **(NO_DROPOUT | dict(layerdrop=0.3)),
     )
     net = _random_params(ContextNetwork(config, rngs=nnx.Rngs(0)))

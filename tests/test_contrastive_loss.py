@@ -54,7 +54,10 @@ def test_contrastive_loss_matches_per_step_oracle():
     negatives[0, 3, 1] = quantized[0, 3]
     negatives[1, 0, :] = quantized[1, 0]
     per_step = np.array(
-        [[contrastive_loss_from_scratch(context[b, t], quantized[b, t], negatives[b, t]) for t in range(9)] for b in range(2)]
+        [
+            [contrastive_loss_from_scratch(context[b, t], quantized[b, t], negatives[b, t]) for t in range(9)]
+            for b in range(2)
+        ]
     )
     mask = np.random.default_rng(1).random((2, 9)) < 0.5
     f = jax.jit(contrastive_loss, static_argnames="reduction")
@@ -87,11 +90,7 @@ def test_num_correct_counts_masked_target_wins_as_an_oracle_loop():
     logits = rng.standard_normal((3, 7, 5)).astype(np.float32)
     logits[0, 2] = 1.0  # all equal: not a win
     mask = rng.random((3, 7)) < 0.6
-    expected = sum(
-        int(mask[b, t] and logits[b, t, 0] > logits[b, t, 1:].max())
-        for b in range(3)
-        for t in range(7)
-    )
+    expected = sum(int(mask[b, t] and logits[b, t, 0] > logits[b, t, 1:].max()) for b in range(3) for t in range(7))
     count = jax.jit(contrastive_num_correct)(logits, mask)
     assert count.dtype == jnp.int32 and int(count) == expected
     assert int(contrastive_num_correct(logits)) == int((logits[..., 0] > logits[..., 1:].max(-1)).sum())
@@ -162,7 +161,9 @@ def test_negative_distribution_matches_the_oracle():
     # (frame, negative) pair over many draws with the NumPy oracle's.
     mask = np.array([[True, False, True, True, False, True, True], [False] * 3 + [True] * 4])
     draws = 4000
-    ours = np.asarray(jax.vmap(lambda k: sample_negative_indices(k, mask, 5))(jax.random.split(jax.random.key(0), draws)))
+    ours = np.asarray(
+        jax.vmap(lambda k: sample_negative_indices(k, mask, 5))(jax.random.split(jax.random.key(0), draws))
+    )
     rng = np.random.default_rng(0)
     oracle = np.stack([sample_negative_indices_from_scratch(mask, 5, rng) for _ in range(draws)])
     for b in range(2):

@@ -42,8 +42,14 @@ def _targets(labels, blank=0):
 def _torch_loss(logits, lengths, labels, blank=0, reduction="sum", zero_infinity=False):
     """Loss and logits gradient as transformers' Wav2Vec2ForCTC computes them."""
     logits_t = torch.tensor(logits, requires_grad=True)
-    loss = ForCTCLoss(logits_t, torch.tensor(labels), torch.tensor(lengths), blank_token_id=blank,
-                      reduction=reduction, zero_infinity=zero_infinity)
+    loss = ForCTCLoss(
+        logits_t,
+        torch.tensor(labels),
+        torch.tensor(lengths),
+        blank_token_id=blank,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
     loss.backward()
     return loss.detach().numpy(), logits_t.grad.numpy()
 
@@ -53,8 +59,14 @@ def _float64_loss(logits, lengths, labels, blank=0, reduction="sum"):
     logits_t = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
     labels_t = torch.tensor(labels)
     keep = (labels_t != LABEL_PADDING) & (labels_t != blank)
-    loss = torch.nn.functional.ctc_loss(torch.log_softmax(logits_t, -1).transpose(0, 1), labels_t[keep],
-                                        torch.tensor(lengths), keep.sum(-1), blank=blank, reduction=reduction)
+    loss = torch.nn.functional.ctc_loss(
+        torch.log_softmax(logits_t, -1).transpose(0, 1),
+        labels_t[keep],
+        torch.tensor(lengths),
+        keep.sum(-1),
+        blank=blank,
+        reduction=reduction,
+    )
     loss.backward()
     return loss.detach().numpy(), logits_t.grad.numpy()
 
@@ -74,8 +86,10 @@ def test_loss_matches_forward_algorithm_oracle(blank):
     logits, lengths, labels = _batch(seed=blank, blank=blank)
     losses = _losses(logits, lengths, labels, blank_id=blank)
     log_probs = jax.nn.log_softmax(logits.astype(np.float64))
-    expected = [ctc_loss_from_scratch(log_probs[b, : lengths[b]], target, blank)
-                for b, target in enumerate(_targets(labels, blank))]
+    expected = [
+        ctc_loss_from_scratch(log_probs[b, : lengths[b]], target, blank)
+        for b, target in enumerate(_targets(labels, blank))
+    ]
     np.testing.assert_allclose(losses, expected, rtol=RTOL)
 
 
@@ -139,8 +153,9 @@ def test_impossible_alignment_is_inf_or_zeroed_like_transformers():
     losses = _losses(logits, lengths, labels)
     assert np.isinf(losses[2]) and np.all(np.isfinite(np.delete(losses, 2)))
     assert np.isinf(ctc_loss_from_scratch(jax.nn.log_softmax(logits[2, :5]), [1, 1, 2, 2]))
-    np.testing.assert_allclose(losses[1], ctc_loss_from_scratch(jax.nn.log_softmax(logits[1, :6]), [1, 2, 3, 4, 5, 6]),
-                               rtol=RTOL)
+    np.testing.assert_allclose(
+        losses[1], ctc_loss_from_scratch(jax.nn.log_softmax(logits[1, :6]), [1, 2, 3, 4, 5, 6]), rtol=RTOL
+    )
     expected_loss, _ = _torch_loss(logits, lengths, labels, reduction="sum")
     loss, grad = _jax_loss(logits, lengths, labels, reduction="sum")
     assert np.isinf(expected_loss) and np.isinf(loss)

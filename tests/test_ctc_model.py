@@ -55,8 +55,9 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
     waveforms, attention_mask = _batch(padded=name != "group_post_ln")
     graphdef, params = nnx.split(model, nnx.Param)
     # Both reductions' outputs and gradients from one compiled function.
-    ours = jax.jit(lambda params: {r: _value_and_grad(config, r, params, waveforms, attention_mask)
-                                   for r in ("sum", "mean")})(params)
+    ours = jax.jit(
+        lambda params: {r: _value_and_grad(config, r, params, waveforms, attention_mask) for r in ("sum", "mean")}
+    )(params)
 
     errors, grad_errors = {}, {}
     for reduction in ("sum", "mean"):
@@ -80,8 +81,10 @@ def test_logits_losses_and_gradients_match_transformers(name, tmp_path):
             if k not in key_biases:
                 grad_errors[f"{k} ({reduction})"] = relative_error(grads[k], grads_ref[k])
     worst = max(grad_errors, key=grad_errors.get)
-    print(f"\n{name} CTC: max relative error over logits and losses {max(errors.values()):.2e} "
-          f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst]:.2e} ({worst})")
+    print(
+        f"\n{name} CTC: max relative error over logits and losses {max(errors.values()):.2e} "
+        f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst]:.2e} ({worst})"
+    )
     assert max(errors.values()) < RTOL["outputs"], errors
     assert grad_errors[worst] < RTOL["gradients"], {k: v for k, v in grad_errors.items() if v >= RTOL["gradients"]}
 
@@ -107,8 +110,11 @@ def test_loss_is_the_forward_algorithm_on_the_models_logits():
     waveforms, attention_mask = _batch(padded=True)
     params = nnx.state(Wav2Vec2ForCTC(config, rngs=nnx.Rngs(0)), nnx.Param)
     # Both reductions from one compiled function (eager mode compiles every operation).
-    outputs = jax.jit(lambda params: {r: nnx.merge(_graphdef(config, r), params)(waveforms, attention_mask, LABELS)
-                                      for r in ("sum", "mean")})(params)
+    outputs = jax.jit(
+        lambda params: {
+            r: nnx.merge(_graphdef(config, r), params)(waveforms, attention_mask, LABELS) for r in ("sum", "mean")
+        }
+    )(params)
     for reduction in ("sum", "mean"):
         out = outputs[reduction]
         log_probs = np.asarray(jax.nn.log_softmax(out.logits.astype(jnp.float32)), np.float64)
@@ -129,17 +135,29 @@ def test_training_masks_match_transformers_mask_hidden_states():
     when its mask sampler is made to return the masks our model draws (time spans -> masked_spec_embed,
     channel spans -> 0 on every frame)."""
     config = Wav2Vec2Config.preset(
-        "tiny", feat_extract_norm="layer", vocab_size=VOCAB, mask_time_prob=0.3, mask_time_length=3,
-        mask_feature_prob=0.3, mask_feature_length=4, hidden_dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
-        feature_penalty_weight=0.0, feature_grad_mult=1.0,
+        "tiny",
+        feat_extract_norm="layer",
+        vocab_size=VOCAB,
+        mask_time_prob=0.3,
+        mask_time_length=3,
+        mask_feature_prob=0.3,
+        mask_feature_length=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        layerdrop=0.0,
+        feature_penalty_weight=0.0,
+        feature_grad_mult=1.0,
     )
     model = Wav2Vec2ForCTC(config, rngs=nnx.Rngs(1))
     graphdef, state = nnx.split(model)
     waveforms, attention_mask = _batch(padded=True)
     key = jax.random.key(7)
     out = jax.jit(lambda state: nnx.merge(graphdef, state)(waveforms, attention_mask, deterministic=False, key=key))(
-        state)
+        state
+    )
     # What tools feed another implementation (the PyTorch twin): the masks the model draws.
     time_mask, feature_mask = map(np.asarray, sample_training_masks(key, config, 2, 24, out.logit_lengths))
     np.testing.assert_array_equal(time_mask, out.mask_time_indices)
@@ -159,11 +177,14 @@ def test_training_masks_match_transformers_mask_hidden_states():
     finally:
         modeling_wav2vec2._compute_mask_indices = original
     assert relative_error(out.logits, logits_ref.numpy()) < 5e-6  # the eval-mode bound above
+
     # Without the channel mask the output differs: the mask did something.
     def without_channel_mask(state):
         model = nnx.merge(graphdef, state)
         unmasked = model.wav2vec2.encode(
-            waveforms, model.wav2vec2.padding_mask(attention_mask, 24), out.mask_time_indices,
+            waveforms,
+            model.wav2vec2.padding_mask(attention_mask, 24),
+            out.mask_time_indices,
             feature_mask=jnp.zeros((2, config.hidden_size), bool),
         )
         return model.lm_head(unmasked.last_hidden_state)

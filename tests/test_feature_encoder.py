@@ -45,7 +45,12 @@ def test_layer_configs_and_stride():
 
 @pytest.mark.parametrize(
     "norm,conv_bias,conv_dim",
-    [("group", False, None), ("layer", True, None), ("none", False, None), ("layer", False, (8, 12, 12, 16, 16, 8, 24))],
+    [
+        ("group", False, None),
+        ("layer", True, None),
+        ("none", False, None),
+        ("layer", False, (8, 12, 12, 16, 16, 8, 24)),
+    ],
 )
 def test_matches_numpy_oracle(norm, conv_bias, conv_dim):
     encoder = FeatureEncoder(d_model=16, conv_dim=conv_dim, conv_bias=conv_bias, norm=norm, rngs=nnx.Rngs(1))

@@ -59,9 +59,7 @@ def _jax_draws(mask_prob, mask_length, min_masks, num_draws):
     """num_draws masks of shape [3, TIME] with LENGTHS, sampled by one jitted vmap."""
     sample = jax.jit(
         jax.vmap(
-            lambda key: compute_mask_indices(
-                key, (3, TIME), mask_prob, mask_length, min_masks, jnp.asarray(LENGTHS)
-            )
+            lambda key: compute_mask_indices(key, (3, TIME), mask_prob, mask_length, min_masks, jnp.asarray(LENGTHS))
         )
     )
     return np.asarray(sample(jax.random.split(jax.random.key(0), num_draws)))

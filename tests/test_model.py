@@ -189,9 +189,7 @@ def test_losses_are_the_reference_reductions_of_the_outputs():
         temperature = CONFIG.contrastive_logits_temperature
         losses.append(contrastive_loss_from_scratch(c[b, t], q[b, t], distractors, temperature))
         positive = cosine_similarity_from_scratch(c[b, t], q[b, t])
-        others = [
-            cosine_similarity_from_scratch(c[b, t], d) for d in distractors if not np.array_equal(d, q[b, t])
-        ]
+        others = [cosine_similarity_from_scratch(c[b, t], d) for d in distractors if not np.array_equal(d, q[b, t])]
         correct.append(all(positive > o for o in others))
         chance.append(1 / (1 + len(others)))
     np.testing.assert_allclose(out.contrastive_loss, np.sum(losses), rtol=1e-5)
@@ -233,6 +231,7 @@ def test_gumbel_choices_follow_softmax_of_the_logits_at_any_temperature():
     graphdef, state = nnx.split(quantizer)
     n = 20_000
     for tau in (0.5, 2.0):
+
         def choices(key, tau=tau):
             return nnx.merge(graphdef, state)(x, temperature=tau, key=key, deterministic=False)[1].indices
 
@@ -242,7 +241,9 @@ def test_gumbel_choices_follow_softmax_of_the_logits_at_any_temperature():
         # Each frequency within 4.5 binomial standard errors sqrt(p (1 - p) / n) of its probability
         # (the 1e-4 floor covers p ~ 0): a 10% error in a probability of 0.1 or more is > 4.5 sigma.
         sigma = np.sqrt(expected * (1 - expected) / n)
-        assert np.all(np.abs(frequencies - expected) <= 4.5 * sigma + 1e-4), np.max(np.abs(frequencies - expected) / sigma)
+        assert np.all(np.abs(frequencies - expected) <= 4.5 * sigma + 1e-4), np.max(
+            np.abs(frequencies - expected) / sigma
+        )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_losses():
@@ -371,8 +372,12 @@ def test_feature_projection_and_quantizer_input_dropout_match_oracle():
     # The two dropouts outside the Transformer, on the masks drawn from their documented sub-keys:
     # after the feature projection (before the mask embedding), and on the quantizer's input.
     config = CONFIG.replace(
-        feat_proj_dropout=0.3, feat_quantizer_dropout=0.25, hidden_dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, layerdrop=0.0,
+        feat_proj_dropout=0.3,
+        feat_quantizer_dropout=0.25,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
     )
     model = Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0))
     waveforms, _ = _batch()
@@ -390,8 +395,11 @@ def test_feature_projection_and_quantizer_input_dropout_match_oracle():
     hidden = jnp.where(mask[:, :, None], encoder.masked_spec_embed[...], hidden)
     context = encoder.encoder(hidden)
     quantized, _ = model.quantizer(
-        normed * keep("feat_quantizer_dropout", 0.25, normed.shape), temperature=1.5,
-        key=named_key(key, "gumbel"), deterministic=False, mask=jnp.asarray(mask),
+        normed * keep("feat_quantizer_dropout", 0.25, normed.shape),
+        temperature=1.5,
+        key=named_key(key, "gumbel"),
+        deterministic=False,
+        mask=jnp.asarray(mask),
     )
     np.testing.assert_allclose(out.projected_states, model.project_hid(context), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.projected_quantized_states, model.project_q(quantized), rtol=1e-5, atol=1e-5)

@@ -137,9 +137,7 @@ def test_outputs_and_gradients_match_transformers(name, tmp_path):
         f"({max(errors, key=errors.get)}), over parameter gradients {grad_errors[worst_grad]:.2e} ({worst_grad})"
     )
     assert max(errors.values()) < RTOL["outputs"], errors
-    assert grad_errors[worst_grad] < RTOL["gradients"], {
-        k: v for k, v in grad_errors.items() if v >= RTOL["gradients"]
-    }
+    assert grad_errors[worst_grad] < RTOL["gradients"], {k: v for k, v in grad_errors.items() if v >= RTOL["gradients"]}
     # The argmax quantizer has no gradient into its logits in either framework.
     for key in ("quantizer.weight_proj.weight", "quantizer.weight_proj.bias"):
         assert not np.any(grads[key]) and not np.any(grads_ref[key])

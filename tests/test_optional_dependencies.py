@@ -54,7 +54,10 @@ def _notebook_imports(name: str) -> str:
     """Every top-level import statement of a notebook's code cells."""
     notebook = nbformat.read(REPO / "notebooks" / name, as_version=4)
     lines = [
-        line for cell in notebook.cells if cell.cell_type == "code" for line in cell.source.splitlines()
+        line
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
         if line.startswith(("import ", "from "))
     ]
     return "\n".join(lines)
@@ -67,8 +70,13 @@ def test_every_module_imports_in_one_process_without_torch():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"w2v_jax.training.trainer", "w2v_jax.representations", "w2v_jax.cli.pretrain", "w2v_jax.cli.sweep",
-            "w2v_jax.research.torch_twin"} <= set(result["modules"])
+    assert {
+        "w2v_jax.training.trainer",
+        "w2v_jax.representations",
+        "w2v_jax.cli.pretrain",
+        "w2v_jax.cli.sweep",
+        "w2v_jax.research.torch_twin",
+    } <= set(result["modules"])
     assert result["errors"] == {}
     assert INSTALL_HINT in result["bin_error"] and "torch" in result["bin_error"]
     assert "pytorch_model.bin" in result["bin_error"]

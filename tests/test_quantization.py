@@ -204,7 +204,7 @@ def test_gumbel_temperature_schedule():
     assert gumbel_temperature(10**7) == 0.5
     assert gumbel_temperature(10**7, end=0.1) == pytest.approx(max(2.0 * 0.999995**10**7, 0.1))
     steps = jnp.array([0, 1000, 100_000, 10**6])
-    expected = [max(2.0 * 0.999995**int(s), 0.5) for s in steps]
+    expected = [max(2.0 * 0.999995 ** int(s), 0.5) for s in steps]
     np.testing.assert_allclose(jax.jit(gumbel_temperature)(steps), expected, rtol=1e-5)
 
 

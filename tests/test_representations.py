@@ -1,5 +1,5 @@
-"""w2v_jax/representations.py (the feature API): `from_pretrained` on every checkpoint format, `model.features` against the model
-run on each utterance alone, bucketed lengths (no compile per length), group-norm exact and crop."""
+"""w2v_jax/representations.py (the feature API): `from_pretrained` on every checkpoint format, `model.features`
+against the model run on each utterance alone, bucketed lengths (no compile per length), group-norm exact and crop."""
 
 import dataclasses
 
@@ -35,7 +35,9 @@ def _alone(model, waveform):
 
 
 def test_bucket_ladder_pads_up_and_crops_down():
-    assert representations.bucket_length(5000, pad=True) == 5382 and representations.bucket_length(5000, pad=False) == 4525
+    assert (
+        representations.bucket_length(5000, pad=True) == 5382 and representations.bucket_length(5000, pad=False) == 4525
+    )
     assert representations.bucket_length(5382, pad=True) == representations.bucket_length(5382, pad=False) == 5382
     ratios = representations.BUCKET_LADDER[1:] / representations.BUCKET_LADDER[:-1]
     assert ratios.max() < 1.2  # padding (or cropping) never costs more than ~19%
@@ -47,7 +49,8 @@ def test_layer_norm_features_match_each_utterance_alone_with_a_compile_per_bucke
     model = Wav2Vec2ForPreTraining(LAYER_NORM, rngs=nnx.Rngs(0))
     # 5000 and 5300 share the 5382 bucket, 9000 is in 9051: two compiles, then none for 5100.
     monkeypatch.setattr(
-        representations, "_forward",
+        representations,
+        "_forward",
         nnx.jit(chex.assert_max_traces(representations._encode, n=2), static_argnames="output_hidden_states"),
     )
     waveforms = _waveforms((9000, 5000, 5300))

@@ -39,6 +39,10 @@ def test_cell9_pipeline_has_finite_non_zero_gradients():
     (loss, (l_m, l_d)), grads = nnx.value_and_grad(loss_fn, has_aux=True)((encoder, quantizer))
     assert np.isfinite(float(loss)) and float(l_m) > 0 and 0 <= float(l_d) < 1
     enc_grads, quant_grads = grads
-    for grad in (enc_grads.layers[0].conv.kernel[...], quant_grads.codevectors[...], quant_grads.weight_proj.kernel[...]):
+    for grad in (
+        enc_grads.layers[0].conv.kernel[...],
+        quant_grads.codevectors[...],
+        quant_grads.weight_proj.kernel[...],
+    ):
         assert bool(jnp.all(jnp.isfinite(grad)))
         assert float(jnp.abs(grad).sum()) > 0

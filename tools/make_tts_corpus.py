@@ -9,9 +9,9 @@ language are held out: all their renderings form the valid split. espeak-ng repo
 with the output sample where it starts (espeakEVENT_PHONEME, IPA names): metadata.jsonl keeps them,
 and the words, as 16 kHz sample spans for probing learned representations.
 
-Size: the audio must fit --max_bytes (older spelling: --max-bytes) with at least --minutes of speech. Utterances are taken round-robin
-over languages until --minutes is reached, then the highest sample precision (16 bits down) whose FLAC
-files fit the budget is chosen: fewer minutes first, lower precision only when even that won't fit.
+Size: the audio must fit --max_bytes (older spelling: --max-bytes) with at least --minutes of speech. Utterances are
+taken round-robin over languages until --minutes is reached, then the highest sample precision (16 bits down) whose
+FLAC files fit the budget is chosen: fewer minutes first, lower precision only when even that won't fit.
 """
 
 from __future__ import annotations
@@ -160,9 +160,14 @@ class _EventId(ctypes.Union):
 
 class _Event(ctypes.Structure):
     _fields_ = [
-        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p), ("id", _EventId),
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
     ]
 
 
@@ -203,9 +208,11 @@ class Espeak:
 
     def synthesize(self, text: str, voice: str, rate: int, pitch: int):
         """Returns (int16 [samples] at self.sample_rate, events (type, sample, text_position, name))."""
-        for call, args in (("espeak_SetVoiceByName", (voice.encode(),)),
-                           ("espeak_SetParameter", (_PARAM_RATE, rate, 0)),
-                           ("espeak_SetParameter", (_PARAM_PITCH, pitch, 0))):
+        for call, args in (
+            ("espeak_SetVoiceByName", (voice.encode(),)),
+            ("espeak_SetParameter", (_PARAM_RATE, rate, 0)),
+            ("espeak_SetParameter", (_PARAM_PITCH, pitch, 0)),
+        ):
             if getattr(self._lib, call)(*args) != 0:
                 raise RuntimeError(f"{call}{args} failed (unknown voice?)")
         self._chunks, self._events = [], []
@@ -221,19 +228,28 @@ def _alignments(events, text: str, source_rate: int, num_samples: int) -> dict:
     espeak's text_position is 1-based in characters. Pauses (empty names) are labelled "_";
     language-switch markers such as "(en)" are not sounds and are dropped.
     """
+
     def to_16k(sample: int) -> int:
         return min(num_samples, int(round(sample * SAMPLE_RATE / source_rate)))
 
-    phonemes = [(to_16k(s), name or "_") for kind, s, _, name in events
-                if kind == _EVENT_PHONEME and not name.startswith("(")]
+    phonemes = [
+        (to_16k(s), name or "_") for kind, s, _, name in events if kind == _EVENT_PHONEME and not name.startswith("(")
+    ]
     starts = np.maximum.accumulate([s for s, _ in phonemes])  # guard against rare out-of-order events
     ends = np.append(starts[1:], num_samples)
-    words = [(to_16k(s), text[pos - 1 : pos - 1 + int(length)]) for kind, s, pos, length in events
-             if kind == _EVENT_WORD and int(length) > 0]
+    words = [
+        (to_16k(s), text[pos - 1 : pos - 1 + int(length)])
+        for kind, s, pos, length in events
+        if kind == _EVENT_WORD and int(length) > 0
+    ]
     word_starts = [s for s, _ in words]
     return {
-        "phonemes": [name for _, name in phonemes], "phoneme_starts": starts.tolist(), "phoneme_ends": ends.tolist(),
-        "words": [w for _, w in words], "word_starts": word_starts, "word_ends": word_starts[1:] + [num_samples],
+        "phonemes": [name for _, name in phonemes],
+        "phoneme_starts": starts.tolist(),
+        "phoneme_ends": ends.tolist(),
+        "words": [w for _, w in words],
+        "word_starts": word_starts,
+        "word_ends": word_starts[1:] + [num_samples],
     }
 
 
@@ -261,8 +277,17 @@ def synthesize_corpus(minutes: float, seed: int) -> list[dict]:
             variants = rng.choice(VARIANTS, RENDERINGS_PER_SENTENCE, replace=False)
             for take, variant in enumerate(variants):
                 voice = f"{VOICES[language][(number + take) % len(VOICES[language])]}+{variant}"
-                items.append(dict(id=f"{language}_{number:02d}_{take}", language=language, split=split, text=text,
-                                  voice=voice, rate=int(rng.integers(140, 191)), pitch=int(rng.integers(30, 71))))
+                items.append(
+                    dict(
+                        id=f"{language}_{number:02d}_{take}",
+                        language=language,
+                        split=split,
+                        text=text,
+                        voice=voice,
+                        rate=int(rng.integers(140, 191)),
+                        pitch=int(rng.integers(30, 71)),
+                    )
+                )
         # Valid first, then the train sentences' first renderings before their extra ones, so a
         # shorter target drops extra voices rather than whole sentences.
         items.sort(key=lambda x: (x["split"] != "valid", int(x["id"][-1]), x["id"]))
@@ -310,8 +335,13 @@ def write_corpus(utterances: list[dict], out: Path, max_bytes: int) -> dict:
     for split, (paths, lengths) in manifests.items():
         write_manifest(out / f"{split}.tsv", ".", paths, lengths)
     seconds = {s: sum(u["num_samples"] for u in utterances if u["split"] == s) / SAMPLE_RATE for s in manifests}
-    stats = {"bits": bits, "audio_bytes": audio_bytes, "metadata_bytes": len(metadata),
-             "utterances": {s: len(manifests[s][0]) for s in manifests}, "seconds": seconds}
+    stats = {
+        "bits": bits,
+        "audio_bytes": audio_bytes,
+        "metadata_bytes": len(metadata),
+        "utterances": {s: len(manifests[s][0]) for s in manifests},
+        "seconds": seconds,
+    }
     (out / "README.md").write_text(
         "# Embedded speech corpus\n\n"
         "Synthetic speech from espeak-ng (regenerate with `python -m tools.make_tts_corpus`): "
@@ -320,7 +350,9 @@ def write_corpus(utterances: list[dict], out: Path, max_bytes: int) -> dict:
         "- `train.tsv`, `valid.tsv`: fairseq manifests, root `.` = this folder.\n"
         "- `metadata.jsonl`: per utterance id, path, split, text, language, voice (espeak voice+variant), rate, "
         "pitch, num_samples, and espeak-ng's phoneme (IPA; `_` = pause) and word alignments as 16 kHz sample "
-        "spans `*_starts`/`*_ends`.\n", encoding="utf-8")
+        "spans `*_starts`/`*_ends`.\n",
+        encoding="utf-8",
+    )
     return stats
 
 
@@ -345,7 +377,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     utterances = synthesize_corpus(args.minutes.value, args.seed.value)
     total = sum(u["num_samples"] for u in utterances) / SAMPLE_RATE
     if total < args.minutes.value * 60:
-        raise SystemExit(f"only {total / 60:.1f} min from the bundled sentences, fewer than --minutes {args.minutes.value}")
+        raise SystemExit(
+            f"only {total / 60:.1f} min from the bundled sentences, fewer than --minutes {args.minutes.value}"
+        )
     stats = write_corpus(utterances, out, args.max_bytes.value)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(json.dumps({**stats, "total_bytes_on_disk": size, "minutes": total / 60}, indent=1))

@@ -293,9 +293,9 @@ class Wav2Vec2Config:
     def from_hf_dict(cls, config: Mapping[str, Any]) -> Wav2Vec2Config:
         """Builds a config from a transformers `config.json` dict.
 
-        Fields these models don't use (classification heads, adapters' sizes) are ignored. A checkpoint without the fairseq-only fields gets the values that
-        make it compute what transformers computes: no feature penalty, full encoder gradient.
-        Raises a ValueError for options that change the architecture and are not implemented.
+        Fields these models don't use (classification heads, adapters' sizes) are ignored. A checkpoint without the
+        fairseq-only fields gets the values that make it compute what transformers computes: no feature penalty, full
+        encoder gradient. Raises a ValueError for options that change the architecture and are not implemented.
         """
         model_type = config.get("model_type", "wav2vec2")
         if model_type != "wav2vec2":

@@ -275,9 +275,7 @@ class ContextNetwork(nnx.Module):
     ...) so checkpoint conversion is a renaming plus transposes.
     """
 
-    def __init__(
-        self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, remat: bool = False, rngs: nnx.Rngs
-    ):
+    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, remat: bool = False, rngs: nnx.Rngs):
         """Builds the network; `remat` recomputes each layer's activations in the backward pass
         (less memory, about one more forward pass of compute)."""
         self.stable_layer_norm = config.do_stable_layer_norm

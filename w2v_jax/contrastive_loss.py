@@ -56,9 +56,7 @@ def contrastive_loss_from_scratch(
     return float(-(logits[0] - top - np.log(np.sum(np.exp(logits - top)))))
 
 
-def sample_negative_indices_from_scratch(
-    mask: np.ndarray, num_negatives: int, rng: np.random.Generator
-) -> np.ndarray:
+def sample_negative_indices_from_scratch(mask: np.ndarray, num_negatives: int, rng: np.random.Generator) -> np.ndarray:
     """NumPy oracle of `sample_negative_indices`, one utterance and one frame at a time.
 
     Args:
@@ -182,8 +180,7 @@ def sample_negatives(
     available = time if mask is None and padding_mask is None else _min_candidates(candidates)
     if available is not None and num_negatives > available - 1:
         raise ValueError(
-            f"num_negatives={num_negatives} is larger than the {available - 1} other frames available "
-            "in an utterance"
+            f"num_negatives={num_negatives} is larger than the {available - 1} other frames available in an utterance"
         )
     indices = sample_negative_indices(key, candidates, num_negatives)
     return gather_negatives(quantized, indices)

@@ -6,6 +6,10 @@ from w2v_jax.checkpoints.folder import load_checkpoint, save_checkpoint
 from w2v_jax.checkpoints.hf import load_hf_checkpoint, load_vocabulary, save_hf_checkpoint, save_processor_files
 
 __all__ = [
-    "load_checkpoint", "load_hf_checkpoint", "load_vocabulary", "save_checkpoint", "save_hf_checkpoint",
+    "load_checkpoint",
+    "load_hf_checkpoint",
+    "load_vocabulary",
+    "save_checkpoint",
+    "save_hf_checkpoint",
     "save_processor_files",
 ]

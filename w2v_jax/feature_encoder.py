@@ -188,9 +188,7 @@ class ConvBlock(nnx.Module):
         )
         if norm == "group":
             # One group per channel: normalises each channel over time (and over padding too).
-            self.norm = nnx.GroupNorm(
-                out_features, num_groups=out_features, epsilon=NORM_EPS, dtype=dtype, rngs=rngs
-            )
+            self.norm = nnx.GroupNorm(out_features, num_groups=out_features, epsilon=NORM_EPS, dtype=dtype, rngs=rngs)
         elif norm == "layer":
             self.norm = nnx.LayerNorm(out_features, epsilon=NORM_EPS, dtype=dtype, rngs=rngs)
         else:
@@ -259,7 +257,14 @@ class FeatureEncoder(nnx.Module):
             layer_norm = "layer" if norm == "layer" else ("group" if norm == "group" and i == 0 else None)
             blocks.append(
                 ConvBlock(
-                    in_features, out_features, kernel, stride, use_bias=conv_bias, norm=layer_norm, dtype=dtype, rngs=rngs
+                    in_features,
+                    out_features,
+                    kernel,
+                    stride,
+                    use_bias=conv_bias,
+                    norm=layer_norm,
+                    dtype=dtype,
+                    rngs=rngs,
                 )
             )
             in_features = out_features

@@ -145,8 +145,6 @@ def layer_norm(dim: int, eps: float, dtype: jnp.dtype | None, rngs: nnx.Rngs) ->
     return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
 
 
-
-
 def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
     """Identity forward, gradient times `scale` backward (fairseq's GradMultiply).
 

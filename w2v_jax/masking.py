@@ -28,9 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def check_mask_arguments(
-    shape: tuple[int, int], mask_prob: float, mask_length: int, min_masks: int
-) -> tuple[int, int]:
+def check_mask_arguments(shape: tuple[int, int], mask_prob: float, mask_length: int, min_masks: int) -> tuple[int, int]:
     """Eager checks of the samplers' arguments (a ValueError naming the problem); returns (batch, time)."""
     if len(shape) != 2:
         raise ValueError(f"shape must be (batch, time), got {shape}")

@@ -399,7 +399,9 @@ class Wav2Vec2Model(nnx.Module):
         if not deterministic and config.mask_feature_prob > 0.0:
             # Before anything is computed: channel spans that can't be drawn are a config error.
             check_mask_arguments(
-                (batch, config.hidden_size), config.mask_feature_prob, config.mask_feature_length,
+                (batch, config.hidden_size),
+                config.mask_feature_prob,
+                config.mask_feature_length,
                 config.mask_feature_min_masks,
             )
         return time

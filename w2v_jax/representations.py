@@ -38,6 +38,7 @@ class EncoderModel(Protocol):
 
     def num_frames(self, num_samples: Any) -> Any: ...
 
+
 # 400 samples (the conv stack's receptive field) times 2**(k/4): ~19% padding or ~16% crop at most.
 BUCKET_LADDER = np.unique(np.round(400 * 2.0 ** (np.arange(96) / 4)).astype(np.int64))
 GROUP_NORM_MODES = ("exact", "crop")
@@ -65,7 +66,9 @@ def bucket_length(num_samples: int, *, pad: bool) -> int:
     """The ladder length an utterance of `num_samples` runs at: the smallest >= it (pad) or the
     largest <= it (crop). ValueError under the 400-sample receptive field."""
     if num_samples < BUCKET_LADDER[0]:
-        raise ValueError(f"an utterance needs at least {BUCKET_LADDER[0]} samples (the receptive field), got {num_samples}")
+        raise ValueError(
+            f"an utterance needs at least {BUCKET_LADDER[0]} samples (the receptive field), got {num_samples}"
+        )
     if pad:
         return int(BUCKET_LADDER[np.searchsorted(BUCKET_LADDER, num_samples, side="left")])
     return int(BUCKET_LADDER[np.searchsorted(BUCKET_LADDER, num_samples, side="right") - 1])

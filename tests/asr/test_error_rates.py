@@ -14,10 +14,17 @@ from w2v_jax.asr.error_rates import (
 )
 
 
-@pytest.mark.parametrize("reference, hypothesis, distance", [
-    ("", "", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3), ("flaw", "lawn", 2),
-    (["the", "cat"], ["a", "cat", "sat"], 2),
-])
+@pytest.mark.parametrize(
+    "reference, hypothesis, distance",
+    [
+        ("", "", 0),
+        ("abc", "", 3),
+        ("", "ab", 2),
+        ("kitten", "sitting", 3),
+        ("flaw", "lawn", 2),
+        (["the", "cat"], ["a", "cat", "sat"], 2),
+    ],
+)
 def test_edit_distance_oracle(reference, hypothesis, distance):
     assert edit_distance_from_scratch(reference, hypothesis) == distance
     assert edit_distance_from_scratch(hypothesis, reference) == distance
@@ -30,6 +37,7 @@ def _random_sentences(seed, count=40):
 
     def sentence(low):
         return " ".join(rng.choice(words, rng.integers(low, 7)))
+
     references = [sentence(1) for _ in range(count)]
     hypotheses = [sentence(0) if rng.random() < 0.5 else r for r in references]
     hypotheses[0], hypotheses[1] = "", hypotheses[1] + "  " + "c"  # empty; two spaces inside
@@ -40,12 +48,15 @@ def _random_sentences(seed, count=40):
 def test_rates_match_the_oracle(seed):
     references, hypotheses = _random_sentences(seed)
     assert word_error_rate(references, hypotheses) == pytest.approx(
-        error_rate_from_scratch([r.split() for r in references], [h.split() for h in hypotheses]), rel=1e-12)
+        error_rate_from_scratch([r.split() for r in references], [h.split() for h in hypotheses]), rel=1e-12
+    )
     assert char_error_rate(references, hypotheses) == pytest.approx(
-        error_rate_from_scratch([r.strip() for r in references], [h.strip() for h in hypotheses]), rel=1e-12)
+        error_rate_from_scratch([r.strip() for r in references], [h.strip() for h in hypotheses]), rel=1e-12
+    )
     phones_ref, phones_hyp = [r.split() for r in references], [h.split() for h in hypotheses]
     assert token_error_rate(phones_ref, phones_hyp) == pytest.approx(
-        error_rate_from_scratch(phones_ref, phones_hyp), rel=1e-12)
+        error_rate_from_scratch(phones_ref, phones_hyp), rel=1e-12
+    )
 
 
 def test_known_values():

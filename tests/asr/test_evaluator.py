@@ -21,23 +21,48 @@ def test_evaluator_keeps_the_best_model_and_replays_after_a_resume(tmp_path):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(0)
     waveforms = [rng.standard_normal(6000).astype(np.float32) for _ in range(3)]
-    evaluator = CTCEvaluator(graphdef, LAYER_CONFIG, waveforms, ["ab", "c", "ab c"], VOCABULARY, "ltr",
-                             batch_size=2, workdir=tmp_path, best_metric="cer")
-    state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest, opt_state=None,
-                                 nonfinite_total=None, nonfinite_consecutive=None)
+    evaluator = CTCEvaluator(
+        graphdef,
+        LAYER_CONFIG,
+        waveforms,
+        ["ab", "c", "ab c"],
+        VOCABULARY,
+        "ltr",
+        batch_size=2,
+        workdir=tmp_path,
+        best_metric="cer",
+    )
+    state = train_step.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=rest,
+        opt_state=None,
+        nonfinite_total=None,
+        nonfinite_consecutive=None,
+    )
     values = evaluator(state, 100)
     assert set(values) == {"wer", "cer"}
     best = json.loads((tmp_path / BEST_RECORD_FILE).read_text())
     assert best["step"] == 100 and best["value"] == values["cer"] and len(best["history"]) == 1
     assert load_vocabulary(tmp_path / BEST_MODEL_DIR) == VOCABULARY
     # A worse evaluation later keeps step 100; a resume replaying step 100 drops the later history.
-    (tmp_path / BEST_RECORD_FILE).write_text(json.dumps({**best, "history": best["history"] + [
-        {"step": 200, "wer": 2.0, "cer": 2.0}]}))
+    (tmp_path / BEST_RECORD_FILE).write_text(
+        json.dumps({**best, "history": best["history"] + [{"step": 200, "wer": 2.0, "cer": 2.0}]})
+    )
     evaluator(state, 100)
     assert [h["step"] for h in json.loads((tmp_path / BEST_RECORD_FILE).read_text())["history"]] == [100]
     with pytest.raises(ValueError, match="best_metric"):
-        CTCEvaluator(graphdef, LAYER_CONFIG, waveforms, ["a"] * 3, VOCABULARY, "phn", batch_size=2,
-                     workdir=tmp_path, best_metric="cer")
+        CTCEvaluator(
+            graphdef,
+            LAYER_CONFIG,
+            waveforms,
+            ["a"] * 3,
+            VOCABULARY,
+            "phn",
+            batch_size=2,
+            workdir=tmp_path,
+            best_metric="cer",
+        )
 
 
 def _state_emitting(token: str) -> tuple:
@@ -47,8 +72,14 @@ def _state_emitting(token: str) -> tuple:
     bias[VOCABULARY.token_to_id[token]] = 100.0
     model.lm_head.bias[...] = jnp.asarray(bias)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest, opt_state=None,
-                                 nonfinite_total=None, nonfinite_consecutive=None)
+    state = train_step.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=rest,
+        opt_state=None,
+        nonfinite_total=None,
+        nonfinite_consecutive=None,
+    )
     return graphdef, state
 
 
@@ -58,8 +89,17 @@ def test_the_best_model_is_the_one_with_the_lowest_error_rate(tmp_path):
     rng = np.random.default_rng(0)
     waveforms = [rng.standard_normal(6000).astype(np.float32) for _ in range(2)]
     graphdef, _ = _state_emitting("a")
-    evaluator = CTCEvaluator(graphdef, LAYER_CONFIG, waveforms, ["a", "a"], VOCABULARY, "ltr", batch_size=2,
-                             workdir=tmp_path, best_metric="cer")
+    evaluator = CTCEvaluator(
+        graphdef,
+        LAYER_CONFIG,
+        waveforms,
+        ["a", "a"],
+        VOCABULARY,
+        "ltr",
+        batch_size=2,
+        workdir=tmp_path,
+        best_metric="cer",
+    )
     rates = {}
     for step, token in ((100, "b"), (200, "a"), (300, VOCABULARY.pad_token)):
         rates[step] = evaluator(_state_emitting(token)[1], step)["cer"]

@@ -15,8 +15,9 @@ from w2v_jax.training import optim, sharding, train_step
 def _setup(config, objective):
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     optimizer = optim.make_optimizer(eps=1e-8, weight_decay=0.0, max_grad_norm=0.0)
-    graphdef, state, shardings = train_step.create_train_state(config, optimizer, seed=0, mesh=mesh,
-                                                              model_class=Wav2Vec2ForCTC)
+    graphdef, state, shardings = train_step.create_train_state(
+        config, optimizer, seed=0, mesh=mesh, model_class=Wav2Vec2ForCTC
+    )
     hparams = train_step.StepHyperparams(learning_rate=lambda step: 1e-3, objective=objective)
     return graphdef, state, train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
 
@@ -30,8 +31,14 @@ def ctc_training():
     """One compiled CTC train step for the tests below (compiling it is most of their time): the
     layer-norm model with the attention mask, dropout and masks off, the Transformer frozen for the
     first 2 updates; its initial state on the host (the step donates the state it is given)."""
-    config = LAYER_CONFIG.replace(mask_time_prob=0.0, layerdrop=0.0, hidden_dropout=0.0, attention_dropout=0.0,
-                                  activation_dropout=0.0, feat_proj_dropout=0.0)
+    config = LAYER_CONFIG.replace(
+        mask_time_prob=0.0,
+        layerdrop=0.0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+    )
     graphdef, state, step = _setup(config, CTCObjective(freeze_finetune_updates=2, use_attention_mask=True))
     return graphdef, jax.device_get(state), step
 
@@ -64,8 +71,11 @@ def test_step_loss_is_the_sum_of_ctc_losses_over_utterances(ctc_training):
     state = jax.tree.map(jnp.asarray, initial)
     batch = ctc_batch()
     # Jitted: one compile instead of one per operation in eager mode.
-    expected = jax.jit(lambda params, model_state: nnx.merge(graphdef, params, model_state)(
-        batch["input_values"], batch["attention_mask"], batch["labels"]))(state.params, state.model_state)
+    expected = jax.jit(
+        lambda params, model_state: nnx.merge(graphdef, params, model_state)(
+            batch["input_values"], batch["attention_mask"], batch["labels"]
+        )
+    )(state.params, state.model_state)
     _, metrics = step(state, batch, jax.random.key(0))
     np.testing.assert_allclose(float(metrics["loss"]), float(expected.loss) / 4, rtol=1e-5)
     assert float(metrics["num_label_tokens"]) == int(expected.num_label_tokens)

@@ -58,7 +58,10 @@ def test_every_variant_builds_a_valid_model_config(variant):
     if variant in finetune_configs.RECIPES:
         num_steps, lr, freeze, *_ = finetune_configs.RECIPES[variant]
         assert (config.train.num_steps, config.train.learning_rate, config.train.freeze_finetune_updates) == (
-            num_steps, lr, freeze)
+            num_steps,
+            lr,
+            freeze,
+        )
         assert model_config.feature_grad_mult == 0.0 and model_config.mask_feature_length == 64
     with pytest.raises(ValueError, match="unknown finetune config variant"):
         finetune_configs.get_config("base_1m")

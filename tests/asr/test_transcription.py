@@ -34,10 +34,21 @@ def test_phone_error_rate_counts_phones_not_strings():
     logits = np.full((1, 8, len(phones)), -5.0, np.float32)
     for frame, token in enumerate([ids[0], phones.pad_id, ids[1], ids[1], phones.pad_id, ids[2], ids[2], ids[0]]):
         logits[0, frame, token] = 5.0
-    forward = lambda x, mask: jnp.asarray(logits)
+
+    def forward(x, mask):
+        return jnp.asarray(logits)
+
     config = Wav2Vec2Config.preset("tiny", feat_extract_norm="layer", conv_bias=True)
-    hypotheses = transcribe_waveforms(forward, [np.zeros(2560, np.float32)], phones, config, batch_size=1,
-                                      num_frames=lambda n: n // 320, exact=False, separator=SEPARATORS["phn"])
+    hypotheses = transcribe_waveforms(
+        forward,
+        [np.zeros(2560, np.float32)],
+        phones,
+        config,
+        batch_size=1,
+        num_frames=lambda n: n // 320,
+        exact=False,
+        separator=SEPARATORS["phn"],
+    )
     assert hypotheses == ["t aɪ s t"]
     # One insertion (s) against 3 reference phones; "taɪst" against "taɪt" would score 1.0.
     assert error_rate_metrics(["t aɪ t"], hypotheses, "phn") == {"per": pytest.approx(1 / 3)}

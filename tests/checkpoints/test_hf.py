@@ -215,9 +215,15 @@ def test_absurd_config_is_refused_before_building_a_model(tmp_path, ours):
     hf_config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(hf_config | {"num_hidden_layers": 10**9}))
     load = load_checkpoint if ours else load_hf_checkpoint
-    with pytest.raises(ValueError, match="num_hidden_layers asks for 1000000000 layers but the weights hold layers 0..1"):
+    with pytest.raises(
+        ValueError, match="num_hidden_layers asks for 1000000000 layers but the weights hold layers 0..1"
+    ):
         load(tmp_path)
-    extra_conv = {"conv_dim": [32] * 9, "conv_kernel": [10, 3, 3, 3, 3, 2, 2, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2, 1, 1]}
+    extra_conv = {
+        "conv_dim": [32] * 9,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2, 2, 2],
+        "conv_stride": [5, 2, 2, 2, 2, 2, 2, 1, 1],
+    }
     (tmp_path / "config.json").write_text(json.dumps(hf_config | extra_conv))
     with pytest.raises(ValueError, match="conv_dim asks for 9 layers but the weights hold layers 0..6"):
         load(tmp_path)

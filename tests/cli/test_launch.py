@@ -17,8 +17,15 @@ from w2v_jax.configs import PACKAGE_DIR, resolve_config_path
 @pytest.fixture
 def restore_loggers():
     names = ("absl", "jax", "orbax", "w2v_jax")
-    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), list(logging.getLogger(n).filters),
-                 logging.getLogger(n).propagate) for n in names}
+    saved = {
+        n: (
+            logging.getLogger(n).level,
+            list(logging.getLogger(n).handlers),
+            list(logging.getLogger(n).filters),
+            logging.getLogger(n).propagate,
+        )
+        for n in names
+    }
     yield
     for name, (level, handlers, filters, propagate) in saved.items():
         logger = logging.getLogger(name)
@@ -77,9 +84,7 @@ def test_install_ships_the_library_and_a_command_per_launcher():
     packages = setuptools.find_packages(REPO, include=cfg["options.packages.find"]["include"].split())
     assert {"w2v_jax", "w2v_jax.cli", "w2v_jax.configs"} <= set(packages)
     assert all(p == "w2v_jax" or p.startswith("w2v_jax.") for p in packages), packages  # no experiments, tools
-    scripts = dict(
-        line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()
-    )
+    scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines())
     launchers = sorted(p.stem for p in (REPO / "w2v_jax" / "cli").glob("*.py") if p.stem != "__init__")
     assert sorted(scripts.values()) == sorted(f"w2v_jax.cli.{name}:run" for name in launchers)
     for name in launchers:  # each forwarder of the repository runs the packaged launcher

@@ -16,8 +16,9 @@ def _tone(num_samples: int, rate: int, channels: int = 1, seed: int = 0) -> np.n
     """[num_samples, channels] float32 test signal: a few sines plus noise, different per channel."""
     rng = np.random.default_rng(seed)
     t = np.arange(num_samples) / rate
-    columns = [0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.05 * rng.standard_normal(num_samples)
-               for c in range(channels)]
+    columns = [
+        0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.05 * rng.standard_normal(num_samples) for c in range(channels)
+    ]
     return np.stack(columns, axis=1).astype(np.float32)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from tools import make_tts_corpus as tts
 from w2v_jax.data import CORPUS_DIR, SAMPLE_RATE, default_manifest, load_audio, make_train_iterator, read_manifest
 
 
@@ -72,18 +73,24 @@ def test_audio_is_speech_like_and_loads(metadata):
 
 
 def test_default_manifest_feeds_the_pipeline():
-    iterator = make_train_iterator(default_manifest("train"), batch_size=4, seed=0, num_workers=0,
-                                   max_sample_size=32_000, min_sample_size=16_000)
+    iterator = make_train_iterator(
+        default_manifest("train"), batch_size=4, seed=0, num_workers=0, max_sample_size=32_000, min_sample_size=16_000
+    )
     batch = next(iterator)
     assert batch["input_values"].shape[0] == 4 and batch["input_values"].shape[1] in iterator.buckets
     assert sum(iterator.skip_counts().values()) == 0
 
 
 def test_corpus_script_alignment_and_precision_helpers(tmp_path):
-    from tools import make_tts_corpus as tts
 
-    events = [(tts._EVENT_WORD, 0, 1, "5"), (tts._EVENT_PHONEME, 220, 0, "h"), (tts._EVENT_PHONEME, 2205, 0, "(en)"),
-              (tts._EVENT_PHONEME, 2205, 0, "ɛ"), (tts._EVENT_WORD, 4410, 7, "5"), (tts._EVENT_PHONEME, 4410, 0, "")]
+    events = [
+        (tts._EVENT_WORD, 0, 1, "5"),
+        (tts._EVENT_PHONEME, 220, 0, "h"),
+        (tts._EVENT_PHONEME, 2205, 0, "(en)"),
+        (tts._EVENT_PHONEME, 2205, 0, "ɛ"),
+        (tts._EVENT_WORD, 4410, 7, "5"),
+        (tts._EVENT_PHONEME, 4410, 0, ""),
+    ]
     spans = tts._alignments(events, "Hello world", 22_050, 6_400)
     assert spans["phonemes"] == ["h", "ɛ", "_"] and spans["words"] == ["Hello", "world"]
     assert spans["phoneme_starts"] == [160, 1600, 3200] and spans["phoneme_ends"] == [1600, 3200, 6400]

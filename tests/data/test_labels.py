@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax.data import CORPUS_DIR
+from w2v_jax.data import CORPUS_DIR, default_manifest
 from w2v_jax.data.labels import (
     EMPTY_TRANSCRIPT,
     LONGER_THAN_FRAMES,
@@ -27,6 +27,7 @@ from w2v_jax.data.labels import (
     write_corpus_labels,
 )
 from w2v_jax.data.manifest import read_manifest, write_manifest
+from w2v_jax.data.pipeline import LONGER_THAN_MAX_SAMPLE_SIZE, make_train_iterator
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.feature_encoder import FeatureEncoder
 
@@ -38,13 +39,16 @@ def frames_to_samples(frames: int) -> int:
     return 400 + 320 * (frames - 1)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Der Bäcker an der Ecke backt, jeden Morgen.", "der bäcker an der ecke backt jeden morgen"),
-    ("L’homme  d'État!\tÇa va?\n", "l'homme d'état ça va"),
-    ("Cafe\u0301 well-known: «oui» ¿Qué?", "café well known oui qué"),
-    ("a|b  100% $5", "a b 100 $5"),
-    ("  ...  ", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Der Bäcker an der Ecke backt, jeden Morgen.", "der bäcker an der ecke backt jeden morgen"),
+        ("L’homme  d'État!\tÇa va?\n", "l'homme d'état ça va"),
+        ("Cafe\u0301 well-known: «oui» ¿Qué?", "café well known oui qué"),
+        ("a|b  100% $5", "a b 100 $5"),
+        ("  ...  ", ""),
+    ],
+)
 def test_normalize_text(text, expected):
     assert normalize_text(text) == expected
 
@@ -66,8 +70,12 @@ def test_letters_follow_fairseq():
 
 def _corpus(tmp_path, lengths_in_frames, **label_files):
     manifest = tmp_path / "train.tsv"
-    write_manifest(manifest, ".", [f"u{i}.flac" for i in range(len(lengths_in_frames))],
-                   [frames_to_samples(f) for f in lengths_in_frames])
+    write_manifest(
+        manifest,
+        ".",
+        [f"u{i}.flac" for i in range(len(lengths_in_frames))],
+        [frames_to_samples(f) for f in lengths_in_frames],
+    )
     for extension, lines in label_files.items():
         label_path(manifest, extension).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     return manifest
@@ -118,8 +126,10 @@ def test_label_set_encodes_counts_and_skips(tmp_path, caplog):
     assert labels.usable_indices().tolist() == [0, 5]
     assert labels.num_unknown() == 1 and labels.unknown_symbols == {"x": 1}
     assert labels.reference(5) == "a x c"
-    assert labels.summary() == ("ltr labels: 2 of 6 rows usable; skipped (empty_transcript: 2, "
-                                "transcript_longer_than_frames: 2); 1 symbols mapped to <unk>")
+    assert labels.summary() == (
+        "ltr labels: 2 of 6 rows usable; skipped (empty_transcript: 2, "
+        "transcript_longer_than_frames: 2); 1 symbols mapped to <unk>"
+    )
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert len(skipped) == 4 and str(tmp_path / "u1.flac") in skipped[0] and "5 frames needed" in skipped[0]
     assert any("mapped to <unk>" in r.getMessage() for r in caplog.records)
@@ -179,15 +189,21 @@ def test_pad_labels():
 
 def test_labelled_batches_are_whole_utterances_with_their_labels(tmp_path):
     """The input pipeline with a LabelSet: padded, never cropped; each row carries its own labels."""
-    from w2v_jax.data import default_manifest
-    from w2v_jax.data.pipeline import LONGER_THAN_MAX_SAMPLE_SIZE, make_train_iterator
 
     manifest_path = default_manifest("train")
     manifest = read_manifest(manifest_path)
     labels = LabelSet(manifest_path, "ltr", build_vocabulary(manifest_path, "ltr"), ENCODER.compute_output_length)
     max_samples = int(np.sort(manifest.num_samples)[-10])  # the 9 longest utterances can't be used
-    kwargs = dict(batch_size=4, seed=1, max_sample_size=max_samples, min_sample_size=0, pad=True, num_workers=0,
-                  num_buckets=4, labels=labels)
+    kwargs = dict(
+        batch_size=4,
+        seed=1,
+        max_sample_size=max_samples,
+        min_sample_size=0,
+        pad=True,
+        num_workers=0,
+        num_buckets=4,
+        labels=labels,
+    )
     with make_train_iterator(manifest_path, **kwargs) as iterator:
         label_length = iterator.config.label_length
         assert label_length == max(len(labels.encode(int(i))) for i in labels.usable_indices())

@@ -42,12 +42,15 @@ def test_paths_escaping_the_root_are_refused_unless_allowed(tmp_path, entry):
     assert allowed.paths[1] == entry
 
 
-@pytest.mark.parametrize("body,message", [
-    ("", "empty manifest"),
-    (".\nx.wav 10\n", "expected 'relative/path<TAB>num_samples'"),
-    (".\nx.wav\tten\n", "not an integer"),
-    (".\nx.wav\t-3\n", "negative"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("", "empty manifest"),
+        (".\nx.wav 10\n", "expected 'relative/path<TAB>num_samples'"),
+        (".\nx.wav\tten\n", "not an integer"),
+        (".\nx.wav\t-3\n", "negative"),
+    ],
+)
 def test_malformed_manifests_name_the_problem(tmp_path, body, message):
     (tmp_path / "m.tsv").write_text(body)
     with pytest.raises(ValueError, match=message):

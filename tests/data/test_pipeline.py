@@ -10,6 +10,7 @@ import pytest
 import soundfile
 
 from w2v_jax.data import audio, bucket_lengths, make_train_iterator, skips, write_manifest
+from w2v_jax.research import input_benchmark
 
 MIN, MAX = 4_000, 8_000  # short crops keep the tests fast
 
@@ -54,8 +55,16 @@ def test_crop_mode_shapes_and_crops(tmp_path):
     lengths = [4_000 + 500 * i for i in range(12)] + [20_000] * 4
     _corpus(tmp_path, lengths)
     buckets = bucket_lengths(MIN, MAX, 3, pad=False)
-    iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=0, min_sample_size=MIN, max_sample_size=MAX,
-                                   num_buckets=3, num_workers=0, normalize=False)
+    iterator = make_train_iterator(
+        tmp_path / "m.tsv",
+        batch_size=4,
+        seed=0,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=3,
+        num_workers=0,
+        normalize=False,
+    )
     for number in range(3 * iterator.batches_per_epoch):
         files = iterator.planned_files(number)
         batch = next(iterator)
@@ -77,8 +86,16 @@ def test_crop_offsets_are_drawn_per_row_and_batch(tmp_path):
     # batch start at different offsets, spread over the whole file.
     length = 20_000
     _corpus(tmp_path, [length] * 8)
-    iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=0, min_sample_size=MAX, max_sample_size=MAX,
-                                   num_buckets=1, num_workers=0, normalize=False)
+    iterator = make_train_iterator(
+        tmp_path / "m.tsv",
+        batch_size=4,
+        seed=0,
+        min_sample_size=MAX,
+        max_sample_size=MAX,
+        num_buckets=1,
+        num_workers=0,
+        normalize=False,
+    )
     offsets = []
     for number in range(6):
         files = iterator.planned_files(number)
@@ -98,8 +115,17 @@ def test_pad_mode_masks_normalisation_and_max_crop(tmp_path):
     lengths = [4_000, 4_300, 5_000, 5_900, 6_100, 7_000, 7_999, 8_000, 12_000, 30_000, 4_100, 6_500]
     _corpus(tmp_path, lengths)
     buckets = bucket_lengths(MIN, MAX, 4, pad=True)
-    iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=2, seed=3, min_sample_size=MIN, max_sample_size=MAX,
-                                   num_buckets=4, pad=True, num_workers=0, num_epochs=1)
+    iterator = make_train_iterator(
+        tmp_path / "m.tsv",
+        batch_size=2,
+        seed=3,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=4,
+        pad=True,
+        num_workers=0,
+        num_epochs=1,
+    )
     seen = []
     for number in range(iterator.batches_per_epoch):
         files = iterator.planned_files(number)
@@ -138,8 +164,17 @@ def test_epochs_are_reshuffled_deterministically(tmp_path):
 def test_shards_are_disjoint_and_cover_each_global_batch(tmp_path, pad):
     lengths = [4_000 + 97 * i for i in range(48)]
     _corpus(tmp_path, lengths)
-    common = dict(batch_size=2, seed=5, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, pad=pad,
-                  num_workers=0, shard_count=3, normalize=False)
+    common = dict(
+        batch_size=2,
+        seed=5,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=2,
+        pad=pad,
+        num_workers=0,
+        shard_count=3,
+        normalize=False,
+    )
     shards = [make_train_iterator(tmp_path / "m.tsv", shard_index=i, **common) for i in range(3)]
     single = make_train_iterator(tmp_path / "m.tsv", **{**common, "batch_size": 6, "shard_count": 1})
     per_epoch = shards[0].batches_per_epoch
@@ -161,9 +196,17 @@ def test_shards_are_disjoint_and_cover_each_global_batch(tmp_path, pad):
 
 def test_restore_replays_exact_batches_across_epoch_boundary(tmp_path):
     _corpus(tmp_path, [4_000 + 300 * i for i in range(12)])
+
     def make():
-        return make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=9, min_sample_size=MIN, max_sample_size=MAX,
-                                   num_buckets=2, num_workers=0)
+        return make_train_iterator(
+            tmp_path / "m.tsv",
+            batch_size=4,
+            seed=9,
+            min_sample_size=MIN,
+            max_sample_size=MAX,
+            num_buckets=2,
+            num_workers=0,
+        )
 
     reference = make()
     per_epoch = reference.batches_per_epoch
@@ -235,14 +278,23 @@ def _bad_corpus(folder, *, corrupt: bool):
     add("empty.wav", MAX, lambda p: soundfile.write(p, np.zeros((0, 1), np.float32), 16_000))
     add("zero_bytes.wav", MAX, lambda p: p.write_bytes(b""))
     add("tiny.wav", MAX, lambda p: soundfile.write(p, _signal(7, 300), 16_000))
-    add("nan.wav", MAX, lambda p: soundfile.write(p, np.where(np.arange(MAX) == 5, np.nan, _signal(8, MAX)), 16_000,
-                                                 subtype="FLOAT"))
-    add("inf.wav", MAX, lambda p: soundfile.write(p, np.where(np.arange(MAX) == 9, np.inf, _signal(9, MAX)), 16_000,
-                                                 subtype="FLOAT"))
+    add(
+        "nan.wav",
+        MAX,
+        lambda p: soundfile.write(p, np.where(np.arange(MAX) == 5, np.nan, _signal(8, MAX)), 16_000, subtype="FLOAT"),
+    )
+    add(
+        "inf.wav",
+        MAX,
+        lambda p: soundfile.write(p, np.where(np.arange(MAX) == 9, np.inf, _signal(9, MAX)), 16_000, subtype="FLOAT"),
+    )
     add("longer.wav", MAX, lambda p: soundfile.write(p, _signal(10, MAX + 500), 16_000))
     add("truncated_wav.wav", MAX, lambda p: p.write_bytes(p.read_bytes()[: 44 + 2 * MAX // 2]))
-    add("stereo_nan.wav", MAX, lambda p: soundfile.write(p, np.full((MAX, 2), np.nan, np.float32), 16_000,
-                                                        subtype="FLOAT"))
+    add(
+        "stereo_nan.wav",
+        MAX,
+        lambda p: soundfile.write(p, np.full((MAX, 2), np.nan, np.float32), 16_000, subtype="FLOAT"),
+    )
     # Bad from the manifest alone.
     add("zero_in_manifest.wav", 0)
     add("short_in_manifest.wav", 399)
@@ -258,8 +310,13 @@ def _bad_corpus(folder, *, corrupt: bool):
 
 
 EXPECTED_SKIPS = {
-    skips.MISSING: 1, skips.UNREADABLE: 2, skips.EMPTY: 3, skips.NON_FINITE: 3,
-    skips.SHORTER_THAN_RECEPTIVE_FIELD: 2, skips.LENGTH_MISMATCH: 2, skips.SHORTER_THAN_MIN_SAMPLE_SIZE: 1,
+    skips.MISSING: 1,
+    skips.UNREADABLE: 2,
+    skips.EMPTY: 3,
+    skips.NON_FINITE: 3,
+    skips.SHORTER_THAN_RECEPTIVE_FIELD: 2,
+    skips.LENGTH_MISMATCH: 2,
+    skips.SHORTER_THAN_MIN_SAMPLE_SIZE: 1,
 }
 
 
@@ -267,8 +324,16 @@ EXPECTED_SKIPS = {
 def test_bad_inputs_are_skipped_counted_logged_and_replaced(tmp_path, caplog, pad):
     bad = _bad_corpus(tmp_path / "bad", corrupt=True)
     good = _bad_corpus(tmp_path / "good", corrupt=False)
-    common = dict(batch_size=4, seed=1, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, pad=pad,
-                  num_workers=0, max_skip_fraction=1.0)
+    common = dict(
+        batch_size=4,
+        seed=1,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=2,
+        pad=pad,
+        num_workers=0,
+        max_skip_fraction=1.0,
+    )
     with caplog.at_level(logging.INFO, logger="w2v_jax.data"):
         corrupt_it = make_train_iterator(bad, **common)
         clean_it = make_train_iterator(good, **common)
@@ -288,14 +353,24 @@ def test_bad_inputs_are_skipped_counted_logged_and_replaced(tmp_path, caplog, pa
                     np.testing.assert_array_equal(x["attention_mask"][slot], y["attention_mask"][slot])
     assert corrupt_it.skip_counts() == EXPECTED_SKIPS  # distinct files: the second epoch adds nothing
     assert corrupt_it.conversion_counts() == {skips.RESAMPLED: 2, skips.DOWNMIXED: 1}
-    assert clean_it.skip_counts() == {**dict.fromkeys(skips.SKIP_REASONS, 0), "shorter_than_min_sample_size": 1,
-                                      "empty": 1, "shorter_than_receptive_field": 1}
+    assert clean_it.skip_counts() == {
+        **dict.fromkeys(skips.SKIP_REASONS, 0),
+        "shorter_than_min_sample_size": 1,
+        "empty": 1,
+        "shorter_than_receptive_field": 1,
+    }
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "skipping" in r.getMessage()]
     bad_dir = str(tmp_path / "bad")
     skipped_lines = [w for w in warnings if bad_dir in w]
     assert len(skipped_lines) == sum(EXPECTED_SKIPS.values())  # one line per distinct file
-    for name, reason in [("missing.wav", "missing"), ("random.wav", "unreadable"), ("nan.wav", "non_finite"),
-                         ("longer.wav", "length_mismatch"), ("zero_bytes.wav", "empty"), ("tiny.wav", "shorter_than")]:
+    for name, reason in [
+        ("missing.wav", "missing"),
+        ("random.wav", "unreadable"),
+        ("nan.wav", "non_finite"),
+        ("longer.wav", "length_mismatch"),
+        ("zero_bytes.wav", "empty"),
+        ("tiny.wav", "shorter_than"),
+    ]:
         assert any(f"{name}: {reason}" in w for w in skipped_lines), name
     summary = corrupt_it.summary()
     assert "skipped 14" in summary and "missing: 1" in summary and "resampled: 2" in summary
@@ -307,16 +382,25 @@ def test_bad_inputs_are_skipped_counted_logged_and_replaced(tmp_path, caplog, pa
 
 def test_too_many_bad_files_stop_the_run(tmp_path):
     bad = _bad_corpus(tmp_path, corrupt=True)
-    iterator = make_train_iterator(bad, batch_size=4, seed=1, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2,
-                                   num_workers=0, max_skip_fraction=0.2)
+    iterator = make_train_iterator(
+        bad,
+        batch_size=4,
+        seed=1,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=2,
+        num_workers=0,
+        max_skip_fraction=0.2,
+    )
     with pytest.raises(skips.TooManySkippedFiles, match="max_skip_fraction=0.2"):
         _batches(iterator, 6)
 
 
 def test_strict_mode_raises_on_the_first_bad_file(tmp_path):
     bad = _bad_corpus(tmp_path / "a", corrupt=True)
-    common = dict(batch_size=4, seed=1, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, num_workers=0,
-                  strict=True)
+    common = dict(
+        batch_size=4, seed=1, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, num_workers=0, strict=True
+    )
     with pytest.raises(skips.BadInputError, match="zero_in_manifest.wav: empty"):
         make_train_iterator(bad, **common)  # a manifest entry of length 0 is caught up front
     paths = _corpus(tmp_path / "b", [MAX] * 8)
@@ -333,13 +417,15 @@ def test_strict_mode_raises_on_the_first_bad_file(tmp_path):
 def test_folder_input_and_unusable_configurations(tmp_path):
     _corpus(tmp_path, [MAX] * 8)
     (tmp_path / "junk.flac").write_bytes(b"junk")
-    iterator = make_train_iterator(tmp_path, batch_size=4, seed=0, min_sample_size=MIN, max_sample_size=MAX,
-                                   num_workers=0, max_skip_fraction=1.0)
+    iterator = make_train_iterator(
+        tmp_path, batch_size=4, seed=0, min_sample_size=MIN, max_sample_size=MAX, num_workers=0, max_skip_fraction=1.0
+    )
     assert next(iterator)["input_values"].shape == (4, MAX)
     assert iterator.skip_counts()[skips.UNREADABLE] == 1
     with pytest.raises(ValueError, match="no length bucket holds a full global batch of 16"):
-        make_train_iterator(tmp_path / "m.tsv", batch_size=8, shard_count=2, seed=0, min_sample_size=MIN,
-                            max_sample_size=MAX)
+        make_train_iterator(
+            tmp_path / "m.tsv", batch_size=8, shard_count=2, seed=0, min_sample_size=MIN, max_sample_size=MAX
+        )
     with pytest.raises(ValueError, match="shard_index"):
         make_train_iterator(tmp_path / "m.tsv", batch_size=4, seed=0, shard_index=2, shard_count=2)
     with pytest.raises(ValueError, match="max_sample_size"):
@@ -350,11 +436,18 @@ def test_folder_input_and_unusable_configurations(tmp_path):
 
 
 def test_loader_benchmark_reports_throughput(tmp_path):
-    from w2v_jax.research import input_benchmark
 
     _corpus(tmp_path, [MAX] * 8)
-    result = input_benchmark.measure_loader(tmp_path / "m.tsv", num_workers=0, batch_size=4, batches=3, warmup=1,
-                                            pad=False, max_sample_size=MAX, min_sample_size=MIN)
+    result = input_benchmark.measure_loader(
+        tmp_path / "m.tsv",
+        num_workers=0,
+        batch_size=4,
+        batches=3,
+        warmup=1,
+        pad=False,
+        max_sample_size=MAX,
+        min_sample_size=MIN,
+    )
     assert result["audio_s_per_s"] > 0 and result["batches_per_s"] > 0 and result["startup_s"] > 0
     # Every utterance is MAX samples long: batches are uncropped, their length is MAX.
     assert result["mean_batch_seconds"] == MAX / 16_000

@@ -52,10 +52,17 @@ def test_decode_matches_tokenizer_on_random_and_edge_cases(vocabulary_and_tokeni
     pad, delimiter, unk, bos = 0, 4, 3, 1
     a, b = 5, 6
     edge_cases = [
-        [], [pad], [pad] * 7,  # all blank
-        [delimiter, a, b, delimiter], [delimiter, delimiter, pad, delimiter, a],  # leading/trailing/repeated `|`
-        [a, delimiter, pad, delimiter, b], [a, delimiter, delimiter, b],  # two spaces stay two
-        [a, a, pad, a, b, b], [unk, unk, pad, unk], [bos, a, 2], [a, n, n + 3, b],  # unknown ids -> <unk>
+        [],
+        [pad],
+        [pad] * 7,  # all blank
+        [delimiter, a, b, delimiter],
+        [delimiter, delimiter, pad, delimiter, a],  # leading/trailing/repeated `|`
+        [a, delimiter, pad, delimiter, b],
+        [a, delimiter, delimiter, b],  # two spaces stay two
+        [a, a, pad, a, b, b],
+        [unk, unk, pad, unk],
+        [bos, a, 2],
+        [a, n, n + 3, b],  # unknown ids -> <unk>
     ]
     rng = np.random.default_rng(0)
     # Blanks and delimiters drawn often, as a CTC model emits them.

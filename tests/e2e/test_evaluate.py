@@ -1,5 +1,5 @@
-"""experiments.evaluate (`research.probes.evaluate_pretrained_checkpoint`) and experiments.plot_representations end to end
-on a small generated corpus."""
+"""experiments.evaluate (`research.probes.evaluate_pretrained_checkpoint`) and experiments.plot_representations end to
+end on a small generated corpus."""
 
 import json
 
@@ -27,8 +27,14 @@ def test_evaluate_writes_metrics_phone_probe_per_layer_and_histogram(checkpoint,
     out = tmp_path / "eval"
     result = run(
         "experiments.evaluate",
-        [f"--checkpoint={checkpoint}", f"--manifest={manifest}", f"--probe_train_manifest={manifest}",
-         f"--output={out}", "--held_out_voices=m2", "--probe_steps=50"],
+        [
+            f"--checkpoint={checkpoint}",
+            f"--manifest={manifest}",
+            f"--probe_train_manifest={manifest}",
+            f"--output={out}",
+            "--held_out_voices=m2",
+            "--probe_steps=50",
+        ],
         env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,7 +46,8 @@ def test_evaluate_writes_metrics_phone_probe_per_layer_and_histogram(checkpoint,
     assert probe["held_out_voices"] == ["m2"] and probe["num_frames"]["unseen_voice"] > 0
     layers = ["conv", "layer 0", "layer 1", "layer 2"]  # tiny: conv, the Transformer's input, 2 layers
     assert [(r["features"], r["layer"]) for r in probe["results"]] == [
-        *((checkpoint.name, layer) for layer in layers), *(("random init", layer) for layer in layers),
+        *((checkpoint.name, layer) for layer in layers),
+        *(("random init", layer) for layer in layers),
         ("log-mel (80)", ""),
     ]
     assert probe["best"][checkpoint.name]["layer"] in layers

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import transformers
+from flax import nnx
 
 from tests.support import launchers
 from w2v_jax.asr.error_rates import error_rate_metrics
@@ -55,9 +56,18 @@ def reference(tmp_path_factory, env):
 
 
 def test_launcher_writes_every_output(reference):
-    for name in ("config.json", MODEL_CONFIG_FILE, "vocab.json", "tokenizer_config.json", "preprocessor_config.json",
-                 "metrics.jsonl", "loss_curve.png", BEST_RECORD_FILE, f"{BEST_MODEL_DIR}/params.safetensors",
-                 f"{BEST_MODEL_DIR}/vocab.json"):
+    for name in (
+        "config.json",
+        MODEL_CONFIG_FILE,
+        "vocab.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "metrics.jsonl",
+        "loss_curve.png",
+        BEST_RECORD_FILE,
+        f"{BEST_MODEL_DIR}/params.safetensors",
+        f"{BEST_MODEL_DIR}/vocab.json",
+    ):
         assert (reference / name).is_file(), name
     logged = records(reference)
     assert [r["step"] for r in logged] == [10, 20, 30, 40]
@@ -85,11 +95,12 @@ def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tm
     resumed, uninterrupted = load_model(workdir, NUM_STEPS), load_model(reference, NUM_STEPS)
     for (path, a), (_, b) in zip(*(nnx_flat(m) for m in (resumed, uninterrupted))):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
-    assert json.loads((workdir / BEST_RECORD_FILE).read_text()) == json.loads((reference / BEST_RECORD_FILE).read_text())
+    assert json.loads((workdir / BEST_RECORD_FILE).read_text()) == json.loads(
+        (reference / BEST_RECORD_FILE).read_text()
+    )
 
 
 def nnx_flat(model):
-    from flax import nnx
 
     return [(p, np.asarray(v[...])) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
 
@@ -124,8 +135,11 @@ def test_evaluate_launcher_reports_error_rates_of_the_best_model(reference, env,
     write_manifest(tmp_path / "small.tsv", manifest.root, manifest.paths[:3], manifest.num_samples[:3])
     letters = label_path(source, "ltr").read_text(encoding="utf-8").split("\n")[:3]
     label_path(tmp_path / "small.tsv", "ltr").write_text("".join(f"{line}\n" for line in letters), encoding="utf-8")
-    run("experiments.evaluate", [f"--checkpoint={reference}", f"--manifest={tmp_path / 'small.tsv'}",
-                                 f"--output={tmp_path / 'eval'}"], env)
+    run(
+        "experiments.evaluate",
+        [f"--checkpoint={reference}", f"--manifest={tmp_path / 'small.tsv'}", f"--output={tmp_path / 'eval'}"],
+        env,
+    )
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     hypotheses = [text for _, text in transcribe_files(reference, [tmp_path / "small.tsv"])]
     references = [letters_to_words(line.split()) for line in letters]
@@ -140,8 +154,16 @@ def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(tiny_p
     plateau (the loss per label of predicting the letter frequencies
     without the audio: 2.94 nats on this corpus)."""
     workdir = tmp_path / "run"
-    run("experiments.finetune", [f"--workdir={workdir}", "--config=experiments/configs/finetune.py:tiny",
-                                 f"--config.init={tiny_pretraining}", "--config.train.plot=False"], env)
+    run(
+        "experiments.finetune",
+        [
+            f"--workdir={workdir}",
+            "--config=experiments/configs/finetune.py:tiny",
+            f"--config.init={tiny_pretraining}",
+            "--config.train.plot=False",
+        ],
+        env,
+    )
     logged = metrics.read_metrics(workdir / "metrics.jsonl")
     cer = {r["step"]: r["valid_cer"] for r in logged if "valid_cer" in r}
     assert sorted(cer) == [50, 100, 150, 200, 250, 300]

@@ -51,7 +51,11 @@ def test_training_configuration_fits_a_fixed_batch(variant, loss_ratio, margin):
         model = nnx.merge(graphdef, params, nnx.State({}))
         out = jax.vmap(lambda k: model(batch["input_values"], key=k))(jax.random.split(jax.random.key(99), 8))
         num_masked = jnp.sum(out.num_masked)
-        return jnp.sum(out.loss) / num_masked, jnp.sum(out.num_correct) / num_masked, jnp.sum(out.chance_correct) / num_masked
+        return (
+            jnp.sum(out.loss) / num_masked,
+            jnp.sum(out.num_correct) / num_masked,
+            jnp.sum(out.chance_correct) / num_masked,
+        )
 
     loss_before, accuracy_before, chance = evaluate(state.params)
     key = jax.random.key(0)

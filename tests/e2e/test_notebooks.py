@@ -18,9 +18,19 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     xla_flags = "--xla_backend_optimization_level=0"
     for var, value in {"MPLBACKEND": "Agg", "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}.items():
         monkeypatch.setenv(var, value)
-    client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
-    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    errors = [
+        o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
+    ]
     assert not errors
-    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert images, "the notebook's plots produced no figure"

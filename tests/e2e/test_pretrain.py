@@ -9,6 +9,7 @@ persistent compilation cache, so only the first one compiles.
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,8 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from tests.support import REPO
 from tests.support.imports import BLOCK_REFERENCE
@@ -157,8 +160,17 @@ def test_launcher_writes_every_output(reference):
     logged = metrics.read_metrics(workdir / "metrics.jsonl")
     assert [r["step"] for r in logged] == list(range(1, NUM_STEPS + 1))
     required = {
-        "loss", "contrastive_loss", "diversity_loss", "code_perplexity", "gumbel_temperature", "accuracy",
-        "chance_accuracy", "learning_rate", "grad_norm", "skipped_nonfinite", "audio_seconds_per_second",
+        "loss",
+        "contrastive_loss",
+        "diversity_loss",
+        "code_perplexity",
+        "gumbel_temperature",
+        "accuracy",
+        "chance_accuracy",
+        "learning_rate",
+        "grad_norm",
+        "skipped_nonfinite",
+        "audio_seconds_per_second",
     }
     for r in logged:
         assert required <= set(r), required - set(r)
@@ -195,7 +207,11 @@ def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_
     elsewhere.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", program, f"--workdir={tmp_path / 'run'}", *OVERRIDES],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records(tmp_path / "run") == records(reference[0])
@@ -206,8 +222,6 @@ def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_
 def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
     """`convert_checkpoint jax-to-hf WORKDIR --step`: transformers' from_pretrained, AutoFeatureExtractor
     and pipelines load the folder, and give our model's features at that step."""
-    import torch
-    import transformers
 
     workdir, _ = reference
     run_main(convert_checkpoint, ["jax-to-hf", str(workdir), str(tmp_path / "hf"), "--step=4"])
@@ -310,7 +324,6 @@ def test_consecutive_nonfinite_updates_stop_the_run(env, tmp_path):
 
 
 def free_port() -> int:
-    import socket
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -324,12 +337,20 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
     procs = [
         subprocess.Popen(
             [
-                sys.executable, "-m", "experiments.pretrain", f"--workdir={tmp_path}", *OVERRIDES,
+                sys.executable,
+                "-m",
+                "experiments.pretrain",
+                f"--workdir={tmp_path}",
+                *OVERRIDES,
                 f"--config.distributed.coordinator_address={address}",
                 "--config.distributed.num_processes=2",
                 f"--config.distributed.process_id={i}",
             ],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

@@ -83,8 +83,15 @@ def test_step_masks_are_the_ones_the_model_draws():
 def test_launcher_prints_sane_fields_for_both_frameworks():
     """The real launcher on the tiny config, a 2 x 1 s batch and one timed step after one warm-up."""
     command = [
-        sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/pretrain.py:tiny",
-        "--batch=2", "--seconds=1", "--steps=1", "--warmup=1", "--vs-pytorch",
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--config=experiments/configs/pretrain.py:tiny",
+        "--batch=2",
+        "--seconds=1",
+        "--steps=1",
+        "--warmup=1",
+        "--vs-pytorch",
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -153,8 +160,13 @@ def test_finetuning_benchmark_times_the_ctc_step_against_transformers_ctc_model(
 @pytest.mark.slow
 def test_remat_memory_mode_prints_both_temp_sizes():
     command = [
-        sys.executable, "-m", "experiments.benchmark", "--config=experiments/configs/pretrain.py:tiny",
-        "--batch=2", "--seconds=1", "--remat-memory",
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--config=experiments/configs/pretrain.py:tiny",
+        "--batch=2",
+        "--seconds=1",
+        "--remat-memory",
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,9 +29,7 @@ def test_smooth_is_a_trailing_mean():
 
 
 def test_relative_gaps_find_the_worst_step():
-    records = [
-        {"step": s + 1, "loss_jax": 2.0, "loss_pytorch": 2.0 + (0.2 if s == 5 else 0.0)} for s in range(8)
-    ]
+    records = [{"step": s + 1, "loss_jax": 2.0, "loss_pytorch": 2.0 + (0.2 if s == 5 else 0.0)} for s in range(8)]
     gaps = compare.relative_gaps(records, window=1, metrics=("loss",))
     assert gaps["loss"] == (pytest.approx(0.2 / 2.2), 6)
     # Smoothing spreads and shrinks a one-step blip.

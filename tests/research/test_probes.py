@@ -1,4 +1,5 @@
-"""w2v_jax.research.probes: log-mel and per-layer features, linear probes, the held-out-voice protocol, the evaluation."""
+"""w2v_jax.research.probes: log-mel and per-layer features, linear probes, the held-out-voice protocol, the
+evaluation."""
 
 import json
 
@@ -100,16 +101,27 @@ def test_linear_probe_separates_separable_data_and_not_noise():
 def _utterance(path, voice, phonemes=("a", "b"), samples=3200):
     starts = np.linspace(0, samples, len(phonemes) + 1).astype(int)
     return Utterance(
-        path=path, waveform=np.zeros(samples, np.float32), language="en", phonemes=tuple(phonemes),
-        phoneme_starts=starts[:-1], phoneme_ends=starts[1:], voice=voice,
+        path=path,
+        waveform=np.zeros(samples, np.float32),
+        language="en",
+        phonemes=tuple(phonemes),
+        phoneme_starts=starts[:-1],
+        phoneme_ends=starts[1:],
+        voice=voice,
     )
 
 
 def test_held_out_voices_split_by_speaker_across_languages_and_splits():
-    train = [_utterance(f"t{i}", f"{lang}+{v}") for i, (lang, v) in enumerate(
-        [("en", "m1"), ("fr", "m2"), ("de", "f1"), ("fr", "f4"), ("es", "m1"), ("en", "klatt")])]
-    valid = [_utterance(f"v{i}", f"{lang}+{v}") for i, (lang, v) in enumerate(
-        [("it", "m2"), ("en", "m1"), ("de", "f1"), ("es", "f4")])]
+    train = [
+        _utterance(f"t{i}", f"{lang}+{v}")
+        for i, (lang, v) in enumerate(
+            [("en", "m1"), ("fr", "m2"), ("de", "f1"), ("fr", "f4"), ("es", "m1"), ("en", "klatt")]
+        )
+    ]
+    valid = [
+        _utterance(f"v{i}", f"{lang}+{v}")
+        for i, (lang, v) in enumerate([("it", "m2"), ("en", "m1"), ("de", "f1"), ("es", "f4")])
+    ]
     sets = probes.HeldOutVoices().split(train, valid)
     assert sets.held_out_voices == ("f4", "m2")
     # Unseen voices: every utterance of f4 and m2, in any language, from both splits.
@@ -122,8 +134,11 @@ def test_held_out_voices_split_by_speaker_across_languages_and_splits():
     capped = probes.HeldOutVoices(("klatt",)).split(train, valid, max_utterances=2)
     assert [u.path for u in capped.unseen_voice] == ["t5"] and [u.path for u in capped.train] == ["t0", "t1"]
     assert probes.HeldOutVoices(()).split(train, valid).unseen_voice == ()
-    assert sets.fingerprint() != capped.fingerprint() == probes.HeldOutVoices(("klatt",)).split(
-        train, valid, max_utterances=2).fingerprint()
+    assert (
+        sets.fingerprint()
+        != capped.fingerprint()
+        == probes.HeldOutVoices(("klatt",)).split(train, valid, max_utterances=2).fingerprint()
+    )
     with pytest.raises(ValueError, match=r"held-out voices m9 \(voices in the data: f1, f4, klatt, m1, m2\)"):
         probes.HeldOutVoices(("m9",)).split(train, valid)
     with pytest.raises(ValueError, match="valid-split utterance of a seen voice"):
@@ -196,7 +211,9 @@ def test_evaluate_reports_every_layer_beside_random_init_and_log_mel(model, tmp_
     )
     layers = ["conv", "layer 0", "layer 1", "layer 2"]
     assert [(r.features, r.layer) for r in report.results] == [
-        *(("checkpoint", layer) for layer in layers), *(("random init", layer) for layer in layers), ("log-mel (80)", "")
+        *(("checkpoint", layer) for layer in layers),
+        *(("random init", layer) for layer in layers),
+        ("log-mel (80)", ""),
     ]
     assert report.num_classes == 6 and report.held_out_voices == ("m2",)
     table = report.table()

@@ -28,8 +28,9 @@ def test_codebook_grid_is_the_issue_grid():
     assert config.variant == "mini"
     points = sweep.expand_grid(config.grid)
     assert len(points) == 16
-    assert [(p["model.num_codevector_groups"], p["model.num_codevectors_per_group"], p["train.seed"])
-            for p in points] == list(itertools.product((1, 2), (4, 16, 64, 320), (0, 1)))
+    assert [
+        (p["model.num_codevector_groups"], p["model.num_codevectors_per_group"], p["train.seed"]) for p in points
+    ] == list(itertools.product((1, 2), (4, 16, 64, 320), (0, 1)))
     for point in points:  # every point is a valid model (codevector_dim divisible by G)
         model = sweep.apply_point(config, point).model
         assert model.codevector_dim % model.num_codevector_groups == 0
@@ -88,8 +89,10 @@ def test_run_sweep_trains_each_point_once_and_resumes(tmp_path):
     calls.clear()
     folders = sweep.run_sweep(config, tmp_path, train_fn)
     assert calls == [(1, 160, 1), (2, 80, 0), (2, 80, 1), (2, 160, 0), (2, 160, 1)]  # finished runs are skipped
-    assert [f.name for f in folders][:2] == ["num_codevector_groups=1,num_codevectors_per_group=80,seed=0",
-                                             "num_codevector_groups=1,num_codevectors_per_group=80,seed=1"]
+    assert [f.name for f in folders][:2] == [
+        "num_codevector_groups=1,num_codevectors_per_group=80,seed=0",
+        "num_codevector_groups=1,num_codevectors_per_group=80,seed=1",
+    ]
 
 
 def test_launch_commands_repeat_overrides_for_every_point(tmp_path):
@@ -108,11 +111,29 @@ def test_launch_commands_repeat_overrides_for_every_point(tmp_path):
 
 def test_summary_over_seeds_is_the_mean_and_range_of_the_runs():
     rows = [
-        {"model.num_codevector_groups": 1, "train.seed": seed, "codebook_size": 4, "valid_loss": loss,
-         "valid_accuracy": accuracy, "probe_best_layer": layer}
-        for seed, loss, accuracy, layer in ((0, 1.0, 0.5, "layer 1"), (1, 3.0, 0.7, "layer 2"), (2, 2.0, 0.6, "layer 1"))
-    ] + [{"model.num_codevector_groups": 2, "train.seed": 0, "codebook_size": 8, "valid_loss": 0.5,
-          "valid_accuracy": 0.9, "probe_best_layer": "conv"}]
+        {
+            "model.num_codevector_groups": 1,
+            "train.seed": seed,
+            "codebook_size": 4,
+            "valid_loss": loss,
+            "valid_accuracy": accuracy,
+            "probe_best_layer": layer,
+        }
+        for seed, loss, accuracy, layer in (
+            (0, 1.0, 0.5, "layer 1"),
+            (1, 3.0, 0.7, "layer 2"),
+            (2, 2.0, 0.6, "layer 1"),
+        )
+    ] + [
+        {
+            "model.num_codevector_groups": 2,
+            "train.seed": 0,
+            "codebook_size": 8,
+            "valid_loss": 0.5,
+            "valid_accuracy": 0.9,
+            "probe_best_layer": "conv",
+        }
+    ]
     points = sweep.summarize_seeds(rows)
     assert [p["seeds"] for p in points] == [[0, 1, 2], [0]]
     assert points[0]["valid_loss"] == sweep.Spread(2.0, 1.0, 3.0)
@@ -130,8 +151,13 @@ def _probe_report(values):
         probes.LayerProbeResult("checkpoint", layer, value, value / 2)
         for layer, value in zip(("conv", "layer 0", "layer 1"), values)
     )
-    return probes.PhoneProbeReport(results, {"unseen_voice": 0.1, "held_out_sentences": 0.1},
-                                   {"train": 10, "unseen_voice": 5, "held_out_sentences": 5}, 4, ("m2",))
+    return probes.PhoneProbeReport(
+        results,
+        {"unseen_voice": 0.1, "held_out_sentences": 0.1},
+        {"train": 10, "unseen_voice": 5, "held_out_sentences": 5},
+        4,
+        ("m2",),
+    )
 
 
 def test_collect_results_summarises_seeds_probes_once_and_lists_missing_runs(tmp_path):
@@ -149,7 +175,8 @@ def test_collect_results_summarises_seeds_probes_once_and_lists_missing_runs(tmp
         loaded.append(folder.name)
         groups = 1 if "groups=1" in folder.name else 2
         model_config = Wav2Vec2Config.from_run_config(config).replace(
-            num_codevector_groups=groups, num_codevectors_per_group=4)
+            num_codevector_groups=groups, num_codevectors_per_group=4
+        )
         return Wav2Vec2ForPreTraining(model_config, rngs=nnx.Rngs(0))
 
     # Each run's probe: the best layer and its accuracy differ between the seeds.
@@ -163,8 +190,9 @@ def test_collect_results_summarises_seeds_probes_once_and_lists_missing_runs(tmp
     utterance = Utterance("a", np.zeros(3200, np.float32), "en", (), np.zeros(0), np.zeros(0), "en+m1")
     probe_sets = probes.ProbeSets((utterance,), (), (utterance,), ())
     waveforms = [np.random.RandomState(0).randn(9600).astype(np.float32)]
-    rows = sweep.collect_results(config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=7,
-                                 phone_probe=phone_probe)
+    rows = sweep.collect_results(
+        config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=7, phone_probe=phone_probe
+    )
     assert [r["train.seed"] for r in rows] == [0, 1, 0] and [r["codebook_size"] for r in rows] == [4, 4, 8]
     assert rows[0]["train_loss"] == pytest.approx(2.7) and rows[0]["train_chance_accuracy"] == 0.3
     assert [r["probe_best_layer"] for r in rows] == ["layer 0", "layer 1", "conv"]
@@ -185,11 +213,13 @@ def test_collect_results_summarises_seeds_probes_once_and_lists_missing_runs(tmp
     for name in (sweep.RESULTS_PNG, sweep.RESULTS_CURVES_PNG):
         assert (tmp_path / name).stat().st_size > 10_000
     # Collected again: each run's probe comes from its phone_probe.json; other probe steps recompute.
-    sweep.collect_results(config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=7,
-                          phone_probe=phone_probe)
+    sweep.collect_results(
+        config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=7, phone_probe=phone_probe
+    )
     assert probed == [(name, 7) for name in names[:3]]
-    sweep.collect_results(config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=8,
-                          phone_probe=phone_probe)
+    sweep.collect_results(
+        config, tmp_path, waveforms, load_model, probe_sets=probe_sets, probe_steps=8, phone_probe=phone_probe
+    )
     assert probed[3:] == [(name, 8) for name in names[:3]]
 
 
@@ -198,10 +228,18 @@ def test_sweep_launcher_runs_a_tiny_grid_with_two_seeds(tmp_path):
     """The real trainer on a 2 x 1 x 2 grid (G x V x seed) of 2 steps, then collection with the phone
     probe; a second run retrains and reprobes nothing."""
     command = [
-        sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/codebook_ablation.py:tiny",
-        f"--workdir={tmp_path}", "--config.train.num_steps=2", "--config.train.warmup_steps=1",
-        "--config.train.batch_size=2", "--config.grid.model.num_codevector_groups=(1,2)",
-        "--config.grid.model.num_codevectors_per_group=(8,)", "--max_utterances=2", "--probe_steps=20",
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--config=experiments/configs/codebook_ablation.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=2",
+        "--config.train.warmup_steps=1",
+        "--config.train.batch_size=2",
+        "--config.grid.model.num_codevector_groups=(1,2)",
+        "--config.grid.model.num_codevectors_per_group=(8,)",
+        "--max_utterances=2",
+        "--probe_steps=20",
     ]
     env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
     first = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)

@@ -160,11 +160,21 @@ def test_temperature_is_our_float32_schedule(config):
 # and channels, the feature encoder frozen, the Transformer frozen for the first update. (The
 # group-norm layout without attention mask, BASE's, is the benchmark's tiny fine-tuning test.)
 CTC_VOCABULARY = Vocabulary.from_symbols("abcdefgh")
-CTC_CONFIG = torch_twin.comparable_config(Wav2Vec2Config.preset(
-    "tiny", vocab_size=len(CTC_VOCABULARY), feature_grad_mult=0.0, mask_time_prob=0.3, mask_time_length=3,
-    mask_feature_prob=0.3, mask_feature_length=4, ctc_zero_infinity=True, feat_extract_norm="layer", conv_bias=True,
-    do_stable_layer_norm=True,
-))
+CTC_CONFIG = torch_twin.comparable_config(
+    Wav2Vec2Config.preset(
+        "tiny",
+        vocab_size=len(CTC_VOCABULARY),
+        feature_grad_mult=0.0,
+        mask_time_prob=0.3,
+        mask_time_length=3,
+        mask_feature_prob=0.3,
+        mask_feature_length=4,
+        ctc_zero_infinity=True,
+        feat_extract_norm="layer",
+        conv_bias=True,
+        do_stable_layer_norm=True,
+    )
+)
 
 
 def _ctc_batch(padded: bool) -> dict[str, np.ndarray]:
@@ -185,8 +195,9 @@ def test_ctc_steps_match_our_train_step():
     objective = CTCObjective(freeze_finetune_updates=1, use_attention_mask=True)
     hparams = train_step.StepHyperparams(learning_rate=optim.tri_stage_schedule(1e-2, 10), objective=objective)
     optimizer = optim.make_optimizer(**dataclasses.asdict(settings))
-    graphdef, state, shardings = train_step.create_train_state(config, optimizer, seed=0, mesh=mesh,
-                                                              model_class=Wav2Vec2ForCTC)
+    graphdef, state, shardings = train_step.create_train_state(
+        config, optimizer, seed=0, mesh=mesh, model_class=Wav2Vec2ForCTC
+    )
     step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
     initial = params_to_hf(state.params, config)
     twin = torch_twin.ReferenceTrainer(config, jax.device_get(state.params), settings, hparams)
@@ -206,12 +217,16 @@ def test_ctc_steps_match_our_train_step():
             np.testing.assert_allclose(float(ours[name]), theirs[name], rtol=rtol, err_msg=f"{name} at step {step}")
         assert float(ours["learning_rate"]) == pytest.approx(theirs["learning_rate"], rel=1e-6)
         assert (float(ours["num_utterances"]), float(ours["num_label_tokens"])) == (
-            theirs["num_utterances"], theirs["num_label_tokens"])
+            theirs["num_utterances"],
+            theirs["num_label_tokens"],
+        )
         ours_now = params_to_hf(state.params, config)
         theirs_now = {k: p.detach().numpy() for k, p in twin.model.named_parameters()}
         for name, value in initial.items():
-            changed = {"ours": not np.array_equal(ours_now[name], value),
-                       "pytorch": not np.array_equal(theirs_now[name], value)}
+            changed = {
+                "ours": not np.array_equal(ours_now[name], value),
+                "pytorch": not np.array_equal(theirs_now[name], value),
+            }
             if name.startswith("lm_head"):
                 expected = True
             elif name.startswith("wav2vec2.feature_extractor") or step == 0:

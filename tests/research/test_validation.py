@@ -35,7 +35,10 @@ def test_one_batch_equals_the_models_own_metrics(model):
     batch_key = jax.random.fold_in(jax.random.key(5), 0)
     time = model.num_frames(9600)
     mask = compute_mask_indices(
-        jax.random.fold_in(batch_key, 0), (3, time), config.mask_time_prob, config.mask_time_length,
+        jax.random.fold_in(batch_key, 0),
+        (3, time),
+        config.mask_time_prob,
+        config.mask_time_length,
         config.mask_time_min_masks,
     )
     assert int(np.asarray(mask).sum(1).min()) > config.num_negatives  # no utterance skipped

@@ -18,11 +18,16 @@ def make_corpus(folder, languages=("en", "fr"), per_language=3, seconds=1.2):
             path = f"{language}_{i}.flac"
             soundfile.write(folder / path, (rng.randn(n) * 0.1).astype(np.float32), 16000)
             cuts = np.linspace(0, n, 9).astype(int)
-            records.append({
-                "path": path, "language": language, "voice": f"{language}+{('f1', 'm1', 'm2')[i % 3]}",
-                "phonemes": [f"{language}{k % 3}" for k in range(8)],
-                "phoneme_starts": cuts[:-1].tolist(), "phoneme_ends": cuts[1:].tolist(),
-            })
+            records.append(
+                {
+                    "path": path,
+                    "language": language,
+                    "voice": f"{language}+{('f1', 'm1', 'm2')[i % 3]}",
+                    "phonemes": [f"{language}{k % 3}" for k in range(8)],
+                    "phoneme_starts": cuts[:-1].tolist(),
+                    "phoneme_ends": cuts[1:].tolist(),
+                }
+            )
             paths.append(path)
             lengths.append(n)
     write_manifest(folder / "train.tsv", folder, paths, lengths)

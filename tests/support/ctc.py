@@ -18,5 +18,8 @@ def ctc_batch(seed=0, lengths=(8000, 6400, 5600, 7200)):
     for row in range(len(lengths)):
         n = rng.integers(2, 7)
         labels[row, :n] = rng.integers(5, len(VOCABULARY), n)
-    return {"input_values": (rng.standard_normal(mask.shape) * mask).astype(np.float32), "attention_mask": mask,
-            "labels": labels}
+    return {
+        "input_values": (rng.standard_normal(mask.shape) * mask).astype(np.float32),
+        "attention_mask": mask,
+        "labels": labels,
+    }

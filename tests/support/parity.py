@@ -45,6 +45,8 @@ CONFIGS = {
         **TRANSFORMERS_OBJECTIVE,
     ),
 }
+
+
 def reference_checkpoint(
     config: Wav2Vec2Config, folder, cls: type[torch.nn.Module] = transformers.Wav2Vec2ForPreTraining
 ) -> torch.nn.Module:

@@ -104,10 +104,24 @@ def remove(relative):
 
 @pytest.mark.parametrize(
     "fault",
-    [flip_bytes, swapped_arrays, truncate, remove("state/_METADATA"), remove("state/manifest.ocdbt"), remove("host"),
-     remove("integrity")],
-    ids=["flipped_bytes", "swapped_arrays", "truncated_file", "no_state_metadata", "no_manifest", "no_host_item",
-         "no_checksums"],
+    [
+        flip_bytes,
+        swapped_arrays,
+        truncate,
+        remove("state/_METADATA"),
+        remove("state/manifest.ocdbt"),
+        remove("host"),
+        remove("integrity"),
+    ],
+    ids=[
+        "flipped_bytes",
+        "swapped_arrays",
+        "truncated_file",
+        "no_state_metadata",
+        "no_manifest",
+        "no_host_item",
+        "no_checksums",
+    ],
 )
 def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_falls_back(two_checkpoints, fault, caplog):
     step_dir = two_checkpoints / "2"
@@ -214,8 +228,12 @@ def test_asyncio_reports_of_abandoned_orbax_reads_are_dropped():
     # asyncio reports a gathered read's unretrieved exception through its logger when its handler
     # sees it before the garbage collector: dropped when raised in orbax's code, kept otherwise.
     namespace = {}
-    exec(compile("def read():\n    raise ValueError('OUT_OF_RANGE')\n", "/lib/orbax/checkpoint/serialization.py", "exec"),
-         namespace)
+    exec(
+        compile(
+            "def read():\n    raise ValueError('OUT_OF_RANGE')\n", "/lib/orbax/checkpoint/serialization.py", "exec"
+        ),
+        namespace,
+    )
     errors = []
     for raise_it in (namespace["read"], lambda: (_ for _ in ()).throw(ValueError("ours"))):
         try:

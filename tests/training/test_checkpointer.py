@@ -95,7 +95,11 @@ def test_kill_during_save_never_restores_the_partial_checkpoint(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p.name for p in tmp_path.iterdir()]

@@ -72,8 +72,12 @@ def test_two_processes_exchange_batches_and_json():
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, address, str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", WORKER, address, str(i)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]

@@ -90,8 +90,10 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
     perplexities = []
     for b in batches:
         out = model(
-            jnp.asarray(b.input_values), attention_mask=jnp.asarray(b.attention_mask),
-            mask_time_indices=jnp.asarray(b.mask_time_indices), negative_indices=jnp.asarray(b.negative_indices),
+            jnp.asarray(b.input_values),
+            attention_mask=jnp.asarray(b.attention_mask),
+            mask_time_indices=jnp.asarray(b.mask_time_indices),
+            negative_indices=jnp.asarray(b.negative_indices),
             deterministic=True,
         )
         loss += float(out.loss)

@@ -1,8 +1,13 @@
 """Logging-window reductions: averages over finite steps, summed counts, ratios divided once."""
 
+import io
 import math
+import struct
 
+import matplotlib.pyplot as plt
 import pytest
+import tqdm
+from tensorboardX.proto import event_pb2
 
 from w2v_jax.training import trainer
 from w2v_jax.training.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
@@ -21,7 +26,8 @@ def _step(loss, correct, masked, skipped=0):
 def test_ratio_is_summed_counts_divided_once_over_finite_steps():
     window = [_step(1.0, 9, 10), _step(3.0, 10, 100), _step(float("nan"), 5, 5, skipped=1)]
     out = mean_metrics(
-        window, summed=("num_masked", "num_correct", "skipped_nonfinite"),
+        window,
+        summed=("num_masked", "num_correct", "skipped_nonfinite"),
         ratios={"accuracy": ("num_correct", "num_masked")},
     )
     assert out["accuracy"] == pytest.approx(19 / 110)  # not the mean of 0.9 and 0.1
@@ -49,8 +55,13 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
 
 def test_trainer_logs_chance_as_a_ratio_and_leaves_out_steps_restored_without_it():
     def chance_step(loss, correct, chance, masked):
-        return {**_step(loss, correct, masked), "chance_correct": chance, "chance_accuracy": chance / masked,
-                "nonfinite_total": 0, "nonfinite_consecutive": 0}
+        return {
+            **_step(loss, correct, masked),
+            "chance_correct": chance,
+            "chance_accuracy": chance / masked,
+            "nonfinite_total": 0,
+            "nonfinite_consecutive": 0,
+        }
 
     old = {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0}  # before chance_accuracy existed
     record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)])
@@ -80,9 +91,6 @@ def test_a_window_with_skipped_steps():
 
 def _tensorboard_events(folder):
     """(tag, value or text) of every summary in the folder's event files (TFRecord framing)."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
 
     out = []
     for path in sorted(folder.glob("events.out.tfevents.*")):
@@ -93,7 +101,9 @@ def _tensorboard_events(folder):
             event = event_pb2.Event.FromString(data[position + 12 : position + 12 + length])
             position += 12 + length + 4
             for value in event.summary.value:
-                out.append((value.tag, value.simple_value if value.HasField("simple_value") else value.tensor.string_val))
+                out.append(
+                    (value.tag, value.simple_value if value.HasField("simple_value") else value.tensor.string_val)
+                )
     return out
 
 
@@ -106,7 +116,9 @@ def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
     assert scalars == {"train/loss": 1.5, "valid/loss": 2.5, "data/skipped_empty": 0.0}
     texts = [b"".join(value).decode() for tag, value in events if tag.startswith("config")]
     assert texts and '"seed": 0' in texts[0]
-    assert read_metrics(tmp_path / METRICS_FILE) == [{"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}]
+    assert read_metrics(tmp_path / METRICS_FILE) == [
+        {"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}
+    ]
 
 
 def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):
@@ -116,7 +128,6 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
     ]
     for r in records[1::2]:
         r.update(valid_loss=3.1, valid_accuracy=0.25, valid_code_perplexity=3.5)
-    import matplotlib.pyplot as plt
 
     drawn = []
     real_savefig = plt.Figure.savefig
@@ -134,8 +145,13 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
 
 def test_end_of_run_summary_is_a_few_readable_lines():
     summary = {
-        "step": 300, "num_steps": 300, "checkpoint_steps": [200, 300], "num_compiles": 1, "compile_seconds": 21.04,
-        "eval_seconds": 3.5, "data": "input files: 160 of 160 seen",
+        "step": 300,
+        "num_steps": 300,
+        "checkpoint_steps": [200, 300],
+        "num_compiles": 1,
+        "compile_seconds": 21.04,
+        "eval_seconds": 3.5,
+        "data": "input files: 160 of 160 seen",
         "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
         "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
     }
@@ -148,13 +164,10 @@ def test_end_of_run_summary_is_a_few_readable_lines():
         "  data: input files: 160 of 160 seen",
     ]
     stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
-    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(l.startswith("  valid") for l in stopped)
+    assert stopped[0] == "stopped at step 120 of 300 in w" and not any(line.startswith("  valid") for line in stopped)
 
 
 def test_eta_leaves_out_compiles_and_evaluations():
-    import io
-
-    import tqdm
 
     bar = tqdm.tqdm(total=10, smoothing=0, file=io.StringIO())
     bar.start_t -= 60.0  # the first step finished 60 s after the start, 59 s of it compiling

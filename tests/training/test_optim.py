@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from w2v_jax.configs import pretrain
 from w2v_jax.training import optim
 
 
@@ -38,9 +39,7 @@ def test_cosine_and_constant_schedules():
 
 
 @hypothesis.settings(deadline=None, max_examples=30)
-@hypothesis.given(
-    total=st.integers(2, 10_000), warmup_fraction=st.floats(0.0, 1.0), peak=st.floats(1e-6, 1.0)
-)
+@hypothesis.given(total=st.integers(2, 10_000), warmup_fraction=st.floats(0.0, 1.0), peak=st.floats(1e-6, 1.0))
 def test_schedule_laws(total, warmup_fraction, peak):
     """Within [0, peak]; rises during the warmup, never rises after it."""
     warmup = int(warmup_fraction * total)
@@ -125,7 +124,6 @@ def test_optimizer_rejects_bad_arguments():
 
 
 def test_optimizer_settings_come_from_the_train_section():
-    from w2v_jax.configs import pretrain
 
     train = pretrain.get_config("base").train
     train.unlock()

@@ -111,9 +111,9 @@ def test_metrics_match_the_model_and_schedules(setup8):
     np.testing.assert_array_equal(
         jax.random.key_data(step_key), jax.random.key_data(jax.random.fold_in(jax.random.fold_in(key, 0), 0))
     )
-    out = jax.jit(
-        lambda x, m: model(x, attention_mask=m, deterministic=False, gumbel_temperature=2.0, key=step_key)
-    )(batch["input_values"], batch["attention_mask"])
+    out = jax.jit(lambda x, m: model(x, attention_mask=m, deterministic=False, gumbel_temperature=2.0, key=step_key))(
+        batch["input_values"], batch["attention_mask"]
+    )
     np.testing.assert_allclose(metrics["loss"], out.loss / out.num_masked, rtol=1e-5)
     np.testing.assert_allclose(metrics["accuracy"], out.accuracy, rtol=1e-5)
     assert metrics["num_masked"] == out.num_masked
@@ -223,7 +223,9 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     for i in range(2):
         rows = slice(i, None, 2)
         g, (n, c, h) = summed_grads(
-            model_params, batch["input_values"][rows], batch["attention_mask"][rows],
+            model_params,
+            batch["input_values"][rows],
+            batch["attention_mask"][rows],
             jax.random.fold_in(jax.random.fold_in(key, 0), i),
         )
         masked.append(int(n))
@@ -250,7 +252,9 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
 
 def test_bfloat16_compute_keeps_float32_master_weights(setup1):
     optimizer = optim.make_optimizer()
-    graphdef, abstract, shardings = train_step.abstract_train_state(CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16)
+    graphdef, abstract, shardings = train_step.abstract_train_state(
+        CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16
+    )
     # Same parameters as the float32 model: only the computation dtype (in the graphdef) differs.
     assert jax.tree.structure(abstract) == jax.tree.structure(setup1.initial_state)
     step = train_step.TrainStep(graphdef, optimizer, HPARAMS, setup1.mesh, shardings)

@@ -76,7 +76,11 @@ def test_a_second_launcher_exits_at_once_with_one_line(tmp_path):
         holder = (tmp_path / workdir.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
             [sys.executable, "-m", "experiments.pretrain", f"--workdir={tmp_path}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()} (since ")
     assert proc.returncode == 1
@@ -150,7 +154,8 @@ def test_unknown_command_line_field_is_one_line():
     error = AttributeError("'\\'num_stesp\\'\\nDid you mean \"num_steps\" instead of \"num_stesp\"?'")
     message = unknown_field_message(error, "config", ["pretrain", "--workdir=x", "--config.train.num_stesp=5"])
     assert message == (
-        "unknown config field in --config.train.num_stesp: the config has no field 'num_stesp' (did you mean 'num_steps'?)"
+        "unknown config field in --config.train.num_stesp: the config has no field 'num_stesp' "
+        "(did you mean 'num_steps'?)"
     )
 
 
@@ -275,8 +280,19 @@ def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_
     shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.evaluate", f"--checkpoint={run}", "--step=2", f"--output={tmp_path / 'eval'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "experiments.evaluate",
+            f"--checkpoint={run}",
+            "--step=2",
+            f"--output={tmp_path / 'eval'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"checkpoint {checkpoints / '2'} is corrupt: ")
@@ -291,11 +307,22 @@ def test_a_sweep_point_in_use_exits_with_one_line(tmp_path):
     with workdir.WorkdirLock(point):
         holder = (point / workdir.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
-            [sys.executable, "-m", "experiments.sweep", "--config=experiments/configs/codebook_ablation.py:tiny",
-             f"--workdir={tmp_path}", "--config.grid.model.num_codevector_groups=(2,)",
-             "--config.grid.model.num_codevectors_per_group=(8,)", "--config.grid.train.seed=(0,)",
-             "--compilation_cache="],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "experiments.sweep",
+                "--config=experiments/configs/codebook_ablation.py:tiny",
+                f"--workdir={tmp_path}",
+                "--config.grid.model.num_codevector_groups=(2,)",
+                "--config.grid.model.num_codevectors_per_group=(8,)",
+                "--config.grid.train.seed=(0,)",
+                "--compilation_cache=",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (

@@ -24,7 +24,9 @@ def greedy_frame_ids(logits: jax.Array, logit_lengths: jax.Array) -> jax.Array:
     return jnp.where(jnp.arange(logits.shape[1])[None, :] < logit_lengths[:, None], ids, -1)
 
 
-def greedy_decode(logits: jax.Array, logit_lengths: jax.Array, vocabulary: Vocabulary, separator: str = "") -> list[str]:
+def greedy_decode(
+    logits: jax.Array, logit_lengths: jax.Array, vocabulary: Vocabulary, separator: str = ""
+) -> list[str]:
     """Greedy CTC transcripts: the text transformers' ASR pipeline gives for each utterance.
 
     Args:

@@ -37,7 +37,9 @@ from w2v_jax.training.workdir import BEST_MODEL_DIR, BEST_RECORD_FILE
 logger = logging.getLogger(__name__)
 
 
-def load_labelled_waveforms(manifest_path: str, labels: LabelSet, *, normalize: bool) -> tuple[list[np.ndarray], list[str]]:
+def load_labelled_waveforms(
+    manifest_path: str, labels: LabelSet, *, normalize: bool
+) -> tuple[list[np.ndarray], list[str]]:
     """The usable rows of a labelled manifest: waveforms and references (normalised)."""
     manifest = load_manifest(manifest_path)
     waveforms, references = [], []
@@ -55,9 +57,20 @@ class CTCEvaluator:
     vocabulary, and `WORKDIR/best.json` (also the history of evaluations).
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, config: Wav2Vec2Config, waveforms: Sequence[np.ndarray],
-                 references: Sequence[str], vocabulary: Vocabulary, kind: str, *, batch_size: int,
-                 workdir: pathlib.Path | None, best_metric: str, write: bool = True):
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        config: Wav2Vec2Config,
+        waveforms: Sequence[np.ndarray],
+        references: Sequence[str],
+        vocabulary: Vocabulary,
+        kind: str,
+        *,
+        batch_size: int,
+        workdir: pathlib.Path | None,
+        best_metric: str,
+        write: bool = True,
+    ):
         if best_metric not in METRICS[kind]:
             raise ValueError(f"train.best_metric must be one of {METRICS[kind]} for {kind} labels, got {best_metric!r}")
         self._graphdef = graphdef
@@ -79,9 +92,16 @@ class CTCEvaluator:
 
     def __call__(self, state: Any, step: int) -> dict[str, float]:
         forward = lambda x, mask: self._logits(state.params, state.model_state, x, mask)  # noqa: E731
-        hypotheses = transcribe_waveforms(forward, self._waveforms, self._vocabulary, self._config,
-                                          batch_size=self._batch_size, num_frames=self._num_frames, exact=False,
-                                          separator=SEPARATORS[self._kind])
+        hypotheses = transcribe_waveforms(
+            forward,
+            self._waveforms,
+            self._vocabulary,
+            self._config,
+            batch_size=self._batch_size,
+            num_frames=self._num_frames,
+            exact=False,
+            separator=SEPARATORS[self._kind],
+        )
         values = error_rate_metrics(self._references, hypotheses, self._kind)
         if self._write:
             self._keep_best(state, step, values, hypotheses)
@@ -97,16 +117,32 @@ class CTCEvaluator:
             model = nnx.merge(self._graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
             save_checkpoint(self._config, model, self._workdir / BEST_MODEL_DIR, vocabulary=self._vocabulary)
             (self._workdir / BEST_MODEL_DIR / "transcripts.txt").write_text(
-                "".join(f"{h}\n" for h in hypotheses), encoding="utf-8")
-            logger.info("best %s so far: %.4f at step %d, saved to %s", self._best_metric, values[self._best_metric],
-                        step, self._workdir / BEST_MODEL_DIR)
-        record = {"step": best["step"], "metric": self._best_metric, "value": best[self._best_metric],
-                  "history": history}
+                "".join(f"{h}\n" for h in hypotheses), encoding="utf-8"
+            )
+            logger.info(
+                "best %s so far: %.4f at step %d, saved to %s",
+                self._best_metric,
+                values[self._best_metric],
+                step,
+                self._workdir / BEST_MODEL_DIR,
+            )
+        record = {
+            "step": best["step"],
+            "metric": self._best_metric,
+            "value": best[self._best_metric],
+            "history": history,
+        }
         path.write_text(json.dumps(record, indent=1) + "\n")
 
 
-def evaluate_finetuned_checkpoint(checkpoint: str | os.PathLike, manifest: str | os.PathLike, kind: str = "ltr", *,
-                        step: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+def evaluate_finetuned_checkpoint(
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    kind: str = "ltr",
+    *,
+    step: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """Error rates of a fine-tuned checkpoint on a labelled manifest (`transcribe`, exact batching).
 
     Returns {"wer", "cer"} (letters) or {"per"} (phones), plus "num_utterances" and the label skips.
@@ -115,8 +151,12 @@ def evaluate_finetuned_checkpoint(checkpoint: str | os.PathLike, manifest: str |
     labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
     waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
     hypotheses = transcribe(model, waveforms, vocabulary, batch_size, SEPARATORS[kind])
-    return {**error_rate_metrics(references, hypotheses, kind), "num_utterances": len(waveforms),
-            **{f"skipped_{k}": v for k, v in labels.skip_counts().items()}, "unknown_symbols": labels.num_unknown()}
+    return {
+        **error_rate_metrics(references, hypotheses, kind),
+        "num_utterances": len(waveforms),
+        **{f"skipped_{k}": v for k, v in labels.skip_counts().items()},
+        "unknown_symbols": labels.num_unknown(),
+    }
 
 
 def read_best_record(workdir: str | os.PathLike) -> dict[str, Any] | None:

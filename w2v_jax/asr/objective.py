@@ -1,9 +1,9 @@
 """CTC fine-tuning as the train step's objective (fairseq's `wav2vec_ctc` criterion).
 
-`CTCObjective`: the model's CTC loss summed over utterances (whatever `ctc_loss_reduction` says), the gradient divided by the number of
-utterances (fairseq's `sentence_avg: true`), the encoder frozen (zero gradient) for the first
-`freeze_finetune_updates` updates while the head learns. The feature encoder is frozen by
-`feature_grad_mult = 0` (fairseq's setting), whose gradient is zero.
+`CTCObjective`: the model's CTC loss summed over utterances (whatever `ctc_loss_reduction` says), the gradient divided
+by the number of utterances (fairseq's `sentence_avg: true`), the encoder frozen (zero gradient) for the first
+`freeze_finetune_updates` updates while the head learns. The feature encoder is frozen by `feature_grad_mult = 0`
+(fairseq's setting), whose gradient is zero.
 
 Batches are padded to the input pipeline's bucket lengths (never cropped: a transcript covers the
 whole utterance). Layer-norm models get the attention mask. Group-norm models (BASE) get zero

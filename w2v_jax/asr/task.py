@@ -93,8 +93,10 @@ def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
                 raise ValueError(f"the pretrained encoder has no parameter {'.'.join(map(str, path[1:]))}")
             new = replacement.pop(path)
             if tuple(new.shape) != tuple(variable.shape):
-                raise ValueError(f"{'.'.join(map(str, path))}: shape {tuple(new.shape)} in the pretrained encoder, "
-                                 f"{tuple(variable.shape)} in the model")
+                raise ValueError(
+                    f"{'.'.join(map(str, path))}: shape {tuple(new.shape)} in the pretrained encoder, "
+                    f"{tuple(variable.shape)} in the model"
+                )
             variable = variable.replace(jnp.asarray(new[...], variable.dtype))
         flat.append((path, variable))
     if replacement:
@@ -102,8 +104,9 @@ def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
     return nnx.from_flat_state(flat)
 
 
-def prepare_vocabulary(workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: str,
-                       vocabulary_path: str, init: str) -> Vocabulary:
+def prepare_vocabulary(
+    workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: str, vocabulary_path: str, init: str
+) -> Vocabulary:
     """The run's vocabulary: the workdir's `vocab.json` on a resume; else `vocabulary_path` (a
     vocab.json or a folder with one), else the init checkpoint's (a fine-tuned transformers folder),
     else built from the training labels."""
@@ -157,12 +160,15 @@ class FineTuningTask:
         if not data.pad:
             raise ValueError("data.pad must be True for fine-tuning: labelled audio is never cropped")
         if config.train.best_metric not in METRICS[data.labels]:
-            raise ValueError(f"train.best_metric must be one of {METRICS[data.labels]} for {data.labels} labels, "
-                             f"got {config.train.best_metric!r}")
+            raise ValueError(
+                f"train.best_metric must be one of {METRICS[data.labels]} for {data.labels} labels, "
+                f"got {config.train.best_metric!r}"
+            )
         self._workdir, self._primary = workdir, primary
         stored = workdir / MODEL_CONFIG_FILE
-        self.vocabulary = prepare_vocabulary(workdir, _train_manifest(config), data.labels, data.vocabulary,
-                                             config.init)
+        self.vocabulary = prepare_vocabulary(
+            workdir, _train_manifest(config), data.labels, data.vocabulary, config.init
+        )
         if stored.is_file():
             self._model_config = Wav2Vec2Config.from_json_file(stored)
             return
@@ -227,12 +233,22 @@ class FineTuningTask:
     def make_evaluator(self, config, graphdef, mesh, state_shardings) -> CTCEvaluator:
         del mesh, state_shardings  # evaluated on the default device, as `transcribe` runs
         manifest = config.data.valid_manifest or str(default_manifest("valid"))
-        waveforms, references = load_labelled_waveforms(manifest, self._labels(manifest, config),
-                                                         normalize=config.data.normalize)
+        waveforms, references = load_labelled_waveforms(
+            manifest, self._labels(manifest, config), normalize=config.data.normalize
+        )
         logger.info("validation: %d utterances from %s", len(waveforms), manifest)
-        return CTCEvaluator(graphdef, self._model_config, waveforms, references, self.vocabulary,
-                            config.data.labels, batch_size=config.train.eval_batch_size, workdir=self._workdir,
-                            best_metric=config.train.best_metric, write=self._primary)
+        return CTCEvaluator(
+            graphdef,
+            self._model_config,
+            waveforms,
+            references,
+            self.vocabulary,
+            config.data.labels,
+            batch_size=config.train.eval_batch_size,
+            workdir=self._workdir,
+            best_metric=config.train.best_metric,
+            write=self._primary,
+        )
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         """The end-of-run summary's lines on what fine-tuning measured: the CTC loss, the validation
@@ -253,8 +269,11 @@ class FineTuningTask:
         return lines
 
     def plot(self, records, workdir):
-        panels = [(name, title) for name, title in PANELS
-                  if any(r.get(name) is not None or r.get(f"valid_{name}") is not None for r in records)]
+        panels = [
+            (name, title)
+            for name, title in PANELS
+            if any(r.get(name) is not None or r.get(f"valid_{name}") is not None for r in records)
+        ]
         metrics.plot_loss_curve(records, workdir / metrics.LOSS_CURVE_FILE, panels)
 
 

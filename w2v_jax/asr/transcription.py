@@ -89,8 +89,9 @@ def transcribe_waveforms(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_logits(graphdef: nnx.GraphDef, state: nnx.State, input_values: jax.Array,
-                 attention_mask: jax.Array | None) -> jax.Array:
+def _eval_logits(
+    graphdef: nnx.GraphDef, state: nnx.State, input_values: jax.Array, attention_mask: jax.Array | None
+) -> jax.Array:
     return nnx.merge(graphdef, state)(input_values, attention_mask).logits
 
 
@@ -104,12 +105,24 @@ def model_forward(model: Wav2Vec2ForCTC) -> Forward:
     return lambda x, mask: _eval_logits(graphdef, state, x, mask)
 
 
-def transcribe(model: Wav2Vec2ForCTC, waveforms: Sequence[np.ndarray], vocabulary: Vocabulary,
-               batch_size: int = 8, separator: str = "") -> list[str]:
+def transcribe(
+    model: Wav2Vec2ForCTC,
+    waveforms: Sequence[np.ndarray],
+    vocabulary: Vocabulary,
+    batch_size: int = 8,
+    separator: str = "",
+) -> list[str]:
     """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training); tokens
     joined by `separator` (" " for phones)."""
-    return transcribe_waveforms(model_forward(model), waveforms, vocabulary, model.config,
-                                batch_size=batch_size, num_frames=model.num_frames, separator=separator)
+    return transcribe_waveforms(
+        model_forward(model),
+        waveforms,
+        vocabulary,
+        model.config,
+        batch_size=batch_size,
+        num_frames=model.num_frames,
+        separator=separator,
+    )
 
 
 def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
@@ -126,8 +139,14 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
     return files
 
 
-def transcribe_files(checkpoint: str | os.PathLike, paths: Sequence[str | os.PathLike], *, step: int | None = None,
-                     batch_size: int = 8, separator: str = "") -> list[tuple[pathlib.Path, str]]:
+def transcribe_files(
+    checkpoint: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    *,
+    step: int | None = None,
+    batch_size: int = 8,
+    separator: str = "",
+) -> list[tuple[pathlib.Path, str]]:
     """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`,
     `transcribe`; `separator` between tokens, " " for phones)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)

@@ -250,8 +250,10 @@ def save_processor_files(
     if len(vocabulary) != config.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocabulary)} tokens but config.vocab_size is {config.vocab_size}")
     if vocabulary.pad_id != config.pad_token_id:
-        raise ValueError(f"the vocabulary's {vocabulary.pad_token} is id {vocabulary.pad_id} but "
-                         f"config.pad_token_id (the CTC blank) is {config.pad_token_id}")
+        raise ValueError(
+            f"the vocabulary's {vocabulary.pad_token} is id {vocabulary.pad_id} but "
+            f"config.pad_token_id (the CTC blank) is {config.pad_token_id}"
+        )
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     vocabulary.save(folder / VOCAB_FILE)
@@ -269,7 +271,11 @@ def save_processor_files(
         "do_lower_case": False,
         **special,
     }
-    feature_extractor = {**preprocessor_config(config), "do_normalize": do_normalize, "processor_class": "Wav2Vec2Processor"}
+    feature_extractor = {
+        **preprocessor_config(config),
+        "do_normalize": do_normalize,
+        "processor_class": "Wav2Vec2Processor",
+    }
     for name, content in (
         ("tokenizer_config.json", tokenizer),
         ("special_tokens_map.json", special),
@@ -287,7 +293,11 @@ def load_vocabulary(path: str | os.PathLike) -> Vocabulary | None:
     names = {}
     if (folder / "tokenizer_config.json").is_file():
         settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        names = {k: settings[k] for k in ("pad_token", "unk_token", "word_delimiter_token") if isinstance(settings.get(k), str)}
+        names = {
+            k: settings[k]
+            for k in ("pad_token", "unk_token", "word_delimiter_token")
+            if isinstance(settings.get(k), str)
+        }
     return Vocabulary.load(folder / VOCAB_FILE, **names)
 
 

@@ -115,7 +115,9 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
     if vocabulary is None:
         raise ValueError(f"{folder} has no {VOCAB_FILE}: the CTC head's tokens are unknown")
     if len(vocabulary) != model.config.vocab_size:
-        raise ValueError(f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}")
+        raise ValueError(
+            f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}"
+        )
     preprocessor = folder / hf.PREPROCESSOR_FILE
     normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
     return model, vocabulary, bool(normalize)

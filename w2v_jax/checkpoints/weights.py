@@ -36,7 +36,11 @@ _LAYER_KEYS = {
 
 
 def check_stored_weights(
-    config: Wav2Vec2Config, weights: Mapping[str, np.ndarray], source: str | os.PathLike, *, allow_nonfinite: bool = False
+    config: Wav2Vec2Config,
+    weights: Mapping[str, np.ndarray],
+    source: str | os.PathLike,
+    *,
+    allow_nonfinite: bool = False,
 ) -> None:
     """Checks an untrusted checkpoint's weights against its config before any model is built.
 

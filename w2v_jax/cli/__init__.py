@@ -147,7 +147,8 @@ def define_probe_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHol
     """`--held_out_voices` and `--probe_steps`, the phone probe's protocol (`research.probes`)."""
     return {
         "held_out_voices": flags.DEFINE_list(
-            "held_out_voices", list(probes.DEFAULT_HELD_OUT_VOICES),
+            "held_out_voices",
+            list(probes.DEFAULT_HELD_OUT_VOICES),
             "Voices (espeak-ng variants, e.g. m2) held out of the phone probe's training set; empty: none.",
             flag_values=flag_values,
         ),
@@ -166,7 +167,8 @@ def launch(
     (see the module docstring)."""
     defined = define_flags(flags.FLAGS, sys.argv)
     cache = flags.DEFINE_string(
-        "compilation_cache", str(DEFAULT_CACHE),
+        "compilation_cache",
+        str(DEFAULT_CACHE),
         "Folder of JAX's persistent compilation cache ('' turns it off; JAX_COMPILATION_CACHE_DIR wins).",
     )
 
@@ -178,9 +180,7 @@ def launch(
     app.run(with_setup, flags_parser=lambda argv: parse_flags(argv, app.parse_flags_with_usage))
 
 
-def parse_flags(
-    argv: Sequence[str], parse: Callable[[list[str]], list[str]] = flags.FLAGS
-) -> list[str]:
+def parse_flags(argv: Sequence[str], parse: Callable[[list[str]], list[str]] = flags.FLAGS) -> list[str]:
     """The positional arguments of the command line `argv`, parsed by `parse` (absl's flags, or
     another `FlagValues`) after `--config` is resolved from the package. config_flags applies the
     `--config.*` overrides while parsing: an unknown field ends the program with one line naming it."""

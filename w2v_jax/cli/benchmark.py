@@ -4,7 +4,8 @@
     python -m experiments.benchmark --config=experiments/configs/finetune.py:tiny --vs_pytorch
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --timed_steps=5 --precision=bfloat16
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat_memory
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup_steps=2 --timed_steps=3 --profile=/tmp/prof
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup_steps=2 --timed_steps=3 \
+        --profile=/tmp/prof
 
 Prints one line per framework (median step time, audio-seconds per second, model FLOPs per step,
 achieved FLOP/s, MFU against a matmul peak measured in the same run, compile time, memory), then
@@ -55,8 +56,13 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         ),
         host_malloc=define_host_malloc_flag(fv),
     )
-    alias(fv, ("vs-pytorch", "vs_pytorch"), ("remat-memory", "remat_memory"), ("steps", "timed_steps"),
-          ("warmup", "warmup_steps"))
+    alias(
+        fv,
+        ("vs-pytorch", "vs_pytorch"),
+        ("remat-memory", "remat_memory"),
+        ("steps", "timed_steps"),
+        ("warmup", "warmup_steps"),
+    )
     return args
 
 

@@ -32,7 +32,9 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     del argv
     fv = flag_values
     args = SimpleNamespace(
-        manifest=flags.DEFINE_string("manifest", str(default_manifest("train")), "TSV manifest or folder.", flag_values=fv),
+        manifest=flags.DEFINE_string(
+            "manifest", str(default_manifest("train")), "TSV manifest or folder.", flag_values=fv
+        ),
         workers=flags.DEFINE_list("workers", ["0", "1", "2"], "Comma-separated worker counts.", flag_values=fv),
         batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances per batch.", flag_values=fv),
         timed_batches=flags.DEFINE_integer("timed_batches", 60, "Timed batches.", flag_values=fv),
@@ -46,9 +48,15 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "vs_train_step", [], "Comma-separated pretrain config variants to compare with.", flag_values=fv
         ),
     )
-    alias(fv, ("batch-size", "batch_size"), ("batches", "timed_batches"), ("warmup", "warmup_batches"),
-          ("max-sample-size", "max_sample_size"), ("min-sample-size", "min_sample_size"),
-          ("vs-train-step", "vs_train_step"))
+    alias(
+        fv,
+        ("batch-size", "batch_size"),
+        ("batches", "timed_batches"),
+        ("warmup", "warmup_batches"),
+        ("max-sample-size", "max_sample_size"),
+        ("min-sample-size", "min_sample_size"),
+        ("vs-train-step", "vs_train_step"),
+    )
     return args
 
 
@@ -59,21 +67,35 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     if args.vs_train_step.value:
         for variant in args.vs_train_step.value:
             lines = input_benchmark.loader_vs_train_step(
-                args.manifest.value, variant, pretrain.get_config(variant), workers,
-                batches=args.timed_batches.value, warmup=args.warmup_batches.value,
+                args.manifest.value,
+                variant,
+                pretrain.get_config(variant),
+                workers,
+                batches=args.timed_batches.value,
+                warmup=args.warmup_batches.value,
             )
             print("\n".join(lines), flush=True)
         return
-    print(f"manifest {args.manifest.value}, batch {args.batch_size.value}, {'pad' if args.pad.value else 'crop'} mode, "
-          f"crops {args.min_sample_size.value}-{args.max_sample_size.value} samples")
+    print(
+        f"manifest {args.manifest.value}, batch {args.batch_size.value}, {'pad' if args.pad.value else 'crop'} mode, "
+        f"crops {args.min_sample_size.value}-{args.max_sample_size.value} samples"
+    )
     for count in workers:
         result = input_benchmark.measure_loader(
-            args.manifest.value, num_workers=count, batch_size=args.batch_size.value,
-            batches=args.timed_batches.value, warmup=args.warmup_batches.value, pad=args.pad.value,
-            max_sample_size=args.max_sample_size.value, min_sample_size=args.min_sample_size.value,
+            args.manifest.value,
+            num_workers=count,
+            batch_size=args.batch_size.value,
+            batches=args.timed_batches.value,
+            warmup=args.warmup_batches.value,
+            pad=args.pad.value,
+            max_sample_size=args.max_sample_size.value,
+            min_sample_size=args.min_sample_size.value,
         )
-        print(f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
-              f"(first {args.warmup_batches.value} batches after {result['startup_s']:.1f} s)", flush=True)
+        print(
+            f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
+            f"(first {args.warmup_batches.value} batches after {result['startup_s']:.1f} s)",
+            flush=True,
+        )
 
 
 def run() -> None:

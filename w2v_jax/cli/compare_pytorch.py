@@ -28,7 +28,9 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     fv = flag_values
     args = SimpleNamespace(
         config=define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.", fv, argv),
-        num_steps=flags.DEFINE_integer("num_steps", 100, "Updates on each side (the schedules span them).", flag_values=fv),
+        num_steps=flags.DEFINE_integer(
+            "num_steps", 100, "Updates on each side (the schedules span them).", flag_values=fv
+        ),
         workdir=flags.DEFINE_string("workdir", None, "Output folder.", required=True, flag_values=fv),
         external=flags.DEFINE_multi_string(
             "external", [], "Curve files of other runs to overlay (CSV or JSONL).", flag_values=fv
@@ -45,7 +47,10 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     host_memory.configure(args.host_malloc.value)
     summary = compare.run_comparison(
-        args.config.value, args.num_steps.value, args.workdir.value, external=args.external.value,
+        args.config.value,
+        args.num_steps.value,
+        args.workdir.value,
+        external=args.external.value,
         window=args.window.value,
     )
     print(summary["line"])

@@ -31,12 +31,17 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     del argv
     return SimpleNamespace(
         allow_nonfinite=flags.DEFINE_bool(
-            "allow_nonfinite", False, "Convert weights holding NaN or infinity (refused by default).",
+            "allow_nonfinite",
+            False,
+            "Convert weights holding NaN or infinity (refused by default).",
             flag_values=flag_values,
         ),
         step=flags.DEFINE_integer(
-            "step", None, "jax-to-hf from a training workdir: its checkpoint step (default: the best model of a "
-            "fine-tuning run, else the newest checkpoint).", flag_values=flag_values,
+            "step",
+            None,
+            "jax-to-hf from a training workdir: its checkpoint step (default: the best model of a "
+            "fine-tuning run, else the newest checkpoint).",
+            flag_values=flag_values,
         ),
     )
 

@@ -51,7 +51,10 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "metadata", None, "metadata.jsonl with alignments (default: beside the manifest).", flag_values=fv
         ),
         features=flags.DEFINE_enum(
-            "features", "layers", probes.FEATURE_KINDS, "Which features are probed: every layer, or one set.",
+            "features",
+            "layers",
+            probes.FEATURE_KINDS,
+            "Which features are probed: every layer, or one set.",
             flag_values=fv,
         ),
         baselines=flags.DEFINE_bool(
@@ -62,7 +65,9 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "seed", 0, "Masks/distractors of the objective and the random-init weights.", flag_values=fv
         ),
         max_utterances=flags.DEFINE_integer(
-            "max_utterances", None, "Use the first N utterances of the objective's set and of each probe set.",
+            "max_utterances",
+            None,
+            "Use the first N utterances of the objective's set and of each probe set.",
             flag_values=fv,
         ),
         **define_probe_flags(fv),

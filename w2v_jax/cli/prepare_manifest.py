@@ -42,8 +42,12 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) != 2:
         raise app.UsageError(f"expected one audio folder, got {argv[1:]}")
     lines = prepare_manifests(
-        argv[1], args.out.value, valid_fraction=args.valid_fraction.value, seed=args.seed.value,
-        num_workers=args.workers.value, strict=args.strict.value,
+        argv[1],
+        args.out.value,
+        valid_fraction=args.valid_fraction.value,
+        seed=args.seed.value,
+        num_workers=args.workers.value,
+        strict=args.strict.value,
     )
     print("\n".join(lines))
 

@@ -22,7 +22,9 @@ from w2v_jax.training import host_memory, trainer
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
     """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
     return SimpleNamespace(
-        config=define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.", flag_values, argv),
+        config=define_config_flag(
+            "config", "pretrain.py:tiny", "Training config file, `path:variant`.", flag_values, argv
+        ),
         workdir=flags.DEFINE_string(
             "workdir", None, "Directory for checkpoints, metrics and plots.", required=True, flag_values=flag_values
         ),

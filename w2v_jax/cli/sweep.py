@@ -50,14 +50,18 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "valid_manifest", None, "Validation manifest (default: embedded corpus valid split).", flag_values=fv
         ),
         max_utterances=flags.DEFINE_integer(
-            "max_utterances", None, "Validate on the first N utterances; at most N in each phone probe set.",
+            "max_utterances",
+            None,
+            "Validate on the first N utterances; at most N in each phone probe set.",
             flag_values=fv,
         ),
         probe=flags.DEFINE_bool(
             "probe", True, "Run the phone probe of every layer on each point's final checkpoint.", flag_values=fv
         ),
         probe_train_manifest=flags.DEFINE_string(
-            "probe_train_manifest", None, "The phone probe's train split (default: embedded corpus train split).",
+            "probe_train_manifest",
+            None,
+            "The phone probe's train split (default: embedded corpus train split).",
             flag_values=fv,
         ),
         **define_probe_flags(fv),
@@ -87,8 +91,11 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         protocol = probes.HeldOutVoices(tuple(args.held_out_voices.value))
         probe_sets = protocol.split(train, valid, max_utterances=args.max_utterances.value)
     rows = sweep.collect_results(
-        config, args.workdir.value, [u.waveform for u in valid[: args.max_utterances.value]],
-        probe_sets=probe_sets, probe_steps=args.probe_steps.value,
+        config,
+        args.workdir.value,
+        [u.waveform for u in valid[: args.max_utterances.value]],
+        probe_sets=probe_sets,
+        probe_steps=args.probe_steps.value,
     )
     print(sweep.results_table(rows))
 

@@ -29,11 +29,16 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         checkpoint=flags.DEFINE_string(
             "checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True, flag_values=fv
         ),
-        step=flags.DEFINE_integer("step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv),
+        step=flags.DEFINE_integer(
+            "step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv
+        ),
         batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.", flag_values=fv),
         labels=flags.DEFINE_enum(
-            "labels", "ltr", sorted(SEPARATORS),
-            "The model's labels: ltr (letters joined) or phn (phones separated by spaces).", flag_values=fv,
+            "labels",
+            "ltr",
+            sorted(SEPARATORS),
+            "The model's labels: ltr (letters joined) or phn (phones separated by spaces).",
+            flag_values=fv,
         ),
     )
 
@@ -43,7 +48,10 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         raise app.UsageError("give audio files or manifests to transcribe")
     try:
         results = transcribe_files(
-            args.checkpoint.value, argv[1:], step=args.step.value, batch_size=args.batch_size.value,
+            args.checkpoint.value,
+            argv[1:],
+            step=args.step.value,
+            batch_size=args.batch_size.value,
             separator=SEPARATORS[args.labels.value],
         )
     except ValueError as error:

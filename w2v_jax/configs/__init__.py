@@ -62,7 +62,11 @@ def define_config_flag(
     resolved = resolve_argv(name, argv)
     try:
         return config_flags.DEFINE_config_file(
-            name, resolve_config_path(default), help_string, flag_values=flag_values, lock_config=True,
+            name,
+            resolve_config_path(default),
+            help_string,
+            flag_values=flag_values,
+            lock_config=True,
             sys_argv=resolved,
         )
     except (AttributeError, KeyError) as error:

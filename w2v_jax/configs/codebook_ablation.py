@@ -7,15 +7,15 @@ group, each point trained with two seeds.
     python -m experiments.sweep --config=experiments/configs/codebook_ablation.py:tiny --workdir=... \
         --config.train.num_steps=300 --config.grid.model.num_codevector_groups='(2,)'
 
-The config is the variant's pretrain config (default mini, the CPU research model) plus `grid`,
-which mirrors the config's structure with the values to try at its leaves; every field, the grid's
-included, can be overridden on the command line. The grid spans codebook sizes G x V from 4 (a
-collapsed codebook: many distractors share their target's codewords and drop out of the contrastive
-task, which raises its chance level) to 640 (far more codewords than the corpus has phones). `train.seed` is a grid
-axis too: each point is trained with every seed, and the results report the mean and min-max over
-seeds (`w2v_jax.research.sweep`). Every run trains 1000 updates, half of mini's default run, which
-is enough for every point to leave chance; the 16 runs and their phone probes fit a ~2 hour budget
-on a 2-core CPU machine (docs/research.md has the time and the result). codevector_dim must stay divisible by every G (tiny: 16; mini: 64; base: 256).
+The config is the variant's pretrain config (default mini, the CPU research model) plus `grid`, which mirrors the
+config's structure with the values to try at its leaves; every field, the grid's included, can be overridden on the
+command line. The grid spans codebook sizes G x V from 4 (a collapsed codebook: many distractors share their target's
+codewords and drop out of the contrastive task, which raises its chance level) to 640 (far more codewords than the
+corpus has phones). `train.seed` is a grid axis too: each point is trained with every seed, and the results report the
+mean and min-max over seeds (`w2v_jax.research.sweep`). Every run trains 1000 updates, half of mini's default run,
+which is enough for every point to leave chance; the 16 runs and their phone probes fit a ~2 hour budget on a 2-core
+CPU machine (docs/research.md has the time and the result). codevector_dim must stay divisible by every G (tiny: 16;
+mini: 64; base: 256).
 """
 
 import ml_collections

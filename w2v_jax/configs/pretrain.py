@@ -12,11 +12,11 @@ pipeline (an empty `train_manifest` means the corpus embedded in the package); `
 mesh and parameter sharding; `distributed.*` multi-host start-up (empty: single process or
 auto-detected on TPU pods / SLURM).
 
-tiny is the main command's demo and the tests' config: a 2-layer 32-dim model that trains on the
-embedded corpus in a few CPU minutes; mini is the CPU research model (docs/research.md). base and large follow fairseq's LibriSpeech / LV-60 recipes (update
-counts, peak learning rates, crops, Gumbel schedule); their batch sizes are per update, in
-utterances (fairseq counts samples: 1.4M samples per GPU x 64 GPUs for BASE, about 560 crops of
-250k samples, reached here with `train.grad_accum_steps`).
+tiny is the main command's demo and the tests' config: a 2-layer 32-dim model that trains on the embedded corpus in a
+few CPU minutes; mini is the CPU research model (docs/research.md). base and large follow fairseq's LibriSpeech /
+LV-60 recipes (update counts, peak learning rates, crops, Gumbel schedule); their batch sizes are per update, in
+utterances (fairseq counts samples: 1.4M samples per GPU x 64 GPUs for BASE, about 560 crops of 250k samples, reached
+here with `train.grad_accum_steps`).
 """
 
 from __future__ import annotations

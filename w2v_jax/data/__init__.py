@@ -20,7 +20,20 @@ def default_manifest(split: str = "train") -> Path:
 
 
 __all__ = [
-    "CORPUS_DIR", "SAMPLE_RATE", "AudioError", "BadInputError", "Manifest", "TooManySkippedFiles",
-    "TrainIterator", "bucket_lengths", "default_manifest", "load_audio", "load_manifest", "make_train_iterator",
-    "read_audio", "read_manifest", "scan_folder", "write_manifest",
+    "CORPUS_DIR",
+    "SAMPLE_RATE",
+    "AudioError",
+    "BadInputError",
+    "Manifest",
+    "TooManySkippedFiles",
+    "TrainIterator",
+    "bucket_lengths",
+    "default_manifest",
+    "load_audio",
+    "load_manifest",
+    "make_train_iterator",
+    "read_audio",
+    "read_manifest",
+    "scan_folder",
+    "write_manifest",
 ]

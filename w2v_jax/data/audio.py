@@ -28,8 +28,24 @@ NORMALIZE_EPS = 1e-7
 
 # Extensions scanned in folders. The ones libsndfile cannot open go through librosa's audioread path.
 AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64",
-     ".m4a", ".aac", ".wma", ".webm", ".mp4"}
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aiff",
+        ".aif",
+        ".au",
+        ".caf",
+        ".w64",
+        ".m4a",
+        ".aac",
+        ".wma",
+        ".webm",
+        ".mp4",
+    }
 )
 _LIBROSA_ONLY_EXTENSIONS = frozenset({".m4a", ".aac", ".wma", ".webm", ".mp4"})
 
@@ -113,7 +129,8 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     if mono.shape[0] < RECEPTIVE_FIELD:
         raise AudioError(
-            skips.SHORTER_THAN_RECEPTIVE_FIELD, path,
+            skips.SHORTER_THAN_RECEPTIVE_FIELD,
+            path,
             f"{mono.shape[0]} samples at 16 kHz < the encoder's {RECEPTIVE_FIELD}-sample receptive field",
         )
     return DecodedAudio(np.ascontiguousarray(mono), rate, channels)

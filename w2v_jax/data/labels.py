@@ -95,15 +95,18 @@ def read_label_tokens(manifest_path: str | os.PathLike, kind: LabelKind, num_row
         lines = read_label_lines(manifest_path, "ltr", num_rows)
         return [words_to_letters(letters_to_words(line.split())) for line in lines]
     if not label_path(manifest_path, "wrd").is_file():
-        raise ValueError(f"{manifest_path}: neither {label_path(manifest_path, 'ltr')} nor "
-                         f"{label_path(manifest_path, 'wrd')} found")
+        raise ValueError(
+            f"{manifest_path}: neither {label_path(manifest_path, 'ltr')} nor {label_path(manifest_path, 'wrd')} found"
+        )
     return [words_to_letters(line) for line in read_label_lines(manifest_path, "wrd", num_rows)]
 
 
 def _read_manifest_file(manifest_path: str | os.PathLike) -> Manifest:
     if not Path(manifest_path).is_file():
-        raise ValueError(f"{manifest_path}: labels need a manifest file (X.tsv beside X.wrd/.ltr/.phn), "
-                         "not a folder or a missing path")
+        raise ValueError(
+            f"{manifest_path}: labels need a manifest file (X.tsv beside X.wrd/.ltr/.phn), "
+            "not a folder or a missing path"
+        )
     return read_manifest(manifest_path)
 
 
@@ -124,8 +127,15 @@ class LabelSet:
       manifest: the parsed manifest, when the caller has it already.
     """
 
-    def __init__(self, manifest_path: str | os.PathLike, kind: LabelKind, vocabulary: Vocabulary,
-                 num_frames: Callable[[np.ndarray], np.ndarray], *, manifest: Manifest | None = None):
+    def __init__(
+        self,
+        manifest_path: str | os.PathLike,
+        kind: LabelKind,
+        vocabulary: Vocabulary,
+        num_frames: Callable[[np.ndarray], np.ndarray],
+        *,
+        manifest: Manifest | None = None,
+    ):
         manifest = manifest if manifest is not None else _read_manifest_file(manifest_path)
         self.kind = kind
         self.vocabulary = vocabulary
@@ -141,11 +151,19 @@ class LabelSet:
             if not len(ids):
                 self._skip(manifest, index, EMPTY_TRANSCRIPT, "no labels after normalisation")
             elif _frames_needed(ids) > frames[index]:
-                self._skip(manifest, index, LONGER_THAN_FRAMES,
-                           f"{_frames_needed(ids)} frames needed, the audio gives {int(frames[index])}")
+                self._skip(
+                    manifest,
+                    index,
+                    LONGER_THAN_FRAMES,
+                    f"{_frames_needed(ids)} frames needed, the audio gives {int(frames[index])}",
+                )
         if self.unknown_symbols:
-            logger.warning("%s: %d label symbols outside the vocabulary mapped to <unk>: %s", manifest_path,
-                           sum(self.unknown_symbols.values()), dict(self.unknown_symbols.most_common(20)))
+            logger.warning(
+                "%s: %d label symbols outside the vocabulary mapped to <unk>: %s",
+                manifest_path,
+                sum(self.unknown_symbols.values()),
+                dict(self.unknown_symbols.most_common(20)),
+            )
 
     def _skip(self, manifest: Manifest, index: int, reason: str, detail: str) -> None:
         self._skips[index] = reason
@@ -180,8 +198,10 @@ class LabelSet:
     def summary(self) -> str:
         """One line for the log: rows usable, skipped per reason, symbols mapped to `<unk>`."""
         skipped = ", ".join(f"{reason}: {n}" for reason, n in self.skip_counts().items() if n) or "none"
-        return (f"{self.kind} labels: {len(self) - len(self._skips)} of {len(self)} rows usable; skipped "
-                f"({skipped}); {self.num_unknown()} symbols mapped to <unk>")
+        return (
+            f"{self.kind} labels: {len(self) - len(self._skips)} of {len(self)} rows usable; skipped "
+            f"({skipped}); {self.num_unknown()} symbols mapped to <unk>"
+        )
 
 
 def pad_labels(ids: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
@@ -220,8 +240,9 @@ def write_corpus_labels(corpus_dir: str | os.PathLike, splits: Sequence[str] = (
         manifest = read_manifest(manifest_path)
         missing = [p for p in manifest.paths if p not in by_path]
         if missing:
-            raise ValueError(f"{manifest_path}: {len(missing)} rows not in {corpus_dir / 'metadata.jsonl'}, "
-                             f"e.g. {missing[0]}")
+            raise ValueError(
+                f"{manifest_path}: {len(missing)} rows not in {corpus_dir / 'metadata.jsonl'}, e.g. {missing[0]}"
+            )
         rows = [by_path[p] for p in manifest.paths]
         contents = {
             "wrd": [" ".join(row["text"].split()) for row in rows],

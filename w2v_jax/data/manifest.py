@@ -125,8 +125,9 @@ def _check_links_inside_root(root: Path, paths: Sequence[str], manifest: Path) -
             )
 
 
-def write_manifest(path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str],
-                   num_samples: Sequence[int]) -> None:
+def write_manifest(
+    path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str], num_samples: Sequence[int]
+) -> None:
     """Writes a TSV manifest; ``root`` is written as given (``.`` keeps the manifest relocatable)."""
     lines = [str(root)] + [f"{p}\t{int(n)}" for p, n in zip(paths, num_samples, strict=True)]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -186,8 +187,15 @@ def scan_folder(folder: str | os.PathLike, *, num_workers: int = 8, progress: bo
 
     # libsndfile and the decoders release the GIL, so threads probe files in parallel.
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        results = list(tqdm(pool.map(probe, paths), total=len(paths), desc=f"scanning {folder.name}",
-                            unit="file", disable=not progress))
+        results = list(
+            tqdm(
+                pool.map(probe, paths),
+                total=len(paths),
+                desc=f"scanning {folder.name}",
+                unit="file",
+                disable=not progress,
+            )
+        )
     lengths = np.zeros(len(paths), np.int64)
     known_bad = {}
     for index, result in enumerate(results):
@@ -198,8 +206,9 @@ def scan_folder(folder: str | os.PathLike, *, num_workers: int = 8, progress: bo
     return Manifest(folder, tuple(paths), lengths, str(folder), known_bad)
 
 
-def load_manifest(manifest_or_folder: str | os.PathLike, *, allow_outside_root: bool = False,
-                  num_workers: int = 8) -> Manifest:
+def load_manifest(
+    manifest_or_folder: str | os.PathLike, *, allow_outside_root: bool = False, num_workers: int = 8
+) -> Manifest:
     """A TSV manifest file, or a folder to scan."""
     source = Path(manifest_or_folder)
     if source.is_dir():

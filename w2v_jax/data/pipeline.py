@@ -104,8 +104,7 @@ def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int,
     return np.unique(lengths)
 
 
-def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool,
-                   max_sample_size: int) -> np.ndarray:
+def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool, max_sample_size: int) -> np.ndarray:
     """Bucket index per utterance, int64 [num_files]; -1 where none fits (shorter than buckets[0]).
 
     Crop mode: the largest bucket length <= the length (the crop target). Pad mode: the smallest
@@ -167,8 +166,15 @@ class _BatchDataset(grain.MapDataset):
     downmixed) tuple per file read, so the main process can count and log what the workers saw.
     """
 
-    def __init__(self, manifest: Manifest, planner: EpochPlanner, buckets: np.ndarray,
-                 config: PipelineConfig, start: int, labels: LabelSet | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        planner: EpochPlanner,
+        buckets: np.ndarray,
+        config: PipelineConfig,
+        start: int,
+        labels: LabelSet | None = None,
+    ):
         super().__init__()
         self._labels = labels
         self._manifest = manifest
@@ -200,8 +206,7 @@ class _BatchDataset(grain.MapDataset):
         detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
         expected = int(self._manifest.num_samples[index])
         if decoded.samples.shape[0] != expected:
-            mismatch = (f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} "
-                        "at 16 kHz")
+            mismatch = f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz"
             return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
         return decoded.samples, (index, "", detail, *conversions)
 
@@ -259,8 +264,16 @@ class TrainIterator:
     close() stops the workers (also done at garbage collection and interpreter exit).
     """
 
-    def __init__(self, manifest: Manifest, config: PipelineConfig, *, num_workers: int,
-                 strict: bool, max_skip_fraction: float, labels: LabelSet | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: PipelineConfig,
+        *,
+        num_workers: int,
+        strict: bool,
+        max_skip_fraction: float,
+        labels: LabelSet | None = None,
+    ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if (labels is not None) != (config.label_length > 0):
@@ -271,10 +284,13 @@ class TrainIterator:
         self.manifest = manifest
         self.config = config
         self.num_workers = num_workers
-        self.buckets = bucket_lengths(config.min_sample_size, config.max_sample_size, config.num_buckets,
-                                      pad=config.pad)
+        self.buckets = bucket_lengths(
+            config.min_sample_size, config.max_sample_size, config.num_buckets, pad=config.pad
+        )
         self._tracker = skips.SkipTracker(
-            len(manifest), lambda i: str(manifest.file_path(i)), strict=strict,
+            len(manifest),
+            lambda i: str(manifest.file_path(i)),
+            strict=strict,
             max_skip_fraction=max_skip_fraction,
         )
         self._fingerprint = manifest.fingerprint()
@@ -294,10 +310,16 @@ class TrainIterator:
             usable[index] = False
         too_short = [
             (lengths == 0, skips.EMPTY, "the manifest length is 0"),
-            ((lengths > 0) & (lengths < audio.RECEPTIVE_FIELD), skips.SHORTER_THAN_RECEPTIVE_FIELD,
-             f"the manifest length is < {audio.RECEPTIVE_FIELD} samples"),
-            ((lengths >= audio.RECEPTIVE_FIELD) & (lengths < config.min_sample_size),
-             skips.SHORTER_THAN_MIN_SAMPLE_SIZE, f"the manifest length is < min_sample_size={config.min_sample_size}"),
+            (
+                (lengths > 0) & (lengths < audio.RECEPTIVE_FIELD),
+                skips.SHORTER_THAN_RECEPTIVE_FIELD,
+                f"the manifest length is < {audio.RECEPTIVE_FIELD} samples",
+            ),
+            (
+                (lengths >= audio.RECEPTIVE_FIELD) & (lengths < config.min_sample_size),
+                skips.SHORTER_THAN_MIN_SAMPLE_SIZE,
+                f"the manifest length is < min_sample_size={config.min_sample_size}",
+            ),
         ]
         for selected, reason, detail in too_short:
             for index in np.flatnonzero(selected & usable):
@@ -306,8 +328,12 @@ class TrainIterator:
         if self.labels is not None:
             too_long = usable & (lengths > config.max_sample_size)
             for index in np.flatnonzero(too_long):
-                logger.warning("skipping %s: %s (%d samples; labelled audio is never cropped)",
-                               self.manifest.file_path(int(index)), LONGER_THAN_MAX_SAMPLE_SIZE, lengths[index])
+                logger.warning(
+                    "skipping %s: %s (%d samples; labelled audio is never cropped)",
+                    self.manifest.file_path(int(index)),
+                    LONGER_THAN_MAX_SAMPLE_SIZE,
+                    lengths[index],
+                )
             self._num_too_long = int(too_long.sum())
             usable &= ~too_long
             label_usable = np.zeros(len(lengths), bool)
@@ -325,10 +351,20 @@ class TrainIterator:
             )
         unused = sum(len(m) for m in members if len(m) < global_batch)
         if unused:
-            logger.warning("%d utterances sit in buckets with fewer than %d (one global batch) and are never "
-                           "used; lower num_buckets to use them", unused, global_batch)
-        logger.info("%s: %d usable utterances, %d batches of %d per epoch, lengths %s", self.manifest.source,
-                    int(usable.sum()), batches, global_batch, self.buckets.tolist())
+            logger.warning(
+                "%d utterances sit in buckets with fewer than %d (one global batch) and are never "
+                "used; lower num_buckets to use them",
+                unused,
+                global_batch,
+            )
+        logger.info(
+            "%s: %d usable utterances, %d batches of %d per epoch, lengths %s",
+            self.manifest.source,
+            int(usable.sum()),
+            batches,
+            global_batch,
+            self.buckets.tolist(),
+        )
         return members
 
     @property
@@ -354,8 +390,9 @@ class TrainIterator:
 
     def _grain_iterator(self):
         if self._grain["iterator"] is None:
-            dataset = _BatchDataset(self.manifest, self._planner, self.buckets, self.config, self._next_batch,
-                                    self.labels)
+            dataset = _BatchDataset(
+                self.manifest, self._planner, self.buckets, self.config, self._next_batch, self.labels
+            )
             # Elements are whole batches: a short buffer is enough, and a long one costs memory.
             dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
             if self.num_workers > 0:
@@ -376,8 +413,7 @@ class TrainIterator:
         element = next(self._grain_iterator())
         self._next_batch += 1
         for index, reason, detail, resampled, downmixed in element["report"]:
-            self._tracker.record(index, reason=reason or None, detail=detail, resampled=resampled,
-                                 downmixed=downmixed)
+            self._tracker.record(index, reason=reason or None, detail=detail, resampled=resampled, downmixed=downmixed)
         # Workers hand arrays over in shared memory; plain copies let grain free each segment now
         # rather than whenever (or, at interpreter exit, after) the caller drops the batch.
         return {key: np.array(value) for key, value in element.items() if key != "report"}
@@ -472,12 +508,20 @@ def make_train_iterator(
     labels: a ``LabelSet`` of the same manifest: batches gain ``labels`` (module docstring); needs pad.
     """
     config = PipelineConfig(
-        batch_size=batch_size, seed=seed, max_sample_size=max_sample_size, min_sample_size=min_sample_size,
-        pad=pad, normalize=normalize, num_buckets=num_buckets, shard_index=shard_index,
-        shard_count=shard_count, num_epochs=num_epochs,
+        batch_size=batch_size,
+        seed=seed,
+        max_sample_size=max_sample_size,
+        min_sample_size=min_sample_size,
+        pad=pad,
+        normalize=normalize,
+        num_buckets=num_buckets,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        num_epochs=num_epochs,
         label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, allow_outside_root=allow_outside_root)
-    return TrainIterator(manifest, config, num_workers=num_workers, strict=strict,
-                         max_skip_fraction=max_skip_fraction, labels=labels)
+    return TrainIterator(
+        manifest, config, num_workers=num_workers, strict=strict, max_skip_fraction=max_skip_fraction, labels=labels
+    )

@@ -27,7 +27,12 @@ SHORTER_THAN_MIN_SAMPLE_SIZE = "shorter_than_min_sample_size"  # the configured 
 
 # Order fixes the status codes stored in checkpoints: append only.
 SKIP_REASONS = (
-    MISSING, UNREADABLE, EMPTY, NON_FINITE, SHORTER_THAN_RECEPTIVE_FIELD, LENGTH_MISMATCH,
+    MISSING,
+    UNREADABLE,
+    EMPTY,
+    NON_FINITE,
+    SHORTER_THAN_RECEPTIVE_FIELD,
+    LENGTH_MISMATCH,
     SHORTER_THAN_MIN_SAMPLE_SIZE,
 )
 # Dropping utterances below min_sample_size is a choice of the run, not broken data: it is logged and
@@ -68,8 +73,7 @@ class SkipTracker:
     raises TooManySkippedFiles.
     """
 
-    def __init__(self, num_files: int, describe: Callable[[int], str], *, strict: bool,
-                 max_skip_fraction: float):
+    def __init__(self, num_files: int, describe: Callable[[int], str], *, strict: bool, max_skip_fraction: float):
         if not 0.0 <= max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
         self._status = np.zeros(num_files, np.uint8)
@@ -77,8 +81,15 @@ class SkipTracker:
         self._strict = strict
         self._max_skip_fraction = max_skip_fraction
 
-    def record(self, index: int, *, reason: str | None = None, detail: str = "",
-               resampled: bool = False, downmixed: bool = False) -> None:
+    def record(
+        self,
+        index: int,
+        *,
+        reason: str | None = None,
+        detail: str = "",
+        resampled: bool = False,
+        downmixed: bool = False,
+    ) -> None:
         """Records the outcome of reading file ``index``; logs and checks limits on first sight."""
         old = int(self._status[index])
         new = old | _SEEN | (_RESAMPLED if resampled else 0) | (_DOWNMIXED if downmixed else 0)
@@ -137,8 +148,10 @@ class SkipTracker:
         converted = {r: n for r, n in self.conversion_counts().items() if n}
         skipped_text = ", ".join(f"{r}: {n}" for r, n in skipped.items()) or "none"
         converted_text = ", ".join(f"{r}: {n}" for r, n in converted.items()) or "none"
-        return (f"input files: {seen} of {len(self._status)} seen; skipped {sum(skipped.values())} "
-                f"({skipped_text}); converted ({converted_text})")
+        return (
+            f"input files: {seen} of {len(self._status)} seen; skipped {sum(skipped.values())} "
+            f"({skipped_text}); converted ({converted_text})"
+        )
 
     def state(self) -> str:
         """JSON-friendly encoding of the per-file status (zlib + base64; tiny for clean corpora)."""
@@ -147,7 +160,5 @@ class SkipTracker:
     def set_state(self, encoded: str) -> None:
         status = np.frombuffer(zlib.decompress(base64.b64decode(encoded)), np.uint8)
         if status.shape != self._status.shape:
-            raise ValueError(
-                f"skip state covers {status.shape[0]} files, the manifest has {self._status.shape[0]}"
-            )
+            raise ValueError(f"skip state covers {status.shape[0]} files, the manifest has {self._status.shape[0]}")
         self._status = status.copy()

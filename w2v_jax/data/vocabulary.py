@@ -71,8 +71,9 @@ class Vocabulary:
             raise ValueError(f"{path}: no such vocabulary file")
         mapping = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
-            raise ValueError(f"{path}: expected a flat JSON object token -> integer id (per-language "
-                             "vocabularies are not supported)")
+            raise ValueError(
+                f"{path}: expected a flat JSON object token -> integer id (per-language vocabularies are not supported)"
+            )
         if sorted(mapping.values()) != list(range(len(mapping))):
             raise ValueError(f"{path}: ids must be 0..{len(mapping) - 1}, each once")
         return cls(tuple(sorted(mapping, key=mapping.__getitem__)), **special_tokens)

@@ -24,13 +24,12 @@ from the vocabulary at `LETTERS_PER_SECOND`.
 Both run the same work per step: the config's LayerDrop is set to 0 (a random number of skipped
 layers would make step times random); dropouts stay as configured on both sides.
 
-Reported per framework: median step time, audio-seconds per second, model FLOPs per step (XLA's
-cost analysis of our compiled step; the same count is used for the reference, which runs the
-same model; with remat it includes the recomputation), achieved FLOP/s and its fraction of a
-matmul peak measured in the same run on the same device (model FLOPs utilisation), compile time, and peak memory (GPU: the device allocator's
-peak; CPU: XLA's memory analysis of the compiled step and the process's peak resident memory
-during the timed steps). Throughputs are only comparable within one run: the benchmark machine
-may be shared.
+Reported per framework: median step time, audio-seconds per second, model FLOPs per step (XLA's cost analysis of our
+compiled step; the same count is used for the reference, which runs the same model; with remat it includes the
+recomputation), achieved FLOP/s and its fraction of a matmul peak measured in the same run on the same device (model
+FLOPs utilisation), compile time, and peak memory (GPU: the device allocator's peak; CPU: XLA's memory analysis of the
+compiled step and the process's peak resident memory during the timed steps). Throughputs are only comparable within
+one run: the benchmark machine may be shared.
 """
 
 from __future__ import annotations
@@ -414,8 +413,10 @@ class TorchRunner:
             attention="sdpa",
             autocast_dtype=torch.bfloat16 if settings.precision == "bfloat16" else None,
         )
-        self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v).to(self.device)
-                      for k, v in make_batch(task, settings).items()}
+        self.batch = {
+            k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v).to(self.device)
+            for k, v in make_batch(task, settings).items()
+        }
         model_config, rows, frames = task.model_config, settings.batch_size, task.num_frames(settings.num_samples)
         key = jax.random.key(settings.seed)
         # Drawn before any timing (with JAX on the host), so a timed step is PyTorch work only.
@@ -429,16 +430,20 @@ class TorchRunner:
                 )
                 if time_mask is not None:
                     time_mask = torch.from_numpy(np.array(time_mask)).to(self.device)
-                self.inputs.append({
-                    "mask_time_indices": time_mask,
-                    "feature_mask": None if feature_mask is None else np.array(feature_mask),
-                })
+                self.inputs.append(
+                    {
+                        "mask_time_indices": time_mask,
+                        "feature_mask": None if feature_mask is None else np.array(feature_mask),
+                    }
+                )
             else:
                 mask, negatives = step_masks(model_config, key, step, rows, frames)
-                self.inputs.append({
-                    "mask_time_indices": torch.from_numpy(mask.copy()).to(self.device),
-                    "flat_negatives": torch.from_numpy(flat_negative_indices(negatives)).to(self.device),
-                })
+                self.inputs.append(
+                    {
+                        "mask_time_indices": torch.from_numpy(mask.copy()).to(self.device),
+                        "flat_negatives": torch.from_numpy(flat_negative_indices(negatives)).to(self.device),
+                    }
+                )
         self.updates: list[Any] = []
 
     def step(self) -> None:
@@ -455,7 +460,7 @@ class TorchRunner:
         self.updates.append(update)
 
     def values(self, name: str) -> list[float]:
-        """"num_masked" (pretraining) or "loss" (per masked frame or per utterance, as our step's) of every step."""
+        """ "num_masked" (pretraining) or "loss" (per masked frame or per utterance, as our step's) of every step."""
         if name == "num_masked" and not self.trainer.is_ctc:
             return [u.normalizer for u in self.updates]
         if name == "loss":

@@ -148,10 +148,14 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
       path: the PNG to write.
     """
     panels = [
-        ("phone probe accuracy (unseen voices)", [("probe_best_unseen_voice", "-", "best layer"),
-                                                  ("probe_last_unseen_voice", "--", "last layer")]),
-        ("validation accuracy (x, dotted: chance)",
-         [("valid_accuracy", "-", None), ("valid_chance_accuracy", ":", None)]),
+        (
+            "phone probe accuracy (unseen voices)",
+            [("probe_best_unseen_voice", "-", "best layer"), ("probe_last_unseen_voice", "--", "last layer")],
+        ),
+        (
+            "validation accuracy (x, dotted: chance)",
+            [("valid_accuracy", "-", None), ("valid_chance_accuracy", ":", None)],
+        ),
         ("validation accuracy - chance", [("valid_accuracy_above_chance", "-", None)]),
         ("validation loss per masked frame", [("valid_loss", "-", None)]),
         ("code perplexity (validation)", [("valid_code_perplexity", "-", None)]),
@@ -174,8 +178,14 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
                 mean = np.asarray([p[name].mean for p in members])
                 bars = [mean - [p[name].min for p in members], [p[name].max for p in members] - mean]
                 ax.errorbar(
-                    x, mean, yerr=bars, fmt=style, marker={"-": "o", "--": "s", ":": "x"}[style], markersize=4,
-                    capsize=3, color=color,
+                    x,
+                    mean,
+                    yerr=bars,
+                    fmt=style,
+                    marker={"-": "o", "--": "s", ":": "x"}[style],
+                    markersize=4,
+                    capsize=3,
+                    color=color,
                     label=label if kind is None else f"{label}, {kind}",
                 )
         ax.set_xscale("log", base=2)
@@ -184,7 +194,7 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
         ax.grid(alpha=0.3)
         if lines[0][2] is not None or ax is axes.flat[0]:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle("mean over seeds, bars: min to max", fontsize=10)
     fig.tight_layout()
@@ -192,9 +202,7 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
     plt.close(fig)
 
 
-def plot_sweep_curves(
-    runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike
-) -> None:
+def plot_sweep_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike) -> None:
     """Every run's training curves overlaid: one colour per point (its seeds share it).
 
     Panels: training loss, training accuracy with its real chance level (dotted, where the records
@@ -205,8 +213,11 @@ def plot_sweep_curves(
       runs: (point label, the run's `metrics.jsonl` records) per run.
       path: the PNG to write.
     """
-    panels = [("loss", "training loss per masked frame"), ("accuracy", "contrastive accuracy"),
-              ("code_perplexity", "code perplexity (training)")]
+    panels = [
+        ("loss", "training loss per masked frame"),
+        ("accuracy", "contrastive accuracy"),
+        ("code_perplexity", "code perplexity (training)"),
+    ]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_of = {label: colors[i % len(colors)] for i, label in enumerate(dict.fromkeys(label for label, _ in runs))}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
@@ -226,8 +237,17 @@ def plot_sweep_curves(
                 legend = label if key == name and label not in labelled and ax is axes[0][0] else None
                 if legend:
                     labelled.add(label)
-                ax.plot(steps, values, linestyle=style, marker=marker, markersize=3, color=color, alpha=alpha,
-                        linewidth=1.0, label=legend)
+                ax.plot(
+                    steps,
+                    values,
+                    linestyle=style,
+                    marker=marker,
+                    markersize=3,
+                    color=color,
+                    alpha=alpha,
+                    linewidth=1.0,
+                    label=legend,
+                )
     for ax, (_, title) in zip(axes[0], panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -322,8 +342,13 @@ def ctc_alignment_figure(
     top.plot(np.arange(len(waveform)) / sample_rate, waveform, linewidth=0.4, color="0.35")
     peak = float(np.max(np.abs(waveform))) or 1.0
     for frame in emitting:
-        top.axvspan(centres[frame] - hop / sample_rate / 2, centres[frame] + hop / sample_rate / 2,
-                    color="tab:orange", alpha=0.25, linewidth=0)
+        top.axvspan(
+            centres[frame] - hop / sample_rate / 2,
+            centres[frame] + hop / sample_rate / 2,
+            color="tab:orange",
+            alpha=0.25,
+            linewidth=0,
+        )
         top.text(centres[frame], 1.05 * peak, tokens[ids[frame]], ha="center", va="bottom", fontsize=9)
     top.set_ylim(-1.2 * peak, 1.3 * peak)
     top.set_title(f"{title}: {len(emitting)} of {len(ids)} frames emit a symbol, the others the blank", fontsize=10)

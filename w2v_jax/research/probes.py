@@ -81,8 +81,8 @@ def representations(model: Wav2Vec2ForPreTraining, waveform: np.ndarray) -> dict
     """What the model makes of one utterance, evaluation mode, nothing masked.
 
     Returns:
-      {"z": `[frames, conv_dim]` feature-encoder latents (layer-normalised, `extract_features`), "q": `[frames, proj_dim]` quantized
-      targets in the contrastive space, "c": `[frames, proj_dim]` context predictions in the same
+      {"z": `[frames, conv_dim]` feature-encoder latents (layer-normalised, `extract_features`), "q": `[frames,
+      proj_dim]` quantized targets in the contrastive space, "c": `[frames, proj_dim]` context predictions in the same
       space, "codes": `[frames, G]` chosen codewords}.
     """
     x = np.asarray(waveform, np.float32)[None]
@@ -618,8 +618,16 @@ def evaluate_pretrained_checkpoint(
     train = load_utterances(probe_train_manifest or default_manifest("train"), records)
     valid = load_utterances(manifest or default_manifest("valid"), records)
     metrics, report = evaluate(
-        model, train, valid, name=pathlib.Path(checkpoint).name, kind=kind, baselines=baselines, seed=seed,
-        probe_steps=probe_steps, protocol=HeldOutVoices(tuple(held_out_voices)), max_utterances=max_utterances,
+        model,
+        train,
+        valid,
+        name=pathlib.Path(checkpoint).name,
+        kind=kind,
+        baselines=baselines,
+        seed=seed,
+        probe_steps=probe_steps,
+        protocol=HeldOutVoices(tuple(held_out_voices)),
+        max_utterances=max_utterances,
     )
     table = report.table()
     record = {

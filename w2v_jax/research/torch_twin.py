@@ -219,9 +219,7 @@ class ReferenceOptimizer:
     AdamW decays every leaf), so a missing gradient counts as zero.
     """
 
-    def __init__(
-        self, parameters: Sequence[torch.nn.Parameter], settings: OptimizerSettings, learning_rate: Any
-    ):
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], settings: OptimizerSettings, learning_rate: Any):
         """`learning_rate`: the schedule `step -> lr` (`StepHyperparams.learning_rate`)."""
         self.parameters = list(parameters)
         self.settings = settings
@@ -281,7 +279,8 @@ class ReferenceTrainer:
     `asr.objective.CTCObjective`); both end in the same backward pass and optimizer update.
 
     Example:
-      >>> trainer = ReferenceTrainer(config, params, OptimizerSettings(), StepHyperparams(schedule, PretrainingObjective()))
+      >>> hparams = StepHyperparams(schedule, PretrainingObjective())
+      >>> trainer = ReferenceTrainer(config, params, OptimizerSettings(), hparams)
       >>> metrics = trainer.step(batch, mask, negatives, gumbel_noise)
       >>> ctc = ReferenceTrainer(config, params, settings, StepHyperparams(schedule, objective=CTCObjective()))
       >>> metrics = ctc.step_ctc(batch, time_mask, feature_mask)      # batch with "labels"
@@ -299,16 +298,16 @@ class ReferenceTrainer:
         autocast_dtype: torch.dtype | None = None,
     ):
         """Args:
-          config: the model config (`check_comparable` it for a step-by-step comparison).
-          params: our initial parameters (`nnx.state(model, nnx.Param)` or the train state's) of
-            the objective's model: `Wav2Vec2ForCTC` for a `CTCObjective`, else `Wav2Vec2ForPreTraining`.
-          optimizer, hparams: our recipe (`OptimizerSettings.from_train_config`,
-            `pretraining.pretraining_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
-            accumulation is not reproduced.
-          device: where the model runs.
-          attention: transformers' attention implementation ("eager": no fused-kernel
-            reordering, for comparisons; "sdpa": PyTorch's fused attention, for timing).
-          autocast_dtype: run the forward pass under `torch.autocast` in this dtype (None: float32).
+        config: the model config (`check_comparable` it for a step-by-step comparison).
+        params: our initial parameters (`nnx.state(model, nnx.Param)` or the train state's) of
+          the objective's model: `Wav2Vec2ForCTC` for a `CTCObjective`, else `Wav2Vec2ForPreTraining`.
+        optimizer, hparams: our recipe (`OptimizerSettings.from_train_config`,
+          `pretraining.pretraining_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
+          accumulation is not reproduced.
+        device: where the model runs.
+        attention: transformers' attention implementation ("eager": no fused-kernel
+          reordering, for comparisons; "sdpa": PyTorch's fused attention, for timing).
+        autocast_dtype: run the forward pass under `torch.autocast` in this dtype (None: float32).
         """
         self.config = config
         self.hparams = hparams

@@ -37,6 +37,7 @@ def _objective(module: Wav2Vec2ForPreTraining, x: jax.Array, mask: jax.Array, ne
     sums, num = pretraining_sums(out)
     return sums | num, counts
 
+
 # One compile per batch shape for the mask sampler's many small ops.
 _masks_and_negatives = jax.jit(masks_and_negatives, static_argnums=(2, 3, 4))
 
@@ -92,7 +93,10 @@ def validation_metrics(
     for batch_index, (chunk, x) in enumerate(equal_length_batches(waveforms, batch_size)):
         batch_key = jax.random.fold_in(key, batch_index)
         mask, negatives = _masks_and_negatives(
-            jax.random.fold_in(batch_key, 0), jax.random.fold_in(batch_key, 1), config, batch_size,
+            jax.random.fold_in(batch_key, 0),
+            jax.random.fold_in(batch_key, 1),
+            config,
+            batch_size,
             int(model.num_frames(x.shape[1])),
         )
         mask = np.array(mask)

@@ -288,10 +288,13 @@ class Checkpointer:
             items = json.loads((path / "_CHECKPOINT_METADATA").read_text(encoding="utf-8"))["item_handlers"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CorruptCheckpointError(
-                f"checkpoint {path} is corrupt or incomplete: its metadata is missing or unreadable ({_first_line(error)})"
+                f"checkpoint {path} is corrupt or incomplete: its metadata is missing or unreadable "
+                f"({_first_line(error)})"
             ) from None
         if INTEGRITY_ITEM in items:
-            raise CorruptCheckpointError(f"checkpoint {path} is corrupt or incomplete: its {INTEGRITY_ITEM} item is missing")
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupt or incomplete: its {INTEGRITY_ITEM} item is missing"
+            )
         return False
 
     def restore_newest_intact(
@@ -321,12 +324,18 @@ class Checkpointer:
                 error = None
             except CorruptCheckpointError as e:
                 error = e
-            errors = multihost_utils.process_allgather(np.int32(error is not None)) if jax.process_count() > 1 else [error is not None]
+            errors = (
+                multihost_utils.process_allgather(np.int32(error is not None))
+                if jax.process_count() > 1
+                else [error is not None]
+            )
             if not any(np.asarray(errors).reshape(-1)):
                 if failures:
                     logger.warning("falling back to checkpoint %d, the newest intact one in %s", step, self.directory)
                 return step, state, host
-            message = str(error) if error is not None else f"checkpoint {self.step_path(step)} is corrupt on another process"
+            message = (
+                str(error) if error is not None else f"checkpoint {self.step_path(step)} is corrupt on another process"
+            )
             failures.append(message)
             logger.error("%s", message)
             if move_aside and not self.read_only:

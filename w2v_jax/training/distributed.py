@@ -74,9 +74,7 @@ def initialize(
             local_device_ids=local_device_ids,
         )
     elif num_processes > 1 or process_id >= 0:
-        raise ValueError(
-            "distributed.num_processes / process_id given without distributed.coordinator_address"
-        )
+        raise ValueError("distributed.num_processes / process_id given without distributed.coordinator_address")
     elif _auto_detected():
         jax.distributed.initialize(local_device_ids=local_device_ids)
     else:

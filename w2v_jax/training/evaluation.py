@@ -122,14 +122,23 @@ def validation_batches(
 
 
 # The sums the pretraining objective adds up over batches (float32), and the counts (int32).
-PRETRAINING_SUMS = ("loss", "contrastive_loss", "diversity_loss", "feature_penalty", "code_perplexity", "chance_correct")
+PRETRAINING_SUMS = (
+    "loss",
+    "contrastive_loss",
+    "diversity_loss",
+    "feature_penalty",
+    "code_perplexity",
+    "chance_correct",
+)
 PRETRAINING_COUNTS = ("num_correct", "num_masked")
 
 
 def pretraining_sums(out: Wav2Vec2PreTrainingOutput) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """One batch's pretraining terms: float32 sums over its masked frames (`code_perplexity`: the
     batch's perplexity) and int32 counts, by the names of `PRETRAINING_SUMS` and `PRETRAINING_COUNTS`."""
-    sums = {name: getattr(out, "codevector_perplexity" if name == "code_perplexity" else name) for name in PRETRAINING_SUMS}
+    sums = {
+        name: getattr(out, "codevector_perplexity" if name == "code_perplexity" else name) for name in PRETRAINING_SUMS
+    }
     return (
         {name: jnp.asarray(value, jnp.float32) for name, value in sums.items()},
         {name: jnp.asarray(getattr(out, name), jnp.int32) for name in PRETRAINING_COUNTS},
@@ -158,7 +167,9 @@ class PretrainingTotals:
     def metrics(self) -> dict[str, float]:
         totals = self.totals
         masked = max(totals["num_masked"], 1.0)
-        values = {name: totals[name] / masked for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty")}
+        values = {
+            name: totals[name] / masked for name in ("loss", "contrastive_loss", "diversity_loss", "feature_penalty")
+        }
         values["accuracy"] = totals["num_correct"] / masked
         values["chance_accuracy"] = totals["chance_correct"] / masked
         values["code_perplexity"] = totals["code_perplexity"] / self.num_batches if self.num_batches else math.nan

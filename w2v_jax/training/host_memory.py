@@ -78,7 +78,7 @@ def keep_freed_memory() -> bool:
 
 
 def mode() -> str:
-    """"reuse" once `keep_freed_memory` has been applied in this process, else "system"."""
+    """ "reuse" once `keep_freed_memory` has been applied in this process, else "system"."""
     return "reuse" if _applied else "system"
 
 

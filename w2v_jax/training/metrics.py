@@ -59,7 +59,7 @@ def tensorboard_tag(name: str) -> str:
     `data/skipped_empty`, anything else under `train/` (TensorBoard groups tags by their prefix)."""
     for group in ("valid", "data"):
         if name.startswith(group + "_"):
-            return f"{group}/{name[len(group) + 1:]}"
+            return f"{group}/{name[len(group) + 1 :]}"
     return f"train/{name}"
 
 

@@ -112,8 +112,11 @@ def tri_stage_schedule(
         return jnp.where(
             step < warmup,
             warming,
-            jnp.where(step < warmup + hold, peak_value, jnp.where(step < warmup + hold + decay, decaying,
-                                                                   final_lr_scale * peak_value)),
+            jnp.where(
+                step < warmup + hold,
+                peak_value,
+                jnp.where(step < warmup + hold + decay, decaying, final_lr_scale * peak_value),
+            ),
         )
 
     return schedule
@@ -180,9 +183,7 @@ def make_optimizer(
         raise ValueError(f"Adam betas must be in [0, 1), got b1={b1}, b2={b2}")
     if eps <= 0:
         raise ValueError(f"Adam eps must be positive, got {eps}")
-    adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
-    )
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     clip = optax.identity() if max_grad_norm is None or max_grad_norm <= 0 else optax.clip_by_global_norm(max_grad_norm)
     # Always a two-element chain, so `set_learning_rate` knows where the AdamW state is.
     return optax.chain(clip, adamw)

@@ -172,4 +172,8 @@ class PretrainingTask:
 
 
 # (name, label, format) of the figures a pretraining run's summary reports.
-SUMMARY_METRICS = (("loss", "loss", ".4f"), ("accuracy", "accuracy", ".3f"), ("code_perplexity", "code perplexity", ".2f"))
+SUMMARY_METRICS = (
+    ("loss", "loss", ".4f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("code_perplexity", "code perplexity", ".2f"),
+)

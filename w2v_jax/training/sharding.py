@@ -27,6 +27,7 @@ MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 ParamSharding = Literal["replicated", "fsdp"]
 
+
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `("data", "fsdp")` mesh over all devices (of every process).
 
@@ -46,12 +47,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
             raise ValueError(f"{len(devices)} devices can't be split into fsdp groups of {fsdp}")
         data = len(devices) // fsdp
     if data < 1 or data * fsdp != len(devices):
-        raise ValueError(
-            f"mesh shape (data={data}, fsdp={fsdp}) needs {data * fsdp} devices, {len(devices)} available"
-        )
-    return jax.make_mesh(
-        (data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
-    )
+        raise ValueError(f"mesh shape (data={data}, fsdp={fsdp}) needs {data * fsdp} devices, {len(devices)} available")
+    return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -94,8 +94,9 @@ class Objective(Protocol):
         """The gradients with frozen parameters' zeroed (a function of the step)."""
         ...
 
-    def metrics(self, sums: dict[str, jax.Array], counts: dict[str, jax.Array], accum: int, step: jax.Array
-                ) -> dict[str, jax.Array]:
+    def metrics(
+        self, sums: dict[str, jax.Array], counts: dict[str, jax.Array], accum: int, step: jax.Array
+    ) -> dict[str, jax.Array]:
         """The update's float32 metrics from the summed sums and counts."""
         ...
 
@@ -131,7 +132,11 @@ def create_model(
 
 
 def _init_fn(
-    config: Wav2Vec2Config, optimizer: optax.GradientTransformation, seed: int, dtype: jnp.dtype | None, remat: bool,
+    config: Wav2Vec2Config,
+    optimizer: optax.GradientTransformation,
+    seed: int,
+    dtype: jnp.dtype | None,
+    remat: bool,
     model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> Callable[[], TrainState]:
     def init() -> TrainState:
@@ -196,8 +201,14 @@ def create_train_state(
       initial state, and the `NamedSharding` pytree of the state.
     """
     graphdef, _, shardings = abstract_train_state(
-        config, optimizer, mesh=mesh, param_sharding=param_sharding, min_fsdp_size=min_fsdp_size, dtype=dtype,
-        remat=remat, model_class=model_class,
+        config,
+        optimizer,
+        mesh=mesh,
+        param_sharding=param_sharding,
+        min_fsdp_size=min_fsdp_size,
+        dtype=dtype,
+        remat=remat,
+        model_class=model_class,
     )
     state = jax.jit(_init_fn(config, optimizer, seed, dtype, remat, model_class), out_shardings=shardings)()
     return graphdef, state, shardings
@@ -220,8 +231,10 @@ def _summed_gradients(
     def summed_loss(params: nnx.State, micro: dict[str, jax.Array], micro_key: jax.Array):
         model = nnx.merge(graphdef, params, state.model_state)
         loss, sums, counts = objective.loss(model, micro, micro_key, state.step)
-        return loss, ({k: jnp.asarray(v, jnp.float32) for k, v in sums.items()},
-                      {k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
+        return loss, (
+            {k: jnp.asarray(v, jnp.float32) for k, v in sums.items()},
+            {k: jnp.asarray(v, jnp.int32) for k, v in counts.items()},
+        )
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
     if accum == 1:
@@ -240,8 +253,10 @@ def _summed_gradients(
     micro_batches = jax.tree.map(
         lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), dict(batch)
     )
-    zero_sums = ({k: jnp.zeros((), jnp.float32) for k in objective.sums},
-                 {k: jnp.zeros((), jnp.int32) for k in objective.counts})
+    zero_sums = (
+        {k: jnp.zeros((), jnp.float32) for k in objective.sums},
+        {k: jnp.zeros((), jnp.int32) for k in objective.counts},
+    )
     zero_grads = jax.tree.map(jnp.zeros_like, state.params)
     (grads_sum, (sums, counts)), _ = jax.lax.scan(
         accumulate, (zero_grads, zero_sums), (jnp.arange(accum), micro_batches)
@@ -250,8 +265,13 @@ def _summed_gradients(
 
 
 def train_step(
-    state: TrainState, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation, hparams: StepHyperparams,
+    state: TrainState,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    hparams: StepHyperparams,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update (see the module docstring).
 
@@ -261,7 +281,8 @@ def train_step(
         what the objective reads: pretraining optionally "mask_time_indices" bool [batch, frames] and
         "negative_indices" int32 [batch, frames, K] (frame indices within each utterance, the model's
         `negative_indices`, not transformers' flattened `sampled_negative_indices`) to replace the
-        sampled ones, as `research.compare` does to feed the PyTorch reference the same inputs; CTC fine-tuning "labels" int32 [batch, labels] padded with -100.
+        sampled ones, as `research.compare` does to feed the PyTorch reference the same inputs;
+        CTC fine-tuning "labels" int32 [batch, labels] padded with -100.
       key: the run's base PRNG key (typed); the step folds its counter in.
       graphdef: the model's static structure (`create_train_state`).
       optimizer: `optim.make_optimizer`'s transformation.

@@ -1,10 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir, task=None)`.
 
 One loop for every task: pretraining (`pretraining.PretrainingTask`, the default) and CTC fine-tuning
-(`asr.task.FineTuningTask`). A `Task` says what differs: the model and its config, the step's
-objective and optimizer, the initial parameters, the input pipeline, the validation, the
-progress-bar metrics, the end-of-run summary's figures and plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and
-TensorBoard are the loop's, shared.
+(`asr.task.FineTuningTask`). A `Task` says what differs: the model and its config, the step's objective and optimizer,
+the initial parameters, the input pipeline, the validation, the progress-bar metrics, the end-of-run summary's figures
+and plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and TensorBoard are the loop's, shared.
 
 Restarting the same command on the same workdir resumes from the newest complete checkpoint:
 parameters, optimizer state, step, counters, PRNG key, every process's data-iterator position and
@@ -74,7 +73,14 @@ def _precision_dtype(precision: str) -> jnp.dtype | None:
 def _validate(config: ml_collections.ConfigDict) -> None:
     """Eager checks of the settings the loop relies on (the model config checks itself)."""
     t = config.train
-    positive = ("batch_size", "num_steps", "log_every", "checkpoint_every", "grad_accum_steps", "max_consecutive_nonfinite")
+    positive = (
+        "batch_size",
+        "num_steps",
+        "log_every",
+        "checkpoint_every",
+        "grad_accum_steps",
+        "max_consecutive_nonfinite",
+    )
     for name in positive:
         if not isinstance(t[name], int) or t[name] < 1:
             raise ValueError(f"train.{name} must be a positive int, got {t[name]!r}")
@@ -118,8 +124,6 @@ def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
         [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=ratios
     )
     return {**averaged, **{k: window[-1][k] for k in _LAST}}
-
-
 
 
 class Task(Protocol):
@@ -257,7 +261,9 @@ def _set_up(
     data_iter = task.data_iterator(
         config, batch_size=t.batch_size // process_count, shard_index=process_index, shard_count=process_count
     )
-    checkpoints = Checkpointer(workdir_path / CHECKPOINTS_DIR, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+    checkpoints = Checkpointer(
+        workdir_path / CHECKPOINTS_DIR, keep=t.keep_checkpoints, async_save=t.async_checkpointing
+    )
     key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
     return _Run(config, workdir_path, task, state, step_fn, evaluator, data_iter, checkpoints, key_data, [])
 
@@ -349,11 +355,17 @@ def _train_locked(
     _resume_or_start(run)
     start_step = int(run.state.step)
 
-    writer = metrics.MetricWriter(workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True))
+    writer = metrics.MetricWriter(
+        workdir_path, enabled=primary, config=config.to_json_best_effort(indent=2, sort_keys=True)
+    )
     # smoothing=0: the rate is steps done / time since the start, and the start is moved forward by
     # every compile and evaluation (`_exclude_from_eta`), so the ETA counts training steps only.
     progress = tqdm.tqdm(
-        total=config.train.num_steps, initial=start_step, disable=not primary, dynamic_ncols=True, desc=task.name,
+        total=config.train.num_steps,
+        initial=start_step,
+        disable=not primary,
+        dynamic_ncols=True,
+        desc=task.name,
         smoothing=0,
     )
     outcome = {"step": start_step, "last_logged": {}, "last_valid": {}, "eval_seconds": 0.0}
@@ -448,8 +460,12 @@ def _loop(
             writer.write(step, record)
             outcome["last_logged"] = {"step": step, **record}
             last_valid = outcome["last_valid"]
-            postfix = {label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record}
-            postfix.update({f"valid {name}": f"{last_valid[name]:.3f}" for name in ("loss", "cer") if name in last_valid})
+            postfix = {
+                label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record
+            }
+            postfix.update(
+                {f"valid {name}": f"{last_valid[name]:.3f}" for name in ("loss", "cer") if name in last_valid}
+            )
             progress.set_postfix(postfix)
 
         # --- checkpoints, and the stop a preemption asks for ---
@@ -472,7 +488,9 @@ def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Ta
     figures of the task that ran (default: pretraining's)."""
     task = task or PretrainingTask()
     finished = summary["step"] >= summary["num_steps"]
-    lines = [f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"]
+    lines = [
+        f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"
+    ]
     lines += task.summary_lines(summary)
     steps = ", ".join(str(s) for s in summary["checkpoint_steps"]) or "none"
     lines.append(f"  checkpoints: {steps}")

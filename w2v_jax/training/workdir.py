@@ -48,25 +48,27 @@ BEST_RECORD_FILE = "best.json"  # {"step", "metric", "value", "history"} of the 
 # saves and evaluates, and how it runs (workers, devices, processes, bad-input policy). Everything
 # else (the model, the optimizer's other settings, the data and its crops, the seed) is part of what
 # the checkpoint holds or of what the resumed run must replay, and may not change.
-RESUMABLE_FIELDS = frozenset({
-    "train.num_steps",
-    "train.learning_rate",
-    "train.warmup_steps",
-    "train.lr_schedule",
-    "train.lr_end",
-    "train.lr_power",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.plot",
-    "train.eval_every",
-    "train.async_checkpointing",
-    "train.max_consecutive_nonfinite",
-    "data.num_workers",
-    "data.strict",
-    "data.max_skip_fraction",
-    "data.valid_manifest",
-})
+RESUMABLE_FIELDS = frozenset(
+    {
+        "train.num_steps",
+        "train.learning_rate",
+        "train.warmup_steps",
+        "train.lr_schedule",
+        "train.lr_end",
+        "train.lr_power",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.plot",
+        "train.eval_every",
+        "train.async_checkpointing",
+        "train.max_consecutive_nonfinite",
+        "data.num_workers",
+        "data.strict",
+        "data.max_skip_fraction",
+        "data.valid_manifest",
+    }
+)
 # Sections that describe where and how the run executes, never what it computes.
 RESUMABLE_SECTIONS = ("mesh.", "distributed.")
 
@@ -119,7 +121,9 @@ class WorkdirLock:
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
                 raise
-            logger.warning("the file system of %s has no locks (%s): two runs on it are not prevented", self.workdir, error)
+            logger.warning(
+                "the file system of %s has no locks (%s): two runs on it are not prevented", self.workdir, error
+            )
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {started})\n".encode(), 0)
@@ -154,7 +158,9 @@ def _resumable(field: str) -> bool:
     return field in RESUMABLE_FIELDS or field.startswith(RESUMABLE_SECTIONS)
 
 
-def check_resume_config(stored: Mapping[str, Any], new: Mapping[str, Any], where: str = CONFIG_FILE) -> dict[str, tuple[Any, Any]]:
+def check_resume_config(
+    stored: Mapping[str, Any], new: Mapping[str, Any], where: str = CONFIG_FILE
+) -> dict[str, tuple[Any, Any]]:
     """Compares a resumed run's config with the one its workdir holds.
 
     Args:
@@ -187,7 +193,12 @@ def check_resume_config(stored: Mapping[str, Any], new: Mapping[str, Any], where
 
 
 def prepare_config(
-    workdir: str | os.PathLike, config: Mapping[str, Any], config_json: str, *, has_checkpoints: bool, write: bool = True
+    workdir: str | os.PathLike,
+    config: Mapping[str, Any],
+    config_json: str,
+    *,
+    has_checkpoints: bool,
+    write: bool = True,
 ) -> None:
     """Checks the config against a resumed workdir's, then writes `config.json`.
 
@@ -208,7 +219,9 @@ def prepare_config(
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise WorkdirError(f"{path} is not valid JSON ({error}); the checkpoints can't be checked against it") from None
+            raise WorkdirError(
+                f"{path} is not valid JSON ({error}); the checkpoints can't be checked against it"
+            ) from None
         changes = check_resume_config(stored, config, where=str(path))
         if changes and write:
             logger.warning(
@@ -237,7 +250,9 @@ def start_metrics_file(path: str | os.PathLike) -> pathlib.Path | None:
     while (aside := path.with_name(f"{path.name}.{number}.old")).exists():
         number += 1
     os.replace(path, aside)
-    logger.warning("no checkpoint to resume from: the earlier %s is kept as %s, this run starts a new one", path.name, aside.name)
+    logger.warning(
+        "no checkpoint to resume from: the earlier %s is kept as %s, this run starts a new one", path.name, aside.name
+    )
     return aside
 
 
