@@ -28,16 +28,31 @@ def session_dir(tmp_path_factory) -> pathlib.Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-@pytest.fixture(scope="session")
-def env(session_dir) -> dict[str, str]:
-    """The environment of launcher subprocesses (`support.launchers.subprocess_env`): one device, one
-    persistent compilation cache for the whole session, so each program compiles once."""
-    return subprocess_env(session_dir / "jax_cache")
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(session_dir) -> pathlib.Path:
+    """JAX's persistent compilation cache for the whole session, shared by the xdist workers and the
+    launcher subprocesses: tests that compile the same program (the same tiny model and step) load it."""
+    folder = session_dir / "jax_cache"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")
-def tiny_pretraining(session_dir, env) -> pathlib.Path:
-    """The README's main run: 300 updates of the tiny pretraining config on the embedded corpus (one
+def env(compilation_cache) -> dict[str, str]:
+    """The environment of a short launcher run (`support.launchers.subprocess_env`): one device, the
+    session's compilation cache."""
+    return subprocess_env(compilation_cache)
+
+
+@pytest.fixture(scope="session")
+def long_run_env(compilation_cache) -> dict[str, str]:
+    """The environment of a launcher run of hundreds of updates (LLVM's optimisation passes on)."""
+    return subprocess_env(compilation_cache, long_run=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretraining(session_dir, long_run_env) -> pathlib.Path:
+    """The main command's run: 300 updates of the tiny pretraining config on the embedded corpus (one
     device, the launcher as users run it), run once per session; its workdir."""
     workdir = session_dir / "tiny_pretraining"
     with FileLock(f"{workdir}.lock"):
@@ -50,7 +65,7 @@ def tiny_pretraining(session_dir, env) -> pathlib.Path:
                     "--config.train.plot=False",
                     "--config.train.log_every=50",
                 ],
-                env,
+                long_run_env,
             )
             assert result.returncode == 0, result.stderr[-3000:]
             pathlib.Path(f"{workdir}.finished").touch()

@@ -22,9 +22,9 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.ctc import ctc_loss_from_scratch
 from w2v_jax.model import Wav2Vec2ForCTC, sample_feature_mask, sample_training_masks
 
-# Measured (float32, CPU): at most 1.2e-6 relative over logits and losses, 4.6e-6 over the parameter
-# gradients (README, Fine-tuning); the bounds leave 2-4x.
-RTOL = {"outputs": 5e-6, "gradients": 1e-5}
+# Measured (float32, CPU; XLA on one or several threads): at most 1.2e-6 relative over logits and
+# losses, 4.6e-6 over the parameter gradients (docs/finetuning.md); the bounds leave 3-4x.
+RTOL = {"outputs": 5e-6, "gradients": 1.5e-5}
 VOCAB = 11
 CTC_CONFIGS = {
     # BASE's layout (group norm, post-LN): transformers' advice is no attention mask, zero padding.

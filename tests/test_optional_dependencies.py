@@ -9,7 +9,7 @@ import sys
 
 import nbformat
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
 from w2v_jax.reference import INSTALL_HINT
 
@@ -66,7 +66,7 @@ def _notebook_imports(name: str) -> str:
 def test_every_module_imports_in_one_process_without_torch():
     program = BLOCK_REFERENCE + IMPORT_EVERYTHING.replace("NOTEBOOK_IMPORTS", _notebook_imports("03_pretraining.ipynb"))
     proc = subprocess.run(
-        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=3600, check=False
+        [sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

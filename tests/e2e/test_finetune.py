@@ -148,8 +148,8 @@ def test_evaluate_launcher_reports_error_rates_of_the_best_model(reference, env,
 
 
 @pytest.mark.slow
-def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(tiny_pretraining, env, tmp_path):
-    """The tiny fine-tuning config with its defaults from the README's 300-update tiny pretraining:
+def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(tiny_pretraining, long_run_env, tmp_path):
+    """The tiny fine-tuning config with its defaults from the main command's 300-update tiny pretraining:
     the head learns alone for 100 updates, then the whole model trains, and CTC leaves its all-blank
     plateau (the loss per label of predicting the letter frequencies
     without the audio: 2.94 nats on this corpus)."""
@@ -162,7 +162,7 @@ def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(tiny_p
             f"--config.init={tiny_pretraining}",
             "--config.train.plot=False",
         ],
-        env,
+        long_run_env,
     )
     logged = metrics.read_metrics(workdir / "metrics.jsonl")
     cer = {r["step"]: r["valid_cer"] for r in logged if "valid_cer" in r}

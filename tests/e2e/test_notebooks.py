@@ -11,12 +11,11 @@ NOTEBOOKS = REPO / "notebooks"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
-def test_notebook_executes(name, tmp_path, monkeypatch):
+def test_notebook_executes(name, env, tmp_path, monkeypatch):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    # The kernel inherits this process's environment: one plain CPU device, no display. LLVM's
-    # optimisation passes are skipped, as in conftest.py: the notebooks' toy runs are mostly compilation.
-    xla_flags = "--xla_backend_optimization_level=0"
-    for var, value in {"MPLBACKEND": "Agg", "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu"}.items():
+    # The kernel inherits this process's environment: a short launcher run's (one CPU device, no
+    # display, the session's compilation cache): the notebooks' toy runs are mostly compilation.
+    for var, value in env.items():
         monkeypatch.setenv(var, value)
     client = NotebookClient(
         notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
 from tests.support.launchers import run_main
 from w2v_jax.cli import convert_checkpoint
@@ -107,7 +107,7 @@ def launch(workdir, env, fault=None, at=0, extra=()):
         cmd = [sys.executable, "-m", "experiments.pretrain", *args]
     else:
         cmd = [sys.executable, "-c", RUNNER, fault, str(at), *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
 
 
 def records(workdir):
@@ -211,7 +211,7 @@ def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records(tmp_path / "run") == records(reference[0])
@@ -354,7 +354,7 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
         )
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    outputs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "process 1 of 2" in outputs[1][1]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.support import HANG_TIMEOUT
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import finetune as finetune_configs
@@ -80,7 +81,7 @@ def test_step_masks_are_the_ones_the_model_draws():
 
 
 @pytest.mark.slow
-def test_launcher_prints_sane_fields_for_both_frameworks():
+def test_launcher_prints_sane_fields_for_both_frameworks(env):
     """The real launcher on the tiny config, a 2 x 1 s batch and one timed step after one warm-up."""
     command = [
         sys.executable,
@@ -93,7 +94,9 @@ def test_launcher_prints_sane_fields_for_both_frameworks():
         "--warmup=1",
         "--vs-pytorch",
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     header = _fields(lines[0])
@@ -158,7 +161,7 @@ def test_finetuning_benchmark_times_the_ctc_step_against_transformers_ctc_model(
 
 
 @pytest.mark.slow
-def test_remat_memory_mode_prints_both_temp_sizes():
+def test_remat_memory_mode_prints_both_temp_sizes(env):
     command = [
         sys.executable,
         "-m",
@@ -168,7 +171,9 @@ def test_remat_memory_mode_prints_both_temp_sizes():
         "--seconds=1",
         "--remat-memory",
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()[-2:]
     assert [line.split(":")[0] for line in lines] == ["forward_backward", "train_step"]

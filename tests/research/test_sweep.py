@@ -14,6 +14,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import HANG_TIMEOUT
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import codebook_ablation
 from w2v_jax.data.utterances import Utterance
@@ -224,7 +225,7 @@ def test_collect_results_summarises_seeds_probes_once_and_lists_missing_runs(tmp
 
 
 @pytest.mark.slow
-def test_sweep_launcher_runs_a_tiny_grid_with_two_seeds(tmp_path):
+def test_sweep_launcher_runs_a_tiny_grid_with_two_seeds(env, tmp_path):
     """The real trainer on a 2 x 1 x 2 grid (G x V x seed) of 2 steps, then collection with the phone
     probe; a second run retrains and reprobes nothing."""
     command = [
@@ -241,8 +242,7 @@ def test_sweep_launcher_runs_a_tiny_grid_with_two_seeds(tmp_path):
         "--max_utterances=2",
         "--probe_steps=20",
     ]
-    env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
-    first = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     # Quiet output: no absl/orbax INFO lines (`I1127 12:00:00.000 ...`), a few lines per run.
     lines = first.stderr.splitlines()
     assert not [line for line in lines if re.match(r"I\d{4} ", line.split("\r")[-1])], first.stderr[-2000:]
@@ -257,5 +257,5 @@ def test_sweep_launcher_runs_a_tiny_grid_with_two_seeds(tmp_path):
     files = [*tmp_path.glob("*/metrics.jsonl"), *tmp_path.glob(f"*/{sweep.PROBE_CACHE}")]
     assert len(files) == 8
     mtimes = {p: p.stat().st_mtime for p in files}
-    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True, timeout=HANG_TIMEOUT)
     assert {p: p.stat().st_mtime for p in files} == mtimes  # nothing retrained or probed again

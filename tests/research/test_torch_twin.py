@@ -211,9 +211,10 @@ def test_ctc_steps_match_our_train_step():
         assert np.asarray(time_mask).any() and np.asarray(feature_mask).any()
         state, ours = step_fn(state, batch, key)
         theirs = twin.step_ctc(batch, np.asarray(time_mask), np.asarray(feature_mask))
-        # Measured over five updates (and of a group-norm model): at most 2.2e-7 (loss) and 2.0e-6
-        # (gradient norm) relative, float32 rounding of the same computation (tests/test_ctc_model.py).
-        for name, rtol in (("loss", 1e-6), ("grad_norm", 5e-6)):
+        # float32 rounding of the same computation (tests/test_ctc_model.py). Worst relative errors
+        # measured over five updates, padded or not, with 1, 2 and 4 torch threads and XLA on one or
+        # several threads: 4.1e-7 (loss) and 4.3e-6 (gradient norm), 5.5e-6 on a slower CI machine.
+        for name, rtol in (("loss", 2e-6), ("grad_norm", 2e-5)):
             np.testing.assert_allclose(float(ours[name]), theirs[name], rtol=rtol, err_msg=f"{name} at step {step}")
         assert float(ours["learning_rate"]) == pytest.approx(theirs["learning_rate"], rel=1e-6)
         assert (float(ours["num_utterances"]), float(ours["num_label_tokens"])) == (

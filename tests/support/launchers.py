@@ -9,7 +9,7 @@ from types import ModuleType, SimpleNamespace
 
 from absl import flags
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.cli import parse_flags
 
 
@@ -28,13 +28,16 @@ def run_main(launcher: ModuleType, argv: Sequence[str]) -> None:
     launcher.main(positional, args)
 
 
-def subprocess_env(cache_dir: str | os.PathLike, devices: int = 1) -> dict[str, str]:
-    """The environment of a launcher subprocess: CPU only, `devices` simulated devices, LLVM's
-    optimisation passes skipped (the tests' models are tiny) and JAX's persistent compilation cache
-    in `cache_dir` for every compile, so the runs of a test session compile each program once."""
+def subprocess_env(cache_dir: str | os.PathLike, devices: int = 1, *, long_run: bool = False) -> dict[str, str]:
+    """The environment of a launcher subprocess: CPU only, `devices` simulated devices and JAX's
+    persistent compilation cache in `cache_dir` for every compile, so the runs of a test session
+    compile each program once. A short run (a few updates: mostly compiling) skips LLVM's
+    optimisation passes, which halves a compile; a `long_run` (hundreds of updates) runs its first
+    level, which halves an update of the tiny models for a third more compile time than none."""
+    level = 1 if long_run else 0
     return {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level={level}",
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -43,9 +46,10 @@ def subprocess_env(cache_dir: str | os.PathLike, devices: int = 1) -> dict[str, 
     }
 
 
-def run(module: str, args: Sequence[str], env: dict[str, str], timeout: float = 3600) -> subprocess.CompletedProcess:
-    """`python -m module args` from the repository root. The timeout only guards against a hang: it
-    is many times any run's time on the slowest machine CI has had."""
+def run(
+    module: str, args: Sequence[str], env: dict[str, str], timeout: float = HANG_TIMEOUT
+) -> subprocess.CompletedProcess:
+    """`python -m module args` from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

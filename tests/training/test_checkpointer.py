@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from tests.support.states import assert_trees_equal, make_state
 from w2v_jax.training import checkpointer, sharding
 
@@ -99,7 +99,7 @@ def test_kill_during_save_never_restores_the_partial_checkpoint(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p.name for p in tmp_path.iterdir()]

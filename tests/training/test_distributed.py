@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.training import distributed
 
 
@@ -81,7 +81,7 @@ def test_two_processes_exchange_batches_and_json():
         )
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    outputs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]

@@ -20,7 +20,7 @@ import ml_collections
 import orbax.checkpoint._src.path.atomicity as atomicity
 import pytest
 
-from tests.support import REPO
+from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.checkpoints import load_model
 from w2v_jax.cli import run_faults_exit
 from w2v_jax.configs import pretrain as pretrain_config
@@ -80,7 +80,7 @@ def test_a_second_launcher_exits_at_once_with_one_line(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_TIMEOUT,
         )
     assert holder.startswith(f"pid {os.getpid()} on host {socket.gethostname()} (since ")
     assert proc.returncode == 1
@@ -292,7 +292,7 @@ def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"checkpoint {checkpoints / '2'} is corrupt: ")
@@ -322,7 +322,7 @@ def test_a_sweep_point_in_use_exits_with_one_line(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_TIMEOUT,
         )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
