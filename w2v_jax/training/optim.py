@@ -27,6 +27,14 @@ import optax
 ScheduleKind = Literal["polynomial", "linear", "cosine", "constant"]
 
 
+def _check_peak_and_length(peak_value: float, total_steps: int) -> None:
+    """The checks every schedule makes of its peak and its length."""
+    if peak_value <= 0:
+        raise ValueError(f"peak learning rate must be positive, got {peak_value}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+
+
 def learning_rate_schedule(
     peak_value: float,
     total_steps: int,
@@ -50,10 +58,7 @@ def learning_rate_schedule(
     Returns:
       an optax schedule `step -> learning rate`, jnp-friendly (usable inside jit).
     """
-    if peak_value <= 0:
-        raise ValueError(f"peak learning rate must be positive, got {peak_value}")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    _check_peak_and_length(peak_value, total_steps)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if kind not in ("polynomial", "linear", "cosine", "constant"):
@@ -93,10 +98,7 @@ def tri_stage_schedule(
     Returns:
       an optax schedule `step -> learning rate`, jnp-friendly (usable inside jit).
     """
-    if peak_value <= 0:
-        raise ValueError(f"peak learning rate must be positive, got {peak_value}")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    _check_peak_and_length(peak_value, total_steps)
     if len(phase_ratios) != 3 or min(phase_ratios) < 0 or sum(phase_ratios) > 1 + 1e-9:
         raise ValueError(f"phase_ratios must be 3 non-negative fractions summing to at most 1, got {phase_ratios}")
     if not (0 < init_lr_scale <= 1 and 0 < final_lr_scale <= 1):
