@@ -65,7 +65,10 @@ def test_beam_one_without_lm_is_greedy(separator):
         logits = rng.normal(size=(int(rng.integers(1, 30)), len(vocabulary))).astype(np.float32) * 4
         length = int(rng.integers(1, logits.shape[0] + 1))
         assert decoder.decode(logits, length) == greedy.decode(logits, length)
-        assert greedy.decode(logits, length).text == greedy_decode(logits[None], np.array([length]), vocabulary, separator)[0]
+        assert (
+            greedy.decode(logits, length).text
+            == greedy_decode(logits[None], np.array([length]), vocabulary, separator)[0]
+        )
 
 
 def test_greedy_transcript_frames_are_where_tokens_start():
