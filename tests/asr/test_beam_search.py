@@ -6,11 +6,19 @@ import math
 import numpy as np
 import pytest
 import scipy.special
+from flax import nnx
 
+from tests.support.ctc import LAYER_CONFIG, VOCABULARY
+from tests.support.launchers import run_main
 from w2v_jax.asr import lm
 from w2v_jax.asr.beam_search import BeamSearchDecoder, BeamSearchOptions, make_decoder
 from w2v_jax.asr.decoding import GreedyDecoder, greedy_decode
+from w2v_jax.checkpoints.folder import save_checkpoint
+from w2v_jax.cli import transcribe
+from w2v_jax.data import default_manifest
+from w2v_jax.data.manifest import read_manifest
 from w2v_jax.data.vocabulary import Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC
 
 pytest.importorskip("flashlight.lib.text", reason="the `decode` extra (flashlight-text)")
 
@@ -202,3 +210,21 @@ def test_make_decoder_greedy_by_default_and_refuses_an_lm_without_beam(tmp_path)
         make_decoder(vocabulary, lm=tmp_path / "lm.arpa")
     with pytest.raises(ValueError, match="word_score needs a lexicon"):
         make_decoder(vocabulary, "beam", options=BeamSearchOptions(word_score=1.0))
+
+
+def test_transcribe_decodes_with_beam_search_and_a_lexicon(tmp_path, capsys):
+    """`transcribe --decoder=beam --lm --lexicon`: every word it prints is a lexicon word; greedy
+    (the default) prints what `transcribe` gives."""
+    model = Wav2Vec2ForCTC(LAYER_CONFIG, rngs=nnx.Rngs(4))
+    model.lm_head.kernel[...] = model.lm_head.kernel[...] * 100
+    save_checkpoint(LAYER_CONFIG, model, tmp_path / "ctc", vocabulary=VOCABULARY)
+    (tmp_path / "text.txt").write_text("bad cab\nface bed\nfed a cab\n")
+    lm.build_lm([tmp_path / "text.txt"], tmp_path / "lm.arpa", order=2)
+    audio = str(read_manifest(default_manifest("valid")).file_path(0))
+    run_main(transcribe, [f"--checkpoint={tmp_path / 'ctc'}", audio])
+    greedy = capsys.readouterr().out.strip().split("\t")[1]
+    flags = [f"--lm={tmp_path / 'lm.arpa'}", f"--lexicon={lm.lexicon_path(tmp_path / 'lm.arpa')}"]
+    run_main(transcribe, [f"--checkpoint={tmp_path / 'ctc'}", "--decoder=beam", *flags, "--word_score=2", audio])
+    beam = capsys.readouterr().out.strip().split("\t")[1]
+    assert beam and set(beam.split()) <= {"bad", "cab", "face", "bed", "fed", "a"}
+    assert greedy != beam

@@ -7,6 +7,7 @@ import pytest
 
 from tests.support import HANG_TIMEOUT
 from w2v_jax.asr import lm
+from w2v_jax.asr.beam_search import BeamSearchDecoder
 from w2v_jax.data import default_manifest
 from w2v_jax.data.labels import normalize_text
 from w2v_jax.data.vocabulary import Vocabulary
@@ -141,3 +142,10 @@ def test_the_corpus_lm_is_the_commands_output_on_the_train_text_only(tmp_path):
     assert len(valid) == 30 and not train & set(valid)
     lexicon = lm.read_lexicon(lm.lexicon_path(arpa), Vocabulary.from_symbols({c for s in train for w in s for c in w}))
     assert set(lexicon) == {w for s in train for w in s}
+
+
+def test_without_the_decode_extra_beam_search_names_it(monkeypatch):
+    for name in ("flashlight", "flashlight.lib", "flashlight.lib.text", "flashlight.lib.text.decoder"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` raises ImportError, as when not installed
+    with pytest.raises(ImportError, match=r"'\.\[decode\]' \(the `decode` extra\)"):
+        BeamSearchDecoder(Vocabulary.from_symbols("ab"))
