@@ -378,8 +378,10 @@ def plot_lm_sweep(grid: Sequence[Mapping[str, float]], metric: str, path: str | 
         values[alphas.index(g["lm_weight"]), betas.index(g["word_score"])] = g[metric]
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(betas), 1.0 + 0.5 * len(alphas)))
     image = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2
     for i, j in np.ndindex(values.shape):
-        ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8, color="w")
+        color = "black" if values[i, j] < middle else "white"  # low rates are the light end of viridis_r
+        ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8, color=color)
     best = np.unravel_index(np.nanargmin(values), values.shape)
     ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
