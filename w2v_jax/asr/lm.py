@@ -89,6 +89,16 @@ def read_sentences(paths: Sequence[str | os.PathLike], unit: Unit = "word") -> l
     return [s for s in sentences if s]
 
 
+def _read_text(path: Path, kind: str, not_text: str) -> str:
+    """A UTF-8 file's text, or a ValueError naming it: `{path}: no such {kind} file` or `not {not_text}`."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such {kind} file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not {not_text}") from None
+
+
 # ------------------------------------------------------------------------------------------------
 # The model
 
@@ -152,12 +162,7 @@ class NgramLM:
     def read_arpa(cls, path: str | os.PathLike) -> NgramLM:
         """Reads an ARPA file; anything malformed is a ValueError naming the file and the line."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such language model file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not an ARPA language model (not UTF-8 text; a KenLM binary?)") from None
+        text = _read_text(path, "language model", "an ARPA language model (not UTF-8 text; a KenLM binary?)")
         counts: list[int] = []
         ngrams: list[dict[Ngram, tuple[float, float]]] = []
         section = None
@@ -393,12 +398,7 @@ def read_lexicon(path: str | os.PathLike, vocabulary: Vocabulary) -> dict[str, l
     """word -> its spellings (token lists), from a lexicon file; a malformed line, or a token
     outside `vocabulary`, is a ValueError naming the file and the line."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such lexicon file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a lexicon (not UTF-8 text)") from None
+    text = _read_text(path, "lexicon", "a lexicon (not UTF-8 text)")
     lexicon: dict[str, list[list[str]]] = {}
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
