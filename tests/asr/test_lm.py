@@ -115,6 +115,8 @@ def test_sentences_from_text_files_and_manifests_are_normalised_as_labels(tmp_pa
     train = default_manifest("train")
     wrd = train.with_suffix(".wrd").read_text(encoding="utf-8").splitlines()
     assert lm.read_sentences([train]) == [normalize_text(line).split() for line in wrd if normalize_text(line)]
+    phones = train.with_suffix(".phn").read_text(encoding="utf-8").splitlines()
+    assert lm.read_sentences([train], "phn") == [line.split() for line in phones if line.split()]
     with pytest.raises(ValueError, match="missing.txt: no such text file"):
         lm.read_sentences([tmp_path / "missing.txt"])
 

@@ -295,7 +295,7 @@ def estimate_kneser_ney(sentences: Sequence[Sequence[str]], order: int, prune: S
                 probs[(word,)] = discounted / totals[()] + gamma[()] / len(vocabulary)
         else:
             for gram, count in counts.items():
-                lower = _backoff_prob(probabilities, backoffs, gram[1:])
+                lower = probabilities[n - 2][gram[1:]]  # every suffix of a counted n-gram is counted
                 probs[gram] = (count - discounts[min(count, 3) - 1]) / totals[gram[:-1]] + gamma[gram[:-1]] * lower
         for history, weight in gamma.items():
             if history:
@@ -312,19 +312,6 @@ def estimate_kneser_ney(sentences: Sequence[Sequence[str]], order: int, prune: S
             grams[gram] = (math.log10(prob), math.log10(backoff) if backoff else 0.0)
         ngrams.append(grams)
     return NgramLM(ngrams)
-
-
-def _backoff_prob(probabilities: list[dict[Ngram, float]], backoffs: list[dict[Ngram, float]], gram: Ngram) -> float:
-    """p(gram[-1] | gram[:-1]) in a (partial) backoff model: the longest seen suffix, times the
-    backoff weights of the shortened contexts."""
-    weight = 1.0
-    for start in range(len(gram)):
-        suffix = gram[start:]
-        prob = probabilities[len(suffix) - 1].get(suffix)
-        if prob is not None:
-            return weight * prob
-        weight *= backoffs[len(suffix) - 2].get(suffix[:-1], 1.0)
-    raise ValueError(f"unigram {gram[-1]!r} missing from the model")
 
 
 def _prune(
