@@ -95,6 +95,7 @@ def test_arpa_round_trip_and_bad_files_name_the_file(tmp_path):
         assert ours.keys() == theirs.keys()
         for gram in ours:
             assert theirs[gram] == pytest.approx(ours[gram], abs=1e-6)
+    assert lm.NgramLM.read_arpa(tmp_path / "lm.arpa", max_order=1).ngrams == read.ngrams[:1]
     bad = tmp_path / "bad.arpa"
     bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0\ta\n\\end\\\n")
     with pytest.raises(ValueError, match="bad.arpa: .*2 1-grams announced, 1 found"):

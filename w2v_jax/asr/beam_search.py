@@ -19,9 +19,13 @@ Without an LM, beam search at `beam_size=1` is greedy decoding (tested).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +90,8 @@ def check_lm_file(path: str | os.PathLike, token_lm_vocabulary: Vocabulary | Non
     with path.open("rb") as file:
         if file.read(len(KENLM_BINARY_MAGIC)) == KENLM_BINARY_MAGIC:
             return
-    lm = NgramLM.read_arpa(path)
+    # The header and the words only: a large LM is KenLM's to read, in seconds rather than Python's minutes.
+    lm = NgramLM.read_arpa(path, max_order=1)
     if token_lm_vocabulary is not None:
         tokens = set(token_lm_vocabulary.tokens) - {token_lm_vocabulary.pad_token, BOS, EOS, UNK}
         if len(tokens & set(lm.vocabulary)) < len(tokens) / 2:
@@ -94,6 +99,43 @@ def check_lm_file(path: str | os.PathLike, token_lm_vocabulary: Vocabulary | Non
                 f"{path}: lexicon-free decoding scores every token with the LM, but this LM is not over "
                 "the vocabulary's tokens (a word LM? give its lexicon, or build a token LM with --unit=ltr)"
             )
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Sends the process's stderr (file descriptor 2) to /dev/null: KenLM prints a progress bar
+    there for every ARPA file it reads. Its errors still come back as exceptions."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _load_kenlm(path: str | os.PathLike, units: tuple[str, ...]) -> Any:
+    """flashlight's KenLM over `units` (the decoder's words or tokens, in index order); the decoders
+    of a sweep share one (a large LM loads once), reloaded when the file changes."""
+    path = Path(path).resolve()
+    return _cached_kenlm(str(path), path.stat().st_mtime_ns, units)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_kenlm(path: str, mtime_ns: int, units: tuple[str, ...]) -> Any:
+    del mtime_ns  # part of the cache key only
+    _, fl_kenlm, fl_dictionary = _flashlight()
+    dictionary = fl_dictionary.Dictionary()
+    for unit in units:
+        dictionary.add_entry(unit)
+    try:
+        with _native_stderr_silenced():
+            return fl_kenlm.KenLM(path, dictionary)
+    except RuntimeError as error:
+        reason = str(error).strip().split("\n")[-1]
+        raise ValueError(f"{path}: KenLM cannot read this language model: {reason}") from None
 
 
 class BeamSearchDecoder:
@@ -115,7 +157,7 @@ class BeamSearchDecoder:
         options: BeamSearchOptions = BeamSearchOptions(),
         separator: str = "",
     ):
-        fl_decoder, fl_kenlm, fl_dictionary = _flashlight()
+        fl_decoder, _, _ = _flashlight()
         self.vocabulary, self.options, self.separator = vocabulary, options, separator
         self.lexicon_free = lexicon is None
         blank = vocabulary.pad_id
@@ -129,10 +171,7 @@ class BeamSearchDecoder:
         if self.lexicon_free:
             if options.word_score != 0:
                 raise ValueError("word_score needs a lexicon: flashlight's lexicon-free decoder has no word score")
-            units = fl_dictionary.Dictionary()
-            for token in vocabulary.tokens:
-                units.add_entry(token)
-            language_model = fl_decoder.ZeroLM() if lm is None else self._kenlm(fl_kenlm, lm, units)
+            language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, vocabulary.tokens)
             decoder_options = fl_decoder.LexiconFreeDecoderOptions(
                 options.beam_size, beam_size_token, options.beam_threshold, options.lm_weight, 0.0, False, criterion
             )
@@ -141,10 +180,7 @@ class BeamSearchDecoder:
             return
         spellings = read_lexicon(lexicon, vocabulary)
         self._words = [*spellings, UNK] if UNK not in spellings else list(spellings)
-        words = fl_dictionary.Dictionary()
-        for word in self._words:
-            words.add_entry(word)
-        language_model = fl_decoder.ZeroLM() if lm is None else self._kenlm(fl_kenlm, lm, words)
+        language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, tuple(self._words))
         # The trie of spellings, each node carrying the best unigram score below it (flashlight's
         # "smearing"): a look-ahead that prunes, while the final scores are the words' real ones.
         trie = fl_decoder.Trie(num_tokens, self._sil)
@@ -169,14 +205,6 @@ class BeamSearchDecoder:
         self._decoder = fl_decoder.LexiconDecoder(
             decoder_options, trie, language_model, self._sil, blank, unk, [], False
         )
-
-    @staticmethod
-    def _kenlm(fl_kenlm: Any, path: str | os.PathLike, units: Any) -> Any:
-        try:
-            return fl_kenlm.KenLM(str(path), units)
-        except RuntimeError as error:
-            reason = str(error).strip().split("\n")[-1]
-            raise ValueError(f"{path}: KenLM cannot read this language model: {reason}") from None
 
     def emissions(self, logits: np.ndarray, length: int | None = None) -> np.ndarray:
         """The decoder's input: log-softmax of the first `length` frames, `[time, vocab]` float32

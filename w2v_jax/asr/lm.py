@@ -89,16 +89,6 @@ def read_sentences(paths: Sequence[str | os.PathLike], unit: Unit = "word") -> l
     return [s for s in sentences if s]
 
 
-def _read_text(path: Path, kind: str, not_text: str) -> str:
-    """A UTF-8 file's text, or a ValueError naming it: `{path}: no such {kind} file` or `not {not_text}`."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such {kind} file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not {not_text}") from None
-
-
 # ------------------------------------------------------------------------------------------------
 # The model
 
@@ -159,59 +149,69 @@ class NgramLM:
         return path
 
     @classmethod
-    def read_arpa(cls, path: str | os.PathLike) -> NgramLM:
-        """Reads an ARPA file; anything malformed is a ValueError naming the file and the line."""
+    def read_arpa(cls, path: str | os.PathLike, max_order: int | None = None) -> NgramLM:
+        """Reads an ARPA file, streaming it; anything malformed is a ValueError naming the file and
+        the line. `max_order`: stop after the n-grams of that order (1: a large LM's words only)."""
         path = Path(path)
-        text = _read_text(path, "language model", "an ARPA language model (not UTF-8 text; a KenLM binary?)")
-        counts: list[int] = []
-        ngrams: list[dict[Ngram, tuple[float, float]]] = []
-        section = None
-        for number, raw in enumerate(text.split("\n"), 1):
-            line = raw.strip()
+        if not path.is_file():
+            raise ValueError(f"{path}: no such language model file")
+        try:
+            with path.open(encoding="utf-8") as lines:
+                return cls(_parse_arpa(path, lines, max_order))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not an ARPA language model (not UTF-8 text; a KenLM binary?)") from None
 
-            def bad(why: str, number: int = number, raw: str = raw) -> ValueError:
-                return ValueError(f"{path}:{number}: not an ARPA language model ({why}): {raw[:60]!r}")
 
-            if not line:
-                continue
-            if line == "\\data\\":
-                section = 0
-            elif line == "\\end\\":
+def _parse_arpa(path: Path, lines: Iterable[str], max_order: int | None) -> list[dict[Ngram, tuple[float, float]]]:
+    counts: list[int] = []
+    ngrams: list[dict[Ngram, tuple[float, float]]] = []
+    section = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+
+        def bad(why: str, number: int = number, raw: str = raw) -> ValueError:
+            return ValueError(f"{path}:{number}: not an ARPA language model ({why}): {raw.strip()[:60]!r}")
+
+        if not line:
+            continue
+        if line == "\\data\\":
+            section = 0
+        elif line == "\\end\\":
+            break
+        elif line.startswith("\\") and line.endswith("-grams:"):
+            try:
+                section = int(line[1:-7])
+            except ValueError:
+                raise bad("bad section header") from None
+            if section != len(ngrams) + 1 or section > len(counts):
+                raise bad("section out of order or not announced in \\data\\")
+            if max_order is not None and section > max_order:
                 break
-            elif line.startswith("\\") and line.endswith("-grams:"):
-                try:
-                    section = int(line[1:-7])
-                except ValueError:
-                    raise bad("bad section header") from None
-                if section != len(ngrams) + 1 or section > len(counts):
-                    raise bad("section out of order or not announced in \\data\\")
-                ngrams.append({})
-            elif section == 0 and line.startswith("ngram "):
-                try:
-                    counts.append(int(line.split("=", 1)[1]))
-                except (IndexError, ValueError):
-                    raise bad("bad ngram count") from None
-            elif section:
-                fields = line.split()
-                try:
-                    prob = float(fields[0])
-                    has_backoff = len(fields) == section + 2
-                    if len(fields) not in (section + 1, section + 2):
-                        raise ValueError
-                    backoff = float(fields[-1]) if has_backoff else 0.0
-                except (IndexError, ValueError):
-                    raise bad(f"expected a log10 probability, {section} words and an optional backoff") from None
-                ngrams[-1][tuple(fields[1 : section + 1])] = (prob, backoff)
-            else:
-                raise bad("text outside the \\data\\ and n-gram sections")
-        if not ngrams or len(ngrams) != len(counts):
-            raise ValueError(f"{path}: not an ARPA language model (no \\data\\ header or missing n-gram sections)")
-        for n, (grams, count) in enumerate(zip(ngrams, counts), 1):
-            if len(grams) != count:
-                raise ValueError(
-                    f"{path}: not an ARPA language model ({count} {n}-grams announced, {len(grams)} found)"
-                )
-        return cls(ngrams)
+            ngrams.append({})
+        elif section == 0 and line.startswith("ngram "):
+            try:
+                counts.append(int(line.split("=", 1)[1]))
+            except (IndexError, ValueError):
+                raise bad("bad ngram count") from None
+        elif section:
+            fields = line.split()
+            try:
+                prob = float(fields[0])
+                if len(fields) not in (section + 1, section + 2):
+                    raise ValueError
+                backoff = float(fields[-1]) if len(fields) == section + 2 else 0.0
+            except (IndexError, ValueError):
+                raise bad(f"expected a log10 probability, {section} words and an optional backoff") from None
+            ngrams[-1][tuple(fields[1 : section + 1])] = (prob, backoff)
+        else:
+            raise bad("text outside the \\data\\ and n-gram sections")
+    expected = len(counts) if max_order is None else min(len(counts), max_order)
+    if not ngrams or len(ngrams) != expected:
+        raise ValueError(f"{path}: not an ARPA language model (no \\data\\ header or missing n-gram sections)")
+    for n, (grams, count) in enumerate(zip(ngrams, counts), 1):
+        if len(grams) != count:
+            raise ValueError(f"{path}: not an ARPA language model ({count} {n}-grams announced, {len(grams)} found)")
+    return ngrams
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,7 +385,12 @@ def read_lexicon(path: str | os.PathLike, vocabulary: Vocabulary) -> dict[str, l
     """word -> its spellings (token lists), from a lexicon file; a malformed line, or a token
     outside `vocabulary`, is a ValueError naming the file and the line."""
     path = Path(path)
-    text = _read_text(path, "lexicon", "a lexicon (not UTF-8 text)")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such lexicon file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a lexicon (not UTF-8 text)") from None
     lexicon: dict[str, list[list[str]]] = {}
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():

@@ -59,7 +59,7 @@ def export_processor_lm(
     lm = Path(lm)
     if lm.is_file() and lm.read_bytes()[: len(KENLM_BINARY_MAGIC)] == KENLM_BINARY_MAGIC:
         raise ValueError(f"{lm}: export needs the ARPA file (its words go into unigrams.txt), not a KenLM binary")
-    words = [w for w in NgramLM.read_arpa(lm).vocabulary if w not in (BOS, EOS, UNK)]
+    words = [w for w in NgramLM.read_arpa(lm, max_order=1).vocabulary if w not in (BOS, EOS, UNK)]
     folder = Path(folder)
     # The pipeline loads the LM decoder when the feature extractor names an LM processor.
     preprocessor = folder / PREPROCESSOR_FILE
@@ -112,7 +112,7 @@ def import_processor_lm(
     if unigrams.is_file():
         words = unigrams.read_text(encoding="utf-8").split()
     else:
-        words = [w for w in NgramLM.read_arpa(models[0]).vocabulary if w not in (BOS, EOS, UNK)]
+        words = [w for w in NgramLM.read_arpa(models[0], max_order=1).vocabulary if w not in (BOS, EOS, UNK)]
     write_lexicon(words, target / LEXICON_FILE, vocabulary)
     (target / DECODER_FILE).write_text(json.dumps({"lm": models[0].name, **weights}, indent=1) + "\n")
     return target
