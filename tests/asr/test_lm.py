@@ -127,6 +127,8 @@ def test_lexicon_spells_words_in_the_vocabulary(tmp_path):
     path = lm.write_lexicon(["ab", "ba", "ab", "abz"], tmp_path / "lexicon.txt", vocabulary)
     assert path.read_text() == "ab\ta b |\nba\tb a |\n"
     assert lm.read_lexicon(path, vocabulary) == {"ab": [["a", "b", "|"]], "ba": [["b", "a", "|"]]}
+    with pytest.raises(ValueError, match="upper.txt: no word of the text is spelled"):
+        lm.write_lexicon(["ab"], tmp_path / "upper.txt", Vocabulary.from_symbols("AB"))
 
 
 def test_the_corpus_lm_is_the_commands_output_on_the_train_text_only(tmp_path):

@@ -365,7 +365,7 @@ def spell(word: str, unit_vocabulary: Vocabulary | None = None) -> list[str] | N
 def write_lexicon(words: Iterable[str], path: str | os.PathLike, vocabulary: Vocabulary | None = None) -> Path:
     """Writes `word<TAB>l e t t e r s |` for every distinct word spelled in `vocabulary` (all when None).
 
-    Words with a letter outside the vocabulary are left out (counted in the log).
+    Words with a letter outside the vocabulary are left out (counted in the log); none left is a ValueError.
     """
     lines, skipped = [], 0
     for word in sorted(set(words)):
@@ -374,6 +374,10 @@ def write_lexicon(words: Iterable[str], path: str | os.PathLike, vocabulary: Voc
             skipped += 1
             continue
         lines.append(f"{word}\t{' '.join(spelling)}")
+    if not lines:
+        raise ValueError(
+            f"{path}: no word of the text is spelled in the vocabulary's tokens (an upper-case vocabulary?)"
+        )
     if skipped:
         logger.info("lexicon %s: %d words with letters outside the vocabulary left out", path, skipped)
     path = Path(path)
