@@ -248,6 +248,30 @@ CASES = [
         ["a.flac", "v.tsv"],
         {"checkpoint": "runs/ft", "step": 3, "batch_size": 8},
     ),
+    (
+        "w2v_jax.cli.transcribe",
+        ["--checkpoint=runs/ft", "--decoder=beam", "--lm=lm.arpa", "--lexicon=lex.txt", "--lm_weight=1.5", "a.flac"],
+        ["a.flac"],
+        {"decoder": "beam", "lm": "lm.arpa", "lexicon": "lex.txt", "lm_weight": 1.5, "word_score": 0.0},
+    ),
+    (
+        "w2v_jax.cli.evaluate",
+        ["--checkpoint=runs/ft", "--lm=lm.arpa", "--lm_weight=0,1,2", "--word_score=-1,0", "--beam_size=100"],
+        [],
+        {"lm": "lm.arpa", "lm_weight": ["0", "1", "2"], "word_score": ["-1", "0"], "beam_size": 100},
+    ),
+    (
+        "w2v_jax.cli.build_lm",
+        ["--text=a.txt,train.tsv", "--order=3", "--prune=0,1,2", "--out=lm.arpa"],
+        [],
+        {"text": ["a.txt", "train.tsv"], "order": 3, "prune": ["0", "1", "2"], "unit": "word", "out": "lm.arpa"},
+    ),
+    (
+        "w2v_jax.cli.convert_checkpoint",
+        ["jax-to-hf", "runs/ft", "out", "--lm=lm.arpa", "--lm_weight=2"],
+        ["jax-to-hf", "runs/ft", "out"],
+        {"lm": "lm.arpa", "lm_weight": 2.0},
+    ),
     # Configs named by their file in the package (any directory).
     ("w2v_jax.cli.pretrain", ["--config=pretrain:base", "--workdir=w"], [], {"workdir": "w"}),
 ]
