@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from w2v_jax.data import audio, bucket_lengths, make_train_iterator, skips, write_manifest
+from w2v_jax.data import audio, bucket_lengths, make_train_iterator, pipeline, skips, write_manifest
 from w2v_jax.research import input_benchmark
 
 MIN, MAX = 4_000, 8_000  # short crops keep the tests fast
@@ -474,3 +474,62 @@ def test_the_first_bad_file_of_a_small_folder_does_not_stop_the_run():
         large.record(i, reason=skips.EMPTY)
     with pytest.raises(skips.TooManySkippedFiles, match="6 of 101 files .* of 101 files"):
         large.record(100, reason=skips.EMPTY)
+
+
+def test_token_budget_sizes_each_buckets_batch_and_rounds_it():
+    buckets = np.array([4_000, 5_000, 8_000])
+    sizes = pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=0, batch_multiple=4)
+    np.testing.assert_array_equal(sizes, [6, 6, 6])  # no budget: batch_size rows per process
+    # 100k // [4000, 5000, 8000] = [25, 20, 12] rows, rounded down to multiples of 4.
+    sizes = pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=100_000, batch_multiple=4)
+    np.testing.assert_array_equal(sizes, [24, 20, 12])
+    with pytest.raises(ValueError, match=r"max_tokens=30000 holds no batch of 4 rows .* at least 32000"):
+        pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=30_000, batch_multiple=4)
+    with pytest.raises(ValueError, match="batch_multiple=3 must be a positive multiple of shard_count=2"):
+        pipeline.PipelineConfig(batch_size=1, seed=0, shard_count=2, max_tokens=10**6, batch_multiple=3)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_token_budget_batches_are_sharded_and_resume_on_another_process_count(tmp_path, pad):
+    lengths = [4_000] * 12 + [4_000 + 80 * i for i in range(50)] + [8_000] * 30
+    _corpus(tmp_path, lengths)
+    common = dict(
+        batch_size=1,  # not used under a budget
+        seed=3,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=3,
+        pad=pad,
+        num_workers=0,
+        normalize=False,
+        max_tokens=40_000,
+        batch_multiple=2,
+    )
+    single = make_train_iterator(tmp_path / "m.tsv", **common)
+    assert single.global_batch_sizes.tolist() == [10, 6, 4]  # 40k // [4000, 5657, 8000], even
+    expected = _batches(single, 2 * single.batches_per_epoch)
+    assert len({b["input_values"].shape for b in expected}) == 3  # every bucket's shape occurs
+    for batch in expected:
+        rows, length = batch["input_values"].shape
+        assert rows % 2 == 0 and rows * length <= 40_000 < (rows + 2) * length
+        assert rows == single.rows_for_length(length)
+    # Two processes read the halves of the same global batches.
+    shards = [make_train_iterator(tmp_path / "m.tsv", **common, shard_index=i, shard_count=2) for i in range(2)]
+    for batch in expected[:6]:
+        parts = [next(s) for s in shards]
+        np.testing.assert_array_equal(np.concatenate([p["input_values"] for p in parts]), batch["input_values"])
+    # The two processes' states continue on one process (and one process's on two) at the global position.
+    states = json.loads(json.dumps([s.get_state() for s in shards]))
+    resumed = make_train_iterator(tmp_path / "m.tsv", **common)
+    resumed.restore_global(states)
+    _assert_same_batches(_batches(resumed, 6), expected[6:12])
+    halves = [make_train_iterator(tmp_path / "m.tsv", **common, shard_index=i, shard_count=2) for i in range(2)]
+    for half in halves:
+        half.restore_global([resumed.get_state()])
+    for batch in expected[12:15]:
+        parts = [next(h) for h in halves]
+        np.testing.assert_array_equal(np.concatenate([p["input_values"] for p in parts]), batch["input_values"])
+    # Another budget (or rounding) is another global batch: refused, naming the rows.
+    other = make_train_iterator(tmp_path / "m.tsv", **{**common, "batch_multiple": 4})
+    with pytest.raises(ValueError, match=r"global batch changed since this state was saved \(rows per bucket"):
+        other.set_state(resumed.get_state())

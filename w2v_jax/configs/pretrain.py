@@ -141,6 +141,12 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     data.max_sample_size = 250_000
     data.min_sample_size = 32_000
     data.pad = False  # False: crop each batch to its shortest utterance (fairseq's default)
+    # Token budget (fairseq's max_tokens): samples per update in all (every device and micro-batch);
+    # each length bucket's global batch is max_tokens // length rows, rounded down to a multiple of
+    # devices x grad_accum_steps (one compile per bucket), and train.batch_size is not used. 0: a
+    # fixed train.batch_size. fairseq BASE: 1.4M per GPU x 64 GPUs = 89.6M.
+    data.max_tokens = 0
+    data.num_buckets = 8  # crop / pad lengths: geometric between min_sample_size and max_sample_size
     data.normalize = True
     data.num_workers = 0
     # Bad input: strict stops at the first unusable file; otherwise unusable files are skipped and

@@ -1,12 +1,18 @@
 """Training batches: length buckets, seeded per-epoch shuffling, per-process shards, grain workers.
 
 Every global batch is a pure function of (seed, global batch number): the epoch's plan (bucket
-membership shuffled, cut into batches of ``batch_size * shard_count``, batch order shuffled) comes
+membership shuffled, cut into global batches of the bucket's size, batch order shuffled) comes
 from ``seed`` and the epoch number, each row's crop offset from ``seed``, the batch number and the
 row. So the iterator state is a single batch counter (plus the bad-file bookkeeping): restoring it
 replays exactly what an uninterrupted run would have produced, with any number of grain workers,
-and process ``shard_index`` always reads rows ``[shard_index * batch_size, (shard_index + 1) *
-batch_size)`` of each global batch, so processes never overlap.
+and process ``shard_index`` of ``shard_count`` always reads its slice ``shard_index`` of the
+``shard_count`` equal slices of each global batch, so processes never overlap. Nothing in the plan
+depends on the number of processes: the position restored on another topology is the global one.
+
+Batch sizes: ``batch_size * shard_count`` rows in every global batch, or, with a token budget
+(``max_tokens > 0``, fairseq's ``max_tokens``), ``max_tokens // bucket_length`` rows rounded down to a
+multiple of ``batch_multiple`` (the data-parallel size times the accumulation steps), so a global
+batch holds at most ``max_tokens`` samples whatever its bucket: one batch shape (one compile) per bucket.
 
 Shapes: lengths come from a fixed geometric set of ``num_buckets`` values between min_sample_size
 and max_sample_size. Crop mode (fairseq's default) files each utterance under the largest bucket
@@ -28,6 +34,7 @@ import logging
 import os
 import sys
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -51,6 +58,10 @@ LONGER_THAN_MAX_SAMPLE_SIZE = "longer_than_max_sample_size"
 # their shape (a multi-process global batch needs every process's shard to be the same size); after
 # this many unusable draws in a row the slot is left as an all-padding row (attention_mask 0).
 MAX_REPLACEMENT_DRAWS = 8
+# PipelineConfig fields that say how the global batches are split over processes and devices, not
+# which batches there are: a state restores on another topology when only these differ (the global
+# batch sizes are compared instead).
+_TOPOLOGY_FIELDS = ("shard_index", "shard_count", "batch_size", "batch_multiple")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,8 @@ class PipelineConfig:
     shard_count: int = 1
     num_epochs: int | None = None
     label_length: int = 0  # labelled batches: label ids per row (0: no labels)
+    max_tokens: int = 0  # samples per global batch (0: batch_size rows per process in every batch)
+    batch_multiple: int = 1  # with max_tokens: global rows are a multiple of this (and of shard_count)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -85,6 +98,13 @@ class PipelineConfig:
             raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0 (0: fixed batch_size), got {self.max_tokens}")
+        if self.max_tokens and (self.batch_multiple < 1 or self.batch_multiple % self.shard_count):
+            raise ValueError(
+                f"batch_multiple={self.batch_multiple} must be a positive multiple of shard_count={self.shard_count} "
+                "(every process reads the same number of rows)"
+            )
         if self.label_length and not self.pad:
             raise ValueError("labelled batches must be padded (pad=True): cropping would cut transcripts")
 
@@ -117,35 +137,57 @@ def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool, m
     return np.searchsorted(buckets, clipped, side="right") - 1
 
 
-class EpochPlanner:
-    """Global batches of one epoch: [num_batches] bucket ids and [num_batches, global_batch] rows.
+def global_batch_sizes(
+    buckets: np.ndarray, *, batch_size: int, shard_count: int, max_tokens: int, batch_multiple: int
+) -> np.ndarray:
+    """Rows of a global batch per bucket, int64 [num_buckets].
 
-    members_per_bucket: manifest indices of the usable utterances of each bucket. Each epoch
-    shuffles every bucket, cuts it into full global batches (the remainder waits for another
-    epoch's shuffle) and shuffles the batch order.
+    Fixed (max_tokens == 0): batch_size * shard_count everywhere. Token budget: ``max_tokens //
+    length`` rows rounded down to a multiple of ``batch_multiple``; a ValueError when the longest
+    bucket would get none (the budget must hold batch_multiple rows of it).
+    """
+    if max_tokens == 0:
+        return np.full(len(buckets), batch_size * shard_count, np.int64)
+    rows = (max_tokens // buckets) // batch_multiple * batch_multiple
+    if rows.min() < 1:
+        needed = int(buckets.max()) * batch_multiple
+        raise ValueError(
+            f"data.max_tokens={max_tokens} holds no batch of {batch_multiple} rows (the data-parallel size times "
+            f"the accumulation steps) of the longest bucket ({int(buckets.max())} samples): raise it to at least "
+            f"{needed}"
+        )
+    return rows.astype(np.int64)
+
+
+class EpochPlanner:
+    """Global batches of one epoch: [num_batches] bucket ids and num_batches arrays of rows.
+
+    members_per_bucket: manifest indices of the usable utterances of each bucket; batch_sizes: the
+    rows of a global batch of each bucket. Each epoch shuffles every bucket, cuts it into full global
+    batches (the remainder waits for another epoch's shuffle) and shuffles the batch order.
     """
 
-    def __init__(self, members_per_bucket: list[np.ndarray], global_batch_size: int, seed: int):
+    def __init__(self, members_per_bucket: list[np.ndarray], batch_sizes: np.ndarray, seed: int):
         self._members = members_per_bucket
-        self._global_batch_size = global_batch_size
+        self._batch_sizes = [int(b) for b in batch_sizes]
         self._seed = seed
-        self.batches_per_epoch = sum(len(m) // global_batch_size for m in members_per_bucket)
+        self.batches_per_epoch = sum(len(m) // b for m, b in zip(members_per_bucket, self._batch_sizes))
         # One (epoch, plan) tuple, replaced whole: grain's reader threads may plan epochs concurrently.
-        self._cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._cache: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None
 
-    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def epoch(self, epoch: int) -> tuple[np.ndarray, list[np.ndarray]]:
         cache = self._cache
         if cache is not None and cache[0] == epoch:
             return cache[1]
         rng = np.random.default_rng([self._seed, _SHUFFLE_STREAM, epoch])
         ids, rows = [], []
-        for bucket, members in enumerate(self._members):
-            count = len(members) // self._global_batch_size
-            shuffled = rng.permutation(members)[: count * self._global_batch_size]
+        for bucket, (members, size) in enumerate(zip(self._members, self._batch_sizes)):
+            count = len(members) // size
+            shuffled = rng.permutation(members)[: count * size]
             ids.append(np.full(count, bucket, np.int64))
-            rows.append(shuffled.reshape(count, self._global_batch_size))
+            rows.extend(shuffled.reshape(count, size))
         order = rng.permutation(self.batches_per_epoch)
-        plan = (np.concatenate(ids)[order], np.concatenate(rows)[order])
+        plan = (np.concatenate(ids)[order], [rows[i] for i in order])
         self._cache = (epoch, plan)
         return plan
 
@@ -153,7 +195,7 @@ class EpochPlanner:
         return self._members[bucket]
 
     def global_batch(self, number: int) -> tuple[int, np.ndarray]:
-        """(bucket id, manifest indices [global_batch]) of global batch ``number`` (0-based, all epochs)."""
+        """(bucket id, manifest indices [rows]) of global batch ``number`` (0-based, all epochs)."""
         ids, rows = self.epoch(number // self.batches_per_epoch)
         position = number % self.batches_per_epoch
         return int(ids[position]), rows[position]
@@ -214,12 +256,13 @@ class _BatchDataset(grain.MapDataset):
         config = self._config
         bucket, members = self._planner.global_batch(number)
         length = int(self._buckets[bucket])
-        first_row = config.shard_index * config.batch_size
-        input_values = np.zeros((config.batch_size, length), np.float32)
-        attention_mask = np.zeros((config.batch_size, length), np.int32)
-        label_rows = [np.zeros(0, np.int32)] * config.batch_size
+        rows = len(members) // config.shard_count
+        first_row = config.shard_index * rows
+        input_values = np.zeros((rows, length), np.float32)
+        attention_mask = np.zeros((rows, length), np.int32)
+        label_rows = [np.zeros(0, np.int32)] * rows
         report = []
-        for slot, row in enumerate(range(first_row, first_row + config.batch_size)):
+        for slot, row in enumerate(range(first_row, first_row + rows)):
             samples, outcome = self._read_row(int(members[row]))
             report.append(outcome)
             if samples is None:
@@ -254,14 +297,17 @@ def _close_grain(holder: dict[str, Any]) -> None:
 
 
 class TrainIterator:
-    """Yields {"input_values": float32 [batch_size, S], "attention_mask": int32 [batch_size, S]}
-    forever (or for num_epochs).
+    """Yields {"input_values": float32 [rows, S], "attention_mask": int32 [rows, S]} forever (or for
+    num_epochs).
 
-    S is one of ``bucket_lengths``. A row whose file turns out unusable is refilled with another
-    utterance of its bucket (see MAX_REPLACEMENT_DRAWS); the other rows are unaffected. Checkpoint
-    with get_state() (a JSON-serialisable dict) and set_state(); per-reason bad-file counts in
-    skip_counts(), conversions in conversion_counts(), a one-line summary() for the end of the run.
-    close() stops the workers (also done at garbage collection and interpreter exit).
+    S is one of ``bucket_lengths``; rows is this process's share of the bucket's global batch
+    (``global_batch_sizes``: the same in every bucket unless a token budget sets them). A row whose
+    file turns out unusable is refilled with another utterance of its bucket (see
+    MAX_REPLACEMENT_DRAWS); the other rows are unaffected. Checkpoint with get_state() (a
+    JSON-serialisable dict) and set_state(), or restore_global() with every process's state;
+    per-reason bad-file counts in skip_counts(), conversions in conversion_counts(), a one-line
+    summary() for the end of the run. close() stops the workers (also at garbage collection and
+    interpreter exit).
     """
 
     def __init__(
@@ -294,7 +340,14 @@ class TrainIterator:
             max_skip_fraction=max_skip_fraction,
         )
         self._fingerprint = manifest.fingerprint()
-        self._planner = EpochPlanner(self._usable_members(), config.batch_size * config.shard_count, config.seed)
+        self.global_batch_sizes = global_batch_sizes(
+            self.buckets,
+            batch_size=config.batch_size,
+            shard_count=config.shard_count,
+            max_tokens=config.max_tokens,
+            batch_multiple=config.batch_multiple,
+        )
+        self._planner = EpochPlanner(self._usable_members(), self.global_batch_sizes, config.seed)
         self._next_batch = 0
         # The grain iterator lives in a holder that a finalizer closes at garbage collection or interpreter
         # exit, whichever comes first: grain's own cleanup fails once module teardown has begun.
@@ -341,31 +394,49 @@ class TrainIterator:
             usable &= label_usable  # the label set logged and counts its own skips
         bucket_of = assign_buckets(lengths, self.buckets, pad=config.pad, max_sample_size=config.max_sample_size)
         members = [np.flatnonzero(usable & (bucket_of == b)) for b in range(len(self.buckets))]
-        global_batch = config.batch_size * config.shard_count
-        batches = sum(len(m) // global_batch for m in members)
+        sizes = self.global_batch_sizes.tolist()
+        batches = sum(len(m) // size for m, size in zip(members, sizes))
         if batches == 0:
             raise ValueError(
-                f"{self.manifest.source}: no length bucket holds a full global batch of {global_batch} "
-                f"usable utterances (bucket sizes {[len(m) for m in members]} for lengths "
-                f"{self.buckets.tolist()}); lower batch_size or num_buckets"
+                f"{self.manifest.source}: no length bucket holds a full global batch of "
+                f"{sizes[0] if len(set(sizes)) == 1 else sizes} usable utterances (bucket sizes "
+                f"{[len(m) for m in members]} for lengths {self.buckets.tolist()}); lower the batch size (or "
+                "max_tokens) or num_buckets"
             )
-        unused = sum(len(m) for m in members if len(m) < global_batch)
+        unused = sum(len(m) for m, size in zip(members, sizes) if len(m) < size)
         if unused:
             logger.warning(
-                "%d utterances sit in buckets with fewer than %d (one global batch) and are never "
+                "%d utterances sit in buckets with fewer than one global batch (%s rows) and are never "
                 "used; lower num_buckets to use them",
                 unused,
-                global_batch,
+                sizes,
             )
         logger.info(
-            "%s: %d usable utterances, %d batches of %d per epoch, lengths %s",
+            "%s: %d usable utterances, %d global batches per epoch, %s",
             self.manifest.source,
             int(usable.sum()),
             batches,
-            global_batch,
-            self.buckets.tolist(),
+            self.describe_batches(),
         )
         return members
+
+    def describe_batches(self) -> str:
+        """The batch sizes in words: fixed, or the token budget's rows per bucket length."""
+        lengths = self.buckets.tolist()
+        if self.config.max_tokens == 0:
+            return f"{int(self.global_batch_sizes[0])} rows per global batch, lengths {lengths}"
+        per_bucket = ", ".join(f"{n} x {length}" for n, length in zip(self.global_batch_sizes.tolist(), lengths))
+        return (
+            f"token budget max_tokens={self.config.max_tokens}: global batches (rows x samples) {per_bucket}; "
+            f"one compile per bucket"
+        )
+
+    def rows_for_length(self, length: int) -> int:
+        """Rows of a global batch whose samples are ``length`` long (a bucket length)."""
+        matches = np.flatnonzero(self.buckets == length)
+        if len(matches) != 1:
+            raise ValueError(f"{length} samples is not one of the bucket lengths {self.buckets.tolist()}")
+        return int(self.global_batch_sizes[matches[0]])
 
     @property
     def batches_per_epoch(self) -> int:
@@ -384,9 +455,10 @@ class TrainIterator:
 
     def planned_files(self, batch_number: int) -> np.ndarray:
         """Manifest indices this process's rows of global batch ``batch_number`` are planned to read
-        (before replacing unusable files): int64 [batch_size]. For tests and debugging a batch."""
-        first_row = self.config.shard_index * self.config.batch_size
-        return self._planner.global_batch(batch_number)[1][first_row : first_row + self.config.batch_size]
+        (before replacing unusable files): int64 [rows]. For tests and debugging a batch."""
+        members = self._planner.global_batch(batch_number)[1]
+        rows = len(members) // self.config.shard_count
+        return members[self.config.shard_index * rows : (self.config.shard_index + 1) * rows]
 
     def _grain_iterator(self):
         if self._grain["iterator"] is None:
@@ -428,11 +500,36 @@ class TrainIterator:
             "manifest_fingerprint": self._fingerprint,
             "num_files": len(self.manifest),
             "config": dataclasses.asdict(self.config),
+            "global_batch_sizes": self.global_batch_sizes.tolist(),
             "file_status": self._tracker.state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from ``state``; refuses a state from another manifest or batch configuration."""
+        self.restore_global([state] * self.config.shard_count)
+
+    def restore_global(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continues from the states of every process of a run on any number of processes.
+
+        The position is global (the next global batch, the same in every state), so a run on
+        another number of processes continues with the batches an uninterrupted run on this one
+        would read. This process takes over the bad-file bookkeeping of the old processes ``j`` with
+        ``j % shard_count == shard_index``, so the counts summed over processes carry over. Refuses
+        states of another manifest, another batch configuration or another global batch.
+        """
+        for state in states:
+            self._check_compatible(state)
+        positions = {int(state["next_batch"]) for state in states}
+        if len(positions) != 1:
+            raise ValueError(f"the processes' data states disagree on the next global batch: {sorted(positions)}")
+        mine = [
+            s["file_status"] for j, s in enumerate(states) if j % self.config.shard_count == self.config.shard_index
+        ]
+        self._tracker.set_state(skips.merge_states(mine, len(self.manifest)))
+        self.close()
+        self._next_batch = positions.pop()
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} state: format={state.get('format')!r}")
         if state["manifest_fingerprint"] != self._fingerprint:
@@ -442,14 +539,21 @@ class TrainIterator:
                 f"{state['manifest_fingerprint'][:12]} then, {self._fingerprint[:12]} now): "
                 "resuming would not replay the same batches"
             )
+        saved = state["config"]
+        then_sizes = state.get("global_batch_sizes", [saved["batch_size"] * saved["shard_count"]] * len(self.buckets))
+        if then_sizes != self.global_batch_sizes.tolist():
+            raise ValueError(
+                f"the global batch changed since this state was saved (rows per bucket {then_sizes} then, "
+                f"{self.global_batch_sizes.tolist()} now, for lengths {self.buckets.tolist()}): a resume keeps the "
+                "global batch; on another device or process count choose data.max_tokens (or train.batch_size) "
+                "that gives the same rows"
+            )
+        saved = {"max_tokens": 0} | saved  # a state saved before token budgets existed
         current = dataclasses.asdict(self.config)
-        changed = {k: (state["config"].get(k), v) for k, v in current.items() if state["config"].get(k) != v}
+        changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _TOPOLOGY_FIELDS and saved.get(k) != v}
         if changed:
             details = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changed.items())
             raise ValueError(f"the input pipeline's configuration changed since this state was saved ({details})")
-        self._tracker.set_state(state["file_status"])
-        self.close()
-        self._next_batch = int(state["next_batch"])
 
     def skip_counts(self) -> dict[str, int]:
         """Distinct skipped files per reason (every reason that applies present, zeros included); with
@@ -496,6 +600,8 @@ def make_train_iterator(
     num_buckets: int = 8,
     allow_outside_root: bool = False,
     labels: LabelSet | None = None,
+    max_tokens: int = 0,
+    batch_multiple: int = 1,
 ) -> TrainIterator:
     """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
 
@@ -506,6 +612,8 @@ def make_train_iterator(
     in background threads of this process). max_skip_fraction / strict: see ``skips``.
     num_epochs: None repeats forever. allow_outside_root: accept absolute or ``..`` manifest paths.
     labels: a ``LabelSet`` of the same manifest: batches gain ``labels`` (module docstring); needs pad.
+    max_tokens: a token budget, samples per global batch (0: fixed batch_size); batch_multiple: its
+    global rows are rounded down to a multiple of this (a multiple of shard_count).
     """
     config = PipelineConfig(
         batch_size=batch_size,
@@ -518,6 +626,8 @@ def make_train_iterator(
         shard_index=shard_index,
         shard_count=shard_count,
         num_epochs=num_epochs,
+        max_tokens=max_tokens,
+        batch_multiple=batch_multiple,
         label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
     if not isinstance(manifest, Manifest):

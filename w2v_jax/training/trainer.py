@@ -90,6 +90,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
             f"go into the record of a logged step), got {eval_every!r}"
         )
+    if config.data.min_sample_size > config.data.max_sample_size:
+        raise ValueError(
+            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
+        )
+    if config.data.get("max_tokens", 0):
+        return  # the token budget's batch sizes are made divisible (`pretraining.token_batch_multiple`)
     num_devices = jax.device_count()
     if t.batch_size % (num_devices * t.grad_accum_steps):
         raise ValueError(
@@ -98,10 +104,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
     if t.batch_size % jax.process_count():
         raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {jax.process_count()} processes")
-    if config.data.min_sample_size > config.data.max_sample_size:
-        raise ValueError(
-            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
-        )
 
 
 def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,13 +281,17 @@ def _resume_or_start(run: _Run) -> None:
             start_metrics_file(run.workdir / metrics.METRICS_FILE)
         return
     latest, run.state, host = restored
-    process_count = jax.process_count()
-    if len(host["data_iterators"]) != process_count:
-        raise ValueError(
-            f"checkpoint {latest} in {run.checkpointer.directory} was written by {len(host['data_iterators'])} "
-            f"processes, this run has {process_count}: resume with the same number of processes"
+    # The data position is global: a run on another number of processes (or devices, with orbax
+    # resharding the state) continues where the saved run was, if the global batch is the same.
+    written_by = len(host["data_iterators"])
+    if written_by != jax.process_count():
+        logger.info(
+            "checkpoint %d was written by %d processes, this run has %d", latest, written_by, jax.process_count()
         )
-    run.data_iter.set_state(host["data_iterators"][jax.process_index()])
+    try:
+        run.data_iter.restore_global(host["data_iterators"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {latest} in {run.checkpointer.directory}: {error}") from None
     run.key_data = np.asarray(host["rng"], np.uint32)
     run.window = host["window"]
     if primary:
@@ -419,10 +425,12 @@ def _loop(
     while step < t.num_steps:
         # --- one update ---
         local = next(run.data_iter)
-        train_step.check_batch(local, t.batch_size // process_count)
+        # One batch size, or with a token budget one per bucket length (one compile each).
+        rows = run.data_iter.rows_for_length(local["input_values"].shape[1])
+        train_step.check_batch(local, rows // process_count)
         window.audio_seconds += float(np.sum(local["attention_mask"])) * process_count / SAMPLE_RATE
         batch = {
-            k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (t.batch_size, *v.shape[1:]))
+            k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (rows, *v.shape[1:]))
             for k, v in local.items()
         }
         compiled_before = run.step_fn.compile_seconds
