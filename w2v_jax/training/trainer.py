@@ -43,7 +43,7 @@ from jax.experimental import multihost_utils
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.pipeline import TrainIterator
-from w2v_jax.training import distributed, evaluation, metrics, sharding, train_step
+from w2v_jax.training import distributed, evaluation, health, metrics, sharding, train_step
 from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
 from w2v_jax.training.pretraining import PretrainingTask
 from w2v_jax.training.workdir import CHECKPOINTS_DIR, WorkdirLock, prepare_config, start_metrics_file
@@ -51,15 +51,23 @@ from w2v_jax.training.workdir import CHECKPOINTS_DIR, WorkdirLock, prepare_confi
 logger = logging.getLogger(__name__)
 
 # Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct")
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct", "num_frames", "num_blank_frames")
 # Metrics divided once over a logging window: sum(numerator) / sum(denominator).
-_RATIOS = {"accuracy": ("num_correct", "num_masked"), "chance_accuracy": ("chance_correct", "num_masked")}
+_RATIOS = {
+    "accuracy": ("num_correct", "num_masked"),
+    "chance_accuracy": ("chance_correct", "num_masked"),
+    "blank_fraction": ("num_blank_frames", "num_frames"),
+}
 # Counters that are states, not per-step values: the window keeps the last one.
 _LAST = ("nonfinite_total", "nonfinite_consecutive")
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+class UnhealthyRunError(TrainingDivergedError):
+    """`train.health = "stop"` and a failure condition holds (`health`); that step's checkpoint is saved."""
 
 
 def _precision_dtype(precision: str) -> jnp.dtype | None:
@@ -90,6 +98,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
             f"go into the record of a logged step), got {eval_every!r}"
         )
+    if t.get("health", "off") not in health.MODES:
+        raise ValueError(f"train.health must be one of {health.MODES}, got {t.health!r}")
     if config.data.min_sample_size > config.data.max_sample_size:
         raise ValueError(
             f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
@@ -375,9 +385,10 @@ def _train_locked(
         smoothing=0,
     )
     outcome = {"step": start_step, "last_logged": {}, "last_valid": {}, "eval_seconds": 0.0}
+    monitor = _health_monitor(config, workdir_path, start_step)
     try:
         with _preemption_requests() as preemption:
-            _loop(run, start_step, writer, progress, preemption, outcome)
+            _loop(run, start_step, writer, progress, preemption, outcome, monitor)
     finally:
         progress.close()
         writer.close()
@@ -399,9 +410,30 @@ def _train_locked(
         "checkpoint_steps": checkpoint_steps,
         "data": run.data_iter.summary(),
     }
+    if monitor is not None:
+        summary["health"] = monitor.summary()
     if primary:
         logger.info("%s", format_summary(summary, workdir_path, task))
     return summary
+
+
+def _health_monitor(
+    config: ml_collections.ConfigDict, workdir_path: pathlib.Path, start_step: int
+) -> health.HealthMonitor | None:
+    """The failure detectors of `train.health` (None when "off"), having seen the records a
+    resumed run kept (every process reads them, so all agree on a stop)."""
+    t = config.train
+    if t.get("health", "off") == "off":
+        return None
+    monitor = health.HealthMonitor(
+        num_groups=config.get("model", {}).get("num_codevector_groups"),
+        warmup_steps=t.get("warmup_steps", 0),
+        window=t.get("health_window", 3),
+    )
+    path = workdir_path / metrics.METRICS_FILE
+    if start_step and path.exists():
+        monitor.replay([r for r in metrics.read_metrics(path) if r["step"] <= start_step])
+    return monitor
 
 
 def _loop(
@@ -411,6 +443,7 @@ def _loop(
     progress: tqdm.tqdm,
     preemption: dict[str, bool],
     outcome: dict[str, Any],
+    monitor: health.HealthMonitor | None,
 ) -> None:
     """The updates from `start_step` to `train.num_steps` (or a preemption); logged records,
     validation and checkpoints on their schedules. `outcome` holds the step reached and the last
@@ -465,8 +498,19 @@ def _loop(
                 outcome["last_valid"] = {"step": step, **values}
                 outcome["eval_seconds"] += time.perf_counter() - eval_start
                 _exclude_from_eta(progress, time.perf_counter() - eval_start)
+            findings = [] if monitor is None else monitor.observe({"step": step, **record})
+            if findings:
+                record[health.RECORD_FIELD] = [f.name for f in findings]
+                for finding in findings:
+                    if finding.started:
+                        logger.warning("%s", finding.line(step))
             writer.write(step, record)
             outcome["last_logged"] = {"step": step, **record}
+            if findings and t.get("health") == "stop":
+                run.save(step)
+                run.checkpointer.wait()
+                saved = f"checkpoint {step} saved in {run.checkpointer.directory}"
+                raise UnhealthyRunError(f"train.health=stop: {findings[0].line(step)}; {saved}")
             last_valid = outcome["last_valid"]
             postfix = {
                 label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record
@@ -507,4 +551,6 @@ def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Ta
         f"validation {summary['eval_seconds']:.1f} s"
     )
     lines.append(f"  data: {summary['data']}")
+    if "health" in summary:
+        lines.append(f"  health: {summary['health']}")
     return "\n".join(lines)
