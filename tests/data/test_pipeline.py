@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from w2v_jax.data import audio, bucket_lengths, make_train_iterator, pipeline, skips, write_manifest
+from w2v_jax.data import audio, bucket_lengths, make_train_iterator, manifest, pipeline, skips, write_manifest
 from w2v_jax.research import input_benchmark
 
 MIN, MAX = 4_000, 8_000  # short crops keep the tests fast
@@ -533,3 +533,40 @@ def test_token_budget_batches_are_sharded_and_resume_on_another_process_count(tm
     other = make_train_iterator(tmp_path / "m.tsv", **{**common, "batch_multiple": 4})
     with pytest.raises(ValueError, match=r"global batch changed since this state was saved \(rows per bucket"):
         other.set_state(resumed.get_state())
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_rows_written_at_the_files_own_rate_are_converted_not_skipped(tmp_path, caplog, pad):
+    # The same 16 kHz lengths stored at 44.1 kHz and 8 kHz, half the rows written as fairseq's
+    # wav2vec_manifest.py writes them (the header's frame count), half as ours (16 kHz samples).
+    rates = [44_100, 8_000] * 4
+    lengths_16k = [4_500, 4_500, 6_000, 6_000, 7_000, 7_000, 8_000, 8_000]
+    names, rows = [], []
+    for i, (rate, length) in enumerate(zip(rates, lengths_16k)):
+        frames = length * rate // 16_000
+        names.append(f"r{i}.wav")
+        soundfile.write(tmp_path / names[-1], _signal(i, frames), rate, subtype="FLOAT")
+        rows.append(frames if i % 4 < 2 else audio.resampled_length(frames, rate))
+    names.append("wrong.wav")  # neither count: still a length mismatch
+    soundfile.write(tmp_path / "wrong.wav", _signal(9, 5_000), 8_000, subtype="FLOAT")
+    rows.append(7_777)
+    write_manifest(tmp_path / "m.tsv", ".", names, rows)
+    np.testing.assert_array_equal(
+        manifest.lengths_at_16k(manifest.load_manifest(tmp_path / "m.tsv"))[:8],
+        [audio.resampled_length(length * rate // 16_000, rate) for rate, length in zip(rates, lengths_16k)],
+    )
+    common = dict(seed=0, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, pad=pad, num_workers=0)
+    with caplog.at_level(logging.INFO, logger="w2v_jax.data"):
+        iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=2, max_skip_fraction=1.0, **common)
+        for _ in range(3 * iterator.batches_per_epoch):
+            batch = next(iterator)
+            # The bucket came from the 16 kHz length: crops are full, padded rows hold the whole file.
+            assert batch["attention_mask"].sum(axis=1).min() >= (MIN if not pad else 4_400)
+    counts = iterator.skip_counts()
+    assert counts[skips.LENGTH_MISMATCH] == 1 and sum(counts.values()) == 1
+    assert iterator.conversion_counts()[skips.RESAMPLED] == 9  # wrong.wav was resampled before its check
+    for i, name in enumerate(names[:8]):
+        lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert lines and all(line.startswith(f"converted {tmp_path / name}") for line in lines), lines
+        assert not any(word in " ".join(lines) for word in ("skip", "unreadable", "invalid"))
+        assert ("frame count at" in lines[0]) == (i % 4 < 2)

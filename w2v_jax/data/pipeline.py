@@ -43,7 +43,7 @@ from absl import flags
 
 from w2v_jax.data import audio, skips
 from w2v_jax.data.labels import LabelSet, pad_labels
-from w2v_jax.data.manifest import Manifest, load_manifest
+from w2v_jax.data.manifest import Manifest, lengths_at_16k, load_manifest
 
 logger = logging.getLogger("w2v_jax.data")
 
@@ -247,8 +247,13 @@ class _BatchDataset(grain.MapDataset):
         conversions = (decoded.resampled, decoded.downmixed)
         detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
         expected = int(self._manifest.num_samples[index])
-        if decoded.samples.shape[0] != expected:
-            mismatch = f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz"
+        if decoded.resampled and decoded.source_frames == expected:
+            detail += f" (the manifest's {expected} is its frame count at {decoded.source_rate} Hz)"
+        elif decoded.samples.shape[0] != expected:
+            mismatch = (
+                f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz "
+                f"({decoded.source_frames} at its {decoded.source_rate} Hz)"
+            )
             return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
         return decoded.samples, (index, "", detail, *conversions)
 
@@ -355,8 +360,9 @@ class TrainIterator:
         weakref.finalize(self, _close_grain, self._grain)
 
     def _usable_members(self) -> list[np.ndarray]:
-        """Records files known bad from the manifest alone, returns the rest grouped by bucket."""
-        config, lengths = self.config, self.manifest.num_samples
+        """Records files known bad from the manifest alone, returns the rest grouped by bucket (by
+        their 16 kHz lengths: a row written at its file's own rate is converted from the header)."""
+        config, lengths = self.config, lengths_at_16k(self.manifest)
         usable = np.ones(len(lengths), bool)
         for index, (reason, detail) in sorted(self.manifest.known_bad.items()):
             self._tracker.record(index, reason=reason, detail=detail)
