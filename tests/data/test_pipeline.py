@@ -570,3 +570,21 @@ def test_rows_written_at_the_files_own_rate_are_converted_not_skipped(tmp_path, 
         assert lines and all(line.startswith(f"converted {tmp_path / name}") for line in lines), lines
         assert not any(word in " ".join(lines) for word in ("skip", "unreadable", "invalid"))
         assert ("frame count at" in lines[0]) == (i % 4 < 2)
+
+
+def test_batching_report_of_a_token_budget_and_of_fixed_batches(tmp_path):
+    lengths = [4_000] * 12 + [4_000 + 80 * i for i in range(50)] + [9_000] * 30
+    _corpus(tmp_path, lengths)
+    common = dict(pad=True, max_sample_size=MAX, min_sample_size=MIN, num_buckets=3, batch_multiple=2)
+    budget = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=1, max_tokens=40_000, **common)
+    fixed = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=6, max_tokens=0, **common)
+    assert budget["max_samples"] <= 40_000 < fixed["max_samples"] == 6 * MAX
+    assert budget["compiles"] == 3 and fixed["compiles"] == 3
+    # Padding: real samples over the batches' samples, and the 9000-sample files cut to MAX.
+    for report in (budget, fixed):
+        assert 0.5 < report["audio_share"] < 1 and report["kept_share"] < 1
+        assert report["budget_audio_share"] <= report["audio_share"]
+    lines = input_benchmark.compare_batching(tmp_path / "m.tsv", max_tokens=40_000, **{k: v for k, v in common.items()})
+    assert lines[0].startswith("pad max_tokens=40000: ") and "3 compiles" in lines[0]
+    crop = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=4, max_tokens=0, **{**common, "pad": False})
+    assert crop["audio_share"] == 1.0 and crop["kept_share"] < 1

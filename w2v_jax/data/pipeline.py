@@ -345,6 +345,7 @@ class TrainIterator:
             max_skip_fraction=max_skip_fraction,
         )
         self._fingerprint = manifest.fingerprint()
+        self.lengths_16k = lengths_at_16k(manifest)  # int64 [num_files], rows at other rates converted
         self.global_batch_sizes = global_batch_sizes(
             self.buckets,
             batch_size=config.batch_size,
@@ -362,7 +363,7 @@ class TrainIterator:
     def _usable_members(self) -> list[np.ndarray]:
         """Records files known bad from the manifest alone, returns the rest grouped by bucket (by
         their 16 kHz lengths: a row written at its file's own rate is converted from the header)."""
-        config, lengths = self.config, lengths_at_16k(self.manifest)
+        config, lengths = self.config, self.lengths_16k
         usable = np.ones(len(lengths), bool)
         for index, (reason, detail) in sorted(self.manifest.known_bad.items()):
             self._tracker.record(index, reason=reason, detail=detail)
@@ -398,6 +399,7 @@ class TrainIterator:
             label_usable = np.zeros(len(lengths), bool)
             label_usable[self.labels.usable_indices()] = True
             usable &= label_usable  # the label set logged and counts its own skips
+        self.num_usable = int(usable.sum())  # utterances a batch may read
         bucket_of = assign_buckets(lengths, self.buckets, pad=config.pad, max_sample_size=config.max_sample_size)
         members = [np.flatnonzero(usable & (bucket_of == b)) for b in range(len(self.buckets))]
         sizes = self.global_batch_sizes.tolist()
@@ -462,9 +464,14 @@ class TrainIterator:
     def planned_files(self, batch_number: int) -> np.ndarray:
         """Manifest indices this process's rows of global batch ``batch_number`` are planned to read
         (before replacing unusable files): int64 [rows]. For tests and debugging a batch."""
-        members = self._planner.global_batch(batch_number)[1]
+        return self.planned_batch(batch_number)[1]
+
+    def planned_batch(self, batch_number: int) -> tuple[int, np.ndarray]:
+        """(length in samples, ``planned_files``) of global batch ``batch_number``, read from the plan
+        alone (nothing is decoded): what batching reports measure."""
+        bucket, members = self._planner.global_batch(batch_number)
         rows = len(members) // self.config.shard_count
-        return members[self.config.shard_index * rows : (self.config.shard_index + 1) * rows]
+        return int(self.buckets[bucket]), members[self.config.shard_index * rows : (self.config.shard_index + 1) * rows]
 
     def _grain_iterator(self):
         if self._grain["iterator"] is None:
