@@ -588,3 +588,39 @@ def test_batching_report_of_a_token_budget_and_of_fixed_batches(tmp_path):
     assert lines[0].startswith("pad max_tokens=40000: ") and "3 compiles" in lines[0]
     crop = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=4, max_tokens=0, **{**common, "pad": False})
     assert crop["audio_share"] == 1.0 and crop["kept_share"] < 1
+
+
+@pytest.mark.parametrize("weights, alpha, expected", [((), 0.5, (2 / 3, 1 / 3)), ((1, 3), 0.0, (0.25, 0.75))])
+def test_several_corpora_are_sampled_at_their_shares_deterministically_and_resumably(
+    tmp_path, weights, alpha, expected
+):
+    # 40 and 10 utterances: temperature sampling with alpha 0.5 gives sqrt(40):sqrt(10) = 2:1.
+    _corpus(tmp_path / "big", [MAX] * 40)
+    _corpus(tmp_path / "small", [MAX - 100] * 10)
+    manifests = [tmp_path / "big" / "m.tsv", tmp_path / "small" / "m.tsv"]
+    (tmp_path / "small" / "m.tsv").rename(tmp_path / "small" / "extra.tsv")
+    manifests[1] = tmp_path / "small" / "extra.tsv"
+    common = dict(batch_size=5, seed=2, min_sample_size=MIN, max_sample_size=MAX, num_buckets=1, num_workers=0)
+    common.update(corpus_weights=weights, sampling_alpha=alpha, normalize=False)
+    iterator = make_train_iterator(manifests, **common)
+    np.testing.assert_allclose(iterator.corpus_probabilities, expected)
+    per_epoch = iterator.batches_per_epoch
+    assert per_epoch == 50 // 5  # the epoch keeps the corpora's total size
+    batches = _batches(iterator, 3 * per_epoch)
+    shares = iterator.corpus_shares()
+    assert list(shares) == ["m", "extra"]
+    # Each epoch draws round(p x 50) utterances of each corpus: the shares are exact.
+    np.testing.assert_allclose(list(shares.values()), expected, atol=0.5 / 50)
+    # A small corpus above its natural share is repeated whole before any file repeats.
+    small = [i for n in range(per_epoch) for i in iterator.planned_files(n) if i >= 40]
+    assert len(small) == round(expected[1] * 50) and len(set(small)) == min(len(small), 10)
+    # Deterministic, and a restored state continues the batches and the shares.
+    again = make_train_iterator(manifests, **common)
+    _batches(again, per_epoch + 3)
+    state = json.loads(json.dumps(again.get_state()))
+    resumed = make_train_iterator(manifests, **common)
+    resumed.set_state(state)
+    _assert_same_batches(_batches(resumed, 2 * per_epoch - 3), batches[per_epoch + 3 :])
+    assert resumed.corpus_shares() == shares
+    with pytest.raises(ValueError, match="one non-negative weight per manifest"):
+        make_train_iterator(manifests, **{**common, "corpus_weights": (1.0,)})

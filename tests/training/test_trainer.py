@@ -163,11 +163,14 @@ def test_token_budget_gives_each_bucket_its_batch_and_one_compile(tmp_path):
     for i, (name, length) in enumerate(zip(names, lengths)):
         signal = 0.1 * np.random.default_rng(i).standard_normal(length)
         soundfile.write(tmp_path / name, signal.astype(np.float32), 16_000)
-    write_manifest(tmp_path / "train.tsv", ".", names, lengths)
+    # Two corpora of equal size and weight: each gives half of every bucket's utterances an epoch.
+    write_manifest(tmp_path / "a.tsv", ".", names[0::2], lengths[0::2])
+    write_manifest(tmp_path / "b.tsv", ".", names[1::2], lengths[1::2])
     config = _config(num_steps=3)
     config.train.checkpoint_every, config.train.log_every = 3, 1
     config.data.update(
-        train_manifest=str(tmp_path / "train.tsv"),
+        train_manifests=(str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")),
+        train_weights=(1.0, 1.0),
         min_sample_size=16_000,
         max_sample_size=32_000,
         num_buckets=2,
@@ -189,3 +192,5 @@ def test_token_budget_gives_each_bucket_its_batch_and_one_compile(tmp_path):
     # The losses are per masked frame whatever the rows: the short batch's masked count differs.
     assert len({r["num_masked"] for r in records}) > 1
     assert all(np.isfinite(r["loss"]) and 0 < r["accuracy"] < 1 for r in records)
+    # A whole epoch read: exactly half of the rows from each corpus.
+    assert records[-1]["data_share_a"] == records[-1]["data_share_b"] == 0.5

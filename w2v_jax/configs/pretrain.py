@@ -143,6 +143,12 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     data = config.data
     data.train_manifest = ""  # "": the embedded corpus (w2v_jax.data.default_manifest())
+    # Several corpora (replaces train_manifest when non-empty): each epoch draws from each with
+    # probability proportional to train_weights, or (empty) to its size**sampling_alpha (XLS-R: 0.5;
+    # 0: natural proportions, every utterance once an epoch). Metrics gain data_share_<manifest name>.
+    data.train_manifests = ()
+    data.train_weights = ()
+    data.sampling_alpha = 0.0
     data.valid_manifest = ""  # "": the embedded corpus's valid split (used when train.eval_every > 0)
     data.max_sample_size = 250_000
     data.min_sample_size = 32_000

@@ -59,6 +59,19 @@ class Manifest:
         return digest.hexdigest()
 
 
+def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
+    """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
+    rows resolved under its own root, already checked by its loading)."""
+    paths, lengths, known_bad = [], [], {}
+    for part in manifests:
+        for index, (reason, detail) in part.known_bad.items():
+            known_bad[len(paths) + index] = (reason, detail)
+        paths.extend(os.path.relpath(part.file_path(i), "/") for i in range(len(part)))
+        lengths.append(part.num_samples)
+    source = " + ".join(part.source for part in manifests)
+    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad)
+
+
 def _check_inside_root(path: str, where: str) -> None:
     """Refuses absolute paths and ``..`` components: a manifest must not reach outside its root."""
     pure = PurePosixPath(path.replace("\\", "/"))

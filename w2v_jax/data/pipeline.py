@@ -30,6 +30,7 @@ padded with -100, ``label_length`` the longest usable transcript (one static sha
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -43,7 +44,7 @@ from absl import flags
 
 from w2v_jax.data import audio, skips
 from w2v_jax.data.labels import LabelSet, pad_labels
-from w2v_jax.data.manifest import Manifest, lengths_at_16k, load_manifest
+from w2v_jax.data.manifest import Manifest, concatenate_manifests, lengths_at_16k, load_manifest
 
 logger = logging.getLogger("w2v_jax.data")
 
@@ -81,6 +82,8 @@ class PipelineConfig:
     label_length: int = 0  # labelled batches: label ids per row (0: no labels)
     max_tokens: int = 0  # samples per global batch (0: batch_size rows per process in every batch)
     batch_multiple: int = 1  # with max_tokens: global rows are a multiple of this (and of shard_count)
+    corpus_weights: tuple[float, ...] = ()  # several corpora: sampling weights (empty: sizes**sampling_alpha)
+    sampling_alpha: float = 0.0  # several corpora: probability proportional to size**alpha (0: natural)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -159,6 +162,33 @@ def global_batch_sizes(
     return rows.astype(np.int64)
 
 
+def _draw(rng: np.random.Generator, members: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `members` without repeats until all were drawn (a corpus sampled above its size
+    repeats whole shuffles of itself): int64 [count]."""
+    if count == 0:
+        return members[:0]
+    repeats = -(-count // len(members))
+    return np.concatenate([rng.permutation(members) for _ in range(repeats)])[:count]
+
+
+def corpus_probabilities(sizes: Sequence[int], weights: Sequence[float] = (), alpha: float = 0.0) -> np.ndarray:
+    """Sampling probability of each corpus, float64 [num_corpora]: proportional to ``weights`` when
+    given, else to size**alpha (XLS-R's temperature sampling; alpha=1 or 0 (unset): each utterance
+    once per epoch)."""
+    sizes = np.asarray(sizes, np.float64)
+    if weights:
+        if len(weights) != len(sizes) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(
+                f"train_weights {tuple(weights)} must be one non-negative weight per manifest ({len(sizes)}), not all 0"
+            )
+        raw = np.asarray(weights, np.float64)
+    else:
+        if alpha < 0:
+            raise ValueError(f"sampling_alpha must be >= 0 (0: natural proportions), got {alpha}")
+        raw = sizes ** (alpha or 1.0)
+    return raw / raw.sum()
+
+
 class EpochPlanner:
     """Global batches of one epoch: [num_batches] bucket ids and num_batches arrays of rows.
 
@@ -167,11 +197,20 @@ class EpochPlanner:
     batches (the remainder waits for another epoch's shuffle) and shuffles the batch order.
     """
 
-    def __init__(self, members_per_bucket: list[np.ndarray], batch_sizes: np.ndarray, seed: int):
+    def __init__(
+        self,
+        members_per_bucket: list[np.ndarray],
+        batch_sizes: np.ndarray,
+        seed: int,
+        strata: list[list[tuple[np.ndarray, int]]] | None = None,
+    ):
         self._members = members_per_bucket
         self._batch_sizes = [int(b) for b in batch_sizes]
         self._seed = seed
-        self.batches_per_epoch = sum(len(m) // b for m, b in zip(members_per_bucket, self._batch_sizes))
+        # Several corpora: per bucket, (one corpus's members, utterances drawn from them per epoch).
+        self._strata = strata
+        drawn = [len(m) for m in members_per_bucket] if strata is None else [sum(c for _, c in s) for s in strata]
+        self.batches_per_epoch = sum(n // b for n, b in zip(drawn, self._batch_sizes))
         # One (epoch, plan) tuple, replaced whole: grain's reader threads may plan epochs concurrently.
         self._cache: tuple[int, tuple[np.ndarray, list[np.ndarray]]] | None = None
 
@@ -182,6 +221,8 @@ class EpochPlanner:
         rng = np.random.default_rng([self._seed, _SHUFFLE_STREAM, epoch])
         ids, rows = [], []
         for bucket, (members, size) in enumerate(zip(self._members, self._batch_sizes)):
+            if self._strata is not None:
+                members = np.concatenate([_draw(rng, m, c) for m, c in self._strata[bucket]] + [members[:0]])
             count = len(members) // size
             shuffled = rng.permutation(members)[: count * size]
             ids.append(np.full(count, bucket, np.int64))
@@ -324,6 +365,7 @@ class TrainIterator:
         strict: bool,
         max_skip_fraction: float,
         labels: LabelSet | None = None,
+        corpora: Sequence[tuple[str, int]] = (),
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -353,7 +395,14 @@ class TrainIterator:
             max_tokens=config.max_tokens,
             batch_multiple=config.batch_multiple,
         )
-        self._planner = EpochPlanner(self._usable_members(), self.global_batch_sizes, config.seed)
+        # Several corpora: (name, rows) each, their rows consecutive in the manifest.
+        self.corpus_names = [name for name, _ in corpora]
+        self._corpus_of = np.repeat(np.arange(len(corpora)), [rows for _, rows in corpora]).astype(np.int64)
+        if corpora and len(self._corpus_of) != len(manifest):
+            raise ValueError(f"the corpora have {len(self._corpus_of)} rows in all, the manifest {len(manifest)}")
+        members = self._usable_members()
+        self._planner = EpochPlanner(members, self.global_batch_sizes, config.seed, self._corpus_strata(members))
+        self._corpus_rows = np.zeros(len(corpora), np.int64)  # global rows planned so far, per corpus
         self._next_batch = 0
         # The grain iterator lives in a holder that a finalizer closes at garbage collection or interpreter
         # exit, whichever comes first: grain's own cleanup fails once module teardown has begun.
@@ -428,6 +477,39 @@ class TrainIterator:
         )
         return members
 
+    def _corpus_strata(self, members: list[np.ndarray]) -> list[list[tuple[np.ndarray, int]]] | None:
+        """Per bucket, each corpus's members and how many an epoch draws: every corpus's buckets
+        scaled by one factor, so that its share of an epoch is its sampling probability."""
+        if len(self.corpus_names) < 2:
+            return None
+        config = self.config
+        usable = np.concatenate(members)
+        sizes = np.bincount(self._corpus_of[usable], minlength=len(self.corpus_names))
+        if not sizes.all():
+            empty = [n for n, size in zip(self.corpus_names, sizes) if not size]
+            raise ValueError(f"corpora without usable utterances: {empty}")
+        self.corpus_probabilities = corpus_probabilities(sizes, config.corpus_weights, config.sampling_alpha)
+        factors = self.corpus_probabilities * sizes.sum() / sizes
+        strata = []
+        for bucket_members in members:
+            of = self._corpus_of[bucket_members]
+            strata.append(
+                [(bucket_members[of == i], int(round(f * np.sum(of == i)))) for i, f in enumerate(factors.tolist())]
+            )
+        logger.info(
+            "corpora sampled %s",
+            ", ".join(
+                f"{name}: {size} utterances, p={p:.3f} (x{f:.2f})"
+                for name, size, p, f in zip(self.corpus_names, sizes.tolist(), self.corpus_probabilities, factors)
+            ),
+        )
+        return strata
+
+    def corpus_shares(self) -> dict[str, float]:
+        """Share of the rows planned so far that came from each corpus (empty with one corpus)."""
+        total = max(int(self._corpus_rows.sum()), 1)
+        return {name: float(rows) / total for name, rows in zip(self.corpus_names, self._corpus_rows.tolist())}
+
     def describe_batches(self) -> str:
         """The batch sizes in words: fixed, or the token budget's rows per bucket length."""
         lengths = self.buckets.tolist()
@@ -496,6 +578,9 @@ class TrainIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         element = next(self._grain_iterator())
+        if self.corpus_names:
+            planned = self._planner.global_batch(self._next_batch)[1]
+            self._corpus_rows += np.bincount(self._corpus_of[planned], minlength=len(self.corpus_names))
         self._next_batch += 1
         for index, reason, detail, resampled, downmixed in element["report"]:
             self._tracker.record(index, reason=reason or None, detail=detail, resampled=resampled, downmixed=downmixed)
@@ -514,6 +599,7 @@ class TrainIterator:
             "num_files": len(self.manifest),
             "config": dataclasses.asdict(self.config),
             "global_batch_sizes": self.global_batch_sizes.tolist(),
+            "corpus_rows": self._corpus_rows.tolist(),
             "file_status": self._tracker.state(),
         }
 
@@ -541,6 +627,7 @@ class TrainIterator:
         self._tracker.set_state(skips.merge_states(mine, len(self.manifest)))
         self.close()
         self._next_batch = positions.pop()
+        self._corpus_rows = np.asarray(states[0].get("corpus_rows", [0] * len(self.corpus_names)), np.int64)
 
     def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
@@ -561,8 +648,8 @@ class TrainIterator:
                 "global batch; on another device or process count choose data.max_tokens (or train.batch_size) "
                 "that gives the same rows"
             )
-        saved = {"max_tokens": 0} | saved  # a state saved before token budgets existed
-        current = dataclasses.asdict(self.config)
+        saved = {"max_tokens": 0, "corpus_weights": [], "sampling_alpha": 0.0} | saved  # states of older versions
+        current = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as the state's lists
         changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _TOPOLOGY_FIELDS and saved.get(k) != v}
         if changed:
             details = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changed.items())
@@ -596,7 +683,7 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    manifest: str | os.PathLike | Manifest,
+    manifest: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
     *,
     batch_size: int,
     seed: int,
@@ -615,6 +702,8 @@ def make_train_iterator(
     labels: LabelSet | None = None,
     max_tokens: int = 0,
     batch_multiple: int = 1,
+    corpus_weights: Sequence[float] = (),
+    sampling_alpha: float = 0.0,
 ) -> TrainIterator:
     """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
 
@@ -627,6 +716,10 @@ def make_train_iterator(
     labels: a ``LabelSet`` of the same manifest: batches gain ``labels`` (module docstring); needs pad.
     max_tokens: a token budget, samples per global batch (0: fixed batch_size); batch_multiple: its
     global rows are rounded down to a multiple of this (a multiple of shard_count).
+    Several corpora: ``manifest`` a list of manifests (or folders); each epoch draws from each with
+    probability proportional to ``corpus_weights`` or to its size**``sampling_alpha`` (XLS-R; 0:
+    natural proportions), a corpus above its share of the epoch being subsampled, one below it
+    repeated (``corpus_shares()`` says what was read).
     """
     config = PipelineConfig(
         batch_size=batch_size,
@@ -641,10 +734,30 @@ def make_train_iterator(
         num_epochs=num_epochs,
         max_tokens=max_tokens,
         batch_multiple=batch_multiple,
+        corpus_weights=tuple(float(w) for w in corpus_weights),
+        sampling_alpha=float(sampling_alpha),
         label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
-    if not isinstance(manifest, Manifest):
+    corpora = ()
+    if isinstance(manifest, list | tuple):
+        parts = [load_manifest(m, allow_outside_root=allow_outside_root) for m in manifest]
+        corpora = [(corpus_name(str(m), i), len(part)) for i, (m, part) in enumerate(zip(manifest, parts))]
+        manifest = concatenate_manifests(parts)
+    elif not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, allow_outside_root=allow_outside_root)
     return TrainIterator(
-        manifest, config, num_workers=num_workers, strict=strict, max_skip_fraction=max_skip_fraction, labels=labels
+        manifest,
+        config,
+        num_workers=num_workers,
+        strict=strict,
+        max_skip_fraction=max_skip_fraction,
+        labels=labels,
+        corpora=corpora,
     )
+
+
+def corpus_name(manifest: str, index: int) -> str:
+    """A corpus's name in the metrics: its manifest's file name without the extension, or its folder's
+    name, with the index when that is not a plain word (``data_share_<name>``)."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(manifest)))[0]
+    return stem if stem.replace("_", "").replace("-", "").isalnum() else f"corpus{index}"

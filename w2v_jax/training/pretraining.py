@@ -147,8 +147,11 @@ class PretrainingTask:
         return state
 
     def data_iterator(self, config, *, batch_size, shard_index, shard_count):
+        manifests = list(config.data.train_manifests)
         return make_train_iterator(
-            config.data.train_manifest or str(default_manifest("train")),
+            manifests or config.data.train_manifest or str(default_manifest("train")),
+            corpus_weights=config.data.train_weights,
+            sampling_alpha=config.data.sampling_alpha,
             batch_size=batch_size,
             max_tokens=config.data.max_tokens,
             batch_multiple=token_batch_multiple(config.train.grad_accum_steps),

@@ -46,7 +46,13 @@ from w2v_jax.data.pipeline import TrainIterator
 from w2v_jax.training import distributed, evaluation, health, metrics, sharding, train_step
 from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
 from w2v_jax.training.pretraining import PretrainingTask
-from w2v_jax.training.workdir import CHECKPOINTS_DIR, WorkdirLock, prepare_config, start_metrics_file
+from w2v_jax.training.workdir import (
+    CHECKPOINTS_DIR,
+    ConfigChangedError,
+    WorkdirLock,
+    prepare_config,
+    start_metrics_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +307,7 @@ def _resume_or_start(run: _Run) -> None:
     try:
         run.data_iter.restore_global(host["data_iterators"])
     except ValueError as error:
-        raise ValueError(f"checkpoint {latest} in {run.checkpointer.directory}: {error}") from None
+        raise ConfigChangedError(f"checkpoint {latest} in {run.checkpointer.directory}: {error}") from None
     run.key_data = np.asarray(host["rng"], np.uint32)
     run.window = host["window"]
     if primary:
@@ -491,6 +497,7 @@ def _loop(
             run.window = window.steps
             skips = distributed.allgather_json(run.data_iter.skip_counts())  # each process sees its rows
             record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+            record.update({f"data_share_{k}": v for k, v in run.data_iter.corpus_shares().items()})
             if run.evaluator is not None and step % eval_every == 0:
                 eval_start = time.perf_counter()
                 values = run.evaluator(run.state, step)
