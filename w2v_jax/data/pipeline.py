@@ -648,7 +648,8 @@ class TrainIterator:
                 "global batch; on another device or process count choose data.max_tokens (or train.batch_size) "
                 "that gives the same rows"
             )
-        saved = {"max_tokens": 0, "corpus_weights": [], "sampling_alpha": 0.0} | saved  # states of older versions
+        # As JSON holds them (tuples as lists), with the fields older states lack.
+        saved = {"max_tokens": 0, "corpus_weights": [], "sampling_alpha": 0.0} | json.loads(json.dumps(saved))
         current = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as the state's lists
         changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _TOPOLOGY_FIELDS and saved.get(k) != v}
         if changed:
