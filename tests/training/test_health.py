@@ -95,13 +95,13 @@ def test_a_condition_must_hold_for_the_whole_window():
     assert run(records)[1][13] == [health.CODEBOOK_COLLAPSE]
 
 
-def test_all_blank_ctc_fires_after_the_warmup_only():
+def test_all_blank_ctc_fires_after_the_warmup_and_freeze_only():
     records = [{"step": 10 * i, "loss": 50.0 - i, "blank_fraction": 0.995, "skipped_nonfinite": 0} for i in range(1, 9)]
-    _, names = run(records, warmup_steps=40)
+    _, names = run(records, all_blank_after=40)
     # Records at steps 40, 50, 60 are the first window after the warmup (step >= 40).
     assert names == [[]] * 5 + [[health.CTC_ALL_BLANK]] * 3
     records[-1]["blank_fraction"] = 0.6
-    assert run(records, warmup_steps=40)[1][-1] == []
+    assert run(records, all_blank_after=40)[1][-1] == []
 
 
 def test_no_codebook_no_collapse_and_missing_metrics_are_no_evidence():

@@ -20,7 +20,8 @@ The detectors (`Thresholds` holds their numbers):
 - `divergence`: a non-finite loss or skipped updates in the window's records, or a loss above
   `divergence_ratio` x the lowest logged so far.
 - `ctc_all_blank`: (CTC fine-tuning) the blank is the argmax of at least `all_blank_fraction` of the
-  frames, after the learning-rate warmup (CTC emits blanks first, then characters).
+  frames, from update `all_blank_after` on (the end of the warmup and of the frozen-encoder updates:
+  CTC emits blanks first, then characters).
 
 The monitor is a pure function of the record stream, so a resumed run replays the records it kept
 (`replay`) and reports exactly what an uninterrupted run reports.
@@ -105,7 +106,7 @@ class HealthMonitor:
 
     Args:
       num_groups: the quantizer's codebook groups (None: no codebook, no collapse check).
-      warmup_steps: updates before the all-blank check starts.
+      all_blank_after: the update from which the all-blank check runs.
       window: consecutive logged records a condition must hold before it is reported.
       thresholds: the detectors' numbers.
     """
@@ -114,14 +115,14 @@ class HealthMonitor:
         self,
         *,
         num_groups: int | None,
-        warmup_steps: int = 0,
+        all_blank_after: int = 0,
         window: int = 3,
         thresholds: Thresholds = Thresholds(),
     ):
         if window < 1:
             raise ValueError(f"train.health_window must be >= 1 logged record, got {window}")
         self.num_groups = num_groups
-        self.warmup_steps = warmup_steps
+        self.all_blank_after = all_blank_after
         self.window = window
         self.thresholds = thresholds
         self._held = dict.fromkeys(CONDITIONS, 0)  # consecutive records each condition held
@@ -157,7 +158,7 @@ class HealthMonitor:
                 found[DIVERGENCE] = f"loss {loss:.4f} > {t.divergence_ratio:g} x its lowest {self._lowest_loss:.4f}"
             self._lowest_loss = min(self._lowest_loss, loss)
         blank = _value(record, "blank_fraction")
-        if blank is not None and step >= self.warmup_steps and blank >= t.all_blank_fraction:
+        if blank is not None and step >= self.all_blank_after and blank >= t.all_blank_fraction:
             found[CTC_ALL_BLANK] = f"blank is the argmax of {blank:.1%} of the frames"
         return found
 

@@ -433,7 +433,8 @@ def _health_monitor(
         return None
     monitor = health.HealthMonitor(
         num_groups=config.get("model", {}).get("num_codevector_groups"),
-        warmup_steps=t.get("warmup_steps", 0),
+        # CTC's first updates (and those of a frozen encoder) are all blank by design.
+        all_blank_after=max(t.get("warmup_steps", 0), t.get("freeze_finetune_updates", 0)),
         window=t.get("health_window", 3),
     )
     path = workdir_path / metrics.METRICS_FILE
