@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from w2v_jax.data import audio, bucket_lengths, make_train_iterator, manifest, pipeline, skips, write_manifest
+from w2v_jax.data import audio, bucket_lengths, make_train_iterator, manifest, pipeline, planning, skips, write_manifest
 from w2v_jax.research import input_benchmark
 
 MIN, MAX = 4_000, 8_000  # short crops keep the tests fast
@@ -478,13 +478,13 @@ def test_the_first_bad_file_of_a_small_folder_does_not_stop_the_run():
 
 def test_token_budget_sizes_each_buckets_batch_and_rounds_it():
     buckets = np.array([4_000, 5_000, 8_000])
-    sizes = pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=0, batch_multiple=4)
+    sizes = planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=0, batch_multiple=4)
     np.testing.assert_array_equal(sizes, [6, 6, 6])  # no budget: batch_size rows per process
     # 100k // [4000, 5000, 8000] = [25, 20, 12] rows, rounded down to multiples of 4.
-    sizes = pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=100_000, batch_multiple=4)
+    sizes = planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=100_000, batch_multiple=4)
     np.testing.assert_array_equal(sizes, [24, 20, 12])
     with pytest.raises(ValueError, match=r"max_tokens=30000 holds no batch of 4 rows .* at least 32000"):
-        pipeline.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=30_000, batch_multiple=4)
+        planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=30_000, batch_multiple=4)
     with pytest.raises(ValueError, match="batch_multiple=3 must be a positive multiple of shard_count=2"):
         pipeline.PipelineConfig(batch_size=1, seed=0, shard_count=2, max_tokens=10**6, batch_multiple=3)
 
