@@ -185,6 +185,28 @@ CASES = [
     ),
     (
         "w2v_jax.cli.benchmark_input",
+        [
+            "--librispeech_like=L",
+            "--librispeech_like_rows=3000",
+            "--max_tokens=11200000",
+            "--batching",
+            "--gpu_rate=500",
+        ],
+        [],
+        {
+            "librispeech_like": "L",
+            "librispeech_like_rows": 3000,
+            "librispeech_like_files": 200,
+            "librispeech_like_rate": 16000,
+            "max_tokens": 11_200_000,
+            "num_buckets": 8,
+            "batch_multiple": 8,
+            "batching": True,
+            "gpu_rate": 500.0,
+        },
+    ),
+    (
+        "w2v_jax.cli.benchmark_input",
         ["--vs_train_step=tiny", "--batch_size=2", "--timed_batches=5"],
         [],
         {"vs_train_step": ["tiny"], "batch_size": 2, "timed_batches": 5},
