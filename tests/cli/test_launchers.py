@@ -216,13 +216,19 @@ CASES = [
         "w2v_jax.cli.convert_checkpoint",
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
-        {"step": None, "allow_nonfinite": False},
+        {"step": None, "allow_nonfinite": False, "dict": None},
     ),
     (
         "w2v_jax.cli.convert_checkpoint",
         ["jax-to-hf", "runs/tiny", "hf_folder", "--step=200"],
         ["jax-to-hf", "runs/tiny", "hf_folder"],
         {"step": 200},
+    ),
+    (
+        "w2v_jax.cli.convert_checkpoint",
+        ["fairseq-to-jax", "ft.pt", "jax_folder", "--dict", "dict.ltr.txt"],
+        ["fairseq-to-jax", "ft.pt", "jax_folder"],
+        {"dict": "dict.ltr.txt", "step": None},
     ),
     (
         "tools.make_tts_corpus",

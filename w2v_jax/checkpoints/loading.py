@@ -5,7 +5,8 @@ The formats, told apart by what the path holds:
   `experiments.finetune`): the newest intact checkpoint or `step`; a fine-tuning workdir's best
   model by the validation metric (`best/`) by default;
 - our folder format (`config.json` + `params.safetensors`, `folder.save_checkpoint`);
-- a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`).
+- a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`);
+- a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
 
 `Wav2Vec2ForPreTraining.from_pretrained(path, step)` is this function: the loader builds models and
 reads training checkpoints, so it lives above the model and the training loop, and `import w2v_jax`
@@ -25,6 +26,7 @@ from flax import nnx
 
 from w2v_jax.checkpoints import folder as folder_format
 from w2v_jax.checkpoints import hf
+from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
 from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
@@ -38,12 +40,16 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     """A model from any of our checkpoint formats (see the module docstring).
 
     Args:
-      path: a training workdir, our folder format or a transformers folder.
+      path: a training workdir, our folder format, a transformers folder or a fairseq `.pt` file.
       step: the workdir checkpoint to load; default the newest, or for a fine-tuning workdir its
         best model by the validation metric (`WORKDIR/best/`, the newest checkpoint before any
         validation).
     """
     folder = pathlib.Path(path)
+    if folder.suffix == ".pt" and folder.is_file():
+        if step is not None:
+            raise ValueError(f"step={step} only applies to a training workdir, not the fairseq file {folder}")
+        return load_fairseq_checkpoint(folder).model
     if (folder / CHECKPOINTS_DIR).is_dir():
         if step is None and (folder / BEST_MODEL_DIR / folder_format.PARAMS_FILE).is_file():
             return folder_format.load_checkpoint(folder / BEST_MODEL_DIR)[1]
@@ -55,8 +61,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     if (folder / hf.CONFIG_FILE).is_file():
         return hf.load_hf_checkpoint(folder)[1]
     raise ValueError(
-        f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE} "
-        "or a transformers folder (config.json + model.safetensors)"
+        f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE}, "
+        "a transformers folder (config.json + model.safetensors) or a fairseq .pt file"
     )
 
 
