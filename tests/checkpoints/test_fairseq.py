@@ -26,6 +26,7 @@ from w2v_jax.checkpoints import fairseq
 from w2v_jax.checkpoints.folder import load_checkpoint
 from w2v_jax.checkpoints.loading import load_model
 from w2v_jax.cli import convert_checkpoint
+from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -517,3 +518,136 @@ def test_export_refuses_a_vocabulary_fairseq_cannot_number(tmp_path):
     shuffled = Vocabulary(("<s>", "<pad>", "</s>", "<unk>", *LETTERS))
     with pytest.raises(ValueError, match="starts with its specials"):
         fairseq.save_fairseq_checkpoint(model, tmp_path / "out.pt", vocabulary=shuffled)
+
+
+# The model fields of public checkpoints' configs, as torchaudio keeps them
+# (test/torchaudio_unittest/assets/wav2vec2/fairseq/*.json in pytorch/audio; masking and
+# training-only fields that are fairseq's defaults left out).
+_PUBLIC_COMMON = dict(
+    activation_fn="gelu",
+    conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+    conv_pos=128,
+    conv_pos_groups=16,
+    latent_dim=0,
+    latent_groups=2,
+    latent_vars=320,
+    logit_temp=0.1,
+    mask_prob=0.65,
+    mask_selection="static",
+    num_negatives=100,
+    quantize_input=False,
+    quantize_targets=True,
+    quantizer_depth=1,
+    target_glu=False,
+    codebook_negatives=0,
+    cross_sample_negatives=0,
+    negatives_from_everywhere=False,
+)
+_LARGE_SIZE = dict(encoder_attention_heads=16, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096, encoder_layers=24)
+PUBLIC = {
+    "wav2vec_small": dict(
+        _PUBLIC_COMMON,
+        _name="wav2vec2",
+        extractor_mode="default",
+        layer_norm_first=False,
+        conv_bias=False,
+        encoder_attention_heads=12,
+        encoder_embed_dim=768,
+        encoder_ffn_embed_dim=3072,
+        encoder_layers=12,
+        final_dim=256,
+        feature_grad_mult=0.1,
+    ),
+    "libri960_big": dict(
+        _PUBLIC_COMMON,
+        **_LARGE_SIZE,
+        _name="wav2vec2",
+        extractor_mode="default",
+        layer_norm_first=False,
+        conv_bias=False,
+        final_dim=768,
+        feature_grad_mult=0.1,
+        encoder_layerdrop=0.2,
+    ),
+    "wav2vec_vox_new / xlsr_53_56k / xlsr_300m": dict(
+        _PUBLIC_COMMON,
+        **_LARGE_SIZE,
+        _name="wav2vec2",
+        extractor_mode="layer_norm",
+        layer_norm_first=True,
+        conv_bias=True,
+        final_dim=768,
+        feature_grad_mult=1.0,
+    ),
+}
+ARCHITECTURE = (
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
+    "do_stable_layer_norm",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "num_codevector_groups",
+    "num_codevectors_per_group",
+    "codevector_dim",
+    "proj_codevector_dim",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [
+        ("wav2vec_small", Wav2Vec2Config.preset("base")),
+        (
+            "libri960_big",
+            Wav2Vec2Config.preset("large", feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False),
+        ),
+        ("wav2vec_vox_new / xlsr_53_56k / xlsr_300m", Wav2Vec2Config.preset("large")),
+    ],
+)
+def test_public_checkpoint_configs_map_to_their_architecture(name, preset):
+    state = {"cfg": {"model": PUBLIC[name], "task": {"normalize": True}, "criterion": {"loss_weights": [0.1, 10]}}}
+    _, model, criterion, _, finetuning = fairseq._sections(state)
+    config = fairseq._config_from_fields(model, criterion, finetuning, 32)
+    assert {f: getattr(config, f) for f in ARCHITECTURE} == {f: getattr(preset, f) for f in ARCHITECTURE}
+
+
+def test_public_fine_tuned_config_overrides_its_pretraining_fields():
+    # wav2vec_small_960h.json: the fine-tuning fields around the pretraining model in w2v_args.
+    finetuned = dict(
+        _name="wav2vec_ctc",
+        activation_dropout=0.1,
+        apply_mask=True,
+        attention_dropout=0.0,
+        blank_mode="add",
+        blank_weight=0.0,
+        dropout=0.0,
+        dropout_input=0.0,
+        feature_grad_mult=0.0,
+        final_dropout=0.0,
+        layerdrop=0.1,
+        mask_channel_length=64,
+        mask_channel_prob=0.1,
+        mask_length=10,
+        mask_prob=0.5,
+        normalize=False,
+        w2v_args={"model": PUBLIC["wav2vec_small"], "task": {"_name": "audio_pretraining", "normalize": False}},
+        w2v_path="???",
+    )
+    _, model, criterion, _, finetuning = fairseq._sections({"cfg": {"model": finetuned, "task": {"normalize": False}}})
+    config = fairseq._config_from_fields(model, criterion, finetuning, 32)
+    base = Wav2Vec2Config.preset("base")
+    assert {f: getattr(config, f) for f in ARCHITECTURE} == {f: getattr(base, f) for f in ARCHITECTURE}
+    assert (config.mask_time_prob, config.mask_feature_prob, config.mask_feature_length) == (0.5, 0.1, 64)
+    assert (config.feature_grad_mult, config.layerdrop, config.hidden_dropout, config.activation_dropout) == (
+        0.0,
+        0.1,
+        0.0,
+        0.1,
+    )

@@ -480,6 +480,8 @@ def _config_from_fields(
                 fields[target] = finetuning[name]
         if finetuning.get("adp_num") not in (None, -1, 0):
             raise ValueError(f"fine-tuning field adp_num={finetuning['adp_num']} (adapters) is not supported")
+        if finetuning.get("blank_weight") not in (None, 0, 0.0):
+            raise ValueError(f"fine-tuning field blank_weight={finetuning['blank_weight']} is not supported (only 0)")
         if finetuning.get("layer_type") not in (None, "transformer"):
             raise ValueError(f"fine-tuning field layer_type={finetuning['layer_type']!r} is not supported")
     for name, supported in _UNSUPPORTED.items():
