@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from tests.support.launchers import run_main
 from w2v_jax.checkpoints import fairseq
 from w2v_jax.checkpoints.folder import load_checkpoint
-from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_model
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
@@ -651,3 +651,14 @@ def test_public_fine_tuned_config_overrides_its_pretraining_fields():
         0.0,
         0.1,
     )
+
+
+def test_a_fine_tuned_pt_file_loads_as_a_ctc_checkpoint_with_its_vocabulary(tmp_path):
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
+    _save(tmp_path / "ctc.pt", _fairseq_weights(LARGE, 4 + len(LETTERS)), LARGE, "cfg", ctc=True, extra=False)
+    model, vocabulary, normalize = load_ctc_checkpoint(tmp_path / "ctc.pt")
+    assert isinstance(model, Wav2Vec2ForCTC) and len(vocabulary) == model.config.vocab_size
+    assert normalize  # LARGE was fine-tuned on normalised audio (task.normalize)
+    (tmp_path / "dict.ltr.txt").unlink()
+    with pytest.raises(ValueError, match="no dict.ltr.txt beside it"):
+        load_ctc_checkpoint(tmp_path / "ctc.pt")

@@ -257,7 +257,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _plain_class(f"{module}.{name}")
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
-        if module == "torch" and name in ("Tensor", "Size"):
+        if module == "torch" and name == "Tensor":
             return _TypeName(f"torch.{name}")
         if module == "torch.nn.parameter" and name == "Parameter":
             return _TypeName(f"{module}.{name}")

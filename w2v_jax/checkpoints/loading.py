@@ -110,10 +110,13 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
 
     Args:
       path: a fine-tuning workdir (its best model by default, `step` for a checkpoint), our folder
-        format or a transformers `Wav2Vec2ForCTC` folder with a vocab.json.
+        format, a transformers `Wav2Vec2ForCTC` folder with a vocab.json, or a fairseq fine-tuned
+        `.pt` with its `dict.ltr.txt` beside it (inputs normalised as its `task.normalize` says).
       step: a workdir checkpoint.
     """
     folder = pathlib.Path(path)
+    if folder.suffix == ".pt" and folder.is_file() and step is None:
+        return _fairseq_ctc_checkpoint(folder)
     model = load_model(folder, step)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{folder} holds a {type(model).__name__}, not a fine-tuned (CTC) model")
@@ -127,3 +130,12 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
     preprocessor = folder / hf.PREPROCESSOR_FILE
     normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
     return model, vocabulary, bool(normalize)
+
+
+def _fairseq_ctc_checkpoint(path: pathlib.Path) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
+    imported = load_fairseq_checkpoint(path)
+    if not isinstance(imported.model, Wav2Vec2ForCTC):
+        raise ValueError(f"{path} holds a {type(imported.model).__name__}, not a fine-tuned (CTC) model")
+    if imported.vocabulary is None:
+        raise ValueError(f"{path}: no dict.ltr.txt beside it: the CTC head's tokens are unknown")
+    return imported.model, imported.vocabulary, imported.normalize
