@@ -109,25 +109,23 @@ EXPECTED = {
         conv_kernel=[10, 3, 3, 3, 3, 2, 2],
         conv_stride=[5, 2, 2, 2, 2, 2, 2],
     ),
-    "large": dict(
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        conv_bias=True,
-        hidden_size=30,
-        num_hidden_layers=3,
-        num_attention_heads=3,
-        intermediate_size=50,
-        num_conv_pos_embeddings=5,
-        num_conv_pos_embedding_groups=3,
-        num_codevector_groups=3,
-        num_codevectors_per_group=5,
-        codevector_dim=15,
-        proj_codevector_dim=15,
-        conv_dim=[32] * 7,
-        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
-        conv_stride=[5, 2, 2, 2, 2, 2, 2],
-    ),
 }
+EXPECTED["large"] = dict(
+    EXPECTED["base"],
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    conv_bias=True,
+    hidden_size=30,
+    num_hidden_layers=3,
+    num_attention_heads=3,
+    intermediate_size=50,
+    num_conv_pos_embeddings=5,
+    num_conv_pos_embedding_groups=3,
+    num_codevector_groups=3,
+    num_codevectors_per_group=5,
+    codevector_dim=15,
+    proj_codevector_dim=15,
+)
 FIELDS = {"base": BASE, "large": LARGE}
 LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S"]
 
