@@ -12,6 +12,8 @@ import argparse
 import collections
 import io
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -21,6 +23,7 @@ import transformers
 from flax import nnx
 from omegaconf import OmegaConf
 
+from tests.support import HANG_TIMEOUT
 from tests.support.launchers import run_main
 from w2v_jax.checkpoints import fairseq
 from w2v_jax.checkpoints.folder import load_checkpoint
@@ -660,3 +663,28 @@ def test_a_fine_tuned_pt_file_loads_as_a_ctc_checkpoint_with_its_vocabulary(tmp_
     (tmp_path / "dict.ltr.txt").unlink()
     with pytest.raises(ValueError, match="no dict.ltr.txt beside it"):
         load_ctc_checkpoint(tmp_path / "ctc.pt")
+
+
+_WITHOUT_TORCH = """
+import sys
+for name in ("torch", "fairseq", "omegaconf", "hydra"):
+    sys.modules[name] = None  # any import of them fails
+from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
+imported = load_fairseq_checkpoint(sys.argv[1])
+print(type(imported.model).__name__, imported.parameters, len(imported.vocabulary))
+"""
+
+
+def test_reading_imports_neither_torch_nor_fairseq_nor_omegaconf(tmp_path, env):
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
+    weights = _fairseq_weights(BASE, 4 + len(LETTERS))
+    _save(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True)  # a pickled DictConfig
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(tmp_path / "ctc.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["Wav2Vec2ForCTC", str(len(weights)), str(4 + len(LETTERS))]
