@@ -89,8 +89,10 @@ class _Record:
     state: Any = None
 
     def __setstate__(self, state: Any) -> None:
-        # A dict, or (dict, slots) for classes with __slots__.
-        self.state = state[0] if isinstance(state, tuple) and len(state) == 2 else state
+        # A dict, or (dict or None, slots dict) for classes with __slots__.
+        if isinstance(state, tuple):
+            state = {k: v for part in state if isinstance(part, dict) for k, v in part.items()}
+        self.state = state
 
 
 _RECORD_CLASSES: dict[str, type[_Record]] = {}
