@@ -8,8 +8,6 @@ model through transformers' converter's own mapping (`_transformers_state_dict`,
 `convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py`), the reference our import must match.
 """
 
-import argparse
-import collections
 import io
 import pickle
 import subprocess
@@ -21,10 +19,11 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from omegaconf import OmegaConf
 
 from tests.support import HANG_TIMEOUT
+from tests.support.fairseq import PUBLIC_MODELS, fairseq_weights, save_fairseq_style, transformers_state_dict
 from tests.support.launchers import run_main
+from tests.support.parity import relative_error
 from w2v_jax.checkpoints import fairseq
 from w2v_jax.checkpoints.folder import load_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_model
@@ -133,154 +132,11 @@ FIELDS = {"base": BASE, "large": LARGE}
 LETTERS = ["|", "E", "T", "A", "O", "N", "I", "H", "S"]
 
 
-def _fairseq_weights(fields: dict, vocab_size: int | None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with fairseq's keys and shapes (wav2vec2.py; wav2vec2_asr.py's Wav2VecCtc
-    when `vocab_size`: encoder under `w2v_encoder.w2v_model.`, no pretraining modules, `proj`)."""
-    generator = torch.Generator().manual_seed(seed)
-    conv = eval(fields["conv_feature_layers"])  # the test's own constant
-    dim, ffn, groups = fields["encoder_embed_dim"], fields["encoder_ffn_embed_dim"], fields["latent_groups"]
-    final = fields["final_dim"]
-    shapes: dict[str, tuple] = {}
-    channels = 1
-    for i, (out, kernel, _) in enumerate(conv):
-        shapes[f"feature_extractor.conv_layers.{i}.0.weight"] = (out, channels, kernel)
-        if fields["conv_bias"]:
-            shapes[f"feature_extractor.conv_layers.{i}.0.bias"] = (out,)
-        if fields["extractor_mode"] == "layer_norm":
-            shapes |= {f"feature_extractor.conv_layers.{i}.2.1.{p}": (out,) for p in ("weight", "bias")}
-        elif i == 0:
-            shapes |= {f"feature_extractor.conv_layers.0.2.{p}": (out,) for p in ("weight", "bias")}
-        channels = out
-    shapes |= {"post_extract_proj.weight": (dim, channels), "post_extract_proj.bias": (dim,), "mask_emb": (dim,)}
-    shapes |= {"layer_norm.weight": (channels,), "layer_norm.bias": (channels,)}
-    if vocab_size is None:
-        shapes |= {
-            "quantizer.vars": (1, groups * fields["latent_vars"], final // groups),
-            "quantizer.weight_proj.weight": (groups * fields["latent_vars"], channels),
-            "quantizer.weight_proj.bias": (groups * fields["latent_vars"],),
-            "project_q.weight": (final, final),
-            "project_q.bias": (final,),
-            "final_proj.weight": (final, dim),
-            "final_proj.bias": (final,),
-        }
-    kernel = fields["conv_pos"]
-    shapes |= {
-        "encoder.pos_conv.0.bias": (dim,),
-        "encoder.pos_conv.0.weight_g": (1, 1, kernel),
-        "encoder.pos_conv.0.weight_v": (dim, dim // fields["conv_pos_groups"], kernel),
-        "encoder.layer_norm.weight": (dim,),
-        "encoder.layer_norm.bias": (dim,),
-    }
-    for layer in range(fields["encoder_layers"]):
-        prefix = f"encoder.layers.{layer}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes |= {f"{prefix}self_attn.{proj}.weight": (dim, dim), f"{prefix}self_attn.{proj}.bias": (dim,)}
-        for norm in ("self_attn_layer_norm", "final_layer_norm"):
-            shapes |= {f"{prefix}{norm}.weight": (dim,), f"{prefix}{norm}.bias": (dim,)}
-        shapes |= {f"{prefix}fc1.weight": (ffn, dim), f"{prefix}fc1.bias": (ffn,)}
-        shapes |= {f"{prefix}fc2.weight": (dim, ffn), f"{prefix}fc2.bias": (dim,)}
-    if vocab_size is not None:
-        shapes = {f"w2v_encoder.w2v_model.{k}": v for k, v in shapes.items()}
-        shapes |= {"w2v_encoder.proj.weight": (vocab_size, dim), "w2v_encoder.proj.bias": (vocab_size,)}
-    weights = collections.OrderedDict()
-    for key, shape in shapes.items():
-        value = torch.randn(shape, generator=generator) * 0.5
-        if key.endswith(("norm.weight", ".2.weight", ".2.1.weight", "weight_g")):
-            value = 1.0 + 0.2 * value  # norms and weight-norm gains away from 0
-        weights[key] = value
-    return weights
-
-
-# transformers' converter's table (convert_wav2vec2_original_pytorch_checkpoint_to_pytorch.py:
-# MAPPING and TOP_LEVEL_KEYS, substring matches, `*` the layer index), applied as it applies it.
-_CONVERTER_MAPPING = {
-    "post_extract_proj": "feature_projection.projection",
-    "encoder.pos_conv.0": "encoder.pos_conv_embed.conv",
-    "self_attn.k_proj": "encoder.layers.*.attention.k_proj",
-    "self_attn.v_proj": "encoder.layers.*.attention.v_proj",
-    "self_attn.q_proj": "encoder.layers.*.attention.q_proj",
-    "self_attn.out_proj": "encoder.layers.*.attention.out_proj",
-    "self_attn_layer_norm": "encoder.layers.*.layer_norm",
-    "fc1": "encoder.layers.*.feed_forward.intermediate_dense",
-    "fc2": "encoder.layers.*.feed_forward.output_dense",
-    "final_layer_norm": "encoder.layers.*.final_layer_norm",
-    "encoder.layer_norm": "encoder.layer_norm",
-    "w2v_model.layer_norm": "feature_projection.layer_norm",
-    "quantizer.weight_proj": "quantizer.weight_proj",
-    "quantizer.vars": "quantizer.codevectors",
-    "project_q": "project_q",
-    "final_proj": "project_hid",
-    "w2v_encoder.proj": "lm_head",
-    "mask_emb": "masked_spec_embed",
-}
-_TOP_LEVEL = ("lm_head", "quantizer.weight_proj", "quantizer.codevectors", "project_q", "project_hid")
-
-
-def _transformers_state_dict(weights: dict, group_norm: bool) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, value in weights.items():
-        if "conv_layers" in name:
-            layer, kind = (int(x) for x in name.split("conv_layers.")[-1].split(".")[:2])
-            attribute = name.rsplit(".", 1)[1]
-            if kind == 0:
-                out[f"wav2vec2.feature_extractor.conv_layers.{layer}.conv.{attribute}"] = value
-            elif kind == 2 and (not group_norm or layer == 0):
-                out[f"wav2vec2.feature_extractor.conv_layers.{layer}.layer_norm.{attribute}"] = value
-            continue
-        # The pretraining model's own feature LayerNorm is `layer_norm` (the converter sees it
-        # as `w2v_model.layer_norm` inside a fine-tuned model).
-        lookup = name if name.startswith("w2v_encoder") else f"w2v_model.{name}"
-        for key, mapped in _CONVERTER_MAPPING.items():
-            if key in lookup and not (key == "encoder.layer_norm" and "layers." in lookup):
-                if "*" in mapped:
-                    mapped = mapped.replace("*", lookup.split(key)[0].split(".")[-2])
-                mapped = mapped if mapped in _TOP_LEVEL else f"wav2vec2.{mapped}"
-                suffix = "" if key in ("mask_emb", "quantizer.vars") else "." + name.rsplit(".", 1)[1]
-                out[mapped + suffix] = value
-                break
-    return out
-
-
-def _save(path, weights, fields, style, ctc=False, extra=True):
-    """A checkpoint as fairseq's trainer saves it (`checkpoint_utils.save_state`)."""
-    task = {"_name": "audio_pretraining", "data": "/data", "normalize": fields["extractor_mode"] == "layer_norm"}
-    criterion = {"_name": "wav2vec", "infonce": True, "loss_weights": [0.1, 10.0]}
-    state = {"model": weights}
-    if extra:
-        adam = {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]}
-        state |= {
-            "optimizer_history": [{"criterion_name": "Wav2vecCriterion", "num_updates": 400000}],
-            "extra_state": {"epoch": 3, "ema": {"w": torch.ones(2)}},
-            "last_optimizer_state": adam,
-        }
-    pretraining = {"task": task, "model": fields, "criterion": criterion}
-    if style == "cfg":
-        model = fields
-        if ctc:
-            model = {"_name": "wav2vec_ctc", "w2v_args": pretraining, "final_dropout": 0.1, "apply_mask": True}
-            model |= {"mask_prob": 0.5, "mask_channel_prob": 0.25, "mask_channel_length": 64, "layerdrop": 0.1}
-            model |= {"normalize": "${task.normalize}"}
-            task = task | {"_name": "audio_finetuning", "labels": "ltr"}
-            criterion = {"_name": "ctc", "zero_infinity": True}
-        state |= {"args": None, "cfg": OmegaConf.create({"task": task, "model": model, "criterion": criterion})}
-    else:
-        flat = {k: v for k, v in fields.items() if k != "_name"} | {"arch": "wav2vec2", "task": "audio_pretraining"}
-        flat |= {"loss_weights": [0.1, 10.0], "normalize": task["normalize"], "lr": [0.0005]}
-        if ctc:
-            w2v_args = argparse.Namespace(**flat)
-            flat = {"arch": "wav2vec_ctc", "w2v_args": w2v_args, "final_dropout": 0.1, "apply_mask": True}
-            flat |= {"mask_prob": 0.5, "mask_channel_prob": 0.25, "mask_channel_length": 64, "layerdrop": 0.1}
-            flat |= {"normalize": task["normalize"], "zero_infinity": True, "task": "audio_pretraining"}
-        state |= {"args": argparse.Namespace(**flat)}
-    torch.save(state, path)
-    return state
-
-
 def _reference(kind: str, weights: dict, vocab_size: int | None) -> torch.nn.Module:
     config = transformers.Wav2Vec2Config(**EXPECTED[kind], vocab_size=vocab_size or 32, mask_time_prob=0.05)
     cls = transformers.Wav2Vec2ForCTC if vocab_size else transformers.Wav2Vec2ForPreTraining
     model = cls(config).eval()
-    state = _transformers_state_dict(weights, EXPECTED[kind]["feat_extract_norm"] == "group")
+    state = transformers_state_dict(weights, EXPECTED[kind]["feat_extract_norm"] == "group")
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert all("masked_spec_embed" in k for k in missing), missing  # transformers' CTC model may lack it
@@ -295,16 +151,11 @@ def _audio(seed=0, samples=4000):
 TOLERANCE = 1e-5
 
 
-def _relative(ours, reference) -> float:
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
-
-
 @pytest.mark.parametrize(("kind", "style"), [("base", "args"), ("large", "cfg")])
 def test_pretraining_checkpoint_matches_transformers_through_its_converters_mapping(kind, style, tmp_path):
     fields = FIELDS[kind]
-    weights = _fairseq_weights(fields, None)
-    _save(tmp_path / "checkpoint.pt", weights, fields, style)
+    weights = fairseq_weights(fields, None)
+    save_fairseq_style(tmp_path / "checkpoint.pt", weights, fields, style)
     imported = fairseq.load_fairseq_checkpoint(tmp_path / "checkpoint.pt")
     hf_fields = imported.config.to_hf_dict()
     assert {k: hf_fields[k] for k in EXPECTED[kind]} == EXPECTED[kind]
@@ -320,20 +171,20 @@ def test_pretraining_checkpoint_matches_transformers_through_its_converters_mapp
     ours = imported.model(audio, output_hidden_states=True)
     assert len(ours.hidden_states) == len(expected.hidden_states) == fields["encoder_layers"] + 1
     for mine, theirs in zip(ours.hidden_states, expected.hidden_states):
-        assert _relative(mine, theirs.numpy()) < TOLERANCE
-    assert _relative(ours.projected_states, expected.projected_states.numpy()) < TOLERANCE
+        assert relative_error(mine, theirs.numpy()) < TOLERANCE
+    assert relative_error(ours.projected_states, expected.projected_states.numpy()) < TOLERANCE
     # Quantized targets: the same codewords picked on every frame, and the same projected targets.
-    assert _relative(ours.projected_quantized_states, expected.projected_quantized_states.numpy()) < TOLERANCE
+    assert relative_error(ours.projected_quantized_states, expected.projected_quantized_states.numpy()) < TOLERANCE
 
 
 @pytest.mark.parametrize(("kind", "style"), [("base", "cfg"), ("large", "args")])
 def test_ctc_checkpoint_with_its_dictionary_matches_transformers(kind, style, tmp_path):
     fields = FIELDS[kind]
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} {100 - i}\n" for i, s in enumerate(LETTERS)))
-    weights = _fairseq_weights(fields, 4 + len(LETTERS), seed=1)
+    weights = fairseq_weights(fields, 4 + len(LETTERS), seed=1)
     # A 2020 fine-tuned checkpoint may still hold the quantizer: skipped, and reported.
     weights["w2v_encoder.w2v_model.quantizer.vars"] = torch.zeros(1, 4, 3)
-    _save(tmp_path / "ctc.pt", weights, fields, style, ctc=True)
+    save_fairseq_style(tmp_path / "ctc.pt", weights, fields, style, ctc=True)
     imported = fairseq.load_fairseq_checkpoint(tmp_path / "ctc.pt")
     assert isinstance(imported.model, Wav2Vec2ForCTC) and imported.config_style == style
     assert imported.skipped_parameters == ("w2v_encoder.w2v_model.quantizer.vars",)
@@ -351,17 +202,17 @@ def test_ctc_checkpoint_with_its_dictionary_matches_transformers(kind, style, tm
     with torch.no_grad():
         expected = reference(torch.from_numpy(audio), output_hidden_states=True)
     ours = imported.model(audio, output_hidden_states=True)
-    assert _relative(ours.logits, expected.logits.numpy()) < TOLERANCE
+    assert relative_error(ours.logits, expected.logits.numpy()) < TOLERANCE
     for mine, theirs in zip(ours.hidden_states, expected.hidden_states, strict=True):
-        assert _relative(mine, theirs.numpy()) < TOLERANCE
+        assert relative_error(mine, theirs.numpy()) < TOLERANCE
 
 
 @pytest.mark.parametrize(("kind", "ctc"), [("base", False), ("large", True)])
 def test_round_trip_fairseq_ours_fairseq_is_bit_exact(kind, ctc, tmp_path):
     fields = FIELDS[kind]
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
-    weights = _fairseq_weights(fields, 4 + len(LETTERS) if ctc else None, seed=2)
-    _save(tmp_path / "in.pt", weights, fields, "cfg", ctc=ctc)
+    weights = fairseq_weights(fields, 4 + len(LETTERS) if ctc else None, seed=2)
+    save_fairseq_style(tmp_path / "in.pt", weights, fields, "cfg", ctc=ctc)
     run_main(convert_checkpoint, ["fairseq-to-jax", str(tmp_path / "in.pt"), str(tmp_path / "ours")])
     run_main(convert_checkpoint, ["jax-to-fairseq", str(tmp_path / "ours"), str(tmp_path / "out" / "back.pt")])
     back = torch.load(tmp_path / "out" / "back.pt", weights_only=True)  # plain dicts and tensors only
@@ -388,8 +239,8 @@ def test_round_trip_fairseq_ours_fairseq_is_bit_exact(kind, ctc, tmp_path):
 
 def test_ctc_folder_keeps_the_vocabulary_and_normalisation(tmp_path):
     (tmp_path / "letters.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
-    weights = _fairseq_weights(BASE, 4 + len(LETTERS), seed=3)
-    _save(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True, extra=False)
+    weights = fairseq_weights(BASE, 4 + len(LETTERS), seed=3)
+    save_fairseq_style(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True, extra=False)
     run_main(
         convert_checkpoint,
         ["fairseq-to-jax", str(tmp_path / "ctc.pt"), str(tmp_path / "ours"), "--dict", str(tmp_path / "letters.txt")],
@@ -470,17 +321,19 @@ def test_tensor_views_keep_dtype_shape_strides_and_offset(tmp_path):
 )
 def test_unsupported_fields_are_refused_by_name(field, value, tmp_path):
     fields = BASE | {field: value}
-    _save(tmp_path / "x.pt", _fairseq_weights(BASE, None), fields, "cfg", extra=False)
+    save_fairseq_style(tmp_path / "x.pt", fairseq_weights(BASE, None), fields, "cfg", extra=False)
     with pytest.raises(ValueError, match=rf"{field}={value!r} .*not supported"):
         fairseq.load_fairseq_checkpoint(tmp_path / "x.pt")
 
 
 def test_other_fairseq_models_and_unknown_keys_are_refused(tmp_path):
-    _save(tmp_path / "hubert.pt", _fairseq_weights(BASE, None), BASE | {"_name": "hubert"}, "cfg", extra=False)
+    save_fairseq_style(
+        tmp_path / "hubert.pt", fairseq_weights(BASE, None), BASE | {"_name": "hubert"}, "cfg", extra=False
+    )
     with pytest.raises(ValueError, match="fairseq model 'hubert' is not supported"):
         fairseq.load_fairseq_checkpoint(tmp_path / "hubert.pt")
-    weights = _fairseq_weights(BASE, None) | {"encoder.layers.0.adapter.weight": torch.ones(2)}
-    _save(tmp_path / "extra.pt", weights, BASE, "cfg", extra=False)
+    weights = fairseq_weights(BASE, None) | {"encoder.layers.0.adapter.weight": torch.ones(2)}
+    save_fairseq_style(tmp_path / "extra.pt", weights, BASE, "cfg", extra=False)
     with pytest.raises(ValueError, match=r"no place in the model: \['encoder.layers.0.adapter.weight'\]"):
         fairseq.load_fairseq_checkpoint(tmp_path / "extra.pt")
 
@@ -512,75 +365,15 @@ def test_key_mapping_both_ways():
 
 
 def test_export_refuses_a_vocabulary_fairseq_cannot_number(tmp_path):
-    weights = _fairseq_weights(BASE, 4 + len(LETTERS))
+    weights = fairseq_weights(BASE, 4 + len(LETTERS))
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
-    _save(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True, extra=False)
+    save_fairseq_style(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True, extra=False)
     model = fairseq.load_fairseq_checkpoint(tmp_path / "ctc.pt").model
     shuffled = Vocabulary(("<s>", "<pad>", "</s>", "<unk>", *LETTERS))
     with pytest.raises(ValueError, match="starts with its specials"):
         fairseq.save_fairseq_checkpoint(model, tmp_path / "out.pt", vocabulary=shuffled)
 
 
-# The model fields of public checkpoints' configs, as torchaudio keeps them
-# (test/torchaudio_unittest/assets/wav2vec2/fairseq/*.json in pytorch/audio; masking and
-# training-only fields that are fairseq's defaults left out).
-_PUBLIC_COMMON = dict(
-    activation_fn="gelu",
-    conv_feature_layers="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
-    conv_pos=128,
-    conv_pos_groups=16,
-    latent_dim=0,
-    latent_groups=2,
-    latent_vars=320,
-    logit_temp=0.1,
-    mask_prob=0.65,
-    mask_selection="static",
-    num_negatives=100,
-    quantize_input=False,
-    quantize_targets=True,
-    quantizer_depth=1,
-    target_glu=False,
-    codebook_negatives=0,
-    cross_sample_negatives=0,
-    negatives_from_everywhere=False,
-)
-_LARGE_SIZE = dict(encoder_attention_heads=16, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096, encoder_layers=24)
-PUBLIC = {
-    "wav2vec_small": dict(
-        _PUBLIC_COMMON,
-        _name="wav2vec2",
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        encoder_attention_heads=12,
-        encoder_embed_dim=768,
-        encoder_ffn_embed_dim=3072,
-        encoder_layers=12,
-        final_dim=256,
-        feature_grad_mult=0.1,
-    ),
-    "libri960_big": dict(
-        _PUBLIC_COMMON,
-        **_LARGE_SIZE,
-        _name="wav2vec2",
-        extractor_mode="default",
-        layer_norm_first=False,
-        conv_bias=False,
-        final_dim=768,
-        feature_grad_mult=0.1,
-        encoder_layerdrop=0.2,
-    ),
-    "wav2vec_vox_new / xlsr_53_56k / xlsr_300m": dict(
-        _PUBLIC_COMMON,
-        **_LARGE_SIZE,
-        _name="wav2vec2",
-        extractor_mode="layer_norm",
-        layer_norm_first=True,
-        conv_bias=True,
-        final_dim=768,
-        feature_grad_mult=1.0,
-    ),
-}
 ARCHITECTURE = (
     "conv_dim",
     "conv_kernel",
@@ -613,7 +406,9 @@ ARCHITECTURE = (
     ],
 )
 def test_public_checkpoint_configs_map_to_their_architecture(name, preset):
-    state = {"cfg": {"model": PUBLIC[name], "task": {"normalize": True}, "criterion": {"loss_weights": [0.1, 10]}}}
+    state = {
+        "cfg": {"model": PUBLIC_MODELS[name], "task": {"normalize": True}, "criterion": {"loss_weights": [0.1, 10]}}
+    }
     _, model, criterion, _, finetuning = fairseq._sections(state)
     config = fairseq._config_from_fields(model, criterion, finetuning, 32)
     assert {f: getattr(config, f) for f in ARCHITECTURE} == {f: getattr(preset, f) for f in ARCHITECTURE}
@@ -638,7 +433,7 @@ def test_public_fine_tuned_config_overrides_its_pretraining_fields():
         mask_length=10,
         mask_prob=0.5,
         normalize=False,
-        w2v_args={"model": PUBLIC["wav2vec_small"], "task": {"_name": "audio_pretraining", "normalize": False}},
+        w2v_args={"model": PUBLIC_MODELS["wav2vec_small"], "task": {"_name": "audio_pretraining", "normalize": False}},
         w2v_path="???",
     )
     _, model, criterion, _, finetuning = fairseq._sections({"cfg": {"model": finetuned, "task": {"normalize": False}}})
@@ -656,7 +451,9 @@ def test_public_fine_tuned_config_overrides_its_pretraining_fields():
 
 def test_a_fine_tuned_pt_file_loads_as_a_ctc_checkpoint_with_its_vocabulary(tmp_path):
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
-    _save(tmp_path / "ctc.pt", _fairseq_weights(LARGE, 4 + len(LETTERS)), LARGE, "cfg", ctc=True, extra=False)
+    save_fairseq_style(
+        tmp_path / "ctc.pt", fairseq_weights(LARGE, 4 + len(LETTERS)), LARGE, "cfg", ctc=True, extra=False
+    )
     model, vocabulary, normalize = load_ctc_checkpoint(tmp_path / "ctc.pt")
     assert isinstance(model, Wav2Vec2ForCTC) and len(vocabulary) == model.config.vocab_size
     assert normalize  # LARGE was fine-tuned on normalised audio (task.normalize)
@@ -677,8 +474,8 @@ print(type(imported.model).__name__, imported.parameters, len(imported.vocabular
 
 def test_reading_imports_neither_torch_nor_fairseq_nor_omegaconf(tmp_path, env):
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
-    weights = _fairseq_weights(BASE, 4 + len(LETTERS))
-    _save(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True)  # a pickled DictConfig
+    weights = fairseq_weights(BASE, 4 + len(LETTERS))
+    save_fairseq_style(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True)  # a pickled DictConfig
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_TORCH, str(tmp_path / "ctc.pt")],
         env=env,
