@@ -237,6 +237,7 @@ CASES = [
         {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max_bytes": 10_000_000},
     ),
     ("tools.make_tts_corpus", ["--seed", "2", "--max_bytes=5"], [], {"seed": 2, "max_bytes": 5}),
+    ("tools.check_fairseq_full_size", ["--size=large"], [], {"size": "large"}),
     (
         "w2v_jax.cli.finetune",
         [
