@@ -237,7 +237,7 @@ def test_round_trip_fairseq_ours_fairseq_is_bit_exact(kind, ctc, tmp_path):
         np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
 
 
-def test_ctc_folder_keeps_the_vocabulary_and_normalisation(tmp_path):
+def test_ctc_folder_keeps_the_vocabulary_and_normalisation(tmp_path, capsys):
     (tmp_path / "letters.txt").write_text("".join(f"{s} 1\n" for s in LETTERS))
     weights = fairseq_weights(BASE, 4 + len(LETTERS), seed=3)
     save_fairseq_style(tmp_path / "ctc.pt", weights, BASE, "cfg", ctc=True, extra=False)
@@ -245,6 +245,9 @@ def test_ctc_folder_keeps_the_vocabulary_and_normalisation(tmp_path):
         convert_checkpoint,
         ["fairseq-to-jax", str(tmp_path / "ctc.pt"), str(tmp_path / "ours"), "--dict", str(tmp_path / "letters.txt")],
     )
+    printed = capsys.readouterr().out
+    assert f"read Wav2Vec2ForCTC from the 'cfg' config: {len(weights)} tensors mapped" in printed
+    assert "skipped checkpoint entries: none" in printed
     config, model = load_checkpoint(tmp_path / "ours")
     assert isinstance(model, Wav2Vec2ForCTC)
     assert Vocabulary.load(tmp_path / "ours").tokens == ("<pad>", "<s>", "</s>", "<unk>", *LETTERS)

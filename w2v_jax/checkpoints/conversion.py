@@ -15,12 +15,11 @@ A CTC model's vocabulary (vocab.json and the tokenizer's special tokens) goes wi
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
 from w2v_jax.checkpoints import fairseq, folder, hf
-from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.checkpoints.loading import input_normalization, load_model
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training.checkpointer import has_checkpoints
 from w2v_jax.training.workdir import CHECKPOINTS_DIR
@@ -99,6 +98,5 @@ def jax_to_fairseq(source: str | os.PathLike, destination: str | os.PathLike, *,
     """A training workdir (its best or newest model, or `step`), our folder or a transformers folder
     -> a fairseq `.pt` (with `dict.ltr.txt` beside it for a CTC model)."""
     model = load_model(source, step)
-    preprocessor = pathlib.Path(source) / hf.PREPROCESSOR_FILE
-    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
-    fairseq.save_fairseq_checkpoint(model, destination, vocabulary=hf.load_vocabulary(source), normalize=normalize)
+    vocabulary = hf.load_vocabulary(source)
+    fairseq.save_fairseq_checkpoint(model, destination, vocabulary=vocabulary, normalize=input_normalization(source))

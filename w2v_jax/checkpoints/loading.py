@@ -127,9 +127,14 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
         raise ValueError(
             f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}"
         )
-    preprocessor = folder / hf.PREPROCESSOR_FILE
-    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
-    return model, vocabulary, bool(normalize)
+    return model, vocabulary, input_normalization(folder)
+
+
+def input_normalization(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint's inputs are normalised per utterance: its `preprocessor_config.json`'s
+    `do_normalize` (True without one: our pipeline normalises)."""
+    preprocessor = pathlib.Path(path) / hf.PREPROCESSOR_FILE
+    return bool(json.loads(preprocessor.read_text()).get("do_normalize", True)) if preprocessor.is_file() else True
 
 
 def _fairseq_ctc_checkpoint(path: pathlib.Path) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
