@@ -238,7 +238,7 @@ CASES = [
         "w2v_jax.cli.convert_checkpoint",
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
-        {"step": None, "allow_nonfinite": False},
+        {"step": None, "allow_nonfinite": False, "dict": None},
     ),
     (
         "w2v_jax.cli.convert_checkpoint",
@@ -247,12 +247,19 @@ CASES = [
         {"step": 200},
     ),
     (
+        "w2v_jax.cli.convert_checkpoint",
+        ["fairseq-to-jax", "ft.pt", "jax_folder", "--dict", "dict.ltr.txt"],
+        ["fairseq-to-jax", "ft.pt", "jax_folder"],
+        {"dict": "dict.ltr.txt", "step": None},
+    ),
+    (
         "tools.make_tts_corpus",
         ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max-bytes", "10000000"],
         [],
         {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max_bytes": 10_000_000},
     ),
     ("tools.make_tts_corpus", ["--seed", "2", "--max_bytes=5"], [], {"seed": 2, "max_bytes": 5}),
+    ("tools.check_fairseq_full_size", ["--size=large"], [], {"size": "large"}),
     (
         "w2v_jax.cli.finetune",
         [

@@ -1,8 +1,10 @@
 """Checkpoint formats and loading a model from any of them.
 
-- `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder),
+- `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder, a fairseq `.pt`),
   `load_encoder`, `load_ctc_checkpoint`;
 - `hf`: transformers' folders, both directions, with a CTC model's vocabulary and processor files;
+- `fairseq`: fairseq's `.pt` files (pretraining and CTC), read without fairseq or torch through a
+  restricted unpickler, and written back (torch);
 - `folder`: our folder format (`config.json` + `params.safetensors`);
 - `weights`: what the formats share (which model the weights fill, checks on untrusted weights).
 """

@@ -5,6 +5,10 @@
 - `jax-to-hf`: a training workdir (its newest checkpoint or `step`; a fine-tuning workdir's best
   model by default) or our folder -> a transformers folder that `from_pretrained`,
   `AutoFeatureExtractor` and the pipelines load.
+- `fairseq-to-jax`: a fairseq `.pt` (pretraining or CTC fine-tuned; a CTC model's `dict.ltr.txt`
+  from `dictionary` or beside the file) -> our folder;
+- `jax-to-fairseq`: a training workdir, our folder or a transformers folder -> a fairseq `.pt`
+  (`fairseq.save_fairseq_checkpoint`; needs torch, the `reference` extra).
 
 A CTC model's vocabulary (vocab.json and the tokenizer's special tokens) goes with it both ways.
 """
@@ -14,12 +18,14 @@ from __future__ import annotations
 import os
 import pathlib
 
-from w2v_jax.checkpoints import folder, hf
-from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.checkpoints import fairseq, folder, hf
+from w2v_jax.checkpoints.loading import input_normalization, load_model
+from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training.checkpointer import has_checkpoints
 from w2v_jax.training.workdir import CHECKPOINTS_DIR
 
-DIRECTIONS = ("hf-to-jax", "jax-to-hf")
+FAIRSEQ_DIRECTIONS = ("fairseq-to-jax", "jax-to-fairseq")
+DIRECTIONS = ("hf-to-jax", "jax-to-hf", *FAIRSEQ_DIRECTIONS)
 
 
 def convert(
@@ -29,7 +35,8 @@ def convert(
     *,
     step: int | None = None,
     allow_nonfinite: bool = False,
-) -> None:
+    dictionary: str | os.PathLike | None = None,
+) -> str | None:
     """Writes `source` in the other format at `destination` (see the module docstring).
 
     Args:
@@ -37,12 +44,23 @@ def convert(
       source, destination: folders (`source` may be a training workdir for `jax-to-hf`).
       step: `jax-to-hf` from a training workdir: its checkpoint step.
       allow_nonfinite: convert weights holding NaN or infinity (refused by default).
+      dictionary: `fairseq-to-jax`: a CTC model's `dict.ltr.txt` (default: beside the `.pt`).
+
+    Returns:
+      For `fairseq-to-jax`, what was read and skipped (`FairseqImport.summary`); else None.
 
     Raises:
       ValueError: an unknown direction, or `step` for a source that is not a training workdir.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if direction == "fairseq-to-jax":
+        return fairseq_to_jax(source, destination, dictionary=dictionary, allow_nonfinite=allow_nonfinite)
+    if direction == "jax-to-fairseq":
+        jax_to_fairseq(source, destination, step=step)
+        return None
+    if dictionary is not None:
+        raise ValueError(f"--dict applies to fairseq-to-jax, not {direction}")
     vocabulary = hf.load_vocabulary(source)
     if direction == "hf-to-jax":
         config, model = hf.load_hf_checkpoint(source, allow_nonfinite=allow_nonfinite)
@@ -55,3 +73,30 @@ def convert(
             raise ValueError(f"--step applies to a training workdir (with {CHECKPOINTS_DIR}/), not {source}")
         config, model = folder.load_checkpoint(source, allow_nonfinite=allow_nonfinite)
         hf.save_hf_checkpoint(config, model, destination, vocabulary=vocabulary)
+    return None
+
+
+def fairseq_to_jax(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    dictionary: str | os.PathLike | None = None,
+    allow_nonfinite: bool = False,
+) -> str:
+    """A fairseq `.pt` -> our folder; a CTC model's processor files keep fairseq's input
+    normalisation (`task.normalize`). Returns what was read and skipped."""
+    imported = fairseq.load_fairseq_checkpoint(source, dictionary, allow_nonfinite=allow_nonfinite)
+    if isinstance(imported.model, Wav2Vec2ForCTC) and imported.vocabulary is None:
+        raise ValueError(f"{source} is a CTC model: give its dict.ltr.txt with --dict (none beside the file)")
+    folder.save_checkpoint(imported.config, imported.model, destination, vocabulary=imported.vocabulary)
+    if imported.vocabulary is not None:
+        hf.save_processor_files(imported.vocabulary, imported.config, destination, do_normalize=imported.normalize)
+    return imported.summary()
+
+
+def jax_to_fairseq(source: str | os.PathLike, destination: str | os.PathLike, *, step: int | None = None) -> None:
+    """A training workdir (its best or newest model, or `step`), our folder or a transformers folder
+    -> a fairseq `.pt` (with `dict.ltr.txt` beside it for a CTC model)."""
+    model = load_model(source, step)
+    vocabulary = hf.load_vocabulary(source)
+    fairseq.save_fairseq_checkpoint(model, destination, vocabulary=vocabulary, normalize=input_normalization(source))

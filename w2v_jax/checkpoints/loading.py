@@ -5,7 +5,8 @@ The formats, told apart by what the path holds:
   `experiments.finetune`): the newest intact checkpoint or `step`; a fine-tuning workdir's best
   model by the validation metric (`best/`) by default;
 - our folder format (`config.json` + `params.safetensors`, `folder.save_checkpoint`);
-- a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`).
+- a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`);
+- a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
 
 `Wav2Vec2ForPreTraining.from_pretrained(path, step)` is this function: the loader builds models and
 reads training checkpoints, so it lives above the model and the training loop, and `import w2v_jax`
@@ -25,6 +26,7 @@ from flax import nnx
 
 from w2v_jax.checkpoints import folder as folder_format
 from w2v_jax.checkpoints import hf
+from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
 from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
@@ -38,12 +40,16 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     """A model from any of our checkpoint formats (see the module docstring).
 
     Args:
-      path: a training workdir, our folder format or a transformers folder.
+      path: a training workdir, our folder format, a transformers folder or a fairseq `.pt` file.
       step: the workdir checkpoint to load; default the newest, or for a fine-tuning workdir its
         best model by the validation metric (`WORKDIR/best/`, the newest checkpoint before any
         validation).
     """
     folder = pathlib.Path(path)
+    if folder.suffix == ".pt" and folder.is_file():
+        if step is not None:
+            raise ValueError(f"step={step} only applies to a training workdir, not the fairseq file {folder}")
+        return load_fairseq_checkpoint(folder).model
     if (folder / CHECKPOINTS_DIR).is_dir():
         if step is None and (folder / BEST_MODEL_DIR / folder_format.PARAMS_FILE).is_file():
             return folder_format.load_checkpoint(folder / BEST_MODEL_DIR)[1]
@@ -55,8 +61,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     if (folder / hf.CONFIG_FILE).is_file():
         return hf.load_hf_checkpoint(folder)[1]
     raise ValueError(
-        f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE} "
-        "or a transformers folder (config.json + model.safetensors)"
+        f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE}, "
+        "a transformers folder (config.json + model.safetensors) or a fairseq .pt file"
     )
 
 
@@ -104,10 +110,13 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
 
     Args:
       path: a fine-tuning workdir (its best model by default, `step` for a checkpoint), our folder
-        format or a transformers `Wav2Vec2ForCTC` folder with a vocab.json.
+        format, a transformers `Wav2Vec2ForCTC` folder with a vocab.json, or a fairseq fine-tuned
+        `.pt` with its `dict.ltr.txt` beside it (inputs normalised as its `task.normalize` says).
       step: a workdir checkpoint.
     """
     folder = pathlib.Path(path)
+    if folder.suffix == ".pt" and folder.is_file() and step is None:
+        return _fairseq_ctc_checkpoint(folder)
     model = load_model(folder, step)
     if not isinstance(model, Wav2Vec2ForCTC):
         raise ValueError(f"{folder} holds a {type(model).__name__}, not a fine-tuned (CTC) model")
@@ -118,6 +127,20 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
         raise ValueError(
             f"{folder}: {VOCAB_FILE} has {len(vocabulary)} tokens, the model's head {model.config.vocab_size}"
         )
-    preprocessor = folder / hf.PREPROCESSOR_FILE
-    normalize = json.loads(preprocessor.read_text()).get("do_normalize", True) if preprocessor.is_file() else True
-    return model, vocabulary, bool(normalize)
+    return model, vocabulary, input_normalization(folder)
+
+
+def input_normalization(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint's inputs are normalised per utterance: its `preprocessor_config.json`'s
+    `do_normalize` (True without one: our pipeline normalises)."""
+    preprocessor = pathlib.Path(path) / hf.PREPROCESSOR_FILE
+    return bool(json.loads(preprocessor.read_text()).get("do_normalize", True)) if preprocessor.is_file() else True
+
+
+def _fairseq_ctc_checkpoint(path: pathlib.Path) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
+    imported = load_fairseq_checkpoint(path)
+    if not isinstance(imported.model, Wav2Vec2ForCTC):
+        raise ValueError(f"{path} holds a {type(imported.model).__name__}, not a fine-tuned (CTC) model")
+    if imported.vocabulary is None:
+        raise ValueError(f"{path}: no dict.ltr.txt beside it: the CTC head's tokens are unknown")
+    return imported.model, imported.vocabulary, imported.normalize

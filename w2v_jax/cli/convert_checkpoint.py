@@ -9,6 +9,11 @@
     python -m experiments.convert_checkpoint jax-to-hf runs/tiny path/to/hf_folder [--step=200]
     python -m experiments.convert_checkpoint jax-to-hf path/to/jax_folder path/to/hf_folder
 
+    # a fairseq .pt (wav2vec_small.pt, libri960_big.pt, a fine-tuned *_960h.pt with its dict.ltr.txt)
+    # -> a w2v_jax folder, read without fairseq or torch; and our model -> a fairseq .pt
+    python -m experiments.convert_checkpoint fairseq-to-jax wav2vec_small_960h.pt path/to/jax_folder --dict dict.ltr.txt
+    python -m experiments.convert_checkpoint jax-to-fairseq runs/tiny path/to/out.pt
+
 A fine-tuning workdir exports its best model by default (`--step` picks a checkpoint), to a folder
 that `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
 `pipeline("automatic-speech-recognition", model=...)` load; a CTC model's vocabulary (vocab.json
@@ -44,10 +49,16 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "Convert weights holding NaN or infinity (refused by default).",
             flag_values=flag_values,
         ),
+        dict=flags.DEFINE_string(
+            "dict",
+            None,
+            "fairseq-to-jax: a CTC checkpoint's fairseq dictionary (dict.ltr.txt; default: beside the .pt).",
+            flag_values=flag_values,
+        ),
         step=flags.DEFINE_integer(
             "step",
             None,
-            "jax-to-hf from a training workdir: its checkpoint step (default: the best model of a "
+            "jax-to-hf / jax-to-fairseq from a training workdir: its checkpoint step (default: the best model of a "
             "fine-tuning run, else the newest checkpoint).",
             flag_values=flag_values,
         ),
@@ -74,7 +85,14 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     if args.lm.value is not None and direction != "jax-to-hf":
         raise SystemExit("--lm applies to jax-to-hf (hf-to-jax imports the source's language_model/ itself)")
     try:
-        convert(direction, source, destination, step=args.step.value, allow_nonfinite=args.allow_nonfinite.value)
+        summary = convert(
+            direction,
+            source,
+            destination,
+            step=args.step.value,
+            allow_nonfinite=args.allow_nonfinite.value,
+            dictionary=args.dict.value,
+        )
         vocabulary = load_vocabulary(destination)
         lm_dir = None
         if args.lm.value is not None:
@@ -87,6 +105,8 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     except ValueError as error:
         raise SystemExit(str(error)) from None
     print(f"{direction}: {source} -> {destination}" + (f" (with {lm_dir})" if lm_dir else ""))
+    if summary:
+        print(summary)
 
 
 def run() -> None:

@@ -1,0 +1,934 @@
+"""fairseq's wav2vec 2.0 checkpoints (`.pt`), both directions, without fairseq, hydra or omegaconf.
+
+Reading needs no torch either. A fairseq `.pt` is `torch.save`'s zip: one pickle (`*/data.pkl`)
+holding the checkpoint's dict, whose tensors point at raw storage files (`*/data/<key>`). The
+pickle is read by `_RestrictedUnpickler`, which admits only torch's tensor rebuild functions and
+storage types (read as NumPy arrays: dtype, shape, strides and offset), the plain-data classes
+fairseq pickles (`argparse.Namespace`, OmegaConf's containers, nodes and metadata, enums,
+`collections.OrderedDict`, builtin containers), all mapped to dicts and lists. Any other global is
+refused with a one-line error naming it, and nothing a pickle names is ever called. Pre-1.6
+torch files (tar or bare pickle) are refused.
+
+Import (`load_fairseq_checkpoint`): fairseq's `Wav2Vec2Model` (pretraining) and `Wav2VecCtc`
+(CTC fine-tuned, `w2v_encoder.w2v_model.*` + `w2v_encoder.proj`), configured by the old `args`
+Namespace or a hydra `cfg`. Every model field fairseq reads is mapped to a `Wav2Vec2Config` field
+(`_config_from_fields`) or refused by name when it selects something we don't implement
+(`_UNSUPPORTED`). Keys map to transformers' names (`_MODULES`, the converter's table) and go through
+`hf.params_from_hf`. The optimizer state, EMA and other extra state are skipped (`FairseqImport`
+lists them). A CTC head's vocabulary is fairseq's `dict.ltr.txt` with `<s>`, `<pad>`, `</s>`,
+`<unk>` first and `<s>` (id 0) the blank (`audio_finetuning`'s `blank_symbol`); transformers' and our
+vocabularies keep the ids and name id 0 `<pad>` (the blank) and id 1 `<s>`.
+
+Export (`save_fairseq_checkpoint`, needs torch: the `reference` extra): `torch.save` of a dict with
+`model` (fairseq's keys), a hydra-style `cfg` of plain dicts (`checkpoint_utils.load_checkpoint_to_cpu`
+turns it into a DictConfig), `optimizer_history` and `extra_state` as `_upgrade_state_dict` expects;
+a CTC model's `dict.ltr.txt` is written beside it and `cfg.task.data` names its folder.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import ast
+import dataclasses
+import io
+import os
+import pathlib
+import pickle
+import re
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from w2v_jax.checkpoints.hf import params_from_hf, params_to_hf
+from w2v_jax.checkpoints.weights import Model, check_stored_weights
+from w2v_jax.config import ACTIVATIONS, Wav2Vec2Config
+from w2v_jax.data.vocabulary import BOS, EOS, PAD, UNK, Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from w2v_jax.reference import import_reference
+
+DICT_FILE = "dict.ltr.txt"
+# fairseq's Dictionary puts these first (ids 0..3); `<s>` is the CTC blank.
+FAIRSEQ_SPECIALS = (BOS, PAD, EOS, UNK)
+
+# ---------------------------------------------------------------------------------------------
+# torch's zip format through a restricted unpickler
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StorageType:
+    dtype: Any
+
+
+class _Record:
+    """A plain-data object (Namespace, OmegaConf container, node or metadata): its pickled state only.
+    One subclass per admitted class (`_plain_class`), so pickle's NEWOBJ and REDUCE build it
+    without running anything of the original class."""
+
+    kind = ""
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        # A dict, or (dict or None, slots dict) for classes with __slots__.
+        if isinstance(state, tuple):
+            state = {k: v for part in state if isinstance(part, dict) for k, v in part.items()}
+        self.state = state
+
+
+_RECORD_CLASSES: dict[str, type[_Record]] = {}
+
+
+def _plain_class(kind: str) -> type[_Record]:
+    if kind not in _RECORD_CLASSES:
+        _RECORD_CLASSES[kind] = type(kind.rsplit(".", 1)[-1], (_Record,), {"kind": kind})
+    return _RECORD_CLASSES[kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TypeName:
+    """A class named only as a type in metadata, or an enum whose members are rebuilt from their
+    value (fairseq's ChoiceEnum fields): calling it with one plain value gives that value."""
+
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) == 1 and isinstance(args[0], str | int | float | bool | type(None)):
+            return args[0]
+        raise pickle.UnpicklingError(f"refusing to build {self.name} from {args!r}: only enum values are read")
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+    """`torch._utils._rebuild_tensor_v2`: a strided view of a storage, copied."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride) or any(s < 0 for s in (*size, *stride)) or offset < 0:
+        raise pickle.UnpicklingError(f"bad tensor layout: size {size}, stride {stride}, offset {offset}")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
+        raise pickle.UnpicklingError(f"tensor of size {size} at offset {offset} overruns its storage ({storage.size})")
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
+    )
+    return np.array(view)
+
+
+def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
+    """`torch._utils._rebuild_parameter(_with_state)`: an `nn.Parameter` is its data."""
+    return data
+
+
+def _rebuild_from_type(function: Callable, new_type: Any, args: tuple, state: Any) -> Any:
+    """`torch._tensor._rebuild_from_type_v2`: the tensor `function` rebuilds (an admitted rebuild function)."""
+    del new_type, state
+    if function not in (_rebuild_tensor, _rebuild_parameter):
+        raise pickle.UnpicklingError(f"refusing to rebuild a tensor through {function!r}")
+    return function(*args)
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> _Record:
+    """`copyreg._reconstructor` (how protocols 0/1 pickle plain objects): only admitted classes."""
+    del base, state
+    if not (isinstance(cls, type) and issubclass(cls, _Record)):
+        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}")
+    return cls.__new__(cls)
+
+
+def _subscript(generic: Any, item: Any) -> _TypeName:
+    """`operator.getitem` as `typing.Optional[int]` pickles: only on a type name."""
+    if not isinstance(generic, _TypeName):
+        raise pickle.UnpicklingError(f"refusing operator.getitem on {generic!r}")
+    return _TypeName(f"{generic.name}[{item!r}]")
+
+
+def _type_of(value: Any) -> _TypeName:
+    """`builtins.type(None)`, as `NoneType` pickles."""
+    if value is not None:
+        raise pickle.UnpicklingError(f"refusing builtins.type({value!r})")
+    return _TypeName("NoneType")
+
+
+def _defaultdict(default_factory: Any = None, *_: Any) -> dict:
+    """`collections.defaultdict` (OmegaConf's metadata): a plain dict; its factory is never called."""
+    del default_factory
+    return {}
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode`, as protocol 2 pickles bytes; only the latin-1 codec."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
+    """`numpy.core.multiarray.scalar` (logged metrics): numeric dtypes only."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"refusing a NumPy scalar of {dtype!r}")
+    return np.frombuffer(data, dtype)[0].item()
+
+
+def _numpy_dtype(name: str, align: bool = False, copy: bool = False) -> np.dtype:
+    dtype = np.dtype(name, align, copy)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object dtype")
+    return dtype
+
+
+_FUNCTIONS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("_codecs", "encode"): _latin1,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("collections", "OrderedDict"): dict,
+    ("collections", "defaultdict"): _defaultdict,
+    ("operator", "getitem"): _subscript,
+    ("builtins", "type"): _type_of,
+    ("builtins", "dict"): dict,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+_PLAIN_CLASSES = {
+    ("argparse", "Namespace"),
+    ("omegaconf.dictconfig", "DictConfig"),
+    ("omegaconf.listconfig", "ListConfig"),
+    ("omegaconf.base", "ContainerMetadata"),
+    ("omegaconf.base", "Metadata"),
+    *(
+        ("omegaconf.nodes", node)
+        for node in (
+            "AnyNode",
+            "StringNode",
+            "IntegerNode",
+            "FloatNode",
+            "BooleanNode",
+            "EnumNode",
+            "PathNode",
+            "BytesNode",
+            "ValueNode",
+        )
+    ),
+}
+# Modules whose classes may appear as types in OmegaConf metadata or as enums (values only).
+_TYPE_MODULES = re.compile(r"^(typing|enum|fairseq(\..+)?)$")
+_BUILTIN_TYPES = ("str", "int", "float", "bool", "bytes", "object")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a checkpoint's data.pkl: tensors, storages and plain data only (module docstring)."""
+
+    def __init__(self, file: io.BytesIO, read_storage: Callable[[str, Any], np.ndarray]):
+        super().__init__(file, encoding="utf-8")
+        self._read_storage = read_storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        # torch pickles with protocol 2, which spells builtins the Python 2 way (`__builtin__.long`).
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in _FUNCTIONS:
+            return _FUNCTIONS[(module, name)]
+        if (module, name) in _PLAIN_CLASSES:
+            return _plain_class(f"{module}.{name}")
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name == "Tensor":
+            return _TypeName(f"torch.{name}")
+        if module == "torch.nn.parameter" and name == "Parameter":
+            return _TypeName(f"{module}.{name}")
+        if (_TYPE_MODULES.match(module) and name[:1].isupper() and "." not in name) or (
+            module == "builtins" and name in _BUILTIN_TYPES
+        ):
+            return _TypeName(f"{module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only tensors and plain data are read")
+
+    def persistent_load(self, pid: Any) -> np.ndarray:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        storage_type, key = pid[1], pid[2]
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
+            raise pickle.UnpicklingError(f"unknown storage {storage_type!r}")
+        return self._read_storage(key, storage_type.dtype)
+
+
+def _plain(value: Any) -> Any:
+    """Records -> dicts (Namespace: its attributes; DictConfig: its content), nodes -> their values."""
+    if isinstance(value, _Record):
+        state = value.state if isinstance(value.state, dict) else {}
+        if value.kind == "argparse.Namespace":
+            return {k: _plain(v) for k, v in state.items()}
+        content = state.get("_content", state.get("_val"))
+        if value.kind.endswith("Metadata"):
+            return None
+        return _plain(content)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+_INTERPOLATION = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
+
+
+def _resolve(value: Any, root: Mapping[str, Any]) -> Any:
+    """OmegaConf's `${a.b}` interpolations (fairseq's `II("task.normalize")`) resolved against `root`."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, root) for v in value]
+    if isinstance(value, str) and (match := _INTERPOLATION.match(value)):
+        node: Any = root
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return value
+            node = node[part]
+        return _resolve(node, root)
+    return None if value == "???" else value
+
+
+def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict a `torch.save`d `.pt` holds, tensors as NumPy arrays and plain data as dicts and
+    lists, read without torch (module docstring). Raises a ValueError naming the problem (a
+    refused global, a legacy torch file, a damaged archive)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        legacy = "a tar archive" if tarfile.is_tarfile(path) else "not a zip archive"
+        raise ValueError(
+            f"{path}: {legacy}; only torch's zip format (torch >= 1.6) is read: re-save it with "
+            "torch.save(torch.load(path, weights_only=False), path) where you trust it"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise ValueError(f"{path}: expected one */data.pkl in torch's zip format, found {pickles}")
+        prefix = pickles[0][: -len("data.pkl")]
+        names = set(archive.namelist())
+        byteorder = archive.read(f"{prefix}byteorder").decode() if f"{prefix}byteorder" in names else "little"
+        storages: dict[str, np.ndarray] = {}
+
+        def read_storage(key: str, dtype: Any) -> np.ndarray:
+            if key not in storages:
+                name = f"{prefix}data/{key}"
+                if name not in names:
+                    raise pickle.UnpicklingError(f"storage {key} missing from the archive")
+                array = np.frombuffer(archive.read(name), dtype)
+                storages[key] = array.byteswap() if byteorder != sys.byteorder else array
+            return storages[key]
+
+        try:
+            state = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), read_storage).load()
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+    state = _plain(state)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq's model fields <-> Wav2Vec2Config
+
+# fairseq's `Wav2Vec2Config` defaults of the fields read here (fairseq/models/wav2vec/wav2vec2.py),
+# for checkpoints older than a field.
+_FAIRSEQ_DEFAULTS: dict[str, Any] = {
+    "extractor_mode": "default",
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "layer_type": "transformer",
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "dropout_input": 0.0,
+    "dropout_features": 0.0,
+    "final_dim": 0,
+    "layer_norm_first": False,
+    "conv_feature_layers": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]",
+    "conv_bias": False,
+    "logit_temp": 0.1,
+    "quantize_targets": False,
+    "quantize_input": False,
+    "same_quantizer": False,
+    "target_glu": False,
+    "feature_grad_mult": 1.0,
+    "quantizer_depth": 1,
+    "latent_vars": 320,
+    "latent_groups": 2,
+    "latent_dim": 0,
+    "mask_length": 10,
+    "mask_prob": 0.65,
+    "mask_selection": "static",
+    "no_mask_overlap": False,
+    "mask_dropout": 0.0,
+    "mask_channel_length": 10,
+    "mask_channel_prob": 0.0,
+    "mask_channel_before": False,
+    "mask_channel_selection": "static",
+    "no_mask_channel_overlap": False,
+    "num_negatives": 100,
+    "negatives_from_everywhere": False,
+    "cross_sample_negatives": 0,
+    "codebook_negatives": 0,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "pos_conv_depth": 1,
+    "attn_type": "",
+    "pos_enc_type": "abs",
+    "adp_num": -1,
+}
+# Fields that select something we don't implement: the only value we read.
+_UNSUPPORTED: dict[str, Any] = {
+    "layer_type": "transformer",  # conformer layers
+    "quantize_input": False,
+    "target_glu": False,
+    "quantizer_depth": 1,
+    "negatives_from_everywhere": False,
+    "cross_sample_negatives": 0,
+    "codebook_negatives": 0,
+    "pos_conv_depth": 1,
+    "attn_type": "",
+    "pos_enc_type": "abs",
+    "mask_selection": "static",
+    "mask_channel_selection": "static",
+    "no_mask_overlap": False,
+    "no_mask_channel_overlap": False,
+    "mask_channel_before": False,
+    "mask_dropout": 0.0,
+}
+# Fields of a fine-tuning config (Wav2Vec2AsrConfig) that override the pretraining model's
+# (Wav2VecEncoder's arg_overrides), by their pretraining names.
+_FINETUNING_OVERRIDES = {
+    "dropout": "dropout",
+    "activation_dropout": "activation_dropout",
+    "dropout_input": "dropout_input",
+    "attention_dropout": "attention_dropout",
+    "mask_length": "mask_length",
+    "mask_prob": "mask_prob",
+    "mask_selection": "mask_selection",
+    "no_mask_overlap": "no_mask_overlap",
+    "mask_channel_length": "mask_channel_length",
+    "mask_channel_prob": "mask_channel_prob",
+    "mask_channel_before": "mask_channel_before",
+    "mask_channel_selection": "mask_channel_selection",
+    "no_mask_channel_overlap": "no_mask_channel_overlap",
+    "layerdrop": "encoder_layerdrop",
+    "feature_grad_mult": "feature_grad_mult",
+}
+
+
+def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
+    """fairseq's `conv_feature_layers` string (a Python expression of lists of (dim, kernel, stride)
+    tuples joined by + and repeated by *), evaluated without `eval`."""
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.List | ast.Tuple):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples")
+
+    layers = value(ast.parse(spec, mode="eval").body)
+    if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
+        raise ValueError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples")
+    return layers
+
+
+def _config_from_fields(
+    model: Mapping[str, Any], criterion: Mapping[str, Any], finetuning: Mapping[str, Any] | None, vocab_size: int
+) -> Wav2Vec2Config:
+    """fairseq's pretraining model fields (+ the criterion's loss weights, + a fine-tuning config's
+    overrides) -> our config. Raises a ValueError naming an unsupported field."""
+    fields = {**_FAIRSEQ_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}
+    if finetuning is not None:
+        for name, target in _FINETUNING_OVERRIDES.items():
+            if finetuning.get(name) is not None:
+                fields[target] = finetuning[name]
+        if finetuning.get("adp_num") not in (None, -1, 0):
+            raise ValueError(f"fine-tuning field adp_num={finetuning['adp_num']} (adapters) is not supported")
+        if finetuning.get("blank_weight") not in (None, 0, 0.0):
+            raise ValueError(f"fine-tuning field blank_weight={finetuning['blank_weight']} is not supported (only 0)")
+        if finetuning.get("layer_type") not in (None, "transformer"):
+            raise ValueError(f"fine-tuning field layer_type={finetuning['layer_type']!r} is not supported")
+    for name, supported in _UNSUPPORTED.items():
+        if fields[name] != supported:
+            raise ValueError(f"fairseq field {name}={fields[name]!r} is not supported (only {supported!r})")
+    if fields["adp_num"] not in (-1, 0):
+        raise ValueError(f"fairseq field adp_num={fields['adp_num']} (adapters) is not supported")
+    if model.get("encoder_layers_to_keep"):
+        raise ValueError(f"fairseq field encoder_layers_to_keep={model['encoder_layers_to_keep']!r} is not supported")
+    if finetuning is None and not fields["quantize_targets"]:
+        raise ValueError("fairseq field quantize_targets=False is not supported: the targets are the quantizer's")
+    if fields["activation_fn"] not in ACTIVATIONS:
+        raise ValueError(f"fairseq field activation_fn={fields['activation_fn']!r} is not supported ({ACTIVATIONS})")
+    if fields["extractor_mode"] not in ("default", "layer_norm"):
+        raise ValueError(f"fairseq field extractor_mode={fields['extractor_mode']!r} is not supported")
+    conv = _conv_layers(fields["conv_feature_layers"])
+    if conv[-1][0] == fields["encoder_embed_dim"]:
+        raise ValueError("fairseq models without post_extract_proj (conv dim == encoder_embed_dim) are not supported")
+    final_dim = fields["final_dim"] if fields["final_dim"] > 0 else fields["encoder_embed_dim"]
+    weights = criterion.get("loss_weights") or (0.0, 0.0)
+    apply_mask = finetuning is None or finetuning.get("apply_mask", True)
+    values = dict(
+        conv_dim=tuple(c[0] for c in conv),
+        conv_kernel=tuple(c[1] for c in conv),
+        conv_stride=tuple(c[2] for c in conv),
+        conv_bias=bool(fields["conv_bias"]),
+        feat_extract_norm="group" if fields["extractor_mode"] == "default" else "layer",
+        hidden_size=fields["encoder_embed_dim"],
+        num_hidden_layers=fields["encoder_layers"],
+        num_attention_heads=fields["encoder_attention_heads"],
+        intermediate_size=fields["encoder_ffn_embed_dim"],
+        hidden_act=fields["activation_fn"],
+        hidden_dropout=fields["dropout"],
+        activation_dropout=fields["activation_dropout"],
+        attention_dropout=fields["attention_dropout"],
+        feat_proj_dropout=fields["dropout_input"],
+        feat_quantizer_dropout=fields["dropout_features"],
+        layerdrop=fields["encoder_layerdrop"],
+        do_stable_layer_norm=bool(fields["layer_norm_first"]),
+        num_conv_pos_embeddings=fields["conv_pos"],
+        num_conv_pos_embedding_groups=fields["conv_pos_groups"],
+        mask_time_prob=fields["mask_prob"] if apply_mask else 0.0,
+        mask_time_length=fields["mask_length"],
+        mask_time_min_masks=2,  # Wav2Vec2Model.apply_mask's min_masks
+        mask_feature_prob=fields["mask_channel_prob"] if apply_mask else 0.0,
+        mask_feature_length=fields["mask_channel_length"],
+        num_codevector_groups=fields["latent_groups"],
+        num_codevectors_per_group=fields["latent_vars"],
+        codevector_dim=fields["latent_dim"] if fields["latent_dim"] > 0 else final_dim,
+        proj_codevector_dim=final_dim,
+        contrastive_logits_temperature=fields["logit_temp"],
+        num_negatives=fields["num_negatives"],
+        diversity_loss_weight=float(weights[0]) if len(weights) > 0 else 0.0,
+        feature_penalty_weight=float(weights[1]) if len(weights) > 1 else 0.0,
+        feature_grad_mult=fields["feature_grad_mult"],
+        vocab_size=vocab_size,
+        pad_token_id=0,
+    )
+    if finetuning is not None:
+        values["final_dropout"] = finetuning.get("final_dropout", 0.0) or 0.0
+        values["ctc_zero_infinity"] = bool(criterion.get("zero_infinity", False))
+    return Wav2Vec2Config(**values)
+
+
+def _model_fields(config: Wav2Vec2Config) -> dict[str, Any]:
+    """Our config -> fairseq's `Wav2Vec2Config` fields (the `wav2vec2` model of a hydra `cfg`)."""
+    conv = [(d, k, s) for d, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride)]
+    return {
+        "_name": "wav2vec2",
+        "extractor_mode": "default" if config.feat_extract_norm == "group" else "layer_norm",
+        "encoder_layers": config.num_hidden_layers,
+        "encoder_embed_dim": config.hidden_size,
+        "encoder_ffn_embed_dim": config.intermediate_size,
+        "encoder_attention_heads": config.num_attention_heads,
+        "activation_fn": config.hidden_act,
+        "dropout": config.hidden_dropout,
+        "attention_dropout": config.attention_dropout,
+        "activation_dropout": config.activation_dropout,
+        "encoder_layerdrop": config.layerdrop,
+        "dropout_input": config.feat_proj_dropout,
+        "dropout_features": config.feat_quantizer_dropout,
+        "final_dim": config.proj_codevector_dim,
+        "layer_norm_first": config.do_stable_layer_norm,
+        "conv_feature_layers": repr(conv),
+        "conv_bias": config.conv_bias,
+        "logit_temp": config.contrastive_logits_temperature,
+        "quantize_targets": True,
+        "quantize_input": False,
+        "feature_grad_mult": config.feature_grad_mult,
+        "latent_vars": config.num_codevectors_per_group,
+        "latent_groups": config.num_codevector_groups,
+        "latent_dim": config.codevector_dim,
+        "mask_length": config.mask_time_length,
+        "mask_prob": config.mask_time_prob,
+        "mask_channel_length": config.mask_feature_length,
+        "mask_channel_prob": config.mask_feature_prob,
+        "num_negatives": config.num_negatives,
+        "conv_pos": config.num_conv_pos_embeddings,
+        "conv_pos_groups": config.num_conv_pos_embedding_groups,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq's keys <-> transformers' keys (transformers' converter's table)
+
+# (fairseq module, transformers module) of the encoder; `{i}` is a layer index. The conv layers'
+# norm sits at index 2 of each conv block: a GroupNorm (layer 0 only, "default" mode) or a
+# Sequential(TransposeLast, LayerNorm, TransposeLast) ("layer_norm" mode).
+_MODULES = (
+    ("feature_extractor.conv_layers.{i}.0", "feature_extractor.conv_layers.{i}.conv"),
+    ("post_extract_proj", "feature_projection.projection"),
+    ("layer_norm", "feature_projection.layer_norm"),
+    ("encoder.pos_conv.0", "encoder.pos_conv_embed.conv"),
+    ("encoder.layers.{i}.self_attn.q_proj", "encoder.layers.{i}.attention.q_proj"),
+    ("encoder.layers.{i}.self_attn.k_proj", "encoder.layers.{i}.attention.k_proj"),
+    ("encoder.layers.{i}.self_attn.v_proj", "encoder.layers.{i}.attention.v_proj"),
+    ("encoder.layers.{i}.self_attn.out_proj", "encoder.layers.{i}.attention.out_proj"),
+    ("encoder.layers.{i}.self_attn_layer_norm", "encoder.layers.{i}.layer_norm"),
+    ("encoder.layers.{i}.fc1", "encoder.layers.{i}.feed_forward.intermediate_dense"),
+    ("encoder.layers.{i}.fc2", "encoder.layers.{i}.feed_forward.output_dense"),
+    ("encoder.layers.{i}.final_layer_norm", "encoder.layers.{i}.final_layer_norm"),
+    ("encoder.layer_norm", "encoder.layer_norm"),
+)
+_CONV_NORM = {
+    "group": ("feature_extractor.conv_layers.{i}.2", "feature_extractor.conv_layers.{i}.layer_norm"),
+    "layer": ("feature_extractor.conv_layers.{i}.2.1", "feature_extractor.conv_layers.{i}.layer_norm"),
+}
+# Modules outside the encoder, at the top level in both.
+_HEADS = (
+    ("quantizer.weight_proj", "quantizer.weight_proj"),
+    ("project_q", "project_q"),
+    ("final_proj", "project_hid"),
+)
+_PARAMETERS = {"mask_emb": "masked_spec_embed", "quantizer.vars": "quantizer.codevectors"}
+_CTC_ENCODER, _CTC_HEAD = "w2v_encoder.w2v_model.", "w2v_encoder.proj"
+# Pretraining modules a fine-tuned model leaves unused (fairseq's remove_pretraining_modules).
+_PRETRAINING_ONLY = re.compile(r"^(quantizer|project_q|final_proj|target_glu|project_inp)\.")
+_HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+
+def _module_pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + r"\.(?P<attr>[A-Za-z_]\w*)$")
+
+
+def _rename(key: str, pairs: tuple[tuple[str, str], ...], reverse: bool) -> str | None:
+    for fairseq_module, hf_module in pairs:
+        source, target = (hf_module, fairseq_module) if reverse else (fairseq_module, hf_module)
+        if match := _module_pattern(source).match(key):
+            return target.replace("{i}", match.groupdict().get("i") or "") + "." + match.group("attr")
+    return None
+
+
+def _encoder_pairs(norm: str) -> tuple[tuple[str, str], ...]:
+    return (*_MODULES, _CONV_NORM[norm])
+
+
+def fairseq_to_hf_key(key: str, norm: str) -> str | None:
+    """transformers' key of a fairseq `Wav2Vec2Model`/`Wav2VecCtc` key (None: not a model parameter
+    we read); `norm` is the feature encoder's ("group" or "layer")."""
+    if key == _CTC_HEAD + ".weight" or key == _CTC_HEAD + ".bias":
+        return "lm_head." + key.rsplit(".", 1)[1]
+    inner = key[len(_CTC_ENCODER) :] if key.startswith(_CTC_ENCODER) else key
+    if inner in _PARAMETERS:
+        name = _PARAMETERS[inner]
+        return name if name.startswith("quantizer.") else f"wav2vec2.{name}"
+    if (name := _rename(inner, _HEADS, reverse=False)) is not None:
+        return name
+    name = _rename(inner, _encoder_pairs(norm), reverse=False)
+    return None if name is None else f"wav2vec2.{name}"
+
+
+def hf_to_fairseq_key(key: str, norm: str, ctc: bool) -> str:
+    """fairseq's key of a transformers key of `Wav2Vec2ForPreTraining` (`ctc=False`) or `Wav2Vec2ForCTC`."""
+    for long, short in _HF_WEIGHT_NORM.items():
+        key = key.replace(long, short)
+    if key.startswith("lm_head."):
+        return _CTC_HEAD + key[len("lm_head") :]
+    prefix = _CTC_ENCODER if ctc else ""
+    inner = key.removeprefix("wav2vec2.")
+    for fairseq_name, name in _PARAMETERS.items():
+        if inner == name:
+            return fairseq_name if name.startswith("quantizer.") else prefix + fairseq_name
+    name = _rename(inner, _HEADS, reverse=True) if not key.startswith("wav2vec2.") else None
+    name = name or _rename(inner, _encoder_pairs(norm), reverse=True)
+    if name is None:
+        raise ValueError(f"no fairseq key for {key}")
+    return name if not key.startswith("wav2vec2.") else prefix + name
+
+
+# ---------------------------------------------------------------------------------------------
+# fairseq's dictionary <-> our vocabulary
+
+
+def read_fairseq_dictionary(path: str | os.PathLike) -> Vocabulary:
+    """fairseq's `dict.ltr.txt` ("symbol count [#fairseq:overwrite]" lines after the specials
+    `<s>`, `<pad>`, `</s>`, `<unk>`) -> our vocabulary with the same ids; id 0 (fairseq's `<s>`, the
+    CTC blank) is named `<pad>` and id 1 `<s>`, as transformers' converter does."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such dictionary file")
+    symbols = list(FAIRSEQ_SPECIALS)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.rstrip().rsplit(" ", 2 if line.rstrip().endswith("#fairseq:overwrite") else 1)
+        if number == 1 and line.startswith("#"):  # fairseq's optional metadata line
+            continue
+        if len(fields) < 2 or not fields[1].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected '<symbol> <count>', got {line!r}")
+        overwrite = len(fields) == 3
+        if fields[0] in symbols and not overwrite:
+            raise ValueError(f"{path}:{number}: symbol {fields[0]!r} repeated")
+        if fields[0] not in symbols:
+            symbols.append(fields[0])
+    return Vocabulary((PAD, BOS, *symbols[2:]))
+
+
+def write_fairseq_dictionary(vocabulary: Vocabulary, path: str | os.PathLike) -> None:
+    """Our vocabulary -> fairseq's `dict.ltr.txt` (same ids). Its first tokens must be `<pad>`
+    (the blank), `<s>`, `</s>`, `<unk>`, the places fairseq's Dictionary gives its specials."""
+    if vocabulary.tokens[:4] != (PAD, BOS, EOS, UNK) or vocabulary.pad_id != 0:
+        raise ValueError(
+            f"fairseq's dictionary starts with its specials; this vocabulary starts {vocabulary.tokens[:4]}, "
+            f"not {(PAD, BOS, EOS, UNK)}"
+        )
+    lines = [f"{token} 1" for token in vocabulary.tokens[4:]]
+    pathlib.Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Import and export
+
+
+@dataclasses.dataclass(frozen=True)
+class FairseqImport:
+    """A fairseq checkpoint read: the model, its vocabulary (CTC), whether fairseq normalised its
+    inputs (`task.normalize`), and what was read and skipped."""
+
+    config: Wav2Vec2Config
+    model: Model
+    vocabulary: Vocabulary | None
+    normalize: bool
+    config_style: str  # "args" (argparse Namespace) or "cfg" (hydra)
+    parameters: int  # tensors mapped to the model
+    skipped_parameters: tuple[str, ...]  # model tensors left out (pretraining modules of a CTC model)
+    skipped_entries: tuple[str, ...]  # top-level entries besides the model and its config
+
+    def summary(self) -> str:
+        """The lines a conversion prints: what was read and what skipped."""
+        return "\n".join(
+            [
+                f"read {type(self.model).__name__} from the {self.config_style!r} config: "
+                f"{self.parameters} tensors mapped, input normalisation {self.normalize}",
+                f"skipped model tensors: {list(self.skipped_parameters) or 'none'}",
+                f"skipped checkpoint entries: {list(self.skipped_entries) or 'none'}",
+            ]
+        )
+
+
+def _sections(state: Mapping[str, Any]) -> tuple[str, dict, dict, dict, dict | None]:
+    """(config style, pretraining model fields, criterion fields, task fields, fine-tuning fields or None)."""
+    if state.get("cfg"):
+        style, cfg = "cfg", _resolve(state["cfg"], state["cfg"])
+        model, criterion, task = cfg.get("model") or {}, cfg.get("criterion") or {}, cfg.get("task") or {}
+        name = model.get("_name")
+    elif state.get("args"):
+        style, args = "args", state["args"]
+        model = criterion = task = args
+        name = args.get("arch")
+    else:
+        raise ValueError("the checkpoint has neither `cfg` nor `args`: its model is unknown")
+    if name in ("wav2vec_ctc",) or "w2v_args" in model:
+        if name not in (None, "wav2vec_ctc"):
+            raise ValueError(f"fairseq model {name!r} is not supported (wav2vec2, wav2vec_ctc)")
+        inner = model.get("w2v_args")
+        if not isinstance(inner, dict):
+            raise ValueError("the fine-tuned checkpoint has no w2v_args (its pretraining model's config)")
+        inner = _resolve(inner, inner)
+        if "model" in inner:
+            return style, inner["model"], criterion, task, model
+        return style, inner, criterion, task, model
+    if name not in ("wav2vec2",):
+        raise ValueError(f"fairseq model {name!r} is not supported (wav2vec2, wav2vec_ctc)")
+    return style, model, criterion, task, None
+
+
+def load_fairseq_checkpoint(
+    path: str | os.PathLike,
+    dictionary: str | os.PathLike | None = None,
+    *,
+    dtype: jnp.dtype | None = None,
+    allow_nonfinite: bool = False,
+) -> FairseqImport:
+    """Reads a fairseq wav2vec 2.0 `.pt` (pretraining or CTC fine-tuned) without fairseq or torch.
+
+    Args:
+      path: the `.pt` file.
+      dictionary: a CTC model's `dict.ltr.txt`; default the one beside `path`. Without one, the
+        vocabulary is None.
+      dtype: computation dtype of the model (parameters are float32).
+      allow_nonfinite: accept NaN or infinite weights.
+
+    Raises a ValueError naming the problem: an unsupported model or field, unknown keys, a refused
+    pickle global, a dictionary whose size is not the head's.
+    """
+    path = pathlib.Path(path)
+    state = read_torch_checkpoint(path)
+    if not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path}: no `model` state dict; entries: {sorted(state)}")
+    style, model_fields, criterion, task, finetuning = _sections(state)
+    weights = state["model"]
+    ctc = finetuning is not None
+    vocab_size = int(np.shape(weights[_CTC_HEAD + ".weight"])[0]) if ctc and _CTC_HEAD + ".weight" in weights else 32
+    try:
+        config = _config_from_fields(model_fields, criterion, finetuning, vocab_size)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    hf_state, skipped, unknown = {}, [], []
+    for key, value in weights.items():
+        name = fairseq_to_hf_key(key, config.feat_extract_norm)
+        if ctc and _PRETRAINING_ONLY.match(key.removeprefix(_CTC_ENCODER)):
+            skipped.append(key)
+        elif name is None or not isinstance(value, np.ndarray):
+            unknown.append(key)
+        else:
+            hf_state[name] = np.asarray(value, np.float32)
+    if unknown:
+        raise ValueError(f"{path}: fairseq keys with no place in the model: {unknown}")
+    check_stored_weights(config, hf_state, path, allow_nonfinite=allow_nonfinite)
+    cls = Wav2Vec2ForCTC if ctc else Wav2Vec2ForPreTraining
+    params = params_from_hf(config, hf_state, cls)
+    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
+    nnx.update(model, params)
+    vocabulary = None
+    if ctc:
+        dictionary = pathlib.Path(dictionary) if dictionary is not None else path.parent / DICT_FILE
+        if dictionary.is_file():
+            vocabulary = read_fairseq_dictionary(dictionary)
+            if len(vocabulary) != config.vocab_size:
+                raise ValueError(
+                    f"{dictionary} gives {len(vocabulary)} symbols with fairseq's 4 specials, "
+                    f"the checkpoint's head {config.vocab_size} outputs"
+                )
+    return FairseqImport(
+        config=config,
+        model=model,
+        vocabulary=vocabulary,
+        normalize=bool(task.get("normalize", finetuning.get("normalize", False) if ctc else False)),
+        config_style=style,
+        parameters=len(hf_state),
+        skipped_parameters=tuple(skipped),
+        skipped_entries=tuple(sorted(k for k in state if k not in ("model", "cfg", "args"))),
+    )
+
+
+def fairseq_state_dict(model: Model) -> dict[str, np.ndarray]:
+    """A `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC` -> fairseq's state dict (float32 arrays)."""
+    if not isinstance(model, Wav2Vec2ForPreTraining | Wav2Vec2ForCTC):
+        raise ValueError(
+            f"fairseq's checkpoints hold a pretraining or CTC model, not a {type(model).__name__} "
+            "(a bare encoder has no quantizer for fairseq's Wav2Vec2Model)"
+        )
+    ctc = isinstance(model, Wav2Vec2ForCTC)
+    hf = params_to_hf(nnx.state(model, nnx.Param))
+    return {hf_to_fairseq_key(k, model.config.feat_extract_norm, ctc): v for k, v in hf.items()}
+
+
+def fairseq_cfg(config: Wav2Vec2Config, *, ctc: bool, normalize: bool, data: str) -> dict[str, Any]:
+    """A hydra-style `cfg` of plain dicts that fairseq's `load_model_ensemble_and_task` builds from:
+    `task` (audio_pretraining / audio_finetuning), `model` (wav2vec2 / wav2vec_ctc with the
+    pretraining model in `w2v_args`), `criterion` (wav2vec / ctc)."""
+    pretraining_task = {"_name": "audio_pretraining", "data": data, "normalize": normalize, "sample_rate": 16000}
+    pretraining = {
+        "task": pretraining_task,
+        "model": _model_fields(config),
+        "criterion": {
+            "_name": "wav2vec",
+            "infonce": True,
+            "loss_weights": [config.diversity_loss_weight, config.feature_penalty_weight],
+            "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+        },
+    }
+    if not ctc:
+        return {"common": {}, **pretraining}
+    model = {
+        "_name": "wav2vec_ctc",
+        "w2v_path": "",
+        "w2v_args": pretraining,
+        "no_pretrained_weights": True,
+        "apply_mask": config.mask_time_prob > 0 or config.mask_feature_prob > 0,
+        "mask_prob": config.mask_time_prob,
+        "mask_length": config.mask_time_length,
+        "mask_channel_prob": config.mask_feature_prob,
+        "mask_channel_length": config.mask_feature_length,
+        "dropout": config.hidden_dropout,
+        "attention_dropout": config.attention_dropout,
+        "activation_dropout": config.activation_dropout,
+        "dropout_input": config.feat_proj_dropout,
+        "final_dropout": config.final_dropout,
+        "layerdrop": config.layerdrop,
+        "feature_grad_mult": config.feature_grad_mult,
+        "normalize": normalize,
+        "data": data,
+    }
+    return {
+        "common": {},
+        "task": {**pretraining_task, "_name": "audio_finetuning", "labels": "ltr"},
+        "model": model,
+        "criterion": {"_name": "ctc", "zero_infinity": config.ctc_zero_infinity},
+    }
+
+
+def save_fairseq_checkpoint(
+    model: Model, path: str | os.PathLike, *, vocabulary: Vocabulary | None = None, normalize: bool = True
+) -> None:
+    """Writes `model` as a fairseq `.pt` (module docstring); needs torch (the `reference` extra).
+
+    Args:
+      model: a `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC`.
+      path: the `.pt` file; a CTC model's `dict.ltr.txt` goes beside it.
+      vocabulary: a CTC model's (required for one).
+      normalize: fairseq's `task.normalize` (our pipeline normalises each utterance: True).
+    """
+    torch = import_reference("torch", "writing a fairseq checkpoint")
+    path = pathlib.Path(path)
+    ctc = isinstance(model, Wav2Vec2ForCTC)
+    if ctc and vocabulary is None:
+        raise ValueError("a CTC model's fairseq checkpoint needs its vocabulary (for dict.ltr.txt)")
+    weights = fairseq_state_dict(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ctc:
+        if len(vocabulary) != model.config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(vocabulary)} tokens, the head {model.config.vocab_size}")
+        write_fairseq_dictionary(vocabulary, path.parent / DICT_FILE)
+    state = {
+        "args": None,
+        "cfg": fairseq_cfg(model.config, ctc=ctc, normalize=normalize, data=str(path.parent.resolve())),
+        "model": {k: torch.from_numpy(np.array(v, np.float32)) for k, v in weights.items()},
+        "optimizer_history": [
+            {
+                "criterion_name": "CtcCriterion" if ctc else "Wav2vecCriterion",
+                "optimizer_name": "Adam",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": 0,
+            }
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    torch.save(state, path)
