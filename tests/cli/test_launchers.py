@@ -248,6 +248,18 @@ CASES = [
         ["a.flac", "v.tsv"],
         {"checkpoint": "runs/ft", "step": 3, "batch_size": 8},
     ),
+    (
+        "w2v_jax.cli.accelerator_check",
+        ["--output=/tmp/out/check", "--dry-run", "--budget_s=300", "--seconds=10", "--pretrain_steps=200"],
+        [],
+        {"output": "/tmp/out/check", "dry_run": True, "budget_s": 300.0, "seconds": 10.0, "pretrain_steps": 200},
+    ),
+    (
+        "w2v_jax.cli.benchmark",
+        [f"--config={PRETRAIN}:base", "--batch=0", "--fill_fraction=0.5", "--precision=bfloat16"],
+        [],
+        {"batch": 0, "fill_fraction": 0.5, "precision": "bfloat16"},
+    ),
     # Configs named by their file in the package (any directory).
     ("w2v_jax.cli.pretrain", ["--config=pretrain:base", "--workdir=w"], [], {"workdir": "w"}),
 ]
