@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 
+from tools import device_wheels
 from w2v_jax.research import accelerator_check as check
 
 
@@ -95,3 +96,22 @@ def test_commands_past_the_budget_are_skipped(tmp_path):
 def test_settings_reject_bad_values():
     with pytest.raises(ValueError, match="must be positive"):
         check.CheckSettings(output=pathlib.Path("x"), budget_seconds=0)
+
+
+def test_device_wheels_install_what_is_missing_and_ours_only_over_older_versions():
+    minimums = device_wheels.minimum_versions()
+    assert minimums["flax"] == "0.12.8" and minimums["orbax-checkpoint"] == "0.12.8"
+    assert device_wheels.version_tuple("0.12.10rc1+cu13") > device_wheels.version_tuple("0.12.8")
+    wheels = [
+        pathlib.Path(".whl/flax-0.12.8-py3-none-any.whl"),
+        pathlib.Path(".whl/optax-0.2.8-py3-none-any.whl"),
+        pathlib.Path(".whl/orbax_checkpoint-0.12.8-py3-none-any.whl"),
+        pathlib.Path(".whl/ml_collections-1.1.0-py3-none-any.whl"),
+    ]
+    installed = {"flax": "0.12.3", "optax": "0.2.9", "orbax-checkpoint": None, "ml-collections": None}
+    chosen = {pathlib.Path(w).name: reason for w, reason in device_wheels.choose(wheels, installed, minimums).items()}
+    assert chosen == {
+        "flax-0.12.8-py3-none-any.whl": "image has 0.12.3 < our minimum 0.12.8",
+        "orbax_checkpoint-0.12.8-py3-none-any.whl": "not in the image",
+        "ml_collections-1.1.0-py3-none-any.whl": "not in the image",
+    }
