@@ -11,8 +11,9 @@ There, before anything imports the package (so this file imports nothing of it):
     python3 tools/device_wheels.py install --target=/tmp/site && export PYTHONPATH=/tmp/site:$PWD
 
 `install` installs every wheel of `MISSING` (absent from the image), and each of `PINNED`
-(pure-Python, ours) only where the image's version is older than our minimum in setup.cfg or absent;
-it prints what it chose and why. docs/performance.md has the whole device command.
+(pure-Python, ours) only where the image's version is older than our minimum in setup.cfg or absent,
+and can import under the image's JAX (`BREAKS_UNDER_JAX`); it prints what it chose and why.
+docs/performance.md has the whole device command.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ MISSING = (
 )
 # The image has these; ours are carried for when its version is older than our minimum.
 PINNED = ("flax", "optax", "orbax-checkpoint", "chex")
+# Carried versions that can't import under newer JAX: (distribution, its last such version, the
+# JAX version from which it breaks, why). flax <= 0.12.8 subclasses `jax.experimental.hijax`'s
+# QDD types, which JAX removed after 0.11.0 ("remove qdd"); flax 0.12.9 dropped them.
+BREAKS_UNDER_JAX = (("flax", "0.12.8", "0.11.1", "subclasses hijax types JAX 0.11.1 removed; needs flax >= 0.12.9"),)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -117,9 +122,28 @@ def wheel_name(path: pathlib.Path) -> str:
     return normalise(path.name.split("-")[0])
 
 
+def wheel_version(path: pathlib.Path) -> str:
+    """The version in a wheel's file name (`flax-0.12.8-py3-none-any.whl` -> 0.12.8)."""
+    return path.name.split("-")[1]
+
+
+def breaks_under_jax(wheel: pathlib.Path, jax_version: str | None) -> str | None:
+    """Why `wheel` can't import under `jax_version` (`BREAKS_UNDER_JAX`), or None."""
+    for name, last, jax_from, why in BREAKS_UNDER_JAX:
+        if (
+            wheel_name(wheel) == name
+            and jax_version is not None
+            and version_tuple(wheel_version(wheel)) <= version_tuple(last)
+            and version_tuple(jax_version) >= version_tuple(jax_from)
+        ):
+            return f"{name} {wheel_version(wheel)} under jax {jax_version}: {why}"
+    return None
+
+
 def choose(wheels: list[pathlib.Path], installed: dict[str, str | None], minimums: dict[str, str]) -> dict[str, str]:
     """Which wheels to install, each with the reason: every wheel of a missing package; a pinned one
-    where the installed version is absent or older than our minimum."""
+    where the installed version is absent or older than our minimum, unless it can't import under
+    the installed JAX (`installed["jax"]`; `breaks_under_jax`)."""
     chosen = {}
     pinned = {normalise(name) for name in PINNED}
     for wheel in wheels:
@@ -127,9 +151,15 @@ def choose(wheels: list[pathlib.Path], installed: dict[str, str | None], minimum
         have = installed.get(name)
         if name not in pinned:
             chosen[str(wheel)] = "not in the image" if have is None else f"carried (image has {have})"
+            continue
+        if have is not None and not (name in minimums and version_tuple(have) < version_tuple(minimums[name])):
+            continue
+        broken = breaks_under_jax(wheel, installed.get("jax"))
+        if broken is not None:
+            print(f"keep the image's {name} {have}: ours can't be used ({broken})", flush=True)
         elif have is None:
             chosen[str(wheel)] = "not in the image"
-        elif name in minimums and version_tuple(have) < version_tuple(minimums[name]):
+        else:
             chosen[str(wheel)] = f"image has {have} < our minimum {minimums[name]}"
     return chosen
 
@@ -150,7 +180,7 @@ def install(target: pathlib.Path, folder: pathlib.Path = WHEELS) -> dict[str, st
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"no wheels in {folder}: run `tools/device_wheels.py download` here and carry .whl")
-    chosen = choose(wheels, installed_versions([wheel_name(w) for w in wheels]), minimum_versions())
+    chosen = choose(wheels, installed_versions(["jax", *(wheel_name(w) for w in wheels)]), minimum_versions())
     for wheel, reason in chosen.items():
         print(f"install {pathlib.Path(wheel).name}: {reason}", flush=True)
     for wheel in sorted(set(map(str, wheels)) - set(chosen)):

@@ -108,10 +108,15 @@ def test_device_wheels_install_what_is_missing_and_ours_only_over_older_versions
         pathlib.Path(".whl/orbax_checkpoint-0.12.8-py3-none-any.whl"),
         pathlib.Path(".whl/ml_collections-1.1.0-py3-none-any.whl"),
     ]
-    installed = {"flax": "0.12.3", "optax": "0.2.9", "orbax-checkpoint": None, "ml-collections": None}
-    chosen = {pathlib.Path(w).name: reason for w, reason in device_wheels.choose(wheels, installed, minimums).items()}
-    assert chosen == {
+    installed = {"jax": "0.10.2", "flax": "0.12.3", "optax": "0.2.9", "orbax-checkpoint": None, "ml-collections": None}
+
+    def chosen(installed):
+        return {pathlib.Path(w).name: why for w, why in device_wheels.choose(wheels, installed, minimums).items()}
+
+    assert chosen(installed) == {
         "flax-0.12.8-py3-none-any.whl": "image has 0.12.3 < our minimum 0.12.8",
         "orbax_checkpoint-0.12.8-py3-none-any.whl": "not in the image",
         "ml_collections-1.1.0-py3-none-any.whl": "not in the image",
     }
+    # Our flax 0.12.8 can't import under JAX 0.11.2: the image's older one stays.
+    assert "flax-0.12.8-py3-none-any.whl" not in chosen({**installed, "jax": "0.11.2"})
