@@ -250,9 +250,23 @@ CASES = [
     ),
     (
         "w2v_jax.cli.accelerator_check",
-        ["--output=/tmp/out/check", "--dry-run", "--budget_s=300", "--seconds=10", "--pretrain_steps=200"],
+        [
+            "--output=/tmp/out/check",
+            "--dry-run",
+            "--budget_s=300",
+            "--seconds=10",
+            "--pretrain_steps=200",
+            "--steps=2,4",
+        ],
         [],
-        {"output": "/tmp/out/check", "dry_run": True, "budget_s": 300.0, "seconds": 10.0, "pretrain_steps": 200},
+        {
+            "output": "/tmp/out/check",
+            "dry_run": True,
+            "budget_s": 300.0,
+            "seconds": 10.0,
+            "pretrain_steps": 200,
+            "steps": ["2", "4"],
+        },
     ),
     (
         "w2v_jax.cli.benchmark",

@@ -96,6 +96,8 @@ def test_commands_past_the_budget_are_skipped(tmp_path):
 def test_settings_reject_bad_values():
     with pytest.raises(ValueError, match="must be positive"):
         check.CheckSettings(output=pathlib.Path("x"), budget_seconds=0)
+    with pytest.raises(ValueError, match="steps must be among"):
+        check.CheckSettings(output=pathlib.Path("x"), steps=(2, 5))
 
 
 def test_device_wheels_install_what_is_missing_and_ours_only_over_older_versions():

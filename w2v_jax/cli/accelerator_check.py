@@ -35,6 +35,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         seconds=flags.DEFINE_float("seconds", 15.0, "The benchmark's utterance length.", flag_values=fv),
         pretrain_steps=flags.DEFINE_integer("pretrain_steps", 300, "Updates of the pretraining step.", flag_values=fv),
         pretrain_batch=flags.DEFINE_integer("pretrain_batch", 32, "Batch of the pretraining step.", flag_values=fv),
+        steps=flags.DEFINE_list("steps", ["1", "2", "3", "4"], "Which steps to run (e.g. 2,4).", flag_values=fv),
     )
     alias(fv, ("dry-run", "dry_run"))
     return args
@@ -50,6 +51,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         seconds=args.seconds.value,
         pretrain_steps=args.pretrain_steps.value,
         pretrain_batch=args.pretrain_batch.value,
+        steps=tuple(int(step) for step in args.steps.value),
     )
     summary = accelerator_check.run_check(settings, print_fn=lambda line: print(line, flush=True))
     for line in accelerator_check.summary_lines(summary):

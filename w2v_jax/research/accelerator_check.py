@@ -108,6 +108,7 @@ class CheckSettings:
       budget_seconds: the whole check's wall-time limit (the steps' caps are cut to what is left).
       seconds: the benchmark's utterance length.
       pretrain_steps, pretrain_batch: the pretraining step's updates and batch.
+      steps: which steps to run (a second call reruns those the first left unfinished).
     """
 
     output: pathlib.Path
@@ -116,10 +117,13 @@ class CheckSettings:
     seconds: float = 15.0
     pretrain_steps: int = 300
     pretrain_batch: int = 32
+    steps: tuple[int, ...] = (1, 2, 3, 4)
 
     def __post_init__(self) -> None:
         if self.budget_seconds <= 0 or self.seconds <= 0 or self.pretrain_steps < 1 or self.pretrain_batch < 1:
             raise ValueError(f"accelerator check settings must be positive, got {self}")
+        if not self.steps or not set(self.steps) <= {1, 2, 3, 4}:
+            raise ValueError(f"steps must be among 1, 2, 3, 4, got {self.steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,6 +501,7 @@ def run_check(settings: CheckSettings, *, print_fn: Callable[[str], None] = prin
             tests_step(settings),
             pretraining_step(settings, pathlib.Path(scratch) / "pretraining"),
         ]
+        steps = [step for step in steps if step.number in settings.steps]
         summary = run_steps(steps, settings.output, settings.budget_seconds, print_fn=print_fn)
     summary["dry_run"] = settings.dry_run
     _write_summary(settings.output, summary)
