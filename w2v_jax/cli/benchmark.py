@@ -17,7 +17,7 @@ transformers' `Wav2Vec2ForCTC` with torch's AdamW. `--remat_memory` compiles the
 with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
 (activation memory) and for the whole train step. `--profile` traces our step with `jax.profiler`
 and prints its busiest XLA operations. `--batch=0` fills the device: the largest batch estimated to
-fit in `--fill_fraction` of its memory (`benchmark.fill_batch`; default 0.8, 0.4 with `--vs_pytorch`,
+fit in `--fill_fraction` of its memory (`benchmark.fill_batch`; default 0.8, 0.3 with `--vs_pytorch`,
 which shares the device with the reference). All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
 Older spellings stay accepted: `--vs-pytorch`, `--remat-memory`, `--steps`, `--warmup`.
 """
@@ -47,7 +47,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         fill_fraction=flags.DEFINE_float(
             "fill_fraction",
             None,
-            "With --batch=0: the device memory to fill (0.8; 0.4 with --vs_pytorch).",
+            "With --batch=0: the device memory to fill (0.8; 0.3 with --vs_pytorch).",
             flag_values=fv,
         ),
         seconds=flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.", flag_values=fv),
@@ -93,7 +93,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         seed=args.seed.value,
     )
     if args.batch.value == 0:
-        fraction = args.fill_fraction.value or (0.4 if args.vs_pytorch.value else 0.8)
+        fraction = args.fill_fraction.value or (0.3 if args.vs_pytorch.value else 0.8)
         batch, line = benchmark.fill_batch(args.config.value, settings, fraction)
         print(line, flush=True)
         settings = dataclasses.replace(settings, batch_size=batch)
