@@ -22,9 +22,9 @@ def test_dry_run_runs_every_step_and_packs_its_results(tmp_path, env):
     environment, benchmark, tests, pretraining = (record["verdict"] for record in summary["steps"])
     assert environment["devices"]["backend"] == "cpu" and not environment.get("failed")
     assert environment["imports"]["failed"] == {} and environment["imports"]["modules"] > 50
-    assert environment["tiny_train_steps"]["float32"]["finite"]  # bfloat16's: step 2's benchmark
+    assert "tiny_train_steps" not in environment  # on the CPU: steps 2 and 4 run it
     assert environment["matmul"]["bf16_tflops"] > 0
-    assert benchmark["fill_batches"] == [1] and len(benchmark["ratios"]) == 1 and benchmark["ratios"][0] > 0
+    assert len(benchmark["ratios"]) == 1 and benchmark["ratios"][0] > 0 and len(benchmark["w2v_jax_mfu"]) == 1
     assert "tests collected" in tests["summary"]
     assert 0 <= pretraining["accuracy"] <= 1 and 0 < pretraining["chance_accuracy"] < 1
     with tarfile.open(output / accelerator_check.ARCHIVE) as tar:

@@ -15,9 +15,10 @@ folder, packed into one archive at the end (a GPU machine hands back at most 8 f
 4. pretraining: a short bf16 run of the small config (no feature penalty, ~100 warm-up updates)
    whose contrastive accuracy must leave chance (`pretraining_verdict`).
 
-`dry_run` runs steps 1, 2 and 4 on the CPU with the tiny config and step 3 as collection only, in
-about a minute: the test suite runs it. The files: `summary.json` (rewritten after every command),
-one log per step (`1_environment.log`, ...), and `accelerator_check.tar.gz` of them at the end.
+`dry_run` runs steps 1, 2 and 4 on the CPU with the tiny config in float32 (XLA:CPU compiles a bf16
+step several times slower; step 1 without its train steps, which steps 2 and 4 run there) and step 3
+as collection only: the test suite runs it. The files: `summary.json` (rewritten after every
+command), one log per step (`1_environment.log`, ...), and `accelerator_check.tar.gz` of them.
 """
 
 from __future__ import annotations
@@ -236,11 +237,11 @@ def tiny_forward(device: jax.Device) -> dict[str, Any]:
     }
 
 
-def tiny_train_steps(device: jax.Device, precisions: Sequence[str] = tuple(benchmark.PRECISIONS)) -> dict[str, Any]:
-    """Tiny pretraining train steps (the trainer's step) in each precision: losses and compile times."""
+def tiny_train_steps(device: jax.Device) -> dict[str, Any]:
+    """Tiny pretraining train steps (the trainer's step) in float32 and bfloat16: losses and compile times."""
     config = pretrain_configs.get_config("tiny")
     out = {}
-    for precision in precisions:
+    for precision in benchmark.PRECISIONS:
         settings = benchmark.BenchmarkSettings(batch_size=2, seconds=1.0, steps=2, warmup=1, precision=precision)
         task = benchmark.benchmark_task(config)
         runner = benchmark.JaxRunner(task, settings, device)
@@ -327,9 +328,8 @@ def environment_report(dry_run: bool) -> dict[str, Any]:
     _guarded(report, "compatibility", compatibility_report)
     _guarded(report, "imports", import_every_module)
     _guarded(report, "tiny_forward", lambda: tiny_forward(device))
-    # A dry run's step 2 compiles the bf16 step.
-    precisions = ("float32",) if dry_run else tuple(benchmark.PRECISIONS)
-    _guarded(report, "tiny_train_steps", lambda: tiny_train_steps(device, precisions))
+    if not dry_run:  # a dry run's steps 2 and 4 run the same train step on the CPU
+        _guarded(report, "tiny_train_steps", lambda: tiny_train_steps(device))
     _guarded(report, "matmul", lambda: matmul_rate(device, dry_run))
     if device.platform == "gpu":
         _guarded(report, "attention", lambda: attention_report(device))
@@ -356,21 +356,24 @@ def _fill_batch(output: str, default: int) -> int:
 
 def benchmark_step(settings: CheckSettings) -> Step:
     """Step 2: base at `settings.seconds` and the batch that fills the device, bf16 then float32 against
-    the reference, then bf16 variants at the bf16 batch (on a dry run: tiny, 1 s, bf16 only)."""
+    the reference, then bf16 variants at the bf16 batch (on a dry run: tiny, 1 s, batch 1, float32 only)."""
     if settings.dry_run:
         config, seconds, timing = f"{PRETRAIN_CONFIG}:tiny", 1.0, ["--timed_steps=1", "--warmup_steps=0"]
-        fill = ["--batch=0", "--fill_fraction=1e-6"]  # the fill estimate's path, at batch 1
+        fill = ["--batch=1"]  # no fill probe: one compile fewer (tests/research/test_benchmark.py tests it)
     else:
         config, seconds, timing = f"{PRETRAIN_CONFIG}:base", settings.seconds, ["--timed_steps=5", "--warmup_steps=2"]
         fill = ["--batch=0"]
     base = _python("-m", "experiments.benchmark", f"--config={config}", f"--seconds={seconds}", *timing)
 
+    precision = "float32" if settings.dry_run else "bfloat16"
+    bf16 = f"--precision={precision}"
+
     def at_fill(*extra: str) -> Callable[[str], list[str]]:
-        return lambda output: [*base, f"--batch={_fill_batch(output, 1)}", "--precision=bfloat16", *extra]
+        return lambda output: [*base, f"--batch={_fill_batch(output, 1)}", bf16, *extra]
 
     # Both frameworks share the device: allocate as needed, not JAX's default 75% up front.
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    commands = [Command("bf16_vs_pytorch", lambda _: [*base, *fill, "--precision=bfloat16", "--vs_pytorch"], 170, env)]
+    commands = [Command(f"{precision}_vs_pytorch", lambda _: [*base, *fill, bf16, "--vs_pytorch"], 170, env)]
     if not settings.dry_run:  # the dry run's step 1 has compiled the float32 step
         commands += [
             Command("float32_vs_pytorch", lambda _: [*base, *fill, "--precision=float32", "--vs_pytorch"], 150, env),
@@ -407,7 +410,7 @@ def tests_verdict(output: str) -> dict[str, Any]:
 
 
 def pretraining_step(settings: CheckSettings, workdir: pathlib.Path) -> Step:
-    """Step 4: a short bf16 pretraining of the small config (tiny, a few updates, on a dry run)."""
+    """Step 4: a short bf16 pretraining of the small config (tiny, float32, 2 updates on a dry run)."""
     eval_every = steps = settings.pretrain_steps
     if settings.dry_run:  # no validation: one compile fewer
         variant, steps, batch, eval_every = "tiny", 2, 2, 1_000
@@ -427,7 +430,7 @@ def pretraining_step(settings: CheckSettings, workdir: pathlib.Path) -> Step:
         "experiments.pretrain",
         f"--config={PRETRAIN_CONFIG}:{variant}",
         f"--workdir={workdir}",
-        "--config.train.precision=bfloat16",
+        f"--config.train.precision={'float32' if settings.dry_run else 'bfloat16'}",
         f"--config.train.num_steps={steps}",
         f"--config.train.batch_size={batch}",
         f"--config.train.log_every={max(1, steps // 10)}",
