@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2v_jax.asr.decoding import greedy_decode
+from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio
@@ -42,8 +41,10 @@ def transcribe_waveforms(
     num_frames: Callable[[Any], Any],
     exact: bool = True,
     separator: str = "",
+    decoder: CTCDecoder | None = None,
+    logits_out: list[np.ndarray | None] | None = None,
 ) -> list[str]:
-    """Greedy transcripts of waveforms, in order, batched as the module docstring says.
+    """Transcripts of waveforms, in order, batched as the module docstring says (greedy by default).
 
     Args:
       forward: `(input_values [batch, samples], attention_mask [batch, samples] | None) -> logits
@@ -57,15 +58,25 @@ def transcribe_waveforms(
         as if alone, one compile per distinct length); False: zero-padded batches of a few fixed
         widths without attention mask, as they are trained (validation: few compiles).
       separator: between tokens (`decoding.SEPARATORS`: "" for letters, " " for phones).
+      decoder: decodes each utterance's logits (`decoding.CTCDecoder`; default greedy with `separator`).
+      logits_out: when given (a list of `len(waveforms)`), receives each utterance's unpadded logits
+        `[frames, vocab]` (float32), so that other decoders can run on them without the forward pass.
     """
+    decoder = decoder or GreedyDecoder(vocabulary, separator)
     texts: list[str | None] = [None] * len(waveforms)
+
+    def decode(indices: Sequence[int], logits: jax.Array, lengths: Any) -> None:
+        logits, lengths = np.asarray(logits, np.float32), np.asarray(lengths)
+        for index, row, length in zip(indices, logits, lengths):
+            texts[int(index)] = decoder.decode(row, int(length)).text
+            if logits_out is not None:
+                logits_out[int(index)] = row[: int(length)]
+
     group_norm = config.feat_extract_norm == "group"
     if group_norm and exact:
         for indices, batch in equal_length_batches(waveforms, batch_size):
             logits = forward(batch, None)
-            lengths = jnp.full((batch.shape[0],), logits.shape[1], jnp.int32)
-            for index, text in zip(indices, greedy_decode(logits, lengths, vocabulary, separator)):
-                texts[index] = text
+            decode(indices, logits, np.full((batch.shape[0],), logits.shape[1]))
         return texts
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
@@ -82,9 +93,7 @@ def transcribe_waveforms(
             attention_mask[slot, : lengths[index]] = 1
         attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
         logits = forward(input_values, None if group_norm else attention_mask)
-        frame_lengths = jnp.asarray(num_frames(attention_mask.sum(-1)), jnp.int32)
-        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
-            texts[int(index)] = text
+        decode(rows, logits, num_frames(attention_mask.sum(-1)))
     return texts
 
 
@@ -111,9 +120,10 @@ def transcribe(
     vocabulary: Vocabulary,
     batch_size: int = 8,
     separator: str = "",
+    decoder: CTCDecoder | None = None,
 ) -> list[str]:
-    """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training); tokens
-    joined by `separator` (" " for phones)."""
+    """Transcripts of `waveforms` (float32 `[samples]`, normalised as in training): greedy, tokens
+    joined by `separator` (" " for phones), or by `decoder`."""
     return transcribe_waveforms(
         model_forward(model),
         waveforms,
@@ -122,6 +132,7 @@ def transcribe(
         batch_size=batch_size,
         num_frames=model.num_frames,
         separator=separator,
+        decoder=decoder,
     )
 
 
@@ -146,10 +157,13 @@ def transcribe_files(
     step: int | None = None,
     batch_size: int = 8,
     separator: str = "",
+    decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
 ) -> list[tuple[pathlib.Path, str]]:
     """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`,
-    `transcribe`; `separator` between tokens, " " for phones)."""
+    `transcribe`; `separator` between tokens, " " for phones; `decoder` builds the decoder from
+    the checkpoint's vocabulary, default greedy)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths)
     waveforms = [audio.load_audio(f, normalize_audio=normalize) for f in files]
-    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size, separator)))
+    utterance_decoder = decoder(vocabulary) if decoder is not None else None
+    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size, separator, utterance_decoder)))

@@ -8,17 +8,26 @@ checkpoint), our folder format or a transformers `Wav2Vec2ForCTC` folder with it
 Arguments are audio files or manifests (every row). Greedy CTC decoding, batched (layer-norm models
 padded, group-norm models in batches of equal length), in the text transformers' ASR pipeline gives
 (`--labels=phn`: phones separated by spaces, as in `.phn` files).
+`--decoder=beam` decodes with beam search instead (`w2v_jax.asr.beam_search`), with an n-gram LM
+(`--lm`, ARPA or KenLM binary) and a lexicon (`--lexicon`) or lexicon-free with a token LM:
+
+    python -m experiments.transcribe --checkpoint=runs/ft_mini --decoder=beam \
+        --lm=w2v_jax/data/corpus/lm/train_3gram.arpa --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt \
+        --lm_weight=2 --word_score=1 data/valid.tsv
+
 All logic: `w2v_jax.asr.transcription.transcribe_files`.
 """
 
+import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 from absl import app, flags
 
+from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import launch
+from w2v_jax.cli import beam_search_options, define_beam_search_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -40,12 +49,24 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "The model's labels: ltr (letters joined) or phn (phones separated by spaces).",
             flag_values=fv,
         ),
+        decoder=flags.DEFINE_enum(
+            "decoder", "greedy", DECODERS, "greedy, or beam search (with --lm, --lexicon).", flag_values=fv
+        ),
+        **define_beam_search_flags(fv),
     )
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) < 2:
         raise app.UsageError("give audio files or manifests to transcribe")
+    decoder = functools.partial(
+        make_decoder,
+        decoder=args.decoder.value,
+        lm=args.lm.value,
+        lexicon=args.lexicon.value,
+        options=beam_search_options(args, args.lm_weight.value, args.word_score.value),
+        separator=SEPARATORS[args.labels.value],
+    )
     try:
         results = transcribe_files(
             args.checkpoint.value,
@@ -53,6 +74,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             step=args.step.value,
             batch_size=args.batch_size.value,
             separator=SEPARATORS[args.labels.value],
+            decoder=decoder,
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
