@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 # The Transformer activations the context network knows (transformers' ACT2FN names).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
+# How the context network computes attention (`context_network.SelfAttention` says what each does).
+ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Wav2Vec2Config:
       diversity_loss_weight: alpha of the diversity loss.
       feature_penalty_weight: weight of fairseq's feature penalty mean(z^2) (0 in transformers).
       feature_grad_mult: gradient scale into the feature encoder (1 in transformers, 0.1 BASE).
+      attention_implementation: how attention is computed, one of `ATTENTION_IMPLEMENTATIONS`
+        ("auto": fused without dropout, spelled out with it); a choice of kernels, not of the
+        model (transformers' `attn_implementation`); "cudnn" needs a CUDA GPU.
     """
 
     conv_dim: tuple[int, ...] = (512,) * 7
@@ -111,6 +116,7 @@ class Wav2Vec2Config:
     pad_token_id: int = 0
     ctc_loss_reduction: str = "sum"
     ctc_zero_infinity: bool = False
+    attention_implementation: str = "auto"
 
     # Overrides of the defaults above (BASE) per preset.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -218,6 +224,8 @@ class Wav2Vec2Config:
                 fail(name, "must be an int >= 0")
         if not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", f"must be an id in [0, vocab_size={self.vocab_size}) (the CTC blank)")
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            fail("attention_implementation", f"must be one of {ATTENTION_IMPLEMENTATIONS}")
         if self.ctc_loss_reduction not in ("sum", "mean"):
             fail("ctc_loss_reduction", "must be 'sum' or 'mean'")
         for name in ("conv_bias", "do_stable_layer_norm", "ctc_zero_infinity"):

@@ -13,6 +13,11 @@ Training applies dropout and LayerDrop (Fan et al., 2019: each layer skipped wit
 
 Modules are used functionally: no RNG state; dropout and LayerDrop take explicit keys, split
 into named sub-keys with `layers.named_key`.
+
+Attention has several implementations (`Wav2Vec2Config.attention_implementation`,
+`ATTENTION_IMPLEMENTATIONS`), equal up to rounding where they compute the same thing: without dropout
+every one is softmax attention; with attention dropout the spelled-out path (`explicit_attention`)
+draws its mask from the layer's key, and cuDNN's fused kernel draws its own (`cudnn_attention`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2v_jax import layers as layers_lib
-from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.config import ATTENTION_IMPLEMENTATIONS, Wav2Vec2Config
 from w2v_jax.layers import (
     ACTIVATION_FNS,
     INITIALIZER_RANGE,
@@ -35,6 +40,11 @@ from w2v_jax.layers import (
     named_key,
     rematerialised,
 )
+
+try:  # JAX's private cuDNN attention, the one with dropout; private APIs may move between releases.
+    from jax._src.cudnn import fused_attention_stablehlo
+except ImportError:
+    fused_attention_stablehlo = None
 
 
 def _grouped_conv(x: jax.Array, kernel: jax.Array, groups: int, padding: int) -> jax.Array:
@@ -157,17 +167,94 @@ class PositionalConvEmbedding(nnx.Module):
         return ACTIVATION_FNS[self.activation](y)
 
 
+def explicit_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    scale: float,
+    keep: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax attention spelled out, with an optional dropout mask on the probabilities.
+
+    Args:
+      q, k, v: `[batch, time, heads, head_dim]`.
+      mask: optional `[batch, 1, 1, time]` bool, True on the keys that may be attended to.
+      scale: the logits' factor (`head_dim ** -0.5`).
+      keep: optional `[batch, heads, time, time]` multiplier of the probabilities (dropout's mask,
+        already divided by the keep probability: `layers.dropout` of ones).
+
+    Returns:
+      `[batch, time, heads, head_dim]`; logits and softmax in float32.
+    """
+    logits = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if keep is not None:
+        probs = probs * keep.astype(probs.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v.dtype), v)
+
+
+def cudnn_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float, dropout_rate: float, seed: int
+) -> jax.Array:
+    """cuDNN's fused attention (flash attention), with cuDNN's own dropout on the probabilities.
+
+    `jax.nn.dot_product_attention(implementation="cudnn")` has no dropout argument; the kernel it
+    calls does (`jax._src.cudnn.fused_attention_stablehlo.dot_product_attention`, JAX's private
+    API: `compatibility_report` in `w2v_jax.research.accelerator_check` checks its signature). Its
+    dropout mask comes from cuDNN's generator seeded with the static `seed`, not from a JAX key.
+    Shapes as `explicit_attention`; CUDA GPUs only.
+    """
+    if not dropout_rate:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+    if fused_attention_stablehlo is None:
+        raise ValueError(
+            f"this JAX ({jax.__version__}) has no jax._src.cudnn.fused_attention_stablehlo: no cuDNN dropout"
+        )
+    bias = None
+    if mask is not None:  # as jax.nn.dot_product_attention passes a boolean mask to the kernel
+        bias = jnp.where(mask, jnp.zeros((), q.dtype), jnp.asarray(jnp.finfo(q.dtype).min, q.dtype))
+    return fused_attention_stablehlo.dot_product_attention(
+        q, k, v, bias, scale=scale, seed=seed, dropout_rate=dropout_rate, qkv_layout="BTNH"
+    )
+
+
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention with a key padding mask (transformers' `Wav2Vec2Attention`)."""
+    """Multi-head self-attention with a key padding mask (transformers' `Wav2Vec2Attention`).
+
+    `implementation` (one of `ATTENTION_IMPLEMENTATIONS`):
+    - "auto": `jax.nn.dot_product_attention`'s own choice without dropout (cuDNN's fused kernel on
+      GPUs that have it, else XLA's), `explicit_attention` with attention dropout;
+    - "explicit": always `explicit_attention` (the reference's eager layout);
+    - "xla": `jax.nn.dot_product_attention(implementation="xla")` without dropout, else explicit;
+    - "cudnn": `cudnn_attention`, with and without dropout (CUDA GPUs only; `dropout_seed` seeds
+      cuDNN's dropout generator).
+    """
 
     def __init__(
-        self, dim: int, num_heads: int, *, dropout_rate: float = 0.0, dtype: jnp.dtype | None = None, rngs: nnx.Rngs
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        dropout_rate: float = 0.0,
+        implementation: str = "auto",
+        dropout_seed: int = 0,
+        dtype: jnp.dtype | None = None,
+        rngs: nnx.Rngs,
     ):
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
+            )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dropout_rate = dropout_rate
+        self.implementation = implementation
+        self.dropout_seed = dropout_seed
         self.q_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
         self.k_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
         self.v_proj = linear(dim, dim, stddev=INITIALIZER_RANGE, dtype=dtype, rngs=rngs)
@@ -188,7 +275,7 @@ class SelfAttention(nnx.Module):
           padding_mask: optional `[batch, time]` bool, True on real frames: padded frames are never
             attended to (padded queries still attend to the real frames, as in the reference).
           deterministic: no attention dropout when True.
-          key: dropout key (training only).
+          key: dropout key (training only; unused by the "cudnn" implementation).
         """
         batch, time, _ = x.shape
         heads = (batch, time, self.num_heads, self.head_dim)
@@ -197,15 +284,21 @@ class SelfAttention(nnx.Module):
         v = self.v_proj(x).reshape(heads)
         mask = None if padding_mask is None else padding_mask[:, None, None, :]  # [batch, 1, query, key]
         scale = self.head_dim**-0.5
-        if deterministic or self.dropout_rate == 0.0:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+        rate = 0.0 if deterministic else self.dropout_rate
+        if self.implementation == "cudnn":
+            if jax.default_backend() != "gpu":
+                raise ValueError(
+                    f"attention_implementation='cudnn' needs a CUDA GPU; the default backend is {jax.default_backend()}"
+                )
+            out = cudnn_attention(q, k, v, mask, scale, rate, self.dropout_seed)
+        elif rate or self.implementation == "explicit":
+            keep = None
+            if rate:
+                keep = dropout(jnp.ones((batch, self.num_heads, time, time), jnp.float32), rate, key, False)
+            out = explicit_attention(q, k, v, mask, scale, keep)
         else:
-            # The fused kernel has no dropout on the probabilities: spell attention out.
-            logits = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale
-            if mask is not None:
-                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-            probs = dropout(jax.nn.softmax(logits, axis=-1), self.dropout_rate, key, deterministic)
-            out = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v.dtype), v)
+            implementation = None if self.implementation == "auto" else self.implementation
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
         return self.out_proj(out.reshape(batch, time, -1))
 
 
@@ -234,13 +327,16 @@ class FeedForward(nnx.Module):
 class EncoderLayer(nnx.Module):
     """One Transformer block, post-LN (BASE) or pre-LN (`stable_layer_norm`, LARGE)."""
 
-    def __init__(self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    def __init__(self, config: Wav2Vec2Config, *, index: int = 0, dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+        """`index`: the layer's position (seeds cuDNN's attention dropout, so layers draw different masks)."""
         self.stable_layer_norm = config.do_stable_layer_norm
         self.hidden_dropout = config.hidden_dropout
         self.attention = SelfAttention(
             config.hidden_size,
             config.num_attention_heads,
             dropout_rate=config.attention_dropout,
+            implementation=config.attention_implementation,
+            dropout_seed=index,
             dtype=dtype,
             rngs=rngs,
         )
@@ -291,7 +387,9 @@ class ContextNetwork(nnx.Module):
             rngs=rngs,
         )
         self.layer_norm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
-        self.layers = nnx.List([EncoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.layers = nnx.List(
+            [EncoderLayer(config, index=i, dtype=dtype, rngs=rngs) for i in range(config.num_hidden_layers)]
+        )
 
     def __call__(
         self,

@@ -278,6 +278,32 @@ CASES = [
         {"checkpoint": "runs/ft", "step": 3, "batch_size": 8},
     ),
     (
+        "w2v_jax.cli.accelerator_check",
+        [
+            "--output=/tmp/out/check",
+            "--dry-run",
+            "--budget_s=300",
+            "--seconds=10",
+            "--pretrain_steps=200",
+            "--steps=2,4",
+        ],
+        [],
+        {
+            "output": "/tmp/out/check",
+            "dry_run": True,
+            "budget_s": 300.0,
+            "seconds": 10.0,
+            "pretrain_steps": 200,
+            "steps": ["2", "4"],
+        },
+    ),
+    (
+        "w2v_jax.cli.benchmark",
+        [f"--config={PRETRAIN}:base", "--batch=0", "--fill_fraction=0.5", "--precision=bfloat16"],
+        [],
+        {"batch": 0, "fill_fraction": 0.5, "precision": "bfloat16"},
+    ),
+    (
         "w2v_jax.cli.transcribe",
         ["--checkpoint=runs/ft", "--decoder=beam", "--lm=lm.arpa", "--lexicon=lex.txt", "--lm_weight=1.5", "a.flac"],
         ["a.flac"],

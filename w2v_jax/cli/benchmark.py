@@ -4,6 +4,8 @@
     python -m experiments.benchmark --config=experiments/configs/finetune.py:tiny --vs_pytorch
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --timed_steps=5 --precision=bfloat16
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat_memory
+    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --precision=bfloat16 --batch=0 \
+        --seconds=15 --vs_pytorch
     python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup_steps=2 --timed_steps=3 \
         --profile=/tmp/prof
 
@@ -14,10 +16,13 @@ achieved FLOP/s, MFU against a matmul peak measured in the same run, compile tim
 transformers' `Wav2Vec2ForCTC` with torch's AdamW. `--remat_memory` compiles the step without and
 with rematerialisation and prints XLA's temporary bytes of each, for the forward + backward pass
 (activation memory) and for the whole train step. `--profile` traces our step with `jax.profiler`
-and prints its busiest XLA operations. All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
+and prints its busiest XLA operations. `--batch=0` fills the device: the largest batch estimated to
+fit in `--fill_fraction` of its memory (`benchmark.fill_batch`; default 0.8, 0.3 with `--vs_pytorch`,
+which shares the device with the reference). All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
 Older spellings stay accepted: `--vs-pytorch`, `--remat-memory`, `--steps`, `--warmup`.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -36,7 +41,15 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         config=define_config_flag(
             "config", "pretrain.py:tiny", "Pretrain or fine-tune config file, `path:variant`.", fv, argv
         ),
-        batch=flags.DEFINE_integer("batch", 4, "Utterances per step.", flag_values=fv),
+        batch=flags.DEFINE_integer(
+            "batch", 4, "Utterances per step; 0: the batch that fills the device.", flag_values=fv
+        ),
+        fill_fraction=flags.DEFINE_float(
+            "fill_fraction",
+            None,
+            "With --batch=0: the device memory to fill (0.8; 0.3 with --vs_pytorch).",
+            flag_values=fv,
+        ),
         seconds=flags.DEFINE_float("seconds", 4.0, "Seconds of 16 kHz audio per utterance.", flag_values=fv),
         timed_steps=flags.DEFINE_integer("timed_steps", 5, "Timed steps (after the warm-up).", flag_values=fv),
         warmup_steps=flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first.", flag_values=fv),
@@ -71,7 +84,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     host_memory.configure(args.host_malloc.value)
     settings = benchmark.BenchmarkSettings(
-        batch_size=args.batch.value,
+        batch_size=args.batch.value or 1,
         seconds=args.seconds.value,
         steps=args.timed_steps.value,
         warmup=args.warmup_steps.value,
@@ -79,6 +92,11 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         remat=args.remat.value,
         seed=args.seed.value,
     )
+    if args.batch.value == 0:
+        fraction = args.fill_fraction.value or (0.3 if args.vs_pytorch.value else 0.8)
+        batch, line = benchmark.fill_batch(args.config.value, settings, fraction)
+        print(line, flush=True)
+        settings = dataclasses.replace(settings, batch_size=batch)
     if args.remat_memory.value:
         for line in benchmark.remat_memory(args.config.value, settings):
             print(line, flush=True)

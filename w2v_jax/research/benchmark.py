@@ -343,6 +343,53 @@ def compile_train_step(
     return CompiledStep(compiled, compile_seconds, flops, compiled.memory_analysis()), state
 
 
+def device_memory_bytes(device: jax.Device) -> int:
+    """What the device can hold: its allocator's limit (GPU, TPU), the machine's memory on CPU."""
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fill_batch(
+    config: ml_collections.ConfigDict,
+    settings: BenchmarkSettings,
+    fraction: float,
+    *,
+    probe_batch: int = 4,
+    device: jax.Device | None = None,
+) -> tuple[int, str]:
+    """The largest batch whose train step is estimated to fit in `fraction` of the device's memory.
+
+    Compiles the step (nothing runs) at `probe_batch` utterances of `settings.seconds` and scales
+    XLA's memory analysis linearly: `fraction * capacity >= arguments + batch * temporaries /
+    probe_batch`. XLA's temporaries grow a little faster than the batch (tests/research/test_benchmark.py
+    bounds the error), so `fraction` below 1 is the headroom. Beside the PyTorch reference in the
+    same process, leave the reference its share (0.3 for ours: both allocators keep what they have
+    used, and transformers in autocast holds more per utterance).
+
+    Returns:
+      (the batch, a report line with the figures it came from).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fill fraction must be in (0, 1], got {fraction}")
+    device = device or jax.devices()[0]
+    task = benchmark_task(config)
+    compiled, state = compile_train_step(task, dataclasses.replace(settings, batch_size=probe_batch), device)
+    del state
+    capacity = device_memory_bytes(device)
+    per_utterance = compiled.memory.temp_size_in_bytes / probe_batch
+    fixed = compiled.memory.argument_size_in_bytes
+    batch = max(1, int((fraction * capacity - fixed) // per_utterance))
+    line = (
+        f"fill_batch={batch} capacity_mib={capacity / _MIB:.0f} fraction={fraction} probe_batch={probe_batch} "
+        f"seconds={settings.seconds} precision={settings.precision} remat={settings.remat} "
+        f"temp_per_utterance_mib={per_utterance / _MIB:.1f} arguments_mib={fixed / _MIB:.1f} "
+        f"probe_compile_s={compiled.compile_seconds:.1f}"
+    )
+    return batch, line
+
+
 def xla_memory(stats: Any) -> dict[str, int]:
     """XLA's memory analysis of a compiled program: temporaries (activations, workspace), arguments,
     outputs, and the donated bytes outputs reuse."""
