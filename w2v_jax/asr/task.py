@@ -59,6 +59,7 @@ FINETUNING_FIELDS = (
     "feature_grad_mult",
     "ctc_loss_reduction",
     "ctc_zero_infinity",
+    "attention_implementation",
 )
 
 
