@@ -1,9 +1,11 @@
 """Transcription with a fine-tuned (CTC) model: greedy transcripts of waveforms and of audio files.
 
-`transcribe_waveforms` batches: layer-norm models as padded batches with attention masks (exact:
-their outputs don't depend on padding), group-norm models in batches of equal-length utterances
-(exact, transformers' advice for them: no attention mask, no padding), or, for validation inside
-training, zero-padded to a few widths without attention mask as they are trained.
+`transcribe_waveforms` batches padded utterances with attention masks: exact for layer-norm models
+(their outputs don't depend on padding) and for group-norm models through the masked group norm
+(`Wav2Vec2Model`'s `group_norm="masked"`: each utterance's transcript as if alone); for validation
+inside training, group-norm models are zero-padded without attention mask, as they are trained.
+`transcribe` sends recordings longer than `chunk_s` through `long_form` (chunks, stitched logits).
+`transcribe_files` transcribes every readable file and reports each unreadable one.
 """
 
 from __future__ import annotations
@@ -19,17 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2v_jax.asr import long_form
 from w2v_jax.asr.decoding import greedy_decode
+from w2v_jax.asr.long_form import Forward
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.pipeline import bucket_lengths
-from w2v_jax.data.utterances import equal_length_batches
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
-
-Forward = Callable[[np.ndarray, np.ndarray | None], jax.Array]
 
 
 def transcribe_waveforms(
@@ -47,26 +48,18 @@ def transcribe_waveforms(
 
     Args:
       forward: `(input_values [batch, samples], attention_mask [batch, samples] | None) -> logits
-        [batch, frames, vocab]`.
+        [batch, frames, vocab]`; a group-norm model given an attention mask uses the masked group norm.
       waveforms: float32 `[samples]` each (normalised as the model was trained).
       vocabulary: the head's tokens.
       config: the model's config (its feature norm decides the batching).
       batch_size: rows per forward call.
       num_frames: samples -> frames of the model.
-      exact: group-norm models in batches of equal-length utterances (each utterance's transcript
-        as if alone, one compile per distinct length); False: zero-padded batches of a few fixed
-        widths without attention mask, as they are trained (validation: few compiles).
+      exact: group-norm models with attention masks (the masked group norm: each utterance's
+        transcript as if alone); False: without attention mask, as they are trained (validation).
       separator: between tokens (`decoding.SEPARATORS`: "" for letters, " " for phones).
     """
     texts: list[str | None] = [None] * len(waveforms)
-    group_norm = config.feat_extract_norm == "group"
-    if group_norm and exact:
-        for indices, batch in equal_length_batches(waveforms, batch_size):
-            logits = forward(batch, None)
-            lengths = jnp.full((batch.shape[0],), logits.shape[1], jnp.int32)
-            for index, text in zip(indices, greedy_decode(logits, lengths, vocabulary, separator)):
-                texts[index] = text
-        return texts
+    unmasked = config.feat_extract_norm == "group" and not exact
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
     # A few fixed widths (geometric, as the training buckets), so the forward compiles a few times.
@@ -81,7 +74,7 @@ def transcribe_waveforms(
             input_values[slot, : lengths[index]] = waveforms[index]
             attention_mask[slot, : lengths[index]] = 1
         attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
-        logits = forward(input_values, None if group_norm else attention_mask)
+        logits = forward(input_values, None if unmasked else attention_mask)
         frame_lengths = jnp.asarray(num_frames(attention_mask.sum(-1)), jnp.int32)
         for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
             texts[int(index)] = text
@@ -92,11 +85,11 @@ def transcribe_waveforms(
 def _eval_logits(
     graphdef: nnx.GraphDef, state: nnx.State, input_values: jax.Array, attention_mask: jax.Array | None
 ) -> jax.Array:
-    return nnx.merge(graphdef, state)(input_values, attention_mask).logits
+    return nnx.merge(graphdef, state)(input_values, attention_mask, group_norm="masked").logits
 
 
 def model_forward(model: Wav2Vec2ForCTC) -> Forward:
-    """A jitted eval-mode `Forward` of a model.
+    """A jitted eval-mode `Forward` of a model (the masked group norm where an attention mask is given).
 
     One compiled function for every model of the same structure (the graph definition is a static
     argument): transcribing again, or with a reloaded checkpoint, reuses the compiles per input shape.
@@ -111,32 +104,97 @@ def transcribe(
     vocabulary: Vocabulary,
     batch_size: int = 8,
     separator: str = "",
+    *,
+    chunk_s: float | None = None,
+    stride_s: float | None = None,
 ) -> list[str]:
     """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training); tokens
-    joined by `separator` (" " for phones)."""
-    return transcribe_waveforms(
-        model_forward(model),
-        waveforms,
-        vocabulary,
-        model.config,
-        batch_size=batch_size,
-        num_frames=model.num_frames,
-        separator=separator,
-    )
+    joined by `separator` (" " for phones). With `chunk_s`, waveforms longer than a chunk are
+    transcribed in chunks (`long_form`, strides `stride_s`, default a sixth of the chunk); shorter
+    ones whole, as without it."""
+    forward = model_forward(model)
+    texts: list[str | None] = [None] * len(waveforms)
+    long = []
+    if chunk_s is not None:
+        chunk, stride = long_form.chunk_samples(
+            chunk_s,
+            stride_s,
+            sample_rate=audio.SAMPLE_RATE,
+            frame_stride=model.wav2vec2.feature_extractor.total_stride,
+            receptive_field=audio.RECEPTIVE_FIELD,
+        )
+        long = [i for i, w in enumerate(waveforms) if len(w) > chunk]
+        decode = long_form.greedy_decoder(vocabulary, separator)
+        for index in long:
+            logits = long_form.stitched_logits(
+                forward,
+                waveforms[index],
+                chunk=chunk,
+                stride=stride,
+                batch_size=batch_size,
+                frame_stride=model.wav2vec2.feature_extractor.total_stride,
+                num_frames=model.num_frames,
+                receptive_field=audio.RECEPTIVE_FIELD,
+            )
+            texts[index] = decode(logits, len(logits))
+    short = [i for i in range(len(waveforms)) if texts[i] is None]
+    if short:
+        whole = transcribe_waveforms(
+            forward,
+            [waveforms[i] for i in short],
+            vocabulary,
+            model.config,
+            batch_size=batch_size,
+            num_frames=model.num_frames,
+            separator=separator,
+        )
+        for index, text in zip(short, whole):
+            texts[index] = text
+    return texts
 
 
-def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
-    """Audio files to transcribe: each path is an audio file or a manifest (`.tsv`, all its rows)."""
+def read_inputs(paths: Sequence[str | os.PathLike], *, strict: bool = True) -> list[pathlib.Path]:
+    """Audio files to transcribe: each path is an audio file or a manifest (`.tsv`, all its rows).
+
+    A path that is neither is a ValueError when `strict`, else kept (reading it reports it).
+    """
     files = []
     for path in map(pathlib.Path, paths):
         if path.suffix == ".tsv":
             manifest = load_manifest(path)
             files += [manifest.file_path(i) for i in range(len(manifest))]
-        elif path.is_file():
+        elif path.is_file() or not strict:
             files.append(path)
         else:
             raise ValueError(f"{path}: no such audio file or manifest")
     return files
+
+
+BadFile = Callable[[pathlib.Path, str], None]
+
+
+def load_readable(
+    files: Sequence[pathlib.Path], *, normalize: bool, on_bad_file: BadFile | None = None
+) -> tuple[list[pathlib.Path], list[np.ndarray]]:
+    """The readable files and their waveforms, in order.
+
+    Args:
+      files: audio files.
+      normalize: zero mean, unit variance (as the model was trained).
+      on_bad_file: called with each unreadable file and its one-line reason as it is met; None:
+        the first one raises (`data.audio.AudioError`, a ValueError naming the file).
+    """
+    readable, waveforms = [], []
+    for file in files:
+        try:
+            waveforms.append(audio.load_audio(file, normalize_audio=normalize))
+        except audio.AudioError as error:
+            if on_bad_file is None:
+                raise
+            on_bad_file(file, str(error))
+            continue
+        readable.append(file)
+    return readable, waveforms
 
 
 def transcribe_files(
@@ -146,10 +204,15 @@ def transcribe_files(
     step: int | None = None,
     batch_size: int = 8,
     separator: str = "",
+    chunk_s: float | None = None,
+    stride_s: float | None = None,
+    on_bad_file: BadFile | None = None,
 ) -> list[tuple[pathlib.Path, str]]:
-    """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`,
-    `transcribe`; `separator` between tokens, " " for phones)."""
+    """`(file, transcript)` for every readable audio file or manifest row in `paths`
+    (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`); unreadable
+    files go to `on_bad_file` (`load_readable`; None: the first one raises)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
-    files = read_inputs(paths)
-    waveforms = [audio.load_audio(f, normalize_audio=normalize) for f in files]
-    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size, separator)))
+    files = read_inputs(paths, strict=on_bad_file is None)
+    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
+    texts = transcribe(model, waveforms, vocabulary, batch_size, separator, chunk_s=chunk_s, stride_s=stride_s)
+    return list(zip(files, texts))

@@ -8,6 +8,10 @@ checkpoint), our folder format or a transformers `Wav2Vec2ForCTC` folder with it
 Arguments are audio files or manifests (every row). Greedy CTC decoding, batched (layer-norm models
 padded, group-norm models in batches of equal length), in the text transformers' ASR pipeline gives
 (`--labels=phn`: phones separated by spaces, as in `.phn` files).
+Recordings longer than `--chunk_s` (default 20 s) are transcribed in chunks with `--stride_s`
+overlaps (default a sixth of the chunk; `w2v_jax.asr.long_form`); shorter ones whole. An unreadable
+file is reported on stderr (one line) as it is met and the others are transcribed; the exit status
+is then 1, with the count (`--strict`: stop at the first one).
 All logic: `w2v_jax.asr.transcription.transcribe_files`.
 """
 
@@ -16,9 +20,10 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
+from w2v_jax.asr import long_form
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import launch
+from w2v_jax.cli import BadFiles, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -40,12 +45,23 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "The model's labels: ltr (letters joined) or phn (phones separated by spaces).",
             flag_values=fv,
         ),
+        chunk_s=flags.DEFINE_float(
+            "chunk_s", long_form.DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
+        ),
+        stride_s=flags.DEFINE_float(
+            "stride_s",
+            None,
+            "Overlap on each side of a chunk, seconds (default: a sixth of --chunk_s).",
+            flag_values=fv,
+        ),
+        strict=flags.DEFINE_bool("strict", False, "Stop at the first unreadable file.", flag_values=fv),
     )
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) < 2:
         raise app.UsageError("give audio files or manifests to transcribe")
+    bad = BadFiles()
     try:
         results = transcribe_files(
             args.checkpoint.value,
@@ -53,11 +69,15 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             step=args.step.value,
             batch_size=args.batch_size.value,
             separator=SEPARATORS[args.labels.value],
+            chunk_s=args.chunk_s.value,
+            stride_s=args.stride_s.value,
+            on_bad_file=None if args.strict.value else bad.report,
         )
     except ValueError as error:
         raise SystemExit(str(error)) from None
     for path, text in results:
         print(f"{path}\t{text}")
+    bad.exit_if_any()
 
 
 def run() -> None:
