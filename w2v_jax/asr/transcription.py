@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -60,25 +60,43 @@ def transcribe_waveforms(
     """
     texts: list[str | None] = [None] * len(waveforms)
     unmasked = config.feat_extract_norm == "group" and not exact
+    for rows, logits, frame_lengths in padded_batches(
+        forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked
+    ):
+        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
+            texts[int(index)] = text
+    return texts
+
+
+def padded_batches(
+    forward: Forward,
+    waveforms: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    num_frames: Callable[[Any], Any],
+    attention_mask: bool = True,
+) -> Iterator[tuple[np.ndarray, jax.Array, jax.Array]]:
+    """The model on zero-padded batches of similar lengths: `(rows, logits [batch_size, frames, vocab],
+    frame_lengths [batch_size])` per call, `rows` the waveforms' indices (filler rows after them).
+
+    Widths come from a few fixed lengths (geometric, as the training buckets), so the forward
+    compiles a few times; `attention_mask=False` calls it without one (group-norm validation).
+    """
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
-    # A few fixed widths (geometric, as the training buckets), so the forward compiles a few times.
     widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
     order = np.argsort(lengths, kind="stable")
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
         width = int(widths[np.searchsorted(widths, max(int(lengths[rows].max()), audio.RECEPTIVE_FIELD))])
         input_values = np.zeros((batch_size, width), np.float32)
-        attention_mask = np.zeros((batch_size, width), np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
         for slot, index in enumerate(rows):
             input_values[slot, : lengths[index]] = waveforms[index]
-            attention_mask[slot, : lengths[index]] = 1
-        attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
-        logits = forward(input_values, None if unmasked else attention_mask)
-        frame_lengths = jnp.asarray(num_frames(attention_mask.sum(-1)), jnp.int32)
-        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
-            texts[int(index)] = text
-    return texts
+            mask[slot, : lengths[index]] = 1
+        mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
+        logits = forward(input_values, mask if attention_mask else None)
+        yield rows, logits, jnp.asarray(num_frames(mask.sum(-1)), jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
