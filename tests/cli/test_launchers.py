@@ -248,6 +248,25 @@ CASES = [
         ["a.flac", "v.tsv"],
         {"checkpoint": "runs/ft", "step": 3, "batch_size": 8},
     ),
+    (
+        "w2v_jax.cli.transcribe",
+        ["--checkpoint=runs/ft", "--chunk_s=30", "--timestamps=word", "--output=t.jsonl", "--strict", "long.flac"],
+        ["long.flac"],
+        {"chunk_s": 30.0, "stride_s": None, "timestamps": "word", "output": "t.jsonl", "strict": True},
+    ),
+    (
+        "w2v_jax.cli.align",
+        ["--checkpoint=runs/ft_phn", "--manifest=v.tsv", "--out=al", "--labels=phn"],
+        [],
+        {
+            "checkpoint": "runs/ft_phn",
+            "manifest": "v.tsv",
+            "out": "al",
+            "labels": "phn",
+            "level": None,
+            "chunk_s": 20.0,
+        },
+    ),
     # Configs named by their file in the package (any directory).
     ("w2v_jax.cli.pretrain", ["--config=pretrain:base", "--workdir=w"], [], {"workdir": "w"}),
 ]
