@@ -255,6 +255,12 @@ CASES = [
         {"chunk_s": 30.0, "stride_s": None, "timestamps": "word", "output": "t.jsonl", "strict": True},
     ),
     (
+        "w2v_jax.cli.benchmark_transcription",
+        ["--checkpoint=runs/ft", "--measure=long_form", "--per_recording=3"],
+        [],
+        {"checkpoint": "runs/ft", "measure": "long_form", "per_recording": 3, "chunk_s": 20.0, "labels": "ltr"},
+    ),
+    (
         "w2v_jax.cli.align",
         ["--checkpoint=runs/ft_phn", "--manifest=v.tsv", "--out=al", "--labels=phn"],
         [],

@@ -5,6 +5,7 @@
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=long_form
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=masked
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=pipeline
+    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=memory
 
 `boundaries`: median and 90th-percentile boundary error (ms) of the forced alignment of the
 manifest's transcripts against the corpus's gold word (letters) or phone (`--labels=phn`) boundaries.
@@ -12,7 +13,8 @@ manifest's transcripts against the corpus's gold word (letters) or phone (`--lab
 chunks, against the same utterances transcribed alone. `masked`: seconds of transcription and
 `model.features`, each utterance alone against padded batches with the masked group norm.
 `pipeline`: audio-seconds per second of `transcribe` against transformers' ASR pipeline on the same
-exported model and files. Default manifest: the embedded corpus's valid split.
+exported model and files. `memory`: peak resident memory of a process transcribing a 1-minute
+and a 10-minute recording in chunks. Default manifest: the embedded corpus's valid split.
 All logic: `w2v_jax.research.transcription_benchmark`.
 """
 
@@ -27,7 +29,7 @@ from w2v_jax.cli import launch
 from w2v_jax.data import default_manifest
 from w2v_jax.research import transcription_benchmark as bench
 
-MEASURES = ("boundaries", "long_form", "masked", "pipeline")
+MEASURES = ("boundaries", "long_form", "masked", "pipeline", "memory")
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -68,6 +70,8 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         )
     elif measure == "masked":
         record = bench.masked_speedup(checkpoint, manifest, args.batch_size.value)
+    elif measure == "memory":
+        record = bench.peak_memory(checkpoint, chunk_s=args.chunk_s.value)
     else:
         record = bench.pipeline_throughput(checkpoint, manifest, args.labels.value, args.batch_size.value)
     print(json.dumps({"measure": measure, **record}, indent=2))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -185,3 +187,36 @@ def pipeline_throughput(
         "pipeline_audio_s_per_s": seconds / theirs_s,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+_PEAK_MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np
+from w2v_jax.asr.transcription import transcribe
+from w2v_jax.checkpoints.loading import load_ctc_checkpoint
+model, vocabulary, _ = load_ctc_checkpoint(sys.argv[1])
+seconds, chunk_s = float(sys.argv[2]), float(sys.argv[3])
+speech = np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+transcribe(model, [speech], vocabulary, 8, chunk_s=chunk_s)
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory(
+    checkpoint: str | os.PathLike, minutes: Sequence[float] = (1.0, 10.0), chunk_s: float = 20.0
+) -> dict[str, float]:
+    """Peak resident memory (MiB) of a process transcribing one recording of each length in chunks:
+    before transcribing (model and recording loaded) and at the end (`ru_maxrss`)."""
+    figures = {}
+    for length in minutes:
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, str(checkpoint), str(60 * length), str(chunk_s)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        before, after = (int(v) / 1024 for v in out[-2:])  # KiB on Linux
+        figures[f"{length:g}_min_loaded_mib"] = before
+        figures[f"{length:g}_min_peak_mib"] = after
+    return figures
