@@ -31,6 +31,7 @@ from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.pipeline import bucket_lengths
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
+from w2v_jax.representations import BUCKET_LADDER
 
 
 def transcribe_waveforms(
@@ -61,7 +62,7 @@ def transcribe_waveforms(
     texts: list[str | None] = [None] * len(waveforms)
     unmasked = config.feat_extract_norm == "group" and not exact
     for rows, logits, frame_lengths in padded_batches(
-        forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked
+        forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked, fine=exact
     ):
         for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
             texts[int(index)] = text
@@ -75,16 +76,22 @@ def padded_batches(
     batch_size: int,
     num_frames: Callable[[Any], Any],
     attention_mask: bool = True,
+    fine: bool = True,
 ) -> Iterator[tuple[np.ndarray, jax.Array, jax.Array]]:
     """The model on zero-padded batches of similar lengths: `(rows, logits [batch_size, frames, vocab],
     frame_lengths [batch_size])` per call, `rows` the waveforms' indices (filler rows after them).
 
-    Widths come from a few fixed lengths (geometric, as the training buckets), so the forward
-    compiles a few times; `attention_mask=False` calls it without one (group-norm validation).
+    Widths come from fixed ladders, so the forward compiles a few times per corpus and the compiles
+    carry over to the next call: `fine`, `representations.BUCKET_LADDER` (steps of 2**(1/4), at most
+    19% padding); else four geometric widths up to the longest utterance, as the training buckets
+    (validation). `attention_mask=False` calls the model without one (group-norm validation).
     """
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
-    widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
+    if fine:
+        widths = BUCKET_LADDER[: np.searchsorted(BUCKET_LADDER, longest) + 1]
+    else:
+        widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
     order = np.argsort(lengths, kind="stable")
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
