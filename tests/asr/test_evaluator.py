@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.support.corpus import make_corpus
 from tests.support.ctc import LAYER_CONFIG, VOCABULARY
-from w2v_jax.asr.evaluator import CTCEvaluator
-from w2v_jax.checkpoints.folder import load_checkpoint
+from tests.support.launchers import run_main
+from w2v_jax.asr import lm
+from w2v_jax.asr.evaluator import CTCEvaluator, evaluate_finetuned_checkpoint
+from w2v_jax.checkpoints.folder import load_checkpoint, save_checkpoint
 from w2v_jax.checkpoints.hf import load_vocabulary
+from w2v_jax.cli import evaluate
+from w2v_jax.data.manifest import read_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training import train_step
 from w2v_jax.training.workdir import BEST_MODEL_DIR, BEST_RECORD_FILE
@@ -108,3 +113,31 @@ def test_the_best_model_is_the_one_with_the_lowest_error_rate(tmp_path):
     assert (best["step"], best["value"]) == (200, 0.0)
     kept = load_checkpoint(tmp_path / BEST_MODEL_DIR)[1]
     assert int(np.argmax(np.asarray(kept.lm_head.bias[...]))) == VOCABULARY.token_to_id["a"]
+
+
+def test_evaluate_with_an_lm_scores_greedy_beam_and_every_pair_and_draws_the_sweep(tmp_path):
+    """`evaluate --lm` on a CTC checkpoint: greedy, beam search without the LM (the best single
+    alignment without an LM is the frame-wise argmax: greedy's rates) and the grid, its best pair."""
+    manifest = make_corpus(tmp_path, per_language=2)
+    words = ["abc", "bad", "cab", "fed", "bag"]
+    rows = len(read_manifest(manifest))
+    manifest.with_suffix(".wrd").write_text("".join(f"{words[i % 5]} {words[(i + 2) % 5]}\n" for i in range(rows)))
+    text = tmp_path / "text.txt"
+    text.write_text("abc cab\nbad fed bag\ncab abc fed\n")
+    lm.build_lm([text], tmp_path / "lm.arpa", order=2)
+    model = Wav2Vec2ForCTC(LAYER_CONFIG, rngs=nnx.Rngs(1))
+    model.lm_head.kernel[...] = model.lm_head.kernel[...] * 100  # frame argmaxes that vary
+    save_checkpoint(LAYER_CONFIG, model, tmp_path / "ctc", vocabulary=VOCABULARY)
+    argv = [f"--checkpoint={tmp_path / 'ctc'}", f"--manifest={manifest}", f"--output={tmp_path / 'eval'}"]
+    lm_flags = [f"--lm={tmp_path / 'lm.arpa'}", f"--lexicon={lm.lexicon_path(tmp_path / 'lm.arpa')}"]
+    run_main(evaluate, [*argv, *lm_flags, "--lm_weight=0,2", "--word_score=-1,0,3"])
+    record = json.loads((tmp_path / "eval" / "lm_metrics.json").read_text())
+    decoders = record["decoders"]
+    assert list(decoders)[:2] == ["greedy", "beam, no LM"] and len(decoders) == 2 + 6
+    greedy = evaluate_finetuned_checkpoint(tmp_path / "ctc", manifest)
+    assert {m: decoders["greedy"][m] for m in ("wer", "cer")} == {m: greedy[m] for m in ("wer", "cer")}
+    assert {m: decoders["beam, no LM"][m] for m in ("wer", "cer")} == {m: greedy[m] for m in ("wer", "cer")}
+    assert record["best"] == min(record["grid"], key=lambda g: (g["wer"], g["cer"], g["lm_weight"], g["word_score"]))
+    for values in decoders.values():
+        assert values["real_time_factor"] > 0 and values["utterances_per_second"] > 0
+    assert (tmp_path / "eval" / "lm_sweep.png").stat().st_size > 1000

@@ -9,6 +9,7 @@ from flax import nnx
 
 from tests.support.ctc import LAYER_CONFIG, VOCABULARY
 from w2v_jax.asr import long_form
+from w2v_jax.asr.decoding import GreedyDecoder
 from w2v_jax.asr.transcription import transcribe
 from w2v_jax.model import Wav2Vec2ForCTC
 
@@ -83,4 +84,4 @@ def test_transcribe_chunks_only_recordings_longer_than_a_chunk(monkeypatch):
     chunked = transcribe(model, waveforms, VOCABULARY, batch_size=2, chunk_s=1.0)
     assert chunked[0] == whole[0]  # no longer than a chunk: decoded whole
     assert len(stitched) == 1 and stitched[0].shape == (model.num_frames(40_000), len(VOCABULARY))
-    assert chunked[1] == long_form.greedy_decoder(VOCABULARY)(stitched[0], len(stitched[0])) != ""
+    assert chunked[1] == GreedyDecoder(VOCABULARY).decode(stitched[0]).text != ""

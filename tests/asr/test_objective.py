@@ -80,3 +80,10 @@ def test_step_loss_is_the_sum_of_ctc_losses_over_utterances(ctc_training):
     np.testing.assert_allclose(float(metrics["loss"]), float(expected.loss) / 4, rtol=1e-5)
     assert float(metrics["num_label_tokens"]) == int(expected.num_label_tokens)
     assert float(metrics["num_utterances"]) == 4
+    # The all-blank measure: real frames whose argmax is the blank, over real frames (NumPy oracle).
+    blank_id = nnx.merge(graphdef, state.params, state.model_state).config.pad_token_id
+    logits, lengths = np.asarray(expected.logits), np.asarray(expected.logit_lengths)
+    argmax = [np.argmax(logits[i, : lengths[i]], axis=-1) for i in range(len(lengths))]
+    assert float(metrics["num_frames"]) == lengths.sum()
+    assert float(metrics["num_blank_frames"]) == sum(int(np.sum(a == blank_id)) for a in argmax)
+    np.testing.assert_allclose(float(metrics["blank_fraction"]), metrics["num_blank_frames"] / lengths.sum(), rtol=1e-6)

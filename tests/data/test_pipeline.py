@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from w2v_jax.data import audio, bucket_lengths, make_train_iterator, skips, write_manifest
+from w2v_jax.data import audio, bucket_lengths, make_train_iterator, manifest, pipeline, planning, skips, write_manifest
 from w2v_jax.research import input_benchmark
 
 MIN, MAX = 4_000, 8_000  # short crops keep the tests fast
@@ -474,3 +474,153 @@ def test_the_first_bad_file_of_a_small_folder_does_not_stop_the_run():
         large.record(i, reason=skips.EMPTY)
     with pytest.raises(skips.TooManySkippedFiles, match="6 of 101 files .* of 101 files"):
         large.record(100, reason=skips.EMPTY)
+
+
+def test_token_budget_sizes_each_buckets_batch_and_rounds_it():
+    buckets = np.array([4_000, 5_000, 8_000])
+    sizes = planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=0, batch_multiple=4)
+    np.testing.assert_array_equal(sizes, [6, 6, 6])  # no budget: batch_size rows per process
+    # 100k // [4000, 5000, 8000] = [25, 20, 12] rows, rounded down to multiples of 4.
+    sizes = planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=100_000, batch_multiple=4)
+    np.testing.assert_array_equal(sizes, [24, 20, 12])
+    with pytest.raises(ValueError, match=r"max_tokens=30000 holds no batch of 4 rows .* at least 32000"):
+        planning.global_batch_sizes(buckets, batch_size=3, shard_count=2, max_tokens=30_000, batch_multiple=4)
+    with pytest.raises(ValueError, match="batch_multiple=3 must be a positive multiple of shard_count=2"):
+        pipeline.PipelineConfig(batch_size=1, seed=0, shard_count=2, max_tokens=10**6, batch_multiple=3)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_token_budget_batches_are_sharded_and_resume_on_another_process_count(tmp_path, pad):
+    lengths = [4_000] * 12 + [4_000 + 80 * i for i in range(50)] + [8_000] * 30
+    _corpus(tmp_path, lengths)
+    common = dict(
+        batch_size=1,  # not used under a budget
+        seed=3,
+        min_sample_size=MIN,
+        max_sample_size=MAX,
+        num_buckets=3,
+        pad=pad,
+        num_workers=0,
+        normalize=False,
+        max_tokens=40_000,
+        batch_multiple=2,
+    )
+    single = make_train_iterator(tmp_path / "m.tsv", **common)
+    assert single.global_batch_sizes.tolist() == [10, 6, 4]  # 40k // [4000, 5657, 8000], even
+    expected = _batches(single, 2 * single.batches_per_epoch)
+    assert len({b["input_values"].shape for b in expected}) == 3  # every bucket's shape occurs
+    for batch in expected:
+        rows, length = batch["input_values"].shape
+        assert rows % 2 == 0 and rows * length <= 40_000 < (rows + 2) * length
+        assert rows == single.rows_for_length(length)
+    # Two processes read the halves of the same global batches.
+    shards = [make_train_iterator(tmp_path / "m.tsv", **common, shard_index=i, shard_count=2) for i in range(2)]
+    for batch in expected[:6]:
+        parts = [next(s) for s in shards]
+        np.testing.assert_array_equal(np.concatenate([p["input_values"] for p in parts]), batch["input_values"])
+    # The two processes' states continue on one process (and one process's on two) at the global position.
+    states = json.loads(json.dumps([s.get_state() for s in shards]))
+    resumed = make_train_iterator(tmp_path / "m.tsv", **common)
+    resumed.restore_global(states)
+    _assert_same_batches(_batches(resumed, 6), expected[6:12])
+    halves = [make_train_iterator(tmp_path / "m.tsv", **common, shard_index=i, shard_count=2) for i in range(2)]
+    for half in halves:
+        half.restore_global([resumed.get_state()])
+    for batch in expected[12:15]:
+        parts = [next(h) for h in halves]
+        np.testing.assert_array_equal(np.concatenate([p["input_values"] for p in parts]), batch["input_values"])
+    # Another budget (or rounding) is another global batch: refused, naming the rows.
+    other = make_train_iterator(tmp_path / "m.tsv", **{**common, "batch_multiple": 4})
+    with pytest.raises(ValueError, match=r"global batch changed since this state was saved \(rows per bucket"):
+        other.set_state(resumed.get_state())
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_rows_written_at_the_files_own_rate_are_converted_not_skipped(tmp_path, caplog, pad):
+    # The same 16 kHz lengths stored at 44.1 kHz and 8 kHz, half the rows written as fairseq's
+    # wav2vec_manifest.py writes them (the header's frame count), half as ours (16 kHz samples).
+    rates = [44_100, 8_000] * 4
+    lengths_16k = [4_500, 4_500, 6_000, 6_000, 7_000, 7_000, 8_000, 8_000]
+    names, rows = [], []
+    for i, (rate, length) in enumerate(zip(rates, lengths_16k)):
+        frames = length * rate // 16_000
+        names.append(f"r{i}.wav")
+        soundfile.write(tmp_path / names[-1], _signal(i, frames), rate, subtype="FLOAT")
+        rows.append(frames if i % 4 < 2 else audio.resampled_length(frames, rate))
+    names.append("wrong.wav")  # neither count: still a length mismatch
+    soundfile.write(tmp_path / "wrong.wav", _signal(9, 5_000), 8_000, subtype="FLOAT")
+    rows.append(7_777)
+    write_manifest(tmp_path / "m.tsv", ".", names, rows)
+    np.testing.assert_array_equal(
+        manifest.lengths_at_16k(manifest.load_manifest(tmp_path / "m.tsv"))[:8],
+        [audio.resampled_length(length * rate // 16_000, rate) for rate, length in zip(rates, lengths_16k)],
+    )
+    common = dict(seed=0, min_sample_size=MIN, max_sample_size=MAX, num_buckets=2, pad=pad, num_workers=0)
+    with caplog.at_level(logging.INFO, logger="w2v_jax.data"):
+        iterator = make_train_iterator(tmp_path / "m.tsv", batch_size=2, max_skip_fraction=1.0, **common)
+        for _ in range(3 * iterator.batches_per_epoch):
+            batch = next(iterator)
+            # The bucket came from the 16 kHz length: crops are full, padded rows hold the whole file.
+            assert batch["attention_mask"].sum(axis=1).min() >= (MIN if not pad else 4_400)
+    counts = iterator.skip_counts()
+    assert counts[skips.LENGTH_MISMATCH] == 1 and sum(counts.values()) == 1
+    assert iterator.conversion_counts()[skips.RESAMPLED] == 9  # wrong.wav was resampled before its check
+    for i, name in enumerate(names[:8]):
+        lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert lines and all(line.startswith(f"converted {tmp_path / name}") for line in lines), lines
+        assert not any(word in " ".join(lines) for word in ("skip", "unreadable", "invalid"))
+        assert ("frame count at" in lines[0]) == (i % 4 < 2)
+
+
+def test_batching_report_of_a_token_budget_and_of_fixed_batches(tmp_path):
+    lengths = [4_000] * 12 + [4_000 + 80 * i for i in range(50)] + [9_000] * 30
+    _corpus(tmp_path, lengths)
+    common = dict(pad=True, max_sample_size=MAX, min_sample_size=MIN, num_buckets=3, batch_multiple=2)
+    budget = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=1, max_tokens=40_000, **common)
+    fixed = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=6, max_tokens=0, **common)
+    assert budget["max_samples"] <= 40_000 < fixed["max_samples"] == 6 * MAX
+    assert budget["compiles"] == 3 and fixed["compiles"] == 3
+    # Padding: real samples over the batches' samples, and the 9000-sample files cut to MAX.
+    for report in (budget, fixed):
+        assert 0.5 < report["audio_share"] < 1 and report["kept_share"] < 1
+        assert report["budget_audio_share"] <= report["audio_share"]
+    lines = input_benchmark.compare_batching(tmp_path / "m.tsv", max_tokens=40_000, **{k: v for k, v in common.items()})
+    assert lines[0].startswith("pad max_tokens=40000: ") and "3 compiles" in lines[0]
+    crop = input_benchmark.batching_report(tmp_path / "m.tsv", batch_size=4, max_tokens=0, **{**common, "pad": False})
+    assert crop["audio_share"] == 1.0 and crop["kept_share"] < 1
+
+
+@pytest.mark.parametrize("weights, alpha, expected", [((), 0.5, (2 / 3, 1 / 3)), ((1, 3), 0.0, (0.25, 0.75))])
+def test_several_corpora_are_sampled_at_their_shares_deterministically_and_resumably(
+    tmp_path, weights, alpha, expected
+):
+    # 40 and 10 utterances: temperature sampling with alpha 0.5 gives sqrt(40):sqrt(10) = 2:1.
+    _corpus(tmp_path / "big", [MAX] * 40)
+    _corpus(tmp_path / "small", [MAX - 100] * 10)
+    manifests = [tmp_path / "big" / "m.tsv", tmp_path / "small" / "m.tsv"]
+    (tmp_path / "small" / "m.tsv").rename(tmp_path / "small" / "extra.tsv")
+    manifests[1] = tmp_path / "small" / "extra.tsv"
+    common = dict(batch_size=5, seed=2, min_sample_size=MIN, max_sample_size=MAX, num_buckets=1, num_workers=0)
+    common.update(corpus_weights=weights, sampling_alpha=alpha, normalize=False)
+    iterator = make_train_iterator(manifests, **common)
+    np.testing.assert_allclose(iterator.corpus_probabilities, expected)
+    per_epoch = iterator.batches_per_epoch
+    assert per_epoch == 50 // 5  # the epoch keeps the corpora's total size
+    batches = _batches(iterator, 3 * per_epoch)
+    shares = iterator.corpus_shares()
+    assert list(shares) == ["m", "extra"]
+    # Each epoch draws round(p x 50) utterances of each corpus: the shares are exact.
+    np.testing.assert_allclose(list(shares.values()), expected, atol=0.5 / 50)
+    # A small corpus above its natural share is repeated whole before any file repeats.
+    small = [i for n in range(per_epoch) for i in iterator.planned_files(n) if i >= 40]
+    assert len(small) == round(expected[1] * 50) and len(set(small)) == min(len(small), 10)
+    # Deterministic, and a restored state continues the batches and the shares.
+    again = make_train_iterator(manifests, **common)
+    _batches(again, per_epoch + 3)
+    state = json.loads(json.dumps(again.get_state()))
+    resumed = make_train_iterator(manifests, **common)
+    resumed.set_state(state)
+    _assert_same_batches(_batches(resumed, 2 * per_epoch - 3), batches[per_epoch + 3 :])
+    assert resumed.corpus_shares() == shares
+    with pytest.raises(ValueError, match="one non-negative weight per manifest"):
+        make_train_iterator(manifests, **{**common, "corpus_weights": (1.0,)})

@@ -22,7 +22,7 @@ import transformers
 
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
-from tests.support.launchers import run_main
+from tests.support.launchers import run_main, subprocess_env
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
@@ -330,9 +330,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
-    """jax.distributed on localhost, CPU collectives, each process feeding half of every global batch."""
+def launch_two_processes(workdir, env, extra=()):
+    """The launcher as two processes on localhost; their (stdout, stderr) after both exited 0."""
     address = f"localhost:{free_port()}"
     procs = [
         subprocess.Popen(
@@ -340,8 +339,9 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
                 sys.executable,
                 "-m",
                 "experiments.pretrain",
-                f"--workdir={tmp_path}",
+                f"--workdir={workdir}",
                 *OVERRIDES,
+                *extra,
                 f"--config.distributed.coordinator_address={address}",
                 "--config.distributed.num_processes=2",
                 f"--config.distributed.process_id={i}",
@@ -357,13 +357,68 @@ def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
     outputs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    assert "process 1 of 2" in outputs[1][1]
-    two, one = records(tmp_path), records(reference[0])
-    assert [r["step"] for r in two] == [r["step"] for r in one]
-    for a, b in zip(two, one):
+    return outputs
+
+
+def assert_same_run(logged, expected):
+    """The records of two runs on different topologies: the same global batches and masks (counts
+    equal), the same values up to float summation order (rtol 1e-4, as on 1 or 8 devices)."""
+    assert [r["step"] for r in logged] == [r["step"] for r in expected]
+    for a, b in zip(logged, expected):
         assert a["num_masked"] == b["num_masked"]  # same global batches, same masks
         assert ("valid_loss" in a) == ("valid_loss" in b)
         names = ("loss", "contrastive_loss", "diversity_loss", "accuracy", "code_perplexity", "grad_norm")
         for name in names + (("valid_loss", "valid_accuracy") if "valid_loss" in b else ()):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
+
+
+@pytest.mark.slow
+def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
+    """jax.distributed on localhost, CPU collectives, each process feeding half of every global batch."""
+    outputs = launch_two_processes(tmp_path, env)
+    assert "process 1 of 2" in outputs[1][1]
+    assert_same_run(records(tmp_path), records(reference[0]))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_continues_on_one_process(reference, env, tmp_path):
+    """2 processes -> 1: the data position is global, the state resharded, the records those of the
+    uninterrupted single-process run."""
+    launch_two_processes(tmp_path, env, extra=["--config.train.num_steps=2"])
+    resumed = launch(tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint 2 was written by 2 processes, this run has 1" in resumed.stderr
+    assert "resumed from checkpoint 2" in resumed.stderr
+    assert_same_run(records(tmp_path), records(reference[0]))
+
+
+# The same global batch on 4 and 8 devices: a token budget of 8 one-second crops.
+TOPOLOGY = ["--config.train.num_steps=4", "--config.data.max_tokens=128000", "--config.train.eval_every=0"]
+
+
+@pytest.mark.slow
+def test_resume_on_another_device_count_continues_as_a_run_on_it(compilation_cache, tmp_path):
+    """8 -> 4 and 4 -> 8 simulated devices: orbax reshards the state, the records continue as the
+    uninterrupted run on the new device count logs them."""
+    runs = {}
+    for devices in (8, 4):
+        runs[devices] = tmp_path / f"{devices}_devices"
+        result = launch(runs[devices], subprocess_env(compilation_cache, devices), extra=TOPOLOGY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "token budget max_tokens=128000: global batches (rows x samples) 8 x 16000" in result.stderr
+    for before, after in ((8, 4), (4, 8)):
+        workdir = tmp_path / f"{before}_to_{after}"
+        shutil.copytree(runs[before], workdir)
+        shutil.rmtree(workdir / "checkpoints" / "4")  # as if stopped after step 2's checkpoint
+        result = launch(workdir, subprocess_env(compilation_cache, after), extra=TOPOLOGY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "resumed from checkpoint 2" in result.stderr
+        assert_same_run(records(workdir), records(runs[after]))
+    # On 3 devices the same budget rounds to 6 rows: another global batch, refused in one line.
+    workdir = tmp_path / "8_to_3"
+    shutil.copytree(runs[8], workdir)
+    result = launch(workdir, subprocess_env(compilation_cache, 3), extra=TOPOLOGY)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "the global batch changed since this state was saved (rows per bucket [8] then, [6] now" in last_line

@@ -9,11 +9,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+import soundfile
 from flax import nnx
 
 from w2v_jax.checkpoints import load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.data import write_manifest
 from w2v_jax.training import checkpointer, metrics, pretraining, sharding, train_step, trainer
 from w2v_jax.training.pretraining import pretraining_hyperparams
 
@@ -150,3 +152,45 @@ def test_settings_are_checked_before_anything_runs(tmp_path, section, name, valu
     with pytest.raises(ValueError, match=match):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_token_budget_gives_each_bucket_its_batch_and_one_compile(tmp_path):
+    # 16 files in each of two buckets (16000 and 32000 samples); a budget of 256000 samples gives
+    # 16 rows of the short bucket and 8 of the long one (multiples of the 8 devices): three batches
+    # an epoch, two shapes.
+    lengths = [20_000] * 16 + [36_000] * 16
+    names = [f"u{i}.wav" for i in range(len(lengths))]
+    for i, (name, length) in enumerate(zip(names, lengths)):
+        signal = 0.1 * np.random.default_rng(i).standard_normal(length)
+        soundfile.write(tmp_path / name, signal.astype(np.float32), 16_000)
+    # Two corpora of equal size and weight: each gives half of every bucket's utterances an epoch.
+    write_manifest(tmp_path / "a.tsv", ".", names[0::2], lengths[0::2])
+    write_manifest(tmp_path / "b.tsv", ".", names[1::2], lengths[1::2])
+    config = _config(num_steps=3)
+    config.train.checkpoint_every, config.train.log_every = 3, 1
+    config.data.update(
+        train_manifests=(str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")),
+        train_weights=(1.0, 1.0),
+        min_sample_size=16_000,
+        max_sample_size=32_000,
+        num_buckets=2,
+        max_tokens=256_000,
+    )
+    shapes = []
+    step = train_step.TrainStep.__call__
+
+    def recording_call(self, state, batch, key):
+        shapes.append(batch["input_values"].shape)
+        return step(self, state, batch, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_step.TrainStep, "__call__", recording_call)
+        summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert sorted(shapes) == [(8, 32_000), (8, 32_000), (16, 16_000)]
+    assert summary["num_compiles"] == 2
+    records = _records(tmp_path / "run")
+    # The losses are per masked frame whatever the rows: the short batch's masked count differs.
+    assert len({r["num_masked"] for r in records}) > 1
+    assert all(np.isfinite(r["loss"]) and 0 < r["accuracy"] < 1 for r in records)
+    # A whole epoch read: exactly half of the rows from each corpus.
+    assert records[-1]["data_share_a"] == records[-1]["data_share_b"] == 0.5

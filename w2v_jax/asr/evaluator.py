@@ -5,25 +5,29 @@ of the valid manifest (group-norm models zero-padded to a few widths without att
 training, rather than `transcribe`'s exact equal-length batches); it keeps the best model by
 `train.best_metric` in `WORKDIR/best/` (our folder format + vocabulary), which `transcribe`,
 `evaluate` and `jax-to-hf` read by default. `evaluate_finetuned_checkpoint` scores any fine-tuned
-checkpoint on a labelled manifest with exact batching.
+checkpoint on a labelled manifest with exact batching; `evaluate_decoders` scores several decoders
+(greedy, beam search with or without an LM) on the logits of one forward pass, with their speed,
+and `sweep_lm_weights` searches the LM weight and word score of beam search on it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from w2v_jax.asr.decoding import SEPARATORS
+from w2v_jax.asr.decoding import SEPARATORS, CTCDecoder, GreedyDecoder
 from w2v_jax.asr.error_rates import METRICS, error_rate_metrics
-from w2v_jax.asr.transcription import transcribe, transcribe_waveforms
+from w2v_jax.asr.transcription import model_forward, transcribe, transcribe_waveforms
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -157,6 +161,97 @@ def evaluate_finetuned_checkpoint(
         **{f"skipped_{k}": v for k, v in labels.skip_counts().items()},
         "unknown_symbols": labels.num_unknown(),
     }
+
+
+DecoderFactory = Callable[[Vocabulary], CTCDecoder]
+
+
+def evaluate_decoders(
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    decoders: Mapping[str, DecoderFactory],
+    kind: str = "ltr",
+    *,
+    step: int | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Error rates and speed of each decoder on one forward pass's logits of a labelled manifest.
+
+    Args:
+      decoders: name -> a function building the decoder from the checkpoint's vocabulary.
+    Returns:
+      {"num_utterances", "audio_seconds", "forward_seconds", "decoders": {name: {error rates,
+      "decode_seconds", "utterances_per_second", "real_time_factor"}}}: speed counts the forward pass
+      plus that decoder's decoding; the real-time factor is that time over the audio's duration.
+    """
+    model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
+    labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
+    waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
+    forward = model_forward(model)
+    logits: list[np.ndarray | None] = [None] * len(waveforms)
+    batching = dict(batch_size=batch_size, num_frames=model.num_frames, separator=SEPARATORS[kind])
+    transcribe_waveforms(forward, waveforms, vocabulary, model.config, **batching)  # compiles
+    start = time.perf_counter()
+    transcribe_waveforms(forward, waveforms, vocabulary, model.config, **batching, logits_out=logits)
+    forward_seconds = time.perf_counter() - start
+    audio_seconds = sum(len(w) for w in waveforms) / audio.SAMPLE_RATE
+    record: dict[str, Any] = {
+        "num_utterances": len(waveforms),
+        "audio_seconds": audio_seconds,
+        "forward_seconds": forward_seconds,
+        "decoders": {},
+    }
+    for name, factory in decoders.items():
+        decoder = factory(vocabulary)
+        start = time.perf_counter()
+        hypotheses = [decoder.decode(row).text for row in logits]
+        decode_seconds = time.perf_counter() - start
+        total = forward_seconds + decode_seconds
+        record["decoders"][name] = {
+            **error_rate_metrics(references, hypotheses, kind),
+            "decode_seconds": decode_seconds,
+            "utterances_per_second": len(waveforms) / total,
+            "real_time_factor": total / audio_seconds,
+        }
+        logger.info("%s: %s", name, record["decoders"][name])
+    return record
+
+
+def sweep_lm_weights(
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    decoder: Callable[[Vocabulary, float, float], CTCDecoder],
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    kind: str = "ltr",
+    *,
+    step: int | None = None,
+    batch_size: int = 8,
+    extra_decoders: Mapping[str, DecoderFactory] | None = None,
+) -> dict[str, Any]:
+    """Error rates of beam search at every (LM weight, word score) pair, greedy beside them.
+
+    Args:
+      decoder: `(vocabulary, lm_weight, word_score) -> decoder`.
+      extra_decoders: more decoders to score beside them (e.g. beam search without the LM).
+    Returns:
+      `evaluate_decoders`' record (decoders named "greedy" and "alpha=A,beta=B") plus "grid":
+      [{"lm_weight", "word_score", error rates}] and "best": the pair with the lowest WER (PER for
+      phones), ties to the lower CER, then the smaller weights.
+    """
+    metric = METRICS[kind][0]
+    pairs = list(itertools.product(lm_weights, word_scores))
+    decoders = {"greedy": lambda vocabulary: GreedyDecoder(vocabulary, SEPARATORS[kind]), **(extra_decoders or {})}
+    for alpha, beta in pairs:
+        decoders[f"alpha={alpha:g},beta={beta:g}"] = lambda v, a=alpha, b=beta: decoder(v, a, b)
+    record = evaluate_decoders(checkpoint, manifest, decoders, kind, step=step, batch_size=batch_size)
+    grid = []
+    for alpha, beta in pairs:
+        values = record["decoders"][f"alpha={alpha:g},beta={beta:g}"]
+        grid.append({"lm_weight": alpha, "word_score": beta, **{m: values[m] for m in METRICS[kind]}})
+    record["grid"] = grid
+    record["best"] = min(grid, key=lambda g: (g[metric], g.get("cer", 0.0), g["lm_weight"], g["word_score"]))
+    return record
 
 
 def read_best_record(workdir: str | os.PathLike) -> dict[str, Any] | None:

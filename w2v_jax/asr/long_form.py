@@ -9,8 +9,8 @@ the kept frames tile the recording's frames exactly once (transformers rounds pe
 
 Every chunk runs at the same width (the last one zero-padded with an attention mask, so group-norm
 models use the masked group norm), `batch_size` chunks per forward call: one compiled shape, and
-memory bounded by the batch, whatever the recording's length. The decoder is a function
-`(logits [time, vocab], length) -> text` (`greedy_decoder` today), so any CTC decoder plugs in.
+memory bounded by the batch, whatever the recording's length. The stitched logits go to any
+`decoding.CTCDecoder` (greedy, or beam search with an LM) as one utterance's.
 """
 
 from __future__ import annotations
@@ -21,13 +21,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from w2v_jax.asr.decoding import greedy_decode
-from w2v_jax.data.vocabulary import Vocabulary
-
 # `(input_values [batch, samples], attention_mask [batch, samples] | None) -> logits [batch, frames, vocab]`.
 Forward = Callable[[np.ndarray, np.ndarray | None], jax.Array]
-# `(logits [time, vocab], real frames) -> text`.
-Decoder = Callable[[np.ndarray, int], str]
 
 DEFAULT_CHUNK_S = 20.0
 # transformers' default stride: a sixth of the chunk on each side.
@@ -129,12 +124,3 @@ def stitched_logits(
                 raise ValueError(f"a chunk of {chunk} samples has {logits.shape[1]} frames, {c.keep[1]} are needed")
             pieces.append(logits[row, c.keep[0] : c.keep[1]])
     return np.concatenate(pieces, axis=0)
-
-
-def greedy_decoder(vocabulary: Vocabulary, separator: str = "") -> Decoder:
-    """The greedy `Decoder` (`decoding.greedy_decode` on one utterance)."""
-
-    def decode(logits: np.ndarray, length: int) -> str:
-        return greedy_decode(logits[None], np.asarray([length]), vocabulary, separator)[0]
-
-    return decode

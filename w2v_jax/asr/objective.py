@@ -33,7 +33,7 @@ class CTCObjective:
     freeze_finetune_updates: int = 0
     use_attention_mask: bool = True
     sums: tuple[str, ...] = ("loss",)
-    counts: tuple[str, ...] = ("num_utterances", "num_label_tokens")
+    counts: tuple[str, ...] = ("num_utterances", "num_label_tokens", "num_frames", "num_blank_frames")
     normalizer: str = "num_utterances"
 
     def loss(self, model, micro, key, step):
@@ -49,9 +49,14 @@ class CTCObjective:
             key=key,
         )
         loss = jnp.sum(out.utterance_losses)
+        # Real frames whose argmax is the blank: the all-blank plateau's measure (training.health).
+        real = jnp.arange(out.logits.shape[1])[None, :] < out.logit_lengths[:, None]
+        blank = jnp.argmax(out.logits, axis=-1) == model.config.pad_token_id
         counts = {
             "num_utterances": jnp.sum(jnp.any(attention_mask > 0, axis=-1), dtype=jnp.int32),
             "num_label_tokens": out.num_label_tokens,
+            "num_frames": jnp.sum(real, dtype=jnp.int32),
+            "num_blank_frames": jnp.sum(real & blank, dtype=jnp.int32),
         }
         return loss, {"loss": loss}, counts
 
@@ -75,4 +80,8 @@ class CTCObjective:
             "num_utterances": utterances,
             "num_label_tokens": tokens,
             "encoder_frozen": (step < self.freeze_finetune_updates).astype(jnp.float32),
+            "blank_fraction": counts["num_blank_frames"].astype(jnp.float32)
+            / jnp.maximum(counts["num_frames"].astype(jnp.float32), 1.0),
+            "num_frames": counts["num_frames"].astype(jnp.float32),
+            "num_blank_frames": counts["num_blank_frames"].astype(jnp.float32),
         }

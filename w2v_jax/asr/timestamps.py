@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import jax
@@ -22,6 +22,7 @@ import numpy as np
 
 from w2v_jax.asr import alignment, long_form
 from w2v_jax.asr.alignment import Segment
+from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
 from w2v_jax.asr.transcription import BadFile, load_readable, model_forward, padded_batches, read_inputs
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
@@ -109,13 +110,6 @@ def segments(logits: np.ndarray, token_ids: np.ndarray, vocabulary: Vocabulary, 
     return [t for t in tokens if t.token != vocabulary.word_delimiter_token]
 
 
-def greedy_token_ids(logits: np.ndarray, blank: int) -> np.ndarray:
-    """The token ids of the greedy transcript of `[frames, vocab]` logits: runs collapsed, blanks dropped."""
-    ids = np.argmax(logits, axis=-1)
-    keep = (ids != blank) & np.concatenate([[True], ids[1:] != ids[:-1]])
-    return ids[keep].astype(np.int32)
-
-
 def json_line(path: str | os.PathLike, text: str, found: Sequence[Segment], seconds_per_frame: float) -> str:
     """One recording's JSON line (module docstring)."""
     record = {"path": str(path), "text": text, "segments": [s.seconds(seconds_per_frame) for s in found]}
@@ -144,13 +138,16 @@ def timestamped_transcripts(
     chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
     stride_s: float | None = None,
     separator: str = "",
+    decoder: CTCDecoder | None = None,
 ) -> list[tuple[str, list[Segment]]]:
-    """Greedy transcripts (as `transcription.transcribe` gives them) and their segments at `level`."""
+    """Transcripts (as `transcription.transcribe` gives them; greedy unless `decoder`) and the
+    segments of their tokens at `level`."""
     results = []
-    decode = long_form.greedy_decoder(vocabulary, separator)
+    decoder = decoder or GreedyDecoder(vocabulary, separator)
     for logits in recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s):
-        found = segments(logits, greedy_token_ids(logits, vocabulary.pad_id), vocabulary, level)
-        results.append((decode(logits, len(logits)), found))
+        transcript = decoder.decode(logits, len(logits))
+        ids, _ = vocabulary.encode(transcript.tokens)
+        results.append((transcript.text, segments(logits, ids, vocabulary, level)))
     return results
 
 
@@ -165,6 +162,7 @@ def transcribe_files_with_timestamps(
     chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
+    decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
 ) -> tuple[list[tuple[pathlib.Path, str, list[Segment]]], float]:
     """`transcription.transcribe_files` with each file's segments at `level`; also the seconds per frame."""
     if level not in LEVELS:
@@ -181,6 +179,7 @@ def transcribe_files_with_timestamps(
         chunk_s=chunk_s,
         stride_s=stride_s,
         separator=separator,
+        decoder=decoder(vocabulary) if decoder is not None else None,
     )
     return [(f, text, s) for f, (text, s) in zip(files, found)], frame_seconds(model)
 

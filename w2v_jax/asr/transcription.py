@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from w2v_jax.asr import long_form
-from w2v_jax.asr.decoding import greedy_decode
+from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
 from w2v_jax.asr.long_form import Forward
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -44,8 +43,10 @@ def transcribe_waveforms(
     num_frames: Callable[[Any], Any],
     exact: bool = True,
     separator: str = "",
+    decoder: CTCDecoder | None = None,
+    logits_out: list[np.ndarray | None] | None = None,
 ) -> list[str]:
-    """Greedy transcripts of waveforms, in order, batched as the module docstring says.
+    """Transcripts of waveforms, in order, batched as the module docstring says (greedy by default).
 
     Args:
       forward: `(input_values [batch, samples], attention_mask [batch, samples] | None) -> logits
@@ -58,14 +59,25 @@ def transcribe_waveforms(
       exact: group-norm models with attention masks (the masked group norm: each utterance's
         transcript as if alone); False: without attention mask, as they are trained (validation).
       separator: between tokens (`decoding.SEPARATORS`: "" for letters, " " for phones).
+      decoder: decodes each utterance's logits (`decoding.CTCDecoder`; default greedy with `separator`).
+      logits_out: when given (a list of `len(waveforms)`), receives each utterance's unpadded logits
+        `[frames, vocab]` (float32), so that other decoders can run on them without the forward pass.
     """
+    decoder = decoder or GreedyDecoder(vocabulary, separator)
     texts: list[str | None] = [None] * len(waveforms)
+
+    def decode(indices: Sequence[int], logits: jax.Array, lengths: Any) -> None:
+        logits, lengths = np.asarray(logits, np.float32), np.asarray(lengths)
+        for index, row, length in zip(indices, logits, lengths):
+            texts[int(index)] = decoder.decode(row, int(length)).text
+            if logits_out is not None:
+                logits_out[int(index)] = row[: int(length)]
+
     unmasked = config.feat_extract_norm == "group" and not exact
     for rows, logits, frame_lengths in padded_batches(
         forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked, fine=exact
     ):
-        for index, text in zip(rows, greedy_decode(logits, frame_lengths, vocabulary, separator)):
-            texts[int(index)] = text
+        decode(rows, logits, frame_lengths)
     return texts
 
 
@@ -103,7 +115,7 @@ def padded_batches(
             mask[slot, : lengths[index]] = 1
         mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
         logits = forward(input_values, mask if attention_mask else None)
-        yield rows, logits, jnp.asarray(num_frames(mask.sum(-1)), jnp.int32)
+        yield rows, logits, np.asarray(num_frames(mask.sum(-1)), np.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -129,39 +141,39 @@ def transcribe(
     vocabulary: Vocabulary,
     batch_size: int = 8,
     separator: str = "",
+    decoder: CTCDecoder | None = None,
     *,
     chunk_s: float | None = None,
     stride_s: float | None = None,
 ) -> list[str]:
-    """Greedy transcripts of `waveforms` (float32 `[samples]`, normalised as in training); tokens
-    joined by `separator` (" " for phones). With `chunk_s`, waveforms longer than a chunk are
-    transcribed in chunks (`long_form`, strides `stride_s`, default a sixth of the chunk); shorter
-    ones whole, as without it."""
+    """Transcripts of `waveforms` (float32 `[samples]`, normalised as in training): greedy, tokens
+    joined by `separator` (" " for phones), or by `decoder`. With `chunk_s`, waveforms longer than a
+    chunk are transcribed in chunks (`long_form`, strides `stride_s`, default a sixth of the chunk),
+    their stitched logits decoded by the same decoder; shorter ones whole, as without it."""
+    decoder = decoder or GreedyDecoder(vocabulary, separator)
     forward = model_forward(model)
     texts: list[str | None] = [None] * len(waveforms)
-    long = []
     if chunk_s is not None:
+        frame_stride = model.wav2vec2.feature_extractor.total_stride
         chunk, stride = long_form.chunk_samples(
             chunk_s,
             stride_s,
             sample_rate=audio.SAMPLE_RATE,
-            frame_stride=model.wav2vec2.feature_extractor.total_stride,
+            frame_stride=frame_stride,
             receptive_field=audio.RECEPTIVE_FIELD,
         )
-        long = [i for i, w in enumerate(waveforms) if len(w) > chunk]
-        decode = long_form.greedy_decoder(vocabulary, separator)
-        for index in long:
+        for index in [i for i, w in enumerate(waveforms) if len(w) > chunk]:
             logits = long_form.stitched_logits(
                 forward,
                 waveforms[index],
                 chunk=chunk,
                 stride=stride,
                 batch_size=batch_size,
-                frame_stride=model.wav2vec2.feature_extractor.total_stride,
+                frame_stride=frame_stride,
                 num_frames=model.num_frames,
                 receptive_field=audio.RECEPTIVE_FIELD,
             )
-            texts[index] = decode(logits, len(logits))
+            texts[index] = decoder.decode(logits, len(logits)).text
     short = [i for i in range(len(waveforms)) if texts[i] is None]
     if short:
         whole = transcribe_waveforms(
@@ -172,6 +184,7 @@ def transcribe(
             batch_size=batch_size,
             num_frames=model.num_frames,
             separator=separator,
+            decoder=decoder,
         )
         for index, text in zip(short, whole):
             texts[index] = text
@@ -229,15 +242,20 @@ def transcribe_files(
     step: int | None = None,
     batch_size: int = 8,
     separator: str = "",
+    decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
     chunk_s: float | None = None,
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
 ) -> list[tuple[pathlib.Path, str]]:
     """`(file, transcript)` for every readable audio file or manifest row in `paths`
-    (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`); unreadable
-    files go to `on_bad_file` (`load_readable`; None: the first one raises)."""
+    (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`; `decoder`
+    builds the decoder from the checkpoint's vocabulary, default greedy); unreadable files go to
+    `on_bad_file` (`load_readable`; None: the first one raises)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
     files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    texts = transcribe(model, waveforms, vocabulary, batch_size, separator, chunk_s=chunk_s, stride_s=stride_s)
+    utterance_decoder = decoder(vocabulary) if decoder is not None else None
+    texts = transcribe(
+        model, waveforms, vocabulary, batch_size, separator, utterance_decoder, chunk_s=chunk_s, stride_s=stride_s
+    )
     return list(zip(files, texts))

@@ -7,6 +7,13 @@ For each worker count: seconds to the first batch (worker start-up) and the stea
 --timed_batches batches after --warmup_batches. Audio-seconds count real (attention_mask) samples at 16 kHz. 0
 workers = background threads in this process.
 
+`--librispeech_like DIR` first writes (once) a generated corpus with LibriSpeech's utterance lengths
+there (`w2v_jax.data.generated`) and measures on it. `--max_tokens` batches by a token budget;
+`--batching` prints, instead of timing, one epoch's planned batches under that budget beside
+fixed-count batches of the same mean rows: the share of the sample budget that is real audio and the
+number of compiles. `--gpu_rate` (default NVIDIA's BASE rate on an A100 in bf16, 750 audio-s/s) turns
+each rate into the CPU workers one GPU needs.
+
 `--vs_train_step` compares, in the same run, with what train steps consume: for each named variant
 of experiments/configs/pretrain.py, the loader runs with that config's batch size and crop lengths,
 then the config's train step is timed (`w2v_jax.research.benchmark`) on batches of the mean length
@@ -23,7 +30,7 @@ from absl import app, flags
 
 from w2v_jax.cli import alias, launch
 from w2v_jax.configs import pretrain
-from w2v_jax.data import default_manifest
+from w2v_jax.data import default_manifest, generated
 from w2v_jax.research import input_benchmark
 
 
@@ -43,6 +50,34 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         max_sample_size=flags.DEFINE_integer("max_sample_size", 250_000, "Longest crop in samples.", flag_values=fv),
         min_sample_size=flags.DEFINE_integer(
             "min_sample_size", 32_000, "Shortest utterance kept, in samples.", flag_values=fv
+        ),
+        max_tokens=flags.DEFINE_integer(
+            "max_tokens", 0, "Token budget: samples per batch (0: --batch_size rows).", flag_values=fv
+        ),
+        num_buckets=flags.DEFINE_integer("num_buckets", 8, "Crop / pad lengths.", flag_values=fv),
+        batch_multiple=flags.DEFINE_integer(
+            "batch_multiple", 8, "--batching: rows rounded to this (devices x accumulation).", flag_values=fv
+        ),
+        batching=flags.DEFINE_bool(
+            "batching", False, "Report the planned batches' audio share (token budget vs fixed).", flag_values=fv
+        ),
+        librispeech_like=flags.DEFINE_string(
+            "librispeech_like",
+            "",
+            "Folder of a generated LibriSpeech-like corpus (written if missing).",
+            flag_values=fv,
+        ),
+        librispeech_like_rows=flags.DEFINE_integer(
+            "librispeech_like_rows", 5000, "Manifest rows of the generated corpus.", flag_values=fv
+        ),
+        librispeech_like_files=flags.DEFINE_integer(
+            "librispeech_like_files", 200, "Distinct files of the generated corpus.", flag_values=fv
+        ),
+        librispeech_like_rate=flags.DEFINE_integer(
+            "librispeech_like_rate", 16_000, "Sample rate of the generated files.", flag_values=fv
+        ),
+        gpu_rate=flags.DEFINE_float(
+            "gpu_rate", 750.0, "Audio-s/s one GPU trains on (NVIDIA, BASE, A100, bf16).", flag_values=fv
         ),
         vs_train_step=flags.DEFINE_list(
             "vs_train_step", [], "Comma-separated pretrain config variants to compare with.", flag_values=fv
@@ -64,10 +99,30 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     workers = [int(w) for w in args.workers.value]
+    manifest = args.manifest.value
+    if args.librispeech_like.value:
+        manifest = generated.librispeech_like_manifest(
+            args.librispeech_like.value,
+            num_rows=args.librispeech_like_rows.value,
+            num_files=args.librispeech_like_files.value,
+            sample_rate=args.librispeech_like_rate.value,
+        )
+    if args.batching.value:
+        lines = input_benchmark.compare_batching(
+            manifest,
+            max_tokens=args.max_tokens.value,
+            batch_multiple=args.batch_multiple.value,
+            pad=args.pad.value,
+            max_sample_size=args.max_sample_size.value,
+            min_sample_size=args.min_sample_size.value,
+            num_buckets=args.num_buckets.value,
+        )
+        print("\n".join(lines), flush=True)
+        return
     if args.vs_train_step.value:
         for variant in args.vs_train_step.value:
             lines = input_benchmark.loader_vs_train_step(
-                args.manifest.value,
+                manifest,
                 variant,
                 pretrain.get_config(variant),
                 workers,
@@ -76,14 +131,17 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             )
             print("\n".join(lines), flush=True)
         return
+    batches = f"max_tokens {args.max_tokens.value}" if args.max_tokens.value else f"batch {args.batch_size.value}"
     print(
-        f"manifest {args.manifest.value}, batch {args.batch_size.value}, {'pad' if args.pad.value else 'crop'} mode, "
+        f"manifest {manifest}, {batches}, {'pad' if args.pad.value else 'crop'} mode, "
         f"crops {args.min_sample_size.value}-{args.max_sample_size.value} samples"
     )
     for count in workers:
         result = input_benchmark.measure_loader(
-            args.manifest.value,
+            manifest,
             num_workers=count,
+            max_tokens=args.max_tokens.value,
+            num_buckets=args.num_buckets.value,
             batch_size=args.batch_size.value,
             batches=args.timed_batches.value,
             warmup=args.warmup_batches.value,
@@ -93,7 +151,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         )
         print(
             f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
-            f"(first {args.warmup_batches.value} batches after {result['startup_s']:.1f} s)",
+            f"(first {args.warmup_batches.value} batches after {result['startup_s']:.1f} s); "
+            f"{input_benchmark.workers_per_gpu(result['audio_s_per_s'], count, args.gpu_rate.value):.1f} workers "
+            f"per GPU at {args.gpu_rate.value:g} audio-s/s",
             flush=True,
         )
 

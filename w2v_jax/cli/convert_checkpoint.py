@@ -14,7 +14,12 @@ that `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
 `pipeline("automatic-speech-recognition", model=...)` load; a CTC model's vocabulary (vocab.json
 and the tokenizer's special tokens) goes with it both ways.
 
-All logic: `w2v_jax.checkpoints.conversion.convert`.
+`jax-to-hf --lm=LM.arpa` also writes the n-gram LM as transformers' `Wav2Vec2ProcessorWithLM`
+loads it (`alphabet.json`, `language_model/`; `--lm_weight`, `--word_score` as flashlight's, converted
+for pyctcdecode); `hf-to-jax` imports such a folder's `language_model/` with a lexicon of its words
+(`w2v_jax.asr.processor_lm`).
+
+All logic: `w2v_jax.checkpoints.conversion.convert`, `w2v_jax.asr.processor_lm`.
 """
 
 from collections.abc import Sequence
@@ -22,7 +27,10 @@ from types import SimpleNamespace
 
 from absl import flags
 
+from w2v_jax.asr.beam_search import BeamSearchOptions
+from w2v_jax.asr.processor_lm import export_processor_lm, import_processor_lm
 from w2v_jax.checkpoints.conversion import DIRECTIONS, convert
+from w2v_jax.checkpoints.hf import load_vocabulary
 from w2v_jax.cli import launch
 
 
@@ -43,6 +51,18 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "fine-tuning run, else the newest checkpoint).",
             flag_values=flag_values,
         ),
+        lm=flags.DEFINE_string(
+            "lm", None, "jax-to-hf: an ARPA LM for Wav2Vec2ProcessorWithLM (default: none).", flag_values=flag_values
+        ),
+        lm_weight=flags.DEFINE_float(
+            "lm_weight",
+            BeamSearchOptions.lm_weight,
+            "jax-to-hf --lm: LM weight (flashlight's).",
+            flag_values=flag_values,
+        ),
+        word_score=flags.DEFINE_float(
+            "word_score", BeamSearchOptions.word_score, "jax-to-hf --lm: word score.", flag_values=flag_values
+        ),
     )
 
 
@@ -51,11 +71,22 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) != 4 or argv[1] not in DIRECTIONS:
         raise SystemExit(f"usage: DIRECTION SOURCE DESTINATION with DIRECTION in {DIRECTIONS}; got {argv[1:]}")
     direction, source, destination = argv[1:]
+    if args.lm.value is not None and direction != "jax-to-hf":
+        raise SystemExit("--lm applies to jax-to-hf (hf-to-jax imports the source's language_model/ itself)")
     try:
         convert(direction, source, destination, step=args.step.value, allow_nonfinite=args.allow_nonfinite.value)
+        vocabulary = load_vocabulary(destination)
+        lm_dir = None
+        if args.lm.value is not None:
+            if vocabulary is None:
+                raise ValueError(f"--lm needs a CTC model with a vocabulary; {source} has none")
+            options = BeamSearchOptions(lm_weight=args.lm_weight.value, word_score=args.word_score.value)
+            lm_dir = export_processor_lm(destination, vocabulary, args.lm.value, options)
+        elif direction == "hf-to-jax" and vocabulary is not None:
+            lm_dir = import_processor_lm(source, destination, vocabulary)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    print(f"{direction}: {source} -> {destination}")
+    print(f"{direction}: {source} -> {destination}" + (f" (with {lm_dir})" if lm_dir else ""))
 
 
 def run() -> None:

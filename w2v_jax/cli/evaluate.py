@@ -16,7 +16,14 @@ and prints the table. All logic: `w2v_jax.research.probes.evaluate_pretrained_ch
 A fine-tuned (CTC) checkpoint (a fine-tuning workdir: its best model unless `--step`) is evaluated
 by its error rates instead: WER and CER (`--labels=ltr`) or PER (`--labels=phn`) on `--manifest`
 (default: the embedded corpus's valid split), written to `--output`/metrics.json
-(`w2v_jax.asr.evaluator.evaluate_finetuned_checkpoint`).
+(`w2v_jax.asr.evaluator.evaluate_finetuned_checkpoint`). With `--lm` (and `--lexicon` for a word
+LM) it also decodes with beam search: greedy, beam search without the LM and with it, on the logits
+of one forward pass, with each decoder's speed; several `--lm_weight` and `--word_score` values
+sweep every pair, print the table and the best pair and draw `lm_sweep.png`
+(`w2v_jax.asr.evaluator.sweep_lm_weights`):
+
+    python -m experiments.evaluate --checkpoint=runs/ft_mini --lm=w2v_jax/data/corpus/lm/train_3gram.arpa \
+        --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt --lm_weight=0,0.5,1,2,3 --word_score=-1,0,1,2
 """
 
 import json
@@ -26,13 +33,22 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
+from w2v_jax.asr.beam_search import BeamSearchDecoder
+from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.error_rates import METRICS
-from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint
+from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint, sweep_lm_weights
 from w2v_jax.checkpoints import load_model
-from w2v_jax.cli import define_checkpoint_flags, define_probe_flags, launch, run_faults_exit
+from w2v_jax.cli import (
+    beam_search_options,
+    define_beam_search_flags,
+    define_checkpoint_flags,
+    define_probe_flags,
+    launch,
+    run_faults_exit,
+)
 from w2v_jax.data import default_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
-from w2v_jax.research import probes
+from w2v_jax.research import plotting, probes
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -74,18 +90,68 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         labels=flags.DEFINE_enum(
             "labels", "ltr", sorted(METRICS), "CTC checkpoints: letter or phone labels.", flag_values=fv
         ),
+        **define_beam_search_flags(fv, sweep=True),
     )
 
 
 def evaluate_ctc(args: SimpleNamespace) -> None:
     """Error rates of a fine-tuned checkpoint (module docstring)."""
     manifest = args.manifest.value or str(default_manifest("valid"))
-    record = evaluate_finetuned_checkpoint(args.checkpoint.value, manifest, args.labels.value, step=args.step.value)
     output = pathlib.Path(args.output.value or pathlib.Path(args.checkpoint.value) / "eval")
+    if args.lm.value is not None:
+        evaluate_with_lm(args, manifest, output)
+        return
+    record = evaluate_finetuned_checkpoint(args.checkpoint.value, manifest, args.labels.value, step=args.step.value)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"wrote {output}/metrics.json")
+
+
+def evaluate_with_lm(args: SimpleNamespace, manifest: str, output: pathlib.Path) -> None:
+    """Greedy, beam search without and with the LM at every (--lm_weight, --word_score) pair."""
+    try:
+        lm_weights = [float(a) for a in args.lm_weight.value]
+        word_scores = [float(b) for b in args.word_score.value]
+    except ValueError as error:
+        raise SystemExit(f"--lm_weight and --word_score take comma-separated numbers: {error}") from None
+    separator = SEPARATORS[args.labels.value]
+
+    def with_lm(vocabulary, lm_weight, word_score):
+        options = beam_search_options(args, lm_weight, word_score)
+        return BeamSearchDecoder(vocabulary, args.lm.value, args.lexicon.value, options, separator)
+
+    def without_lm(vocabulary):
+        return BeamSearchDecoder(vocabulary, None, None, beam_search_options(args, 0.0, 0.0), separator)
+
+    try:
+        record = sweep_lm_weights(
+            args.checkpoint.value,
+            manifest,
+            with_lm,
+            lm_weights,
+            word_scores,
+            args.labels.value,
+            step=args.step.value,
+            extra_decoders={"beam, no LM": without_lm},
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "lm_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    metrics = METRICS[args.labels.value]
+    print(f"{'decoder':<24}" + "".join(f"{m:>8}" for m in metrics) + f"{'utt/s':>8}{'RTF':>8}")
+    for name, values in record["decoders"].items():
+        row = "".join(f"{values[m]:>8.3f}" for m in metrics)
+        print(f"{name:<24}{row}{values['utterances_per_second']:>8.2f}{values['real_time_factor']:>8.3f}")
+    best = record["best"]
+    pair = f"--lm_weight={best['lm_weight']:g} --word_score={best['word_score']:g}"
+    print(f"best: {pair} ({metrics[0]} {best[metrics[0]]:.3f})")
+    written = [output / "lm_metrics.json"]
+    if len(lm_weights) * len(word_scores) > 1:
+        plotting.plot_lm_sweep(record["grid"], metrics[0], output / "lm_sweep.png")
+        written.append(output / "lm_sweep.png")
+    print("wrote " + ", ".join(map(str, written)))
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

@@ -15,9 +15,17 @@ is then 1, with the count (`--strict`: stop at the first one).
 `--timestamps=word|char|phone --output=FILE.jsonl` also writes one JSON line per file,
 `{"path", "text", "segments": [{"token", "start", "end", "score"}]}` in seconds
 (`w2v_jax.asr.timestamps`).
+`--decoder=beam` decodes with beam search instead (`w2v_jax.asr.beam_search`), with an n-gram LM
+(`--lm`, ARPA or KenLM binary) and a lexicon (`--lexicon`) or lexicon-free with a token LM:
+
+    python -m experiments.transcribe --checkpoint=runs/ft_mini --decoder=beam \
+        --lm=w2v_jax/data/corpus/lm/train_3gram.arpa --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt \
+        --lm_weight=2 --word_score=1 data/valid.tsv
+
 All logic: `w2v_jax.asr.transcription.transcribe_files`.
 """
 
+import functools
 import pathlib
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -25,9 +33,10 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from w2v_jax.asr import long_form, timestamps
+from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import BadFiles, launch
+from w2v_jax.cli import BadFiles, beam_search_options, define_beam_search_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -49,6 +58,10 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "The model's labels: ltr (letters joined) or phn (phones separated by spaces).",
             flag_values=fv,
         ),
+        decoder=flags.DEFINE_enum(
+            "decoder", "greedy", DECODERS, "greedy, or beam search (with --lm, --lexicon).", flag_values=fv
+        ),
+        **define_beam_search_flags(fv),
         chunk_s=flags.DEFINE_float(
             "chunk_s", long_form.DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
         ),
@@ -80,6 +93,14 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         "step": args.step.value,
         "batch_size": args.batch_size.value,
         "separator": SEPARATORS[args.labels.value],
+        "decoder": functools.partial(
+            make_decoder,
+            decoder=args.decoder.value,
+            lm=args.lm.value,
+            lexicon=args.lexicon.value,
+            options=beam_search_options(args, args.lm_weight.value, args.word_score.value),
+            separator=SEPARATORS[args.labels.value],
+        ),
         "chunk_s": args.chunk_s.value,
         "stride_s": args.stride_s.value,
         "on_bad_file": None if args.strict.value else bad.report,

@@ -183,6 +183,9 @@ def _base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     data.vocabulary = ""  # a vocab.json (or a folder with one); "": built from the training labels
     data.pad = True  # labelled audio is padded, never cropped
     data.num_buckets = 8  # padded lengths: geometric between min_sample_size and max_sample_size
+    # Pretraining's only: token budgets (batches of train.batch_size utterances here) and several corpora.
+    for name in ("max_tokens", "train_manifests", "train_weights", "sampling_alpha"):
+        del data[name]
     data.min_sample_size = 0
     data.max_sample_size = 560_000  # 35 s: LibriSpeech's longest; longer utterances are skipped
     return config

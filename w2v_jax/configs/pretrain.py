@@ -130,6 +130,12 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     train.async_checkpointing = True
     train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
     train.plot = True  # loss-curve PNG at the end
+    # Failure detectors over the logged records (w2v_jax/training/health.py): "warn" logs a line naming
+    # the condition, its evidence and the fix, and adds `health` to the record; "stop" also exits 1
+    # after saving that step's checkpoint; "off". A condition counts once it holds on health_window
+    # consecutive logged records.
+    train.health = "warn"
+    train.health_window = 3
     # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
     # step's metrics record, on data.valid_manifest (w2v_jax/training/evaluation.py).
     train.eval_every = 0
@@ -137,10 +143,22 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     data = config.data
     data.train_manifest = ""  # "": the embedded corpus (w2v_jax.data.default_manifest())
+    # Several corpora (replaces train_manifest when non-empty): each epoch draws from each with
+    # probability proportional to train_weights, or (empty) to its size**sampling_alpha (XLS-R: 0.5;
+    # 0: natural proportions, every utterance once an epoch). Metrics gain data_share_<manifest name>.
+    data.train_manifests = ()
+    data.train_weights = ()
+    data.sampling_alpha = 0.0
     data.valid_manifest = ""  # "": the embedded corpus's valid split (used when train.eval_every > 0)
     data.max_sample_size = 250_000
     data.min_sample_size = 32_000
     data.pad = False  # False: crop each batch to its shortest utterance (fairseq's default)
+    # Token budget (fairseq's max_tokens): samples per update in all (every device and micro-batch);
+    # each length bucket's global batch is max_tokens // length rows, rounded down to a multiple of
+    # devices x grad_accum_steps (one compile per bucket), and train.batch_size is not used. 0: a
+    # fixed train.batch_size. fairseq BASE: 1.4M per GPU x 64 GPUs = 89.6M.
+    data.max_tokens = 0
+    data.num_buckets = 8  # crop / pad lengths: geometric between min_sample_size and max_sample_size
     data.normalize = True
     data.num_workers = 0
     # Bad input: strict stops at the first unusable file; otherwise unusable files are skipped and

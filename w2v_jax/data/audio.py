@@ -65,12 +65,14 @@ class DecodedAudio:
     """A decoded file converted to the model's format.
 
     samples: float32 [num_samples] at 16 kHz, mono, not normalised.
-    source_rate / source_channels: what the file held, so callers can count conversions.
+    source_rate / source_channels / source_frames: what the file held (frames at its own rate), so
+    callers can count conversions and accept lengths written at the file's rate.
     """
 
     samples: np.ndarray
     source_rate: int
     source_channels: int
+    source_frames: int
 
     @property
     def resampled(self) -> bool:
@@ -133,7 +135,7 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
             path,
             f"{mono.shape[0]} samples at 16 kHz < the encoder's {RECEPTIVE_FIELD}-sample receptive field",
         )
-    return DecodedAudio(np.ascontiguousarray(mono), rate, channels)
+    return DecodedAudio(np.ascontiguousarray(mono), rate, channels, data.shape[0])
 
 
 def normalize(samples: np.ndarray) -> np.ndarray:

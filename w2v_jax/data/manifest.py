@@ -59,6 +59,19 @@ class Manifest:
         return digest.hexdigest()
 
 
+def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
+    """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
+    rows resolved under its own root, already checked by its loading)."""
+    paths, lengths, known_bad = [], [], {}
+    for part in manifests:
+        for index, (reason, detail) in part.known_bad.items():
+            known_bad[len(paths) + index] = (reason, detail)
+        paths.extend(os.path.relpath(part.file_path(i), "/") for i in range(len(part)))
+        lengths.append(part.num_samples)
+    source = " + ".join(part.source for part in manifests)
+    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad)
+
+
 def _check_inside_root(path: str, where: str) -> None:
     """Refuses absolute paths and ``..`` components: a manifest must not reach outside its root."""
     pure = PurePosixPath(path.replace("\\", "/"))
@@ -152,6 +165,36 @@ def probe_length(path: str | os.PathLike) -> int:
     if info.frames <= 0:
         raise audio.AudioError(skips.EMPTY, path, "the header reports no samples")
     return audio.resampled_length(info.frames, info.samplerate)
+
+
+def lengths_at_16k(manifest: Manifest, *, num_workers: int = 8) -> np.ndarray:
+    """The manifest's lengths at 16 kHz, int64 [num_files], read before any file is decoded.
+
+    A row's length is ours (16 kHz samples) or the file's frame count at its own rate, as fairseq's
+    ``wav2vec_manifest.py`` (or any tool that reads the header) writes it. The header of each file
+    whose format states an exact frame count is read (rate and frames, no decoding); a row equal to
+    the frame count of a file not at 16 kHz is a native count and becomes the 16 kHz length soxr
+    produces. Every other row is used as written (an unreadable file is skipped when it is read).
+    """
+    lengths = np.array(manifest.num_samples, np.int64)
+
+    def header(index: int) -> tuple[int, int] | None:
+        path = manifest.file_path(index)
+        if path.suffix.lower() not in _EXACT_HEADER_EXTENSIONS:
+            return None
+        try:
+            info = soundfile.info(path)
+        except Exception:  # noqa: BLE001 - any decoder error: the row is read (and skipped) later
+            return None
+        return int(info.frames), int(info.samplerate)
+
+    # libsndfile releases the GIL: headers are read in parallel threads.
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        headers = list(pool.map(header, range(len(manifest))))
+    for index, found in enumerate(headers):
+        if found is not None and found[1] != audio.SAMPLE_RATE and found[0] == lengths[index]:
+            lengths[index] = audio.resampled_length(found[0], found[1])
+    return lengths
 
 
 def find_audio_files(folder: str | os.PathLike) -> list[str]:

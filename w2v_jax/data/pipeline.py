@@ -1,12 +1,18 @@
 """Training batches: length buckets, seeded per-epoch shuffling, per-process shards, grain workers.
 
 Every global batch is a pure function of (seed, global batch number): the epoch's plan (bucket
-membership shuffled, cut into batches of ``batch_size * shard_count``, batch order shuffled) comes
+membership shuffled, cut into global batches of the bucket's size, batch order shuffled) comes
 from ``seed`` and the epoch number, each row's crop offset from ``seed``, the batch number and the
 row. So the iterator state is a single batch counter (plus the bad-file bookkeeping): restoring it
 replays exactly what an uninterrupted run would have produced, with any number of grain workers,
-and process ``shard_index`` always reads rows ``[shard_index * batch_size, (shard_index + 1) *
-batch_size)`` of each global batch, so processes never overlap.
+and process ``shard_index`` of ``shard_count`` always reads its slice ``shard_index`` of the
+``shard_count`` equal slices of each global batch, so processes never overlap. Nothing in the plan
+depends on the number of processes: the position restored on another topology is the global one.
+
+Batch sizes: ``batch_size * shard_count`` rows in every global batch, or, with a token budget
+(``max_tokens > 0``, fairseq's ``max_tokens``), ``max_tokens // bucket_length`` rows rounded down to a
+multiple of ``batch_multiple`` (the data-parallel size times the accumulation steps), so a global
+batch holds at most ``max_tokens`` samples whatever its bucket: one batch shape (one compile) per bucket.
 
 Shapes: lengths come from a fixed geometric set of ``num_buckets`` values between min_sample_size
 and max_sample_size. Crop mode (fairseq's default) files each utterance under the largest bucket
@@ -24,10 +30,12 @@ padded with -100, ``label_length`` the longest usable transcript (one static sha
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -36,13 +44,19 @@ from absl import flags
 
 from w2v_jax.data import audio, skips
 from w2v_jax.data.labels import LabelSet, pad_labels
-from w2v_jax.data.manifest import Manifest, load_manifest
+from w2v_jax.data.manifest import Manifest, concatenate_manifests, lengths_at_16k, load_manifest
+from w2v_jax.data.planning import (
+    EpochPlanner,
+    assign_buckets,
+    bucket_lengths,
+    corpus_probabilities,
+    global_batch_sizes,
+)
 
 logger = logging.getLogger("w2v_jax.data")
 
 STATE_FORMAT = "w2v_jax.data.TrainIterator/1"
-# RNG stream tags, so epoch shuffles and crop offsets never share a seed sequence.
-_SHUFFLE_STREAM = 0
+# RNG stream tags, so epoch shuffles (planning.SHUFFLE_STREAM = 0) and crop offsets never share a seed sequence.
 _CROP_STREAM = 1
 _REPLACEMENT_STREAM = 2
 # Labelled utterances longer than max_sample_size (a filter of the run, like min_sample_size).
@@ -51,6 +65,10 @@ LONGER_THAN_MAX_SAMPLE_SIZE = "longer_than_max_sample_size"
 # their shape (a multi-process global batch needs every process's shard to be the same size); after
 # this many unusable draws in a row the slot is left as an all-padding row (attention_mask 0).
 MAX_REPLACEMENT_DRAWS = 8
+# PipelineConfig fields that say how the global batches are split over processes and devices, not
+# which batches there are: a state restores on another topology when only these differ (the global
+# batch sizes are compared instead).
+_TOPOLOGY_FIELDS = ("shard_index", "shard_count", "batch_size", "batch_multiple")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +86,10 @@ class PipelineConfig:
     shard_count: int = 1
     num_epochs: int | None = None
     label_length: int = 0  # labelled batches: label ids per row (0: no labels)
+    max_tokens: int = 0  # samples per global batch (0: batch_size rows per process in every batch)
+    batch_multiple: int = 1  # with max_tokens: global rows are a multiple of this (and of shard_count)
+    corpus_weights: tuple[float, ...] = ()  # several corpora: sampling weights (empty: sizes**sampling_alpha)
+    sampling_alpha: float = 0.0  # several corpora: probability proportional to size**alpha (0: natural)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -85,78 +107,15 @@ class PipelineConfig:
             raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0 (0: fixed batch_size), got {self.max_tokens}")
+        if self.max_tokens and (self.batch_multiple < 1 or self.batch_multiple % self.shard_count):
+            raise ValueError(
+                f"batch_multiple={self.batch_multiple} must be a positive multiple of shard_count={self.shard_count} "
+                "(every process reads the same number of rows)"
+            )
         if self.label_length and not self.pad:
             raise ValueError("labelled batches must be padded (pad=True): cropping would cut transcripts")
-
-
-def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int, *, pad: bool) -> np.ndarray:
-    """The fixed set of batch lengths: int64 [<= num_buckets], geometric, from the shortest usable
-    length (min_sample_size, at least the receptive field) up to max_sample_size inclusive.
-
-    A single bucket is the one length every usable utterance fits: the shortest usable length when
-    cropping, max_sample_size when padding.
-    """
-    low = max(min_sample_size, audio.RECEPTIVE_FIELD)
-    if num_buckets == 1 or low == max_sample_size:
-        return np.asarray([max_sample_size if pad else low], np.int64)
-    lengths = np.round(np.geomspace(low, max_sample_size, num_buckets)).astype(np.int64)
-    lengths[0], lengths[-1] = low, max_sample_size  # exact ends despite float rounding
-    return np.unique(lengths)
-
-
-def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool, max_sample_size: int) -> np.ndarray:
-    """Bucket index per utterance, int64 [num_files]; -1 where none fits (shorter than buckets[0]).
-
-    Crop mode: the largest bucket length <= the length (the crop target). Pad mode: the smallest
-    bucket length >= min(length, max_sample_size) (the padded shape).
-    """
-    clipped = np.minimum(num_samples, max_sample_size)
-    if pad:
-        index = np.searchsorted(buckets, clipped, side="left")
-        return np.where(clipped >= buckets[0], index, -1)
-    return np.searchsorted(buckets, clipped, side="right") - 1
-
-
-class EpochPlanner:
-    """Global batches of one epoch: [num_batches] bucket ids and [num_batches, global_batch] rows.
-
-    members_per_bucket: manifest indices of the usable utterances of each bucket. Each epoch
-    shuffles every bucket, cuts it into full global batches (the remainder waits for another
-    epoch's shuffle) and shuffles the batch order.
-    """
-
-    def __init__(self, members_per_bucket: list[np.ndarray], global_batch_size: int, seed: int):
-        self._members = members_per_bucket
-        self._global_batch_size = global_batch_size
-        self._seed = seed
-        self.batches_per_epoch = sum(len(m) // global_batch_size for m in members_per_bucket)
-        # One (epoch, plan) tuple, replaced whole: grain's reader threads may plan epochs concurrently.
-        self._cache: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
-
-    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        cache = self._cache
-        if cache is not None and cache[0] == epoch:
-            return cache[1]
-        rng = np.random.default_rng([self._seed, _SHUFFLE_STREAM, epoch])
-        ids, rows = [], []
-        for bucket, members in enumerate(self._members):
-            count = len(members) // self._global_batch_size
-            shuffled = rng.permutation(members)[: count * self._global_batch_size]
-            ids.append(np.full(count, bucket, np.int64))
-            rows.append(shuffled.reshape(count, self._global_batch_size))
-        order = rng.permutation(self.batches_per_epoch)
-        plan = (np.concatenate(ids)[order], np.concatenate(rows)[order])
-        self._cache = (epoch, plan)
-        return plan
-
-    def bucket_members(self, bucket: int) -> np.ndarray:
-        return self._members[bucket]
-
-    def global_batch(self, number: int) -> tuple[int, np.ndarray]:
-        """(bucket id, manifest indices [global_batch]) of global batch ``number`` (0-based, all epochs)."""
-        ids, rows = self.epoch(number // self.batches_per_epoch)
-        position = number % self.batches_per_epoch
-        return int(ids[position]), rows[position]
 
 
 class _BatchDataset(grain.MapDataset):
@@ -205,8 +164,13 @@ class _BatchDataset(grain.MapDataset):
         conversions = (decoded.resampled, decoded.downmixed)
         detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
         expected = int(self._manifest.num_samples[index])
-        if decoded.samples.shape[0] != expected:
-            mismatch = f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz"
+        if decoded.resampled and decoded.source_frames == expected:
+            detail += f" (the manifest's {expected} is its frame count at {decoded.source_rate} Hz)"
+        elif decoded.samples.shape[0] != expected:
+            mismatch = (
+                f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz "
+                f"({decoded.source_frames} at its {decoded.source_rate} Hz)"
+            )
             return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
         return decoded.samples, (index, "", detail, *conversions)
 
@@ -214,12 +178,13 @@ class _BatchDataset(grain.MapDataset):
         config = self._config
         bucket, members = self._planner.global_batch(number)
         length = int(self._buckets[bucket])
-        first_row = config.shard_index * config.batch_size
-        input_values = np.zeros((config.batch_size, length), np.float32)
-        attention_mask = np.zeros((config.batch_size, length), np.int32)
-        label_rows = [np.zeros(0, np.int32)] * config.batch_size
+        rows = len(members) // config.shard_count
+        first_row = config.shard_index * rows
+        input_values = np.zeros((rows, length), np.float32)
+        attention_mask = np.zeros((rows, length), np.int32)
+        label_rows = [np.zeros(0, np.int32)] * rows
         report = []
-        for slot, row in enumerate(range(first_row, first_row + config.batch_size)):
+        for slot, row in enumerate(range(first_row, first_row + rows)):
             samples, outcome = self._read_row(int(members[row]))
             report.append(outcome)
             if samples is None:
@@ -254,14 +219,17 @@ def _close_grain(holder: dict[str, Any]) -> None:
 
 
 class TrainIterator:
-    """Yields {"input_values": float32 [batch_size, S], "attention_mask": int32 [batch_size, S]}
-    forever (or for num_epochs).
+    """Yields {"input_values": float32 [rows, S], "attention_mask": int32 [rows, S]} forever (or for
+    num_epochs).
 
-    S is one of ``bucket_lengths``. A row whose file turns out unusable is refilled with another
-    utterance of its bucket (see MAX_REPLACEMENT_DRAWS); the other rows are unaffected. Checkpoint
-    with get_state() (a JSON-serialisable dict) and set_state(); per-reason bad-file counts in
-    skip_counts(), conversions in conversion_counts(), a one-line summary() for the end of the run.
-    close() stops the workers (also done at garbage collection and interpreter exit).
+    S is one of ``bucket_lengths``; rows is this process's share of the bucket's global batch
+    (``global_batch_sizes``: the same in every bucket unless a token budget sets them). A row whose
+    file turns out unusable is refilled with another utterance of its bucket (see
+    MAX_REPLACEMENT_DRAWS); the other rows are unaffected. Checkpoint with get_state() (a
+    JSON-serialisable dict) and set_state(), or restore_global() with every process's state;
+    per-reason bad-file counts in skip_counts(), conversions in conversion_counts(), a one-line
+    summary() for the end of the run. close() stops the workers (also at garbage collection and
+    interpreter exit).
     """
 
     def __init__(
@@ -273,6 +241,7 @@ class TrainIterator:
         strict: bool,
         max_skip_fraction: float,
         labels: LabelSet | None = None,
+        corpora: Sequence[tuple[str, int]] = (),
     ):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -294,7 +263,22 @@ class TrainIterator:
             max_skip_fraction=max_skip_fraction,
         )
         self._fingerprint = manifest.fingerprint()
-        self._planner = EpochPlanner(self._usable_members(), config.batch_size * config.shard_count, config.seed)
+        self.lengths_16k = lengths_at_16k(manifest)  # int64 [num_files], rows at other rates converted
+        self.global_batch_sizes = global_batch_sizes(
+            self.buckets,
+            batch_size=config.batch_size,
+            shard_count=config.shard_count,
+            max_tokens=config.max_tokens,
+            batch_multiple=config.batch_multiple,
+        )
+        # Several corpora: (name, rows) each, their rows consecutive in the manifest.
+        self.corpus_names = [name for name, _ in corpora]
+        self._corpus_of = np.repeat(np.arange(len(corpora)), [rows for _, rows in corpora]).astype(np.int64)
+        if corpora and len(self._corpus_of) != len(manifest):
+            raise ValueError(f"the corpora have {len(self._corpus_of)} rows in all, the manifest {len(manifest)}")
+        members = self._usable_members()
+        self._planner = EpochPlanner(members, self.global_batch_sizes, config.seed, self._corpus_strata(members))
+        self._corpus_rows = np.zeros(len(corpora), np.int64)  # global rows planned so far, per corpus
         self._next_batch = 0
         # The grain iterator lives in a holder that a finalizer closes at garbage collection or interpreter
         # exit, whichever comes first: grain's own cleanup fails once module teardown has begun.
@@ -302,8 +286,9 @@ class TrainIterator:
         weakref.finalize(self, _close_grain, self._grain)
 
     def _usable_members(self) -> list[np.ndarray]:
-        """Records files known bad from the manifest alone, returns the rest grouped by bucket."""
-        config, lengths = self.config, self.manifest.num_samples
+        """Records files known bad from the manifest alone, returns the rest grouped by bucket (by
+        their 16 kHz lengths: a row written at its file's own rate is converted from the header)."""
+        config, lengths = self.config, self.lengths_16k
         usable = np.ones(len(lengths), bool)
         for index, (reason, detail) in sorted(self.manifest.known_bad.items()):
             self._tracker.record(index, reason=reason, detail=detail)
@@ -339,33 +324,85 @@ class TrainIterator:
             label_usable = np.zeros(len(lengths), bool)
             label_usable[self.labels.usable_indices()] = True
             usable &= label_usable  # the label set logged and counts its own skips
+        self.num_usable = int(usable.sum())  # utterances a batch may read
         bucket_of = assign_buckets(lengths, self.buckets, pad=config.pad, max_sample_size=config.max_sample_size)
         members = [np.flatnonzero(usable & (bucket_of == b)) for b in range(len(self.buckets))]
-        global_batch = config.batch_size * config.shard_count
-        batches = sum(len(m) // global_batch for m in members)
+        sizes = self.global_batch_sizes.tolist()
+        batches = sum(len(m) // size for m, size in zip(members, sizes))
         if batches == 0:
             raise ValueError(
-                f"{self.manifest.source}: no length bucket holds a full global batch of {global_batch} "
-                f"usable utterances (bucket sizes {[len(m) for m in members]} for lengths "
-                f"{self.buckets.tolist()}); lower batch_size or num_buckets"
+                f"{self.manifest.source}: no length bucket holds a full global batch of "
+                f"{sizes[0] if len(set(sizes)) == 1 else sizes} usable utterances (bucket sizes "
+                f"{[len(m) for m in members]} for lengths {self.buckets.tolist()}); lower the batch size (or "
+                "max_tokens) or num_buckets"
             )
-        unused = sum(len(m) for m in members if len(m) < global_batch)
+        unused = sum(len(m) for m, size in zip(members, sizes) if len(m) < size)
         if unused:
             logger.warning(
-                "%d utterances sit in buckets with fewer than %d (one global batch) and are never "
+                "%d utterances sit in buckets with fewer than one global batch (%s rows) and are never "
                 "used; lower num_buckets to use them",
                 unused,
-                global_batch,
+                sizes,
             )
         logger.info(
-            "%s: %d usable utterances, %d batches of %d per epoch, lengths %s",
+            "%s: %d usable utterances, %d global batches per epoch, %s",
             self.manifest.source,
             int(usable.sum()),
             batches,
-            global_batch,
-            self.buckets.tolist(),
+            self.describe_batches(),
         )
         return members
+
+    def _corpus_strata(self, members: list[np.ndarray]) -> list[list[tuple[np.ndarray, int]]] | None:
+        """Per bucket, each corpus's members and how many an epoch draws: every corpus's buckets
+        scaled by one factor, so that its share of an epoch is its sampling probability."""
+        if len(self.corpus_names) < 2:
+            return None
+        config = self.config
+        usable = np.concatenate(members)
+        sizes = np.bincount(self._corpus_of[usable], minlength=len(self.corpus_names))
+        if not sizes.all():
+            empty = [n for n, size in zip(self.corpus_names, sizes) if not size]
+            raise ValueError(f"corpora without usable utterances: {empty}")
+        self.corpus_probabilities = corpus_probabilities(sizes, config.corpus_weights, config.sampling_alpha)
+        factors = self.corpus_probabilities * sizes.sum() / sizes
+        strata = []
+        for bucket_members in members:
+            of = self._corpus_of[bucket_members]
+            strata.append(
+                [(bucket_members[of == i], int(round(f * np.sum(of == i)))) for i, f in enumerate(factors.tolist())]
+            )
+        logger.info(
+            "corpora sampled %s",
+            ", ".join(
+                f"{name}: {size} utterances, p={p:.3f} (x{f:.2f})"
+                for name, size, p, f in zip(self.corpus_names, sizes.tolist(), self.corpus_probabilities, factors)
+            ),
+        )
+        return strata
+
+    def corpus_shares(self) -> dict[str, float]:
+        """Share of the rows planned so far that came from each corpus (empty with one corpus)."""
+        total = max(int(self._corpus_rows.sum()), 1)
+        return {name: float(rows) / total for name, rows in zip(self.corpus_names, self._corpus_rows.tolist())}
+
+    def describe_batches(self) -> str:
+        """The batch sizes in words: fixed, or the token budget's rows per bucket length."""
+        lengths = self.buckets.tolist()
+        if self.config.max_tokens == 0:
+            return f"{int(self.global_batch_sizes[0])} rows per global batch, lengths {lengths}"
+        per_bucket = ", ".join(f"{n} x {length}" for n, length in zip(self.global_batch_sizes.tolist(), lengths))
+        return (
+            f"token budget max_tokens={self.config.max_tokens}: global batches (rows x samples) {per_bucket}; "
+            f"one compile per bucket"
+        )
+
+    def rows_for_length(self, length: int) -> int:
+        """Rows of a global batch whose samples are ``length`` long (a bucket length)."""
+        matches = np.flatnonzero(self.buckets == length)
+        if len(matches) != 1:
+            raise ValueError(f"{length} samples is not one of the bucket lengths {self.buckets.tolist()}")
+        return int(self.global_batch_sizes[matches[0]])
 
     @property
     def batches_per_epoch(self) -> int:
@@ -384,9 +421,15 @@ class TrainIterator:
 
     def planned_files(self, batch_number: int) -> np.ndarray:
         """Manifest indices this process's rows of global batch ``batch_number`` are planned to read
-        (before replacing unusable files): int64 [batch_size]. For tests and debugging a batch."""
-        first_row = self.config.shard_index * self.config.batch_size
-        return self._planner.global_batch(batch_number)[1][first_row : first_row + self.config.batch_size]
+        (before replacing unusable files): int64 [rows]. For tests and debugging a batch."""
+        return self.planned_batch(batch_number)[1]
+
+    def planned_batch(self, batch_number: int) -> tuple[int, np.ndarray]:
+        """(length in samples, ``planned_files``) of global batch ``batch_number``, read from the plan
+        alone (nothing is decoded): what batching reports measure."""
+        bucket, members = self._planner.global_batch(batch_number)
+        rows = len(members) // self.config.shard_count
+        return int(self.buckets[bucket]), members[self.config.shard_index * rows : (self.config.shard_index + 1) * rows]
 
     def _grain_iterator(self):
         if self._grain["iterator"] is None:
@@ -411,6 +454,9 @@ class TrainIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         element = next(self._grain_iterator())
+        if self.corpus_names:
+            planned = self._planner.global_batch(self._next_batch)[1]
+            self._corpus_rows += np.bincount(self._corpus_of[planned], minlength=len(self.corpus_names))
         self._next_batch += 1
         for index, reason, detail, resampled, downmixed in element["report"]:
             self._tracker.record(index, reason=reason or None, detail=detail, resampled=resampled, downmixed=downmixed)
@@ -428,11 +474,38 @@ class TrainIterator:
             "manifest_fingerprint": self._fingerprint,
             "num_files": len(self.manifest),
             "config": dataclasses.asdict(self.config),
+            "global_batch_sizes": self.global_batch_sizes.tolist(),
+            "corpus_rows": self._corpus_rows.tolist(),
             "file_status": self._tracker.state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from ``state``; refuses a state from another manifest or batch configuration."""
+        self.restore_global([state] * self.config.shard_count)
+
+    def restore_global(self, states: Sequence[dict[str, Any]]) -> None:
+        """Continues from the states of every process of a run on any number of processes.
+
+        The position is global (the next global batch, the same in every state), so a run on
+        another number of processes continues with the batches an uninterrupted run on this one
+        would read. This process takes over the bad-file bookkeeping of the old processes ``j`` with
+        ``j % shard_count == shard_index``, so the counts summed over processes carry over. Refuses
+        states of another manifest, another batch configuration or another global batch.
+        """
+        for state in states:
+            self._check_compatible(state)
+        positions = {int(state["next_batch"]) for state in states}
+        if len(positions) != 1:
+            raise ValueError(f"the processes' data states disagree on the next global batch: {sorted(positions)}")
+        mine = [
+            s["file_status"] for j, s in enumerate(states) if j % self.config.shard_count == self.config.shard_index
+        ]
+        self._tracker.set_state(skips.merge_states(mine, len(self.manifest)))
+        self.close()
+        self._next_batch = positions.pop()
+        self._corpus_rows = np.asarray(states[0].get("corpus_rows", [0] * len(self.corpus_names)), np.int64)
+
+    def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a {STATE_FORMAT} state: format={state.get('format')!r}")
         if state["manifest_fingerprint"] != self._fingerprint:
@@ -442,14 +515,22 @@ class TrainIterator:
                 f"{state['manifest_fingerprint'][:12]} then, {self._fingerprint[:12]} now): "
                 "resuming would not replay the same batches"
             )
-        current = dataclasses.asdict(self.config)
-        changed = {k: (state["config"].get(k), v) for k, v in current.items() if state["config"].get(k) != v}
+        saved = state["config"]
+        then_sizes = state.get("global_batch_sizes", [saved["batch_size"] * saved["shard_count"]] * len(self.buckets))
+        if then_sizes != self.global_batch_sizes.tolist():
+            raise ValueError(
+                f"the global batch changed since this state was saved (rows per bucket {then_sizes} then, "
+                f"{self.global_batch_sizes.tolist()} now, for lengths {self.buckets.tolist()}): a resume keeps the "
+                "global batch; on another device or process count choose data.max_tokens (or train.batch_size) "
+                "that gives the same rows"
+            )
+        # As JSON holds them (tuples as lists), with the fields older states lack.
+        saved = {"max_tokens": 0, "corpus_weights": [], "sampling_alpha": 0.0} | json.loads(json.dumps(saved))
+        current = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples as the state's lists
+        changed = {k: (saved.get(k), v) for k, v in current.items() if k not in _TOPOLOGY_FIELDS and saved.get(k) != v}
         if changed:
             details = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changed.items())
             raise ValueError(f"the input pipeline's configuration changed since this state was saved ({details})")
-        self._tracker.set_state(state["file_status"])
-        self.close()
-        self._next_batch = int(state["next_batch"])
 
     def skip_counts(self) -> dict[str, int]:
         """Distinct skipped files per reason (every reason that applies present, zeros included); with
@@ -479,7 +560,7 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    manifest: str | os.PathLike | Manifest,
+    manifest: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
     *,
     batch_size: int,
     seed: int,
@@ -496,6 +577,10 @@ def make_train_iterator(
     num_buckets: int = 8,
     allow_outside_root: bool = False,
     labels: LabelSet | None = None,
+    max_tokens: int = 0,
+    batch_multiple: int = 1,
+    corpus_weights: Sequence[float] = (),
+    sampling_alpha: float = 0.0,
 ) -> TrainIterator:
     """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
 
@@ -506,6 +591,12 @@ def make_train_iterator(
     in background threads of this process). max_skip_fraction / strict: see ``skips``.
     num_epochs: None repeats forever. allow_outside_root: accept absolute or ``..`` manifest paths.
     labels: a ``LabelSet`` of the same manifest: batches gain ``labels`` (module docstring); needs pad.
+    max_tokens: a token budget, samples per global batch (0: fixed batch_size); batch_multiple: its
+    global rows are rounded down to a multiple of this (a multiple of shard_count).
+    Several corpora: ``manifest`` a list of manifests (or folders); each epoch draws from each with
+    probability proportional to ``corpus_weights`` or to its size**``sampling_alpha`` (XLS-R; 0:
+    natural proportions), a corpus above its share of the epoch being subsampled, one below it
+    repeated (``corpus_shares()`` says what was read).
     """
     config = PipelineConfig(
         batch_size=batch_size,
@@ -518,10 +609,32 @@ def make_train_iterator(
         shard_index=shard_index,
         shard_count=shard_count,
         num_epochs=num_epochs,
+        max_tokens=max_tokens,
+        batch_multiple=batch_multiple,
+        corpus_weights=tuple(float(w) for w in corpus_weights),
+        sampling_alpha=float(sampling_alpha),
         label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
-    if not isinstance(manifest, Manifest):
+    corpora = ()
+    if isinstance(manifest, list | tuple):
+        parts = [load_manifest(m, allow_outside_root=allow_outside_root) for m in manifest]
+        corpora = [(corpus_name(str(m), i), len(part)) for i, (m, part) in enumerate(zip(manifest, parts))]
+        manifest = concatenate_manifests(parts)
+    elif not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, allow_outside_root=allow_outside_root)
     return TrainIterator(
-        manifest, config, num_workers=num_workers, strict=strict, max_skip_fraction=max_skip_fraction, labels=labels
+        manifest,
+        config,
+        num_workers=num_workers,
+        strict=strict,
+        max_skip_fraction=max_skip_fraction,
+        labels=labels,
+        corpora=corpora,
     )
+
+
+def corpus_name(manifest: str, index: int) -> str:
+    """A corpus's name in the metrics: its manifest's file name without the extension, or its folder's
+    name, with the index when that is not a plain word (``data_share_<name>``)."""
+    stem = os.path.splitext(os.path.basename(os.path.normpath(manifest)))[0]
+    return stem if stem.replace("_", "").replace("-", "").isalnum() else f"corpus{index}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -155,10 +155,28 @@ class SkipTracker:
 
     def state(self) -> str:
         """JSON-friendly encoding of the per-file status (zlib + base64; tiny for clean corpora)."""
-        return base64.b64encode(zlib.compress(self._status.tobytes(), 9)).decode("ascii")
+        return _encode(self._status)
 
     def set_state(self, encoded: str) -> None:
-        status = np.frombuffer(zlib.decompress(base64.b64decode(encoded)), np.uint8)
-        if status.shape != self._status.shape:
-            raise ValueError(f"skip state covers {status.shape[0]} files, the manifest has {self._status.shape[0]}")
-        self._status = status.copy()
+        self._status = _decode(encoded, len(self._status)).copy()
+
+
+def _encode(status: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(status.tobytes(), 9)).decode("ascii")
+
+
+def _decode(encoded: str, num_files: int) -> np.ndarray:
+    status = np.frombuffer(zlib.decompress(base64.b64decode(encoded)), np.uint8)
+    if status.shape != (num_files,):
+        raise ValueError(f"skip state covers {status.shape[0]} files, the manifest has {num_files}")
+    return status
+
+
+def merge_states(states: Sequence[str], num_files: int) -> str:
+    """One ``SkipTracker.state()`` holding what each of ``states`` (trackers of the same manifest, e.g.
+    of several processes) knows of each file; no states: nothing known."""
+    status = np.zeros(num_files, np.uint8)
+    for encoded in states:
+        # A file's reason and conversions are the same whoever read it: the union of the bits.
+        status |= _decode(encoded, num_files)
+    return _encode(status)

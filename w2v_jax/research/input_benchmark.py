@@ -30,6 +30,8 @@ def measure_loader(
     pad: bool,
     max_sample_size: int,
     min_sample_size: int,
+    max_tokens: int = 0,
+    num_buckets: int = 8,
 ) -> dict[str, float]:
     """Start-up seconds (to the first `warmup` batches), audio-seconds and batches per second after them,
     and the batches' mean length in seconds."""
@@ -38,6 +40,8 @@ def measure_loader(
     with make_train_iterator(
         manifest,
         batch_size=batch_size,
+        max_tokens=max_tokens,
+        num_buckets=num_buckets,
         seed=0,
         num_workers=num_workers,
         pad=pad,
@@ -104,3 +108,102 @@ def loader_vs_train_step(
         f"ratio={result['audio_s_per_s'] / consumed:.1f}"
         for count, result in rates.items()
     ]
+
+
+def batching_report(
+    manifest: str | os.PathLike,
+    *,
+    batch_size: int,
+    max_tokens: int,
+    pad: bool,
+    max_sample_size: int,
+    min_sample_size: int,
+    num_buckets: int,
+    batch_multiple: int = 1,
+) -> dict[str, float]:
+    """One epoch's batches as planned (nothing decoded): how much of what the device computes is audio.
+
+    Returns:
+      batches and mean rows per batch; mean and max samples per batch (what a device must hold);
+      `audio_share`: real audio samples over the batches' samples (pad mode: the rest is padding;
+      crop mode: 1); `kept_share`: the cropped rows' samples over the utterances' samples (crop mode:
+      the rest is cut away; pad mode: utterances longer than max_sample_size lose their tail);
+      `budget_audio_share`: real audio over the sample budget, batches x the largest batch (what a
+      device must be sized for; under a token budget, at most max_tokens);
+      `utterances_used`: share of the usable utterances an epoch reads (bucket remainders wait);
+      `compiles`: distinct batch shapes.
+    """
+    iterator = make_train_iterator(
+        manifest,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        batch_multiple=batch_multiple,
+        seed=0,
+        num_workers=0,
+        pad=pad,
+        max_sample_size=max_sample_size,
+        min_sample_size=min_sample_size,
+        num_buckets=num_buckets,
+    )
+    rows, samples, audio_samples, utterance_samples, shapes = [], [], 0, 0, set()
+    for number in range(iterator.batches_per_epoch):
+        length, files = iterator.planned_batch(number)
+        true = iterator.lengths_16k[files]
+        kept = np.minimum(true, max_sample_size) if pad else np.full(len(files), length)
+        rows.append(len(files))
+        samples.append(len(files) * length)
+        audio_samples += int(kept.sum())
+        utterance_samples += int(true.sum())
+        shapes.add((len(files), length))
+    return {
+        "batches": len(rows),
+        "mean_rows": float(np.mean(rows)),
+        "mean_samples": float(np.mean(samples)),
+        "max_samples": float(np.max(samples)),
+        "audio_share": audio_samples / float(np.sum(samples)),
+        "kept_share": audio_samples / utterance_samples,
+        "budget_audio_share": audio_samples / (len(samples) * float(np.max(samples))),
+        "utterances_used": float(np.sum(rows)) / iterator.num_usable,
+        "compiles": len(shapes),
+    }
+
+
+def compare_batching(
+    manifest: str | os.PathLike,
+    *,
+    max_tokens: int,
+    batch_multiple: int,
+    pad: bool,
+    max_sample_size: int,
+    min_sample_size: int,
+    num_buckets: int,
+) -> list[str]:
+    """`batching_report` of a token budget beside fixed-count batches of the same mean rows (rounded
+    to `batch_multiple`): one line each."""
+    common = dict(
+        pad=pad,
+        max_sample_size=max_sample_size,
+        min_sample_size=min_sample_size,
+        num_buckets=num_buckets,
+        batch_multiple=batch_multiple,
+    )
+    budget = batching_report(manifest, batch_size=1, max_tokens=max_tokens, **common)
+    fixed_rows = max(batch_multiple, round(budget["mean_rows"] / batch_multiple) * batch_multiple)
+    fixed = batching_report(manifest, batch_size=fixed_rows, max_tokens=0, **common)
+    lines = []
+    for name, report in ((f"max_tokens={max_tokens}", budget), (f"batch_size={fixed_rows}", fixed)):
+        lines.append(
+            f"{'pad' if pad else 'crop'} {name}: {report['batches']} batches of {report['mean_rows']:.1f} rows, "
+            f"{report['mean_samples'] / 1e6:.2f}M samples on average, {report['max_samples'] / 1e6:.2f}M at most; "
+            f"audio {report['budget_audio_share']:.1%} of the sample budget (batches x the largest), "
+            f"{report['audio_share']:.1%} of the batches' samples, {report['kept_share']:.1%} of the utterances' "
+            f"audio kept; {report['utterances_used']:.1%} of the utterances read per epoch; "
+            f"{report['compiles']} compiles"
+        )
+    return lines
+
+
+def workers_per_gpu(audio_s_per_s: float, num_workers: int, gpu_rate: float) -> float:
+    """CPU workers one GPU needs to be fed `gpu_rate` audio-seconds per second, from a loader rate
+    measured with `num_workers` workers (0 = threads in the main process, counted as one)."""
+    return gpu_rate / (audio_s_per_s / max(num_workers, 1))

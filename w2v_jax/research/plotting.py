@@ -361,3 +361,35 @@ def ctc_alignment_figure(
     bottom.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_lm_sweep(grid: Sequence[Mapping[str, float]], metric: str, path: str | os.PathLike) -> None:
+    """Heat map of an error rate over the LM weight (rows) and word score (columns) of beam search.
+
+    Args:
+      grid: `evaluator.sweep_lm_weights`' "grid": {"lm_weight", "word_score", metric, ...} per pair.
+      metric: the error rate drawn ("wer", "cer", "per"); the best cell is outlined.
+      path: the PNG to write.
+    """
+    alphas = sorted({g["lm_weight"] for g in grid})
+    betas = sorted({g["word_score"] for g in grid})
+    values = np.full((len(alphas), len(betas)), np.nan)
+    for g in grid:
+        values[alphas.index(g["lm_weight"]), betas.index(g["word_score"])] = g[metric]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(betas), 1.0 + 0.5 * len(alphas)))
+    image = ax.imshow(values, cmap="viridis_r", aspect="auto")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2
+    for i, j in np.ndindex(values.shape):
+        color = "black" if values[i, j] < middle else "white"  # low rates are the light end of viridis_r
+        ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8, color=color)
+    best = np.unravel_index(np.nanargmin(values), values.shape)
+    ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("word score (beta)")
+    ax.set_ylabel("LM weight (alpha)")
+    ax.set_title(f"beam search {metric.upper()} (best outlined)", fontsize=10)
+    fig.colorbar(image, ax=ax, label=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

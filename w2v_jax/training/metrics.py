@@ -165,10 +165,29 @@ def plot_loss_curve(
 ) -> None:
     """Writes a PNG with one panel per `(metric, title)` against the step (default: pretraining's
     loss, contrastive accuracy and code perplexity): the training values, the validation values
-    (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them."""
+    (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them.
+    Steps whose record names failure conditions (`health`) are shaded red in every panel, and the
+    first panel names each condition where it starts."""
     fig = Figure(figsize=(4.5 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (name, title) in zip(axes, panels):
+    unhealthy = [(r["step"], r["health"]) for r in records if r.get("health")]
+    for index, (ax, (name, title)) in enumerate(zip(axes, panels)):
+        started = set()
+        for step, names in unhealthy:
+            ax.axvline(step, color="red", alpha=0.15, linewidth=3)
+            new = [n for n in names if n not in started]
+            if index == 0 and new:
+                ax.annotate(
+                    ", ".join(new),
+                    (step, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    color="red",
+                    fontsize=7,
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                )
+            started.update(names)
         for key, label in ((name, "train"), (f"valid_{name}", "valid"), (f"chance_{name}", "chance")):
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:

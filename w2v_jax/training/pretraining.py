@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import jax
@@ -102,6 +103,12 @@ def pretraining_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.Gra
     return optim.optimizer_from_train_config(train), hparams
 
 
+def token_batch_multiple(grad_accum_steps: int) -> int:
+    """What a token budget's global batch sizes are rounded to: every device gets the same rows of
+    every micro-batch (devices x accumulation steps), and every process the same rows."""
+    return math.lcm(jax.device_count() * grad_accum_steps, jax.process_count())
+
+
 def pretraining_evaluator(
     config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
 ) -> evaluation.PretrainingEvaluator:
@@ -140,9 +147,15 @@ class PretrainingTask:
         return state
 
     def data_iterator(self, config, *, batch_size, shard_index, shard_count):
+        manifests = list(config.data.train_manifests)
         return make_train_iterator(
-            config.data.train_manifest or str(default_manifest("train")),
+            manifests or config.data.train_manifest or str(default_manifest("train")),
+            corpus_weights=config.data.train_weights,
+            sampling_alpha=config.data.sampling_alpha,
             batch_size=batch_size,
+            max_tokens=config.data.max_tokens,
+            batch_multiple=token_batch_multiple(config.train.grad_accum_steps),
+            num_buckets=config.data.num_buckets,
             seed=config.train.seed,
             max_sample_size=config.data.max_sample_size,
             min_sample_size=config.data.min_sample_size,

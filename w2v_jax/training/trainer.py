@@ -43,23 +43,37 @@ from jax.experimental import multihost_utils
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.pipeline import TrainIterator
-from w2v_jax.training import distributed, evaluation, metrics, sharding, train_step
+from w2v_jax.training import distributed, evaluation, health, metrics, sharding, train_step
 from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
 from w2v_jax.training.pretraining import PretrainingTask
-from w2v_jax.training.workdir import CHECKPOINTS_DIR, WorkdirLock, prepare_config, start_metrics_file
+from w2v_jax.training.workdir import (
+    CHECKPOINTS_DIR,
+    ConfigChangedError,
+    WorkdirLock,
+    prepare_config,
+    start_metrics_file,
+)
 
 logger = logging.getLogger(__name__)
 
 # Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct")
+_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct", "num_frames", "num_blank_frames")
 # Metrics divided once over a logging window: sum(numerator) / sum(denominator).
-_RATIOS = {"accuracy": ("num_correct", "num_masked"), "chance_accuracy": ("chance_correct", "num_masked")}
+_RATIOS = {
+    "accuracy": ("num_correct", "num_masked"),
+    "chance_accuracy": ("chance_correct", "num_masked"),
+    "blank_fraction": ("num_blank_frames", "num_frames"),
+}
 # Counters that are states, not per-step values: the window keeps the last one.
 _LAST = ("nonfinite_total", "nonfinite_consecutive")
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+class UnhealthyRunError(TrainingDivergedError):
+    """`train.health = "stop"` and a failure condition holds (`health`); that step's checkpoint is saved."""
 
 
 def _precision_dtype(precision: str) -> jnp.dtype | None:
@@ -90,6 +104,14 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             f"train.eval_every must be 0 (off) or a multiple of train.log_every={t.log_every} (validation values "
             f"go into the record of a logged step), got {eval_every!r}"
         )
+    if t.get("health", "off") not in health.MODES:
+        raise ValueError(f"train.health must be one of {health.MODES}, got {t.health!r}")
+    if config.data.min_sample_size > config.data.max_sample_size:
+        raise ValueError(
+            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
+        )
+    if config.data.get("max_tokens", 0):
+        return  # the token budget's batch sizes are made divisible (`pretraining.token_batch_multiple`)
     num_devices = jax.device_count()
     if t.batch_size % (num_devices * t.grad_accum_steps):
         raise ValueError(
@@ -98,10 +120,6 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         )
     if t.batch_size % jax.process_count():
         raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the {jax.process_count()} processes")
-    if config.data.min_sample_size > config.data.max_sample_size:
-        raise ValueError(
-            f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
-        )
 
 
 def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,13 +297,17 @@ def _resume_or_start(run: _Run) -> None:
             start_metrics_file(run.workdir / metrics.METRICS_FILE)
         return
     latest, run.state, host = restored
-    process_count = jax.process_count()
-    if len(host["data_iterators"]) != process_count:
-        raise ValueError(
-            f"checkpoint {latest} in {run.checkpointer.directory} was written by {len(host['data_iterators'])} "
-            f"processes, this run has {process_count}: resume with the same number of processes"
+    # The data position is global: a run on another number of processes (or devices, with orbax
+    # resharding the state) continues where the saved run was, if the global batch is the same.
+    written_by = len(host["data_iterators"])
+    if written_by != jax.process_count():
+        logger.info(
+            "checkpoint %d was written by %d processes, this run has %d", latest, written_by, jax.process_count()
         )
-    run.data_iter.set_state(host["data_iterators"][jax.process_index()])
+    try:
+        run.data_iter.restore_global(host["data_iterators"])
+    except ValueError as error:
+        raise ConfigChangedError(f"checkpoint {latest} in {run.checkpointer.directory}: {error}") from None
     run.key_data = np.asarray(host["rng"], np.uint32)
     run.window = host["window"]
     if primary:
@@ -369,9 +391,10 @@ def _train_locked(
         smoothing=0,
     )
     outcome = {"step": start_step, "last_logged": {}, "last_valid": {}, "eval_seconds": 0.0}
+    monitor = _health_monitor(config, workdir_path, start_step)
     try:
         with _preemption_requests() as preemption:
-            _loop(run, start_step, writer, progress, preemption, outcome)
+            _loop(run, start_step, writer, progress, preemption, outcome, monitor)
     finally:
         progress.close()
         writer.close()
@@ -393,9 +416,31 @@ def _train_locked(
         "checkpoint_steps": checkpoint_steps,
         "data": run.data_iter.summary(),
     }
+    if monitor is not None:
+        summary["health"] = monitor.summary()
     if primary:
         logger.info("%s", format_summary(summary, workdir_path, task))
     return summary
+
+
+def _health_monitor(
+    config: ml_collections.ConfigDict, workdir_path: pathlib.Path, start_step: int
+) -> health.HealthMonitor | None:
+    """The failure detectors of `train.health` (None when "off"), having seen the records a
+    resumed run kept (every process reads them, so all agree on a stop)."""
+    t = config.train
+    if t.get("health", "off") == "off":
+        return None
+    monitor = health.HealthMonitor(
+        num_groups=config.get("model", {}).get("num_codevector_groups"),
+        # CTC's first updates (and those of a frozen encoder) are all blank by design.
+        all_blank_after=max(t.get("warmup_steps", 0), t.get("freeze_finetune_updates", 0)),
+        window=t.get("health_window", 3),
+    )
+    path = workdir_path / metrics.METRICS_FILE
+    if start_step and path.exists():
+        monitor.replay([r for r in metrics.read_metrics(path) if r["step"] <= start_step])
+    return monitor
 
 
 def _loop(
@@ -405,6 +450,7 @@ def _loop(
     progress: tqdm.tqdm,
     preemption: dict[str, bool],
     outcome: dict[str, Any],
+    monitor: health.HealthMonitor | None,
 ) -> None:
     """The updates from `start_step` to `train.num_steps` (or a preemption); logged records,
     validation and checkpoints on their schedules. `outcome` holds the step reached and the last
@@ -419,10 +465,12 @@ def _loop(
     while step < t.num_steps:
         # --- one update ---
         local = next(run.data_iter)
-        train_step.check_batch(local, t.batch_size // process_count)
+        # One batch size, or with a token budget one per bucket length (one compile each).
+        rows = run.data_iter.rows_for_length(local["input_values"].shape[1])
+        train_step.check_batch(local, rows // process_count)
         window.audio_seconds += float(np.sum(local["attention_mask"])) * process_count / SAMPLE_RATE
         batch = {
-            k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (t.batch_size, *v.shape[1:]))
+            k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (rows, *v.shape[1:]))
             for k, v in local.items()
         }
         compiled_before = run.step_fn.compile_seconds
@@ -450,6 +498,7 @@ def _loop(
             run.window = window.steps
             skips = distributed.allgather_json(run.data_iter.skip_counts())  # each process sees its rows
             record.update({f"data_skipped_{k}": sum(p[k] for p in skips) for k in skips[0]})
+            record.update({f"data_share_{k}": v for k, v in run.data_iter.corpus_shares().items()})
             if run.evaluator is not None and step % eval_every == 0:
                 eval_start = time.perf_counter()
                 values = run.evaluator(run.state, step)
@@ -457,8 +506,19 @@ def _loop(
                 outcome["last_valid"] = {"step": step, **values}
                 outcome["eval_seconds"] += time.perf_counter() - eval_start
                 _exclude_from_eta(progress, time.perf_counter() - eval_start)
+            findings = [] if monitor is None else monitor.observe({"step": step, **record})
+            if findings:
+                record[health.RECORD_FIELD] = [f.name for f in findings]
+                for finding in findings:
+                    if finding.started:
+                        logger.warning("%s", finding.line(step))
             writer.write(step, record)
             outcome["last_logged"] = {"step": step, **record}
+            if findings and t.get("health") == "stop":
+                run.save(step)
+                run.checkpointer.wait()
+                saved = f"checkpoint {step} saved in {run.checkpointer.directory}"
+                raise UnhealthyRunError(f"train.health=stop: {findings[0].line(step)}; {saved}")
             last_valid = outcome["last_valid"]
             postfix = {
                 label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record
@@ -499,4 +559,6 @@ def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Ta
         f"validation {summary['eval_seconds']:.1f} s"
     )
     lines.append(f"  data: {summary['data']}")
+    if "health" in summary:
+        lines.append(f"  health: {summary['health']}")
     return "\n".join(lines)

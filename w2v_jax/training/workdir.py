@@ -63,6 +63,8 @@ RESUMABLE_FIELDS = frozenset(
         "train.eval_every",
         "train.async_checkpointing",
         "train.max_consecutive_nonfinite",
+        "train.health",
+        "train.health_window",
         "data.num_workers",
         "data.strict",
         "data.max_skip_fraction",
