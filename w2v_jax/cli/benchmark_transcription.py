@@ -3,29 +3,34 @@
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=boundaries
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini_phn --labels=phn --measure=boundaries
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=long_form
+    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=long_form --decoder=beam \
+        --lm=w2v_jax/data/corpus/lm/train_3gram.arpa --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=masked
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=pipeline
     python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=memory
 
 `boundaries`: median and 90th-percentile boundary error (ms) of the forced alignment of the
 manifest's transcripts against the corpus's gold word (letters) or phone (`--labels=phn`) boundaries.
-`long_form`: CER of long recordings (`--per_recording` utterances joined with pauses) transcribed in
-chunks, against the same utterances transcribed alone. `masked`: seconds of transcription and
-`model.features`, each utterance alone against padded batches with the masked group norm.
+`long_form`: CER and WER of long recordings (`--per_recording` utterances joined with pauses)
+transcribed in chunks, against the same utterances transcribed alone; greedy, or `--decoder=beam`
+with an LM. `masked`: seconds of transcription and `model.features`, each utterance alone against
+padded batches with the masked group norm.
 `pipeline`: audio-seconds per second of `transcribe` against transformers' ASR pipeline on the same
 exported model and files. `memory`: peak resident memory of a process transcribing a 1-minute
 and a 10-minute recording in chunks. Default manifest: the embedded corpus's valid split.
 All logic: `w2v_jax.research.transcription_benchmark`.
 """
 
+import functools
 import json
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 from absl import app, flags
 
+from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
-from w2v_jax.cli import launch
+from w2v_jax.cli import beam_search_options, define_beam_search_flags, launch
 from w2v_jax.data import default_manifest
 from w2v_jax.research import transcription_benchmark as bench
 
@@ -50,6 +55,10 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "per_recording", 5, "long_form: utterances joined into one recording.", flag_values=fv
         ),
         chunk_s=flags.DEFINE_float("chunk_s", 20.0, "long_form: chunk length, seconds.", flag_values=fv),
+        decoder=flags.DEFINE_enum(
+            "decoder", "greedy", DECODERS, "long_form: greedy, or beam search (--lm, --lexicon).", flag_values=fv
+        ),
+        **define_beam_search_flags(fv),
     )
 
 
@@ -67,6 +76,13 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             per_recording=args.per_recording.value,
             chunk_s=args.chunk_s.value,
             batch_size=args.batch_size.value,
+            decoder=functools.partial(
+                make_decoder,
+                decoder=args.decoder.value,
+                lm=args.lm.value,
+                lexicon=args.lexicon.value,
+                options=beam_search_options(args, args.lm_weight.value, args.word_score.value),
+            ),
         )
     elif measure == "masked":
         record = bench.masked_speedup(checkpoint, manifest, args.batch_size.value)

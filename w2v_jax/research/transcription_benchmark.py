@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from w2v_jax.asr import timestamps
-from w2v_jax.asr.decoding import SEPARATORS
+from w2v_jax.asr.decoding import SEPARATORS, CTCDecoder
 from w2v_jax.asr.error_rates import error_rate_metrics
 from w2v_jax.asr.transcription import model_forward, transcribe
 from w2v_jax.checkpoints.hf import save_hf_checkpoint
@@ -26,6 +26,7 @@ from w2v_jax.data import audio
 from w2v_jax.data.labels import letters_to_words, normalize_text, read_label_tokens
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.utterances import read_metadata
+from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.reference import import_reference
 from w2v_jax.representations import EncoderModel, extract_representations
 
@@ -106,24 +107,32 @@ def chunked_against_alone(
     pause_s: float = 0.5,
     chunk_s: float = 20.0,
     batch_size: int = 8,
+    decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
 ) -> dict[str, float]:
-    """CER of long recordings (utterances joined with pauses) transcribed in chunks, against the CER of
-    the same utterances transcribed alone and joined (letter models)."""
+    """CER and WER of long recordings (utterances joined with pauses) transcribed in chunks, against
+    those of the same utterances transcribed alone and joined (letter models); greedy unless `decoder`
+    (built from the checkpoint's vocabulary, e.g. beam search with an LM)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint)
+    utterance_decoder = decoder(vocabulary) if decoder is not None else None
     files, raw = _split(manifest_path, normalize=False)
     references = [letters_to_words(t) for t in read_label_tokens(manifest_path, "ltr", len(files))]
     # Normalised per recording, as a user's long file is.
     recordings, texts = long_recordings(raw, references, per_recording, pause_s)
     recordings = [audio.normalize(r) if normalize else r for r in recordings]
-    alone = transcribe(model, [audio.normalize(w) if normalize else w for w in raw], vocabulary, batch_size)
+    alone = transcribe(
+        model, [audio.normalize(w) if normalize else w for w in raw], vocabulary, batch_size, "", utterance_decoder
+    )
     used = len(recordings) * per_recording
     joined = [" ".join(alone[b : b + per_recording]) for b in range(0, used, per_recording)]
-    chunked = transcribe(model, recordings, vocabulary, batch_size, chunk_s=chunk_s)
+    chunked = transcribe(model, recordings, vocabulary, batch_size, "", utterance_decoder, chunk_s=chunk_s)
+    scores = {
+        name: error_rate_metrics(texts, hypotheses, "ltr")
+        for name, hypotheses in (("chunked", chunked), ("alone", joined))
+    }
     return {
         "recordings": len(recordings),
         "mean_recording_s": float(np.mean([len(r) for r in recordings]) / audio.SAMPLE_RATE),
-        "cer_chunked": error_rate_metrics(texts, chunked, "ltr")["cer"],
-        "cer_alone": error_rate_metrics(texts, joined, "ltr")["cer"],
+        **{f"{metric}_{name}": value for name, values in scores.items() for metric, value in values.items()},
     }
 
 
