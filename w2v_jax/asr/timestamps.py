@@ -23,7 +23,14 @@ import numpy as np
 from w2v_jax.asr import alignment, long_form
 from w2v_jax.asr.alignment import Segment
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
-from w2v_jax.asr.transcription import BadFile, load_readable, model_forward, padded_batches, read_inputs
+from w2v_jax.asr.transcription import (
+    BadFile,
+    load_readable,
+    long_recording_logits,
+    model_forward,
+    padded_batches,
+    read_inputs,
+)
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
 from w2v_jax.data.labels import letters_to_words, read_label_tokens
@@ -52,24 +59,9 @@ def recording_logits(
     """Each waveform's logits `[frames, vocab]`: recordings longer than `chunk_s` in chunks
     (`long_form.stitched_logits`), the others whole in padded batches, as `transcription.transcribe`."""
     forward = model_forward(model)
-    stride = model.wav2vec2.feature_extractor.total_stride
     results: list[np.ndarray | None] = [None] * len(waveforms)
-    if chunk_s is not None:
-        chunk, overlap = long_form.chunk_samples(
-            chunk_s, stride_s, sample_rate=audio.SAMPLE_RATE, frame_stride=stride, receptive_field=audio.RECEPTIVE_FIELD
-        )
-        for index, waveform in enumerate(waveforms):
-            if len(waveform) > chunk:
-                results[index] = long_form.stitched_logits(
-                    forward,
-                    waveform,
-                    chunk=chunk,
-                    stride=overlap,
-                    batch_size=batch_size,
-                    frame_stride=stride,
-                    num_frames=model.num_frames,
-                    receptive_field=audio.RECEPTIVE_FIELD,
-                )
+    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
+        results[index] = logits
     short = [i for i, r in enumerate(results) if r is None]
     if short:
         batches = padded_batches(

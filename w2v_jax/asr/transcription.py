@@ -153,27 +153,8 @@ def transcribe(
     decoder = decoder or GreedyDecoder(vocabulary, separator)
     forward = model_forward(model)
     texts: list[str | None] = [None] * len(waveforms)
-    if chunk_s is not None:
-        frame_stride = model.wav2vec2.feature_extractor.total_stride
-        chunk, stride = long_form.chunk_samples(
-            chunk_s,
-            stride_s,
-            sample_rate=audio.SAMPLE_RATE,
-            frame_stride=frame_stride,
-            receptive_field=audio.RECEPTIVE_FIELD,
-        )
-        for index in [i for i, w in enumerate(waveforms) if len(w) > chunk]:
-            logits = long_form.stitched_logits(
-                forward,
-                waveforms[index],
-                chunk=chunk,
-                stride=stride,
-                batch_size=batch_size,
-                frame_stride=frame_stride,
-                num_frames=model.num_frames,
-                receptive_field=audio.RECEPTIVE_FIELD,
-            )
-            texts[index] = decoder.decode(logits, len(logits)).text
+    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
+        texts[index] = decoder.decode(logits, len(logits)).text
     short = [i for i in range(len(waveforms)) if texts[i] is None]
     if short:
         whole = transcribe_waveforms(
@@ -189,6 +170,42 @@ def transcribe(
         for index, text in zip(short, whole):
             texts[index] = text
     return texts
+
+
+def long_recording_logits(
+    model: Wav2Vec2ForCTC,
+    forward: Forward,
+    waveforms: Sequence[np.ndarray],
+    batch_size: int,
+    chunk_s: float | None,
+    stride_s: float | None,
+) -> dict[int, np.ndarray]:
+    """The stitched logits `[frames, vocab]` (`long_form.stitched_logits`) of each waveform longer than
+    `chunk_s` seconds, by index; none when `chunk_s` is None."""
+    if chunk_s is None:
+        return {}
+    frame_stride = model.wav2vec2.feature_extractor.total_stride
+    chunk, stride = long_form.chunk_samples(
+        chunk_s,
+        stride_s,
+        sample_rate=audio.SAMPLE_RATE,
+        frame_stride=frame_stride,
+        receptive_field=audio.RECEPTIVE_FIELD,
+    )
+    return {
+        index: long_form.stitched_logits(
+            forward,
+            waveform,
+            chunk=chunk,
+            stride=stride,
+            batch_size=batch_size,
+            frame_stride=frame_stride,
+            num_frames=model.num_frames,
+            receptive_field=audio.RECEPTIVE_FIELD,
+        )
+        for index, waveform in enumerate(waveforms)
+        if len(waveform) > chunk
+    }
 
 
 def read_inputs(paths: Sequence[str | os.PathLike], *, strict: bool = True) -> list[pathlib.Path]:

@@ -31,6 +31,7 @@ import tqdm
 from absl import app, flags
 
 from w2v_jax.asr.beam_search import BeamSearchOptions
+from w2v_jax.asr.long_form import DEFAULT_CHUNK_S
 from w2v_jax.configs import resolve_argv, unknown_field_message
 from w2v_jax.research import probes
 from w2v_jax.training import host_memory, workdir
@@ -157,6 +158,23 @@ def define_probe_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHol
         "probe_steps": flags.DEFINE_integer(
             "probe_steps", 300, "Adam iterations of each linear probe.", flag_values=flag_values
         ),
+    }
+
+
+def define_long_form_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHolder]:
+    """`--chunk_s`, `--stride_s` (`asr.long_form`) and `--strict` of the launchers that read many audio files."""
+    fv = flag_values
+    return {
+        "chunk_s": flags.DEFINE_float(
+            "chunk_s", DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
+        ),
+        "stride_s": flags.DEFINE_float(
+            "stride_s",
+            None,
+            "Overlap on each side of a chunk, seconds (default: a sixth of --chunk_s).",
+            flag_values=fv,
+        ),
+        "strict": flags.DEFINE_bool("strict", False, "Stop at the first unreadable file.", flag_values=fv),
     }
 
 

@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.asr import long_form, timestamps
+from w2v_jax.asr import timestamps
 from w2v_jax.asr.decoding import SEPARATORS
-from w2v_jax.cli import BadFiles, launch
+from w2v_jax.cli import BadFiles, define_long_form_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -50,16 +50,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             flag_values=fv,
         ),
         batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances (or chunks) per forward pass.", flag_values=fv),
-        chunk_s=flags.DEFINE_float(
-            "chunk_s", long_form.DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
-        ),
-        stride_s=flags.DEFINE_float(
-            "stride_s",
-            None,
-            "Overlap on each side of a chunk, seconds (default: a sixth of --chunk_s).",
-            flag_values=fv,
-        ),
-        strict=flags.DEFINE_bool("strict", False, "Stop at the first unreadable file.", flag_values=fv),
+        **define_long_form_flags(fv),
     )
 
 

@@ -32,11 +32,11 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.asr import long_form, timestamps
+from w2v_jax.asr import timestamps
 from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import BadFiles, beam_search_options, define_beam_search_flags, launch
+from w2v_jax.cli import BadFiles, beam_search_options, define_beam_search_flags, define_long_form_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -62,16 +62,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "decoder", "greedy", DECODERS, "greedy, or beam search (with --lm, --lexicon).", flag_values=fv
         ),
         **define_beam_search_flags(fv),
-        chunk_s=flags.DEFINE_float(
-            "chunk_s", long_form.DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
-        ),
-        stride_s=flags.DEFINE_float(
-            "stride_s",
-            None,
-            "Overlap on each side of a chunk, seconds (default: a sixth of --chunk_s).",
-            flag_values=fv,
-        ),
-        strict=flags.DEFINE_bool("strict", False, "Stop at the first unreadable file.", flag_values=fv),
+        **define_long_form_flags(fv),
         timestamps=flags.DEFINE_enum(
             "timestamps",
             None,
