@@ -1,5 +1,6 @@
-"""The transcribe and align launchers in this process on a tiny saved CTC model: unreadable files among
-good ones, a damaged model, timestamps as JSON lines, forced alignment of a manifest's transcripts."""
+"""The transcribe, align and evaluate launchers in this process on a tiny saved CTC model: unreadable
+files among good ones, a damaged model, timestamps as JSON lines, forced alignment of a manifest's
+transcripts."""
 
 import json
 
@@ -12,10 +13,10 @@ from flax import nnx
 from tests.support.corpus import make_corpus
 from tests.support.launchers import run_main
 from w2v_jax.checkpoints.folder import PARAMS_FILE, save_checkpoint
-from w2v_jax.cli import align, transcribe
+from w2v_jax.cli import align, evaluate, transcribe
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.labels import label_path
-from w2v_jax.data.manifest import read_manifest
+from w2v_jax.data.manifest import read_manifest, write_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
 
@@ -103,3 +104,22 @@ def test_align_writes_the_transcripts_words_as_json_and_ctm(checkpoint, corpus, 
     assert len(ctm) == sum(len(t.split()) for t in TRANSCRIPTS)
     first = records[0]["segments"][0]
     assert ctm[0] == ["en_0", "1", f"{first['start']:.3f}", f"{first['end'] - first['start']:.3f}", "ab", ctm[0][5]]
+
+
+def test_evaluate_leaves_unreadable_files_out_and_counts_them(checkpoint, corpus, tmp_path, capsys):
+    manifest = read_manifest(corpus)
+    (tmp_path / "broken.flac").write_bytes(b"\0" * 300)
+    for i in range(3):
+        (tmp_path / manifest.paths[i]).write_bytes(manifest.file_path(i).read_bytes())
+    paths = [manifest.paths[0], "broken.flac", manifest.paths[1], manifest.paths[2]]
+    write_manifest(
+        tmp_path / "small.tsv", tmp_path, paths, [manifest.num_samples[0], 32000, *manifest.num_samples[1:3]]
+    )
+    label_path(tmp_path / "small.tsv", "wrd").write_text("ab cd\nbad\ne\ndea b\n", encoding="utf-8")
+    argv = [f"--checkpoint={checkpoint}", f"--manifest={tmp_path / 'small.tsv'}", f"--output={tmp_path / 'eval'}"]
+    with pytest.raises(SystemExit, match=r"^1 unreadable file skipped"):
+        run_main(evaluate, argv)
+    assert capsys.readouterr().err.startswith(f"{tmp_path / 'broken.flac'}: unreadable")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_utterances"] == 3
+    with pytest.raises(SystemExit, match="broken.flac: unreadable"):
+        run_main(evaluate, ["--strict", *argv])
