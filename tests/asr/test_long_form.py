@@ -1,5 +1,10 @@
 """w2v_jax/asr/long_form.py: chunk plans tile the frames exactly once, stitched logits equal the
-whole recording's for a model whose frames see only their receptive field, chunked transcription."""
+whole recording's for a model whose frames see only their receptive field, chunked transcription,
+the same transcripts with the batch spread over two devices."""
+
+import json
+import subprocess
+import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -7,7 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.support import HANG_TIMEOUT, REPO
 from tests.support.ctc import LAYER_CONFIG, VOCABULARY
+from tests.support.launchers import subprocess_env
 from w2v_jax.asr import long_form
 from w2v_jax.asr.decoding import GreedyDecoder
 from w2v_jax.asr.transcription import transcribe
@@ -85,3 +92,34 @@ def test_transcribe_chunks_only_recordings_longer_than_a_chunk(monkeypatch):
     assert chunked[0] == whole[0]  # no longer than a chunk: decoded whole
     assert len(stitched) == 1 and stitched[0].shape == (model.num_frames(40_000), len(VOCABULARY))
     assert chunked[1] == GreedyDecoder(VOCABULARY).decode(stitched[0]).text != ""
+
+
+_ON_DEVICES = """
+import json, numpy as np, jax
+from flax import nnx
+from tests.support.ctc import CONFIG, VOCABULARY
+from w2v_jax.asr.transcription import transcribe
+from w2v_jax.model import Wav2Vec2ForCTC
+model = Wav2Vec2ForCTC(CONFIG, rngs=nnx.Rngs(3))
+model.lm_head.kernel[...] = model.lm_head.kernel[...] * 300
+rng = np.random.default_rng(0)
+waveforms = [rng.standard_normal(n).astype(np.float32) for n in (4000, 7000, 4000, 5200, 9100, 40000)]
+print(json.dumps([jax.device_count(), transcribe(model, waveforms, VOCABULARY, batch_size=2, chunk_s=1.0)]))
+"""
+
+
+def test_chunks_and_utterances_spread_over_two_devices_give_the_same_transcripts(compilation_cache):
+    results = []
+    for devices in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-c", _ON_DEVICES],
+            cwd=REPO,
+            env=subprocess_env(compilation_cache, devices),
+            capture_output=True,
+            text=True,
+            timeout=HANG_TIMEOUT,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        results.append(json.loads(out.stdout.splitlines()[-1]))
+    assert [r[0] for r in results] == [1, 2]
+    assert results[0][1] == results[1][1] and all(results[0][1])

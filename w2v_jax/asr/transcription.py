@@ -31,6 +31,7 @@ from w2v_jax.data.pipeline import bucket_lengths
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.representations import BUCKET_LADDER
+from w2v_jax.training import sharding
 
 
 def transcribe_waveforms(
@@ -130,9 +131,24 @@ def model_forward(model: Wav2Vec2ForCTC) -> Forward:
 
     One compiled function for every model of the same structure (the graph definition is a static
     argument): transcribing again, or with a reloaded checkpoint, reuses the compiles per input shape.
+    With several devices the weights are replicated and a batch whose rows divide evenly is split
+    over the devices of a data-parallel mesh (`training.sharding`).
     """
     graphdef, state = nnx.split(model)
-    return lambda x, mask: _eval_logits(graphdef, state, x, mask)
+    if jax.device_count() == 1:
+        return lambda x, mask: _eval_logits(graphdef, state, x, mask)
+    # Several devices: the weights on each, the batch's rows (utterances or chunks) split over them.
+    mesh = sharding.make_mesh()
+    state = jax.device_put(state, sharding.replicated(mesh))
+    rows = sharding.batch_sharding(mesh)
+
+    def forward(x: np.ndarray, mask: np.ndarray | None) -> jax.Array:
+        if x.shape[0] % jax.device_count():
+            return _eval_logits(graphdef, state, x, mask)
+        x, mask = jax.device_put(x, rows), None if mask is None else jax.device_put(mask, rows)
+        return _eval_logits(graphdef, state, x, mask)
+
+    return forward
 
 
 def transcribe(
