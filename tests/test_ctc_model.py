@@ -232,3 +232,28 @@ def test_labels_outside_the_vocabulary_are_a_clear_error():
     model = Wav2Vec2ForCTC(Wav2Vec2Config.preset("tiny", vocab_size=VOCAB))
     with pytest.raises(ValueError, match="labels must be in"):
         model(_batch(False)[0], labels=np.array([[1, VOCAB], [2, -100]]))
+
+
+def test_masked_group_norm_logits_on_a_padded_batch_are_each_utterance_alone():
+    config = Wav2Vec2Config.preset("tiny", vocab_size=VOCAB)
+    model = Wav2Vec2ForCTC(config, rngs=nnx.Rngs(0))
+    lengths = np.array([16000, 1000, 6123])  # 16x apart: the padded statistics move every frame
+    rng = np.random.default_rng(1)
+    waveforms = np.zeros((3, lengths.max()), np.float32)
+    for row, n in zip(waveforms, lengths):
+        row[:n] = rng.standard_normal(n)
+    attention_mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int32)
+    forward = nnx.jit(lambda m, x, a, g: m(x, a, group_norm=g), static_argnums=3)
+    masked = forward(model, jnp.asarray(waveforms), jnp.asarray(attention_mask), "masked")
+    padded = forward(model, jnp.asarray(waveforms), jnp.asarray(attention_mask), "padded")
+    np.testing.assert_array_equal(masked.logit_lengths, model.num_frames(lengths))
+    for b, n in enumerate(lengths):
+        alone = model(jnp.asarray(waveforms[b : b + 1, :n])).logits[0]
+        # float32 at different batch shapes (tests/test_representations.py's ATOL).
+        np.testing.assert_allclose(masked.logits[b, : len(alone)], alone, atol=1e-5)
+    # The default keeps the reference's statistics over the padding: the short rows move.
+    short = model.num_frames(lengths[1])
+    alone = model(jnp.asarray(waveforms[1:2, : lengths[1]])).logits[0]
+    assert np.abs(np.asarray(padded.logits[1, :short]) - np.asarray(alone)).max() > 1e-2
+    with pytest.raises(ValueError, match="group_norm must be one of"):
+        model(jnp.asarray(waveforms), jnp.asarray(attention_mask), group_norm="exact")

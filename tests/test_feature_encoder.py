@@ -89,6 +89,28 @@ def test_group_norm_output_depends_on_padding():
     np.testing.assert_allclose(layer(wave)[:, : frames - 1], layer(padded)[:, : frames - 1], rtol=RTOL, atol=ATOL)
 
 
+def test_masked_group_norm_on_a_padded_batch_is_each_waveform_alone():
+    # Rows of very different lengths in one zero-padded batch; the oracle runs each one alone.
+    encoder = FeatureEncoder(d_model=16, norm="group", rngs=nnx.Rngs(1))
+    block = encoder.layers[0]
+    block.norm.scale[...] = 1.0 + 0.1 * jax.random.normal(jax.random.key(3), block.norm.scale.shape)
+    block.norm.bias[...] = 0.1 * jax.random.normal(jax.random.key(4), block.norm.bias.shape)
+    lengths = np.array([9600, 400, 2345, 4001])
+    rng = np.random.default_rng(0)
+    waveforms = [rng.standard_normal(n).astype(np.float32) for n in lengths]
+    batch = np.zeros((len(lengths), lengths.max()), np.float32)
+    for row, w in zip(batch, waveforms):
+        row[: len(w)] = w
+    out = jax.jit(lambda m, x, n: m(x, n))(encoder, jnp.asarray(batch), jnp.asarray(lengths))
+    weights = encoder.to_numpy_weights()
+    for b, w in enumerate(waveforms):
+        ref = feature_encoder_from_scratch(w, weights=weights, norm="group", verbose=False)
+        assert ref.shape[1] == encoder.compute_output_length(len(w))
+        np.testing.assert_allclose(np.asarray(out[b, : ref.shape[1]]), ref.T, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match=r"num_samples must be \[batch\] = \(4,\), got \(3,\)"):
+        encoder(jnp.asarray(batch), jnp.asarray(lengths[:3]))
+
+
 @hypothesis.settings(deadline=None, max_examples=25)
 @hypothesis.given(n=st.integers(min_value=400, max_value=4000))
 def test_compute_output_length_is_the_real_length(n):

@@ -51,7 +51,10 @@ def test_layer_norm_features_match_each_utterance_alone_with_a_compile_per_bucke
     monkeypatch.setattr(
         representations,
         "_forward",
-        nnx.jit(chex.assert_max_traces(representations._encode, n=2), static_argnames="output_hidden_states"),
+        nnx.jit(
+            chex.assert_max_traces(representations._encode, n=2),
+            static_argnames=("output_hidden_states", "group_norm"),
+        ),
     )
     waveforms = _waveforms((9000, 5000, 5300))
     got = model.features(waveforms, output_hidden_states=True, batch_size=2)
@@ -77,6 +80,29 @@ def test_group_norm_exact_runs_each_utterance_alone_and_crop_uses_the_bucket_bel
         length = representations.bucket_length(len(waveform), pad=False)
         assert c.num_samples == length < len(waveform)
         np.testing.assert_allclose(c.last_hidden_state, _alone(model, waveform[:length])[0], atol=ATOL)
+
+
+def test_group_norm_masked_batches_very_different_lengths_exactly(monkeypatch):
+    model = Wav2Vec2ForPreTraining(GROUP_NORM, rngs=nnx.Rngs(1))
+    # 1200 and 1300 share a bucket; 20000 is 16x longer than 1200, in the same batch of the default
+    # ("padded") statistics this would move every frame (test_ctc_model checks the logits).
+    monkeypatch.setattr(
+        representations,
+        "_forward",
+        nnx.jit(
+            chex.assert_max_traces(representations._encode, n=3),
+            static_argnames=("output_hidden_states", "group_norm"),
+        ),
+    )
+    waveforms = _waveforms((20000, 1200, 7000, 1300), seed=3)
+    got = model.features(waveforms, output_hidden_states=True, batch_size=4, group_norm="masked")
+    for waveform, feats in zip(waveforms, got):
+        last, conv, hidden = _alone(model, waveform)
+        assert feats.num_samples == len(waveform) and feats.last_hidden_state.shape == last.shape
+        np.testing.assert_allclose(feats.last_hidden_state, last, atol=ATOL)
+        np.testing.assert_allclose(feats.extract_features, conv, atol=ATOL)
+        for a, b in zip(feats.hidden_states, hidden):
+            np.testing.assert_allclose(a, b, atol=ATOL)
 
 
 def test_features_name_bad_input():

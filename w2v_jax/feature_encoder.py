@@ -194,10 +194,17 @@ class ConvBlock(nnx.Module):
         else:
             self.norm = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """`[batch, time, C_in]` -> `[batch, time', C_out]`."""
+    def __call__(self, x: jax.Array, frame_lengths: jax.Array | None = None) -> jax.Array:
+        """`[batch, time, C_in]` -> `[batch, time', C_out]`.
+
+        `frame_lengths` (`[batch]` int, this layer's real output frames per row) restricts a group
+        norm's statistics to each row's real frames; the padded frames' outputs are then meaningless.
+        """
         x = self.conv(x)
-        if self.norm is not None:
+        if isinstance(self.norm, nnx.GroupNorm) and frame_lengths is not None:
+            real = jnp.arange(x.shape[1])[None, :] < frame_lengths[:, None]  # [batch, time']
+            x = self.norm(x, mask=jnp.broadcast_to(real[:, :, None], x.shape))
+        elif self.norm is not None:
             x = self.norm(x)
         return jax.nn.gelu(x, approximate=False)
 
@@ -306,12 +313,26 @@ class FeatureEncoder(nnx.Module):
                 f"{self.receptive_field} (its receptive field)"
             )
 
-    def __call__(self, waveform: jax.Array) -> jax.Array:
-        """`[batch, samples]` float -> `[batch, frames, conv_dim[-1]]`."""
+    def __call__(self, waveform: jax.Array, num_samples: jax.Array | None = None) -> jax.Array:
+        """`[batch, samples]` float -> `[batch, frames, conv_dim[-1]]`.
+
+        Args:
+          waveform: `[batch, samples]`, each row right-padded.
+          num_samples: optional `[batch]` int real samples per row: the masked group norm. The
+            first layer's GroupNorm then takes its statistics over each row's real frames only, and
+            since a valid convolution's first `compute_output_length(n)` outputs read only the first
+            `n` inputs, every real frame equals the row's frame alone at its own length; padded frames
+            are meaningless (the context network zeroes them). None: statistics over the whole row,
+            padding included, as the reference computes them.
+        """
         self.check_input(waveform)
+        if num_samples is not None and tuple(num_samples.shape) != waveform.shape[:1]:
+            raise ValueError(f"num_samples must be [batch] = {waveform.shape[:1]}, got {tuple(num_samples.shape)}")
         x = waveform[:, :, None]  # a single input channel, channels-last
-        for block in self.layers:
-            x = block(x)
+        lengths = None if num_samples is None else jnp.asarray(num_samples, jnp.int32)
+        for block, (kernel, stride) in zip(self.layers, self.layer_configs):
+            lengths = None if lengths is None else jnp.maximum((lengths - kernel) // stride + 1, 0)
+            x = block(x, lengths)
         return x
 
     def to_numpy_weights(self) -> list[dict[str, np.ndarray]]:

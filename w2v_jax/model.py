@@ -32,8 +32,11 @@ the batch flattened to `[batch * time]`), converted at the model's boundary.
 Padding: with an `attention_mask`, padded frames are never masked, never distractors, never
 attended to and never counted in the perplexity. Group-norm models (BASE, `feat_extract_norm="group"`)
 normalise the first conv layer over time *including the padded samples*, exactly as the
-reference does, so their outputs on real frames depend on how much padding the batch has;
-crop batches to their shortest utterance (fairseq's default) when that matters.
+reference does, so their outputs on real frames depend on how much padding the batch has
+(training and validation keep this: it is how the models were trained). `group_norm="masked"`
+takes the statistics over each utterance's real frames instead; with the padded frames kept out of
+every later layer (valid convolutions, zeros before the positional convolution, attention masks) a
+padded batch then equals each utterance alone, which batched inference uses.
 
 Downstream use: `Wav2Vec2ForPreTraining.from_pretrained(path)` loads any checkpoint format
 (`checkpoints.load_model`, handed down to this module by `import w2v_jax`: the loader builds these
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import flax.struct
 import jax
@@ -75,6 +79,11 @@ from w2v_jax.representations import UtteranceRepresentation, extract_representat
 # `checkpoints.load_model`, set by `w2v_jax/__init__.py` (`set_pretrained_loader`): the loader builds
 # these models and reads training checkpoints, so it is handed down rather than imported.
 _pretrained_loader: Callable[[str | os.PathLike, int | None], nnx.Module] | None = None
+
+
+# How a group-norm feature encoder treats padding (`Wav2Vec2Model.__call__`'s `group_norm`).
+GroupNormPadding = Literal["padded", "masked"]
+GROUP_NORM_PADDING = ("padded", "masked")
 
 
 def set_pretrained_loader(loader: Callable[[str | os.PathLike, int | None], nnx.Module]) -> None:
@@ -420,6 +429,7 @@ class Wav2Vec2Model(nnx.Module):
         deterministic: bool = True,
         key: jax.Array | None = None,
         output_hidden_states: bool = False,
+        group_norm: GroupNormPadding = "padded",
     ) -> Wav2Vec2BaseModelOutput:
         """Encodes waveforms.
 
@@ -432,12 +442,16 @@ class Wav2Vec2Model(nnx.Module):
           deterministic: False for training: dropout, LayerDrop, sampled masks.
           key: PRNG key; named sub-keys drive the mask, dropout and LayerDrop.
           output_hidden_states: also return every Transformer layer's input and output.
+          group_norm: "padded" (the reference: a group-norm encoder's statistics include the
+            padding) or "masked" (over each row's real samples given by `attention_mask`: a padded
+            batch equals each utterance alone; module docstring). No effect on layer-norm encoders.
 
         Returns:
           A `Wav2Vec2BaseModelOutput`.
         """
         config = self.config
         time = self.check_inputs(input_values, attention_mask, mask_time_indices, deterministic, key)
+        num_samples = sample_lengths(attention_mask, group_norm)
         padding_mask = self.padding_mask(attention_mask, time)
         if mask_time_indices is not None:
             mask = _without_padding(mask_time_indices, padding_mask)
@@ -452,6 +466,7 @@ class Wav2Vec2Model(nnx.Module):
             deterministic=deterministic,
             key=key,
             output_hidden_states=output_hidden_states,
+            num_samples=num_samples,
         )
 
     def encode(
@@ -464,6 +479,7 @@ class Wav2Vec2Model(nnx.Module):
         key: jax.Array | None = None,
         output_hidden_states: bool = False,
         feature_mask: jax.Array | None = None,
+        num_samples: jax.Array | None = None,
     ) -> Wav2Vec2BaseModelOutput:
         """`__call__` with the frame-level masks already resolved, unchecked (heads that draw their
         own masks call this). Channel masking follows the time masking, as in transformers.
@@ -477,6 +493,8 @@ class Wav2Vec2Model(nnx.Module):
           feature_mask: `[batch, hidden]` bool, channels zeroed on every frame after the time
             masking. None: in training with `config.mask_feature_prob > 0`, sampled from `key`
             (`sample_feature_mask`), else none.
+          num_samples: `[batch]` int real samples per row for the masked group norm
+            (`FeatureEncoder.__call__`), or None (statistics over the padded rows, as the reference).
         """
         config = self.config
 
@@ -486,9 +504,9 @@ class Wav2Vec2Model(nnx.Module):
         if self.remat:
             # The conv stack's activations are the model's largest.
             graphdef, params = nnx.split(self.feature_extractor)
-            features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x))(params, input_values)
+            features = rematerialised(lambda p, x, n: nnx.merge(graphdef, p)(x, n))(params, input_values, num_samples)
         else:
-            features = self.feature_extractor(input_values)
+            features = self.feature_extractor(input_values, num_samples)
         features = scale_gradient(features, config.feature_grad_mult)
         squares = jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)  # [batch, time]
         if padding_mask is None:
@@ -522,6 +540,18 @@ class Wav2Vec2Model(nnx.Module):
             mask_time_indices=mask,
             padding_mask=padding_mask,
         )
+
+
+def sample_lengths(attention_mask: jax.Array | None, group_norm: GroupNormPadding) -> jax.Array | None:
+    """`[batch]` int32 real samples per row for the masked group norm, or None ("padded", or no mask).
+
+    ValueError for a `group_norm` other than "padded" and "masked".
+    """
+    if group_norm not in GROUP_NORM_PADDING:
+        raise ValueError(f"group_norm must be one of {GROUP_NORM_PADDING}, got {group_norm!r}")
+    if group_norm == "padded" or attention_mask is None:
+        return None
+    return jnp.sum(jnp.asarray(attention_mask, jnp.int32), axis=-1)
 
 
 def _without_padding(mask_time_indices: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
@@ -908,11 +938,12 @@ class Wav2Vec2ForCTC(nnx.Module):
         deterministic: bool = True,
         key: jax.Array | None = None,
         output_hidden_states: bool = False,
+        group_norm: GroupNormPadding = "padded",
     ) -> Wav2Vec2CTCOutput:
         """Runs the model and, with labels, its CTC loss.
 
         Args:
-          input_values, attention_mask, mask_time_indices, output_hidden_states: as
+          input_values, attention_mask, mask_time_indices, output_hidden_states, group_norm: as
             `Wav2Vec2Model`'s. Group-norm models depend on zero padding (module docstring):
             transformers' advice for them is to zero-pad without an attention mask.
           labels: optional `[batch, labels]` int ids in [0, vocab_size), padded with -100.
@@ -933,6 +964,7 @@ class Wav2Vec2ForCTC(nnx.Module):
             deterministic=deterministic,
             key=key,
             output_hidden_states=output_hidden_states,
+            group_norm=group_norm,
         )
         hidden = dropout(
             base.last_hidden_state,

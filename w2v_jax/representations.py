@@ -14,7 +14,10 @@ depends on the feature encoder's normalisation:
   would change every frame. `group_norm="exact"` (default) runs each utterance alone at its own
   length (one compile per distinct length); `group_norm="crop"` crops it (from its start) to the
   largest bucket <= its length and batches equal buckets: no compile per length, at most 16% of
-  the tail dropped, and the features are those of the cropped audio (fewer frames).
+  the tail dropped, and the features are those of the cropped audio (fewer frames);
+  `group_norm="masked"` zero-pads and batches them as layer-norm models, with the model's masked
+  group norm (statistics over each utterance's real frames, `Wav2Vec2Model`'s `group_norm`): the
+  features equal those of the utterance alone (to float rounding), without a compile per length.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class EncoderModel(Protocol):
 
 # 400 samples (the conv stack's receptive field) times 2**(k/4): ~19% padding or ~16% crop at most.
 BUCKET_LADDER = np.unique(np.round(400 * 2.0 ** (np.arange(96) / 4)).astype(np.int64))
-GROUP_NORM_MODES = ("exact", "crop")
+GROUP_NORM_MODES = ("exact", "crop", "masked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +77,20 @@ def bucket_length(num_samples: int, *, pad: bool) -> int:
     return int(BUCKET_LADDER[np.searchsorted(BUCKET_LADDER, num_samples, side="right") - 1])
 
 
-def _encode(model: EncoderModel, x: jnp.ndarray, attention_mask: jnp.ndarray | None, output_hidden_states: bool):
-    out = model.wav2vec2(x, attention_mask, deterministic=True, output_hidden_states=output_hidden_states)
+def _encode(
+    model: EncoderModel,
+    x: jnp.ndarray,
+    attention_mask: jnp.ndarray | None,
+    output_hidden_states: bool,
+    group_norm: str,
+):
+    out = model.wav2vec2(
+        x, attention_mask, deterministic=True, output_hidden_states=output_hidden_states, group_norm=group_norm
+    )
     return out.last_hidden_state, out.extract_features, out.hidden_states
 
 
-_forward = nnx.jit(_encode, static_argnames="output_hidden_states")
+_forward = nnx.jit(_encode, static_argnames=("output_hidden_states", "group_norm"))
 
 
 def _batches(lengths: np.ndarray, width_of: dict[int, int], batch_size: int) -> list[tuple[int, list[int]]]:
@@ -105,7 +116,7 @@ def extract_representations(
       waveforms: float `[samples]` each, 16 kHz, normalised as in training (`data.audio.normalize`).
       output_hidden_states: also return every layer's hidden states.
       batch_size: rows per forward pass (a short batch is filled with empty rows).
-      group_norm: "exact" or "crop", how group-norm models run (see the module docstring).
+      group_norm: "exact", "crop" or "masked", how group-norm models run (see the module docstring).
 
     Returns:
       one `UtteranceRepresentation` per waveform, in the given order.
@@ -118,7 +129,7 @@ def extract_representations(
         if np.ndim(w) != 1:
             raise ValueError(f"waveform {index} must be [samples], got shape {np.shape(w)}")
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
-    pad = model.config.feat_extract_norm == "layer"
+    pad = model.config.feat_extract_norm == "layer" or group_norm == "masked"
     if pad or group_norm == "crop":
         width_of = {i: bucket_length(int(n), pad=pad) for i, n in enumerate(lengths)}
         rows = batch_size
@@ -133,7 +144,13 @@ def extract_representations(
             keep = min(int(lengths[index]), width)
             x[slot, :keep] = waveforms[index][:keep]
             mask[slot, :keep] = 1
-        last, conv, hidden = _forward(model, jnp.asarray(x), jnp.asarray(mask) if pad else None, output_hidden_states)
+        last, conv, hidden = _forward(
+            model,
+            jnp.asarray(x),
+            jnp.asarray(mask) if pad else None,
+            output_hidden_states,
+            "masked" if group_norm == "masked" else "padded",
+        )
         last, conv = np.asarray(last), np.asarray(conv)
         hidden = None if hidden is None else [np.asarray(h) for h in hidden]
         for slot, index in enumerate(indices):

@@ -305,6 +305,31 @@ CASES = [
     ),
     (
         "w2v_jax.cli.transcribe",
+        ["--checkpoint=runs/ft", "--chunk_s=30", "--timestamps=word", "--output=t.jsonl", "--strict", "long.flac"],
+        ["long.flac"],
+        {"chunk_s": 30.0, "stride_s": None, "timestamps": "word", "output": "t.jsonl", "strict": True},
+    ),
+    (
+        "w2v_jax.cli.benchmark_transcription",
+        ["--checkpoint=runs/ft", "--measure=long_form", "--per_recording=3"],
+        [],
+        {"checkpoint": "runs/ft", "measure": "long_form", "per_recording": 3, "chunk_s": 20.0, "labels": "ltr"},
+    ),
+    (
+        "w2v_jax.cli.align",
+        ["--checkpoint=runs/ft_phn", "--manifest=v.tsv", "--out=al", "--labels=phn"],
+        [],
+        {
+            "checkpoint": "runs/ft_phn",
+            "manifest": "v.tsv",
+            "out": "al",
+            "labels": "phn",
+            "level": None,
+            "chunk_s": 20.0,
+        },
+    ),
+    (
+        "w2v_jax.cli.transcribe",
         ["--checkpoint=runs/ft", "--decoder=beam", "--lm=lm.arpa", "--lexicon=lex.txt", "--lm_weight=1.5", "a.flac"],
         ["a.flac"],
         {"decoder": "beam", "lm": "lm.arpa", "lexicon": "lex.txt", "lm_weight": 1.5, "word_score": 0.0},

@@ -27,7 +27,7 @@ from flax import nnx
 
 from w2v_jax.asr.decoding import SEPARATORS, CTCDecoder, GreedyDecoder
 from w2v_jax.asr.error_rates import METRICS, error_rate_metrics
-from w2v_jax.asr.transcription import model_forward, transcribe, transcribe_waveforms
+from w2v_jax.asr.transcription import BadFile, load_readable, model_forward, transcribe, transcribe_waveforms
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -42,15 +42,16 @@ logger = logging.getLogger(__name__)
 
 
 def load_labelled_waveforms(
-    manifest_path: str, labels: LabelSet, *, normalize: bool
+    manifest_path: str, labels: LabelSet, *, normalize: bool, on_bad_file: BadFile | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
-    """The usable rows of a labelled manifest: waveforms and references (normalised)."""
+    """The usable rows of a labelled manifest: waveforms and references (normalised). Unreadable
+    files go to `on_bad_file` and are left out (`transcription.load_readable`; None: the first raises)."""
     manifest = load_manifest(manifest_path)
-    waveforms, references = [], []
-    for index in labels.usable_indices():
-        waveforms.append(audio.load_audio(manifest.file_path(int(index)), normalize_audio=normalize))
-        references.append(labels.reference(int(index)))
-    return waveforms, references
+    rows = [int(index) for index in labels.usable_indices()]
+    files = [manifest.file_path(index) for index in rows]
+    readable, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
+    reference_of = {file: labels.reference(index) for file, index in zip(files, rows)}
+    return waveforms, [reference_of[file] for file in readable]
 
 
 class CTCEvaluator:
@@ -146,14 +147,16 @@ def evaluate_finetuned_checkpoint(
     *,
     step: int | None = None,
     batch_size: int = 8,
+    on_bad_file: BadFile | None = None,
 ) -> dict[str, Any]:
-    """Error rates of a fine-tuned checkpoint on a labelled manifest (`transcribe`, exact batching).
+    """Error rates of a fine-tuned checkpoint on a labelled manifest (`transcribe`, exact batching);
+    unreadable files go to `on_bad_file` (`load_labelled_waveforms`).
 
     Returns {"wer", "cer"} (letters) or {"per"} (phones), plus "num_utterances" and the label skips.
     """
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
-    waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
+    waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize, on_bad_file=on_bad_file)
     hypotheses = transcribe(model, waveforms, vocabulary, batch_size, SEPARATORS[kind])
     return {
         **error_rate_metrics(references, hypotheses, kind),

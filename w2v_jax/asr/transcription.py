@@ -1,9 +1,11 @@
 """Transcription with a fine-tuned (CTC) model: greedy transcripts of waveforms and of audio files.
 
-`transcribe_waveforms` batches: layer-norm models as padded batches with attention masks (exact:
-their outputs don't depend on padding), group-norm models in batches of equal-length utterances
-(exact, transformers' advice for them: no attention mask, no padding), or, for validation inside
-training, zero-padded to a few widths without attention mask as they are trained.
+`transcribe_waveforms` batches padded utterances with attention masks: exact for layer-norm models
+(their outputs don't depend on padding) and for group-norm models through the masked group norm
+(`Wav2Vec2Model`'s `group_norm="masked"`: each utterance's transcript as if alone); for validation
+inside training, group-norm models are zero-padded without attention mask, as they are trained.
+`transcribe` sends recordings longer than `chunk_s` through `long_form` (chunks, stitched logits).
+`transcribe_files` transcribes every readable file and reports each unreadable one.
 """
 
 from __future__ import annotations
@@ -11,24 +13,25 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
+from w2v_jax.asr import long_form
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
+from w2v_jax.asr.long_form import Forward
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.pipeline import bucket_lengths
-from w2v_jax.data.utterances import equal_length_batches
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
-
-Forward = Callable[[np.ndarray, np.ndarray | None], jax.Array]
+from w2v_jax.representations import BUCKET_LADDER
+from w2v_jax.training import sharding
 
 
 def transcribe_waveforms(
@@ -48,15 +51,14 @@ def transcribe_waveforms(
 
     Args:
       forward: `(input_values [batch, samples], attention_mask [batch, samples] | None) -> logits
-        [batch, frames, vocab]`.
+        [batch, frames, vocab]`; a group-norm model given an attention mask uses the masked group norm.
       waveforms: float32 `[samples]` each (normalised as the model was trained).
       vocabulary: the head's tokens.
       config: the model's config (its feature norm decides the batching).
       batch_size: rows per forward call.
       num_frames: samples -> frames of the model.
-      exact: group-norm models in batches of equal-length utterances (each utterance's transcript
-        as if alone, one compile per distinct length); False: zero-padded batches of a few fixed
-        widths without attention mask, as they are trained (validation: few compiles).
+      exact: group-norm models with attention masks (the masked group norm: each utterance's
+        transcript as if alone); False: without attention mask, as they are trained (validation).
       separator: between tokens (`decoding.SEPARATORS`: "" for letters, " " for phones).
       decoder: decodes each utterance's logits (`decoding.CTCDecoder`; default greedy with `separator`).
       logits_out: when given (a list of `len(waveforms)`), receives each utterance's unpadded logits
@@ -72,46 +74,81 @@ def transcribe_waveforms(
             if logits_out is not None:
                 logits_out[int(index)] = row[: int(length)]
 
-    group_norm = config.feat_extract_norm == "group"
-    if group_norm and exact:
-        for indices, batch in equal_length_batches(waveforms, batch_size):
-            logits = forward(batch, None)
-            decode(indices, logits, np.full((batch.shape[0],), logits.shape[1]))
-        return texts
+    unmasked = config.feat_extract_norm == "group" and not exact
+    for rows, logits, frame_lengths in padded_batches(
+        forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked, fine=exact
+    ):
+        decode(rows, logits, frame_lengths)
+    return texts
+
+
+def padded_batches(
+    forward: Forward,
+    waveforms: Sequence[np.ndarray],
+    *,
+    batch_size: int,
+    num_frames: Callable[[Any], Any],
+    attention_mask: bool = True,
+    fine: bool = True,
+) -> Iterator[tuple[np.ndarray, jax.Array, jax.Array]]:
+    """The model on zero-padded batches of similar lengths: `(rows, logits [batch_size, frames, vocab],
+    frame_lengths [batch_size])` per call, `rows` the waveforms' indices (filler rows after them).
+
+    Widths come from fixed ladders, so the forward compiles a few times per corpus and the compiles
+    carry over to the next call: `fine`, `representations.BUCKET_LADDER` (steps of 2**(1/4), at most
+    19% padding); else four geometric widths up to the longest utterance, as the training buckets
+    (validation). `attention_mask=False` calls the model without one (group-norm validation).
+    """
     lengths = np.asarray([len(w) for w in waveforms], np.int64)
     longest = max(int(lengths.max()), audio.RECEPTIVE_FIELD)
-    # A few fixed widths (geometric, as the training buckets), so the forward compiles a few times.
-    widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
+    if fine:
+        widths = BUCKET_LADDER[: np.searchsorted(BUCKET_LADDER, longest) + 1]
+    else:
+        widths = bucket_lengths(audio.RECEPTIVE_FIELD, longest, 4, pad=True)
     order = np.argsort(lengths, kind="stable")
     for begin in range(0, len(order), batch_size):
         rows = order[begin : begin + batch_size]
         width = int(widths[np.searchsorted(widths, max(int(lengths[rows].max()), audio.RECEPTIVE_FIELD))])
         input_values = np.zeros((batch_size, width), np.float32)
-        attention_mask = np.zeros((batch_size, width), np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
         for slot, index in enumerate(rows):
             input_values[slot, : lengths[index]] = waveforms[index]
-            attention_mask[slot, : lengths[index]] = 1
-        attention_mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
-        logits = forward(input_values, None if group_norm else attention_mask)
-        decode(rows, logits, num_frames(attention_mask.sum(-1)))
-    return texts
+            mask[slot, : lengths[index]] = 1
+        mask[len(rows) :, : audio.RECEPTIVE_FIELD] = 1  # filler rows: any valid length
+        logits = forward(input_values, mask if attention_mask else None)
+        yield rows, logits, np.asarray(num_frames(mask.sum(-1)), np.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_logits(
     graphdef: nnx.GraphDef, state: nnx.State, input_values: jax.Array, attention_mask: jax.Array | None
 ) -> jax.Array:
-    return nnx.merge(graphdef, state)(input_values, attention_mask).logits
+    return nnx.merge(graphdef, state)(input_values, attention_mask, group_norm="masked").logits
 
 
 def model_forward(model: Wav2Vec2ForCTC) -> Forward:
-    """A jitted eval-mode `Forward` of a model.
+    """A jitted eval-mode `Forward` of a model (the masked group norm where an attention mask is given).
 
     One compiled function for every model of the same structure (the graph definition is a static
     argument): transcribing again, or with a reloaded checkpoint, reuses the compiles per input shape.
+    With several devices the weights are replicated and a batch whose rows divide evenly is split
+    over the devices of a data-parallel mesh (`training.sharding`).
     """
     graphdef, state = nnx.split(model)
-    return lambda x, mask: _eval_logits(graphdef, state, x, mask)
+    if jax.device_count() == 1:
+        return lambda x, mask: _eval_logits(graphdef, state, x, mask)
+    # Several devices: the weights on each, the batch's rows (utterances or chunks) split over them.
+    mesh = sharding.make_mesh()
+    state = jax.device_put(state, sharding.replicated(mesh))
+    rows = sharding.batch_sharding(mesh)
+
+    def forward(x: np.ndarray, mask: np.ndarray | None) -> jax.Array:
+        if x.shape[0] % jax.device_count():
+            return _eval_logits(graphdef, state, x, mask)
+        x, mask = jax.device_put(x, rows), None if mask is None else jax.device_put(mask, rows)
+        return _eval_logits(graphdef, state, x, mask)
+
+    return forward
 
 
 def transcribe(
@@ -121,33 +158,114 @@ def transcribe(
     batch_size: int = 8,
     separator: str = "",
     decoder: CTCDecoder | None = None,
+    *,
+    chunk_s: float | None = None,
+    stride_s: float | None = None,
 ) -> list[str]:
     """Transcripts of `waveforms` (float32 `[samples]`, normalised as in training): greedy, tokens
-    joined by `separator` (" " for phones), or by `decoder`."""
-    return transcribe_waveforms(
-        model_forward(model),
-        waveforms,
-        vocabulary,
-        model.config,
-        batch_size=batch_size,
-        num_frames=model.num_frames,
-        separator=separator,
-        decoder=decoder,
+    joined by `separator` (" " for phones), or by `decoder`. With `chunk_s`, waveforms longer than a
+    chunk are transcribed in chunks (`long_form`, strides `stride_s`, default a sixth of the chunk),
+    their stitched logits decoded by the same decoder; shorter ones whole, as without it."""
+    decoder = decoder or GreedyDecoder(vocabulary, separator)
+    forward = model_forward(model)
+    texts: list[str | None] = [None] * len(waveforms)
+    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
+        texts[index] = decoder.decode(logits, len(logits)).text
+    short = [i for i in range(len(waveforms)) if texts[i] is None]
+    if short:
+        whole = transcribe_waveforms(
+            forward,
+            [waveforms[i] for i in short],
+            vocabulary,
+            model.config,
+            batch_size=batch_size,
+            num_frames=model.num_frames,
+            separator=separator,
+            decoder=decoder,
+        )
+        for index, text in zip(short, whole):
+            texts[index] = text
+    return texts
+
+
+def long_recording_logits(
+    model: Wav2Vec2ForCTC,
+    forward: Forward,
+    waveforms: Sequence[np.ndarray],
+    batch_size: int,
+    chunk_s: float | None,
+    stride_s: float | None,
+) -> dict[int, np.ndarray]:
+    """The stitched logits `[frames, vocab]` (`long_form.stitched_logits`) of each waveform longer than
+    `chunk_s` seconds, by index; none when `chunk_s` is None."""
+    if chunk_s is None:
+        return {}
+    frame_stride = model.wav2vec2.feature_extractor.total_stride
+    chunk, stride = long_form.chunk_samples(
+        chunk_s,
+        stride_s,
+        sample_rate=audio.SAMPLE_RATE,
+        frame_stride=frame_stride,
+        receptive_field=audio.RECEPTIVE_FIELD,
     )
+    return {
+        index: long_form.stitched_logits(
+            forward,
+            waveform,
+            chunk=chunk,
+            stride=stride,
+            batch_size=batch_size,
+            frame_stride=frame_stride,
+            num_frames=model.num_frames,
+            receptive_field=audio.RECEPTIVE_FIELD,
+        )
+        for index, waveform in enumerate(waveforms)
+        if len(waveform) > chunk
+    }
 
 
-def read_inputs(paths: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
-    """Audio files to transcribe: each path is an audio file or a manifest (`.tsv`, all its rows)."""
+def read_inputs(paths: Sequence[str | os.PathLike], *, strict: bool = True) -> list[pathlib.Path]:
+    """Audio files to transcribe: each path is an audio file or a manifest (`.tsv`, all its rows).
+
+    A path that is neither is a ValueError when `strict`, else kept (reading it reports it).
+    """
     files = []
     for path in map(pathlib.Path, paths):
         if path.suffix == ".tsv":
             manifest = load_manifest(path)
             files += [manifest.file_path(i) for i in range(len(manifest))]
-        elif path.is_file():
+        elif path.is_file() or not strict:
             files.append(path)
         else:
             raise ValueError(f"{path}: no such audio file or manifest")
     return files
+
+
+BadFile = Callable[[pathlib.Path, str], None]
+
+
+def load_readable(
+    files: Sequence[pathlib.Path], *, normalize: bool, on_bad_file: BadFile | None = None
+) -> tuple[list[pathlib.Path], list[np.ndarray]]:
+    """The readable files and their waveforms, in order.
+
+    Args:
+      files: audio files.
+      normalize: zero mean, unit variance (as the model was trained).
+      on_bad_file: called with each unreadable file and its one-line reason as it is met; None:
+        the first one raises (`data.audio.AudioError`, a ValueError naming the file).
+    """
+    readable, waveforms = [], []
+    for file in files:
+        try:
+            waveforms.append(audio.load_audio(file, normalize_audio=normalize))
+        except audio.AudioError as error:
+            if on_bad_file is None:
+                raise
+            on_bad_file(file, str(error))
+            continue
+        readable.append(file)
+    return readable, waveforms
 
 
 def transcribe_files(
@@ -158,12 +276,19 @@ def transcribe_files(
     batch_size: int = 8,
     separator: str = "",
     decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
+    chunk_s: float | None = None,
+    stride_s: float | None = None,
+    on_bad_file: BadFile | None = None,
 ) -> list[tuple[pathlib.Path, str]]:
-    """`(file, transcript)` for every audio file or manifest row in `paths` (`load_ctc_checkpoint`,
-    `transcribe`; `separator` between tokens, " " for phones; `decoder` builds the decoder from
-    the checkpoint's vocabulary, default greedy)."""
+    """`(file, transcript)` for every readable audio file or manifest row in `paths`
+    (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`; `decoder`
+    builds the decoder from the checkpoint's vocabulary, default greedy); unreadable files go to
+    `on_bad_file` (`load_readable`; None: the first one raises)."""
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
-    files = read_inputs(paths)
-    waveforms = [audio.load_audio(f, normalize_audio=normalize) for f in files]
+    files = read_inputs(paths, strict=on_bad_file is None)
+    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
     utterance_decoder = decoder(vocabulary) if decoder is not None else None
-    return list(zip(files, transcribe(model, waveforms, vocabulary, batch_size, separator, utterance_decoder)))
+    texts = transcribe(
+        model, waveforms, vocabulary, batch_size, separator, utterance_decoder, chunk_s=chunk_s, stride_s=stride_s
+    )
+    return list(zip(files, texts))

@@ -1,10 +1,17 @@
 """Our own checkpoint folder: `config.json` (transformers' fields + fairseq's) and `params.safetensors`
 keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`); a CTC
 model's folder also holds its vocabulary and processor files. Files written before the pretraining
-model's encoder was nested under `wav2vec2` are read too."""
+model's encoder was nested under `wav2vec2` are read too.
+
+Integrity: `save_checkpoint` writes `integrity.json` last, the SHA-256 of every file it wrote;
+`load_checkpoint` verifies each recorded file before using it, and a damaged or missing one is a
+`DamagedCheckpointError` (a ValueError) naming it. Folders written before the record existed load
+without the check."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 
@@ -21,6 +28,7 @@ from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2Model
 
 PARAMS_FILE = "params.safetensors"
+INTEGRITY_FILE = "integrity.json"
 # The pretraining model's parameters outside its encoder `wav2vec2`.
 _HEADS = ("quantizer", "project_hid", "project_q")
 
@@ -37,6 +45,8 @@ def save_checkpoint(
     a `vocabulary` (CTC models) also the processor files, as `save_hf_checkpoint` writes them."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / INTEGRITY_FILE).unlink(missing_ok=True)
+    before = _file_stats(folder)
     if vocabulary is not None:
         save_processor_files(vocabulary, config, folder)
     write_config(config, model, folder)
@@ -45,6 +55,50 @@ def save_checkpoint(
         for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
     safetensors.numpy.save_file(params, folder / PARAMS_FILE)
+    # Last, so a folder whose saving was interrupted has no record of files that never finished.
+    # The files written here only: others beside them (a best model's transcripts) may change later.
+    written = [name for name, stat in _file_stats(folder).items() if before.get(name) != stat]
+    record = {"sha256": {name: _sha256(folder / name) for name in sorted(written)}}
+    (folder / INTEGRITY_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder's file does not match the integrity record written when it was saved."""
+
+
+def _file_stats(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir() if f.is_file()}
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_integrity(folder: str | os.PathLike) -> None:
+    """Checks every file `integrity.json` records; no record (older folders): nothing to check.
+
+    Raises DamagedCheckpointError naming the first damaged or missing file.
+    """
+    folder = pathlib.Path(folder)
+    path = folder / INTEGRITY_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["sha256"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DamagedCheckpointError(f"{path}: damaged integrity record ({error})") from None
+    for name, digest in recorded.items():
+        file = folder / name
+        if not file.is_file():
+            raise DamagedCheckpointError(f"{file}: missing (recorded in {INTEGRITY_FILE})")
+        if _sha256(file) != digest:
+            raise DamagedCheckpointError(
+                f"{file}: damaged (its SHA-256 differs from the one recorded in {INTEGRITY_FILE} when it was saved)"
+            )
 
 
 def _nest_legacy_names(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,8 +114,10 @@ def load_checkpoint(
 ) -> tuple[Wav2Vec2Config, Model]:
     """Reads a folder written by `save_checkpoint`; returns `(config, model)`, a
     `Wav2Vec2ForPreTraining` or a `Wav2Vec2Model` as the file holds. NaN or infinite weights are
-    refused unless `allow_nonfinite` (`check_stored_weights`)."""
+    refused unless `allow_nonfinite` (`check_stored_weights`); a file that does not match the
+    folder's integrity record is a `DamagedCheckpointError`."""
     folder = pathlib.Path(path)
+    verify_integrity(folder)
     config = Wav2Vec2Config.from_json_file(folder / CONFIG_FILE)
     stored = _nest_legacy_names(safetensors.numpy.load_file(folder / PARAMS_FILE))
     check_stored_weights(config, stored, folder / PARAMS_FILE, allow_nonfinite=allow_nonfinite)

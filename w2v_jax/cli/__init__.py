@@ -31,6 +31,7 @@ import tqdm
 from absl import app, flags
 
 from w2v_jax.asr.beam_search import BeamSearchOptions
+from w2v_jax.asr.long_form import DEFAULT_CHUNK_S
 from w2v_jax.configs import resolve_argv, unknown_field_message
 from w2v_jax.research import probes
 from w2v_jax.training import host_memory, workdir
@@ -158,6 +159,40 @@ def define_probe_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHol
             "probe_steps", 300, "Adam iterations of each linear probe.", flag_values=flag_values
         ),
     }
+
+
+def define_long_form_flags(flag_values: flags.FlagValues) -> dict[str, flags.FlagHolder]:
+    """`--chunk_s`, `--stride_s` (`asr.long_form`) and `--strict` of the launchers that read many audio files."""
+    fv = flag_values
+    return {
+        "chunk_s": flags.DEFINE_float(
+            "chunk_s", DEFAULT_CHUNK_S, "Recordings longer than this (seconds) go in chunks.", flag_values=fv
+        ),
+        "stride_s": flags.DEFINE_float(
+            "stride_s",
+            None,
+            "Overlap on each side of a chunk, seconds (default: a sixth of --chunk_s).",
+            flag_values=fv,
+        ),
+        "strict": flags.DEFINE_bool("strict", False, "Stop at the first unreadable file.", flag_values=fv),
+    }
+
+
+class BadFiles:
+    """Unreadable input files of a launcher that goes on without them: each one's line on stderr as
+    it is met (`report`, an `on_bad_file` callback), then `exit_if_any` ends with status 1 and the count."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, path: pathlib.Path, reason: str) -> None:
+        del path  # the reason names it
+        self.count += 1
+        print(reason, file=sys.stderr, flush=True)
+
+    def exit_if_any(self) -> None:
+        if self.count:
+            raise SystemExit(f"{self.count} unreadable file{'s' if self.count > 1 else ''} skipped (reasons above)")
 
 
 def define_beam_search_flags(flag_values: flags.FlagValues, sweep: bool = False) -> dict[str, flags.FlagHolder]:

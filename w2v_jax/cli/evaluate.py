@@ -16,7 +16,9 @@ and prints the table. All logic: `w2v_jax.research.probes.evaluate_pretrained_ch
 A fine-tuned (CTC) checkpoint (a fine-tuning workdir: its best model unless `--step`) is evaluated
 by its error rates instead: WER and CER (`--labels=ltr`) or PER (`--labels=phn`) on `--manifest`
 (default: the embedded corpus's valid split), written to `--output`/metrics.json
-(`w2v_jax.asr.evaluator.evaluate_finetuned_checkpoint`). With `--lm` (and `--lexicon` for a word
+(`w2v_jax.asr.evaluator.evaluate_finetuned_checkpoint`). Unreadable files are reported on stderr,
+left out of the error rates, and counted in the exit status, as `transcribe` does (`--strict`: stop
+at the first one). With `--lm` (and `--lexicon` for a word
 LM) it also decodes with beam search: greedy, beam search without the LM and with it, on the logits
 of one forward pass, with each decoder's speed; several `--lm_weight` and `--word_score` values
 sweep every pair, print the table and the best pair and draw `lm_sweep.png`
@@ -39,6 +41,7 @@ from w2v_jax.asr.error_rates import METRICS
 from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint, sweep_lm_weights
 from w2v_jax.checkpoints import load_model
 from w2v_jax.cli import (
+    BadFiles,
     beam_search_options,
     define_beam_search_flags,
     define_checkpoint_flags,
@@ -47,6 +50,7 @@ from w2v_jax.cli import (
     run_faults_exit,
 )
 from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import AudioError
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.research import plotting, probes
 
@@ -91,6 +95,9 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "labels", "ltr", sorted(METRICS), "CTC checkpoints: letter or phone labels.", flag_values=fv
         ),
         **define_beam_search_flags(fv, sweep=True),
+        strict=flags.DEFINE_bool(
+            "strict", False, "CTC checkpoints: stop at the first unreadable file.", flag_values=fv
+        ),
     )
 
 
@@ -101,11 +108,22 @@ def evaluate_ctc(args: SimpleNamespace) -> None:
     if args.lm.value is not None:
         evaluate_with_lm(args, manifest, output)
         return
-    record = evaluate_finetuned_checkpoint(args.checkpoint.value, manifest, args.labels.value, step=args.step.value)
+    bad = BadFiles()
+    try:
+        record = evaluate_finetuned_checkpoint(
+            args.checkpoint.value,
+            manifest,
+            args.labels.value,
+            step=args.step.value,
+            on_bad_file=None if args.strict.value else bad.report,
+        )
+    except AudioError as error:  # --strict: the first unreadable file, one line
+        raise SystemExit(str(error)) from None
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"wrote {output}/metrics.json")
+    bad.exit_if_any()
 
 
 def evaluate_with_lm(args: SimpleNamespace, manifest: str, output: pathlib.Path) -> None:

@@ -6,8 +6,15 @@
 `--checkpoint` is a fine-tuning workdir (its best model by the validation metric; `--step` picks a
 checkpoint), our folder format or a transformers `Wav2Vec2ForCTC` folder with its vocabulary.
 Arguments are audio files or manifests (every row). Greedy CTC decoding, batched (layer-norm models
-padded, group-norm models in batches of equal length), in the text transformers' ASR pipeline gives
+padded; group-norm models padded with the masked group norm), in the text transformers' ASR pipeline gives
 (`--labels=phn`: phones separated by spaces, as in `.phn` files).
+Recordings longer than `--chunk_s` (default 20 s) are transcribed in chunks with `--stride_s`
+overlaps (default a sixth of the chunk; `w2v_jax.asr.long_form`); shorter ones whole. An unreadable
+file is reported on stderr (one line) as it is met and the others are transcribed; the exit status
+is then 1, with the count (`--strict`: stop at the first one).
+`--timestamps=word|char|phone --output=FILE.jsonl` also writes one JSON line per file,
+`{"path", "text", "segments": [{"token", "start", "end", "score"}]}` in seconds
+(`w2v_jax.asr.timestamps`).
 `--decoder=beam` decodes with beam search instead (`w2v_jax.asr.beam_search`), with an n-gram LM
 (`--lm`, ARPA or KenLM binary) and a lexicon (`--lexicon`) or lexicon-free with a token LM:
 
@@ -19,15 +26,17 @@ All logic: `w2v_jax.asr.transcription.transcribe_files`.
 """
 
 import functools
+import pathlib
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 from absl import app, flags
 
+from w2v_jax.asr import timestamps
 from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import beam_search_options, define_beam_search_flags, launch
+from w2v_jax.cli import BadFiles, beam_search_options, define_beam_search_flags, define_long_form_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -53,33 +62,62 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "decoder", "greedy", DECODERS, "greedy, or beam search (with --lm, --lexicon).", flag_values=fv
         ),
         **define_beam_search_flags(fv),
+        **define_long_form_flags(fv),
+        timestamps=flags.DEFINE_enum(
+            "timestamps",
+            None,
+            list(timestamps.LEVELS),
+            "Also write each file's word, char or phone segments as JSON lines to --output.",
+            flag_values=fv,
+        ),
+        output=flags.DEFINE_string("output", None, "The JSON lines file of --timestamps.", flag_values=fv),
     )
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:
     if len(argv) < 2:
         raise app.UsageError("give audio files or manifests to transcribe")
-    decoder = functools.partial(
-        make_decoder,
-        decoder=args.decoder.value,
-        lm=args.lm.value,
-        lexicon=args.lexicon.value,
-        options=beam_search_options(args, args.lm_weight.value, args.word_score.value),
-        separator=SEPARATORS[args.labels.value],
-    )
-    try:
-        results = transcribe_files(
-            args.checkpoint.value,
-            argv[1:],
-            step=args.step.value,
-            batch_size=args.batch_size.value,
+    if args.timestamps.value and not args.output.value:
+        raise app.UsageError("--timestamps writes to --output=FILE.jsonl: give it")
+    bad = BadFiles()
+    options = {
+        "step": args.step.value,
+        "batch_size": args.batch_size.value,
+        "separator": SEPARATORS[args.labels.value],
+        "decoder": functools.partial(
+            make_decoder,
+            decoder=args.decoder.value,
+            lm=args.lm.value,
+            lexicon=args.lexicon.value,
+            options=beam_search_options(args, args.lm_weight.value, args.word_score.value),
             separator=SEPARATORS[args.labels.value],
-            decoder=decoder,
-        )
+        ),
+        "chunk_s": args.chunk_s.value,
+        "stride_s": args.stride_s.value,
+        "on_bad_file": None if args.strict.value else bad.report,
+    }
+    try:
+        if args.timestamps.value:
+            write_timestamps(args, argv[1:], options)
+        else:
+            for path, text in transcribe_files(args.checkpoint.value, argv[1:], **options):
+                print(f"{path}\t{text}")
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    for path, text in results:
-        print(f"{path}\t{text}")
+    bad.exit_if_any()
+
+
+def write_timestamps(args: SimpleNamespace, paths: list[str], options: dict) -> None:
+    """`path<TAB>text` on stdout and one JSON line per file in `--output`."""
+    results, seconds = timestamps.transcribe_files_with_timestamps(
+        args.checkpoint.value, paths, args.timestamps.value, **options
+    )
+    output = pathlib.Path(args.output.value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as out:
+        for path, text, found in results:
+            print(f"{path}\t{text}")
+            out.write(timestamps.json_line(path, text, found, seconds) + "\n")
 
 
 def run() -> None:

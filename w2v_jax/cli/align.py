@@ -1,0 +1,95 @@
+"""Forced alignment of known transcripts: word, char or phone times of a manifest's recordings.
+
+    python -m experiments.align --checkpoint=runs/ft_mini --manifest=data/valid.tsv --out=runs/align
+    python -m experiments.align --checkpoint=runs/ft_mini_phn --labels=phn --manifest=valid.tsv --out=DIR
+
+Takes the audio of `--manifest` and its transcripts (`.ltr`, else `.wrd`, beside it; `.phn` with
+`--labels=phn`) and writes `--out`/alignments.jsonl (one line per recording: `{"path", "text",
+"segments": [{"token", "start", "end", "score"}]}`, seconds) and `--out`/alignments.ctm
+(`utterance channel start duration token score`), for example to cut long recordings into
+utterances. `--level` is word (default for letters), char or phone (default for phones). Recordings
+of any length (`--chunk_s`); unreadable files are reported on stderr and counted in the exit
+status as `transcribe` does (`--strict`: stop at the first one).
+All logic: `w2v_jax.asr.timestamps.align_manifest`.
+"""
+
+import pathlib
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+from absl import app, flags
+
+from w2v_jax.asr import timestamps
+from w2v_jax.asr.decoding import SEPARATORS
+from w2v_jax.cli import BadFiles, define_long_form_flags, launch
+
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
+    del argv
+    fv = flag_values
+    return SimpleNamespace(
+        checkpoint=flags.DEFINE_string(
+            "checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True, flag_values=fv
+        ),
+        manifest=flags.DEFINE_string(
+            "manifest", None, "Manifest with transcripts beside it.", required=True, flag_values=fv
+        ),
+        out=flags.DEFINE_string("out", None, "Output folder.", required=True, flag_values=fv),
+        step=flags.DEFINE_integer(
+            "step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv
+        ),
+        labels=flags.DEFINE_enum(
+            "labels", "ltr", sorted(SEPARATORS), "The model's labels: ltr (letters) or phn (phones).", flag_values=fv
+        ),
+        level=flags.DEFINE_enum(
+            "level",
+            None,
+            list(timestamps.LEVELS),
+            "Segments: word, char or phone (default by --labels).",
+            flag_values=fv,
+        ),
+        batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances (or chunks) per forward pass.", flag_values=fv),
+        **define_long_form_flags(fv),
+    )
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    bad = BadFiles()
+    level = args.level.value or ("word" if args.labels.value == "ltr" else "phone")
+    try:
+        results, seconds = timestamps.align_manifest(
+            args.checkpoint.value,
+            args.manifest.value,
+            args.labels.value,
+            level,
+            step=args.step.value,
+            batch_size=args.batch_size.value,
+            chunk_s=args.chunk_s.value,
+            stride_s=args.stride_s.value,
+            on_bad_file=None if args.strict.value else bad.report,
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    out = pathlib.Path(args.out.value)
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        (out / "alignments.jsonl").open("w", encoding="utf-8") as jsonl,
+        (out / "alignments.ctm").open("w", encoding="utf-8") as ctm,
+    ):
+        for path, text, found in results:
+            jsonl.write(timestamps.json_line(path, text, found, seconds) + "\n")
+            timestamps.write_ctm(ctm, timestamps.utterance_id(path), found, seconds)
+    print(f"aligned {len(results)} recordings: wrote {out}/alignments.jsonl and alignments.ctm")
+    bad.exit_if_any()
+
+
+def run() -> None:
+    """The `w2v-align` command."""
+    launch(main, define_flags)
+
+
+if __name__ == "__main__":
+    run()
