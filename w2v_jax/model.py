@@ -504,7 +504,7 @@ class Wav2Vec2Model(nnx.Module):
         if self.remat:
             # The conv stack's activations are the model's largest.
             graphdef, params = nnx.split(self.feature_extractor)
-            features = rematerialised(lambda p, x, n: nnx.merge(graphdef, p)(x, n))(params, input_values, num_samples)
+            features = rematerialised(lambda p, x: nnx.merge(graphdef, p)(x, num_samples))(params, input_values)
         else:
             features = self.feature_extractor(input_values, num_samples)
         features = scale_gradient(features, config.feature_grad_mult)

@@ -88,9 +88,9 @@ def fairseq_to_jax(
     imported = fairseq.load_fairseq_checkpoint(source, dictionary, allow_nonfinite=allow_nonfinite)
     if isinstance(imported.model, Wav2Vec2ForCTC) and imported.vocabulary is None:
         raise ValueError(f"{source} is a CTC model: give its dict.ltr.txt with --dict (none beside the file)")
-    folder.save_checkpoint(imported.config, imported.model, destination, vocabulary=imported.vocabulary)
-    if imported.vocabulary is not None:
-        hf.save_processor_files(imported.vocabulary, imported.config, destination, do_normalize=imported.normalize)
+    folder.save_checkpoint(
+        imported.config, imported.model, destination, vocabulary=imported.vocabulary, do_normalize=imported.normalize
+    )
     return imported.summary()
 
 

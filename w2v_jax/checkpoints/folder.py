@@ -38,17 +38,23 @@ def _param_name(path: ParamPath) -> str:
 
 
 def save_checkpoint(
-    config: Wav2Vec2Config, model: Model, path: str | os.PathLike, *, vocabulary: Vocabulary | None = None
+    config: Wav2Vec2Config,
+    model: Model,
+    path: str | os.PathLike,
+    *,
+    vocabulary: Vocabulary | None = None,
+    do_normalize: bool = True,
 ) -> None:
     """Our folder format: config.json (transformers' + fairseq fields) and params.safetensors
     keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`); with
-    a `vocabulary` (CTC models) also the processor files, as `save_hf_checkpoint` writes them."""
+    a `vocabulary` (CTC models) also the processor files, as `save_hf_checkpoint` writes them
+    (`do_normalize`: whether the model's inputs are normalised per utterance)."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INTEGRITY_FILE).unlink(missing_ok=True)
     before = _file_stats(folder)
     if vocabulary is not None:
-        save_processor_files(vocabulary, config, folder)
+        save_processor_files(vocabulary, config, folder, do_normalize=do_normalize)
     write_config(config, model, folder)
     params = {
         _param_name(p): np.asarray(jax.device_get(v[...]), np.float32)
@@ -97,7 +103,8 @@ def verify_integrity(folder: str | os.PathLike) -> None:
             raise DamagedCheckpointError(f"{file}: missing (recorded in {INTEGRITY_FILE})")
         if _sha256(file) != digest:
             raise DamagedCheckpointError(
-                f"{file}: damaged (its SHA-256 differs from the one recorded in {INTEGRITY_FILE} when it was saved)"
+                f"{file}: damaged (its SHA-256 differs from the one recorded in {INTEGRITY_FILE} when it was "
+                f"saved; if you changed it on purpose, delete {folder / INTEGRITY_FILE})"
             )
 
 

@@ -20,8 +20,7 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from w2v_jax.asr import timestamps
-from w2v_jax.asr.decoding import SEPARATORS
-from w2v_jax.cli import BadFiles, define_long_form_flags, launch
+from w2v_jax.cli import BadFiles, define_ctc_checkpoint_flags, define_long_form_flags, launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -29,19 +28,11 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     del argv
     fv = flag_values
     return SimpleNamespace(
-        checkpoint=flags.DEFINE_string(
-            "checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True, flag_values=fv
-        ),
+        **define_ctc_checkpoint_flags(fv),
         manifest=flags.DEFINE_string(
             "manifest", None, "Manifest with transcripts beside it.", required=True, flag_values=fv
         ),
         out=flags.DEFINE_string("out", None, "Output folder.", required=True, flag_values=fv),
-        step=flags.DEFINE_integer(
-            "step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv
-        ),
-        labels=flags.DEFINE_enum(
-            "labels", "ltr", sorted(SEPARATORS), "The model's labels: ltr (letters) or phn (phones).", flag_values=fv
-        ),
         level=flags.DEFINE_enum(
             "level",
             None,

@@ -36,7 +36,14 @@ from w2v_jax.asr import timestamps
 from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import BadFiles, beam_search_options, define_beam_search_flags, define_long_form_flags, launch
+from w2v_jax.cli import (
+    BadFiles,
+    beam_search_options,
+    define_beam_search_flags,
+    define_ctc_checkpoint_flags,
+    define_long_form_flags,
+    launch,
+)
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -44,20 +51,8 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     del argv
     fv = flag_values
     return SimpleNamespace(
-        checkpoint=flags.DEFINE_string(
-            "checkpoint", None, "Fine-tuning workdir or CTC checkpoint folder.", required=True, flag_values=fv
-        ),
-        step=flags.DEFINE_integer(
-            "step", None, "Checkpoint step of a workdir (default: its best model).", flag_values=fv
-        ),
+        **define_ctc_checkpoint_flags(fv),
         batch_size=flags.DEFINE_integer("batch_size", 8, "Utterances per forward pass.", flag_values=fv),
-        labels=flags.DEFINE_enum(
-            "labels",
-            "ltr",
-            sorted(SEPARATORS),
-            "The model's labels: ltr (letters joined) or phn (phones separated by spaces).",
-            flag_values=fv,
-        ),
         decoder=flags.DEFINE_enum(
             "decoder", "greedy", DECODERS, "greedy, or beam search (with --lm, --lexicon).", flag_values=fv
         ),
