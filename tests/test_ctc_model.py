@@ -247,13 +247,14 @@ def test_masked_group_norm_logits_on_a_padded_batch_are_each_utterance_alone():
     masked = forward(model, jnp.asarray(waveforms), jnp.asarray(attention_mask), "masked")
     padded = forward(model, jnp.asarray(waveforms), jnp.asarray(attention_mask), "padded")
     np.testing.assert_array_equal(masked.logit_lengths, model.num_frames(lengths))
+    logits_alone = nnx.jit(lambda m, x: m(x).logits[0])
     for b, n in enumerate(lengths):
-        alone = model(jnp.asarray(waveforms[b : b + 1, :n])).logits[0]
+        alone = logits_alone(model, jnp.asarray(waveforms[b : b + 1, :n]))
         # float32 at different batch shapes (tests/test_representations.py's ATOL).
         np.testing.assert_allclose(masked.logits[b, : len(alone)], alone, atol=1e-5)
     # The default keeps the reference's statistics over the padding: the short rows move.
     short = model.num_frames(lengths[1])
-    alone = model(jnp.asarray(waveforms[1:2, : lengths[1]])).logits[0]
+    alone = logits_alone(model, jnp.asarray(waveforms[1:2, : lengths[1]]))
     assert np.abs(np.asarray(padded.logits[1, :short]) - np.asarray(alone)).max() > 1e-2
     with pytest.raises(ValueError, match="group_norm must be one of"):
         model(jnp.asarray(waveforms), jnp.asarray(attention_mask), group_norm="exact")

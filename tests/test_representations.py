@@ -29,9 +29,16 @@ def _waveforms(lengths, seed=0):
     return [rng.standard_normal(n).astype(np.float32) for n in lengths]
 
 
-def _alone(model, waveform):
-    out = model.wav2vec2(jnp.asarray(waveform)[None], deterministic=True, output_hidden_states=True)
+@nnx.jit
+def _encode_alone(model, waveform):
+    out = model.wav2vec2(waveform[None], deterministic=True, output_hidden_states=True)
     return out.last_hidden_state[0], out.extract_features[0], [h[0] for h in out.hidden_states]
+
+
+def _alone(model, waveform):
+    """The model on one utterance: (last hidden state, conv features, hidden states), compiled (one
+    program per length instead of a compile per operation)."""
+    return _encode_alone(model, jnp.asarray(waveform))
 
 
 def test_bucket_ladder_pads_up_and_crops_down():

@@ -75,7 +75,8 @@ def test_step_masks_are_the_ones_the_model_draws():
     waveforms = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16000), dtype=np.float32))
     key = jax.random.key(3)
     step = 7
-    out = model(waveforms, deterministic=False, key=train_step.model_key(key, step, 0))
+    forward = nnx.jit(lambda m, x, k: m(x, deterministic=False, key=k))
+    out = forward(model, waveforms, train_step.model_key(key, step, 0))
     mask, negatives = benchmark.step_masks(config, key, step, 2, model.num_frames(16000))
     np.testing.assert_array_equal(mask, np.asarray(out.mask_time_indices))
     assert negatives.shape == (*mask.shape, config.num_negatives)

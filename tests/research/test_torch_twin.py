@@ -102,7 +102,8 @@ def test_reference_model_holds_our_weights(config):
     mask = compute_mask_indices(jax.random.key(3), (2, frames), 0.65, 4, 2)
     negatives = np.asarray(sample_negative_indices(jax.random.key(4), mask, config.num_negatives))
     flat = torch_twin.flat_negative_indices(negatives)
-    ours = model(x, mask_time_indices=mask, sampled_negative_indices=jnp.asarray(flat))
+    forward = nnx.jit(lambda m, x, masks, negatives: m(x, mask_time_indices=masks, sampled_negative_indices=negatives))
+    ours = forward(model, x, mask, jnp.asarray(flat))
     with torch.no_grad():
         theirs = torch_model(
             torch.tensor(x),

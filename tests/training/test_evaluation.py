@@ -4,7 +4,6 @@ after a resume, are checked end to end in tests/e2e/test_pretrain.py."""
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -88,14 +87,13 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
     assert isinstance(model, Wav2Vec2ForPreTraining)
     loss = correct = chance = masked = 0.0
     perplexities = []
-    for b in batches:
-        out = model(
-            jnp.asarray(b.input_values),
-            attention_mask=jnp.asarray(b.attention_mask),
-            mask_time_indices=jnp.asarray(b.mask_time_indices),
-            negative_indices=jnp.asarray(b.negative_indices),
-            deterministic=True,
+    forward = nnx.jit(
+        lambda m, x, a, masks, negatives: m(
+            x, attention_mask=a, mask_time_indices=masks, negative_indices=negatives, deterministic=True
         )
+    )
+    for b in batches:
+        out = forward(model, b.input_values, b.attention_mask, b.mask_time_indices, b.negative_indices)
         loss += float(out.loss)
         correct += int(out.num_correct)
         chance += float(out.chance_correct)

@@ -3,12 +3,15 @@
 import io
 import math
 import struct
+import subprocess
+import sys
 
 import matplotlib.pyplot as plt
 import pytest
 import tqdm
 from tensorboardX.proto import event_pb2
 
+from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.training import trainer
 from w2v_jax.training.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
 
@@ -119,6 +122,21 @@ def test_tensorboard_groups_tags_and_records_the_config(tmp_path):
     assert read_metrics(tmp_path / METRICS_FILE) == [
         {"step": 2, "loss": 1.5, "valid_loss": 2.5, "data_skipped_empty": 0}
     ]
+
+
+def test_the_writer_leaves_torch_unimported_and_a_later_import_works(tmp_path):
+    """tensorboardX imports torch when it is installed; a launcher's writer must not pay that start-up
+    (a fresh process: the test session has imported torch already)."""
+    code = (
+        "import sys; from w2v_jax.training.metrics import MetricWriter; "
+        f"MetricWriter({str(tmp_path)!r}).write(1, {{'loss': 1.0}}); "
+        "assert 'torch' not in sys.modules, 'torch imported'; import torch; torch.zeros(1)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(tmp_path / METRICS_FILE)] == [1]
 
 
 def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_path, monkeypatch):

@@ -44,7 +44,8 @@ def test_schedule_laws(total, warmup_fraction, peak):
     """Within [0, peak]; rises during the warmup, never rises after it."""
     warmup = int(warmup_fraction * total)
     schedule = optim.learning_rate_schedule(peak, total, warmup)
-    values = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
+    # Evaluated on one fixed range (the largest `total`), so every example reuses the same programs.
+    values = np.asarray(jax.vmap(schedule)(jnp.arange(10_001)))[: total + 1]
     assert np.all(values >= 0) and np.all(values <= peak * (1 + 1e-6))
     assert np.all(np.diff(values[: warmup + 1]) >= 0)
     assert np.all(np.diff(values[warmup:]) <= peak * 1e-6)

@@ -231,9 +231,9 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
         masked.append(int(n))
         correct.append(int(c))
         chance.append(float(h))
-        grads_sum = g if grads_sum is None else jax.tree.map(jnp.add, grads_sum, g)
+        grads_sum = g if grads_sum is None else jax.tree.map(np.add, host(grads_sum), host(g))
     total_masked = sum(masked)
-    grads = jax.tree.map(lambda g: g / total_masked, grads_sum)
+    grads = jax.tree.map(lambda g: g / np.float32(total_masked), host(grads_sum))
     assert int(metrics["num_masked"]) == total_masked
     # Accuracy is divided once: summed counts, not the mean of the micro-batches' fractions
     # (which differ here, so the two would disagree).
@@ -244,8 +244,8 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
     want_norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
     np.testing.assert_allclose(metrics["grad_norm"], want_norm, rtol=1e-5)
     opt_state = optim.set_learning_rate(jax.tree.map(jnp.asarray, opt_state0), SCHEDULE(0))
-    updates, _ = optimizer.update(grads, opt_state, model_params)
-    want = jax.tree.map(jnp.add, model_params, updates)
+    updates, _ = jax.jit(optimizer.update)(grads, opt_state, model_params)
+    want = jax.tree.map(np.add, params0, host(updates))
     for a, b in zip(jax.tree.leaves(host(state.params)), jax.tree.leaves(host(want))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 

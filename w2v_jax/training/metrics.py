@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,22 @@ from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's `SummaryWriter`, imported without torch: when torch is installed, tensorboardX
+    imports it (a second or two of every launcher's start-up) only to accept torch tensors, and the
+    writer here is given Python floats and text. A process that has imported torch already keeps it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - a 1 s import, for the writing process only
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 - as above
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,10 +95,8 @@ class MetricWriter:
         self._file = None
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 - a 1 s import, for the writing process only
-
             self._file = open(self.path, "a", encoding="utf-8")
-            self._tb = SummaryWriter(str(workdir))
+            self._tb = _summary_writer_class()(str(workdir))
             if config is not None:
                 # Markdown code block: TensorBoard's text tab keeps the JSON's indentation.
                 self._tb.add_text("config", "```\n" + config + "\n```", 0)
