@@ -5,9 +5,8 @@ import os
 import pathlib
 
 import pytest
-from filelock import FileLock
 
-from tests.support.launchers import run, subprocess_env
+from tests.support.launchers import run, shared_run, subprocess_env
 
 # Must happen before jax is imported anywhere: sharding tests need several devices, and CI has one
 # CPU. The test models are tiny, so compilation dominates their time: skipping LLVM's optimisation
@@ -23,7 +22,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> pathlib.Path:
     """A folder of the whole test session, shared by pytest-xdist's workers (which run in parallel:
-    guard what they share with a `FileLock`)."""
+    build what they share with `support.launchers.shared_run`)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
@@ -54,19 +53,10 @@ def long_run_env(compilation_cache) -> dict[str, str]:
 def tiny_pretraining(session_dir, long_run_env) -> pathlib.Path:
     """The main command's run: 300 updates of the tiny pretraining config on the embedded corpus (one
     device, the launcher as users run it), run once per session; its workdir."""
-    workdir = session_dir / "tiny_pretraining"
-    with FileLock(f"{workdir}.lock"):
-        if not pathlib.Path(f"{workdir}.finished").is_file():
-            result = run(
-                "experiments.pretrain",
-                [
-                    "--config=experiments/configs/pretrain.py:tiny",
-                    f"--workdir={workdir}",
-                    "--config.train.plot=False",
-                    "--config.train.log_every=50",
-                ],
-                long_run_env,
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
-            pathlib.Path(f"{workdir}.finished").touch()
-    return workdir
+
+    def build(workdir: pathlib.Path) -> None:
+        args = ["--config=experiments/configs/pretrain.py:tiny", f"--workdir={workdir}", "--config.train.plot=False"]
+        result = run("experiments.pretrain", [*args, "--config.train.log_every=50"], long_run_env)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_run(session_dir / "tiny_pretraining", build)

@@ -14,6 +14,7 @@ import transformers
 from flax import nnx
 
 from tests.support import launchers
+from tests.support.launchers import shared_run
 from w2v_jax.asr.error_rates import error_rate_metrics
 from w2v_jax.asr.transcription import read_inputs, transcribe_files
 from w2v_jax.checkpoints import load_model
@@ -49,10 +50,13 @@ def records(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-    workdir = tmp_path_factory.mktemp("finetune") / "run"
-    run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
-    return workdir
+def reference(session_dir, env):
+    """The run of `OVERRIDES`, once per session (`shared_run`): its workdir, which tests only read."""
+
+    def build(workdir):
+        run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
+
+    return shared_run(session_dir / "finetune_reference", build)
 
 
 def test_launcher_writes_every_output(reference):

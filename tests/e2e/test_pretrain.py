@@ -22,7 +22,7 @@ import transformers
 
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
-from tests.support.launchers import run_main, subprocess_env
+from tests.support.launchers import run_main, shared_run, subprocess_env
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
@@ -142,18 +142,45 @@ def test_unknown_variant_is_named():
         pretrain_config.get_config("huge")
 
 
+# The installed command's module started outside the repository (its config path resolved from the
+# package) on an install without torch.
+INSTALLED_WITHOUT_TORCH = BLOCK_REFERENCE + textwrap.dedent(
+    """
+    import runpy
+    sys.argv = ["w2v-pretrain"] + sys.argv[1:]
+    runpy.run_module("w2v_jax.cli.pretrain", run_name="__main__")
+    """
+)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
-    """An uninterrupted run: its metrics are what every interrupted-and-resumed run must log."""
-    workdir = tmp_path_factory.mktemp("reference")
-    proc = launch(workdir, env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, proc
+def reference(session_dir, env):
+    """An uninterrupted run, launched as `INSTALLED_WITHOUT_TORCH` from a folder outside the repository
+    (once per session, `shared_run`): (its workdir, the launcher's stderr). Its metrics are what every
+    interrupted-and-resumed run (`python -m experiments.pretrain` from the repository, torch installed)
+    must log."""
+
+    def build(folder):
+        elsewhere = folder / "elsewhere"
+        elsewhere.mkdir(parents=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", INSTALLED_WITHOUT_TORCH, f"--workdir={folder / 'run'}", *OVERRIDES],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_TIMEOUT,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (folder / "stderr.txt").write_text(proc.stderr)
+
+    folder = shared_run(session_dir / "pretrain_reference", build)
+    return folder / "run", (folder / "stderr.txt").read_text()
 
 
 @pytest.mark.slow
 def test_launcher_writes_every_output(reference):
-    workdir, proc = reference
+    workdir, stderr = reference
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == NUM_STEPS and config["train"]["batch_size"] == 4
     assert config["model"]["hidden_size"] == 32 and config["data"]["max_sample_size"] == 16000
@@ -187,35 +214,18 @@ def test_launcher_writes_every_output(reference):
     assert list(workdir.glob("events.out.tfevents.*"))
     assert (workdir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
-    assert "pretrain: 100%" in proc.stderr  # the tqdm bar
-    assert "compiling the train step (#1)" in proc.stderr and "(#2)" not in proc.stderr
-    assert proc.stderr.count("compiling the validation step") == 1  # one crop length: one compile
+    assert "pretrain: 100%" in stderr  # the tqdm bar
+    assert "compiling the train step (#1)" in stderr and "(#2)" not in stderr
+    assert stderr.count("compiling the validation step") == 1  # one crop length: one compile
 
 
 @pytest.mark.slow
-def test_launcher_runs_from_another_directory_without_torch(reference, env, tmp_path):
-    """The installed command's module, started outside the repository (its config path resolved from
-    the package) on an install without torch: the same run, record for record."""
-    program = BLOCK_REFERENCE + textwrap.dedent(
-        """
-        import runpy
-        sys.argv = ["w2v-pretrain"] + sys.argv[1:]
-        runpy.run_module("w2v_jax.cli.pretrain", run_name="__main__")
-        """
-    )
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", program, f"--workdir={tmp_path / 'run'}", *OVERRIDES],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=HANG_TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert records(tmp_path / "run") == records(reference[0])
-    assert "finished at step 6 of 6" in proc.stderr  # the readable end-of-run summary
+def test_launcher_runs_from_another_directory_without_torch(reference):
+    """The reference run came from the installed command's module outside the repository, torch blocked
+    (`INSTALLED_WITHOUT_TORCH`); the resumed runs below, from the repository with torch, log its records."""
+    workdir, stderr = reference
+    assert "finished at step 6 of 6" in stderr  # the readable end-of-run summary
+    assert [r["step"] for r in records(workdir)] == list(range(1, NUM_STEPS + 1))
 
 
 @pytest.mark.slow
@@ -245,7 +255,8 @@ def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
 
 @pytest.mark.slow
 def test_rerun_of_a_finished_run_does_nothing(reference, env, tmp_path):
-    workdir, _ = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
     before = (workdir / "metrics.jsonl").read_text()
     proc = launch(workdir, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -372,25 +383,40 @@ def assert_same_run(logged, expected):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=f"step {a['step']} {name}")
 
 
-@pytest.mark.slow
-def test_two_processes_match_the_single_process_run(reference, env, tmp_path):
-    """jax.distributed on localhost, CPU collectives, each process feeding half of every global batch."""
-    outputs = launch_two_processes(tmp_path, env)
-    assert "process 1 of 2" in outputs[1][1]
-    assert_same_run(records(tmp_path), records(reference[0]))
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4, 6]
+@pytest.fixture(scope="module")
+def two_processes(session_dir, env):
+    """The reference's run as two processes (jax.distributed on localhost, CPU collectives, each process
+    feeding half of every global batch), once per session: (its workdir, process 1's stderr)."""
+
+    def build(folder):
+        outputs = launch_two_processes(folder / "run", env)
+        (folder / "stderr_1.txt").write_text(outputs[1][1])
+
+    folder = shared_run(session_dir / "pretrain_two_processes", build)
+    return folder / "run", (folder / "stderr_1.txt").read_text()
 
 
 @pytest.mark.slow
-def test_a_two_process_checkpoint_continues_on_one_process(reference, env, tmp_path):
-    """2 processes -> 1: the data position is global, the state resharded, the records those of the
-    uninterrupted single-process run."""
-    launch_two_processes(tmp_path, env, extra=["--config.train.num_steps=2"])
-    resumed = launch(tmp_path, env)
+def test_two_processes_match_the_single_process_run(reference, two_processes):
+    workdir, stderr_1 = two_processes
+    assert "process 1 of 2" in stderr_1
+    assert_same_run(records(workdir), records(reference[0]))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_continues_on_one_process(reference, two_processes, env, tmp_path):
+    """2 processes -> 1 from the two-process run's checkpoint 2: the data position is global, the state
+    resharded, the records those of the uninterrupted single-process run."""
+    workdir = tmp_path / "run"
+    shutil.copytree(two_processes[0], workdir)
+    for step in (4, 6):  # as if stopped after step 2's checkpoint
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    resumed = launch(workdir, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "checkpoint 2 was written by 2 processes, this run has 1" in resumed.stderr
     assert "resumed from checkpoint 2" in resumed.stderr
-    assert_same_run(records(tmp_path), records(reference[0]))
+    assert_same_run(records(workdir), records(reference[0]))
 
 
 # The same global batch on 4 and 8 devices: a token budget of 8 one-second crops.

@@ -2,12 +2,15 @@
 subprocesses the way users run them."""
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType, SimpleNamespace
 
 from absl import flags
+from filelock import FileLock
 
 from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.cli import parse_flags
@@ -53,3 +56,15 @@ def run(
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def shared_run(folder: pathlib.Path, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """`folder`, built by `build(folder)` once per test session: the first pytest-xdist worker that asks
+    builds it under a file lock, the others wait for it and reuse it (a module-scoped fixture would be
+    built again by every worker that runs one of the module's tests). Readers must not modify it."""
+    with FileLock(f"{folder}.lock"):
+        if not pathlib.Path(f"{folder}.finished").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            build(folder)
+            pathlib.Path(f"{folder}.finished").touch()
+    return folder
