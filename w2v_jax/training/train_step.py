@@ -131,27 +131,26 @@ def create_model(
     return model_class(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 
-def _init_fn(
+def _initial_state(
     config: Wav2Vec2Config,
     optimizer: optax.GradientTransformation,
     seed: int,
     dtype: jnp.dtype | None,
     remat: bool,
     model_class: ModelClass = Wav2Vec2ForPreTraining,
-) -> Callable[[], TrainState]:
-    def init() -> TrainState:
-        model = create_model(config, seed, dtype, remat, model_class)
-        _, params, model_state = nnx.split(model, nnx.Param, ...)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            model_state=model_state,
-            opt_state=optimizer.init(params),
-            nonfinite_total=jnp.zeros((), jnp.int32),
-            nonfinite_consecutive=jnp.zeros((), jnp.int32),
-        )
-
-    return init
+) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, step-0 state) of a freshly initialised model: a traceable function (the graphdef is a
+    pytree without leaves, so `jax.eval_shape` returns it whole)."""
+    model = create_model(config, seed, dtype, remat, model_class)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    return graphdef, TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=optimizer.init(params),
+        nonfinite_total=jnp.zeros((), jnp.int32),
+        nonfinite_consecutive=jnp.zeros((), jnp.int32),
+    )
 
 
 def abstract_train_state(
@@ -166,8 +165,8 @@ def abstract_train_state(
     model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: create_model(config, 0, dtype, remat, model_class)))
-    abstract = jax.eval_shape(_init_fn(config, optimizer, 0, dtype, remat, model_class))
+    # One trace gives both: building the model is most of the cost (seconds for LARGE).
+    graphdef, abstract = jax.eval_shape(lambda: _initial_state(config, optimizer, 0, dtype, remat, model_class))
     return graphdef, abstract, sharding.state_shardings(abstract, mesh, param_sharding, min_fsdp_size)
 
 
@@ -210,7 +209,9 @@ def create_train_state(
         remat=remat,
         model_class=model_class,
     )
-    state = jax.jit(_init_fn(config, optimizer, seed, dtype, remat, model_class), out_shardings=shardings)()
+    state = jax.jit(
+        lambda: _initial_state(config, optimizer, seed, dtype, remat, model_class)[1], out_shardings=shardings
+    )()
     return graphdef, state, shardings
 
 
