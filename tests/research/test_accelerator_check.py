@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 
+from tests.support import xla_flags
 from tools import device_wheels
 from w2v_jax.research import accelerator_check as check
 
@@ -19,6 +20,15 @@ def test_our_pins_pass_every_compatibility_check():
 def test_every_accelerator_test_file_exists():
     for name in check.ACCELERATOR_TEST_FILES:
         assert (check.REPO / name).is_file(), name
+
+
+def test_the_device_tests_set_their_own_xla_flags():
+    # The suite's CPU compile options are the pinned jaxlib's: on the device (another jaxlib) the tests
+    # run with the simulated CPU devices only, the accelerator chosen by JAX.
+    (command,) = check.tests_step(check.CheckSettings(output=pathlib.Path("x"))).commands
+    assert command.env == {"JAX_PLATFORMS": "", "XLA_FLAGS": check.DEVICE_TEST_XLA_FLAGS}
+    assert "xla_cpu" not in check.DEVICE_TEST_XLA_FLAGS and "optimization_level" not in check.DEVICE_TEST_XLA_FLAGS
+    assert xla_flags(8).startswith(check.DEVICE_TEST_XLA_FLAGS + " ")  # the same simulated devices
 
 
 def test_benchmark_verdict_reads_the_printed_figures():

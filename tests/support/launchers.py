@@ -12,7 +12,7 @@ from types import ModuleType, SimpleNamespace
 from absl import flags
 from filelock import FileLock
 
-from tests.support import HANG_TIMEOUT, REPO
+from tests.support import HANG_TIMEOUT, REPO, xla_flags
 from w2v_jax.cli import parse_flags
 
 
@@ -32,15 +32,12 @@ def run_main(launcher: ModuleType, argv: Sequence[str]) -> None:
 
 
 def subprocess_env(cache_dir: str | os.PathLike, devices: int = 1, *, long_run: bool = False) -> dict[str, str]:
-    """The environment of a launcher subprocess: CPU only, `devices` simulated devices and JAX's
-    persistent compilation cache in `cache_dir` for every compile, so the runs of a test session
-    compile each program once. A short run (a few updates: mostly compiling) skips LLVM's
-    optimisation passes, which halves a compile; a `long_run` (hundreds of updates) runs its first
-    level, which halves an update of the tiny models for a third more compile time than none."""
-    level = 1 if long_run else 0
+    """The environment of a launcher subprocess: CPU only, `devices` simulated devices compiled as
+    `xla_flags` says, and JAX's persistent compilation cache in `cache_dir` for every compile, so the
+    runs of a test session compile each program once (and none writes to the user's cache)."""
     return {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level={level}",
+        "XLA_FLAGS": xla_flags(devices, long_run=long_run),
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -1,6 +1,5 @@
 """Tests of w2v_jax/checkpointer.py: round trips, retention, refusal of non-finite states, crash safety."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -91,8 +90,7 @@ KILL_DURING_SAVE = textwrap.dedent(
 )
 
 
-def test_kill_during_save_never_restores_the_partial_checkpoint(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+def test_kill_during_save_never_restores_the_partial_checkpoint(tmp_path, env):
     proc = subprocess.run(
         [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)],
         cwd=REPO,

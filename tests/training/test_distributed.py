@@ -5,7 +5,6 @@ beside the single-process run it is compared with.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import textwrap
 import pytest
 
 from tests.support import HANG_TIMEOUT, REPO
+from tests.support.launchers import subprocess_env
 from w2v_jax.training import distributed
 
 
@@ -61,15 +61,11 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_processes_exchange_batches_and_json():
+def test_two_processes_exchange_batches_and_json(compilation_cache):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         address = f"localhost:{s.getsockname()[1]}"
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = subprocess_env(compilation_cache, devices=2)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, address, str(i)],

@@ -70,8 +70,7 @@ def test_a_killed_holder_leaves_the_workdir_unlocked(tmp_path):
         assert f"pid {os.getpid()} " in (tmp_path / workdir.LOCK_FILE).read_text()
 
 
-def test_a_second_launcher_exits_at_once_with_one_line(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+def test_a_second_launcher_exits_at_once_with_one_line(tmp_path, env):
     with workdir.WorkdirLock(tmp_path):
         holder = (tmp_path / workdir.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
@@ -272,13 +271,12 @@ def test_reading_a_live_run_leaves_its_directory_alone(killed_then_disk_full, tm
         load_model(run, step=2)
 
 
-def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_path):
+def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_path, env):
     run = tmp_path / "run"
     shutil.copytree(killed_then_disk_full[0], run)
     checkpoints = run / "checkpoints"
     shutil.rmtree(checkpoints / "2" / "state")
     shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     proc = subprocess.run(
         [
             sys.executable,
@@ -299,11 +297,10 @@ def test_evaluating_a_corrupt_checkpoint_is_one_line(killed_then_disk_full, tmp_
     assert "Traceback" not in proc.stderr and (checkpoints / "2").is_dir()  # a reader moves nothing
 
 
-def test_a_sweep_point_in_use_exits_with_one_line(tmp_path):
+def test_a_sweep_point_in_use_exits_with_one_line(tmp_path, env):
     # The sweep's first point is locked by another run: the sweep stops with the same one line.
     point = tmp_path / "num_codevector_groups=2,num_codevectors_per_group=8,seed=0"
     point.mkdir()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     with workdir.WorkdirLock(point):
         holder = (point / workdir.LOCK_FILE).read_text().strip()
         proc = subprocess.run(

@@ -394,11 +394,16 @@ def benchmark_verdict(output: str) -> dict[str, Any]:
     }
 
 
+DEVICE_TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8"
+
+
 def tests_step(settings: CheckSettings) -> Step:
     """Step 3: the accelerator-relevant test files, on the device (collected only on a dry run)."""
     mode = ["--collect-only", "-q"] if settings.dry_run else ["-q", "-rfE", "-p", "no:cacheprovider"]
-    # conftest.py keeps a platform already chosen: here the accelerator, with the CPU beside it.
-    env = {} if settings.dry_run else {"JAX_PLATFORMS": ""}
+    # conftest.py keeps a platform and XLA flags already chosen: here the accelerator, with eight CPU
+    # devices beside it, and none of the suite's CPU compile options, which are the pinned jaxlib's (XLA
+    # aborts on a flag it does not know, and the device image has another jaxlib).
+    env = {} if settings.dry_run else {"JAX_PLATFORMS": "", "XLA_FLAGS": DEVICE_TEST_XLA_FLAGS}
     command = Command("pytest", lambda _: _python("-m", "pytest", *mode, *ACCELERATOR_TEST_FILES), 100, env)
     return Step(3, "tests", (command,), tests_verdict)
 
