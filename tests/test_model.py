@@ -19,12 +19,8 @@ from w2v_jax.contrastive_loss import (
     sample_negative_indices,
 )
 from w2v_jax.layers import dropout, layer_norm, named_key
-from w2v_jax.model import (
-    Wav2Vec2ForPreTraining,
-    Wav2Vec2Model,
-    sample_gumbel_noise,
-    sample_masks_and_negatives,
-)
+from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
+from w2v_jax.training_draws import sample_gumbel_noise, sample_masks_and_negatives
 
 # fairseq BASE's objective (feature penalty 10, gradient x0.1); one layer keeps compile times short.
 CONFIG = Wav2Vec2Config.preset("tiny", num_hidden_layers=1)

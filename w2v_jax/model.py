@@ -21,9 +21,9 @@ masked frame"; fairseq logs loss / num_masked / ln 2); accuracy travels as the c
 and its chance level as `chance_correct` (a distractor with its target's codewords can't be picked,
 so chance is above 1 / (1 + K) when codebooks are small).
 Masks, distractors and Gumbel noise are drawn inside jit from named sub-keys of `key` unless given
-explicitly; `sample_masks_and_negatives`, `sample_gumbel_noise` and (fine-tuning's time and channel
-masks) `sample_training_masks` draw exactly what the model draws for a key, for tools that feed
-another implementation the same inputs.
+explicitly; `training_draws` holds those draws (`sample_masks_and_negatives`, `sample_gumbel_noise`
+and, fine-tuning's time and channel masks, `sample_training_masks`): they give exactly what the model
+draws for a key, for tools that feed another implementation the same inputs.
 
 Distractor indices: inside the library `[batch, time, K]` frame indices within each utterance
 (`negative_indices=`). `sampled_negative_indices=` takes transformers' format instead (indices into
@@ -67,14 +67,20 @@ from w2v_jax.contrastive_loss import (
     diversity_loss,
     gather_negatives,
     same_codewords,
-    sample_negative_indices,
 )
 from w2v_jax.ctc import ctc_utterance_losses, reduce_ctc_losses
 from w2v_jax.feature_encoder import FeatureEncoder
 from w2v_jax.layers import dropout, layer_norm, linear, named_key, rematerialised, scale_gradient
-from w2v_jax.masking import check_mask_arguments, compute_mask_indices, padding_mask_from_lengths
-from w2v_jax.quantization import CodebookUsage, GumbelVectorQuantizer, gumbel_noise
+from w2v_jax.masking import check_mask_arguments, padding_mask_from_lengths
+from w2v_jax.quantization import CodebookUsage, GumbelVectorQuantizer
 from w2v_jax.representations import UtteranceRepresentation, extract_representations
+from w2v_jax.training_draws import (
+    gumbel_key,
+    sample_distractors,
+    sample_feature_mask,
+    sample_masks_and_negatives,
+    sample_time_mask,
+)
 
 # `checkpoints.load_model`, set by `w2v_jax/__init__.py` (`set_pretrained_loader`): the loader builds
 # these models and reads training checkpoints, so it is handed down rather than imported.
@@ -172,136 +178,6 @@ class Wav2Vec2PreTrainingOutput:
         if self.chance_correct is None:
             return None
         return self.chance_correct / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
-
-
-def _span_mask(
-    mask_key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
-) -> jax.Array:
-    return compute_mask_indices(
-        mask_key,
-        (batch_size, num_frames),
-        config.mask_time_prob,
-        config.mask_time_length,
-        config.mask_time_min_masks,
-        frame_lengths,
-    )
-
-
-def _sample_time_mask(
-    key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int, frame_lengths: jax.Array | None
-) -> jax.Array:
-    return _span_mask(named_key(key, "mask"), config, batch_size, num_frames, frame_lengths)
-
-
-def _sample_negatives(key: jax.Array, config: Wav2Vec2Config, mask: jax.Array) -> jax.Array:
-    return sample_negative_indices(named_key(key, "negatives"), mask, config.num_negatives)
-
-
-def masks_and_negatives(
-    mask_key: jax.Array,
-    negatives_key: jax.Array,
-    config: Wav2Vec2Config,
-    batch_size: int,
-    num_frames: int,
-    frame_lengths: jax.Array | np.ndarray | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Span masks drawn from `mask_key` and, for each masked frame, `num_negatives` distractors
-    among the other masked frames of its utterance drawn from `negatives_key` (the config's
-    `mask_time_*` and `num_negatives`). `sample_masks_and_negatives` calls it with the model's sub-keys.
-
-    Args:
-      mask_key, negatives_key: the two draws' keys.
-      config: the model's config.
-      batch_size: B.
-      num_frames: T, `model.num_frames(samples)`.
-      frame_lengths: optional `[batch]` int real frames per utterance (never masked beyond them);
-        None when nothing is padded.
-
-    Returns:
-      `(mask [batch, time] bool, negative_indices [batch, time, K] int32)`, the distractors as frame
-      indices within each utterance (rows of unmasked frames hold the frame's own index).
-    """
-    if frame_lengths is not None:
-        frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
-    mask = _span_mask(mask_key, config, batch_size, num_frames, frame_lengths)
-    return mask, sample_negative_indices(negatives_key, mask, config.num_negatives)
-
-
-def sample_masks_and_negatives(
-    key: jax.Array,
-    config: Wav2Vec2Config,
-    batch_size: int,
-    num_frames: int,
-    frame_lengths: jax.Array | np.ndarray | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """The span masks and distractors `Wav2Vec2ForPreTraining` draws for `key` when given neither.
-
-    Passing them back explicitly (`mask_time_indices=`, `negative_indices=`) with the same key
-    gives identical outputs; tools use this to feed another implementation the model's draws.
-
-    Args:
-      key: the key the model gets.
-      config, batch_size, num_frames, frame_lengths: as `masks_and_negatives`'.
-
-    Returns:
-      `masks_and_negatives` drawn from the model's sub-keys of `key` ("mask", "negatives").
-    """
-    return masks_and_negatives(
-        named_key(key, "mask"), named_key(key, "negatives"), config, batch_size, num_frames, frame_lengths
-    )
-
-
-def sample_feature_mask(key: jax.Array, config: Wav2Vec2Config, batch_size: int) -> jax.Array:
-    """The channel mask `[batch, hidden]` bool a model in training draws for `key` (transformers'
-    `_mask_hidden_states`: spans over the hidden channels, the same for every frame, padding-blind)."""
-    return compute_mask_indices(
-        named_key(key, "mask_feature"),
-        (batch_size, config.hidden_size),
-        config.mask_feature_prob,
-        config.mask_feature_length,
-        config.mask_feature_min_masks,
-    )
-
-
-def sample_training_masks(
-    key: jax.Array,
-    config: Wav2Vec2Config,
-    batch_size: int,
-    num_frames: int,
-    frame_lengths: jax.Array | np.ndarray | None = None,
-) -> tuple[jax.Array | None, jax.Array | None]:
-    """The masks `Wav2Vec2Model` (so `Wav2Vec2ForCTC`) draws in training for `key` when given none.
-
-    Args:
-      key: the key the model gets.
-      config: the model's config (`mask_time_*`, `mask_feature_*`).
-      batch_size: B.
-      num_frames: T, `model.num_frames(samples)`.
-      frame_lengths: optional `[batch]` int real frames per utterance, from the attention mask the
-        model gets; None when it gets none.
-
-    Returns:
-      `(time mask [batch, time] bool, channel mask [batch, hidden] bool)`, each None when its
-      probability is 0 (the model then masks nothing there).
-    """
-    time_mask = feature_mask = None
-    if config.mask_time_prob > 0.0:
-        if frame_lengths is not None:
-            frame_lengths = jnp.asarray(frame_lengths, jnp.int32)
-        time_mask = _sample_time_mask(key, config, batch_size, num_frames, frame_lengths)
-    if config.mask_feature_prob > 0.0:
-        feature_mask = sample_feature_mask(key, config, batch_size)
-    return time_mask, feature_mask
-
-
-def sample_gumbel_noise(key: jax.Array, config: Wav2Vec2Config, batch_size: int, num_frames: int) -> jax.Array:
-    """The standard Gumbel noise `[batch, time, G, V]` (float32) the quantizer adds in training for `key`."""
-    shape = (batch_size, num_frames, config.num_codevector_groups, config.num_codevectors_per_group)
-    return gumbel_noise(_gumbel_key(key), shape)
-
-
-def _gumbel_key(key: jax.Array) -> jax.Array:
-    return named_key(key, "gumbel")
 
 
 class FeatureProjection(nnx.Module):
@@ -456,7 +332,7 @@ class Wav2Vec2Model(nnx.Module):
         if mask_time_indices is not None:
             mask = _without_padding(mask_time_indices, padding_mask)
         elif not deterministic and config.mask_time_prob > 0.0:
-            mask = _sample_time_mask(key, config, input_values.shape[0], time, self.frame_lengths(attention_mask))
+            mask = sample_time_mask(key, config, input_values.shape[0], time, self.frame_lengths(attention_mask))
         else:
             mask = None
         return self.encode(
@@ -764,7 +640,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         quantized, usage = self.quantizer(
             quantizer_input,
             temperature=gumbel_temperature,
-            key=None if key is None else _gumbel_key(key),
+            key=None if key is None else gumbel_key(key),
             deterministic=deterministic,
             mask=mask if mask is not None else padding_mask,
         )
@@ -812,11 +688,11 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             frame_lengths = self.wav2vec2.frame_lengths(attention_mask)
             if negative_indices is None:
                 return sample_masks_and_negatives(key, config, batch, time, frame_lengths)
-            mask = _sample_time_mask(key, config, batch, time, frame_lengths)
+            mask = sample_time_mask(key, config, batch, time, frame_lengths)
         else:
             mask = None
         if negative_indices is None and mask is not None and key is not None:
-            negative_indices = _sample_negatives(key, config, mask)
+            negative_indices = sample_distractors(key, config, mask)
         return mask, negative_indices
 
 

@@ -57,11 +57,11 @@ from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
-from w2v_jax.model import sample_masks_and_negatives, sample_training_masks
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
 from w2v_jax.training import host_memory, optim, sharding, train_step
 from w2v_jax.training.pretraining import PretrainingTask
+from w2v_jax.training_draws import sample_masks_and_negatives, sample_training_masks
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
 # Letters and word delimiters per second of read speech (LibriSpeech: about 2.7 words of 4-5 letters).

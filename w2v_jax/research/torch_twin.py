@@ -159,7 +159,7 @@ def supplied_feature_mask(mask: np.ndarray) -> Iterator[None]:
     (a call for another shape is an error, not a silent draw).
 
     Args:
-      mask: `[batch, hidden]` bool, e.g. the mask our model draws (`model.sample_training_masks`).
+      mask: `[batch, hidden]` bool, e.g. the mask our model draws (`training_draws.sample_training_masks`).
     """
     mask = np.asarray(mask, bool)
     modeling = transformers.models.wav2vec2.modeling_wav2vec2
@@ -474,7 +474,7 @@ class ReferenceTrainer:
         mask_time_indices: np.ndarray | None = None,
         feature_mask: np.ndarray | None = None,
     ) -> dict[str, float]:
-        """One CTC fine-tuning update on `batch` with the given masks (`model.sample_training_masks`).
+        """One CTC fine-tuning update on `batch` with the given masks (`training_draws.sample_training_masks`).
 
         Args:
           batch: {"input_values": float32 [batch, samples], "attention_mask": int [batch, samples],

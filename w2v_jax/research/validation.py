@@ -3,7 +3,7 @@
 `validation_metrics` runs the contrastive task in evaluation mode (argmax codewords, no dropout):
 loss, contrastive accuracy, code perplexity, and the codebook-usage histogram `[G, V]` (how often
 each codeword is chosen over every frame). It shares the validation inside training
-(`training.evaluation`): the model's masks and distractors (`model.masks_and_negatives`) and the
+(`training.evaluation`): the model's masks and distractors (`training_draws.masks_and_negatives`) and the
 totals of the objective (`PretrainingTotals`). Where it differs, on purpose: the waveforms are
 batched by equal length (`data.utterances.equal_length_batches`: no padding, a few compiles, any
 model, no training config), the masks come from keys of its own seed and batch number (so a
@@ -23,9 +23,10 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.data.utterances import equal_length_batches
-from w2v_jax.model import Wav2Vec2ForPreTraining, masks_and_negatives
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.quantization import code_perplexity
 from w2v_jax.training.evaluation import PretrainingTotals, pretraining_sums
+from w2v_jax.training_draws import masks_and_negatives
 
 
 @nnx.jit

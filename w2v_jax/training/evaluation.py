@@ -34,8 +34,9 @@ from jax.sharding import Mesh
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.pipeline import assign_buckets, bucket_lengths
-from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2PreTrainingOutput, sample_masks_and_negatives
+from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2PreTrainingOutput
 from w2v_jax.training import sharding
+from w2v_jax.training_draws import sample_masks_and_negatives
 
 logger = logging.getLogger(__name__)
 

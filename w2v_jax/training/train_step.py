@@ -218,8 +218,8 @@ def create_train_state(
 def model_key(key: jax.Array, step: jax.Array | int, micro_index: jax.Array | int) -> jax.Array:
     """The key the model gets for micro-batch `micro_index` of update `step` (it derives the named
     sub-keys from it). Public so tools that replay a run (`research.compare`) draw the
-    same masks, distractors and Gumbel noise as the step did, with `model.sample_masks_and_negatives`
-    and `model.sample_gumbel_noise`."""
+    same masks, distractors and Gumbel noise as the step did, with `training_draws.sample_masks_and_negatives`
+    and `training_draws.sample_gumbel_noise`."""
     return jax.random.fold_in(jax.random.fold_in(key, step), micro_index)
 
 
