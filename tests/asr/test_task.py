@@ -1,5 +1,5 @@
 """w2v_jax/asr/task.py: the model config from a pretrained checkpoint, encoder initialisation, the
-fine-tune configs."""
+fine-tune configs, the detectors that watch a fine-tuning run (the all-blank CTC plateau)."""
 
 import ml_collections
 import numpy as np
@@ -7,11 +7,12 @@ import pytest
 from flax import nnx
 
 from tests.support.ctc import CONFIG, VOCABULARY
-from w2v_jax.asr.task import finetuned_model_config, with_encoder
+from tests.support.health import observe
+from w2v_jax.asr.task import METRIC_ROLES, CTCAllBlank, FineTuningTask, finetuned_model_config, with_encoder
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import finetune as finetune_configs
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from w2v_jax.training import optim
+from w2v_jax.training import optim, trainer
 
 
 def _flat(params):
@@ -65,3 +66,44 @@ def test_every_variant_builds_a_valid_model_config(variant):
         assert model_config.feature_grad_mult == 0.0 and model_config.mask_feature_length == 64
     with pytest.raises(ValueError, match="unknown finetune config variant"):
         finetune_configs.get_config("base_1m")
+
+
+def _blank_records():
+    """Eight records 10 updates apart, the blank the argmax of 99.5% of the frames."""
+    return [{"step": 10 * i, "loss": 50.0 - i, "blank_fraction": 0.995, "skipped_nonfinite": 0} for i in range(1, 9)]
+
+
+def test_all_blank_ctc_fires_after_the_warmup_and_freeze_only():
+    def names(warmup_steps, freeze_finetune_updates, records):
+        config = finetune_configs.get_config("tiny")
+        config.train.warmup_steps, config.train.freeze_finetune_updates = warmup_steps, freeze_finetune_updates
+        return observe(FineTuningTask().detectors(config), records)[1]
+
+    config = finetune_configs.get_config("tiny")
+    detectors = FineTuningTask().detectors(config)
+    assert [d.name for d in detectors] == ["grad_norm_collapse", "divergence", "ctc_all_blank"]
+    # Records at steps 40, 50, 60 are the first window after the warmup and the freeze (step >= 40).
+    assert names(20, 40, _blank_records()) == [[]] * 5 + [[CTCAllBlank.name]] * 3
+    assert names(40, 0, _blank_records()) == [[]] * 5 + [[CTCAllBlank.name]] * 3
+    assert names(50, 40, _blank_records()) == [[]] * 6 + [[CTCAllBlank.name]] * 2
+    records = _blank_records()
+    records[-1]["blank_fraction"] = 0.6
+    assert names(20, 40, records)[-1] == []
+
+
+def test_the_blank_fraction_is_logged_as_a_ratio_of_window_sums():
+    def step(loss, blank, frames, skipped=0):
+        return {
+            "loss": loss,
+            "blank_fraction": blank / frames,
+            "num_blank_frames": blank,
+            "num_frames": frames,
+            "skipped_nonfinite": skipped,
+            "nonfinite_total": skipped,
+            "nonfinite_consecutive": skipped,
+        }
+
+    record = trainer._summarize([step(1.0, 9, 10), step(3.0, 10, 100), step(float("nan"), 7, 7, 1)], METRIC_ROLES)
+    assert record["blank_fraction"] == pytest.approx(19 / 110)  # not the mean of 0.9 and 0.1
+    assert record["num_frames"] == 117 and record["num_blank_frames"] == 26  # skipped steps counted
+    assert record["loss"] == pytest.approx(2.0) and record["nonfinite_total"] == 1

@@ -5,7 +5,8 @@ the main command's healthy run raises nothing."""
 import pytest
 
 from tests.support.launchers import run
-from w2v_jax.training import health, metrics
+from w2v_jax.pretraining.task import CodebookCollapse
+from w2v_jax.training import metrics
 
 
 @pytest.mark.slow
@@ -31,7 +32,7 @@ def test_a_provoked_collapse_is_named_logged_recorded_and_stops_the_run(env, tmp
     assert result.returncode == 1, result.stderr[-3000:]
     records = metrics.read_metrics(tmp_path / metrics.METRICS_FILE)
     last = records[-1]
-    assert last["step"] < 40 and last["health"] == [health.CODEBOOK_COLLAPSE]
+    assert last["step"] < 40 and last["health"] == [CodebookCollapse.name]
     assert all("health" not in r for r in records[:-1])  # present only when a condition holds
     # The window's three records all had the collapsed perplexity (<= 2 x 2 groups).
     assert all(r["code_perplexity"] <= 4.0 for r in records[-3:]) and records[-4]["code_perplexity"] > 4.0

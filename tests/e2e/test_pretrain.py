@@ -82,8 +82,8 @@ RUNNER = textwrap.dedent(
         atomicity.AtomicRenameTemporaryPath.finalize = patched
     elif fault == "nan_from_step":
         import numpy as np
-        from w2v_jax.training import pretraining
-        make = pretraining.make_train_iterator
+        from w2v_jax.pretraining import task
+        make = task.make_train_iterator
         class Poisoned:
             def __init__(self, inner):
                 self.inner, self.count = inner, 0
@@ -95,7 +95,7 @@ RUNNER = textwrap.dedent(
                 return batch
             def __getattr__(self, name):
                 return getattr(self.inner, name)
-        pretraining.make_train_iterator = lambda *a, **k: Poisoned(make(*a, **k))
+        task.make_train_iterator = lambda *a, **k: Poisoned(make(*a, **k))
     runpy.run_module("experiments.pretrain", run_name="__main__")
     """
 )

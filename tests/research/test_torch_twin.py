@@ -19,10 +19,10 @@ from w2v_jax.contrastive_loss import sample_negative_indices
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.masking import compute_mask_indices
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from w2v_jax.pretraining.objective import PretrainingObjective
 from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
 from w2v_jax.research import torch_twin
 from w2v_jax.training import optim, sharding, train_step
-from w2v_jax.training.pretraining import PretrainingObjective
 from w2v_jax.training_draws import sample_training_masks
 
 

@@ -12,6 +12,7 @@ import tqdm
 from tensorboardX.proto import event_pb2
 
 from tests.support import HANG_TIMEOUT, REPO
+from w2v_jax.pretraining.task import METRIC_ROLES, PANELS, PretrainingTask
 from w2v_jax.training import trainer
 from w2v_jax.training.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
 
@@ -51,7 +52,7 @@ def test_trainer_logs_accuracy_as_a_ratio_of_window_sums():
         {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0},
         {**_step(2.0, 10, 100), "nonfinite_total": 0, "nonfinite_consecutive": 0},
     ]
-    record = trainer._summarize(window)
+    record = trainer._summarize(window, METRIC_ROLES)
     assert record["accuracy"] == pytest.approx(19 / 110)
     assert record["num_correct"] == 19 and record["num_masked"] == 110
 
@@ -67,10 +68,10 @@ def test_trainer_logs_chance_as_a_ratio_and_leaves_out_steps_restored_without_it
         }
 
     old = {**_step(1.0, 9, 10), "nonfinite_total": 0, "nonfinite_consecutive": 0}  # before chance_accuracy existed
-    record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)])
+    record = trainer._summarize([old, chance_step(1.0, 5, 2.5, 10), chance_step(2.0, 30, 40.0, 100)], METRIC_ROLES)
     assert record["chance_accuracy"] == pytest.approx(42.5 / 110)  # the old step's 10 frames left out
     assert record["accuracy"] == pytest.approx(44 / 120) and record["num_masked"] == 120
-    assert "chance_accuracy" not in trainer._summarize([old])
+    assert "chance_accuracy" not in trainer._summarize([old], METRIC_ROLES)
 
 
 def test_a_window_with_skipped_steps():
@@ -82,12 +83,12 @@ def test_a_window_with_skipped_steps():
         {**_step(2.0, 3, 30), "nonfinite_total": 1, "nonfinite_consecutive": 0},
         {**_step(float("inf"), 0, 20, skipped=1), "nonfinite_total": 2, "nonfinite_consecutive": 1},
     ]
-    record = trainer._summarize(window)
+    record = trainer._summarize(window, METRIC_ROLES)
     assert record["loss"] == pytest.approx(1.5)
     assert record["accuracy"] == pytest.approx(12 / 40)
     assert record["skipped_nonfinite"] == 2
     assert record["nonfinite_total"] == 2 and record["nonfinite_consecutive"] == 1
-    all_skipped = trainer._summarize(window[1:2])
+    all_skipped = trainer._summarize(window[1:2], METRIC_ROLES)
     assert math.isnan(all_skipped["loss"]) and math.isnan(all_skipped["accuracy"])
     assert all_skipped["skipped_nonfinite"] == 1
 
@@ -155,7 +156,7 @@ def test_loss_curve_draws_the_validation_values_beside_the_training_ones(tmp_pat
         real_savefig(fig, path, **kwargs)
 
     monkeypatch.setattr(plt.Figure, "savefig", capture)
-    plot_loss_curve(records, tmp_path / "curve.png")
+    plot_loss_curve(records, tmp_path / "curve.png", PANELS)
     # Per panel: train at every step, valid where taken; the accuracy's chance level at every step.
     assert drawn == [[(1, 2, 3, 4), (2, 4)], [(1, 2, 3, 4), (2, 4), (1, 2, 3, 4)], [(1, 2, 3, 4), (2, 4)]]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -173,7 +174,7 @@ def test_end_of_run_summary_is_a_few_readable_lines():
         "last_logged": {"step": 300, "loss": 2.34567, "accuracy": 0.4, "code_perplexity": None},
         "last_valid": {"step": 300, "loss": 2.5, "accuracy": 0.375, "code_perplexity": 6.123},
     }
-    assert trainer.format_summary(summary, "runs/tiny").splitlines() == [
+    assert trainer.format_summary(summary, "runs/tiny", PretrainingTask()).splitlines() == [
         "finished at step 300 of 300 in runs/tiny",
         "  train (step 300): loss 2.3457, accuracy 0.400, code perplexity n/a",
         "  valid (step 300): loss 2.5000, accuracy 0.375, code perplexity 6.12",
@@ -181,7 +182,7 @@ def test_end_of_run_summary_is_a_few_readable_lines():
         "  compiles: 1 train step (21.0 s); validation 3.5 s",
         "  data: input files: 160 of 160 seen",
     ]
-    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w").splitlines()
+    stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w", PretrainingTask()).splitlines()
     assert stopped[0] == "stopped at step 120 of 300 in w" and not any(line.startswith("  valid") for line in stopped)
 
 

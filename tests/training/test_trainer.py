@@ -1,23 +1,30 @@
-"""The training loop in process: checkpoints after real updates, resume mid logging window, settings.
+"""The training loop in process: checkpoints after real updates, resume mid logging window, settings,
+a task the loop has never heard of.
 
 A tiny run on the 8 simulated devices (1 utterance each, 1 s crops of the embedded corpus). The
 subprocess tests of the launcher (tests/e2e/test_pretrain.py) log every step; here `log_every`
 does not divide `checkpoint_every`, so a checkpoint falls inside a logging window.
 """
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import soundfile
 from flax import nnx
 
+from tests.support.health import LossAbove
 from w2v_jax.checkpoints import load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
-from w2v_jax.data import write_manifest
-from w2v_jax.training import checkpointer, metrics, pretraining, sharding, train_step, trainer
-from w2v_jax.training.pretraining import pretraining_hyperparams
+from w2v_jax.data import default_manifest, make_train_iterator, write_manifest
+from w2v_jax.model import Wav2Vec2Model
+from w2v_jax.pretraining import task as pretraining_task
+from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
+from w2v_jax.training import checkpointer, health, metrics, optim, sharding, train_step, trainer
 
 TIMING = {"audio_seconds_per_second", "steps_per_second"}
 
@@ -51,14 +58,14 @@ def uninterrupted(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(checkpointer.Checkpointer, "save", recording_save)
-        trainer.train_and_evaluate(_config(), str(workdir))
+        trainer.train_and_evaluate(_config(), str(workdir), PretrainingTask())
     return workdir, saved
 
 
 def test_resume_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(uninterrupted, tmp_path, monkeypatch):
     # Crash when fetching the 6th batch: checkpoint 4 holds a window with step 4's metrics only
     # (steps 1-3 were logged at 3), which the resumed run must average with steps 5 and 6.
-    make = pretraining.make_train_iterator
+    make = pretraining_task.make_train_iterator
 
     class Crashing:
         def __init__(self, inner):
@@ -74,14 +81,14 @@ def test_resume_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(unin
             return getattr(self.inner, name)
 
     with monkeypatch.context() as patch:
-        patch.setattr(pretraining, "make_train_iterator", lambda *a, **k: Crashing(make(*a, **k)))
+        patch.setattr(pretraining_task, "make_train_iterator", lambda *a, **k: Crashing(make(*a, **k)))
         with pytest.raises(RuntimeError, match="simulated crash"):
-            trainer.train_and_evaluate(_config(), str(tmp_path))
+            trainer.train_and_evaluate(_config(), str(tmp_path), PretrainingTask())
     assert [r["step"] for r in _records(tmp_path)] == [3]
     checkpoints = checkpointer.Checkpointer(tmp_path / "checkpoints")
     assert checkpoints.latest_step() == 4
     checkpoints.close()
-    trainer.train_and_evaluate(_config(), str(tmp_path))
+    trainer.train_and_evaluate(_config(), str(tmp_path), PretrainingTask())
     resumed, reference = _records(tmp_path), _records(uninterrupted[0])
     assert [r["step"] for r in reference] == [3, 6]
     assert resumed == reference
@@ -150,7 +157,7 @@ def test_settings_are_checked_before_anything_runs(tmp_path, section, name, valu
     config = _config()
     config[section][name] = value
     with pytest.raises(ValueError, match=match):
-        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+        trainer.train_and_evaluate(config, str(tmp_path / "run"), PretrainingTask())
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -185,7 +192,7 @@ def test_token_budget_gives_each_bucket_its_batch_and_one_compile(tmp_path):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_step.TrainStep, "__call__", recording_call)
-        summary = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+        summary = trainer.train_and_evaluate(config, str(tmp_path / "run"), PretrainingTask())
     assert sorted(shapes) == [(8, 32_000), (8, 32_000), (16, 16_000)]
     assert summary["num_compiles"] == 2
     records = _records(tmp_path / "run")
@@ -194,3 +201,135 @@ def test_token_budget_gives_each_bucket_its_batch_and_one_compile(tmp_path):
     assert all(np.isfinite(r["loss"]) and 0 < r["accuracy"] < 1 for r in records)
     # A whole epoch read: exactly half of the rows from each corpus.
     assert records[-1]["data_share_a"] == records[-1]["data_share_b"] == 0.5
+
+
+def test_eval_every_must_be_a_multiple_of_log_every():
+    config = pretrain_config.get_config("tiny")
+    config.train.eval_every = 15
+    with pytest.raises(ValueError, match="train.eval_every must be 0 .* multiple of train.log_every=10"):
+        trainer._validate(config)
+
+
+# --- a third task, defined here: the loop runs it as it runs pretraining and fine-tuning ---------
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenEnergy:
+    """A toy objective of the bare encoder: the context vectors' mean square, summed over real frames."""
+
+    sums: tuple[str, ...] = ("loss",)
+    counts: tuple[str, ...] = ("num_frames", "num_masked")
+    normalizer: str = "num_frames"
+
+    def loss(self, model, micro, key, step):
+        out = model(micro["input_values"], micro["attention_mask"], deterministic=False, key=key)
+        energy = jnp.sum(jnp.mean(jnp.square(out.last_hidden_state), axis=-1) * out.padding_mask)
+        counts = {
+            "num_frames": jnp.sum(out.padding_mask, dtype=jnp.int32),
+            "num_masked": jnp.sum(out.mask_time_indices & out.padding_mask, dtype=jnp.int32),
+        }
+        return energy, {"loss": energy}, counts
+
+    def frozen_gradients(self, grads, step):
+        return grads
+
+    def metrics(self, sums, counts, accum, step):
+        frames, masked = counts["num_frames"].astype(jnp.float32), counts["num_masked"].astype(jnp.float32)
+        return {
+            "loss": sums["loss"] / frames,
+            "frames_per_masked_frame": frames / jnp.maximum(masked, 1.0),
+            "num_frames": frames,
+            "num_masked": masked,
+            "updates_seen": (step + 1).astype(jnp.float32),
+        }
+
+
+class HiddenEnergyTask:
+    """A task the loop knows nothing of: its own model class, objective, metrics, evaluator and detectors."""
+
+    name = "energy"
+    model_class = Wav2Vec2Model
+    metric_roles = metrics.MetricRoles(
+        summed=("num_frames", "num_masked"),
+        ratios={"frames_per_masked_frame": ("num_frames", "num_masked")},
+        last=("updates_seen",),
+        progress={"loss": "energy"},
+        valid_progress={"energy": "valid energy"},
+    )
+
+    def prepare(self, config, workdir, *, primary):
+        self.workdir = workdir
+
+    def model_config(self, config):
+        return Wav2Vec2Config.from_run_config(config)
+
+    def optimizer_and_hyperparams(self, config):
+        hparams = train_step.StepHyperparams(
+            learning_rate=optim.schedule_from_train_config(config.train), objective=HiddenEnergy()
+        )
+        return optim.optimizer_from_train_config(config.train), hparams
+
+    def initial_state(self, state):
+        return state
+
+    def data_iterator(self, config, *, batch_size, shard_index, shard_count):
+        return make_train_iterator(
+            default_manifest("train"),
+            batch_size=batch_size,
+            seed=config.train.seed,
+            max_sample_size=config.data.max_sample_size,
+            min_sample_size=config.data.min_sample_size,
+            num_workers=0,
+            shard_index=shard_index,
+            shard_count=shard_count,
+        )
+
+    def make_evaluator(self, config, graphdef, mesh, state_shardings):
+        return lambda state, step: {"energy": float(step)}
+
+    def detectors(self, config):
+        return [LossAbove(limit=0.0), health.Divergence()]
+
+    def summary_lines(self, summary):
+        return [f"  energy at step {summary['last_logged']['step']}: {summary['last_logged']['loss']:.3f}"]
+
+    def plot(self, records, workdir):
+        metrics.plot_loss_curve(records, workdir / metrics.LOSS_CURVE_FILE, [("loss", "energy")])
+
+
+def test_a_task_the_loop_has_never_heard_of_runs_through_it(tmp_path):
+    config = _config(num_steps=4)
+    t = config.train
+    t.log_every, t.eval_every, t.checkpoint_every, t.plot = 2, 2, 4, True
+    t.health, t.health_window = "warn", 1
+    steps = []
+    call = train_step.TrainStep.__call__
+
+    def recording_call(self, state, batch, key):
+        state, step_metrics = call(self, state, batch, key)
+        steps.append(step_metrics)
+        return state, step_metrics
+
+    task = HiddenEnergyTask()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_step.TrainStep, "__call__", recording_call)
+        summary = trainer.train_and_evaluate(config, str(tmp_path), task)
+    per_step = [{k: float(v) for k, v in m.items()} for m in jax.device_get(steps)]
+    records = metrics.read_metrics(tmp_path / metrics.METRICS_FILE)
+    assert [r["step"] for r in records] == [2, 4]
+    for record, window in zip(records, (per_step[:2], per_step[2:])):
+        # The task's declarations decide each reduction: sums, a ratio of sums, the last state, a mean.
+        assert record["num_frames"] == sum(m["num_frames"] for m in window) == 2 * 8 * 49
+        assert record["num_masked"] == sum(m["num_masked"] for m in window)
+        assert record["frames_per_masked_frame"] == pytest.approx(record["num_frames"] / record["num_masked"])
+        assert record["updates_seen"] == window[-1]["updates_seen"] == record["step"]
+        assert record["loss"] == pytest.approx(np.mean([m["loss"] for m in window]), rel=1e-6)
+        assert record["valid_energy"] == record["step"] and record["health"] == ["loss_above"]
+    # The two steps' masks differ, so the ratio of sums is not the mean of the steps' ratios.
+    means = np.mean([m["frames_per_masked_frame"] for m in per_step[:2]])
+    assert records[0]["frames_per_masked_frame"] != pytest.approx(means)
+    assert summary["last_valid"] == {"step": 4, "energy": 4.0}
+    assert summary["health"] == "loss_above (steps 2-4, 2 records)"
+    assert summary["checkpoint_steps"] == [4] and (tmp_path / metrics.LOSS_CURVE_FILE).is_file()
+    lines = trainer.format_summary(summary, tmp_path, task).splitlines()
+    assert lines[1] == f"  energy at step 4: {records[-1]['loss']:.3f}"

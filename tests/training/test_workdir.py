@@ -25,6 +25,7 @@ from w2v_jax.checkpoints import load_model
 from w2v_jax.cli import run_faults_exit
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.configs import unknown_field_message
+from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.training import checkpointer, metrics, trainer, workdir
 
 # --- lock -------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_resume_with_another_model_writes_nothing(tmp_path):
     changed = tiny_config(4)
     changed.model.num_hidden_layers = 3
     with pytest.raises(workdir.ConfigChangedError, match=r"model.num_hidden_layers: 2 -> 3"):
-        trainer.train_and_evaluate(changed, str(tmp_path))
+        trainer.train_and_evaluate(changed, str(tmp_path), PretrainingTask())
     assert (tmp_path / "config.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json", workdir.LOCK_FILE]
 
@@ -194,7 +195,7 @@ def killed_then_disk_full(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full_at_3)
             with pytest.raises(Exception) as info:
-                trainer.train_and_evaluate(tiny_config(3), str(run))
+                trainer.train_and_evaluate(tiny_config(3), str(run), PretrainingTask())
     finally:
         logging.getLogger().removeHandler(records)
     return run, old, info.value, records.records
@@ -228,7 +229,8 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_intact_one(killed_then_di
     shutil.rmtree(checkpoints / "2" / "state")  # well-formed files of other values: only checksums tell
     shutil.copytree(checkpoints / "1" / "state", checkpoints / "2" / "state")
     with caplog.at_level(logging.INFO):
-        summary = trainer.train_and_evaluate(tiny_config(1), str(run))  # num_steps may change on resume
+        # num_steps may change on resume
+        summary = trainer.train_and_evaluate(tiny_config(1), str(run), PretrainingTask())
     assert summary["step"] == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any(m.startswith(f"checkpoint {checkpoints / '2'} is corrupt: ") for m in errors), errors
@@ -247,7 +249,7 @@ def test_no_intact_checkpoint_refuses_to_start(killed_then_disk_full, tmp_path):
         (run / "checkpoints" / step / "_CHECKPOINT_METADATA").unlink()
         shutil.rmtree(run / "checkpoints" / step / "integrity")
     with pytest.raises(checkpointer.CorruptCheckpointError, match="no intact checkpoint in .*checkpoints/2 is corrupt"):
-        trainer.train_and_evaluate(tiny_config(3), str(run))
+        trainer.train_and_evaluate(tiny_config(3), str(run), PretrainingTask())
     assert [r["step"] for r in metrics.read_metrics(run / metrics.METRICS_FILE)] == [1, 2, 3]  # not restarted
 
 

@@ -8,8 +8,10 @@ transformers' `Wav2Vec2ForCTC`).
   fine-tuning model.
 - `prepare_vocabulary`: the run's vocabulary (resume, a given file, the init checkpoint's, or built
   from the training labels).
-- `FineTuningTask`: the pieces above, `objective.CTCObjective`, the labelled input pipeline and
-  `evaluator.CTCEvaluator`.
+- `FineTuningTask`: the pieces above, `objective.CTCObjective`, the labelled input pipeline,
+  `evaluator.CTCEvaluator`, how its metrics are logged and shown (`METRIC_ROLES`) and the failure
+  detectors that watch it: the loop's (`health.GradNormCollapse`, `health.Divergence`) and the
+  all-blank CTC plateau (`CTCAllBlank`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import dataclasses
 import logging
 import os
 import pathlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +39,7 @@ from w2v_jax.data.labels import LabelSet, build_vocabulary
 from w2v_jax.data.pipeline import TrainIterator, make_train_iterator
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2Model
-from w2v_jax.training import metrics, optim
+from w2v_jax.training import health, metrics, optim
 from w2v_jax.training.train_step import StepHyperparams
 from w2v_jax.training.workdir import BEST_MODEL_DIR, MODEL_CONFIG_FILE
 
@@ -126,6 +129,34 @@ def prepare_vocabulary(
     return vocabulary
 
 
+@dataclasses.dataclass
+class CTCAllBlank:
+    """The blank is the argmax of at least `fraction` of the frames, from update `after` on (the end of
+    the warmup and of the frozen-encoder updates: CTC emits blanks first, then characters)."""
+
+    after: int = 0
+    fraction: float = 0.98
+    name: ClassVar[str] = "ctc_all_blank"
+    advice: ClassVar[str] = (
+        "the all-blank CTC plateau: train for more updates or raise train.learning_rate for the new head; "
+        "check the labels and the vocabulary's blank"
+    )
+
+    def check(self, record: Mapping[str, Any]) -> str | None:
+        blank = health.record_value(record, "blank_fraction")
+        if blank is not None and int(record["step"]) >= self.after and blank >= self.fraction:
+            return f"blank is the argmax of {blank:.1%} of the frames"
+        return None
+
+
+# How a logging window reduces `CTCObjective.metrics` and what the progress bar shows.
+METRIC_ROLES = metrics.MetricRoles(
+    summed=("num_frames", "num_blank_frames"),
+    ratios={"blank_fraction": ("num_blank_frames", "num_frames")},
+    progress={"loss": "loss", "valid_wer": "wer", "valid_cer": "cer", "valid_per": "per"},
+    valid_progress={"cer": "valid cer"},
+)
+
 PANELS = (
     ("loss", "CTC loss per utterance"),
     ("loss_per_token", "CTC loss per label"),
@@ -145,7 +176,7 @@ class FineTuningTask:
 
     name = "finetune"
     model_class = Wav2Vec2ForCTC
-    progress_metrics = {"loss": "loss", "valid_wer": "wer", "valid_cer": "cer", "valid_per": "per"}
+    metric_roles = METRIC_ROLES
 
     def __init__(self):
         self.vocabulary: Vocabulary | None = None
@@ -250,6 +281,16 @@ class FineTuningTask:
             best_metric=config.train.best_metric,
             write=self._primary,
         )
+
+    def detectors(self, config):
+        """A collapsed gradient norm, divergence, and the all-blank plateau once the warmup and the
+        frozen-encoder updates are over (CTC's first updates are all blank by design)."""
+        train = config.train
+        return [
+            health.GradNormCollapse(),
+            health.Divergence(),
+            CTCAllBlank(after=max(train.get("warmup_steps", 0), train.get("freeze_finetune_updates", 0))),
+        ]
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         """The end-of-run summary's lines on what fine-tuning measured: the CTC loss, the validation

@@ -16,6 +16,7 @@ from absl import app, flags
 
 from w2v_jax.cli import define_host_malloc_flag, launch, run_faults_exit
 from w2v_jax.configs import define_config_flag
+from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.training import host_memory, trainer
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     host_memory.configure(args.host_malloc.value)
     with run_faults_exit(args.workdir.value):
-        trainer.train_and_evaluate(args.config.value, args.workdir.value)
+        trainer.train_and_evaluate(args.config.value, args.workdir.value, PretrainingTask())
 
 
 def run() -> None:

@@ -6,7 +6,7 @@
     python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
         --collect_only       # after the cluster ran those commands
 
-Points run one after another with the trainer's `train_and_evaluate`; running the command again
+Points run one after another with the trainer's `train_and_evaluate` (pretraining); running the command again
 skips finished points and resumes an interrupted one from its checkpoint. `--config.*` overrides
 apply to every point (and are repeated in the printed commands). Results, collected over every
 finished point: validation metrics on `--valid_manifest` and the held-out-voice phone probe of
@@ -17,6 +17,7 @@ the workdir (see `w2v_jax.research.sweep`).
 `--print-commands` and `--collect-only` (the older spellings) stay accepted.
 """
 
+import functools
 import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from w2v_jax.cli import alias, define_host_malloc_flag, define_probe_flags, laun
 from w2v_jax.configs import define_config_flag
 from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import load_utterances
+from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.research import probes, sweep
 from w2v_jax.training import host_memory, trainer
 
@@ -83,7 +85,8 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         return
     if not args.collect_only.value:
         with run_faults_exit(args.workdir.value):
-            sweep.run_sweep(config, args.workdir.value, trainer.train_and_evaluate)
+            train = functools.partial(trainer.train_and_evaluate, task=PretrainingTask())
+            sweep.run_sweep(config, args.workdir.value, train)
     valid = load_utterances(args.valid_manifest.value or default_manifest("valid"))
     probe_sets = None
     if args.probe.value:

@@ -130,14 +130,14 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     train.async_checkpointing = True
     train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
     train.plot = True  # loss-curve PNG at the end
-    # Failure detectors over the logged records (w2v_jax/training/health.py): "warn" logs a line naming
-    # the condition, its evidence and the fix, and adds `health` to the record; "stop" also exits 1
-    # after saving that step's checkpoint; "off". A condition counts once it holds on health_window
-    # consecutive logged records.
+    # Failure detectors over the logged records (w2v_jax/training/health.py; pretraining's own in
+    # w2v_jax/pretraining/task.py): "warn" logs a line naming the condition, its evidence and the fix,
+    # and adds `health` to the record; "stop" also exits 1 after saving that step's checkpoint; "off".
+    # A condition counts once it holds on health_window consecutive logged records.
     train.health = "warn"
     train.health_window = 3
     # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
-    # step's metrics record, on data.valid_manifest (w2v_jax/training/evaluation.py).
+    # step's metrics record, on data.valid_manifest (w2v_jax/pretraining/evaluator.py).
     train.eval_every = 0
 
     config.data = ml_collections.ConfigDict()

@@ -57,10 +57,10 @@ from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
+from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
 from w2v_jax.training import host_memory, optim, sharding, train_step
-from w2v_jax.training.pretraining import PretrainingTask
 from w2v_jax.training_draws import sample_masks_and_negatives, sample_training_masks
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -208,7 +208,7 @@ def benchmark_task(config: ml_collections.ConfigDict) -> BenchmarkTask:
     A fine-tuning config (`w2v_jax/configs/finetune.py`, which has `data.labels`) is set up by
     `asr.task.FineTuningTask`: its vocabulary (from the training labels or `data.vocabulary`),
     model (`init`'s architecture when given), `CTCObjective` and optimizer; any other config by
-    `pretraining.PretrainingTask`.
+    `pretraining.task.PretrainingTask`.
     """
     task = FineTuningTask() if "labels" in config.data else PretrainingTask()
     with tempfile.TemporaryDirectory() as workdir:

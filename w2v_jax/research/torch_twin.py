@@ -3,8 +3,8 @@
 `ReferenceTrainer` runs transformers' model with the optimisation of `training.optim` and
 `training.train_step` (the same `OptimizerSettings` and `StepHyperparams`), so that a loss curve of
 ours can be laid over the reference's and any gap means a bug, not a different recipe. What the
-step optimises follows our step's objective: pretraining (`training.pretraining.PretrainingObjective`) or
-CTC fine-tuning (`asr.objective.CTCObjective`: `Wav2Vec2ForCTC`).
+step optimises follows our step's objective: pretraining (`pretraining.objective.PretrainingObjective`)
+or CTC fine-tuning (`asr.objective.CTCObjective`: `Wav2Vec2ForCTC`).
 
 - weights: our initial parameters, converted with `checkpoints.hf.params_to_hf` (exact);
 - loss scale: the reference's losses are sums (pretraining: over masked frames; CTC: transformers'
@@ -302,7 +302,7 @@ class ReferenceTrainer:
         params: our initial parameters (`nnx.state(model, nnx.Param)` or the train state's) of
           the objective's model: `Wav2Vec2ForCTC` for a `CTCObjective`, else `Wav2Vec2ForPreTraining`.
         optimizer, hparams: our recipe (`OptimizerSettings.from_train_config`,
-          `pretraining.pretraining_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
+          `pretraining.task.pretraining_hyperparams` or a task's `optimizer_and_hyperparams`); gradient
           accumulation is not reproduced.
         device: where the model runs.
         attention: transformers' attention implementation ("eager": no fused-kernel

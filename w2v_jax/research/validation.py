@@ -3,13 +3,13 @@
 `validation_metrics` runs the contrastive task in evaluation mode (argmax codewords, no dropout):
 loss, contrastive accuracy, code perplexity, and the codebook-usage histogram `[G, V]` (how often
 each codeword is chosen over every frame). It shares the validation inside training
-(`training.evaluation`): the model's masks and distractors (`training_draws.masks_and_negatives`) and the
-totals of the objective (`PretrainingTotals`). Where it differs, on purpose: the waveforms are
-batched by equal length (`data.utterances.equal_length_batches`: no padding, a few compiles, any
-model, no training config), the masks come from keys of its own seed and batch number (so a
-checkpoint's figures are comparable across runs, whatever their training seed), an utterance with
-too few masked frames for distinct distractors is left out of the loss, and every frame counts in
-the codebook histogram.
+(`pretraining.evaluator`): the model's masks and distractors (`training_draws.masks_and_negatives`)
+and the totals of the objective (`pretraining.objective.PretrainingTotals`). Where it differs, on
+purpose: the waveforms are batched by equal length (`data.utterances.equal_length_batches`: no
+padding, a few compiles, any model, no training config), the masks come from keys of its own seed
+and batch number (so a checkpoint's figures are comparable across runs, whatever their training
+seed), an utterance with too few masked frames for distinct distractors is left out of the loss, and
+every frame counts in the codebook histogram.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from flax import nnx
 
 from w2v_jax.data.utterances import equal_length_batches
 from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.pretraining.objective import PretrainingTotals, pretraining_sums
 from w2v_jax.quantization import code_perplexity
-from w2v_jax.training.evaluation import PretrainingTotals, pretraining_sums
 from w2v_jax.training_draws import masks_and_negatives
 
 

@@ -1,12 +1,12 @@
-"""The training loop and what it runs on.
+"""The training loop and what it runs on, knowing no task (the tasks: `w2v_jax.pretraining`, `w2v_jax.asr`).
 
 - `train_step`: the train state and the pure, jit-compiled, sharded update over an `Objective`;
 - `optim`: the optimizer and learning-rate schedules;
-- `pretraining`: wav2vec 2.0 pretraining as a task of the loop (objective, step settings, task);
-- `trainer`: the loop, `train_and_evaluate(config, workdir, task)`;
-- `evaluation`: validation inside the loop (pretraining's evaluator);
+- `trainer`: the loop, `train_and_evaluate(config, workdir, task)`, and the `Task` protocol;
+- `evaluation`: the `Evaluator` type of validation inside the loop;
+- `health`: the failure monitor and the detectors any task can list;
 - `checkpointer`: orbax checkpoints with checksums;
 - `workdir`: the run's directory (lock, config check on resume, file layout, disk full);
-- `metrics`: `metrics.jsonl`, TensorBoard, the loss-curve plot;
+- `metrics`: `metrics.jsonl`, TensorBoard, how a logging window reduces metrics (`MetricRoles`), the loss-curve plot;
 - `sharding`, `distributed`, `host_memory`: the device mesh, multi-host start-up, host malloc.
 """

@@ -8,6 +8,7 @@ file of a resumed run reads as one uninterrupted run's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -119,6 +120,28 @@ class MetricWriter:
             self._tb.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class MetricRoles:
+    """What a task's per-step metrics are to the loop: how a logging window reduces them into the
+    logged record, and which the progress bar shows. A metric named nowhere is averaged over the
+    window's finite steps (`mean_metrics`).
+
+    Attributes:
+      summed: names added up over a logging window instead of averaged (counts).
+      ratios: `{name: (numerator, denominator)}`, divided once over a window: sum / sum (`mean_metrics`).
+      last: states rather than per-step values (running counters): the record keeps the window's last.
+      progress: `{record name: label}` shown on the progress bar at every logged record (a `valid_*`
+        name where the record has validation values).
+      valid_progress: `{validation value: label}` shown on the progress bar from the last validation.
+    """
+
+    summed: tuple[str, ...] = ()
+    ratios: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    last: tuple[str, ...] = ()
+    progress: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    valid_progress: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 def mean_metrics(
     window: Sequence[Mapping[str, float]],
     summed: Iterable[str] = (),
@@ -166,21 +189,12 @@ def format_values(values: Mapping[str, Any], spec: Sequence[tuple[str, str, str]
     return ", ".join(parts)
 
 
-PRETRAINING_PANELS = (
-    ("loss", "loss per masked frame"),
-    ("accuracy", "contrastive accuracy"),
-    ("code_perplexity", "code perplexity"),
-)
-
-
 def plot_loss_curve(
-    records: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike,
-    panels: Sequence[tuple[str, str]] = PRETRAINING_PANELS,
+    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, panels: Sequence[tuple[str, str]]
 ) -> None:
-    """Writes a PNG with one panel per `(metric, title)` against the step (default: pretraining's
-    loss, contrastive accuracy and code perplexity): the training values, the validation values
-    (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them.
+    """Writes a PNG with one panel per `(metric, title)` against the step (a task's `plot`, e.g.
+    pretraining's loss, contrastive accuracy and code perplexity): the training values, the validation
+    values (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them.
     Steps whose record names failure conditions (`health`) are shaded red in every panel, and the
     first panel names each condition where it starts."""
     fig = Figure(figsize=(4.5 * len(panels), 3.4))

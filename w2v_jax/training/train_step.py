@@ -14,7 +14,7 @@
 
 What the step optimises is its `Objective` (`StepHyperparams.objective`): the model's summed loss
 on a micro-batch, the sums and counts it adds up, the count that normalises the gradient and the
-metrics. `training.pretraining.PretrainingObjective` is wav2vec 2.0's (contrastive + diversity, per
+metrics. `pretraining.objective.PretrainingObjective` is wav2vec 2.0's (contrastive + diversity, per
 masked frame); `asr.objective.CTCObjective` is CTC fine-tuning's. The loop, accumulation, non-finite
 skip, sharding and donation are shared.
 
@@ -74,7 +74,8 @@ class Objective(Protocol):
     """What `train_step` optimises; a frozen dataclass (hashable: part of the static step settings).
 
     Attributes:
-      sums: names of the float32 sums `loss` returns, added over micro-batches.
+      sums: names of the float32 sums `loss` returns, added over micro-batches; one is `loss`, the
+        summed loss (an update whose `loss` or gradient is not finite is skipped).
       counts: names of the int32 counts `loss` returns, added over micro-batches (exactly).
       normalizer: the count that divides the summed loss's gradient once per update (fairseq's
         sample size).
@@ -107,7 +108,7 @@ class StepHyperparams:
 
     Attributes:
       learning_rate: the schedule, a function of the step.
-      objective: what the step optimises (`pretraining.PretrainingObjective`, `asr.objective.CTCObjective`).
+      objective: what the step optimises (`pretraining.objective.PretrainingObjective`, `asr.objective.CTCObjective`).
       grad_accum_steps: micro-batches per update.
     """
 

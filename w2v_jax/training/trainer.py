@@ -1,9 +1,11 @@
-"""The training loop: `train_and_evaluate(config, workdir, task=None)`.
+"""The training loop: `train_and_evaluate(config, workdir, task)`.
 
-One loop for every task: pretraining (`pretraining.PretrainingTask`, the default) and CTC fine-tuning
-(`asr.task.FineTuningTask`). A `Task` says what differs: the model and its config, the step's objective and optimizer,
-the initial parameters, the input pipeline, the validation, the progress-bar metrics, the end-of-run summary's figures
-and plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and TensorBoard are the loop's, shared.
+One loop for every task: pretraining (`pretraining.task.PretrainingTask`), CTC fine-tuning
+(`asr.task.FineTuningTask`) or any other. A `Task` says what differs: the model and its config, the step's objective
+and optimizer, the initial parameters, the input pipeline, the validation, how a logging window reduces its metrics
+and which the progress bar shows (`metrics.MetricRoles`), the failure detectors that watch it (`health`), the
+end-of-run summary's figures and plot. Resume, checkpoints, SIGTERM, non-finite skips, metrics and TensorBoard are
+the loop's, shared; the loop names no metric of any task.
 
 Restarting the same command on the same workdir resumes from the newest complete checkpoint:
 parameters, optimizer state, step, counters, PRNG key, every process's data-iterator position and
@@ -11,9 +13,8 @@ the metrics of the logging window in progress all come back, and `metrics.jsonl`
 after that checkpoint are dropped, so the resumed run logs exactly what an uninterrupted run logs
 (same device count). SIGTERM (preemption) saves a checkpoint at the next step and returns.
 
-Every `train.eval_every` updates the run is validated (`evaluation.Evaluator`: the task's, or any
-through `make_evaluator`): the values join that
-step's logged record as `valid_*` keys. Validation uses no training randomness and no iterator, so
+Every `train.eval_every` updates the run is validated (the task's `evaluation.Evaluator`): the values
+join that step's logged record as `valid_*` keys. Validation uses no training randomness and no iterator, so
 it changes nothing a resume replays.
 
 Outputs in `workdir`: `config.json` (the resolved config), `metrics.jsonl` + TensorBoard events,
@@ -30,7 +31,7 @@ import os
 import pathlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -45,7 +46,6 @@ from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.pipeline import TrainIterator
 from w2v_jax.training import distributed, evaluation, health, metrics, sharding, train_step
 from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
-from w2v_jax.training.pretraining import PretrainingTask
 from w2v_jax.training.workdir import (
     CHECKPOINTS_DIR,
     ConfigChangedError,
@@ -56,16 +56,9 @@ from w2v_jax.training.workdir import (
 
 logger = logging.getLogger(__name__)
 
-# Per-step metrics added up over a logging window instead of averaged.
-_SUMMED = ("skipped_nonfinite", "num_masked", "num_correct", "chance_correct", "num_frames", "num_blank_frames")
-# Metrics divided once over a logging window: sum(numerator) / sum(denominator).
-_RATIOS = {
-    "accuracy": ("num_correct", "num_masked"),
-    "chance_accuracy": ("chance_correct", "num_masked"),
-    "blank_fraction": ("num_blank_frames", "num_frames"),
-}
-# Counters that are states, not per-step values: the window keeps the last one.
-_LAST = ("nonfinite_total", "nonfinite_consecutive")
+# The train step's own metrics, beside the task's: whether the update was skipped (summed over a
+# logging window) and the skip counters, states the window keeps the last of.
+_STEP_ROLES = metrics.MetricRoles(summed=("skipped_nonfinite",), last=("nonfinite_total", "nonfinite_consecutive"))
 
 
 class TrainingDivergedError(RuntimeError):
@@ -111,7 +104,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             f"data.min_sample_size={config.data.min_sample_size} > data.max_sample_size={config.data.max_sample_size}"
         )
     if config.data.get("max_tokens", 0):
-        return  # the token budget's batch sizes are made divisible (`pretraining.token_batch_multiple`)
+        return  # a token budget's pipeline makes its batch sizes divisible (`pretraining.task.token_batch_multiple`)
     num_devices = jax.device_count()
     if t.batch_size % (num_devices * t.grad_accum_steps):
         raise ValueError(
@@ -134,14 +127,17 @@ def _host_window(window: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return host
 
 
-def _summarize(window: list[dict[str, Any]]) -> dict[str, Any]:
-    """One logged record from a window of per-step host metrics."""
+def _summarize(window: list[dict[str, Any]], roles: metrics.MetricRoles) -> dict[str, Any]:
+    """One logged record from a window of per-step host metrics: the step's and the task's (`roles`)."""
     # The task's metrics have them (a window restored from an older checkpoint may lack a newer one).
-    ratios = {k: v for k, v in _RATIOS.items() if any(v[0] in m or k in m for m in window)}
+    ratios = {k: v for k, v in roles.ratios.items() if any(v[0] in m or k in m for m in window)}
+    last = [k for k in _STEP_ROLES.last + roles.last if k in window[-1]]
     averaged = metrics.mean_metrics(
-        [{k: v for k, v in m.items() if k not in _LAST} for m in window], summed=_SUMMED, ratios=ratios
+        [{k: v for k, v in m.items() if k not in last} for m in window],
+        summed=_STEP_ROLES.summed + roles.summed,
+        ratios=ratios,
     )
-    return {**averaged, **{k: window[-1][k] for k in _LAST}}
+    return {**averaged, **{k: window[-1][k] for k in last}}
 
 
 class Task(Protocol):
@@ -150,12 +146,13 @@ class Task(Protocol):
     Attributes:
       name: the progress bar's label.
       model_class: the model `train_step.create_train_state` builds.
-      progress_metrics: metric name -> progress-bar label.
+      metric_roles: how a logging window reduces the objective's per-step metrics (summed, ratios,
+        states), and which of them and of the validation values the progress bar shows.
     """
 
     name: str
     model_class: type
-    progress_metrics: dict[str, str]
+    metric_roles: metrics.MetricRoles
 
     def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
         """Called once the workdir is locked and its config checked, before anything else."""
@@ -181,6 +178,11 @@ class Task(Protocol):
         """The validation run every `train.eval_every` updates."""
         ...
 
+    def detectors(self, config: ml_collections.ConfigDict) -> Sequence[health.Detector]:
+        """The failure conditions watched when `train.health` is on, with their settings, in the
+        order they are reported (new objects for each run: `health.Detector`)."""
+        ...
+
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:
         """The end-of-run summary's lines on what the run measured (`train_and_evaluate`'s summary)."""
         ...
@@ -188,20 +190,15 @@ class Task(Protocol):
     def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None: ...
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    make_evaluator: Callable[..., evaluation.Evaluator] | None = None,
-    task: Task | None = None,
-) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict[str, Any]:
     """Runs or resumes a training run (see the module docstring).
 
     Args:
-      config: a `w2v_jax/configs/pretrain.py` config (or the task's, e.g. `finetune.py`).
+      config: the task's run config (`w2v_jax/configs/pretrain.py` for pretraining, `finetune.py`
+        for fine-tuning).
       workdir: the run's directory (created if missing).
-      make_evaluator: `(config, graphdef, mesh, state_shardings) -> Evaluator`, built when
-        `train.eval_every > 0` and called every `eval_every` updates (default: the task's).
-      task: what is trained; default `PretrainingTask()`.
+      task: what is trained (`pretraining.task.PretrainingTask()`, `asr.task.FineTuningTask()`, ...);
+        its evaluator is built when `train.eval_every > 0` and called every `eval_every` updates.
 
     Returns:
       a summary: final step, last logged metrics, number of compiles, checkpoint steps.
@@ -218,8 +215,7 @@ def train_and_evaluate(
     _validate(config)
     # The lock comes before anything reads or writes the workdir; process 0 holds it for all.
     with WorkdirLock(workdir, enabled=distributed.is_primary()):
-        task = task or PretrainingTask()
-        return _train_locked(config, pathlib.Path(workdir), task, make_evaluator or task.make_evaluator)
+        return _train_locked(config, pathlib.Path(workdir), task)
 
 
 @dataclasses.dataclass
@@ -249,12 +245,7 @@ class _Run:
         self.checkpointer.save(step, self.state, self.host_record())
 
 
-def _set_up(
-    config: ml_collections.ConfigDict,
-    workdir_path: pathlib.Path,
-    task: Task,
-    make_evaluator: Callable[..., evaluation.Evaluator],
-) -> _Run:
+def _set_up(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task: Task) -> _Run:
     """The model, train state, compiled step, evaluator, data iterator and checkpointer of a fresh run."""
     t = config.train
     model_config = task.model_config(config)
@@ -272,7 +263,7 @@ def _set_up(
         model_class=task.model_class,
     )
     step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
-    evaluator = make_evaluator(config, graphdef, mesh, state_shardings) if t.get("eval_every", 0) else None
+    evaluator = task.make_evaluator(config, graphdef, mesh, state_shardings) if t.get("eval_every", 0) else None
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logger.info("model: %.2fM parameters; mesh %s", num_params / 1e6, dict(mesh.shape))
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -337,9 +328,10 @@ class _LoggingWindow:
     """The steps since the last logged record: their metrics, the audio they consumed, their time
     (compiles left out)."""
 
-    def __init__(self, steps: list[dict[str, Any]], step_fn: train_step.TrainStep):
+    def __init__(self, steps: list[dict[str, Any]], step_fn: train_step.TrainStep, roles: metrics.MetricRoles):
         self.steps = steps  # a resumed run's window continues the checkpointed one
         self._step_fn = step_fn
+        self._roles = roles
         self.audio_seconds = 0.0
         self._start = time.perf_counter()
         self._compile = step_fn.compile_seconds
@@ -347,7 +339,7 @@ class _LoggingWindow:
     def record(self) -> dict[str, Any]:
         """The window's logged record (throughputs included), then a new window."""
         host = _host_window(self.steps)
-        record = _summarize(host)
+        record = _summarize(host, self._roles)
         elapsed = time.perf_counter() - self._start - (self._step_fn.compile_seconds - self._compile)
         record["audio_seconds_per_second"] = self.audio_seconds / max(elapsed, 1e-9)
         record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
@@ -356,12 +348,7 @@ class _LoggingWindow:
         return record
 
 
-def _train_locked(
-    config: ml_collections.ConfigDict,
-    workdir_path: pathlib.Path,
-    task: Task,
-    make_evaluator: Callable[..., evaluation.Evaluator],
-) -> dict[str, Any]:
+def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task: Task) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is locked: set-up, resume, the loop, the summary."""
     primary = distributed.is_primary()
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -373,7 +360,7 @@ def _train_locked(
         write=primary,
     )
     task.prepare(config, workdir_path, primary=primary)
-    run = _set_up(config, workdir_path, task, make_evaluator)
+    run = _set_up(config, workdir_path, task)
     _resume_or_start(run)
     start_step = int(run.state.step)
 
@@ -391,7 +378,7 @@ def _train_locked(
         smoothing=0,
     )
     outcome = {"step": start_step, "last_logged": {}, "last_valid": {}, "eval_seconds": 0.0}
-    monitor = _health_monitor(config, workdir_path, start_step)
+    monitor = _health_monitor(config, workdir_path, start_step, task)
     try:
         with _preemption_requests() as preemption:
             _loop(run, start_step, writer, progress, preemption, outcome, monitor)
@@ -424,19 +411,14 @@ def _train_locked(
 
 
 def _health_monitor(
-    config: ml_collections.ConfigDict, workdir_path: pathlib.Path, start_step: int
+    config: ml_collections.ConfigDict, workdir_path: pathlib.Path, start_step: int, task: Task
 ) -> health.HealthMonitor | None:
-    """The failure detectors of `train.health` (None when "off"), having seen the records a
+    """The task's failure detectors under `train.health` (None when "off"), having seen the records a
     resumed run kept (every process reads them, so all agree on a stop)."""
     t = config.train
     if t.get("health", "off") == "off":
         return None
-    monitor = health.HealthMonitor(
-        num_groups=config.get("model", {}).get("num_codevector_groups"),
-        # CTC's first updates (and those of a frozen encoder) are all blank by design.
-        all_blank_after=max(t.get("warmup_steps", 0), t.get("freeze_finetune_updates", 0)),
-        window=t.get("health_window", 3),
-    )
+    monitor = health.HealthMonitor(task.detectors(config), window=t.get("health_window", 3))
     path = workdir_path / metrics.METRICS_FILE
     if start_step and path.exists():
         monitor.replay([r for r in metrics.read_metrics(path) if r["step"] <= start_step])
@@ -458,7 +440,8 @@ def _loop(
     t = run.config.train
     process_count = jax.process_count()
     key = jax.random.wrap_key_data(jnp.asarray(run.key_data))
-    window = _LoggingWindow(run.window, run.step_fn)
+    roles = run.task.metric_roles
+    window = _LoggingWindow(run.window, run.step_fn, roles)
     eval_every = t.get("eval_every", 0)
     previous_metrics = None
     step = start_step
@@ -520,11 +503,9 @@ def _loop(
                 saved = f"checkpoint {step} saved in {run.checkpointer.directory}"
                 raise UnhealthyRunError(f"train.health=stop: {findings[0].line(step)}; {saved}")
             last_valid = outcome["last_valid"]
-            postfix = {
-                label: f"{record[name]:.3f}" for name, label in run.task.progress_metrics.items() if name in record
-            }
+            postfix = {label: f"{record[name]:.3f}" for name, label in roles.progress.items() if name in record}
             postfix.update(
-                {f"valid {name}": f"{last_valid[name]:.3f}" for name in ("loss", "cer") if name in last_valid}
+                {label: f"{last_valid[name]:.3f}" for name, label in roles.valid_progress.items() if name in last_valid}
             )
             progress.set_postfix(postfix)
 
@@ -543,10 +524,9 @@ def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
         progress.start_t += seconds
 
 
-def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Task | None = None) -> str:
+def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Task) -> str:
     """The end-of-run summary as a few readable lines (`train_and_evaluate`'s return value); the
-    figures of the task that ran (default: pretraining's)."""
-    task = task or PretrainingTask()
+    figures of the task that ran (`Task.summary_lines`)."""
     finished = summary["step"] >= summary["num_steps"]
     lines = [
         f"{'finished' if finished else 'stopped'} at step {summary['step']} of {summary['num_steps']} in {workdir}"

@@ -1,4 +1,4 @@
-"""Validation in the training loop: fixed batches (each utterance once, crop or pad) and the evaluator
+"""Validation inside pretraining: fixed batches (each utterance once, crop or pad) and the evaluator
 against the model's own outputs. The trainer's `valid_*` record keys, and that they replay exactly
 after a resume, are checked end to end in tests/e2e/test_pretrain.py."""
 
@@ -12,8 +12,9 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.training import evaluation, sharding, train_step, trainer
-from w2v_jax.training.pretraining import pretraining_hyperparams
+from w2v_jax.pretraining.evaluator import PretrainingEvaluator, validation_batches
+from w2v_jax.pretraining.task import pretraining_hyperparams
+from w2v_jax.training import sharding, train_step
 
 TINY = Wav2Vec2Config.preset("tiny", hidden_dropout=0.0, layerdrop=0.0)
 
@@ -29,7 +30,7 @@ LENGTHS = [5000, 9000, 400, 7000, 16000, 12000, 6500, 8000, 3000]
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_every_usable_utterance_is_in_exactly_one_row(norm):
     config = dataclasses.replace(TINY, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
-    batches, skipped = evaluation.validation_batches(
+    batches, skipped = validation_batches(
         _waveforms(LENGTHS), config, batch_size=3, max_sample_size=10000, min_sample_size=4000, num_buckets=4
     )
     buckets = bucket_lengths(4000, 10000, 4, pad=norm == "layer").tolist()
@@ -56,9 +57,9 @@ def test_every_usable_utterance_is_in_exactly_one_row(norm):
 def test_masks_and_distractors_are_fixed_and_stay_in_real_frames():
     config = dataclasses.replace(TINY, feat_extract_norm="layer", do_stable_layer_norm=True)
     kwargs = dict(batch_size=4, max_sample_size=16000, min_sample_size=4000, num_buckets=3, seed=7)
-    first, _ = evaluation.validation_batches(_waveforms(LENGTHS), config, **kwargs)
-    again, _ = evaluation.validation_batches(_waveforms(LENGTHS), config, **kwargs)
-    other, _ = evaluation.validation_batches(_waveforms(LENGTHS), config, **{**kwargs, "seed": 8})
+    first, _ = validation_batches(_waveforms(LENGTHS), config, **kwargs)
+    again, _ = validation_batches(_waveforms(LENGTHS), config, **kwargs)
+    other, _ = validation_batches(_waveforms(LENGTHS), config, **{**kwargs, "seed": 8})
     model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(config, rngs=nnx.Rngs(0)))  # shapes only
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.mask_time_indices, b.mask_time_indices)
@@ -74,13 +75,13 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
     rng = np.random.default_rng(0)
     lengths = (6000, 7000, 9000, 6400, 12000, 6000, 8000, 9500, 11000, 7600)
     waveforms = [rng.standard_normal(n).astype(np.float32) for n in lengths]
-    batches, _ = evaluation.validation_batches(  # 8 rows: one per simulated device (conftest)
+    batches, _ = validation_batches(  # 8 rows: one per simulated device (conftest)
         waveforms, TINY, batch_size=8, max_sample_size=12000, min_sample_size=6000, num_buckets=2
     )
     mesh = sharding.make_mesh(-1, 1)
     optimizer, _ = pretraining_hyperparams(pretrain_config.get_config("tiny").train)
     graphdef, state, shardings = train_step.create_train_state(TINY, optimizer, seed=3, mesh=mesh)
-    evaluator = evaluation.PretrainingEvaluator(graphdef, batches, mesh, shardings.params, shardings.model_state)
+    evaluator = PretrainingEvaluator(graphdef, batches, mesh, shardings.params, shardings.model_state)
     got = evaluator(state, 0)
 
     model = nnx.merge(graphdef, state.params, state.model_state)
@@ -106,10 +107,3 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
     assert got["code_perplexity"] == pytest.approx(np.mean(perplexities), rel=1e-5)
     assert evaluator(state, 1) == got  # fixed masks and distractors: the same parameters, the same values
     assert evaluator.num_compiles == len({b.input_values.shape for b in batches})
-
-
-def test_eval_every_must_be_a_multiple_of_log_every():
-    config = pretrain_config.get_config("tiny")
-    config.train.eval_every = 15
-    with pytest.raises(ValueError, match="train.eval_every must be 0 .* multiple of train.log_every=10"):
-        trainer._validate(config)
