@@ -135,6 +135,19 @@ def test_pytorch_model_bin_folders_load_without_torch_as_their_safetensors(tmp_p
             np.testing.assert_array_equal(read[key], value, err_msg=key)
 
 
+def test_a_bfloat16_pytorch_model_bin_loads_as_its_values_in_float32(tmp_path):
+    config = CONFIGS["group_post_ln"]
+    torch.manual_seed(0)
+    reference = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+    reference = reference.to(torch.bfloat16)
+    reference.config.save_pretrained(tmp_path)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    _, model = load_hf_checkpoint(tmp_path)
+    expected = {k: v.float().numpy() for k, v in reference.state_dict().items()}
+    for key, value in params_to_hf(nnx.state(model, nnx.Param), config).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
 def test_sharded_safetensors_checkpoint(tmp_path):
     config = CONFIGS["group_post_ln"]
     torch.manual_seed(0)
