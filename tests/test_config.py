@@ -12,7 +12,7 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.config import DROPOUT_FIELDS, Wav2Vec2Config
 from w2v_jax.configs import pretrain
 from w2v_jax.model import Wav2Vec2ForPreTraining
 
@@ -123,6 +123,14 @@ def test_from_hf_dict_rejects_other_architectures():
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Wav2Vec2Config.preset("tiny", **{field: value})
+
+
+def test_dropout_fields_are_every_dropout_of_the_config_and_each_is_a_probability():
+    assert DROPOUT_FIELDS == tuple(f.name for f in dataclasses.fields(Wav2Vec2Config) if f.name.endswith("_dropout"))
+    for name in DROPOUT_FIELDS:
+        Wav2Vec2Config.preset("tiny", **{name: 0.5})
+        with pytest.raises(ValueError, match=rf"{name}.*must be a probability in \[0, 1\)"):
+            Wav2Vec2Config.preset("tiny", **{name: 1.0})
 
 
 def test_config_is_hashable_for_static_jit_arguments():

@@ -52,6 +52,13 @@ def test_bucket_ladder_pads_up_and_crops_down():
         representations.bucket_length(399, pad=True)
 
 
+def test_bucket_ladder_is_the_receptive_field_times_quarter_octaves():
+    # The ladder's defining formula (its first implementation): 400 * 2**(k/4), k < 96, rounded.
+    expected = np.unique(np.round(400 * 2.0 ** (np.arange(96) / 4)).astype(np.int64))
+    assert representations.BUCKET_LADDER.dtype == np.int64 and len(expected) == 96
+    np.testing.assert_array_equal(representations.BUCKET_LADDER, expected)
+
+
 def test_layer_norm_features_match_each_utterance_alone_with_a_compile_per_bucket(monkeypatch):
     model = Wav2Vec2ForPreTraining(LAYER_NORM, rngs=nnx.Rngs(0))
     # 5000 and 5300 share the 5382 bucket, 9000 is in 9051: two compiles, then none for 5100.

@@ -24,7 +24,8 @@ from absl import flags
 from tests.support.fairseq import PUBLIC_MODELS, fairseq_weights, save_fairseq_style, transformers_state_dict
 from tests.support.parity import relative_error
 from w2v_jax.checkpoints.conversion import convert
-from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint, read_torch_checkpoint
+from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
+from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
 from w2v_jax.cli import launch
 from w2v_jax.config import Wav2Vec2Config
 

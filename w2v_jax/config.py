@@ -29,6 +29,15 @@ from typing import Any, ClassVar
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
 # How the context network computes attention (`context_network.SelfAttention` says what each does).
 ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
+# The config's dropout probabilities (LayerDrop, `layerdrop`, is a probability of its own kind).
+DROPOUT_FIELDS = (
+    "hidden_dropout",
+    "activation_dropout",
+    "attention_dropout",
+    "feat_proj_dropout",
+    "feat_quantizer_dropout",
+    "final_dropout",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,14 +252,7 @@ class Wav2Vec2Config:
             fail("num_conv_pos_embedding_groups", f"must divide hidden_size={self.hidden_size}")
         if self.codevector_dim % self.num_codevector_groups:
             fail("codevector_dim", f"must be divisible by num_codevector_groups={self.num_codevector_groups}")
-        for name in (
-            "hidden_dropout",
-            "activation_dropout",
-            "attention_dropout",
-            "feat_proj_dropout",
-            "feat_quantizer_dropout",
-            "final_dropout",
-        ):
+        for name in DROPOUT_FIELDS:
             if not _is_real(getattr(self, name)) or not 0.0 <= getattr(self, name) < 1.0:
                 fail(name, "must be a probability in [0, 1)")
         for name in ("layerdrop", "mask_time_prob", "mask_feature_prob"):

@@ -2,9 +2,10 @@
 
 They come with the `reference` extra (`pip install -e '.[reference]'`, also part of `test`):
 `research.torch_twin` / `research.compare` (experiments.compare_pytorch), benchmark's
-`--vs-pytorch`, and reading `pytorch_model.bin` checkpoints. Everything else, training included,
-runs on the main install. Every module imports without them (`LazyReference`); using the reference
-without them raises an ImportError that names the extra.
+`--vs-pytorch`, and writing fairseq `.pt` checkpoints. Everything else, training and reading
+`pytorch_model.bin` or `.pt` files included (`checkpoints.torch_files`), runs on the main install.
+Every module imports without them (`LazyReference`); using the reference without them raises an
+ImportError that names the extra.
 """
 
 from __future__ import annotations

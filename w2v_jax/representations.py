@@ -31,6 +31,8 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data import audio
+from w2v_jax.data.planning import geometric_lengths
 
 
 class EncoderModel(Protocol):
@@ -42,8 +44,12 @@ class EncoderModel(Protocol):
     def num_frames(self, num_samples: Any) -> Any: ...
 
 
-# 400 samples (the conv stack's receptive field) times 2**(k/4): ~19% padding or ~16% crop at most.
-BUCKET_LADDER = np.unique(np.round(400 * 2.0 ** (np.arange(96) / 4)).astype(np.int64))
+# The conv stack's receptive field times 2**(k/4), k < 96 (up to ~98 h of audio): ~19% padding or
+# ~16% crop at most.
+_LADDER_STEPS = 96
+BUCKET_LADDER = geometric_lengths(
+    audio.RECEPTIVE_FIELD, round(audio.RECEPTIVE_FIELD * 2 ** ((_LADDER_STEPS - 1) / 4)), _LADDER_STEPS
+)
 GROUP_NORM_MODES = ("exact", "crop", "masked")
 
 
@@ -67,7 +73,7 @@ class UtteranceRepresentation:
 
 def bucket_length(num_samples: int, *, pad: bool) -> int:
     """The ladder length an utterance of `num_samples` runs at: the smallest >= it (pad) or the
-    largest <= it (crop). ValueError under the 400-sample receptive field."""
+    largest <= it (crop). ValueError under the receptive field (`BUCKET_LADDER[0]`)."""
     if num_samples < BUCKET_LADDER[0]:
         raise ValueError(
             f"an utterance needs at least {BUCKET_LADDER[0]} samples (the receptive field), got {num_samples}"

@@ -1,6 +1,9 @@
-"""Checkpoint interop: exact round trips, transformers loads our export, both weight-norm layouts."""
+"""Checkpoint interop: exact round trips, transformers loads our export, both weight-norm layouts,
+`pytorch_model.bin` read without torch."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +13,8 @@ import torch
 import transformers
 from flax import nnx
 
+from tests.support import HANG_TIMEOUT
+from tests.support.imports import BLOCK_REFERENCE
 from tests.support.launchers import run_main
 from w2v_jax.checkpoints.folder import INTEGRITY_FILE, load_checkpoint, save_checkpoint
 from w2v_jax.checkpoints.hf import hf_keys, load_hf_checkpoint, params_from_hf, params_to_hf, save_hf_checkpoint
@@ -85,6 +90,62 @@ def test_legacy_weight_norm_names_in_pytorch_model_bin(tmp_path):
     _, current = load_hf_checkpoint(tmp_path / "current")
     _, old = load_hf_checkpoint(tmp_path / "legacy")
     _assert_same_params(current, old)
+
+
+_READ_WITHOUT_TORCH = """
+import sys
+import safetensors.numpy
+from flax import nnx
+from w2v_jax.checkpoints.hf import load_hf_checkpoint, params_to_hf
+for folder in sys.argv[1:]:
+    _, model = load_hf_checkpoint(folder)
+    safetensors.numpy.save_file(params_to_hf(nnx.state(model, nnx.Param)), f"{folder}/read.safetensors")
+print(sorted(m for m in sys.modules if m.partition(".")[0] in ("torch", "transformers")))
+"""
+
+
+def test_pytorch_model_bin_folders_load_without_torch_as_their_safetensors(tmp_path, env):
+    config = CONFIGS["layer_pre_ln"]
+    folders = []
+    for cls in (transformers.Wav2Vec2ForPreTraining, transformers.Wav2Vec2ForCTC):
+        torch.manual_seed(0)
+        reference = cls(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+        reference.save_pretrained(tmp_path / cls.__name__ / "safetensors")
+        # transformers 4.x's save_pretrained(safe_serialization=False) (5.x writes safetensors only):
+        # config.json and `torch.save` of the state dict's tensors, storages as the model holds them.
+        reference.config.save_pretrained(tmp_path / cls.__name__ / "bin")
+        torch.save(dict(reference.state_dict()), tmp_path / cls.__name__ / "bin" / "pytorch_model.bin")
+        folders.append(tmp_path / cls.__name__)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_REFERENCE + _READ_WITHOUT_TORCH, *(str(f / "bin") for f in folders)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["[]"]  # neither torch nor transformers was imported
+    for folder in folders:
+        expected_config, expected = load_hf_checkpoint(folder / "safetensors")
+        assert Wav2Vec2Config.from_json_file(folder / "bin" / "config.json") == expected_config
+        read = safetensors.numpy.load_file(folder / "bin" / "read.safetensors")
+        params = params_to_hf(nnx.state(expected, nnx.Param))
+        assert read.keys() == params.keys() and any(k.startswith("lm_head.") for k in read) == ("CTC" in folder.name)
+        for key, value in params.items():
+            np.testing.assert_array_equal(read[key], value, err_msg=key)
+
+
+def test_a_bfloat16_pytorch_model_bin_loads_as_its_values_in_float32(tmp_path):
+    config = CONFIGS["group_post_ln"]
+    torch.manual_seed(0)
+    reference = transformers.Wav2Vec2ForPreTraining(transformers.Wav2Vec2Config(**config.to_hf_dict()))
+    reference = reference.to(torch.bfloat16)
+    reference.config.save_pretrained(tmp_path)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    _, model = load_hf_checkpoint(tmp_path)
+    expected = {k: v.float().numpy() for k, v in reference.state_dict().items()}
+    for key, value in params_to_hf(nnx.state(model, nnx.Param), config).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
 def test_sharded_safetensors_checkpoint(tmp_path):

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from w2v_jax import feature_encoder
+from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio, skips
 
 
@@ -120,6 +121,10 @@ def test_bad_files_raise_audio_error_with_reason(tmp_path, kind):
 
 def test_receptive_field_matches_feature_encoder():
     assert feature_encoder.receptive_field(feature_encoder.FeatureEncoder.LAYER_CONFIGS) == audio.RECEPTIVE_FIELD
+    # The default stack is every preset's: the constant holds wherever no model is at hand.
+    for name in Wav2Vec2Config.PRESETS:
+        config = Wav2Vec2Config.preset(name)
+        assert feature_encoder.receptive_field(zip(config.conv_kernel, config.conv_stride)) == audio.RECEPTIVE_FIELD
 
 
 def test_containers_libsndfile_does_not_know_go_through_librosa(tmp_path):

@@ -51,6 +51,22 @@ def test_bucket_lengths():
     np.testing.assert_array_equal(bucket_lengths(100, 9000, 1, pad=True), [9000])
 
 
+def _geometric_buckets(low: int, high: int, count: int) -> list[int]:
+    """The ladder in plain Python: step i of count is low * (high / low) ** (i / (count - 1)), rounded."""
+    steps = [low, *(round(low * (high / low) ** (i / (count - 1))) for i in range(1, count - 1)), high]
+    return sorted(set(steps))
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_bucket_lengths_are_the_geometric_ladder_between_the_usable_lengths(pad):
+    for low, high in ((0, 1000), (400, 401), (4000, 10_000), (32_000, 250_000), (16_000, 480_000)):
+        for count in (2, 3, 4, 8, 30, 200):
+            expected = _geometric_buckets(max(low, 400), high, count)
+            np.testing.assert_array_equal(
+                bucket_lengths(low, high, count, pad=pad), expected, err_msg=f"{low, high, count}"
+            )
+
+
 def test_crop_mode_shapes_and_crops(tmp_path):
     lengths = [4_000 + 500 * i for i in range(12)] + [20_000] * 4
     _corpus(tmp_path, lengths)

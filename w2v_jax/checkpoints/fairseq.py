@@ -1,13 +1,8 @@
 """fairseq's wav2vec 2.0 checkpoints (`.pt`), both directions, without fairseq, hydra or omegaconf.
 
-Reading needs no torch either. A fairseq `.pt` is `torch.save`'s zip: one pickle (`*/data.pkl`)
-holding the checkpoint's dict, whose tensors point at raw storage files (`*/data/<key>`). The
-pickle is read by `_RestrictedUnpickler`, which admits only torch's tensor rebuild functions and
-storage types (read as NumPy arrays: dtype, shape, strides and offset), the plain-data classes
-fairseq pickles (`argparse.Namespace`, OmegaConf's containers, nodes and metadata, enums,
-`collections.OrderedDict`, builtin containers), all mapped to dicts and lists. Any other global is
-refused with a one-line error naming it, and nothing a pickle names is ever called. Pre-1.6
-torch files (tar or bare pickle) are refused.
+Reading needs no torch either: a fairseq `.pt` is a `torch.save`d dict, read by
+`torch_files.read_torch_checkpoint` (tensors as NumPy arrays, the `args` Namespace and the hydra
+`cfg` as dicts, nothing else unpickled).
 
 Import (`load_fairseq_checkpoint`): fairseq's `Wav2Vec2Model` (pretraining) and `Wav2VecCtc`
 (CTC fine-tuned, `w2v_encoder.w2v_model.*` + `w2v_encoder.proj`), configured by the old `args`
@@ -27,28 +22,23 @@ a CTC model's `dict.ltr.txt` is written beside it and `cfg.task.data` names its 
 
 from __future__ import annotations
 
-import _compat_pickle
 import ast
 import dataclasses
-import io
 import os
 import pathlib
-import pickle
 import re
-import sys
-import tarfile
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import nnx
 
 from w2v_jax.checkpoints.hf import params_from_hf, params_to_hf
+from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
 from w2v_jax.checkpoints.weights import Model, check_stored_weights
 from w2v_jax.config import ACTIVATIONS, Wav2Vec2Config
+from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, PAD, UNK, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.reference import import_reference
@@ -58,242 +48,7 @@ DICT_FILE = "dict.ltr.txt"
 FAIRSEQ_SPECIALS = (BOS, PAD, EOS, UNK)
 
 # ---------------------------------------------------------------------------------------------
-# torch's zip format through a restricted unpickler
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-    dtype: Any
-
-
-class _Record:
-    """A plain-data object (Namespace, OmegaConf container, node or metadata): its pickled state only.
-    One subclass per admitted class (`_plain_class`), so pickle's NEWOBJ and REDUCE build it
-    without running anything of the original class."""
-
-    kind = ""
-    state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        # A dict, or (dict or None, slots dict) for classes with __slots__.
-        if isinstance(state, tuple):
-            state = {k: v for part in state if isinstance(part, dict) for k, v in part.items()}
-        self.state = state
-
-
-_RECORD_CLASSES: dict[str, type[_Record]] = {}
-
-
-def _plain_class(kind: str) -> type[_Record]:
-    if kind not in _RECORD_CLASSES:
-        _RECORD_CLASSES[kind] = type(kind.rsplit(".", 1)[-1], (_Record,), {"kind": kind})
-    return _RECORD_CLASSES[kind]
-
-
-@dataclasses.dataclass(frozen=True)
-class _TypeName:
-    """A class named only as a type in metadata, or an enum whose members are rebuilt from their
-    value (fairseq's ChoiceEnum fields): calling it with one plain value gives that value."""
-
-    name: str
-
-    def __call__(self, *args: Any) -> Any:
-        if len(args) == 1 and isinstance(args[0], str | int | float | bool | type(None)):
-            return args[0]
-        raise pickle.UnpicklingError(f"refusing to build {self.name} from {args!r}: only enum values are read")
-
-
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    """`torch._utils._rebuild_tensor_v2`: a strided view of a storage, copied."""
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if len(size) != len(stride) or any(s < 0 for s in (*size, *stride)) or offset < 0:
-        raise pickle.UnpicklingError(f"bad tensor layout: size {size}, stride {stride}, offset {offset}")
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= storage.size:
-        raise pickle.UnpicklingError(f"tensor of size {size} at offset {offset} overruns its storage ({storage.size})")
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
-    )
-    return np.array(view)
-
-
-def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
-    """`torch._utils._rebuild_parameter(_with_state)`: an `nn.Parameter` is its data."""
-    return data
-
-
-def _rebuild_from_type(function: Callable, new_type: Any, args: tuple, state: Any) -> Any:
-    """`torch._tensor._rebuild_from_type_v2`: the tensor `function` rebuilds (an admitted rebuild function)."""
-    del new_type, state
-    if function not in (_rebuild_tensor, _rebuild_parameter):
-        raise pickle.UnpicklingError(f"refusing to rebuild a tensor through {function!r}")
-    return function(*args)
-
-
-def _reconstructor(cls: Any, base: Any, state: Any) -> _Record:
-    """`copyreg._reconstructor` (how protocols 0/1 pickle plain objects): only admitted classes."""
-    del base, state
-    if not (isinstance(cls, type) and issubclass(cls, _Record)):
-        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r}")
-    return cls.__new__(cls)
-
-
-def _subscript(generic: Any, item: Any) -> _TypeName:
-    """`operator.getitem` as `typing.Optional[int]` pickles: only on a type name."""
-    if not isinstance(generic, _TypeName):
-        raise pickle.UnpicklingError(f"refusing operator.getitem on {generic!r}")
-    return _TypeName(f"{generic.name}[{item!r}]")
-
-
-def _type_of(value: Any) -> _TypeName:
-    """`builtins.type(None)`, as `NoneType` pickles."""
-    if value is not None:
-        raise pickle.UnpicklingError(f"refusing builtins.type({value!r})")
-    return _TypeName("NoneType")
-
-
-def _defaultdict(default_factory: Any = None, *_: Any) -> dict:
-    """`collections.defaultdict` (OmegaConf's metadata): a plain dict; its factory is never called."""
-    del default_factory
-    return {}
-
-
-def _latin1(text: str, encoding: str = "latin1") -> bytes:
-    """`_codecs.encode`, as protocol 2 pickles bytes; only the latin-1 codec."""
-    if encoding != "latin1" or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
-    return text.encode("latin1")
-
-
-def _numpy_scalar(dtype: np.dtype, data: bytes | None = None) -> Any:
-    """`numpy.core.multiarray.scalar` (logged metrics): numeric dtypes only."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise pickle.UnpicklingError(f"refusing a NumPy scalar of {dtype!r}")
-    return np.frombuffer(data, dtype)[0].item()
-
-
-def _numpy_dtype(name: str, align: bool = False, copy: bool = False) -> np.dtype:
-    dtype = np.dtype(name, align, copy)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError("refusing an object dtype")
-    return dtype
-
-
-_FUNCTIONS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("copyreg", "_reconstructor"): _reconstructor,
-    ("_codecs", "encode"): _latin1,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("collections", "OrderedDict"): dict,
-    ("collections", "defaultdict"): _defaultdict,
-    ("operator", "getitem"): _subscript,
-    ("builtins", "type"): _type_of,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-}
-_PLAIN_CLASSES = {
-    ("argparse", "Namespace"),
-    ("omegaconf.dictconfig", "DictConfig"),
-    ("omegaconf.listconfig", "ListConfig"),
-    ("omegaconf.base", "ContainerMetadata"),
-    ("omegaconf.base", "Metadata"),
-    *(
-        ("omegaconf.nodes", node)
-        for node in (
-            "AnyNode",
-            "StringNode",
-            "IntegerNode",
-            "FloatNode",
-            "BooleanNode",
-            "EnumNode",
-            "PathNode",
-            "BytesNode",
-            "ValueNode",
-        )
-    ),
-}
-# Modules whose classes may appear as types in OmegaConf metadata or as enums (values only).
-_TYPE_MODULES = re.compile(r"^(typing|enum|fairseq(\..+)?)$")
-_BUILTIN_TYPES = ("str", "int", "float", "bool", "bytes", "object")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles a checkpoint's data.pkl: tensors, storages and plain data only (module docstring)."""
-
-    def __init__(self, file: io.BytesIO, read_storage: Callable[[str, Any], np.ndarray]):
-        super().__init__(file, encoding="utf-8")
-        self._read_storage = read_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        # torch pickles with protocol 2, which spells builtins the Python 2 way (`__builtin__.long`).
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        if (module, name) in _FUNCTIONS:
-            return _FUNCTIONS[(module, name)]
-        if (module, name) in _PLAIN_CLASSES:
-            return _plain_class(f"{module}.{name}")
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "torch" and name == "Tensor":
-            return _TypeName(f"torch.{name}")
-        if module == "torch.nn.parameter" and name == "Parameter":
-            return _TypeName(f"{module}.{name}")
-        if (_TYPE_MODULES.match(module) and name[:1].isupper() and "." not in name) or (
-            module == "builtins" and name in _BUILTIN_TYPES
-        ):
-            return _TypeName(f"{module}.{name}")
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only tensors and plain data are read")
-
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        storage_type, key = pid[1], pid[2]
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str):
-            raise pickle.UnpicklingError(f"unknown storage {storage_type!r}")
-        return self._read_storage(key, storage_type.dtype)
-
-
-def _plain(value: Any) -> Any:
-    """Records -> dicts (Namespace: its attributes; DictConfig: its content), nodes -> their values."""
-    if isinstance(value, _Record):
-        state = value.state if isinstance(value.state, dict) else {}
-        if value.kind == "argparse.Namespace":
-            return {k: _plain(v) for k, v in state.items()}
-        content = state.get("_content", state.get("_val"))
-        if value.kind.endswith("Metadata"):
-            return None
-        return _plain(content)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
-    return value
-
+# fairseq's hydra configs
 
 _INTERPOLATION = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
 
@@ -312,47 +67,6 @@ def _resolve(value: Any, root: Mapping[str, Any]) -> Any:
             node = node[part]
         return _resolve(node, root)
     return None if value == "???" else value
-
-
-def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The dict a `torch.save`d `.pt` holds, tensors as NumPy arrays and plain data as dicts and
-    lists, read without torch (module docstring). Raises a ValueError naming the problem (a
-    refused global, a legacy torch file, a damaged archive)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        legacy = "a tar archive" if tarfile.is_tarfile(path) else "not a zip archive"
-        raise ValueError(
-            f"{path}: {legacy}; only torch's zip format (torch >= 1.6) is read: re-save it with "
-            "torch.save(torch.load(path, weights_only=False), path) where you trust it"
-        )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one */data.pkl in torch's zip format, found {pickles}")
-        prefix = pickles[0][: -len("data.pkl")]
-        names = set(archive.namelist())
-        byteorder = archive.read(f"{prefix}byteorder").decode() if f"{prefix}byteorder" in names else "little"
-        storages: dict[str, np.ndarray] = {}
-
-        def read_storage(key: str, dtype: Any) -> np.ndarray:
-            if key not in storages:
-                name = f"{prefix}data/{key}"
-                if name not in names:
-                    raise pickle.UnpicklingError(f"storage {key} missing from the archive")
-                array = np.frombuffer(archive.read(name), dtype)
-                storages[key] = array.byteswap() if byteorder != sys.byteorder else array
-            return storages[key]
-
-        try:
-            state = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), read_storage).load()
-        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from None
-    state = _plain(state)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
-    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,7 +567,7 @@ def fairseq_cfg(config: Wav2Vec2Config, *, ctc: bool, normalize: bool, data: str
     """A hydra-style `cfg` of plain dicts that fairseq's `load_model_ensemble_and_task` builds from:
     `task` (audio_pretraining / audio_finetuning), `model` (wav2vec2 / wav2vec_ctc with the
     pretraining model in `w2v_args`), `criterion` (wav2vec / ctc)."""
-    pretraining_task = {"_name": "audio_pretraining", "data": data, "normalize": normalize, "sample_rate": 16000}
+    pretraining_task = {"_name": "audio_pretraining", "data": data, "normalize": normalize, "sample_rate": SAMPLE_RATE}
     pretraining = {
         "task": pretraining_task,
         "model": _model_fields(config),

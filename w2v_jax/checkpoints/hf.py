@@ -12,8 +12,9 @@ after a few renames (`scale`/`kernel` -> `weight`, the conv stack's `layers` -> 
     codevectors [G*V, D/G]                     <-> [1, G*V, D/G]
 
 Older checkpoints name the positional conv's weight norm `weight_g`/`weight_v`; both are read.
-Files are read as safetensors, or `pytorch_model.bin` through `torch.load(weights_only=True)`:
-nothing is ever unpickled otherwise. Conversions are exact (transposes and reshapes only).
+Files are read as safetensors, or `pytorch_model.bin` (`torch.save` of the state dict) through
+`torch_files.read_torch_checkpoint`, without torch: its restricted unpickler reads tensors and
+nothing else that could run. Conversions are exact (transposes and reshapes only).
 
 In memory: `params_from_hf(config, state_dict)` -> `nnx.State`, `params_to_hf(params)` ->
 `{transformers key: np.ndarray}` (load it into a torch model with `load_state_dict` after
@@ -36,11 +37,11 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
 from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, model_class
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
-from w2v_jax.reference import import_reference
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -160,12 +161,12 @@ def params_from_hf(
     return nnx.from_flat_state([(path, variable.replace(value)) for (path, variable), value in zip(flat, values)])
 
 
-def _read_torch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
-    # Only for pytorch_model.bin (model.safetensors needs no torch); weights_only refuses anything but tensors.
-    torch = import_reference("torch", f"reading {path}")
-
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.detach().to(torch.float32).numpy() for k, v in state_dict.items()}
+def _read_pytorch_bin(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """transformers' `pytorch_model.bin`: a state dict of tensors (in their stored dtypes)."""
+    state_dict = read_torch_checkpoint(path)
+    if not_tensors := [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]:
+        raise ValueError(f"{path}: not a state dict of tensors: {not_tensors[:5]} hold other values")
+    return state_dict
 
 
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -178,7 +179,7 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return {k: v for shard in shards for k, v in safetensors.numpy.load_file(folder / shard).items()}
     if (folder / "pytorch_model.bin").is_file():
-        return _read_torch_bin(folder / "pytorch_model.bin")
+        return _read_pytorch_bin(folder / "pytorch_model.bin")
     raise ValueError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 

@@ -26,6 +26,7 @@ import dataclasses
 import ml_collections
 
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data.audio import SAMPLE_RATE
 
 # Each variant: `Wav2Vec2Config.preset(variant)` as the model and BASE's recipe (`_base_config`), with
 # these fields changed.
@@ -46,7 +47,7 @@ OVERRIDES: dict[str, dict[str, object]] = {
         "train.checkpoint_every": 100,
         "train.eval_every": 100,
         "data.max_sample_size": 32_000,
-        "data.min_sample_size": 16_000,
+        "data.min_sample_size": SAMPLE_RATE,  # one second
     },
     # The CPU research model on the embedded corpus, as tiny without penalty.
     "mini": {
@@ -61,7 +62,7 @@ OVERRIDES: dict[str, dict[str, object]] = {
         "train.checkpoint_every": 500,
         "train.eval_every": 500,
         "data.max_sample_size": 48_000,
-        "data.min_sample_size": 16_000,
+        "data.min_sample_size": SAMPLE_RATE,  # one second
     },
     "small": {
         "train.batch_size": 16,

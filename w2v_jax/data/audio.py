@@ -21,8 +21,9 @@ import soxr
 from w2v_jax.data import skips
 
 SAMPLE_RATE = 16_000
-# wav2vec 2.0's conv feature encoder sees 400 samples per output frame (FeatureEncoder.receptive_field):
-# shorter inputs make the first convolution fail, so they are rejected here, before any model code.
+# Samples one output frame of wav2vec 2.0's conv stack sees: the constant for code without a model at
+# hand (a model's own follows from its layers, `FeatureEncoder.receptive_field`). Shorter inputs make
+# the first convolution fail, so they are rejected here, before any model code.
 RECEPTIVE_FIELD = 400
 NORMALIZE_EPS = 1e-7
 
@@ -112,7 +113,7 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
     """Decodes ``path`` and converts it to 16 kHz mono float32.
 
     Raises AudioError with reason "missing", "unreadable", "empty", "non_finite" or
-    "shorter_than_receptive_field" (fewer than 400 samples at 16 kHz).
+    "shorter_than_receptive_field" (fewer than RECEPTIVE_FIELD samples at 16 kHz).
     """
     path = Path(path)
     if not path.is_file():

@@ -20,6 +20,15 @@ from w2v_jax.data import audio
 SHUFFLE_STREAM = 0
 
 
+def geometric_lengths(low: int, high: int, count: int) -> np.ndarray:
+    """A ladder of lengths: int64 [<= count], `count` steps a constant factor apart from `low` to
+    `high` (both exact), rounded to whole samples, repeats dropped. The batch buckets
+    (`bucket_lengths`) and `representations.BUCKET_LADDER` are both such ladders."""
+    lengths = np.round(np.geomspace(low, high, count)).astype(np.int64)
+    lengths[0], lengths[-1] = low, high  # exact ends despite float rounding
+    return np.unique(lengths)
+
+
 def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int, *, pad: bool) -> np.ndarray:
     """The fixed set of batch lengths: int64 [<= num_buckets], geometric, from the shortest usable
     length (min_sample_size, at least the receptive field) up to max_sample_size inclusive.
@@ -30,9 +39,7 @@ def bucket_lengths(min_sample_size: int, max_sample_size: int, num_buckets: int,
     low = max(min_sample_size, audio.RECEPTIVE_FIELD)
     if num_buckets == 1 or low == max_sample_size:
         return np.asarray([max_sample_size if pad else low], np.int64)
-    lengths = np.round(np.geomspace(low, max_sample_size, num_buckets)).astype(np.int64)
-    lengths[0], lengths[-1] = low, max_sample_size  # exact ends despite float rounding
-    return np.unique(lengths)
+    return geometric_lengths(low, max_sample_size, num_buckets)
 
 
 def assign_buckets(num_samples: np.ndarray, buckets: np.ndarray, *, pad: bool, max_sample_size: int) -> np.ndarray:

@@ -21,7 +21,7 @@ MISSING = "missing"
 UNREADABLE = "unreadable"  # undecodable: random bytes, truncated or corrupt streams, unknown formats
 EMPTY = "empty"
 NON_FINITE = "non_finite"  # NaN or Inf samples
-SHORTER_THAN_RECEPTIVE_FIELD = "shorter_than_receptive_field"  # < 400 samples at 16 kHz
+SHORTER_THAN_RECEPTIVE_FIELD = "shorter_than_receptive_field"  # < audio.RECEPTIVE_FIELD samples at 16 kHz
 LENGTH_MISMATCH = "length_mismatch"  # decoded length differs from the manifest's
 SHORTER_THAN_MIN_SAMPLE_SIZE = "shorter_than_min_sample_size"  # the configured length filter
 

@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from w2v_jax.data.audio import load_audio
+from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE, load_audio
 from w2v_jax.data.manifest import load_manifest
 
-# Frame grid of the standard conv stack: 400-sample receptive field, 320-sample hop.
+# Frame grid of the standard conv stack: a frame every 320 samples over its receptive field
+# (`audio.RECEPTIVE_FIELD` samples).
 FRAME_HOP = 320
-FRAME_WINDOW = 400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,7 @@ def load_utterances(
     manifest: str | os.PathLike,
     metadata: Mapping[str, dict] | None = None,
     *,
-    crop_multiple: int = 16_000,
+    crop_multiple: int = SAMPLE_RATE,
     max_utterances: int | None = None,
 ) -> list[Utterance]:
     """Loads a manifest's audio (normalised like training) and joins its metadata.
@@ -75,15 +75,16 @@ def load_utterances(
     Args:
       manifest: a TSV manifest or a folder.
       metadata: `read_metadata`'s dict; None: `metadata.jsonl` beside the manifest if it exists.
-      crop_multiple: each waveform is cropped to a multiple of this many samples (at least one).
+      crop_multiple: each waveform is cropped to a multiple of this many samples (at least the
+        receptive field; default one second).
       max_utterances: keep the first N (quick runs).
 
     Returns:
       the utterances, in manifest order; those shorter than `crop_multiple` are left out.
     """
-    if crop_multiple < FRAME_WINDOW:
+    if crop_multiple < RECEPTIVE_FIELD:
         raise ValueError(
-            f"crop_multiple must be at least the {FRAME_WINDOW}-sample receptive field, got {crop_multiple}"
+            f"crop_multiple must be at least the {RECEPTIVE_FIELD}-sample receptive field, got {crop_multiple}"
         )
     entries = load_manifest(manifest)
     if metadata is None:
@@ -119,7 +120,7 @@ def frame_phone_labels(
     ends: np.ndarray,
     num_frames: int,
     hop: int = FRAME_HOP,
-    window: int = FRAME_WINDOW,
+    window: int = RECEPTIVE_FIELD,
 ) -> list[str | None]:
     """The phoneme under the centre sample of each frame (None where no phoneme span covers it).
 

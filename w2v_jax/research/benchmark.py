@@ -75,7 +75,7 @@ class BenchmarkSettings:
 
     Attributes:
       batch_size: utterances per step.
-      seconds: length of each utterance (16 kHz samples = seconds * 16000).
+      seconds: length of each utterance (`num_samples`: seconds * SAMPLE_RATE).
       steps: timed steps (at least 1; the issue asks for >= 5).
       warmup: untimed steps before them (first-call effects, allocator warm-up).
       precision: "float32" or "bfloat16" (computation dtype; parameters stay float32).

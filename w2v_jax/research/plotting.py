@@ -17,6 +17,9 @@ matplotlib.use("Agg")  # servers and CI have no display; notebooks show returned
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE  # noqa: E402
+from w2v_jax.data.utterances import FRAME_HOP  # noqa: E402
+
 
 class PhoneProbeResults(Protocol):
     """What `plot_phone_probe` reads of a `probes.PhoneProbeReport`."""
@@ -305,9 +308,9 @@ def ctc_alignment_figure(
     tokens: Sequence[str],
     blank_id: int,
     *,
-    hop: int = 320,
-    window: int = 400,
-    sample_rate: int = 16_000,
+    hop: int = FRAME_HOP,
+    window: int = RECEPTIVE_FIELD,
+    sample_rate: int = SAMPLE_RATE,
     title: str = "CTC alignment",
 ) -> plt.Figure:
     """The waveform with a fine-tuned model's frame-wise argmax: which frames emit a symbol, which a blank.

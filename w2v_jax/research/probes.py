@@ -43,9 +43,9 @@ from flax import nnx
 
 from w2v_jax.checkpoints import load_model
 from w2v_jax.data import SAMPLE_RATE, default_manifest
+from w2v_jax.data.audio import RECEPTIVE_FIELD
 from w2v_jax.data.utterances import (
     FRAME_HOP,
-    FRAME_WINDOW,
     Utterance,
     frame_phone_labels,
     load_utterances,
@@ -129,14 +129,14 @@ def log_mel_features(waveform: np.ndarray, num_mels: int = 80) -> np.ndarray:
     400-sample (25 ms) Hann windows every 320 samples (20 ms), no centring, so frame t covers
     the same samples as the model's frame t; log(mel + 1e-6).
     """
-    if len(waveform) < FRAME_WINDOW:
-        raise ValueError(f"log-mel features need at least {FRAME_WINDOW} samples, got {len(waveform)}")
+    if len(waveform) < RECEPTIVE_FIELD:
+        raise ValueError(f"log-mel features need at least {RECEPTIVE_FIELD} samples, got {len(waveform)}")
     mel = librosa.feature.melspectrogram(
         y=np.asarray(waveform, np.float32),
         sr=SAMPLE_RATE,
-        n_fft=FRAME_WINDOW,
+        n_fft=RECEPTIVE_FIELD,
         hop_length=FRAME_HOP,
-        win_length=FRAME_WINDOW,
+        win_length=RECEPTIVE_FIELD,
         n_mels=num_mels,
         center=False,
     )

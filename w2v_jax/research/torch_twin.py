@@ -53,7 +53,7 @@ from flax import nnx
 
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.checkpoints.hf import params_to_hf
-from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.config import DROPOUT_FIELDS, Wav2Vec2Config
 from w2v_jax.contrastive_loss import contrastive_accuracy, contrastive_logits, gather_negatives
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.reference import LazyReference
@@ -64,15 +64,7 @@ torch = LazyReference("torch", "the PyTorch twin (w2v_jax.research.torch_twin)")
 transformers = LazyReference("transformers", "the PyTorch twin (w2v_jax.research.torch_twin)")
 
 # The randomness the reference draws from its own generator: zero it for a comparison.
-_STOCHASTIC_FIELDS = (
-    "hidden_dropout",
-    "activation_dropout",
-    "attention_dropout",
-    "feat_proj_dropout",
-    "feat_quantizer_dropout",
-    "final_dropout",
-    "layerdrop",
-)
+_STOCHASTIC_FIELDS = (*DROPOUT_FIELDS, "layerdrop")
 # transformers' counterpart of each of our models.
 _REFERENCE_CLASSES = {Wav2Vec2ForPreTraining: "Wav2Vec2ForPreTraining", Wav2Vec2ForCTC: "Wav2Vec2ForCTC"}
 

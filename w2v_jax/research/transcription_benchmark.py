@@ -203,9 +203,10 @@ import resource, sys
 import numpy as np
 from w2v_jax.asr.transcription import transcribe
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
+from w2v_jax.data.audio import SAMPLE_RATE
 model, vocabulary, _ = load_ctc_checkpoint(sys.argv[1])
 seconds, chunk_s = float(sys.argv[2]), float(sys.argv[3])
-speech = np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32)
+speech = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 transcribe(model, [speech], vocabulary, 8, chunk_s=chunk_s)
 print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
