@@ -20,6 +20,7 @@ from tests.support.import_graph import (
     PACKAGE,
     direct_targets,
     package_modules,
+    read_imports,
     static_closure,
     third_party_imports,
 )
@@ -96,6 +97,21 @@ def test_package_inits_import_nothing_of_the_package_but_the_lazy_names_helper()
     assert {"w2v_jax", "w2v_jax.data", "w2v_jax.cli", "w2v_jax.checkpoints", "w2v_jax.configs"} <= set(inits)
     eager = {name: sorted(direct_targets(name) - {PACKAGE, "w2v_jax.lazy_exports"}) for name in inits}
     assert eager == {name: [] for name in inits}
+
+
+def test_the_package_imports_a_lazy_name_from_the_module_that_defines_it():
+    """Inside the package, `from ROOM import name` names the room's own names and submodules only, so
+    the graph import-linter reads holds the modules each module uses, not every name of its rooms."""
+    modules = package_modules()
+    through_rooms = [
+        (name, room, attribute)
+        for name in modules
+        for room, attributes in read_imports(name).eager
+        if room in modules and modules[room].name == "__init__.py"
+        for attribute in attributes or ()
+        if read_imports(room).lazy.get(attribute, (room,))[0] != room
+    ]
+    assert through_rooms == []
 
 
 def test_seed_modules_load_the_model_layer_they_build_on_and_no_heavy_library():

@@ -17,7 +17,9 @@ from absl import app, flags
 from w2v_jax.checkpoints.loading import load_model
 from w2v_jax.cli.checkpoint_flags import define_checkpoint_flags
 from w2v_jax.cli.launching import launch
-from w2v_jax.data import default_manifest, load_audio, load_manifest
+from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import load_audio
+from w2v_jax.data.manifest import load_manifest
 from w2v_jax.research import plotting, probes
 
 

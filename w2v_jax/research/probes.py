@@ -42,7 +42,8 @@ import optax
 from flax import nnx
 
 from w2v_jax.checkpoints.loading import load_model
-from w2v_jax.data import SAMPLE_RATE, default_manifest
+from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.utterances import (
     FRAME_HOP,
     FRAME_WINDOW,
