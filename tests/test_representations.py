@@ -1,4 +1,4 @@
-"""w2v_jax/representations.py (the feature API): `from_pretrained` on every checkpoint format, `model.features`
+"""w2v_jax/representations.py (the feature API): `load_model` on every checkpoint format, `model.features`
 against the model run on each utterance alone, bucketed lengths (no compile per length), group-norm exact and crop."""
 
 import dataclasses
@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from w2v_jax import representations
+from w2v_jax.checkpoints import load_model
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.hf import save_hf_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -128,10 +129,10 @@ def test_features_name_bad_input():
 
 
 @pytest.mark.parametrize("save", [save_checkpoint, save_hf_checkpoint])
-def test_from_pretrained_loads_our_and_transformers_folders(tmp_path, save):
+def test_load_model_loads_our_and_transformers_folders(tmp_path, save):
     model = Wav2Vec2ForPreTraining(dataclasses.replace(GROUP_NORM, hidden_dropout=0.0), rngs=nnx.Rngs(2))
     save(model.config, model, tmp_path)
-    loaded = Wav2Vec2ForPreTraining.from_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
     assert loaded.config == model.config
     for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(nnx.state(model, nnx.Param))):
         np.testing.assert_array_equal(a, b)

@@ -26,7 +26,7 @@ from tests.support.parity import relative_error
 from w2v_jax.checkpoints.conversion import convert
 from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
 from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
-from w2v_jax.cli import launch
+from w2v_jax.cli.launching import launch
 from w2v_jax.config import Wav2Vec2Config
 
 _MODELS = {"base": "wav2vec_small", "large": "wav2vec_vox_new / xlsr_53_56k / xlsr_300m"}

@@ -9,9 +9,9 @@ language are held out: all their renderings form the valid split. espeak-ng repo
 with the output sample where it starts (espeakEVENT_PHONEME, IPA names): metadata.jsonl keeps them,
 and the words, as 16 kHz sample spans for probing learned representations.
 
-Size: the audio must fit --max_bytes (older spelling: --max-bytes) with at least --minutes of speech. Utterances are
-taken round-robin over languages until --minutes is reached, then the highest sample precision (16 bits down) whose
-FLAC files fit the budget is chosen: fewer minutes first, lower precision only when even that won't fit.
+Size: the audio must fit --max_bytes with at least --minutes of speech. Utterances are taken round-robin over
+languages until --minutes is reached, then the highest sample precision (16 bits down) whose FLAC files fit the
+budget is chosen: fewer minutes first, lower precision only when even that won't fit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import soundfile
 import soxr
 from absl import app, flags
 
-from w2v_jax.cli import alias, launch
+from w2v_jax.cli.launching import launch
 from w2v_jax.data import CORPUS_DIR, SAMPLE_RATE, write_manifest
 
 # espeak-ng's C API (speak_lib.h)
@@ -360,14 +360,12 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     """The tool's flags on `flag_values` (`argv` is unused: no config flag)."""
     del argv
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         out=flags.DEFINE_string("out", str(CORPUS_DIR), "The corpus folder to (re)write.", flag_values=fv),
         minutes=flags.DEFINE_float("minutes", 15.25, "Minimum minutes of audio.", flag_values=fv),
         max_bytes=flags.DEFINE_integer("max_bytes", 10_000_000, "Budget for the whole folder.", flag_values=fv),
         seed=flags.DEFINE_integer("seed", 0, "Voices, rates and pitches.", flag_values=fv),
     )
-    alias(fv, ("max-bytes", "max_bytes"))
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

@@ -1,13 +1,54 @@
 """w2v_jax: wav2vec 2.0 self-supervised speech pretraining in JAX/Flax NNX.
 
-Importing the package hands the checkpoint loader (`checkpoints.load_model`, which builds models and
-reads training checkpoints, so it sits above the model layer) down to the model classes, where
-`Wav2Vec2ForPreTraining.from_pretrained` calls it.
+The package root runs nothing but the lazy table below: `import w2v_jax.feature_encoder` runs the
+feature encoder and what it imports, and `w2v_jax.checkpoints.load_model(path)` imports the loader
+the first time it is read. docs/architecture.md draws the rooms and the model layer's modules.
 """
 
-from w2v_jax import model as _model
-from w2v_jax.checkpoints.loading import load_model as _load_model
+from w2v_jax.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
-_model.set_pretrained_loader(_load_model)
+with lazy_exports(globals()):
+    from w2v_jax import (
+        asr,
+        checkpoints,
+        cli,
+        config,
+        configs,
+        context_network,
+        contrastive_loss,
+        ctc,
+        data,
+        feature_encoder,
+        layers,
+        masking,
+        model,
+        quantization,
+        reference,
+        representations,
+        research,
+        training,
+    )
+
+__all__ = [
+    "__version__",
+    "asr",
+    "checkpoints",
+    "cli",
+    "config",
+    "configs",
+    "context_network",
+    "contrastive_loss",
+    "ctc",
+    "data",
+    "feature_encoder",
+    "layers",
+    "masking",
+    "model",
+    "quantization",
+    "reference",
+    "representations",
+    "research",
+    "training",
+]

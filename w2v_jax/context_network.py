@@ -203,7 +203,7 @@ def cudnn_attention(
 
     `jax.nn.dot_product_attention(implementation="cudnn")` has no dropout argument; the kernel it
     calls does (`jax._src.cudnn.fused_attention_stablehlo.dot_product_attention`, JAX's private
-    API: `compatibility_report` in `w2v_jax.research.accelerator_check` checks its signature). Its
+    API: `compatibility_report` in `tools/accelerator_check.py` checks its signature). Its
     dropout mask comes from cuDNN's generator seeded with the static `seed`, not from a JAX key.
     Shapes as `explicit_attention`; CUDA GPUs only.
     """

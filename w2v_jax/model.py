@@ -38,17 +38,15 @@ takes the statistics over each utterance's real frames instead; with the padded 
 every later layer (valid convolutions, zeros before the positional convolution, attention masks) a
 padded batch then equals each utterance alone, which batched inference uses.
 
-Downstream use: `Wav2Vec2ForPreTraining.from_pretrained(path)` loads any checkpoint format
-(`checkpoints.load_model`, handed down to this module by `import w2v_jax`: the loader builds these
-models, so it lives above them), and `model.features(waveforms, output_hidden_states=True)` returns
-each utterance's per-layer representations from bucketed batches, no compile per length
-(`w2v_jax.representations`).
+Downstream use: `w2v_jax.checkpoints.load_model(path)` loads any checkpoint format into these
+models (the loader builds them, so it lives above them), and `model.features(waveforms,
+output_hidden_states=True)` returns each utterance's per-layer representations from bucketed
+batches, no compile per length (`w2v_jax.representations`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import flax.struct
@@ -82,20 +80,9 @@ from w2v_jax.training_draws import (
     sample_time_mask,
 )
 
-# `checkpoints.load_model`, set by `w2v_jax/__init__.py` (`set_pretrained_loader`): the loader builds
-# these models and reads training checkpoints, so it is handed down rather than imported.
-_pretrained_loader: Callable[[str | os.PathLike, int | None], nnx.Module] | None = None
-
-
 # How a group-norm feature encoder treats padding (`Wav2Vec2Model.__call__`'s `group_norm`).
 GroupNormPadding = Literal["padded", "masked"]
 GROUP_NORM_PADDING = ("padded", "masked")
-
-
-def set_pretrained_loader(loader: Callable[[str | os.PathLike, int | None], nnx.Module]) -> None:
-    """Makes `loader(path, step)` what `Wav2Vec2ForPreTraining.from_pretrained` calls."""
-    global _pretrained_loader
-    _pretrained_loader = loader
 
 
 @flax.struct.dataclass
@@ -440,7 +427,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
     """The wav2vec 2.0 pretraining model, numerically transformers' `Wav2Vec2ForPreTraining`.
 
     Submodules carry transformers' names (`wav2vec2`, `quantizer`, `project_hid`, `project_q`), so
-    `w2v_jax.convert` maps checkpoints by renaming and transposing.
+    `w2v_jax.checkpoints` maps checkpoints by renaming and transposing.
 
     Example:
       >>> model = Wav2Vec2ForPreTraining(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
@@ -477,15 +464,6 @@ class Wav2Vec2ForPreTraining(nnx.Module):
     def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
         """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
         return self.wav2vec2.num_frames(num_samples)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, step: int | None = None) -> nnx.Module:
-        """A model from any checkpoint format in one call: a training workdir (newest checkpoint, or
-        `step`), our folder (`params.safetensors`) or a transformers folder; the class the checkpoint
-        holds. This is `w2v_jax.checkpoints.load_model` (see the module docstring)."""
-        if _pretrained_loader is None:
-            raise RuntimeError("no checkpoint loader: import w2v_jax (its __init__ sets it) before from_pretrained")
-        return _pretrained_loader(path, step)
 
     def features(
         self,

@@ -1,8 +1,8 @@
 """The optional PyTorch reference: torch and transformers are imported only where they are used.
 
 They come with the `reference` extra (`pip install -e '.[reference]'`, also part of `test`):
-`research.torch_twin` / `research.compare` (experiments.compare_pytorch), benchmark's
-`--vs-pytorch`, and writing fairseq `.pt` checkpoints. Everything else, training and reading
+`research.torch_twin` / `research.compare` (w2v-compare-pytorch), benchmark's
+`--vs_pytorch`, and writing fairseq `.pt` checkpoints. Everything else, training and reading
 `pytorch_model.bin` or `.pt` files included (`checkpoints.torch_files`), runs on the main install.
 Every module imports without them (`LazyReference`); using the reference without them raises an
 ImportError that names the extra.
@@ -21,7 +21,7 @@ def import_reference(name: str, needed_for: str) -> ModuleType:
 
     Args:
       name: the module to import.
-      needed_for: what needs it, for the message (e.g. "benchmark --vs-pytorch").
+      needed_for: what needs it, for the message (e.g. "w2v-benchmark --vs_pytorch").
     """
     try:
         return importlib.import_module(name)

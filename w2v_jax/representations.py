@@ -1,6 +1,6 @@
 """Per-utterance representations of a model for downstream use: `extract_representations(model, waveforms)`.
 
-Also reachable from the model: `Wav2Vec2ForPreTraining.from_pretrained(path)` then
+Also reachable from the model: `w2v_jax.checkpoints.load_model(path)` then
 `model.features(waveforms, output_hidden_states=True)`.
 
 Utterances of any lengths run without a compile per length: lengths are rounded to a fixed ladder
@@ -118,7 +118,7 @@ def extract_representations(
     """Runs the model's encoder (evaluation mode, no masking) on each waveform.
 
     Args:
-      model: a model with the encoder as `wav2vec2` (`Wav2Vec2ForPreTraining.from_pretrained`).
+      model: a model with the encoder as `wav2vec2` (`w2v_jax.checkpoints.load_model`).
       waveforms: float `[samples]` each, 16 kHz, normalised as in training (`data.audio.normalize`).
       output_hidden_states: also return every layer's hidden states.
       batch_size: rows per forward pass (a short batch is filled with empty rows).

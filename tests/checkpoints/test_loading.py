@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2v_jax import convert, probing
-from w2v_jax.checkpoints import folder, hf, load_model
+from w2v_jax.checkpoints import load_model
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.hf import save_hf_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -30,10 +29,3 @@ def test_load_model_reads_our_and_transformers_folders(tmp_path):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="not a checkpoint"):
         load_model(tmp_path)
-
-
-def test_old_paths_documented_before_the_sub_packages_still_import():
-    assert probing.load_model is load_model
-    assert (convert.load_checkpoint, convert.save_checkpoint) == (folder.load_checkpoint, folder.save_checkpoint)
-    assert (convert.load_hf_checkpoint, convert.save_hf_checkpoint) == (hf.load_hf_checkpoint, hf.save_hf_checkpoint)
-    assert Wav2Vec2ForPreTraining.from_pretrained.__func__.__qualname__ == "Wav2Vec2ForPreTraining.from_pretrained"

@@ -10,8 +10,10 @@ import setuptools
 import tqdm
 
 from tests.support import REPO
+from tests.support.launchers import launcher_names
 from w2v_jax import cli
-from w2v_jax.configs import PACKAGE_DIR, resolve_config_path
+from w2v_jax.cli import resolve_config_path
+from w2v_jax.configs import PACKAGE_DIR
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_install_ships_the_library_and_a_command_per_launcher():
     assert {"w2v_jax", "w2v_jax.cli", "w2v_jax.configs"} <= set(packages)
     assert all(p == "w2v_jax" or p.startswith("w2v_jax.") for p in packages), packages  # no experiments, tools
     scripts = dict(line.split(" = ") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines())
-    launchers = sorted(p.stem for p in (REPO / "w2v_jax" / "cli").glob("*.py") if p.stem != "__init__")
+    launchers = launcher_names()
     assert sorted(scripts.values()) == sorted(f"w2v_jax.cli.{name}:run" for name in launchers)
     for name in launchers:  # each forwarder of the repository runs the packaged launcher
         assert f"from w2v_jax.cli.{name} import run" in (REPO / "experiments" / f"{name}.py").read_text()

@@ -1,5 +1,5 @@
 """Every launcher (`python -m experiments.<name>`, `python -m tools.<name>`) parses its documented command
-lines, the old dashed spellings included, and every repository forwarder runs its packaged launcher.
+lines, and every repository forwarder runs its packaged launcher.
 
 The launchers' flags are defined by `define_flags` in `w2v_jax.cli.<name>` (the installed `w2v-<name>`
 commands); each case parses them on a fresh flag registry in this process (`support.launchers.parse`).
@@ -8,9 +8,10 @@ commands); each case parses them on a fresh flag registry in this process (`supp
 import importlib
 
 import pytest
+from absl import flags
 
 from tests.support import REPO
-from tests.support.launchers import parse
+from tests.support.launchers import SHARED_CLI_MODULES, launcher_names, parse
 from w2v_jax.cli import benchmark, finetune, pretrain
 
 PRETRAIN = "experiments/configs/pretrain.py"
@@ -26,7 +27,7 @@ CASES = [
         "w2v_jax.cli.compare_pytorch",
         [
             f"--config={PRETRAIN}:tiny",
-            "--steps=100",
+            "--num_steps=100",
             "--workdir=runs/compare_tiny",
             "--external=a.jsonl",
             "--external=b.csv",
@@ -47,8 +48,8 @@ CASES = [
         [
             "--config=experiments/configs/codebook_ablation.py",
             "--workdir=runs/codebook",
-            "--print-commands",
-            "--collect-only",
+            "--print_commands",
+            "--collect_only",
             "--valid_manifest=v.tsv",
             "--max_utterances=4",
         ],
@@ -118,11 +119,11 @@ CASES = [
             f"--config={PRETRAIN}:small",
             "--batch=4",
             "--seconds=4",
-            "--vs-pytorch",
-            "--steps=5",
+            "--vs_pytorch",
+            "--timed_steps=5",
             "--precision=bfloat16",
-            "--remat-memory",
-            "--warmup=2",
+            "--remat_memory",
+            "--warmup_steps=2",
             "--profile=/tmp/prof",
             "--remat",
         ],
@@ -152,16 +153,16 @@ CASES = [
             "M",
             "--workers",
             "0,1,2",
-            "--batch-size",
+            "--batch_size",
             "8",
-            "--batches",
+            "--timed_batches",
             "60",
-            "--warmup",
+            "--warmup_batches",
             "3",
             "--pad",
-            "--max-sample-size",
+            "--max_sample_size",
             "100",
-            "--min-sample-size",
+            "--min_sample_size",
             "10",
         ],
         [],
@@ -179,7 +180,7 @@ CASES = [
     ),
     (
         "w2v_jax.cli.benchmark_input",
-        ["--vs-train-step", "tiny,small", "--workers", "0,2", "--batches", "30"],
+        ["--vs_train_step", "tiny,small", "--workers", "0,2", "--timed_batches", "30"],
         [],
         {"vs_train_step": ["tiny", "small"], "workers": ["0", "2"], "timed_batches": 30, "pad": False},
     ),
@@ -217,7 +218,7 @@ CASES = [
             "/data/LibriSpeech/train-clean-100",
             "--out",
             "train.tsv",
-            "--valid-fraction",
+            "--valid_fraction",
             "0.01",
             "--seed",
             "3",
@@ -254,7 +255,7 @@ CASES = [
     ),
     (
         "tools.make_tts_corpus",
-        ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max-bytes", "10000000"],
+        ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max_bytes", "10000000"],
         [],
         {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max_bytes": 10_000_000},
     ),
@@ -278,10 +279,10 @@ CASES = [
         {"checkpoint": "runs/ft", "step": 3, "batch_size": 8},
     ),
     (
-        "w2v_jax.cli.accelerator_check",
+        "tools.accelerator_check",
         [
             "--output=/tmp/out/check",
-            "--dry-run",
+            "--dry_run",
             "--budget_s=300",
             "--seconds=10",
             "--pretrain_steps=200",
@@ -364,6 +365,33 @@ def test_every_launcher_parses_its_command_lines(module, argv, positional, expec
     assert {name: getattr(args, name).value for name in expected} == expected
 
 
+# The dashed and shorter spellings older launchers accepted: gone, each flag has its snake_case name only.
+REMOVED_SPELLINGS = [
+    ("w2v_jax.cli.benchmark", "--vs-pytorch"),
+    ("w2v_jax.cli.benchmark", "--remat-memory"),
+    ("w2v_jax.cli.benchmark", "--steps=5"),
+    ("w2v_jax.cli.benchmark", "--warmup=2"),
+    ("w2v_jax.cli.benchmark_input", "--batch-size=8"),
+    ("w2v_jax.cli.benchmark_input", "--batches=60"),
+    ("w2v_jax.cli.benchmark_input", "--warmup=3"),
+    ("w2v_jax.cli.benchmark_input", "--max-sample-size=100"),
+    ("w2v_jax.cli.benchmark_input", "--min-sample-size=10"),
+    ("w2v_jax.cli.benchmark_input", "--vs-train-step=tiny"),
+    ("w2v_jax.cli.compare_pytorch", "--steps=100"),
+    ("w2v_jax.cli.sweep", "--print-commands"),
+    ("w2v_jax.cli.sweep", "--collect-only"),
+    ("w2v_jax.cli.prepare_manifest", "--valid-fraction=0.01"),
+    ("tools.make_tts_corpus", "--max-bytes=5"),
+    ("tools.accelerator_check", "--dry-run"),
+]
+
+
+@pytest.mark.parametrize("module, argument", REMOVED_SPELLINGS, ids=[f"{m}:{a}" for m, a in REMOVED_SPELLINGS])
+def test_older_spellings_are_unknown_flags(module, argument):
+    with pytest.raises(flags.UnrecognizedFlagError, match=argument.split("=")[0].lstrip("-")):
+        parse(importlib.import_module(module), [argument])
+
+
 def test_config_flags_take_their_overrides_and_the_package_path():
     _, args = parse(pretrain, [f"--config={PRETRAIN}:tiny", "--workdir=w", "--config.train.batch_size=64"])
     assert args.config.value.variant == "tiny" and args.config.value.train.batch_size == 64
@@ -390,8 +418,11 @@ def test_config_flags_take_their_overrides_and_the_package_path():
 
 
 def test_every_forwarder_runs_its_launcher_and_every_launcher_is_complete():
-    launchers = sorted(p.stem for p in (REPO / "w2v_jax" / "cli").glob("*.py") if p.stem != "__init__")
-    for name in launchers:
+    for name in launcher_names():
         assert f"from w2v_jax.cli.{name} import run" in (REPO / "experiments" / f"{name}.py").read_text()
         module = importlib.import_module(f"w2v_jax.cli.{name}")
         assert callable(module.define_flags) and callable(module.main) and callable(module.run), name
+    for name in SHARED_CLI_MODULES:  # what the launchers share is no command
+        assert not hasattr(importlib.import_module(f"w2v_jax.cli.{name}"), "run"), name
+    forwarders = {p.stem for p in (REPO / "experiments").glob("*.py")} - {"__init__", "make_tts_corpus"}
+    assert forwarders == set(launcher_names())

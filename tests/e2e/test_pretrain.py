@@ -23,11 +23,11 @@ import transformers
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
 from tests.support.launchers import run_main, shared_run, subprocess_env
+from w2v_jax.checkpoints import load_model
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import audio
-from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.training import checkpointer, metrics, optim, sharding, train_step
 
 NUM_STEPS = 6
@@ -237,7 +237,7 @@ def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
     run_main(convert_checkpoint, ["jax-to-hf", str(workdir), str(tmp_path / "hf"), "--step=4"])
     extractor = transformers.AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
     hf_model = transformers.Wav2Vec2ForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    ours = Wav2Vec2ForPreTraining.from_pretrained(workdir, step=4)
+    ours = load_model(workdir, step=4)
     raw = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32) + 0.02
     inputs = extractor(raw, sampling_rate=16_000, return_tensors="pt")
     # The extractor normalises as the training pipeline does (float32 vs float64 statistics).
@@ -249,7 +249,7 @@ def test_workdir_exports_to_a_folder_transformers_loads(reference, tmp_path):
     # A pipeline starts from the folder (its classification head is new, the usual fine-tuning start).
     pipe = transformers.pipeline("audio-classification", model=str(tmp_path / "hf"))
     assert pipe.feature_extractor.do_normalize and len(pipe(raw)) == 2
-    newest = Wav2Vec2ForPreTraining.from_pretrained(workdir).features([audio.normalize(raw)])[0]
+    newest = load_model(workdir).features([audio.normalize(raw)])[0]
     assert np.abs(newest.last_hidden_state - got).max() > 1e-3  # step 4, not the newest (6)
 
 

@@ -93,9 +93,9 @@ def test_launcher_prints_sane_fields_for_both_frameworks(env):
         "--config=experiments/configs/pretrain.py:tiny",
         "--batch=2",
         "--seconds=1",
-        "--steps=1",
-        "--warmup=1",
-        "--vs-pytorch",
+        "--timed_steps=1",
+        "--warmup_steps=1",
+        "--vs_pytorch",
     ]
     result = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT, check=False
@@ -172,7 +172,7 @@ def test_remat_memory_mode_prints_both_temp_sizes(env):
         "--config=experiments/configs/pretrain.py:tiny",
         "--batch=2",
         "--seconds=1",
-        "--remat-memory",
+        "--remat_memory",
     ]
     result = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT, check=False

@@ -102,7 +102,7 @@ def test_launch_commands_repeat_overrides_for_every_point(tmp_path):
         config, "experiments/configs/codebook_ablation.py", tmp_path, ["--config.train.num_steps=7"]
     )
     assert len(commands) == 16
-    prefix = "python -m experiments.pretrain --config=experiments/configs/codebook_ablation.py"
+    prefix = "w2v-pretrain --config=experiments/configs/codebook_ablation.py"
     assert all(c.startswith(prefix) for c in commands)
     assert all("--config.train.num_steps=7" in c for c in commands)
     assert commands[-1].endswith(

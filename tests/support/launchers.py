@@ -15,6 +15,25 @@ from filelock import FileLock
 from tests.support import HANG_TIMEOUT, REPO, xla_flags
 from w2v_jax.cli import parse_flags
 
+# The modules of `w2v_jax.cli` that the launchers share (`w2v_jax/cli/__init__.py`); every other one is a launcher.
+SHARED_CLI_MODULES = (
+    "bad_files",
+    "beam_search_flags",
+    "checkpoint_flags",
+    "config_flag",
+    "launching",
+    "long_form_flags",
+    "probe_flags",
+    "run_faults",
+)
+
+
+def launcher_names() -> list[str]:
+    """The launchers: the modules of `w2v_jax/cli/` that are commands (`w2v-<name>`)."""
+    modules = {p.stem for p in (REPO / "w2v_jax" / "cli").glob("*.py")} - {"__init__"}
+    assert set(SHARED_CLI_MODULES) <= modules, set(SHARED_CLI_MODULES) - modules
+    return sorted(modules - set(SHARED_CLI_MODULES))
+
 
 def parse(launcher: ModuleType, argv: Sequence[str]) -> tuple[list[str], SimpleNamespace]:
     """`launcher.define_flags` on a fresh registry, parsed from `argv` (no program name): the

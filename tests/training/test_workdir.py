@@ -22,9 +22,8 @@ import pytest
 
 from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.checkpoints import load_model
-from w2v_jax.cli import run_faults_exit
+from w2v_jax.cli import run_faults_exit, unknown_field_message
 from w2v_jax.configs import pretrain as pretrain_config
-from w2v_jax.configs import unknown_field_message
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.training import checkpointer, metrics, trainer, workdir
 

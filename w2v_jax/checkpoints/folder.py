@@ -1,7 +1,6 @@
 """Our own checkpoint folder: `config.json` (transformers' fields + fairseq's) and `params.safetensors`
 keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`); a CTC
-model's folder also holds its vocabulary and processor files. Files written before the pretraining
-model's encoder was nested under `wav2vec2` are read too.
+model's folder also holds its vocabulary and processor files.
 
 Integrity: `save_checkpoint` writes `integrity.json` last, the SHA-256 of every file it wrote;
 `load_checkpoint` verifies each recorded file before using it, and a damaged or missing one is a
@@ -25,12 +24,9 @@ from w2v_jax.checkpoints.hf import CONFIG_FILE, save_processor_files, write_conf
 from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, model_class
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
-from w2v_jax.model import Wav2Vec2Model
 
 PARAMS_FILE = "params.safetensors"
 INTEGRITY_FILE = "integrity.json"
-# The pretraining model's parameters outside its encoder `wav2vec2`.
-_HEADS = ("quantizer", "project_hid", "project_q")
 
 
 def _param_name(path: ParamPath) -> str:
@@ -108,14 +104,6 @@ def verify_integrity(folder: str | os.PathLike) -> None:
             )
 
 
-def _nest_legacy_names(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Names of a pretraining model saved before its encoder moved under `wav2vec2` (encoder
-    parameters at the top beside `quantizer`, ...) -> today's names; other files unchanged."""
-    if model_class(stored) is not Wav2Vec2Model or not any(k.split(".")[0] in _HEADS for k in stored):
-        return stored
-    return {(k if k.split(".")[0] in _HEADS else f"wav2vec2.{k}"): v for k, v in stored.items()}
-
-
 def load_checkpoint(
     path: str | os.PathLike, *, dtype: jnp.dtype | None = None, allow_nonfinite: bool = False
 ) -> tuple[Wav2Vec2Config, Model]:
@@ -126,7 +114,7 @@ def load_checkpoint(
     folder = pathlib.Path(path)
     verify_integrity(folder)
     config = Wav2Vec2Config.from_json_file(folder / CONFIG_FILE)
-    stored = _nest_legacy_names(safetensors.numpy.load_file(folder / PARAMS_FILE))
+    stored = safetensors.numpy.load_file(folder / PARAMS_FILE)
     check_stored_weights(config, stored, folder / PARAMS_FILE, allow_nonfinite=allow_nonfinite)
     cls = model_class(stored)
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype))

@@ -1,17 +1,16 @@
 """A model from any checkpoint format in one call: `load_model(path, step=None)`.
 
 The formats, told apart by what the path holds:
-- a training workdir (`config.json` + orbax `checkpoints/`, from `experiments.pretrain` or
-  `experiments.finetune`): the newest intact checkpoint or `step`; a fine-tuning workdir's best
+- a training workdir (`config.json` + orbax `checkpoints/`, from `w2v-pretrain` or
+  `w2v-finetune`): the newest intact checkpoint or `step`; a fine-tuning workdir's best
   model by the validation metric (`best/`) by default;
 - our folder format (`config.json` + `params.safetensors`, `folder.save_checkpoint`);
 - a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`);
 - a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
 
-`Wav2Vec2ForPreTraining.from_pretrained(path, step)` is this function: the loader builds models and
-reads training checkpoints, so it lives above the model and the training loop, and `import w2v_jax`
-hands it down to the model class (`w2v_jax/__init__.py`). `load_encoder` and `load_ctc_checkpoint`
-are the pieces fine-tuning and transcription take from a checkpoint.
+The loader builds models and reads training checkpoints, so it lives above the model and the
+training loop. `load_encoder` and `load_ctc_checkpoint` are the pieces fine-tuning and transcription
+take from a checkpoint.
 """
 
 from __future__ import annotations

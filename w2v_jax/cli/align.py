@@ -1,7 +1,7 @@
 """Forced alignment of known transcripts: word, char or phone times of a manifest's recordings.
 
-    python -m experiments.align --checkpoint=runs/ft_mini --manifest=data/valid.tsv --out=runs/align
-    python -m experiments.align --checkpoint=runs/ft_mini_phn --labels=phn --manifest=valid.tsv --out=DIR
+    w2v-align --checkpoint=runs/ft_mini --manifest=data/valid.tsv --out=runs/align
+    w2v-align --checkpoint=runs/ft_mini_phn --labels=phn --manifest=valid.tsv --out=DIR
 
 Takes the audio of `--manifest` and its transcripts (`.ltr`, else `.wrd`, beside it; `.phn` with
 `--labels=phn`) and writes `--out`/alignments.jsonl (one line per recording: `{"path", "text",
@@ -20,7 +20,10 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from w2v_jax.asr import timestamps
-from w2v_jax.cli import BadFiles, define_ctc_checkpoint_flags, define_long_form_flags, launch
+from w2v_jax.cli.bad_files import BadFiles
+from w2v_jax.cli.checkpoint_flags import define_ctc_checkpoint_flags
+from w2v_jax.cli.launching import launch
+from w2v_jax.cli.long_form_flags import define_long_form_flags
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:

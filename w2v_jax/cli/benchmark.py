@@ -1,12 +1,12 @@
 """Training-step benchmark: w2v_jax beside transformers' PyTorch model, same config, batch and masks.
 
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:small --batch=4 --seconds=4 --vs_pytorch
-    python -m experiments.benchmark --config=experiments/configs/finetune.py:tiny --vs_pytorch
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --timed_steps=5 --precision=bfloat16
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --remat_memory
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --precision=bfloat16 --batch=0 \
+    w2v-benchmark --config=pretrain.py:small --batch=4 --seconds=4 --vs_pytorch
+    w2v-benchmark --config=finetune.py:tiny --vs_pytorch
+    w2v-benchmark --config=pretrain.py:base --timed_steps=5 --precision=bfloat16
+    w2v-benchmark --config=pretrain.py:base --remat_memory
+    w2v-benchmark --config=pretrain.py:base --precision=bfloat16 --batch=0 \
         --seconds=15 --vs_pytorch
-    python -m experiments.benchmark --config=experiments/configs/pretrain.py:base --warmup_steps=2 --timed_steps=3 \
+    w2v-benchmark --config=pretrain.py:base --warmup_steps=2 --timed_steps=3 \
         --profile=/tmp/prof
 
 Prints one line per framework (median step time, audio-seconds per second, model FLOPs per step,
@@ -19,7 +19,6 @@ with rematerialisation and prints XLA's temporary bytes of each, for the forward
 and prints its busiest XLA operations. `--batch=0` fills the device: the largest batch estimated to
 fit in `--fill_fraction` of its memory (`benchmark.fill_batch`; default 0.8, 0.3 with `--vs_pytorch`,
 which shares the device with the reference). All logic: `w2v_jax.research.benchmark` and `w2v_jax.research.profiling`.
-Older spellings stay accepted: `--vs-pytorch`, `--remat-memory`, `--steps`, `--warmup`.
 """
 
 import dataclasses
@@ -28,8 +27,8 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import alias, define_host_malloc_flag, launch
-from w2v_jax.configs import define_config_flag
+from w2v_jax.cli.config_flag import define_config_flag
+from w2v_jax.cli.launching import define_host_malloc_flag, launch
 from w2v_jax.research import benchmark, profiling
 from w2v_jax.training import host_memory
 
@@ -37,7 +36,7 @@ from w2v_jax.training import host_memory
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
     """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         config=define_config_flag(
             "config", "pretrain.py:tiny", "Pretrain or fine-tune config file, `path:variant`.", fv, argv
         ),
@@ -69,14 +68,6 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         ),
         host_malloc=define_host_malloc_flag(fv),
     )
-    alias(
-        fv,
-        ("vs-pytorch", "vs_pytorch"),
-        ("remat-memory", "remat_memory"),
-        ("steps", "timed_steps"),
-        ("warmup", "warmup_steps"),
-    )
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

@@ -1,7 +1,7 @@
 """Input pipeline throughput: audio-seconds per second decoded, normalised, cropped and batched.
 
-    python -m experiments.benchmark_input [--manifest M] [--workers 0,1,2] [--batch_size 8] [--timed_batches 60]
-    python -m experiments.benchmark_input --vs_train_step tiny,small [--workers 0,2]
+    w2v-benchmark-input [--manifest M] [--workers 0,1,2] [--batch_size 8] [--timed_batches 60]
+    w2v-benchmark-input --vs_train_step tiny,small [--workers 0,2]
 
 For each worker count: seconds to the first batch (worker start-up) and the steady-state rate over
 --timed_batches batches after --warmup_batches. Audio-seconds count real (attention_mask) samples at 16 kHz. 0
@@ -15,12 +15,10 @@ number of compiles. `--gpu_rate` (default NVIDIA's BASE rate on an A100 in bf16,
 each rate into the CPU workers one GPU needs.
 
 `--vs_train_step` compares, in the same run, with what train steps consume: for each named variant
-of experiments/configs/pretrain.py, the loader runs with that config's batch size and crop lengths,
+of the pretrain config (`w2v_jax/configs/pretrain.py`), the loader runs with that config's batch size and crop lengths,
 then the config's train step is timed (`w2v_jax.research.benchmark`) on batches of the mean length
 the loader produced, and `ratio=` is the loader's audio-seconds per second over the step's. All
 logic: `w2v_jax.research.input_benchmark`.
-Older spellings stay accepted: `--batch-size`, `--batches`, `--warmup`, `--max-sample-size`,
-`--min-sample-size`, `--vs-train-step`.
 """
 
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import alias, launch
+from w2v_jax.cli.launching import launch
 from w2v_jax.configs import pretrain
 from w2v_jax.data import default_manifest, generated
 from w2v_jax.research import input_benchmark
@@ -38,7 +36,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
     del argv
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         manifest=flags.DEFINE_string(
             "manifest", str(default_manifest("train")), "TSV manifest or folder.", flag_values=fv
         ),
@@ -83,16 +81,6 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "vs_train_step", [], "Comma-separated pretrain config variants to compare with.", flag_values=fv
         ),
     )
-    alias(
-        fv,
-        ("batch-size", "batch_size"),
-        ("batches", "timed_batches"),
-        ("warmup", "warmup_batches"),
-        ("max-sample-size", "max_sample_size"),
-        ("min-sample-size", "min_sample_size"),
-        ("vs-train-step", "vs_train_step"),
-    )
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

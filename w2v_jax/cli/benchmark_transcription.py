@@ -1,13 +1,13 @@
 """Transcription measurements with a fine-tuned checkpoint (docs/transcription.md): one JSON record.
 
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=boundaries
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini_phn --labels=phn --measure=boundaries
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=long_form
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=long_form --decoder=beam \
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=boundaries
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini_phn --labels=phn --measure=boundaries
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=long_form
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=long_form --decoder=beam \
         --lm=w2v_jax/data/corpus/lm/train_3gram.arpa --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=masked
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=pipeline
-    python -m experiments.benchmark_transcription --checkpoint=runs/ft_mini --measure=memory
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=masked
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=pipeline
+    w2v-benchmark-transcription --checkpoint=runs/ft_mini --measure=memory
 
 `boundaries`: median and 90th-percentile boundary error (ms) of the forced alignment of the
 manifest's transcripts against the corpus's gold word (letters) or phone (`--labels=phn`) boundaries.
@@ -30,7 +30,8 @@ from absl import app, flags
 
 from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
-from w2v_jax.cli import beam_search_options, define_beam_search_flags, launch
+from w2v_jax.cli.beam_search_flags import beam_search_options, define_beam_search_flags
+from w2v_jax.cli.launching import launch
 from w2v_jax.data import default_manifest
 from w2v_jax.research import transcription_benchmark as bench
 

@@ -1,8 +1,8 @@
 """Builds an n-gram language model (ARPA, modified Kneser-Ney) and its lexicon for beam-search decoding.
 
-    python -m experiments.build_lm --text=w2v_jax/data/corpus/train.tsv --order=4 --out=runs/lm/train_4gram.arpa
-    python -m experiments.build_lm --text=books.txt,train.tsv --order=3 --prune=0,1,2 --out=lm.arpa
-    python -m experiments.build_lm --text=train.tsv --unit=ltr --order=6 --out=ltr_6gram.arpa   # token LM
+    w2v-build-lm --text=w2v_jax/data/corpus/train.tsv --order=4 --out=runs/lm/train_4gram.arpa
+    w2v-build-lm --text=books.txt,train.tsv --order=3 --prune=0,1,2 --out=lm.arpa
+    w2v-build-lm --text=train.tsv --unit=ltr --order=6 --out=ltr_6gram.arpa   # token LM
 
 `--text` takes text files (one sentence a line) and manifests (their `.wrd` labels, else `.ltr`;
 `.phn` for `--unit=phn`), normalised as labels and WER references are. `--unit=word` also writes
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from w2v_jax.asr.lm import UNITS, build_lm
-from w2v_jax.cli import launch
+from w2v_jax.cli.launching import launch
 from w2v_jax.data.vocabulary import Vocabulary
 
 

@@ -1,6 +1,6 @@
 """Loss curves of w2v_jax against transformers' Wav2Vec2ForPreTraining, step by step.
 
-    python -m experiments.compare_pytorch --config=experiments/configs/pretrain.py:tiny --num_steps=100 \
+    w2v-compare-pytorch --config=pretrain.py:tiny --num_steps=100 \
         --workdir=runs/compare_tiny [--external=other_run/metrics.jsonl ...]
 
 Both frameworks start from the same weights and get the same batches, masks, distractors and
@@ -9,7 +9,6 @@ LayerDrop are off (their random draws can't be shared; see `w2v_jax.research.tor
 `curves.csv`, `curves.png` and `summary.json` into the workdir and prints the summary line (the
 largest relative gap between the smoothed curves). `--external` overlays the loss of any other
 run (CSV with step,loss columns, or JSONL with step and loss keys).
-`--steps` (the older spelling of `--num_steps`) stays accepted.
 """
 
 from collections.abc import Sequence
@@ -17,8 +16,8 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import alias, define_host_malloc_flag, launch
-from w2v_jax.configs import define_config_flag
+from w2v_jax.cli.config_flag import define_config_flag
+from w2v_jax.cli.launching import define_host_malloc_flag, launch
 from w2v_jax.research import compare
 from w2v_jax.training import host_memory
 
@@ -26,7 +25,7 @@ from w2v_jax.training import host_memory
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
     """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         config=define_config_flag("config", "pretrain.py:tiny", "Training config file, `path:variant`.", fv, argv),
         num_steps=flags.DEFINE_integer(
             "num_steps", 100, "Updates on each side (the schedules span them).", flag_values=fv
@@ -38,8 +37,6 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         window=flags.DEFINE_integer("window", 10, "Moving-average window of the smoothed curves.", flag_values=fv),
         host_malloc=define_host_malloc_flag(fv),
     )
-    alias(fv, ("steps", "num_steps"))
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

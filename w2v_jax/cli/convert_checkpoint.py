@@ -2,17 +2,17 @@
 
     # a transformers Wav2Vec2ForPreTraining folder (config.json + model.safetensors or
     # pytorch_model.bin) -> a w2v_jax folder (config.json + params.safetensors)
-    python -m experiments.convert_checkpoint hf-to-jax path/to/hf_folder path/to/jax_folder
+    w2v-convert-checkpoint hf-to-jax path/to/hf_folder path/to/jax_folder
 
     # a training workdir (its newest checkpoint, or --step) or a w2v_jax folder -> a folder
     # transformers' `from_pretrained`, `AutoFeatureExtractor` and pipelines load
-    python -m experiments.convert_checkpoint jax-to-hf runs/tiny path/to/hf_folder [--step=200]
-    python -m experiments.convert_checkpoint jax-to-hf path/to/jax_folder path/to/hf_folder
+    w2v-convert-checkpoint jax-to-hf runs/tiny path/to/hf_folder [--step=200]
+    w2v-convert-checkpoint jax-to-hf path/to/jax_folder path/to/hf_folder
 
     # a fairseq .pt (wav2vec_small.pt, libri960_big.pt, a fine-tuned *_960h.pt with its dict.ltr.txt)
     # -> a w2v_jax folder, read without fairseq or torch; and our model -> a fairseq .pt
-    python -m experiments.convert_checkpoint fairseq-to-jax wav2vec_small_960h.pt path/to/jax_folder --dict dict.ltr.txt
-    python -m experiments.convert_checkpoint jax-to-fairseq runs/tiny path/to/out.pt
+    w2v-convert-checkpoint fairseq-to-jax wav2vec_small_960h.pt path/to/jax_folder --dict dict.ltr.txt
+    w2v-convert-checkpoint jax-to-fairseq runs/tiny path/to/out.pt
 
 A fine-tuning workdir exports its best model by default (`--step` picks a checkpoint), to a folder
 that `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
@@ -36,7 +36,7 @@ from w2v_jax.asr.beam_search import BeamSearchOptions
 from w2v_jax.asr.processor_lm import export_processor_lm, import_processor_lm
 from w2v_jax.checkpoints.conversion import DIRECTIONS, convert
 from w2v_jax.checkpoints.hf import load_vocabulary
-from w2v_jax.cli import launch
+from w2v_jax.cli.launching import launch
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:

@@ -1,17 +1,18 @@
 """Evaluates a checkpoint: pretraining objective on a validation split, codebook usage, phone probes.
 
-    python -m experiments.evaluate --checkpoint=runs/tiny --output=runs/tiny/eval
-    python -m experiments.evaluate --checkpoint=hf_folder --manifest=valid.tsv --probe_train_manifest=train.tsv
+    w2v-evaluate --checkpoint=runs/tiny --output=runs/tiny/eval
+    w2v-evaluate --checkpoint=hf_folder --manifest=valid.tsv --probe_train_manifest=train.tsv
 
-`--checkpoint` is a training workdir (newest checkpoint, or `--step`), a `convert.save_checkpoint`
-folder or a transformers folder. Defaults: the embedded corpus' valid split (the objective's set)
-and both splits for the linear frame phone probe of every layer, with the held-out-voice protocol:
-the probe trains on the train split's utterances of all voices but `--held_out_voices` and is
-scored on every utterance of those voices (unseen voices) and on the other voices' valid split
-(held-out sentences), beside the same architecture at random init and 80-dim log-mel
-(`w2v_jax.research.probes`). Writes `metrics.json`, `probes.md` (the table, naming each model's
-best layer), `phone_probe.png` (accuracy against depth) and `codebook_usage.png` into `--output`
-and prints the table. All logic: `w2v_jax.research.probes.evaluate_pretrained_checkpoint`.
+`--checkpoint` is a training workdir (newest checkpoint, or `--step`), our folder
+(`checkpoints.folder.save_checkpoint`) or a transformers folder. Defaults: the embedded corpus'
+valid split (the objective's set) and both splits for the linear frame phone probe of every layer,
+with the held-out-voice protocol: the probe trains on the train split's utterances of all voices but
+`--held_out_voices` and is scored on every utterance of those voices (unseen voices) and on the
+other voices' valid split (held-out sentences), beside the same architecture at random init and
+80-dim log-mel (`w2v_jax.research.probes`). Writes `metrics.json`, `probes.md` (the table, naming
+each model's best layer), `phone_probe.png` (accuracy against depth) and `codebook_usage.png` into
+`--output` and prints the table. All logic:
+`w2v_jax.research.probes.evaluate_pretrained_checkpoint`.
 
 A fine-tuned (CTC) checkpoint (a fine-tuning workdir: its best model unless `--step`) is evaluated
 by its error rates instead: WER and CER (`--labels=ltr`) or PER (`--labels=phn`) on `--manifest`
@@ -24,7 +25,7 @@ of one forward pass, with each decoder's speed; several `--lm_weight` and `--wor
 sweep every pair, print the table and the best pair and draw `lm_sweep.png`
 (`w2v_jax.asr.evaluator.sweep_lm_weights`):
 
-    python -m experiments.evaluate --checkpoint=runs/ft_mini --lm=w2v_jax/data/corpus/lm/train_3gram.arpa \
+    w2v-evaluate --checkpoint=runs/ft_mini --lm=w2v_jax/data/corpus/lm/train_3gram.arpa \
         --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt --lm_weight=0,0.5,1,2,3 --word_score=-1,0,1,2
 """
 
@@ -39,16 +40,13 @@ from w2v_jax.asr.beam_search import BeamSearchDecoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.error_rates import METRICS
 from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint, sweep_lm_weights
-from w2v_jax.checkpoints import load_model
-from w2v_jax.cli import (
-    BadFiles,
-    beam_search_options,
-    define_beam_search_flags,
-    define_checkpoint_flags,
-    define_probe_flags,
-    launch,
-    run_faults_exit,
-)
+from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.cli.bad_files import BadFiles
+from w2v_jax.cli.beam_search_flags import beam_search_options, define_beam_search_flags
+from w2v_jax.cli.checkpoint_flags import define_checkpoint_flags
+from w2v_jax.cli.launching import launch
+from w2v_jax.cli.probe_flags import define_probe_flags
+from w2v_jax.cli.run_faults import run_faults_exit
 from w2v_jax.data import default_manifest
 from w2v_jax.data.audio import AudioError
 from w2v_jax.model import Wav2Vec2ForCTC

@@ -1,7 +1,7 @@
 """wav2vec 2.0 CTC fine-tuning launcher.
 
-    python -m experiments.finetune --config=experiments/configs/finetune.py:tiny --workdir=runs/ft_tiny
-    python -m experiments.finetune --config=experiments/configs/finetune.py:base_10m --workdir=runs/ft \
+    w2v-finetune --config=finetune.py:tiny --workdir=runs/ft_tiny
+    w2v-finetune --config=finetune.py:base_10m --workdir=runs/ft \
         --config.init=runs/base --config.data.train_manifest=/data/ll10m/train.tsv
 
 `--config.init` is the pretrained checkpoint (a pretraining workdir, our folder format or a
@@ -17,8 +17,9 @@ from types import SimpleNamespace
 from absl import app, flags
 
 from w2v_jax.asr.task import FineTuningTask
-from w2v_jax.cli import define_host_malloc_flag, launch, run_faults_exit
-from w2v_jax.configs import define_config_flag
+from w2v_jax.cli.config_flag import define_config_flag
+from w2v_jax.cli.launching import define_host_malloc_flag, launch
+from w2v_jax.cli.run_faults import run_faults_exit
 from w2v_jax.training import host_memory, trainer
 
 

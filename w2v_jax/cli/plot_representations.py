@@ -1,9 +1,9 @@
 """The seed notebook's pictures for any checkpoint: waveform, latents z, quantized q, |c - q|.
 
-    python -m experiments.plot_representations --checkpoint=runs/tiny --out=runs/tiny/representations.png
-    python -m experiments.plot_representations --checkpoint=hf_folder --audio=speech.flac --out=reps.png
+    w2v-plot-representations --checkpoint=runs/tiny --out=runs/tiny/representations.png
+    w2v-plot-representations --checkpoint=hf_folder --audio=speech.flac --out=reps.png
 
-`--checkpoint` is a training workdir, a `convert.save_checkpoint` folder or a transformers folder;
+`--checkpoint` is a training workdir, our folder (`checkpoints.folder.save_checkpoint`) or a transformers folder;
 `--audio` any file the data pipeline reads (default: the first utterance of the embedded corpus'
 valid split), normalised as in training.
 """
@@ -14,9 +14,12 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.checkpoints import load_model
-from w2v_jax.cli import define_checkpoint_flags, launch
-from w2v_jax.data import default_manifest, load_audio, load_manifest
+from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.cli.checkpoint_flags import define_checkpoint_flags
+from w2v_jax.cli.launching import launch
+from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import load_audio
+from w2v_jax.data.manifest import load_manifest
 from w2v_jax.research import plotting, probes
 
 

@@ -1,12 +1,11 @@
 """Writes fairseq-style TSV manifests for a folder of audio (e.g. LibriSpeech's layout).
 
-    python -m experiments.prepare_manifest /data/LibriSpeech/train-clean-100 --out train.tsv --valid_fraction 0.01
+    w2v-prepare-manifest /data/LibriSpeech/train-clean-100 --out train.tsv --valid_fraction 0.01
 
 Lengths are probed in parallel threads (headers for WAV/FLAC, full decode for MP3/OGG...). Unusable
 files are logged, counted and left out; --strict stops at the first one. With --valid_fraction, a
 seeded random subset goes to a valid manifest beside --out (valid.tsv, or NAME_valid.tsv). All
-logic: `w2v_jax.data.manifest.prepare_manifests`. `--valid-fraction` (the older spelling) stays
-accepted.
+logic: `w2v_jax.data.manifest.prepare_manifests`.
 """
 
 import os
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import alias, launch
+from w2v_jax.cli.launching import launch
 from w2v_jax.data.manifest import prepare_manifests
 
 
@@ -23,7 +22,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
     """The launcher's flags on `flag_values` (`argv` is unused: no config flag)."""
     del argv
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         out=flags.DEFINE_string("out", None, "Train manifest to write.", required=True, flag_values=fv),
         valid_fraction=flags.DEFINE_float(
             "valid_fraction", 0.0, "Share of the files for the valid manifest, in [0, 1).", flag_values=fv
@@ -34,8 +33,6 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         ),
         strict=flags.DEFINE_bool("strict", False, "Stop at the first unusable file.", flag_values=fv),
     )
-    alias(fv, ("valid-fraction", "valid_fraction"))
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

@@ -1,7 +1,7 @@
 """wav2vec 2.0 pretraining launcher.
 
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny --workdir=runs/tiny
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:base --workdir=runs/base \
+    w2v-pretrain --config=pretrain.py:tiny --workdir=runs/tiny
+    w2v-pretrain --config=pretrain.py:base --workdir=runs/base \
         --config.train.batch_size=64 --config.data.train_manifest=/data/librispeech/train.tsv
 
 Running the same command again on the same workdir resumes from its newest checkpoint; the
@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 from absl import app, flags
 
-from w2v_jax.cli import define_host_malloc_flag, launch, run_faults_exit
-from w2v_jax.configs import define_config_flag
+from w2v_jax.cli.config_flag import define_config_flag
+from w2v_jax.cli.launching import define_host_malloc_flag, launch
+from w2v_jax.cli.run_faults import run_faults_exit
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.training import host_memory, trainer
 

@@ -1,9 +1,9 @@
 """Runs a sweep config's grid point by point, then collects the results.
 
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
-        --print_commands     # print one experiments.pretrain command per point and exit
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
+    w2v-sweep --config=codebook_ablation.py --workdir=runs/codebook
+    w2v-sweep --config=codebook_ablation.py --workdir=runs/codebook \
+        --print_commands     # print one w2v-pretrain command per point and exit
+    w2v-sweep --config=codebook_ablation.py --workdir=runs/codebook \
         --collect_only       # after the cluster ran those commands
 
 Points run one after another with the trainer's `train_and_evaluate` (pretraining); running the command again
@@ -14,7 +14,6 @@ every layer (probe trained on `--probe_train_manifest`'s seen voices, scored on 
 `--held_out_voices` and on the valid split's seen voices; `--noprobe` skips it), summarised over
 the `train.seed` grid axis: `results.csv`, `results.md`, `results.png` and `results_curves.png` in
 the workdir (see `w2v_jax.research.sweep`).
-`--print-commands` and `--collect-only` (the older spellings) stay accepted.
 """
 
 import functools
@@ -25,8 +24,10 @@ from types import SimpleNamespace
 from absl import app, flags
 from ml_collections import config_flags
 
-from w2v_jax.cli import alias, define_host_malloc_flag, define_probe_flags, launch, run_faults_exit
-from w2v_jax.configs import define_config_flag
+from w2v_jax.cli.config_flag import define_config_flag
+from w2v_jax.cli.launching import define_host_malloc_flag, launch
+from w2v_jax.cli.probe_flags import define_probe_flags
+from w2v_jax.cli.run_faults import run_faults_exit
 from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import load_utterances
 from w2v_jax.pretraining.task import PretrainingTask
@@ -37,7 +38,7 @@ from w2v_jax.training import host_memory, trainer
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
     """The launcher's flags on `flag_values` (`argv`: the command line, for the config's overrides)."""
     fv = flag_values
-    args = SimpleNamespace(
+    return SimpleNamespace(
         config=define_config_flag("config", "codebook_ablation.py", "Sweep config file, `path[:variant]`.", fv, argv),
         workdir=flags.DEFINE_string(
             "workdir", None, "The sweep's folder (one subfolder per point).", required=True, flag_values=fv
@@ -69,8 +70,6 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         **define_probe_flags(fv),
         host_malloc=define_host_malloc_flag(fv),
     )
-    alias(fv, ("print-commands", "print_commands"), ("collect-only", "collect_only"))
-    return args
 
 
 def main(argv: list[str], args: SimpleNamespace) -> None:

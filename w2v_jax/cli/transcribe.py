@@ -1,7 +1,7 @@
 """Transcribes audio with a fine-tuned (CTC) checkpoint: one `path<TAB>text` line per utterance.
 
-    python -m experiments.transcribe --checkpoint=runs/ft_tiny speech.flac other.wav
-    python -m experiments.transcribe --checkpoint=runs/ft_tiny --step=200 data/valid.tsv
+    w2v-transcribe --checkpoint=runs/ft_tiny speech.flac other.wav
+    w2v-transcribe --checkpoint=runs/ft_tiny --step=200 data/valid.tsv
 
 `--checkpoint` is a fine-tuning workdir (its best model by the validation metric; `--step` picks a
 checkpoint), our folder format or a transformers `Wav2Vec2ForCTC` folder with its vocabulary.
@@ -18,7 +18,7 @@ is then 1, with the count (`--strict`: stop at the first one).
 `--decoder=beam` decodes with beam search instead (`w2v_jax.asr.beam_search`), with an n-gram LM
 (`--lm`, ARPA or KenLM binary) and a lexicon (`--lexicon`) or lexicon-free with a token LM:
 
-    python -m experiments.transcribe --checkpoint=runs/ft_mini --decoder=beam \
+    w2v-transcribe --checkpoint=runs/ft_mini --decoder=beam \
         --lm=w2v_jax/data/corpus/lm/train_3gram.arpa --lexicon=w2v_jax/data/corpus/lm/train_3gram.lexicon.txt \
         --lm_weight=2 --word_score=1 data/valid.tsv
 
@@ -36,14 +36,11 @@ from w2v_jax.asr import timestamps
 from w2v_jax.asr.beam_search import DECODERS, make_decoder
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.transcription import transcribe_files
-from w2v_jax.cli import (
-    BadFiles,
-    beam_search_options,
-    define_beam_search_flags,
-    define_ctc_checkpoint_flags,
-    define_long_form_flags,
-    launch,
-)
+from w2v_jax.cli.bad_files import BadFiles
+from w2v_jax.cli.beam_search_flags import beam_search_options, define_beam_search_flags
+from w2v_jax.cli.checkpoint_flags import define_ctc_checkpoint_flags
+from w2v_jax.cli.launching import launch
+from w2v_jax.cli.long_form_flags import define_long_form_flags
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:

@@ -1,85 +1,32 @@
 """Experiment configs: `get_config(variant)` files for ml_collections config flags.
 
-`pretrain.py` (the pretraining variants) and `codebook_ablation.py` (a sweep) live in the package,
-so launchers find them from any directory: `--config=pretrain.py:tiny` (or `pretrain:tiny`) names
-them, and the repository's `--config=experiments/configs/pretrain.py:tiny` still works anywhere
-(`resolve_config_path`).
+- `pretrain`: the pretraining variants (tiny, mini, small, base, large);
+- `finetune`: the CTC fine-tuning variants;
+- `codebook_ablation`: a sweep (a grid of pretraining variants).
+
+They live in the package, so the launchers find them from any directory (`packaged_config`; the
+`--config` flag itself is `w2v_jax.cli.config_flag`'s).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import re
-from collections.abc import Sequence
 
-from absl import flags
-from ml_collections import config_flags
+from w2v_jax.lazy_exports import lazy_exports
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
 
-def resolve_config_path(spec: str) -> str:
-    """`path[:variant]` with the path made independent of the current directory.
-
-    An existing file is kept as given; otherwise a config of this package with the same file name
-    (`experiments/configs/pretrain.py`, `pretrain.py` or `pretrain`) is used. Anything else is
-    returned unchanged (config_flags then names the missing file).
-    """
-    path, sep, variant = spec.partition(":")
-    if os.path.isfile(path):
-        return spec
+def packaged_config(path: str) -> pathlib.Path | None:
+    """The config file of this package with `path`'s file name (`experiments/configs/pretrain.py`,
+    `pretrain.py` or `pretrain`), or None: no such file (or a private one, `_name.py`)."""
     name = pathlib.Path(path).name
     name = name if name.endswith(".py") else name + ".py"
     packaged = PACKAGE_DIR / name
-    if packaged.is_file() and not name.startswith("_"):
-        return f"{packaged}{sep}{variant}"
-    return spec
+    return packaged if packaged.is_file() and not name.startswith("_") else None
 
 
-def resolve_argv(name: str, argv: Sequence[str]) -> list[str]:
-    """`argv` with `--NAME=spec` / `--NAME spec` resolved by `resolve_config_path`."""
-    resolved = list(argv)
-    for index, arg in enumerate(resolved):
-        if arg.startswith(f"--{name}="):
-            resolved[index] = f"--{name}=" + resolve_config_path(arg.split("=", 1)[1])
-        elif arg == f"--{name}" and index + 1 < len(resolved):
-            resolved[index + 1] = resolve_config_path(resolved[index + 1])
-    return resolved
+with lazy_exports(globals()):
+    from w2v_jax.configs import codebook_ablation, finetune, pretrain
 
-
-def define_config_flag(
-    name: str, default: str, help_string: str, flag_values: flags.FlagValues, argv: Sequence[str]
-) -> flags.FlagHolder:
-    """`config_flags.DEFINE_config_file` (locked) on `flag_values`, with an unknown
-    `--NAME.field=...` as a one-line exit.
-
-    config_flags reads the `--NAME.*` overrides from the command line `argv` while it defines the
-    flag, so an unknown field (a typo) would otherwise end in a three-part KeyError traceback. The
-    default and the command line's `--NAME` are resolved with `resolve_config_path`, so the
-    launchers run from any directory; parse `resolve_argv(name, argv)` with `flag_values`.
-    """
-    resolved = resolve_argv(name, argv)
-    try:
-        return config_flags.DEFINE_config_file(
-            name,
-            resolve_config_path(default),
-            help_string,
-            flag_values=flag_values,
-            lock_config=True,
-            sys_argv=resolved,
-        )
-    except (AttributeError, KeyError) as error:
-        raise SystemExit(unknown_field_message(error, name, resolved)) from None
-
-
-def unknown_field_message(error: BaseException, name: str, argv: Sequence[str]) -> str:
-    """One line naming the override with an unknown field (and config_dict's suggestion, if any)."""
-    text = str(error).replace("\\'", "'")
-    field = re.search(r"'(\w+)'", text)
-    suggestion = re.search(r'Did you mean "(\w+)"', text)
-    overrides = [arg.split("=", 1)[0].lstrip("-") for arg in argv if arg.startswith(f"--{name}.")]
-    culprit = next((o for o in overrides if field and field.group(1) in o.split(".")), None)
-    where = f"--{culprit}" if culprit else f"a --{name}.* override"
-    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
-    return f"unknown config field in {where}: the config has no field {field.group(1) if field else text!r}{hint}"
+__all__ = ["PACKAGE_DIR", "codebook_ablation", "finetune", "packaged_config", "pretrain"]

@@ -1,10 +1,10 @@
 """Codebook-size ablation on the mini model: G in {1, 2} groups x V in {4, 16, 64, 320} codewords per
 group, each point trained with two seeds.
 
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py --workdir=runs/codebook \
-        --print-commands                       # one experiments.pretrain command per run
-    python -m experiments.sweep --config=experiments/configs/codebook_ablation.py:tiny --workdir=... \
+    w2v-sweep --config=codebook_ablation.py --workdir=runs/codebook
+    w2v-sweep --config=codebook_ablation.py --workdir=runs/codebook \
+        --print_commands                       # one w2v-pretrain command per run
+    w2v-sweep --config=codebook_ablation.py:tiny --workdir=... \
         --config.train.num_steps=300 --config.grid.model.num_codevector_groups='(2,)'
 
 The config is the variant's pretrain config (default mini, the CPU research model) plus `grid`, which mirrors the

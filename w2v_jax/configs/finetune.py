@@ -2,8 +2,8 @@
 
 Launch (any field can be overridden on the command line):
 
-    python -m experiments.finetune --config=experiments/configs/finetune.py:tiny --workdir=runs/ft_tiny
-    python -m experiments.finetune --config=experiments/configs/finetune.py:base_10m --workdir=runs/ft \
+    w2v-finetune --config=finetune.py:tiny --workdir=runs/ft_tiny
+    w2v-finetune --config=finetune.py:base_10m --workdir=runs/ft \
         --config.init=runs/base --config.data.train_manifest=/data/ll10m/train.tsv \
         --config.data.valid_manifest=/data/librispeech/dev_other.tsv
 

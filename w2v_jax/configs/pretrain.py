@@ -2,8 +2,8 @@
 
 Launch (any field can be overridden on the command line):
 
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:tiny --workdir=runs/tiny
-    python -m experiments.pretrain --config=experiments/configs/pretrain.py:base --workdir=runs/base \
+    w2v-pretrain --config=pretrain.py:tiny --workdir=runs/tiny
+    w2v-pretrain --config=pretrain.py:base --workdir=runs/base \
         --config.train.batch_size=64 --config.mesh.param_sharding=fsdp --config.mesh.fsdp=8
 
 `model.*` are `Wav2Vec2Config`'s fields (transformers' names); `train.*` the optimisation (fairseq's

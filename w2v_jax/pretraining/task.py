@@ -21,7 +21,8 @@ import ml_collections
 import optax
 
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.data import default_manifest, make_train_iterator
+from w2v_jax.data import default_manifest
+from w2v_jax.data.pipeline import make_train_iterator
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.evaluator import pretraining_evaluator
 from w2v_jax.pretraining.objective import PretrainingObjective

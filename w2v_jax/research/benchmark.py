@@ -448,7 +448,7 @@ class TorchRunner:
     """
 
     def __init__(self, task: BenchmarkTask, settings: BenchmarkSettings, params: Any):
-        torch = import_reference("torch", "benchmark --vs-pytorch")
+        torch = import_reference("torch", "w2v-benchmark --vs_pytorch")
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.trainer = ReferenceTrainer(

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from w2v_jax.data import SAMPLE_RATE, make_train_iterator
+from w2v_jax.data.audio import SAMPLE_RATE
+from w2v_jax.data.pipeline import make_train_iterator
 from w2v_jax.research import benchmark
 
 

@@ -19,7 +19,7 @@ A probe that leans on what it memorised of the training voices fails the first t
 leans on the training sentences fails the second.
 
 `evaluate` adds the validation objective (`research.validation`); `evaluate_pretrained_checkpoint`
-is `python -m experiments.evaluate` on a pretrained checkpoint.
+is `w2v-evaluate` on a pretrained checkpoint.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax.checkpoints import load_model
-from w2v_jax.data import SAMPLE_RATE, default_manifest
-from w2v_jax.data.audio import RECEPTIVE_FIELD
+from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.data import default_manifest
+from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE
 from w2v_jax.data.utterances import (
     FRAME_HOP,
     Utterance,

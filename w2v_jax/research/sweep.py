@@ -39,7 +39,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from w2v_jax.checkpoints import load_model
+from w2v_jax.checkpoints.loading import load_model
 from w2v_jax.research import plotting, probes, validation
 from w2v_jax.training import metrics
 from w2v_jax.training.workdir import CHECKPOINTS_DIR
@@ -158,7 +158,7 @@ def launch_commands(
     config_path: str,
     workdir: str | os.PathLike,
     extra_flags: Sequence[str] = (),
-    launcher: str = "python -m experiments.pretrain",
+    launcher: str = "w2v-pretrain",
 ) -> list[str]:
     """One pretraining command per point (for a cluster scheduler); finished points included.
 

@@ -1,7 +1,7 @@
 """Measurements of transcription: alignment boundary errors against the embedded corpus's gold
 boundaries, chunked against per-utterance decoding of long recordings, the masked group norm's
 speed-up, and throughput against transformers' ASR pipeline. Each returns a dict of figures
-(`python -m experiments.benchmark_transcription`, docs/transcription.md).
+(`w2v-benchmark-transcription`, docs/transcription.md).
 """
 
 from __future__ import annotations

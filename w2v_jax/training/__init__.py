@@ -9,4 +9,39 @@
 - `workdir`: the run's directory (lock, config check on resume, file layout, disk full);
 - `metrics`: `metrics.jsonl`, TensorBoard, how a logging window reduces metrics (`MetricRoles`), the loss-curve plot;
 - `sharding`, `distributed`, `host_memory`: the device mesh, multi-host start-up, host malloc.
+
+Importing the room imports none of them: each is imported when first read.
 """
+
+from w2v_jax.lazy_exports import lazy_exports
+
+with lazy_exports(globals()):
+    from w2v_jax.training import (
+        checkpointer,
+        distributed,
+        evaluation,
+        health,
+        host_memory,
+        metrics,
+        optim,
+        pretraining,
+        sharding,
+        train_step,
+        trainer,
+        workdir,
+    )
+
+__all__ = [
+    "checkpointer",
+    "distributed",
+    "evaluation",
+    "health",
+    "host_memory",
+    "metrics",
+    "optim",
+    "pretraining",
+    "sharding",
+    "train_step",
+    "trainer",
+    "workdir",
+]

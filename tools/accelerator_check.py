@@ -1,4 +1,11 @@
 """The accelerator check: what a short GPU loan must find out, in priority order, each step capped in time.
+A maintenance tool of this repository, run from its root:
+
+    python -m tools.accelerator_check --output=$OUT/check
+    python -m tools.accelerator_check --output=/tmp/check --dry_run
+
+docs/performance.md has the device command (wheels first: `tools/device_wheels.py`). Exits 1 when
+anything failed (listed last).
 
 `run_check` runs four steps, each as subprocesses with its own time cap inside one overall budget
 (one 10-minute call of a lent GPU machine), and writes each result as soon as it exists into one
@@ -8,7 +15,7 @@ folder, packed into one archive at the end (a GPU machine hands back at most 8 f
    APIs we use (`compatibility_report`), an import of every module of the package, a tiny forward
    pass (accelerator against CPU) and tiny train steps in float32 and bfloat16, the bf16 matmul
    rate, and on a GPU the attention paths (`attention_report`);
-2. benchmark: `experiments.benchmark` for base at 15 s crops and the batch that fills the device,
+2. benchmark: `python -m experiments.benchmark` for base at 15 s crops and the batch that fills the device,
    bf16 then float32 with `--vs_pytorch` (transformers in bf16 autocast with SDPA attention), then
    bf16 with cuDNN's attention (dropout in the kernel), with remat, and without attention dropout;
 3. tests: the accelerator-relevant test files (`ACCELERATOR_TEST_FILES`) on the device;
@@ -41,15 +48,18 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 import w2v_jax
 from w2v_jax import context_network
+from w2v_jax.cli.launching import launch
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_configs
 from w2v_jax.layers import dropout
@@ -57,7 +67,7 @@ from w2v_jax.model import Wav2Vec2Model
 from w2v_jax.research import benchmark
 from w2v_jax.training import metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE = "accelerator_check.tar.gz"
 SUMMARY = "summary.json"
 PRETRAIN_CONFIG = "experiments/configs/pretrain.py"
@@ -468,7 +478,7 @@ def pretraining_verdict(workdir: pathlib.Path) -> dict[str, Any]:
 
 def environment_step(settings: CheckSettings) -> Step:
     """Step 1, in a subprocess of its own (a crash or hang of the runtime is a finding too)."""
-    code = f"from w2v_jax.research import accelerator_check as c; c.environment_report(dry_run={settings.dry_run})"
+    code = f"from tools import accelerator_check as c; c.environment_report(dry_run={settings.dry_run})"
     return Step(1, "environment", (Command("environment", lambda _: _python("-c", code), 120),), environment_verdict)
 
 
@@ -606,3 +616,53 @@ def summary_lines(summary: dict[str, Any]) -> Sequence[str]:
         verdict = json.dumps(record.get("verdict"), default=str)[:400]
         lines.append(f"{record['step']} {record['name']}: {statuses}; verdict {verdict}")
     return lines
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
+    """The tool's flags on `flag_values` (`argv` unused: no config flag)."""
+    del argv
+    fv = flag_values
+    return SimpleNamespace(
+        output=flags.DEFINE_string("output", "accelerator_check", "Folder of the results.", flag_values=fv),
+        dry_run=flags.DEFINE_bool(
+            "dry_run", False, "CPU, tiny sizes, tests collected only (about a minute).", flag_values=fv
+        ),
+        budget_s=flags.DEFINE_float("budget_s", 540.0, "Wall-time limit of the whole check.", flag_values=fv),
+        seconds=flags.DEFINE_float("seconds", 15.0, "The benchmark's utterance length.", flag_values=fv),
+        pretrain_steps=flags.DEFINE_integer("pretrain_steps", 300, "Updates of the pretraining step.", flag_values=fv),
+        pretrain_batch=flags.DEFINE_integer("pretrain_batch", 32, "Batch of the pretraining step.", flag_values=fv),
+        steps=flags.DEFINE_list("steps", ["1", "2", "3", "4"], "Which steps to run (e.g. 2,4).", flag_values=fv),
+    )
+
+
+def main(argv: list[str], args: SimpleNamespace) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    settings = CheckSettings(
+        output=pathlib.Path(args.output.value),
+        dry_run=args.dry_run.value,
+        budget_seconds=args.budget_s.value,
+        seconds=args.seconds.value,
+        pretrain_steps=args.pretrain_steps.value,
+        pretrain_batch=args.pretrain_batch.value,
+        steps=tuple(int(step) for step in args.steps.value),
+    )
+    summary = run_check(settings, print_fn=lambda line: print(line, flush=True))
+    for line in summary_lines(summary):
+        print(line, flush=True)
+    found = problems(summary)
+    if found:
+        print("PROBLEMS:\n  " + "\n  ".join(found), flush=True)
+        raise SystemExit(1)
+
+
+def run() -> None:
+    """`python -m tools.accelerator_check`."""
+    launch(main, define_flags)
+
+
+if __name__ == "__main__":
+    run()

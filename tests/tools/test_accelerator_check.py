@@ -1,4 +1,5 @@
-"""Tests of w2v_jax.research.accelerator_check's parts (the whole dry run: tests/e2e/test_accelerator_check.py)."""
+"""Tests of tools/accelerator_check.py's parts (the whole dry run: test_accelerator_check_dry_run.py) and of
+tools/device_wheels.py, which installs its wheels on the device."""
 
 import json
 import pathlib
@@ -8,8 +9,8 @@ import tarfile
 import pytest
 
 from tests.support import xla_flags
+from tools import accelerator_check as check
 from tools import device_wheels
-from w2v_jax.research import accelerator_check as check
 
 
 def test_our_pins_pass_every_compatibility_check():

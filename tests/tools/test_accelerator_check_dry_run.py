@@ -7,13 +7,13 @@ import tarfile
 import pytest
 
 from tests.support.launchers import run
-from w2v_jax.research import accelerator_check
+from tools import accelerator_check
 
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_packs_its_results(tmp_path, env):
     output = tmp_path / "check"
-    result = run("experiments.accelerator_check", [f"--output={output}", "--dry_run"], env)
+    result = run("tools.accelerator_check", [f"--output={output}", "--dry_run"], env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / accelerator_check.SUMMARY).read_text())
     assert summary["dry_run"] is True
