@@ -24,11 +24,13 @@ with lazy_exports(globals()):
         layers,
         masking,
         model,
+        pretraining,
         quantization,
         reference,
         representations,
         research,
         training,
+        training_draws,
     )
 
 __all__ = [
@@ -46,9 +48,11 @@ __all__ = [
     "layers",
     "masking",
     "model",
+    "pretraining",
     "quantization",
     "reference",
     "representations",
     "research",
     "training",
+    "training_draws",
 ]

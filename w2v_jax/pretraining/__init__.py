@@ -5,4 +5,13 @@
 - `evaluator`: validation inside pretraining: fixed batches, masks and distractors of held-out audio;
 - `task`: pretraining as a task of the loop: the step settings, the input pipeline, how its
   metrics are logged and shown, the failure detectors that watch it.
+
+Importing the room imports none of them: each is imported when first read.
 """
+
+from w2v_jax.lazy_exports import lazy_exports
+
+with lazy_exports(globals()):
+    from w2v_jax.pretraining import evaluator, objective, task
+
+__all__ = ["evaluator", "objective", "task"]
