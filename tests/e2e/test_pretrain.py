@@ -23,12 +23,13 @@ import transformers
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
 from tests.support.launchers import run_main, shared_run, subprocess_env
+from w2v_jax import sharding
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import audio
 from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.training import checkpointer, metrics, optim, sharding, train_step
+from w2v_jax.training import checkpointer, metrics, optim, train_step
 
 NUM_STEPS = 6
 OVERRIDES = [

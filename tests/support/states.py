@@ -6,7 +6,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax.training import sharding
+from w2v_jax import sharding
 
 
 def make_state(value: float, mesh=None):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests.support.states import assert_trees_equal, make_state
-from w2v_jax.training import checkpointer, sharding
+from w2v_jax import sharding
+from w2v_jax.training import checkpointer
 
 
 def checksums_oracle(x: np.ndarray) -> list[int]:

@@ -12,7 +12,8 @@ from flax import nnx
 
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.states import assert_trees_equal, make_state
-from w2v_jax.training import checkpointer, sharding
+from w2v_jax import sharding
+from w2v_jax.training import checkpointer
 
 
 def test_round_trip_keeps_values_and_shardings(tmp_path):

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining
-from w2v_jax.training import evaluation, sharding, train_step, trainer
+from w2v_jax.training import evaluation, train_step, trainer
 from w2v_jax.training.pretraining import pretraining_hyperparams
 
 TINY = Wav2Vec2Config.preset("tiny", hidden_dropout=0.0, layerdrop=0.0)

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.checkpoints import folder as folder_format
 from w2v_jax.checkpoints import hf
 from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
@@ -31,7 +32,7 @@ from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
-from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training import optim, train_step
 from w2v_jax.training.checkpointer import Checkpointer
 from w2v_jax.training.workdir import BEST_MODEL_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_CONFIG_FILE
 

@@ -32,10 +32,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.pipeline import assign_buckets, bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2PreTrainingOutput, sample_masks_and_negatives
-from w2v_jax.training import sharding
 
 logger = logging.getLogger(__name__)
 
