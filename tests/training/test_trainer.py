@@ -13,11 +13,11 @@ import soundfile
 from flax import nnx
 
 from w2v_jax import sharding
-from w2v_jax.checkpoints import load_model
+from w2v_jax.checkpoints import checkpointer, load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import write_manifest
-from w2v_jax.training import checkpointer, metrics, pretraining, train_step, trainer
+from w2v_jax.training import metrics, pretraining, train_step, trainer
 from w2v_jax.training.pretraining import pretraining_hyperparams
 
 TIMING = {"audio_seconds_per_second", "steps_per_second"}

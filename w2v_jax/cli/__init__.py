@@ -33,10 +33,10 @@ from absl import app, flags
 from w2v_jax.asr.beam_search import BeamSearchOptions
 from w2v_jax.asr.decoding import SEPARATORS
 from w2v_jax.asr.long_form import DEFAULT_CHUNK_S
+from w2v_jax.checkpoints.checkpointer import CorruptCheckpointError
 from w2v_jax.configs import resolve_argv, unknown_field_message
 from w2v_jax.research import probes
 from w2v_jax.training import host_memory, workdir
-from w2v_jax.training.checkpointer import CorruptCheckpointError
 from w2v_jax.training.trainer import TrainingDivergedError
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "w2v_jax" / "jax"
