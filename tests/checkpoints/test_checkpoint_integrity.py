@@ -1,4 +1,5 @@
-"""Tests of checkpointer.py's integrity checks: checksums, corrupt checkpoints moved aside, read-only readers.
+"""Tests of checkpointer.py's integrity checks: checksums, corrupt checkpoints moved aside, read-only readers,
+partial restores that read and verify some of the state's fields alone.
 
 Faults are injected into the files of a real checkpoint (flipped array bytes, truncated files, deleted
 metadata or items) and restore must name the step's path with the word "corrupt", never return

@@ -1,4 +1,4 @@
-"""Tests of w2v_jax/checkpointer.py: round trips, retention, refusal of non-finite states, crash safety."""
+"""Tests of w2v_jax/checkpoints/checkpointer.py: round trips, retention, refusal of non-finite states, crash safety."""
 
 import signal
 import subprocess

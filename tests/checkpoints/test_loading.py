@@ -3,6 +3,7 @@ test_folder; the run state's checkpoints: test_checkpointer, test_checkpoint_int
 training workdir's model read alone, without its optimizer state."""
 
 import json
+import pathlib
 import shutil
 
 import jax
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import w2v_jax
 from tests.support.states import whole_state_target
+from tools import loading_memory
 from w2v_jax import convert, probing, sharding
 from w2v_jax.checkpoints import checkpointer, folder, hf, load_model
 from w2v_jax.checkpoints.folder import save_checkpoint
@@ -133,3 +136,12 @@ def test_a_workdir_of_another_model_is_a_mismatch_not_corruption(pretraining_wor
     with pytest.raises(ValueError, match=rf"does not match the state this run builds \({counts}") as info:
         load_model(workdir, step=1)
     assert not isinstance(info.value, checkpointer.CorruptCheckpointError)
+
+
+def test_the_memory_tool_measures_a_load_beside_its_baseline(pretraining_workdir):
+    """`tools.loading_memory` (docs/checkpoints.md's figures): a process that loads the model peaks
+    above one that does everything else; the figures name this checkout's package."""
+    (package, figures), *others = loading_memory.peak_memory(pretraining_workdir[0], runs=1).items()
+    assert not others and pathlib.Path(package) == pathlib.Path(w2v_jax.__path__[0])
+    assert figures["load_mib"] > figures["baseline_mib"] > 100
+    assert figures["load_minus_baseline_mib"] == figures["load_mib"] - figures["baseline_mib"]
