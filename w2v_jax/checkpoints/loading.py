@@ -9,10 +9,10 @@ The formats, told apart by what the path holds:
 - a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
 
 A training workdir's checkpoint is read in part: the model's variables (`params`, `model_state`) of
-the run state, never the optimizer's moments (`checkpointer.Checkpointer.restore(partial=True)`), so
-no optimizer or train state is built and loading needs the memory of the model alone. Nothing here
-imports the training loop: inference (transcription, evaluation, export, representations) runs
-without it.
+the run state, never the optimizer's moments (`checkpointer.Checkpointer.restore(partial=True)`): no
+optimizer or train state is built, and no moment is read into memory (docs/checkpoints.md measures
+the difference). Nothing here imports the training loop: inference (transcription, evaluation,
+export, representations) runs without it.
 
 `Wav2Vec2ForPreTraining.from_pretrained(path, step)` is this function: the loader builds models, so
 it lives above the model layer, and `import w2v_jax` hands it down to the model class
