@@ -78,7 +78,7 @@ ACCELERATOR_TEST_FILES = (
     "tests/test_context_network.py",
     "tests/test_layers.py",
     "tests/training/test_train_step.py",
-    "tests/training/test_sharding.py",
+    "tests/test_sharding.py",
     "tests/research/test_benchmark.py",
 )
 # The distributions whose versions the report lists (the image's, or those carried as wheels).

@@ -29,6 +29,7 @@ with lazy_exports(globals()):
         reference,
         representations,
         research,
+        sharding,
         training,
         training_draws,
     )
@@ -53,6 +54,7 @@ __all__ = [
     "reference",
     "representations",
     "research",
+    "sharding",
     "training",
     "training_draws",
 ]

@@ -14,11 +14,11 @@ from w2v_jax.asr import lm
 from w2v_jax.asr.evaluator import CTCEvaluator, evaluate_finetuned_checkpoint
 from w2v_jax.checkpoints.folder import load_checkpoint, save_checkpoint
 from w2v_jax.checkpoints.hf import load_vocabulary
+from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE
 from w2v_jax.cli import evaluate
 from w2v_jax.data.manifest import read_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training import train_step
-from w2v_jax.training.workdir import BEST_MODEL_DIR, BEST_RECORD_FILE
 
 
 def test_evaluator_keeps_the_best_model_and_replays_after_a_resume(tmp_path):

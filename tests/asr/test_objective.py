@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from tests.support.ctc import LAYER_CONFIG, ctc_batch
+from w2v_jax import sharding
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.model import Wav2Vec2ForCTC
-from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training import optim, train_step
 
 
 def _setup(config, objective):

@@ -262,6 +262,12 @@ CASES = [
     ("tools.make_tts_corpus", ["--seed", "2", "--max_bytes=5"], [], {"seed": 2, "max_bytes": 5}),
     ("tools.check_fairseq_full_size", ["--size=large"], [], {"size": "large"}),
     (
+        "tools.loading_memory",
+        ["--variant=base", "--workdir=/tmp/base_run", "--runs=5", "--other_source=/src/main"],
+        [],
+        {"variant": "base", "workdir": "/tmp/base_run", "runs": 5, "other_source": "/src/main"},
+    ),
+    (
         "w2v_jax.cli.finetune",
         [
             "--config=experiments/configs/finetune.py:base_10m",

@@ -18,13 +18,13 @@ from tests.support.launchers import shared_run
 from w2v_jax.asr.error_rates import error_rate_metrics
 from w2v_jax.asr.transcription import read_inputs, transcribe_files
 from w2v_jax.checkpoints import load_model
+from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE, MODEL_CONFIG_FILE
 from w2v_jax.data import default_manifest
 from w2v_jax.data.audio import load_audio
 from w2v_jax.data.labels import label_path, letters_to_words
 from w2v_jax.data.manifest import read_manifest, write_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training import metrics
-from w2v_jax.training.workdir import BEST_MODEL_DIR, BEST_RECORD_FILE, MODEL_CONFIG_FILE
 
 NUM_STEPS = 40
 OVERRIDES = [

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import CORPUS_DIR, load_audio
 from w2v_jax.pretraining.task import pretraining_hyperparams
-from w2v_jax.training import metrics, sharding, train_step
+from w2v_jax.training import metrics, train_step
 
 
 def _fixed_batch(rows=8, samples=16000):

@@ -19,16 +19,19 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.imports import BLOCK_REFERENCE
 from tests.support.launchers import run_main, shared_run, subprocess_env
-from w2v_jax.checkpoints import load_model
+from tests.support.states import whole_state_target
+from w2v_jax import sharding
+from w2v_jax.checkpoints import checkpointer, load_model
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import audio
-from w2v_jax.training import checkpointer, metrics, optim, sharding, train_step
+from w2v_jax.training import metrics, optim, train_step
 
 NUM_STEPS = 6
 OVERRIDES = [
@@ -419,6 +422,20 @@ def test_a_two_process_checkpoint_continues_on_one_process(reference, two_proces
     assert "checkpoint 2 was written by 2 processes, this run has 1" in resumed.stderr
     assert "resumed from checkpoint 2" in resumed.stderr and "finished at step 6 of 6" in resumed.stderr
     assert_same_run(records(workdir), records(reference[0]))
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_loads_its_model_on_one_process(two_processes):
+    """`load_model` of a checkpoint both processes wrote, in one process: the parameters alone, the
+    same as in the whole state a one-process resume restores."""
+    workdir = two_processes[0]
+    model = load_model(workdir, step=2)
+    reader = checkpointer.Checkpointer(workdir / "checkpoints", read_only=True)
+    state, _ = reader.restore(2, whole_state_target(workdir))
+    reader.close()
+    loaded = jax.tree.leaves(nnx.state(model, nnx.Param))
+    for a, b in zip(loaded, jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # The same global batch on 4 and 8 devices: a token budget of 8 one-second crops.

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.evaluator import PretrainingEvaluator, validation_batches
 from w2v_jax.pretraining.task import pretraining_hyperparams
-from w2v_jax.training import sharding, train_step
+from w2v_jax.training import train_step
 
 TINY = Wav2Vec2Config.preset("tiny", hidden_dropout=0.0, layerdrop=0.0)
 

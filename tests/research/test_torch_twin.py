@@ -12,6 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.checkpoints.hf import params_to_hf
 from w2v_jax.config import Wav2Vec2Config
@@ -22,7 +23,7 @@ from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.objective import PretrainingObjective
 from w2v_jax.quantization import GumbelVectorQuantizer, gumbel_noise
 from w2v_jax.research import torch_twin
-from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training import optim, train_step
 from w2v_jax.training_draws import sample_training_masks
 
 

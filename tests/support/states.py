@@ -1,12 +1,19 @@
-"""Small train-state-like pytrees for the checkpoint tests."""
+"""Small train-state-like pytrees for the checkpoint tests, and the restore target of a run's whole state."""
+
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-from w2v_jax.training import sharding
+from w2v_jax import sharding
+from w2v_jax.checkpoints.run_layout import CONFIG_FILE
+from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.training import optim, train_step
 
 
 def make_state(value: float, mesh=None):
@@ -26,3 +33,15 @@ def assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def whole_state_target(workdir: pathlib.Path):
+    """The restore target of a pretraining workdir's whole train state (parameters, optimizer
+    moments, counters) on one device: what a resume reads, beside what `load_model` reads."""
+    config = ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
+    _, state, shardings = train_step.abstract_train_state(
+        Wav2Vec2Config.from_run_config(config),
+        optim.optimizer_from_train_config(config.train),
+        mesh=sharding.make_mesh(devices=jax.devices()[:1]),
+    )
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)

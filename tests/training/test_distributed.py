@@ -46,7 +46,8 @@ WORKER = textwrap.dedent(
     """
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from w2v_jax.training import distributed, sharding
+    from w2v_jax import sharding
+    from w2v_jax.training import distributed
     address, pid = sys.argv[1], int(sys.argv[2])
     assert distributed.initialize(address, 2, pid)
     mesh = sharding.make_mesh()

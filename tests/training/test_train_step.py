@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.pretraining.objective import PretrainingObjective
 from w2v_jax.quantization import gumbel_temperature
-from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training import optim, train_step
 
 BATCH, SAMPLES = 8, 4000
 CONFIG = Wav2Vec2Config.preset(

@@ -17,14 +17,15 @@ import soundfile
 from flax import nnx
 
 from tests.support.health import LossAbove
-from w2v_jax.checkpoints import load_model
+from w2v_jax import sharding
+from w2v_jax.checkpoints import checkpointer, load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import default_manifest, make_train_iterator, write_manifest
 from w2v_jax.model import Wav2Vec2Model
 from w2v_jax.pretraining import task as pretraining_task
 from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
-from w2v_jax.training import checkpointer, health, metrics, optim, sharding, train_step, trainer
+from w2v_jax.training import health, metrics, optim, train_step, trainer
 
 TIMING = {"audio_seconds_per_second", "steps_per_second"}
 

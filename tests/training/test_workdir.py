@@ -21,11 +21,11 @@ import orbax.checkpoint._src.path.atomicity as atomicity
 import pytest
 
 from tests.support import HANG_TIMEOUT, REPO
-from w2v_jax.checkpoints import load_model
+from w2v_jax.checkpoints import checkpointer, load_model, run_layout
 from w2v_jax.cli import run_faults_exit, unknown_field_message
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.pretraining.task import PretrainingTask
-from w2v_jax.training import checkpointer, metrics, trainer, workdir
+from w2v_jax.training import metrics, trainer, workdir
 
 # --- lock -------------------------------------------------------------------------------------------
 
@@ -67,12 +67,12 @@ def test_a_killed_holder_leaves_the_workdir_unlocked(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     with workdir.WorkdirLock(tmp_path):  # the kernel dropped the dead process's lock
-        assert f"pid {os.getpid()} " in (tmp_path / workdir.LOCK_FILE).read_text()
+        assert f"pid {os.getpid()} " in (tmp_path / run_layout.LOCK_FILE).read_text()
 
 
 def test_a_second_launcher_exits_at_once_with_one_line(tmp_path, env):
     with workdir.WorkdirLock(tmp_path):
-        holder = (tmp_path / workdir.LOCK_FILE).read_text().strip()
+        holder = (tmp_path / run_layout.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
             [sys.executable, "-m", "experiments.pretrain", f"--workdir={tmp_path}"],
             cwd=REPO,
@@ -87,7 +87,7 @@ def test_a_second_launcher_exits_at_once_with_one_line(tmp_path, env):
         f"workdir {tmp_path} is in use by {holder}; wait for that run to end or use another --workdir"
     )
     assert "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.LOCK_FILE]  # nothing else touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_layout.LOCK_FILE]  # nothing else touched
 
 
 # --- config on resume -------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_resume_with_another_model_writes_nothing(tmp_path):
     with pytest.raises(workdir.ConfigChangedError, match=r"model.num_hidden_layers: 2 -> 3"):
         trainer.train_and_evaluate(changed, str(tmp_path), PretrainingTask())
     assert (tmp_path / "config.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json", workdir.LOCK_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json", run_layout.LOCK_FILE]
 
 
 def test_unknown_command_line_field_is_one_line():
@@ -237,7 +237,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_intact_one(killed_then_di
     assert any("resumed from checkpoint 1 " in r.getMessage() for r in caplog.records)
     assert (checkpoints / "2.corrupt").is_dir() and not (checkpoints / "2").exists()
     assert [r["step"] for r in metrics.read_metrics(run / metrics.METRICS_FILE)] == [1]
-    changes = [json.loads(line) for line in (run / workdir.CONFIG_CHANGES_FILE).read_text().splitlines()]
+    changes = [json.loads(line) for line in (run / run_layout.CONFIG_CHANGES_FILE).read_text().splitlines()]
     assert changes[-1]["changes"] == {"train.num_steps": [3, 1]}
 
 
@@ -303,7 +303,7 @@ def test_a_sweep_point_in_use_exits_with_one_line(tmp_path, env):
     point = tmp_path / "num_codevector_groups=2,num_codevectors_per_group=8,seed=0"
     point.mkdir()
     with workdir.WorkdirLock(point):
-        holder = (point / workdir.LOCK_FILE).read_text().strip()
+        holder = (point / run_layout.LOCK_FILE).read_text().strip()
         proc = subprocess.run(
             [
                 sys.executable,

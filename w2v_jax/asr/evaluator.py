@@ -30,13 +30,13 @@ from w2v_jax.asr.error_rates import METRICS, error_rate_metrics
 from w2v_jax.asr.transcription import BadFile, load_readable, model_forward, transcribe, transcribe_waveforms
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
+from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio
 from w2v_jax.data.labels import LabelSet
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
-from w2v_jax.training.workdir import BEST_MODEL_DIR, BEST_RECORD_FILE
 
 logger = logging.getLogger(__name__)
 

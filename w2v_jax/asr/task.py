@@ -33,6 +33,7 @@ from w2v_jax.asr.evaluator import CTCEvaluator, load_labelled_waveforms, read_be
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.checkpoints.hf import load_vocabulary, save_processor_files
 from w2v_jax.checkpoints.loading import load_encoder
+from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, MODEL_CONFIG_FILE
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.labels import LabelSet, build_vocabulary
@@ -41,7 +42,6 @@ from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2Model
 from w2v_jax.training import health, metrics, optim
 from w2v_jax.training.train_step import StepHyperparams
-from w2v_jax.training.workdir import BEST_MODEL_DIR, MODEL_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.asr import long_form
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
 from w2v_jax.asr.long_form import Forward
@@ -31,7 +32,6 @@ from w2v_jax.data.pipeline import bucket_lengths
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.representations import BUCKET_LADDER
-from w2v_jax.training import sharding
 
 
 def transcribe_waveforms(
@@ -132,7 +132,7 @@ def model_forward(model: Wav2Vec2ForCTC) -> Forward:
     One compiled function for every model of the same structure (the graph definition is a static
     argument): transcribing again, or with a reloaded checkpoint, reuses the compiles per input shape.
     With several devices the weights are replicated and a batch whose rows divide evenly is split
-    over the devices of a data-parallel mesh (`training.sharding`).
+    over the devices of a data-parallel mesh (`w2v_jax.sharding`).
     """
     graphdef, state = nnx.split(model)
     if jax.device_count() == 1:

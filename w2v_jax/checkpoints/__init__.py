@@ -3,11 +3,16 @@
 - `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder, a fairseq `.pt`),
   `load_encoder`, `load_ctc_checkpoint`;
 - `hf`: transformers' folders, both directions, with a CTC model's vocabulary and processor files;
-- `fairseq`: fairseq's `.pt` files (pretraining and CTC), read without fairseq or torch through a
-  restricted unpickler, and written back (torch);
+- `fairseq`: fairseq's `.pt` files (pretraining and CTC), read without fairseq or torch, and written
+  back (torch);
+- `torch_files`: torch's file format (`.pt`, `pytorch_model.bin`) read without torch through a
+  restricted unpickler;
 - `folder`: our folder format (`config.json` + `params.safetensors`);
 - `weights`: what the formats share (which model the weights fill, checks on untrusted weights);
-- `conversion`: one format to another (`w2v-convert-checkpoint`).
+- `conversion`: one format to another (`w2v-convert-checkpoint`);
+- `checkpointer`: a training run's state in orbax checkpoints with checksums, read whole (resume) or
+  in part (the model's variables alone, `load_model`);
+- `run_layout`: the file names of a training run's directory.
 
 Importing the room imports none of them: each name below is imported when first read.
 """
@@ -15,10 +20,21 @@ Importing the room imports none of them: each name below is imported when first 
 from w2v_jax.lazy_exports import lazy_exports
 
 with lazy_exports(globals()):
-    from w2v_jax.checkpoints import conversion, fairseq, folder, hf, loading, weights
+    from w2v_jax.checkpoints import (
+        checkpointer,
+        conversion,
+        fairseq,
+        folder,
+        hf,
+        loading,
+        run_layout,
+        torch_files,
+        weights,
+    )
     from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_encoder, load_model
 
 __all__ = [
+    "checkpointer",
     "conversion",
     "fairseq",
     "folder",
@@ -27,5 +43,7 @@ __all__ = [
     "load_encoder",
     "load_model",
     "loading",
+    "run_layout",
+    "torch_files",
     "weights",
 ]

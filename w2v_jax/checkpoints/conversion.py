@@ -19,10 +19,10 @@ import os
 import pathlib
 
 from w2v_jax.checkpoints import fairseq, folder, hf
+from w2v_jax.checkpoints.checkpointer import has_checkpoints
 from w2v_jax.checkpoints.loading import input_normalization, load_model
+from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR
 from w2v_jax.model import Wav2Vec2ForCTC
-from w2v_jax.training.checkpointer import has_checkpoints
-from w2v_jax.training.workdir import CHECKPOINTS_DIR
 
 FAIRSEQ_DIRECTIONS = ("fairseq-to-jax", "jax-to-fairseq")
 DIRECTIONS = ("hf-to-jax", "jax-to-hf", *FAIRSEQ_DIRECTIONS)

@@ -8,9 +8,12 @@ The formats, told apart by what the path holds:
 - a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`);
 - a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
 
-The loader builds models and reads training checkpoints, so it lives above the model and the
-training loop. `load_encoder` and `load_ctc_checkpoint` are the pieces fine-tuning and transcription
-take from a checkpoint.
+A training workdir's checkpoint is read in part: the model's variables (`params`, `model_state`) of
+the run state, never the optimizer's moments (`checkpointer.Checkpointer.restore(partial=True)`): no
+optimizer or train state is built, and no moment is read into memory (docs/checkpoints.md measures
+the difference). Nothing here imports the training loop: inference (transcription, evaluation,
+export, representations) runs without it. `load_encoder` and
+`load_ctc_checkpoint` are the pieces fine-tuning and transcription take from a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from flax import nnx
 
 from w2v_jax.checkpoints import folder as folder_format
 from w2v_jax.checkpoints import hf
+from w2v_jax.checkpoints.checkpointer import Checkpointer
 from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
+from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_CONFIG_FILE
 from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
-from w2v_jax.training import optim, sharding, train_step
-from w2v_jax.training.checkpointer import Checkpointer
-from w2v_jax.training.workdir import BEST_MODEL_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_CONFIG_FILE
 
 
 def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
@@ -66,19 +68,23 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
 
 
 def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
-    """Restores the parameters of a training run's checkpoint (the optimizer state is read and dropped)."""
-    config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
+    """Restores the model's variables of a training run's checkpoint onto this process's first device
+    (whatever devices and processes wrote it); the optimizer state is never read."""
     if (folder / MODEL_CONFIG_FILE).is_file():
         model_config = Wav2Vec2Config.from_json_file(folder / MODEL_CONFIG_FILE)
         model_class = Wav2Vec2ForCTC
     else:
+        config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
         model_config = Wav2Vec2Config.from_run_config(config)
         model_class = Wav2Vec2ForPreTraining
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    graphdef, abstract, shardings = train_step.abstract_train_state(
-        model_config, optim.optimizer_from_train_config(config.train), mesh=mesh, model_class=model_class
+    # Shapes only: the model is traced, not initialised.
+    graphdef, params, model_state = jax.eval_shape(
+        lambda: nnx.split(model_class(model_config, rngs=nnx.Rngs(0)), nnx.Param, ...)
     )
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # The fields of the run state that hold the model (`training.train_step.TrainState`).
+    fields = {"params": params, "model_state": model_state}
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), fields)
     # Read-only: the run may be live, its in-flight save must not be cleaned up or its steps moved.
     checkpointer = Checkpointer(folder / CHECKPOINTS_DIR, read_only=True)
     try:
@@ -86,14 +92,14 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
         if not steps:
             raise ValueError(f"{folder / CHECKPOINTS_DIR} holds no complete checkpoint")
         if step is None:  # the newest intact one (a corrupt newer one is reported and skipped)
-            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False)
+            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False, partial=True)
         elif step not in steps:
             raise ValueError(f"no checkpoint {step} in {folder / CHECKPOINTS_DIR}; available: {sorted(steps)}")
         else:
-            restored, _ = checkpointer.restore(step, target)
+            restored, _ = checkpointer.restore(step, target, partial=True)
     finally:
         checkpointer.close()
-    return nnx.merge(graphdef, restored.params, restored.model_state)
+    return nnx.merge(graphdef, restored["params"], restored["model_state"])
 
 
 def load_encoder(path: str | os.PathLike) -> tuple[Wav2Vec2Config, nnx.State]:

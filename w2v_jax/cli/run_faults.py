@@ -7,8 +7,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from w2v_jax.checkpoints.checkpointer import CorruptCheckpointError
 from w2v_jax.training import workdir
-from w2v_jax.training.checkpointer import CorruptCheckpointError
 from w2v_jax.training.trainer import TrainingDivergedError
 
 

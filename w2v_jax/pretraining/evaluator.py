@@ -26,13 +26,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.manifest import load_waveforms
 from w2v_jax.data.pipeline import assign_buckets, bucket_lengths
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.objective import PretrainingTotals, pretraining_sums
-from w2v_jax.training import sharding
 from w2v_jax.training_draws import sample_masks_and_negatives
 
 logger = logging.getLogger(__name__)

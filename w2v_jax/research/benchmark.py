@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
@@ -60,7 +61,7 @@ from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
-from w2v_jax.training import host_memory, optim, sharding, train_step
+from w2v_jax.training import host_memory, optim, train_step
 from w2v_jax.training_draws import sample_masks_and_negatives, sample_training_masks
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}

@@ -22,13 +22,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.layers import named_key
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
 from w2v_jax.research import plotting
 from w2v_jax.research.torch_twin import ReferenceTrainer, check_comparable, comparable_config
-from w2v_jax.training import optim, sharding, train_step
+from w2v_jax.training import optim, train_step
 from w2v_jax.training_draws import sample_gumbel_noise, sample_masks_and_negatives
 
 # The curves compared (per masked frame where it applies), in our train step's metric names.

@@ -40,9 +40,9 @@ import ml_collections
 import numpy as np
 
 from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR
 from w2v_jax.research import plotting, probes, validation
 from w2v_jax.training import metrics
-from w2v_jax.training.workdir import CHECKPOINTS_DIR
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

@@ -5,10 +5,9 @@
 - `trainer`: the loop, `train_and_evaluate(config, workdir, task)`, and the `Task` protocol;
 - `evaluation`: the `Evaluator` type of validation inside the loop;
 - `health`: the failure monitor and the detectors any task can list;
-- `checkpointer`: orbax checkpoints with checksums;
-- `workdir`: the run's directory (lock, config check on resume, file layout, disk full);
+- `workdir`: the run's directory (lock, config check on resume, the metrics file's start, disk full);
 - `metrics`: `metrics.jsonl`, TensorBoard, how a logging window reduces metrics (`MetricRoles`), the loss-curve plot;
-- `sharding`, `distributed`, `host_memory`: the device mesh, multi-host start-up, host malloc.
+- `distributed`, `host_memory`: multi-host start-up, host malloc.
 
 Importing the room imports none of them: each is imported when first read.
 """
@@ -17,28 +16,24 @@ from w2v_jax.lazy_exports import lazy_exports
 
 with lazy_exports(globals()):
     from w2v_jax.training import (
-        checkpointer,
         distributed,
         evaluation,
         health,
         host_memory,
         metrics,
         optim,
-        sharding,
         train_step,
         trainer,
         workdir,
     )
 
 __all__ = [
-    "checkpointer",
     "distributed",
     "evaluation",
     "health",
     "host_memory",
     "metrics",
     "optim",
-    "sharding",
     "train_step",
     "trainer",
     "workdir",

@@ -40,9 +40,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from w2v_jax.training import optim, sharding
+from w2v_jax.training import optim
 
 logger = logging.getLogger(__name__)
 

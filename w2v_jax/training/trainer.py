@@ -41,18 +41,14 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
+from w2v_jax import sharding
+from w2v_jax.checkpoints.checkpointer import Checkpointer, abstract_like, has_checkpoints
+from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.pipeline import TrainIterator
-from w2v_jax.training import distributed, evaluation, health, metrics, sharding, train_step
-from w2v_jax.training.checkpointer import Checkpointer, abstract_like, has_checkpoints
-from w2v_jax.training.workdir import (
-    CHECKPOINTS_DIR,
-    ConfigChangedError,
-    WorkdirLock,
-    prepare_config,
-    start_metrics_file,
-)
+from w2v_jax.training import distributed, evaluation, health, metrics, train_step
+from w2v_jax.training.workdir import ConfigChangedError, WorkdirLock, prepare_config, start_metrics_file
 
 logger = logging.getLogger(__name__)
 

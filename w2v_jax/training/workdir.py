@@ -1,4 +1,5 @@
 """A training run's directory: who may write it, what may change on resume, its metrics file, disk full.
+(Its file names are `checkpoints.run_layout`'s, which the readers of a run share.)
 
 The trainer calls these in this order before it compiles anything:
 
@@ -32,17 +33,9 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from w2v_jax.checkpoints.run_layout import CONFIG_CHANGES_FILE, CONFIG_FILE, LOCK_FILE
 
-LOCK_FILE = "lock"
-CONFIG_FILE = "config.json"  # the resolved run config
-CONFIG_CHANGES_FILE = "config_changes.jsonl"
-CHECKPOINTS_DIR = "checkpoints"  # orbax steps (`checkpointer.Checkpointer`)
-# Written by tasks whose model config is not the run config's `model` section (fine-tuning: the
-# pretrained architecture plus the vocabulary's size and blank), and their best model so far.
-MODEL_CONFIG_FILE = "model_config.json"
-BEST_MODEL_DIR = "best"
-BEST_RECORD_FILE = "best.json"  # {"step", "metric", "value", "history"} of the best model
+logger = logging.getLogger(__name__)
 
 # Fields a resumed run may change: how long it runs, the learning-rate schedule, how often it logs,
 # saves and evaluates, and how it runs (workers, devices, processes, bad-input policy). Everything

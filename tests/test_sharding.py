@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from w2v_jax.training import sharding
+from w2v_jax import sharding
 
 
 def test_make_mesh_shapes():

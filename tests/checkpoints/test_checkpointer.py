@@ -1,4 +1,4 @@
-"""Tests of w2v_jax/checkpointer.py: round trips, retention, refusal of non-finite states, crash safety."""
+"""Tests of w2v_jax/checkpoints/checkpointer.py: round trips, retention, refusal of non-finite states, crash safety."""
 
 import signal
 import subprocess
@@ -12,7 +12,8 @@ from flax import nnx
 
 from tests.support import HANG_TIMEOUT, REPO
 from tests.support.states import assert_trees_equal, make_state
-from w2v_jax.training import checkpointer, sharding
+from w2v_jax import sharding
+from w2v_jax.checkpoints import checkpointer
 
 
 def test_round_trip_keeps_values_and_shardings(tmp_path):
@@ -71,7 +72,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     import os, signal, sys
     import orbax.checkpoint._src.path.atomicity as atomicity
     from tests.support.states import make_state
-    from w2v_jax.training import checkpointer
+    from w2v_jax.checkpoints import checkpointer
 
     ckpt = checkpointer.Checkpointer(sys.argv[1], keep=3)
     ckpt.save(1, make_state(1.0), {"n": 1})

@@ -1,4 +1,4 @@
-"""Checkpoints: orbax `CheckpointManager` around the train state plus a JSON side record.
+"""Checkpoints of a training run: orbax `CheckpointManager` around the run state plus a JSON side record.
 
 Each checkpoint (`workdir/checkpoints/<step>/`) has two items:
 - "state": the train state pytree (parameters, optimizer state, step, counters, PRNG key data),
@@ -25,6 +25,10 @@ state. The trainer's `restore_newest_intact` moves such a step aside (`<step>.co
 deleted) and falls back to the newest intact one. Checkpoints written before checksums existed
 restore unverified, with a warning. Readers open the directory with `read_only=True`: they never
 create, clean up or move anything, so reading a live run's workdir can't disturb its saves.
+
+Readers that need part of the state (`loading.load_model`: the model's variables, not the optimizer's
+moments) restore some of its top-level fields alone (`restore(..., partial=True)`, orbax's partial
+restore): the other arrays are never read, and the checksums of the arrays read are verified.
 """
 
 from __future__ import annotations
@@ -99,6 +103,14 @@ def state_checksums(tree: Any) -> dict[str, list[int]]:
     return {jax.tree_util.keystr(path): [int(a), int(b)] for (path, _), (a, b) in zip(paths_and_leaves, sums)}
 
 
+def _read_only_options() -> ocp.CheckpointManagerOptions:
+    """A reader's view of a checkpoint directory another process may be writing: its temporary
+    directories stay untouched, nothing is created (a new object per manager: orbax fills it in)."""
+    return ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False
+    )
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
@@ -146,6 +158,21 @@ def _drop_abandoned_reads() -> None:
     sys.unraisablehook = hook
 
 
+def _field_checksums(checksums: dict[str, list[int]], fields: dict[str, Any]) -> dict[str, list[int]]:
+    """The saved `checksums` of the arrays under the top-level `fields` of the state, keyed as
+    `state_checksums(fields)` keys them: the state was a dataclass (`.params[...]`) or a dict
+    (`['params'][...]`), the fields are a dict."""
+    picked = {}
+    for name in fields:
+        ours = jax.tree_util.keystr((jax.tree_util.DictKey(name),))
+        for saved in (jax.tree_util.keystr((jax.tree_util.GetAttrKey(name),)), ours):
+            for key, sums in checksums.items():
+                rest = key[len(saved) :]
+                if key.startswith(saved) and rest[:1] in ("", "[", "."):
+                    picked[ours + rest] = sums
+    return picked
+
+
 def has_checkpoints(directory: str | os.PathLike) -> bool:
     """Whether `directory` holds step folders (committed or not): a run to resume, not a new one."""
     directory = pathlib.Path(directory)
@@ -186,10 +213,7 @@ class Checkpointer:
         if read_only:
             if not os.path.isdir(self.directory):
                 raise ValueError(f"{self.directory} is not a checkpoint directory")
-            # Another process may be writing here: its temporary directories must stay untouched.
-            options = ocp.CheckpointManagerOptions(
-                read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False
-            )
+            options = _read_only_options()
         else:
             options = ocp.CheckpointManagerOptions(
                 preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -200,6 +224,17 @@ class Checkpointer:
                 create=True,
             )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._partial_manager: ocp.CheckpointManager | None = None
+
+    def _restoring_manager(self, partial: bool) -> ocp.CheckpointManager:
+        """The manager of a restore. orbax binds an item to the handler of its first save or restore:
+        the state's is the standard handler, and a partial restore needs the pytree handler, so partial
+        restores go through a read-only manager of their own."""
+        if not partial:
+            return self._manager
+        if self._partial_manager is None:
+            self._partial_manager = ocp.CheckpointManager(self.directory, options=_read_only_options())
+        return self._partial_manager
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step (partial ones are never listed), or None."""
@@ -231,28 +266,42 @@ class Checkpointer:
         if saved:
             logger.info("checkpoint %d: save started in %s", step, self.directory)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    def restore(self, step: int, abstract_state: Any, *, partial: bool = False) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint `step` into the structure, dtypes and shardings of `abstract_state`.
 
         Args:
           step: a step from `latest_step()` / `all_steps()`.
-          abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` (the live state's layout).
+          abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` (the live state's layout);
+            with `partial`, a dict of some top-level fields of the saved state (a train state's
+            `{"params": ..., "model_state": ...}`).
+          partial: read the fields of `abstract_state` alone (orbax's partial restore): the saved
+            state's other arrays are never read, and only the arrays read are checked against their
+            checksums.
 
         Returns:
-          (state, host record).
+          (state, host record); with `partial`, the state is a dict of the fields asked for.
 
         Raises:
-          CorruptCheckpointError: the files are damaged, truncated or incomplete, or the restored
+          CorruptCheckpointError: the files read are damaged, truncated or incomplete, or the restored
             arrays differ from their checksums at save time.
           ValueError: an intact checkpoint of another state structure or shapes.
         """
         path = self.step_path(step)
         verified = self._has_integrity_item(step)
-        items = {"state": ocp.args.StandardRestore(abstract_state), "host": ocp.args.JsonRestore()}
+        if partial:
+            self._check_fields(step, abstract_state)
+            state = ocp.args.PyTreeRestore(
+                abstract_state,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+                partial_restore=True,
+            )
+        else:
+            state = ocp.args.StandardRestore(abstract_state)
+        items = {"state": state, "host": ocp.args.JsonRestore()}
         if verified:
             items[INTEGRITY_ITEM] = ocp.args.JsonRestore()
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            restored = self._restoring_manager(partial).restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # noqa: BLE001 - tensorstore/orbax raise many types for bad files
             if any(m in str(error) for m in _MISMATCH_MESSAGES):
                 raise ValueError(
@@ -263,6 +312,8 @@ class Checkpointer:
             raise CorruptCheckpointError(f"checkpoint {path} is corrupt or incomplete ({_first_line(error)})") from None
         if verified:
             expected = restored[INTEGRITY_ITEM].get("checksums", {})
+            if partial:
+                expected = _field_checksums(expected, restored["state"])
             actual = state_checksums(restored["state"])
             damaged = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
             if damaged:
@@ -277,6 +328,32 @@ class Checkpointer:
     def step_path(self, step: int) -> pathlib.Path:
         """The folder of checkpoint `step`."""
         return pathlib.Path(self.directory) / str(step)
+
+    def _check_fields(self, step: int, fields: dict[str, Any]) -> None:
+        """Raises ValueError unless the saved state's `fields` hold exactly the arrays `fields` holds
+        (orbax's partial restore would hand back a missing array's target and drop an extra one
+        silently), CorruptCheckpointError when the state's metadata can't be read."""
+        path = self.step_path(step)
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            stored = handler.metadata(path / "state").tree
+        except Exception as error:  # noqa: BLE001 - a missing or damaged _METADATA file
+            raise CorruptCheckpointError(
+                f"checkpoint {path} is corrupt or incomplete: its state's metadata is missing or unreadable "
+                f"({_first_line(error)})"
+            ) from None
+        finally:
+            handler.close()
+        wanted = set(ocp.tree.to_flat_dict(fields))
+        saved = set(ocp.tree.to_flat_dict({name: stored[name] for name in fields if name in stored}))
+        missing, extra = sorted(wanted - saved), sorted(saved - wanted)
+        if missing or extra:
+            first = "/".join(map(str, (missing or extra)[0]))
+            raise ValueError(
+                f"checkpoint {path} does not match the state this run builds ({len(missing)} arrays missing, "
+                f"{len(extra)} not in the model; first: {first}); was it written by another model config or "
+                "code version?"
+            )
 
     def _has_integrity_item(self, step: int) -> bool:
         """Whether checkpoint `step` has checksums to verify; raises CorruptCheckpointError when its
@@ -298,7 +375,7 @@ class Checkpointer:
         return False
 
     def restore_newest_intact(
-        self, abstract_state: Any, *, move_aside: bool = True
+        self, abstract_state: Any, *, move_aside: bool = True, partial: bool = False
     ) -> tuple[int, Any, dict[str, Any]] | None:
         """Restores the newest checkpoint that is intact, trying older ones after a corrupt one.
 
@@ -309,6 +386,7 @@ class Checkpointer:
         Args:
           abstract_state: the restore target, as for `restore`.
           move_aside: rename corrupt steps; False for readers (and read-only checkpointers).
+          partial: restore the fields of `abstract_state` alone, as for `restore`.
 
         Returns:
           `(step, state, host)`, or None when the directory holds no checkpoint.
@@ -320,7 +398,7 @@ class Checkpointer:
         failures = []
         for step in steps:
             try:
-                state, host = self.restore(step, abstract_state)
+                state, host = self.restore(step, abstract_state, partial=partial)
                 error = None
             except CorruptCheckpointError as e:
                 error = e
@@ -359,6 +437,8 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"move aside checkpoint {step}")
         self._manager.reload()
+        if self._partial_manager is not None:
+            self._partial_manager.reload()
 
     def wait(self) -> None:
         """Blocks until the save in progress (if any) is written and committed."""
@@ -367,6 +447,8 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and releases orbax's threads."""
         self._manager.close()
+        if self._partial_manager is not None:
+            self._partial_manager.close()
 
 
 def abstract_like(state: Any) -> Any:

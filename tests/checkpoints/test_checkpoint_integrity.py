@@ -1,4 +1,5 @@
-"""Tests of checkpointer.py's integrity checks: checksums, corrupt checkpoints moved aside, read-only readers.
+"""Tests of checkpointer.py's integrity checks: checksums, corrupt checkpoints moved aside, read-only readers,
+partial restores that read and verify some of the state's fields alone.
 
 Faults are injected into the files of a real checkpoint (flipped array bytes, truncated files, deleted
 metadata or items) and restore must name the step's path with the word "corrupt", never return
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 
 from tests.support.states import assert_trees_equal, make_state
-from w2v_jax.training import checkpointer, sharding
+from w2v_jax import sharding
+from w2v_jax.checkpoints import checkpointer
 
 
 def checksums_oracle(x: np.ndarray) -> list[int]:
@@ -250,3 +252,51 @@ def test_asyncio_reports_of_abandoned_orbax_reads_are_dropped():
     assert keep(record("_GatheringFuture exception was never retrieved", errors[1]))
     assert keep(record("Task was destroyed but it is pending!", errors[0]))
     assert keep(record("_GatheringFuture exception was never retrieved", None))
+
+
+@pytest.fixture
+def damaged_in_part(tmp_path):
+    """Checkpoint 2 whose parameters verify but whose optimizer state doesn't, and checkpoint 3 the
+    other way round: each holds step 1's files, and the checksums of a state that differs from step
+    1's in that part alone."""
+    state = state_of(1)
+    plus_one = lambda tree: jax.tree.map(lambda x: x + 1, tree)  # noqa: E731
+    ckpt = checkpointer.Checkpointer(tmp_path, keep=3, async_save=False)
+    ckpt.save(1, state, {})
+    ckpt.save(2, {**state, "opt_state": plus_one(state["opt_state"])}, {})
+    ckpt.save(3, {**state, "params": plus_one(state["params"])}, {})
+    ckpt.close()
+    for step in ("2", "3"):
+        swapped_arrays(tmp_path / step)
+    return tmp_path
+
+
+def test_a_partial_restore_reads_and_verifies_the_fields_asked_for_alone(damaged_in_part, read_arrays):
+    reader = checkpointer.Checkpointer(damaged_in_part, read_only=True)
+    full = checkpointer.abstract_like(state_of(0))
+    params = {"params": full["params"]}
+    restored, _ = reader.restore(2, params, partial=True)
+    assert_trees_equal(restored, {"params": state_of(1)["params"]})
+    assert read_arrays and all(name.startswith("params.") for name in read_arrays), read_arrays
+    with pytest.raises(checkpointer.CorruptCheckpointError, match=f"checkpoint {damaged_in_part / '2'} is corrupt"):
+        reader.restore(2, full)  # the whole state (a resume) checks the optimizer's arrays too
+    assert any(name.startswith("opt_state.") for name in read_arrays)
+    with pytest.raises(
+        checkpointer.CorruptCheckpointError, match=rf"checkpoint {damaged_in_part / '3'} is corrupt: 2 of 2 arrays"
+    ):
+        reader.restore(3, params, partial=True)
+    step, restored, _ = reader.restore_newest_intact(params, move_aside=False, partial=True)
+    assert step == 2
+    reader.close()
+
+
+def test_a_partial_restore_of_other_fields_is_a_mismatch_not_corruption(damaged_in_part):
+    reader = checkpointer.Checkpointer(damaged_in_part, read_only=True)
+    params = checkpointer.abstract_like(state_of(0))["params"]
+    fewer = {"params": {"kernel": params["kernel"]}}
+    more = {"params": {**params, "scale": jax.ShapeDtypeStruct((16,), jnp.float32)}}
+    for target, counts in ((fewer, "0 arrays missing, 1 not in the model"), (more, "1 arrays missing, 0 not")):
+        with pytest.raises(ValueError, match=f"does not match the state this run builds \\({counts}") as info:
+            reader.restore(1, target, partial=True)
+        assert not isinstance(info.value, checkpointer.CorruptCheckpointError)
+    reader.close()
