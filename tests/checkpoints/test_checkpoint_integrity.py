@@ -6,6 +6,7 @@ metadata or items) and restore must name the step's path with the word "corrupt"
 a silently wrong state.
 """
 
+import errno
 import json
 import logging
 import pathlib
@@ -300,3 +301,64 @@ def test_a_partial_restore_of_other_fields_is_a_mismatch_not_corruption(damaged_
             reader.restore(1, target, partial=True)
         assert not isinstance(info.value, checkpointer.CorruptCheckpointError)
     reader.close()
+
+
+def listing(directory: pathlib.Path) -> dict:
+    return {str(p.relative_to(directory)): None if p.is_dir() else p.read_bytes() for p in sorted(directory.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError("host memory"),
+        ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes."),
+        OSError(errno.EIO, "Input/output error"),
+        RuntimeError("UNKNOWN: Error reading local file: [OS error 5: Input/output error]"),
+        TypeError("a bug in the restore target"),
+    ],
+    ids=["host_memory", "device_memory", "io_error", "tensorstore_io_error", "target_bug"],
+)
+def test_a_failure_that_is_not_damage_propagates_and_moves_nothing(two_checkpoints, monkeypatch, failure):
+    before = listing(two_checkpoints)
+
+    def fails(self, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(checkpointer.ocp.CheckpointManager, "restore", fails)
+    ckpt = checkpointer.Checkpointer(two_checkpoints, keep=3, async_save=False)
+    with pytest.raises(type(failure)) as info:
+        ckpt.restore_newest_intact(checkpointer.abstract_like(state_of(0)))
+    assert info.value is failure
+    ckpt.close()
+    assert listing(two_checkpoints) == before
+
+
+def test_an_unreadable_metadata_file_is_not_damage(two_checkpoints, monkeypatch):
+    """EIO reading `_CHECKPOINT_METADATA` (a network mount's error): propagated, nothing moved."""
+    read_text = pathlib.Path.read_text
+
+    def eio(self, *args, **kwargs):
+        if self.name == "_CHECKPOINT_METADATA":
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return read_text(self, *args, **kwargs)
+
+    shutil.rmtree(two_checkpoints / "2" / "integrity")  # so that the metadata file is read
+    before = listing(two_checkpoints)
+    monkeypatch.setattr(pathlib.Path, "read_text", eio)
+    ckpt = checkpointer.Checkpointer(two_checkpoints, keep=3, async_save=False)
+    with pytest.raises(OSError, match="Input/output error"):
+        ckpt.restore_newest_intact(checkpointer.abstract_like(state_of(0)))
+    ckpt.close()
+    assert listing(two_checkpoints) == before
+
+
+def test_a_wrong_restore_target_is_not_damage(two_checkpoints):
+    """A restore target that is not abstract arrays (a bug of ours): orbax's own error, nothing moved."""
+    before = listing(two_checkpoints)
+    target = jax.tree.map(lambda _: "not an array", checkpointer.abstract_like(state_of(0)))
+    ckpt = checkpointer.Checkpointer(two_checkpoints, keep=3, async_save=False)
+    with pytest.raises(Exception) as info:
+        ckpt.restore_newest_intact(target)
+    assert not isinstance(info.value, checkpointer.CorruptCheckpointError)
+    ckpt.close()
+    assert listing(two_checkpoints) == before

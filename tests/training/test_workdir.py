@@ -250,6 +250,63 @@ def test_no_intact_checkpoint_refuses_to_start(killed_then_disk_full, tmp_path):
     with pytest.raises(checkpointer.CorruptCheckpointError, match="no intact checkpoint in .*checkpoints/2 is corrupt"):
         trainer.train_and_evaluate(tiny_config(3), str(run), PretrainingTask())
     assert [r["step"] for r in metrics.read_metrics(run / metrics.METRICS_FILE)] == [1, 2, 3]  # not restarted
+    # The same command again finds only moved-aside steps: refused, nothing written.
+    before = workdir_contents(run)
+    with pytest.raises(checkpointer.CorruptCheckpointError) as info:
+        trainer.train_and_evaluate(tiny_config(3), str(run), PretrainingTask())
+    assert str(info.value) == (
+        f"{run / 'checkpoints'} holds only checkpoints moved aside as corrupt (1.corrupt, 2.corrupt): refusing to "
+        "start from step 0; to start over on purpose, move them out of the folder or pass "
+        "--config.train.start_over_corrupt=True (they are kept either way)"
+    )
+    assert workdir_contents(run) == before
+    # On purpose: a new run from step 0 beside the kept ones.
+    config = tiny_config(1)
+    config.train.start_over_corrupt = True
+    assert trainer.train_and_evaluate(config, str(run), PretrainingTask())["step"] == 1
+    assert {"1", "1.corrupt", "2.corrupt"} <= {p.name for p in (run / "checkpoints").iterdir()}
+    assert [r["step"] for r in metrics.read_metrics(run / metrics.METRICS_FILE)] == [1]
+
+
+def workdir_contents(run) -> dict:
+    """Every path under `run` with its bytes (None for folders): a byte-for-byte listing. The lock file
+    is listed by name only: each launch writes its holder (pid, host, start time) into it."""
+    return {
+        str(p.relative_to(run)): None if p.is_dir() or p.name == run_layout.LOCK_FILE else p.read_bytes()
+        for p in sorted(run.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError("host memory"),
+        ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2147483648 bytes."),
+        OSError(errno.EIO, "Input/output error"),
+    ],
+    ids=["host_memory", "device_memory", "io_error"],
+)
+def test_a_restore_failing_for_another_reason_than_damage_changes_nothing(
+    killed_then_disk_full, tmp_path, monkeypatch, failure
+):
+    """Out of memory on a smaller machine, an I/O error of a network mount: the error propagates as it
+    was raised, every checkpoint stays where it was, the workdir and its metrics are byte for byte the
+    same (so the same command resumes once the cause is gone)."""
+    run = tmp_path / "run"
+    shutil.copytree(killed_then_disk_full[0], run)
+    # The save the full disk interrupted: orbax removes its temporary folder when a run starts.
+    shutil.rmtree(run / "checkpoints" / "3.orbax-checkpoint-tmp")
+    before = workdir_contents(run)
+
+    def fails(self, *args, **kwargs):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointer.ocp.CheckpointManager, "restore", fails)
+        with pytest.raises(type(failure)) as info:
+            trainer.train_and_evaluate(tiny_config(3), str(run), PretrainingTask())
+    assert info.value is failure
+    assert workdir_contents(run) == before
 
 
 def test_reading_a_live_run_leaves_its_directory_alone(killed_then_disk_full, tmp_path, caplog):

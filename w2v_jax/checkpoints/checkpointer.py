@@ -26,6 +26,11 @@ deleted) and falls back to the newest intact one. Checkpoints written before che
 restore unverified, with a warning. Readers open the directory with `read_only=True`: they never
 create, clean up or move anything, so reading a live run's workdir can't disturb its saves.
 
+Only recognised damage is corruption (`_is_damage`): a missing item or file, tensorstore's "not found",
+"data loss" and "out of range" reads, undecodable JSON, a checksum mismatch. Any other failure of a restore
+(out of device or host memory, an I/O error of the file system, a wrong restore target) propagates as
+it was raised and nothing is moved: the same command works again once the cause is gone.
+
 Readers that need part of the state (`loading.load_model`: the model's variables, not the optimizer's
 moments) restore some of its top-level fields alone (`restore(..., partial=True)`, orbax's partial
 restore): the other arrays are never read, and the checksums of the arrays read are verified.
@@ -33,6 +38,7 @@ restore): the other arrays are never read, and the checksums of the arrays read 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -111,6 +117,44 @@ def _read_only_options() -> ocp.CheckpointManagerOptions:
     )
 
 
+# tensorstore's status codes (the first word of its errors' messages) of files that are missing,
+# truncated or undecodable; RESOURCE_EXHAUSTED, UNAVAILABLE, UNKNOWN (an OS error) and the others
+# are not damage.
+_DAMAGE_CODES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")
+# Errors of the machine or the file system, never of a checkpoint's bytes.
+_NOT_DAMAGE_CODES = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED")
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling, innermost last."""
+    chain: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return chain
+
+
+def _is_damage(error: BaseException) -> bool:
+    """Whether a restore's `error` says the checkpoint's files are damaged: missing (FileNotFoundError,
+    tensorstore's NOT_FOUND), truncated or unreadable (DATA_LOSS, OUT_OF_RANGE), undecodable JSON.
+    An error of memory (MemoryError, RESOURCE_EXHAUSTED) or of the file system (an OSError other than
+    a missing file) anywhere in its chain is not damage, whatever else the chain says."""
+    chain = _causes(error)
+    for link in chain:
+        message = str(link)
+        if isinstance(link, MemoryError) or any(code in message for code in _NOT_DAMAGE_CODES):
+            return False
+        if isinstance(link, OSError) and link.errno not in (None, errno.ENOENT, errno.ENOTDIR):
+            return False
+    for link in chain:
+        if isinstance(link, FileNotFoundError | json.JSONDecodeError | UnicodeDecodeError):
+            return True
+        if isinstance(link, ValueError | RuntimeError) and str(link).lstrip().startswith(_DAMAGE_CODES):
+            return True
+    return False
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:300] if text else ''}"
@@ -171,6 +215,15 @@ def _field_checksums(checksums: dict[str, list[int]], fields: dict[str, Any]) ->
                 if key.startswith(saved) and rest[:1] in ("", "[", "."):
                     picked[ours + rest] = sums
     return picked
+
+
+def corrupt_checkpoints(directory: str | os.PathLike) -> list[str]:
+    """The names of the steps moved aside as corrupt in `directory` (`<step>.corrupt[.n]`), sorted."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    names = (p.name for p in directory.iterdir())
+    return sorted(name for name in names if name.partition(".")[0].isdigit() and CORRUPT_SUFFIX in name)
 
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:
@@ -285,6 +338,7 @@ class Checkpointer:
           CorruptCheckpointError: the files read are damaged, truncated or incomplete, or the restored
             arrays differ from their checksums at save time.
           ValueError: an intact checkpoint of another state structure or shapes.
+          Any other error of the restore (memory, the file system, the target) as it was raised.
         """
         path = self.step_path(step)
         verified = self._has_integrity_item(step)
@@ -302,14 +356,20 @@ class Checkpointer:
             items[INTEGRITY_ITEM] = ocp.args.JsonRestore()
         try:
             restored = self._restoring_manager(partial).restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # noqa: BLE001 - tensorstore/orbax raise many types for bad files
-            if any(m in str(error) for m in _MISMATCH_MESSAGES):
+        except Exception as error:
+            # A part gone is damage whatever orbax made of it (without the state's metadata it guesses
+            # the tree's structure, and reports a mismatch).
+            missing = [part for part in (*items, "state/_METADATA") if not (path / part).exists()]
+            if not missing and any(m in str(error) for m in _MISMATCH_MESSAGES):
                 raise ValueError(
                     f"checkpoint {path} does not match the state this run builds ({_first_line(error)}); "
                     "was it written by another model config or code version?"
                 ) from None
+            if not missing and not _is_damage(error):
+                raise
             _drop_abandoned_reads()
-            raise CorruptCheckpointError(f"checkpoint {path} is corrupt or incomplete ({_first_line(error)})") from None
+            detail = f"missing: {', '.join(missing)}" if missing else _first_line(error)
+            raise CorruptCheckpointError(f"checkpoint {path} is corrupt or incomplete ({detail})") from None
         if verified:
             expected = restored[INTEGRITY_ITEM].get("checksums", {})
             if partial:
@@ -337,7 +397,9 @@ class Checkpointer:
         handler = ocp.PyTreeCheckpointHandler()
         try:
             stored = handler.metadata(path / "state").tree
-        except Exception as error:  # noqa: BLE001 - a missing or damaged _METADATA file
+        except Exception as error:
+            if not _is_damage(error):
+                raise
             raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or incomplete: its state's metadata is missing or unreadable "
                 f"({_first_line(error)})"
@@ -363,7 +425,7 @@ class Checkpointer:
             return True
         try:
             items = json.loads((path / "_CHECKPOINT_METADATA").read_text(encoding="utf-8"))["item_handlers"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
             raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or incomplete: its metadata is missing or unreadable "
                 f"({_first_line(error)})"

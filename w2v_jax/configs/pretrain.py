@@ -129,6 +129,9 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     train.checkpoint_every = 1000
     train.keep_checkpoints = 3
     train.async_checkpointing = True
+    # A workdir whose checkpoints were all moved aside as corrupt (<step>.corrupt) is refused; True
+    # starts it over from step 0 beside them (they are never deleted).
+    train.start_over_corrupt = False
     train.max_consecutive_nonfinite = 10  # stop the run after this many skipped updates in a row
     train.plot = True  # loss-curve PNG at the end
     # Failure detectors over the logged records (w2v_jax/training/health.py; pretraining's own in

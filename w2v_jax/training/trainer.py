@@ -42,7 +42,13 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from w2v_jax import sharding
-from w2v_jax.checkpoints.checkpointer import Checkpointer, abstract_like, has_checkpoints
+from w2v_jax.checkpoints.checkpointer import (
+    Checkpointer,
+    CorruptCheckpointError,
+    abstract_like,
+    corrupt_checkpoints,
+    has_checkpoints,
+)
 from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
@@ -204,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, task: Ta
         newest checkpoint, finite by construction, is kept).
       workdir.WorkdirLockedError: another run holds the workdir (nothing is touched).
       workdir.ConfigChangedError: a resume changes fields its checkpoints depend on (nothing written).
-      checkpointer.CorruptCheckpointError: checkpoints exist but none is intact (moved aside).
+      checkpointer.CorruptCheckpointError: checkpoints exist but none is intact (moved aside), or a
+        relaunch finds only moved-aside ones and `train.start_over_corrupt` is off (nothing written).
     """
     d = config.distributed
     distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
@@ -344,9 +351,23 @@ class _LoggingWindow:
         return record
 
 
+def _refuse_start_over(config: ml_collections.ConfigDict, directory: pathlib.Path) -> None:
+    """Raises CorruptCheckpointError (before anything is written) when `directory` holds checkpoints
+    moved aside as corrupt and no other, unless `train.start_over_corrupt`: a relaunch after every
+    checkpoint was found corrupt must not silently train from step 0."""
+    corrupt = corrupt_checkpoints(directory)
+    if corrupt and not has_checkpoints(directory) and not config.train.start_over_corrupt:
+        raise CorruptCheckpointError(
+            f"{directory} holds only checkpoints moved aside as corrupt ({', '.join(corrupt)}): refusing to start "
+            "from step 0; to start over on purpose, move them out of the folder or pass "
+            "--config.train.start_over_corrupt=True (they are kept either way)"
+        )
+
+
 def _train_locked(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task: Task) -> dict[str, Any]:
     """`train_and_evaluate` once the workdir is locked: set-up, resume, the loop, the summary."""
     primary = distributed.is_primary()
+    _refuse_start_over(config, workdir_path / CHECKPOINTS_DIR)
     workdir_path.mkdir(parents=True, exist_ok=True)
     prepare_config(
         workdir_path,

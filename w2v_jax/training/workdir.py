@@ -55,6 +55,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.plot",
         "train.eval_every",
         "train.async_checkpointing",
+        "train.start_over_corrupt",
         "train.max_consecutive_nonfinite",
         "train.health",
         "train.health_window",
