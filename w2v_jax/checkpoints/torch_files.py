@@ -15,8 +15,15 @@ elements from `storage_offset` with `size` and `stride` (both in elements), copi
 with the conj/neg bits of the tensor's metadata applied. A storage is read once and keeps the dtype
 of its first reference, as torch's loader does; tensors sharing it (tied weights, slices of one
 buffer) each get their own copy of their part. Every size a tensor names is checked against its
-storage before anything is copied (`_rebuild_tensor`, `_Archive.storage`: where limits on what a
-file may ask for belong).
+storage before anything is copied (`_rebuild_tensor`, `_Archive.storage`).
+
+Reading costs memory bounded by the file's size on disk (`_Budget`): the bytes its storages and its
+pickle decompress to, and the arrays copied out of them, may each total at most `_EXPANSION` times
+the file's size, checked before anything is decompressed or copied (a zip bomb, or a stride-0 tensor
+whose logical size is far beyond its storage, is refused in one line). Objects the pickle shares
+(memo references) stay shared when converted to plain data, never expanded into a tree; plain data
+that contains itself or nests deeper than `_MAX_DEPTH` is refused. The functions a pickle names are
+wrapped afresh for each reference (`_Admitted`), so pickle's BUILD can't set attributes on ours.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import _compat_pickle
 import dataclasses
 import io
+import math
 import os
 import pathlib
 import pickle
@@ -67,6 +75,31 @@ _TORCH_DTYPES = {
 }
 
 
+# What one file may expand to, as a multiple of its size on disk, for its decompressed members and
+# again for the arrays built from them. torch stores members uncompressed (1x) and copies a tied
+# weight once per tensor that uses it (2x for a pair).
+_EXPANSION = 4
+# How deeply plain data may nest (a fairseq checkpoint's hydra config: under 10 levels).
+_MAX_DEPTH = 100
+
+
+class _Budget:
+    """Bytes one read may still decompress or copy out (`_EXPANSION` times the file's size each)."""
+
+    def __init__(self, file_size: int):
+        self._file_size = file_size
+        self._left = {"decompressed": _EXPANSION * file_size, "copied": _EXPANSION * file_size}
+
+    def take(self, kind: str, nbytes: int, what: str) -> None:
+        """Counts `nbytes` more of `kind` ("decompressed" or "copied"); raises UnpicklingError past the bound."""
+        if nbytes > self._left[kind]:
+            raise pickle.UnpicklingError(
+                f"{what} would take {nbytes} bytes ({kind}), more than a file of {self._file_size} bytes may "
+                f"expand to ({_EXPANSION}x its size): refused"
+            )
+        self._left[kind] -= nbytes
+
+
 @dataclasses.dataclass(frozen=True)
 class _StorageType:
     dtype: np.dtype
@@ -74,9 +107,11 @@ class _StorageType:
 
 @dataclasses.dataclass(frozen=True)
 class _Storage:
-    """One storage of the archive: `elements` 1-D, of the dtype its first reference named."""
+    """One storage of the archive: `elements` 1-D, of the dtype its first reference named; `budget`:
+    the read's bound on what tensors copy out of it."""
 
     elements: np.ndarray
+    budget: _Budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +186,8 @@ def _rebuild_tensor(
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= elements.size:
         raise pickle.UnpicklingError(f"tensor of size {size} at offset {offset} overruns its storage ({elements.size})")
+    # Before the copy: a stride-0 view of one element may name any logical size.
+    storage.budget.take("copied", math.prod(size) * elements.itemsize, f"tensor of size {size}")
     view = np.lib.stride_tricks.as_strided(
         elements[offset:], shape=size, strides=[s * elements.itemsize for s in stride], writeable=False
     )
@@ -196,9 +233,29 @@ def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
 def _rebuild_from_type(function: Callable, new_type: Any, args: tuple, state: Any) -> Any:
     """`torch._tensor._rebuild_from_type_v2`: the tensor `function` rebuilds (an admitted rebuild function)."""
     del new_type, state
-    if function not in (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter):
+    if getattr(function, "function", None) not in (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter):
         raise pickle.UnpicklingError(f"refusing to rebuild a tensor through {function!r}")
     return function(*args)
+
+
+class _Admitted:
+    """An admitted function, as `find_class` hands it to the pickle: a new wrapper per reference, whose
+    state can't be set (pickle's BUILD would otherwise set attributes on our module's function for the
+    rest of the process)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+    def __repr__(self) -> str:
+        return f"<{self.function.__name__}>"
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"refusing to set the state of {self.function.__name__} (pickle's BUILD)")
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> _Record:
@@ -310,7 +367,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _FUNCTIONS:
-            return _FUNCTIONS[(module, name)]
+            admitted = _FUNCTIONS[(module, name)]
+            return admitted if isinstance(admitted, type) else _Admitted(admitted)
         if (module, name) in _PLAIN_CLASSES:
             return _plain_class(f"{module}.{name}")
         if (module == "torch" and name in _STORAGE_DTYPES) or (module, name) == ("torch.storage", "UntypedStorage"):
@@ -340,8 +398,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _Archive:
     """The storages of one torch zip archive, each read once (`storage`)."""
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str):
-        self._archive, self._prefix = archive, prefix
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, budget: _Budget):
+        self._archive, self._prefix, self._budget = archive, prefix, budget
         self._names = set(archive.namelist())
         byteorder = self._read("byteorder").decode() if f"{prefix}byteorder" in self._names else "little"
         if byteorder not in ("little", "big"):
@@ -350,7 +408,15 @@ class _Archive:
         self._storages: dict[str, _Storage] = {}
 
     def _read(self, name: str) -> bytes:
-        return self._archive.read(self._prefix + name)
+        """Member `name`'s bytes, once its declared size fits the budget (zipfile reads no more than it
+        declares, and checks its CRC)."""
+        info = self._archive.getinfo(self._prefix + name)
+        self._budget.take("decompressed", info.file_size, self._prefix + name)
+        return self._archive.read(info)
+
+    def read_pickle(self) -> bytes:
+        """The archive's `data.pkl`."""
+        return self._read("data.pkl")
 
     def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
         """`numel` elements of `dtype` from `data/<key>`; a key read before keeps its first dtype (torch's loader)."""
@@ -364,25 +430,45 @@ class _Archive:
                 )
             array = np.frombuffer(data, dtype, count=numel)
             # As torch: swapped by the storage's element size (an untyped storage's bytes stay as they are).
-            self._storages[key] = _Storage(array.byteswap() if self._swap else array)
+            self._storages[key] = _Storage(array.byteswap() if self._swap else array, self._budget)
         return self._storages[key]
 
 
 def _plain(value: Any) -> Any:
-    """Records -> dicts (Namespace: its attributes; DictConfig: its content), nodes -> their values."""
-    if isinstance(value, _Record):
-        state = value.state if isinstance(value.state, dict) else {}
-        if value.kind == "argparse.Namespace":
-            return {k: _plain(v) for k, v in state.items()}
-        content = state.get("_content", state.get("_val"))
-        if value.kind.endswith("Metadata"):
-            return None
-        return _plain(content)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
-    return value
+    """Records -> dicts (Namespace: its attributes; DictConfig: its content), nodes -> their values.
+
+    An object the pickle shares is converted once and stays shared (a DAG is never expanded into a
+    tree); data that contains itself, or nests deeper than `_MAX_DEPTH`, raises UnpicklingError."""
+    converted: dict[int, Any] = {}
+    open_ids: set[int] = set()
+
+    def convert(value: Any, depth: int) -> Any:
+        if not isinstance(value, _Record | dict | list | tuple):
+            return value
+        if id(value) in converted:
+            return converted[id(value)]
+        if id(value) in open_ids:
+            raise pickle.UnpicklingError(f"the pickle holds a {type(value).__name__} that contains itself")
+        if depth > _MAX_DEPTH:
+            raise pickle.UnpicklingError(f"the pickle's data nests deeper than {_MAX_DEPTH} levels")
+        open_ids.add(id(value))
+        if isinstance(value, _Record):
+            state = value.state if isinstance(value.state, dict) else {}
+            if value.kind == "argparse.Namespace":
+                result: Any = {k: convert(v, depth + 1) for k, v in state.items()}
+            elif value.kind.endswith("Metadata"):
+                result = None
+            else:
+                result = convert(state.get("_content", state.get("_val")), depth + 1)
+        elif isinstance(value, dict):
+            result = {k: convert(v, depth + 1) for k, v in value.items()}
+        else:
+            result = type(value)(convert(v, depth + 1) for v in value)
+        open_ids.discard(id(value))
+        converted[id(value)] = result
+        return result
+
+    return convert(value, 0)
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -392,6 +478,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    budget = _Budget(path.stat().st_size)
     if not zipfile.is_zipfile(path):
         legacy = "a tar archive" if tarfile.is_tarfile(path) else "not a zip archive"
         raise ValueError(
@@ -404,13 +491,13 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             if len(pickles) != 1:
                 raise ValueError(f"expected one */data.pkl in torch's zip format, found {pickles}")
             prefix = pickles[0][: -len("data.pkl")]
-            storages = _Archive(archive, prefix)
-            state = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), storages.storage).load()
+            storages = _Archive(archive, prefix, budget)
+            data = storages.read_pickle()
+            state = _plain(_RestrictedUnpickler(io.BytesIO(data), storages.storage).load())
     except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None
     except zipfile.BadZipFile as error:
         raise ValueError(f"{path}: a damaged zip archive ({error})") from None
-    state = _plain(state)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
     return state
