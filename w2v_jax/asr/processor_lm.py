@@ -12,7 +12,8 @@ and `beta = word_score`.
 `import_processor_lm` copies such a folder's `language_model/` into our checkpoint folder and
 writes the lexicon of its unigrams (`language_model/lexicon.txt`, words spelled in the model's
 vocabulary) and the decoder settings in ours (`language_model/decoder.json`: lm_weight, word_score),
-for `transcribe --decoder=beam`.
+for `transcribe --decoder=beam`. The folder is untrusted: a symbolic link that leads out of it, or
+anything but folders and regular files in `language_model/`, is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def export_processor_lm(
     return lm_dir
 
 
+def _check_within(folder: Path, root: Path) -> None:
+    """Raises a ValueError naming the first entry of `folder` (itself included) that is a symbolic link
+    leading out of `root`, or neither a folder nor a regular file (a device would be read forever)."""
+    root = root.resolve()
+    for entry in (folder, *sorted(folder.rglob("*"))):
+        if not entry.resolve().is_relative_to(root):
+            raise ValueError(f"{entry}: a symbolic link out of {root}: refused")
+        if not (entry.is_dir() or entry.is_file()):
+            raise ValueError(f"{entry}: neither a folder nor a regular file: refused")
+
+
 def import_processor_lm(
     source: str | os.PathLike, destination: str | os.PathLike, vocabulary: Vocabulary
 ) -> Path | None:
@@ -93,6 +105,7 @@ def import_processor_lm(
     source_dir = Path(source) / LM_DIR
     if not source_dir.is_dir():
         return None
+    _check_within(source_dir, Path(source))
     attrs_path = source_dir / ATTRS_FILE
     if not attrs_path.is_file():
         raise ValueError(f"{attrs_path}: missing (a pyctcdecode language_model/ folder has attrs.json)")

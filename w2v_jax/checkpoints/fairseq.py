@@ -51,22 +51,41 @@ FAIRSEQ_SPECIALS = (BOS, PAD, EOS, UNK)
 # fairseq's hydra configs
 
 _INTERPOLATION = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
+# How deeply a config may nest, interpolations followed included (fairseq's: under 10 levels).
+_MAX_CONFIG_DEPTH = 100
 
 
 def _resolve(value: Any, root: Mapping[str, Any]) -> Any:
-    """OmegaConf's `${a.b}` interpolations (fairseq's `II("task.normalize")`) resolved against `root`."""
-    if isinstance(value, dict):
-        return {k: _resolve(v, root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, root) for v in value]
-    if isinstance(value, str) and (match := _INTERPOLATION.match(value)):
-        node: Any = root
-        for part in match.group(1).split("."):
-            if not isinstance(node, dict) or part not in node:
-                return value
-            node = node[part]
-        return _resolve(node, root)
-    return None if value == "???" else value
+    """OmegaConf's `${a.b}` interpolations (fairseq's `II("task.normalize")`) resolved against `root`.
+
+    A node reached twice (shared, or named by several interpolations) is resolved once and shared, so
+    the result is never larger than the config. An interpolation that leads back to itself, or nesting
+    deeper than `_MAX_CONFIG_DEPTH`, raises a ValueError naming it."""
+    resolved: dict[int, Any] = {}
+
+    def walk(value: Any, depth: int, chain: tuple[str, ...]) -> Any:
+        if depth > _MAX_CONFIG_DEPTH:
+            raise ValueError(f"the config nests deeper than {_MAX_CONFIG_DEPTH} levels (interpolations followed)")
+        if isinstance(value, dict | list):
+            if id(value) not in resolved:
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                walked = {k: walk(v, depth + 1, chain) for k, v in items}
+                resolved[id(value)] = walked if isinstance(value, dict) else list(walked.values())
+            return resolved[id(value)]
+        if isinstance(value, str) and (match := _INTERPOLATION.match(value)):
+            target = match.group(1)
+            if target in chain:
+                cycle = " -> ".join(f"${{{name}}}" for name in (*chain[chain.index(target) :], target))
+                raise ValueError(f"the config's interpolations form a cycle: {cycle}")
+            node: Any = root
+            for part in target.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    return value
+                node = node[part]
+            return walk(node, depth + 1, (*chain, target))
+        return None if value == "???" else value
+
+    return walk(value, 0, ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,24 +182,58 @@ _FINETUNING_OVERRIDES = {
 }
 
 
+# Bounds of a `conv_feature_layers` spec: real models' have 7 layers, all have fewer than 20.
+_MAX_CONV_LAYERS = 64
+_MAX_CONV_SPEC = 1000  # characters
+_MAX_CONV_DEPTH = 20  # nested operations
+
+
 def _conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """fairseq's `conv_feature_layers` string (a Python expression of lists of (dim, kernel, stride)
-    tuples joined by + and repeated by *), evaluated without `eval`."""
+    tuples joined by + and repeated by *), evaluated without `eval` and within bounds: a list of at
+    most `_MAX_CONV_LAYERS` layers is ever built, so a huge repeat count is refused before it is used."""
+    bad = f"conv_feature_layers {spec[:100]!r} is not a list of (dim, kernel, stride) tuples"
 
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+    def value(node: ast.AST, depth: int) -> Any:
+        if depth > _MAX_CONV_DEPTH:
+            raise ValueError(f"{bad}: nested deeper than {_MAX_CONV_DEPTH} operations")
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
             return node.value
         if isinstance(node, ast.List | ast.Tuple):
-            items = [value(e) for e in node.elts]
+            items = [value(e, depth + 1) for e in node.elts]
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
-            left, right = value(node.left), value(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        raise ValueError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples")
+            left, right = value(node.left, depth + 1), value(node.right, depth + 1)
+            if isinstance(node.op, ast.Add):
+                if type(left) is not type(right):
+                    raise ValueError(bad)
+                result = left + right
+            else:
+                items, count = (right, left) if isinstance(left, int) else (left, right)
+                if not isinstance(count, int):
+                    raise ValueError(bad)
+                # The size of what the product builds, checked before it is built.
+                if isinstance(items, list | tuple) and not 0 <= len(items) * count <= _MAX_CONV_LAYERS:
+                    raise ValueError(f"{bad}: repeats {len(items)} items {count} times (at most {_MAX_CONV_LAYERS})")
+                result = items * count
+            if isinstance(result, int) and abs(result) >= 2**31:
+                raise ValueError(f"{bad}: {result} is out of range")
+            if isinstance(result, list | tuple) and len(result) > _MAX_CONV_LAYERS:
+                raise ValueError(f"{bad}: more than {_MAX_CONV_LAYERS} items")
+            return result
+        raise ValueError(bad)
 
-    layers = value(ast.parse(spec, mode="eval").body)
-    if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
-        raise ValueError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) tuples")
+    if not isinstance(spec, str) or len(spec) > _MAX_CONV_SPEC:
+        raise ValueError(f"conv_feature_layers is not a string of at most {_MAX_CONV_SPEC} characters")
+    try:
+        tree = ast.parse(spec, mode="eval").body
+    except (SyntaxError, RecursionError, MemoryError):
+        raise ValueError(bad) from None
+    layers = value(tree, 0)
+    if not isinstance(layers, list) or not all(
+        isinstance(t, tuple) and len(t) == 3 and all(isinstance(n, int) for n in t) for t in layers
+    ):
+        raise ValueError(bad)
     return layers
 
 

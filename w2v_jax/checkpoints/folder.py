@@ -5,7 +5,8 @@ model's folder also holds its vocabulary and processor files.
 Integrity: `save_checkpoint` writes `integrity.json` last, the SHA-256 of every file it wrote;
 `load_checkpoint` verifies each recorded file before using it, and a damaged or missing one is a
 `DamagedCheckpointError` (a ValueError) naming it. Folders written before the record existed load
-without the check."""
+without the check. The record is read as untrusted: a name in it that is not a file of the folder itself
+(a path with a separator, `..`, an absolute path, a symbolic link out of the folder) is refused."""
 
 from __future__ import annotations
 
@@ -80,6 +81,18 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+def _recorded_file(folder: pathlib.Path, name: str) -> pathlib.Path:
+    """The file of `folder` that `integrity.json` names `name`; raises DamagedCheckpointError when the
+    name leaves the folder (a path, `..`, an absolute path, a symbolic link out of it)."""
+    file = folder / name
+    inside = name not in ("", ".", "..") and pathlib.PurePath(name).name == name and "\\" not in name
+    if not inside or not file.resolve().is_relative_to(folder.resolve()):
+        raise DamagedCheckpointError(
+            f"{folder / INTEGRITY_FILE}: names {name!r}, which is not a file of the folder: refused"
+        )
+    return file
+
+
 def verify_integrity(folder: str | os.PathLike) -> None:
     """Checks every file `integrity.json` records; no record (older folders): nothing to check.
 
@@ -93,8 +106,10 @@ def verify_integrity(folder: str | os.PathLike) -> None:
         recorded = json.loads(path.read_text(encoding="utf-8"))["sha256"]
     except (ValueError, KeyError, TypeError) as error:
         raise DamagedCheckpointError(f"{path}: damaged integrity record ({error})") from None
+    if not isinstance(recorded, dict):
+        raise DamagedCheckpointError(f"{path}: damaged integrity record (sha256 is not a mapping)")
     for name, digest in recorded.items():
-        file = folder / name
+        file = _recorded_file(folder, name)
         if not file.is_file():
             raise DamagedCheckpointError(f"{file}: missing (recorded in {INTEGRITY_FILE})")
         if _sha256(file) != digest:
