@@ -455,6 +455,7 @@ class Checkpointer:
 
         Raises:
           CorruptCheckpointError: there are checkpoints but none is intact (the message names them).
+          Any other error of a restore (not damage: `restore`), at once, with no step moved.
         """
         steps = sorted(self.all_steps(), reverse=True)
         failures = []
