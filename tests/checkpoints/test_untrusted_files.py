@@ -234,3 +234,17 @@ def test_a_real_array_still_reads_with_its_copy_counted(tmp_path):
     np.testing.assert_array_equal(read["w"], data)
     np.testing.assert_array_equal(read["tied"], data.reshape(16, 16))
     np.testing.assert_array_equal(read["expanded"], np.broadcast_to(data[:64], (4, 64)))
+
+
+def test_a_link_loop_is_a_one_line_refusal(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "loop.bin").symlink_to(folder / "loop.bin")
+    (folder / "integrity.json").write_text('{"sha256": {"loop.bin": "00"}}')
+    with pytest.raises(DamagedCheckpointError, match=r"loop\.bin: missing"):
+        verify_integrity(folder)
+    lm = tmp_path / "hf" / "language_model"
+    lm.mkdir(parents=True)
+    (lm / "loop.arpa").symlink_to(lm / "loop.arpa")
+    with pytest.raises(ValueError, match=r"loop\.arpa: neither a folder nor a regular file: refused"):
+        import_processor_lm(tmp_path / "hf", tmp_path, Vocabulary.from_symbols(["a"]))

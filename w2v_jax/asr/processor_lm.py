@@ -86,9 +86,10 @@ def export_processor_lm(
 def _check_within(folder: Path, root: Path) -> None:
     """Raises a ValueError naming the first entry of `folder` (itself included) that is a symbolic link
     leading out of `root`, or neither a folder nor a regular file (a device would be read forever)."""
-    root = root.resolve()
+    root = Path(os.path.realpath(root))
     for entry in (folder, *sorted(folder.rglob("*"))):
-        if not entry.resolve().is_relative_to(root):
+        # realpath, not Path.resolve: a link loop resolves to a path (then neither file nor folder).
+        if not Path(os.path.realpath(entry)).is_relative_to(root):
             raise ValueError(f"{entry}: a symbolic link out of {root}: refused")
         if not (entry.is_dir() or entry.is_file()):
             raise ValueError(f"{entry}: neither a folder nor a regular file: refused")

@@ -86,7 +86,8 @@ def _recorded_file(folder: pathlib.Path, name: str) -> pathlib.Path:
     name leaves the folder (a path, `..`, an absolute path, a symbolic link out of it)."""
     file = folder / name
     inside = name not in ("", ".", "..") and pathlib.PurePath(name).name == name and "\\" not in name
-    if not inside or not file.resolve().is_relative_to(folder.resolve()):
+    # realpath, not Path.resolve: a link loop resolves to a path (then no file), not an error.
+    if not inside or not pathlib.Path(os.path.realpath(file)).is_relative_to(os.path.realpath(folder)):
         raise DamagedCheckpointError(
             f"{folder / INTEGRITY_FILE}: names {name!r}, which is not a file of the folder: refused"
         )
