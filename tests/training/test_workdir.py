@@ -241,7 +241,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_intact_one(killed_then_di
     assert changes[-1]["changes"] == {"train.num_steps": [3, 1]}
 
 
-def test_no_intact_checkpoint_refuses_to_start(killed_then_disk_full, tmp_path):
+def test_no_intact_checkpoint_refuses_to_start(killed_then_disk_full, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(killed_then_disk_full[0], run)
     for step in ("1", "2"):
@@ -260,12 +260,17 @@ def test_no_intact_checkpoint_refuses_to_start(killed_then_disk_full, tmp_path):
         "--config.train.start_over_corrupt=True (they are kept either way)"
     )
     assert workdir_contents(run) == before
-    # On purpose: a new run from step 0 beside the kept ones.
-    config = tiny_config(1)
+    # On purpose: a new run from step 0 beside the kept ones (the loop itself is not run: no compile).
+    config = tiny_config(3)
     config.train.start_over_corrupt = True
-    assert trainer.train_and_evaluate(config, str(run), PretrainingTask())["step"] == 1
-    assert {"1", "1.corrupt", "2.corrupt"} <= {p.name for p in (run / "checkpoints").iterdir()}
-    assert [r["step"] for r in metrics.read_metrics(run / metrics.METRICS_FILE)] == [1]
+    starts = []
+    monkeypatch.setattr(trainer, "_loop", lambda run, start_step, *_: starts.append((start_step, int(run.state.step))))
+    assert trainer.train_and_evaluate(config, str(run), PretrainingTask())["step"] == 0
+    assert starts == [(0, 0)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1.corrupt", "2.corrupt"]
+    assert not (run / metrics.METRICS_FILE).exists() or not metrics.read_metrics(run / metrics.METRICS_FILE)
+    kept = [p.read_bytes() for p in run.glob(f"{metrics.METRICS_FILE}.*.old")]
+    assert before[metrics.METRICS_FILE] in kept  # the earlier run's records, moved aside byte for byte
 
 
 def workdir_contents(run) -> dict:
