@@ -69,26 +69,24 @@ def test_shards_read_every_row_as_its_file_and_give_the_manifests_batches_and_sk
     _assert_same_batches(_batches(resumed, 2), _batches(on_files, 2))
 
 
-def _stop_at_shard(monkeypatch, number):
-    """Makes the preparation stop while writing shard `number`: half of it written, then interrupted."""
-    write = shard_preparation._write_shard
-    calls = []
+def _stop_at_row(monkeypatch, number):
+    """Makes the preparation stop (as a kill would) when it has read `number` rows, in mid-shard."""
+    read_rows = shard_preparation._read_rows
 
-    def stopping(path, records):
-        calls.append(path)
-        if len(calls) == number + 1:
-            write(path, records[: len(records) // 2])
-            raise KeyboardInterrupt
-        write(path, records)
+    def stopping(manifest, start, num_workers):
+        for count, row in enumerate(read_rows(manifest, start, num_workers), start=start):
+            if count == number:
+                raise KeyboardInterrupt
+            yield row
 
-    monkeypatch.setattr(shard_preparation, "_write_shard", stopping)
+    monkeypatch.setattr(shard_preparation, "_read_rows", stopping)
 
 
 def test_a_stopped_preparation_continues_to_the_bytes_of_an_uninterrupted_one(tmp_path, monkeypatch):
     _corpus(tmp_path / "corpus", [MIN + 100 * i for i in range(20)])
     source = tmp_path / "corpus" / "m.tsv"
     shard_preparation.prepare_shards(source, tmp_path / "whole", shard_mb=0.07)
-    _stop_at_shard(monkeypatch, 2)
+    _stop_at_row(monkeypatch, 11)
     with pytest.raises(KeyboardInterrupt):
         shard_preparation.prepare_shards(source, tmp_path / "stopped", shard_mb=0.07)
     monkeypatch.undo()
@@ -105,7 +103,7 @@ def test_a_stopped_preparation_continues_to_the_bytes_of_an_uninterrupted_one(tm
     for name in whole:
         assert (stopped / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     # Other settings do not continue a stopped preparation.
-    _stop_at_shard(monkeypatch, 1)
+    _stop_at_row(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         shard_preparation.prepare_shards(source, tmp_path / "other", shard_mb=0.07)
     with pytest.raises(ValueError, match="another manifest or other settings"):

@@ -6,10 +6,11 @@ the manifest says) is logged, counted and kept in the index with its reason, its
 audio, so a run on the shards skips, counts and replaces it as a run on the manifest does, and both
 plan the same batches. Usable rows keep their file's bytes as stored.
 
-Shards are filled in row order up to ``shard_mb`` MiB each. Each is written under a ``.partial``
-name, renamed when complete, and then recorded (its rows, bytes, SHA-256 and rows' index lines) as a
-line of ``progress.jsonl``; a preparation stopped at any point continues after its last recorded
-shard and writes the same bytes an uninterrupted one writes. At the end the index, the label files
+Shards are filled in row order up to ``shard_mb`` MiB each, records streamed to the file (memory:
+the rows read ahead, not a shard). Each is written under a ``.partial`` name, renamed when
+complete, and then recorded (its rows, bytes, SHA-256 and rows' index lines) as a line of
+``progress.jsonl``; a preparation stopped at any point continues after its last recorded shard and
+writes the same bytes an uninterrupted one writes. At the end the index, the label files
 and the descriptor (with the set's checksum) are written and the progress file removed; preparing a
 finished set again verifies it.
 """
@@ -69,10 +70,12 @@ def _read_progress(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     lines = path.read_text(encoding="utf-8").split("\n")
     # The last line may be cut short by the stop: only lines that end are records.
     records = [json.loads(line) for line in lines[:-1]]
-    if not records or records[0] != settings:
+    if not records:
+        return []  # stopped before its settings were recorded
+    if records[0] != settings:
         raise ValueError(
             f"{path} belongs to a preparation of another manifest or other settings "
-            f"({records[0] if records else 'empty'}, now {settings}); remove {out} to start again"
+            f"({records[0]}, now {settings}); remove {out} to start again"
         )
     return records[1:]
 
@@ -97,11 +100,33 @@ def _record_header(manifest: Manifest, index: int, labels: dict[str, list[str]],
     return header
 
 
-def _write_shard(path: Path, records: Sequence[bytes]) -> None:
-    writer = array_record_module.ArrayRecordWriter(str(path), shards.WRITER_OPTIONS)
-    for record in records:
-        writer.write(record)
-    writer.close()
+class _ShardWriter:
+    """The shard being written: records go straight to its ``.partial`` file, renamed when complete."""
+
+    def __init__(self, out: Path, number: int):
+        self.name = shard_name(number)
+        self.partial = out / f"{self.name}.partial"
+        self._writer = array_record_module.ArrayRecordWriter(str(self.partial), shards.WRITER_OPTIONS)
+        self.index_lines: list[str] = []
+        self.bytes = 0
+
+    def write(self, record: bytes, index_line: str) -> None:
+        self._writer.write(record)
+        self.index_lines.append(index_line)
+        self.bytes += len(record)
+
+    def close(self) -> dict[str, Any]:
+        """Completes the shard under its own name; returns its progress record."""
+        self._writer.close()
+        path = self.partial.with_name(self.name)
+        os.replace(self.partial, path)
+        return {
+            "file": self.name,
+            "rows": len(self.index_lines),
+            "bytes": path.stat().st_size,
+            "sha256": shards.file_digest(path),
+            "index": self.index_lines,
+        }
 
 
 def prepare_shards(
@@ -157,38 +182,21 @@ def prepare_shards(
         logger.info("%s: continuing after %d shards (%d of %d rows)", out, len(done), start, len(manifest))
     lengths = lengths_at_16k(manifest, num_workers=num_workers)
     limit = shard_mb * (1 << 20)
-    records: list[bytes] = []
-    lines: list[str] = []
-    written_bytes = 0
-
-    def close_shard() -> None:
-        nonlocal records, lines, written_bytes
-        name = shard_name(len(done))
-        partial = out / f"{name}.partial"
-        _write_shard(partial, records)
-        os.replace(partial, out / name)
-        entry = {
-            "file": name,
-            "rows": len(records),
-            "bytes": (out / name).stat().st_size,
-            "sha256": shards.file_digest(out / name),
-            "index": lines,
-        }
-        _append_progress(out, entry)
-        done.append(entry)
-        records, lines, written_bytes = [], [], 0
-
+    shard = None
     for index, skip, data in _read_rows(manifest, start, num_workers):
         if skip is not None:
             logger.warning("skipping %s: %s (%s)", manifest.file_path(index), *skip)
+        if shard is None:
+            shard = _ShardWriter(out, len(done))
         record = shards.encode_record(_record_header(manifest, index, label_lines, skip), data)
-        records.append(record)
-        lines.append(_index_line(manifest, index, int(lengths[index]), skip))
-        written_bytes += len(record)
-        if written_bytes >= limit:
-            close_shard()
-    if records:
-        close_shard()
+        shard.write(record, _index_line(manifest, index, int(lengths[index]), skip))
+        if shard.bytes >= limit:
+            done.append(shard.close())
+            _append_progress(out, done[-1])
+            shard = None
+    if shard is not None:
+        done.append(shard.close())
+        _append_progress(out, done[-1])
     return _finish(out, manifest_path, manifest, done, label_lines)
 
 
