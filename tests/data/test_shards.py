@@ -3,12 +3,15 @@ resumable preparation, checksums."""
 
 import json
 import logging
+import re
 
 import grain
 import numpy as np
 import pytest
 
 from tests.data.test_pipeline import EXPECTED_SKIPS, MAX, MIN, _bad_corpus, _batches, _corpus
+from tests.support.launchers import run_main
+from w2v_jax.cli import benchmark_input
 from w2v_jax.data import default_manifest, make_train_iterator, manifest, pipeline, shard_preparation, shards
 from w2v_jax.data.labels import LabelSet, build_vocabulary, read_label_lines
 
@@ -187,3 +190,28 @@ def test_preparation_refuses_folders_and_names_missing_labels(tmp_path):
         shard_preparation.prepare_shards(tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="label file .* not found"):
         shard_preparation.prepare_shards(tmp_path / "m.tsv", tmp_path / "out", labels=["ltr"])
+
+
+def test_input_benchmark_prepares_shards_and_times_them_beside_the_files(tmp_path, capsys):
+    _corpus(tmp_path / "corpus", [MIN + 100 * i for i in range(8)])
+    argv = [
+        f"--manifest={tmp_path / 'corpus' / 'm.tsv'}",
+        f"--shards={tmp_path / 'shards'}",
+        "--rounds=1",
+        "--workers=0",
+        "--timed_batches=2",
+        "--batch_size=2",
+        f"--min_sample_size={MIN}",
+        f"--max_sample_size={MAX}",
+        "--num_buckets=1",
+    ]
+    run_main(benchmark_input, argv)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("preparation: 8 rows") and "rows/s" in lines[0]
+    for line, name in zip(lines[1:], ("files", "shards")):
+        rates = re.match(
+            rf"{name}: workers=0, medians of 1 cold passes: ([\d.]+) audio-s/s, ([\d.]+) audio-s per", line
+        )
+        assert rates and float(rates[1]) > 0 and float(rates[2]) > 0, line
+        assert re.search(r"cores per GPU at 750 audio-s/s\), \d+ MiB per worker$", line), line
+    assert shards.descriptor_path(tmp_path / "shards") is not None

@@ -146,14 +146,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         result = input_benchmark.measure_loader(
             manifest,
             num_workers=count,
-            max_tokens=args.max_tokens.value,
-            num_buckets=args.num_buckets.value,
-            batch_size=args.batch_size.value,
             batches=args.timed_batches.value,
             warmup=args.warmup_batches.value,
-            pad=args.pad.value,
-            max_sample_size=args.max_sample_size.value,
-            min_sample_size=args.min_sample_size.value,
+            **loader_settings(args),
         )
         print(
             f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
@@ -162,6 +157,18 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             f"per GPU at {args.gpu_rate.value:g} audio-s/s",
             flush=True,
         )
+
+
+def loader_settings(args: SimpleNamespace) -> dict[str, int | bool]:
+    """The flags that say how the loader batches (`make_train_iterator`'s arguments)."""
+    return {
+        "batch_size": args.batch_size.value,
+        "max_tokens": args.max_tokens.value,
+        "num_buckets": args.num_buckets.value,
+        "pad": args.pad.value,
+        "max_sample_size": args.max_sample_size.value,
+        "min_sample_size": args.min_sample_size.value,
+    }
 
 
 def compare_with_shards(manifest: str, shards_dir: str, num_workers: int, args: SimpleNamespace) -> list[str]:
@@ -185,12 +192,7 @@ def compare_with_shards(manifest: str, shards_dir: str, num_workers: int, args: 
         rounds=args.rounds.value,
         num_workers=num_workers,
         batches=args.timed_batches.value,
-        batch_size=args.batch_size.value,
-        max_tokens=args.max_tokens.value,
-        num_buckets=args.num_buckets.value,
-        pad=args.pad.value,
-        max_sample_size=args.max_sample_size.value,
-        min_sample_size=args.min_sample_size.value,
+        **loader_settings(args),
     )
     for name, result in medians.items():
         lines.append(

@@ -120,7 +120,8 @@ def measure_cold_pass(
         elapsed = time.perf_counter() - tic
         after = [_process_times(pid) for pid in processes]
     seconds = audio_samples / SAMPLE_RATE
-    cpu = sum(a[0] - b for a, b in zip(after, before))
+    # At least one clock tick, the counters' resolution (a pass shorter than that has no measure).
+    cpu = max(sum(a[0] - b for a, b in zip(after, before)), 1 / os.sysconf("SC_CLK_TCK"))
     workers = after[1:] or after
     return {
         "audio_s_per_s": seconds / elapsed,
