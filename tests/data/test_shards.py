@@ -213,5 +213,5 @@ def test_input_benchmark_prepares_shards_and_times_them_beside_the_files(tmp_pat
             rf"{name}: workers=0, medians of 1 cold passes: ([\d.]+) audio-s/s, ([\d.]+) audio-s per", line
         )
         assert rates and float(rates[1]) > 0 and float(rates[2]) > 0, line
-        assert re.search(r"cores per GPU at 750 audio-s/s\), \d+ MiB per worker$", line), line
+        assert re.search(r"cores per GPU at 750 audio-s/s\), \d+ MiB per worker \(the largest\)$", line), line
     assert shards.descriptor_path(tmp_path / "shards") is not None

@@ -199,7 +199,7 @@ def compare_with_shards(manifest: str, shards_dir: str, num_workers: int, args: 
             f"{name}: workers={num_workers}, medians of {args.rounds.value} cold passes: "
             f"{result['audio_s_per_s']:.1f} audio-s/s, {result['audio_s_per_cpu_s']:.1f} audio-s per CPU-s "
             f"({args.gpu_rate.value / result['audio_s_per_cpu_s']:.2f} cores per GPU at {args.gpu_rate.value:g} "
-            f"audio-s/s), {result['worker_rss_mib']:.0f} MiB per worker"
+            f"audio-s/s), {result['worker_rss_mib']:.0f} MiB per worker (the largest)"
         )
     return lines
 

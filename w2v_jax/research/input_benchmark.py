@@ -82,11 +82,18 @@ def _process_times(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / ticks, rss_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-def _loader_processes() -> list[int]:
-    """This process and its children (grain's workers)."""
-    me = os.getpid()
-    children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
-    return [me, *(int(c) for c in children)]
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (grain's workers are children of a fork server, not of ours), from
+    the children lists of all its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
 
 
 def evict_from_page_cache(paths: Sequence[str | os.PathLike]) -> None:
@@ -105,13 +112,13 @@ def measure_cold_pass(
     source: str | os.PathLike, files: Sequence[str | os.PathLike], *, num_workers: int, batches: int, **loader
 ) -> dict[str, float]:
     """One timed pass of the loader over `source` after evicting `files` (its audio or its shards):
-    audio-seconds per second and per CPU second of the loader's processes, and the workers' mean
-    resident memory (MiB; the main process's with 0 workers). `loader`: make_train_iterator's
-    batching arguments."""
+    audio-seconds per second and per CPU second of the loader's processes (ours and every one below
+    it), and the largest worker's resident memory (MiB; ours with 0 workers). `loader`:
+    make_train_iterator's batching arguments."""
     evict_from_page_cache(files)
     with make_train_iterator(source, seed=0, num_workers=num_workers, **loader) as iterator:
         next(iterator)  # the workers start
-        processes = _loader_processes()
+        processes = [os.getpid(), *_descendants(os.getpid())]
         before = [_process_times(pid)[0] for pid in processes]
         tic = time.perf_counter()
         audio_samples = 0
@@ -122,11 +129,11 @@ def measure_cold_pass(
     seconds = audio_samples / SAMPLE_RATE
     # At least one clock tick, the counters' resolution (a pass shorter than that has no measure).
     cpu = max(sum(a[0] - b for a, b in zip(after, before)), 1 / os.sysconf("SC_CLK_TCK"))
-    workers = after[1:] or after
     return {
         "audio_s_per_s": seconds / elapsed,
         "audio_s_per_cpu_s": seconds / cpu,
-        "worker_rss_mib": float(np.mean([rss for _, rss in workers])),
+        # The largest process below ours (beside the workers run a fork server and a resource tracker).
+        "worker_rss_mib": max(rss for _, rss in (after[1:] or after)),
     }
 
 
