@@ -16,6 +16,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 from tests.support.launchers import run, shared_run, subprocess_env  # noqa: E402
+from w2v_jax.data import default_manifest  # noqa: E402
+from w2v_jax.data.shard_preparation import prepare_shards  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -61,3 +63,15 @@ def tiny_pretraining(session_dir, long_run_env) -> pathlib.Path:
         assert result.returncode == 0, result.stderr[-3000:]
 
     return shared_run(session_dir / "tiny_pretraining", build)
+
+
+@pytest.fixture(scope="session")
+def embedded_shards(session_dir) -> pathlib.Path:
+    """Shard sets of the embedded corpus's train and valid manifests (`w2v-prepare-shards`, with their
+    letter labels), made once per session: a folder holding `train/` and `valid/`."""
+
+    def build(folder: pathlib.Path) -> None:
+        for split in ("train", "valid"):
+            prepare_shards(default_manifest(split), folder / split, shard_mb=1, labels=["ltr"])
+
+    return shared_run(session_dir / "embedded_shards", build)

@@ -236,6 +236,18 @@ CASES = [
         {"valid_fraction": 0.1},
     ),
     (
+        "w2v_jax.cli.prepare_shards",
+        ["/data/train.tsv", "/data/train_shards", "--shard_mb", "64", "--labels", "ltr,wrd"],
+        ["/data/train.tsv", "/data/train_shards"],
+        {"shard_mb": 64.0, "labels": ["ltr", "wrd"], "allow_outside_root": False},
+    ),
+    (
+        "w2v_jax.cli.benchmark_input",
+        ["--manifest=M", "--shards=S", "--rounds=5", "--workers=1"],
+        [],
+        {"manifest": "M", "shards": "S", "rounds": 5, "workers": ["1"]},
+    ),
+    (
         "w2v_jax.cli.convert_checkpoint",
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],
         ["hf-to-jax", "path/to/hf_folder", "path/to/jax_folder"],

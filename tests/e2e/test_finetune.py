@@ -104,6 +104,20 @@ def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tm
     )
 
 
+@pytest.mark.slow
+def test_a_run_on_shards_logs_the_manifest_runs_metrics(reference, embedded_shards, env, tmp_path):
+    """The reference run's corpus as shard sets with their letter labels: the same batches, the same
+    validation, the same metrics and best model."""
+    shards = [
+        f"--config.data.train_manifest={embedded_shards / 'train'}",
+        f"--config.data.valid_manifest={embedded_shards / 'valid'}",
+    ]
+    run("experiments.finetune", [f"--workdir={tmp_path}", *OVERRIDES, *shards], env)
+    assert records(tmp_path) == records(reference)
+    best = json.loads((tmp_path / BEST_RECORD_FILE).read_text())
+    assert best == json.loads((reference / BEST_RECORD_FILE).read_text())
+
+
 def nnx_flat(model):
 
     return [(p, np.asarray(v[...])) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]

@@ -282,6 +282,22 @@ def test_sigkill_then_restart_logs_what_an_uninterrupted_run_logs(reference, env
 
 
 @pytest.mark.slow
+def test_a_run_on_shards_logs_the_manifest_runs_metrics_and_resumes_exactly(reference, embedded_shards, env, tmp_path):
+    """The reference run's corpus as shard sets (train and validation): killed after step 5, restarted,
+    it logs what the run on the manifests logged."""
+    shards = [
+        f"--config.data.train_manifest={embedded_shards / 'train'}",
+        f"--config.data.valid_manifest={embedded_shards / 'valid'}",
+    ]
+    killed = launch(tmp_path, env, "kill_after_log", 5, shards)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = launch(tmp_path, env, extra=shards)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert any(f"resumed from checkpoint {step} " in resumed.stderr for step in (2, 4))
+    assert records(tmp_path) == records(reference[0])
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, env, tmp_path):
     stopped = launch(tmp_path, env, "sigterm_after_log", 3)
     assert stopped.returncode == 0, stopped.stderr[-3000:]

@@ -27,7 +27,7 @@ from flax import nnx
 
 from w2v_jax.asr.decoding import SEPARATORS, CTCDecoder, GreedyDecoder
 from w2v_jax.asr.error_rates import METRICS, error_rate_metrics
-from w2v_jax.asr.transcription import BadFile, load_readable, model_forward, transcribe, transcribe_waveforms
+from w2v_jax.asr.transcription import BadFile, model_forward, transcribe, transcribe_waveforms
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE
@@ -44,14 +44,22 @@ logger = logging.getLogger(__name__)
 def load_labelled_waveforms(
     manifest_path: str, labels: LabelSet, *, normalize: bool, on_bad_file: BadFile | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
-    """The usable rows of a labelled manifest: waveforms and references (normalised). Unreadable
-    files go to `on_bad_file` and are left out (`transcription.load_readable`; None: the first raises)."""
+    """The usable rows of a labelled manifest (or shard set): waveforms and references (normalised).
+    Unreadable rows go to `on_bad_file` with their file and reason and are left out (None: the first
+    raises its `data.audio.AudioError`)."""
     manifest = load_manifest(manifest_path)
-    rows = [int(index) for index in labels.usable_indices()]
-    files = [manifest.file_path(index) for index in rows]
-    readable, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    reference_of = {file: labels.reference(index) for file, index in zip(files, rows)}
-    return waveforms, [reference_of[file] for file in readable]
+    waveforms, references = [], []
+    for index in labels.usable_indices().tolist():
+        try:
+            samples = manifest.read(index).samples
+        except audio.AudioError as error:
+            if on_bad_file is None:
+                raise
+            on_bad_file(manifest.file_path(index), str(error))
+            continue
+        waveforms.append(audio.normalize(samples) if normalize else samples)
+        references.append(labels.reference(index))
+    return waveforms, references
 
 
 class CTCEvaluator:

@@ -14,6 +14,12 @@ fixed-count batches of the same mean rows: the share of the sample budget that i
 number of compiles. `--gpu_rate` (default NVIDIA's BASE rate on an A100 in bf16, 750 audio-s/s) turns
 each rate into the CPU workers one GPU needs.
 
+`--shards DIR` compares the manifest with its shard set DIR (`w2v-prepare-shards`; prepared there
+first, timed, when DIR holds none): --rounds alternated passes of each with --workers' first count,
+every pass starting with the files' pages evicted from the page cache (posix_fadvise), medians of
+the rate, the rate per CPU second of the loader's processes (what one core delivers), the cores one
+GPU needs at --gpu_rate and the workers' resident memory.
+
 `--vs_train_step` compares, in the same run, with what train steps consume: for each named variant
 of the pretrain config (`w2v_jax/configs/pretrain.py`), the loader runs with that config's batch size and crop lengths,
 then the config's train step is timed (`w2v_jax.research.benchmark`) on batches of the mean length
@@ -21,14 +27,19 @@ the loader produced, and `ratio=` is the loader's audio-seconds per second over 
 logic: `w2v_jax.research.input_benchmark`.
 """
 
+import os
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 
+import numpy as np
 from absl import app, flags
 
 from w2v_jax.cli.launching import launch
 from w2v_jax.configs import pretrain
-from w2v_jax.data import default_manifest, generated
+from w2v_jax.data import audio, default_manifest, generated, shards
+from w2v_jax.data.manifest import load_manifest
+from w2v_jax.data.shard_preparation import prepare_shards
 from w2v_jax.research import input_benchmark
 
 
@@ -77,6 +88,10 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
         gpu_rate=flags.DEFINE_float(
             "gpu_rate", 750.0, "Audio-s/s one GPU trains on (NVIDIA, BASE, A100, bf16).", flag_values=fv
         ),
+        shards=flags.DEFINE_string(
+            "shards", "", "Shard set of --manifest to compare with it (prepared if missing).", flag_values=fv
+        ),
+        rounds=flags.DEFINE_integer("rounds", 3, "--shards: alternated passes of each.", flag_values=fv),
         vs_train_step=flags.DEFINE_list(
             "vs_train_step", [], "Comma-separated pretrain config variants to compare with.", flag_values=fv
         ),
@@ -107,6 +122,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         )
         print("\n".join(lines), flush=True)
         return
+    if args.shards.value:
+        print("\n".join(compare_with_shards(manifest, args.shards.value, workers[0], args)), flush=True)
+        return
     if args.vs_train_step.value:
         for variant in args.vs_train_step.value:
             lines = input_benchmark.loader_vs_train_step(
@@ -128,14 +146,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         result = input_benchmark.measure_loader(
             manifest,
             num_workers=count,
-            max_tokens=args.max_tokens.value,
-            num_buckets=args.num_buckets.value,
-            batch_size=args.batch_size.value,
             batches=args.timed_batches.value,
             warmup=args.warmup_batches.value,
-            pad=args.pad.value,
-            max_sample_size=args.max_sample_size.value,
-            min_sample_size=args.min_sample_size.value,
+            **loader_settings(args),
         )
         print(
             f"workers={count}: {result['audio_s_per_s']:8.1f} audio-s/s  {result['batches_per_s']:6.2f} batches/s  "
@@ -144,6 +157,51 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             f"per GPU at {args.gpu_rate.value:g} audio-s/s",
             flush=True,
         )
+
+
+def loader_settings(args: SimpleNamespace) -> dict[str, int | bool]:
+    """The flags that say how the loader batches (`make_train_iterator`'s arguments)."""
+    return {
+        "batch_size": args.batch_size.value,
+        "max_tokens": args.max_tokens.value,
+        "num_buckets": args.num_buckets.value,
+        "pad": args.pad.value,
+        "max_sample_size": args.max_sample_size.value,
+        "min_sample_size": args.min_sample_size.value,
+    }
+
+
+def compare_with_shards(manifest: str, shards_dir: str, num_workers: int, args: SimpleNamespace) -> list[str]:
+    """Prepares the shard set when missing (timed), then `input_benchmark.compare_sources`."""
+    lines = []
+    if shards.descriptor_path(shards_dir) is None:
+        start = time.perf_counter()
+        prepare_shards(manifest, shards_dir)
+        elapsed = time.perf_counter() - start
+        rows = load_manifest(shards_dir)
+        audio_s = float(np.sum(rows.lengths_16k())) / audio.SAMPLE_RATE
+        mib = sum(os.path.getsize(f) for f in rows.shard_rows.files) / (1 << 20)
+        lines.append(
+            f"preparation: {len(rows)} rows, {mib:.0f} MiB in {elapsed:.1f} s: {len(rows) / elapsed:.0f} rows/s, "
+            f"{mib / elapsed:.1f} MiB/s, {audio_s / elapsed:.0f} audio-s/s"
+        )
+    sources = {"files": (manifest, input_benchmark.source_files(manifest))}
+    sources["shards"] = (shards_dir, input_benchmark.source_files(shards_dir))
+    medians = input_benchmark.compare_sources(
+        sources,
+        rounds=args.rounds.value,
+        num_workers=num_workers,
+        batches=args.timed_batches.value,
+        **loader_settings(args),
+    )
+    for name, result in medians.items():
+        lines.append(
+            f"{name}: workers={num_workers}, medians of {args.rounds.value} cold passes: "
+            f"{result['audio_s_per_s']:.1f} audio-s/s, {result['audio_s_per_cpu_s']:.1f} audio-s per CPU-s "
+            f"({args.gpu_rate.value / result['audio_s_per_cpu_s']:.2f} cores per GPU at {args.gpu_rate.value:g} "
+            f"audio-s/s), {result['worker_rss_mib']:.0f} MiB per worker (the largest)"
+        )
+    return lines
 
 
 def run() -> None:

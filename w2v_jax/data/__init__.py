@@ -1,7 +1,8 @@
 """Audio input pipeline: manifests, decoding, bucketed resumable batches, the embedded corpus.
 
-- `audio`: decoding and resampling; `manifest`: fairseq's TSV manifests; `labels`, `vocabulary`:
-  transcripts and token ids; `utterances`: utterances with their alignments;
+- `audio`: decoding and resampling; `manifest`: fairseq's TSV manifests; `shards`,
+  `shard_preparation`: a manifest's audio in ArrayRecord shard sets, read wherever a manifest is;
+  `labels`, `vocabulary`: transcripts and token ids; `utterances`: utterances with their alignments;
 - `planning`: the batch plan (length buckets, token budgets, several corpora); `pipeline`: grain's
   resumable input pipeline over it; `skips`: counted skips of bad input;
 - `generated`: a generated LibriSpeech-like corpus; `corpus/`: the embedded espeak-ng corpus.
@@ -33,6 +34,8 @@ with lazy_exports(globals()):
         manifest,
         pipeline,
         planning,
+        shard_preparation,
+        shards,
         skips,
         utterances,
         vocabulary,
@@ -64,6 +67,8 @@ __all__ = [
     "read_audio",
     "read_manifest",
     "scan_folder",
+    "shard_preparation",
+    "shards",
     "skips",
     "utterances",
     "vocabulary",

@@ -9,7 +9,9 @@ default ``res_type="soxr_hq"``), so ``load_audio`` matches ``librosa.load(path, 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -93,20 +95,48 @@ def resampled_length(num_frames: int, sample_rate: int) -> int:
     return int((2 * num_frames * SAMPLE_RATE + sample_rate) // (2 * sample_rate))
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Returns ([frames, channels] float32, sample_rate); raises AudioError("unreadable") on any failure."""
+def _decode(source: Path | io.BytesIO, suffix: str, name: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Returns ([frames, channels] float32, sample_rate) of a file or of its bytes (``suffix``: the
+    file's extension, ``name``: the path for messages); raises AudioError("unreadable") on any failure."""
     try:
-        if path.suffix.lower() in _LIBROSA_ONLY_EXTENSIONS:
+        if suffix.lower() in _LIBROSA_ONLY_EXTENSIONS:
+            if isinstance(source, io.BytesIO):
+                # audioread decodes files only: the bytes go through a temporary file of the same kind.
+                with tempfile.NamedTemporaryFile(suffix=suffix) as file:
+                    file.write(source.getvalue())
+                    file.flush()
+                    return _decode(Path(file.name), suffix, name)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # librosa warns about its audioread fallback
-                data, rate = librosa.load(path, sr=None, mono=False, dtype=np.float32)
+                data, rate = librosa.load(source, sr=None, mono=False, dtype=np.float32)
             return np.atleast_2d(data).T, int(rate)  # librosa is [channels, frames]
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
         return data, int(rate)
     # Decoders fed arbitrary bytes raise many exception types (LibsndfileError, audioread's
     # NoBackendError, EOFError, struct errors...): any of them means this file is unusable.
     except Exception as error:  # noqa: BLE001
-        raise AudioError(skips.UNREADABLE, path, f"{type(error).__name__}: {error}") from error
+        raise AudioError(skips.UNREADABLE, name, f"{type(error).__name__}: {error}") from error
+
+
+def _to_model_format(data: np.ndarray, rate: int, name: str | os.PathLike) -> DecodedAudio:
+    """[frames, channels] decoded at ``rate`` -> 16 kHz mono; AudioError for empty, non-finite or too
+    short audio (``name`` in the message)."""
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(skips.EMPTY, name, "the file holds no samples")
+    if not np.isfinite(data).all():
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise AudioError(skips.NON_FINITE, name, f"{bad} NaN/Inf samples")
+    channels = data.shape[1]
+    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    if mono.shape[0] < RECEPTIVE_FIELD:
+        raise AudioError(
+            skips.SHORTER_THAN_RECEPTIVE_FIELD,
+            name,
+            f"{mono.shape[0]} samples at 16 kHz < the encoder's {RECEPTIVE_FIELD}-sample receptive field",
+        )
+    return DecodedAudio(np.ascontiguousarray(mono), rate, channels, data.shape[0])
 
 
 def read_audio(path: str | os.PathLike) -> DecodedAudio:
@@ -120,23 +150,15 @@ def read_audio(path: str | os.PathLike) -> DecodedAudio:
         raise AudioError(skips.MISSING, path, "no such file")
     if path.stat().st_size == 0:
         raise AudioError(skips.EMPTY, path, "the file has 0 bytes")
-    data, rate = _decode(path)
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(skips.EMPTY, path, "the file holds no samples")
-    if not np.isfinite(data).all():
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise AudioError(skips.NON_FINITE, path, f"{bad} NaN/Inf samples")
-    channels = data.shape[1]
-    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    if mono.shape[0] < RECEPTIVE_FIELD:
-        raise AudioError(
-            skips.SHORTER_THAN_RECEPTIVE_FIELD,
-            path,
-            f"{mono.shape[0]} samples at 16 kHz < the encoder's {RECEPTIVE_FIELD}-sample receptive field",
-        )
-    return DecodedAudio(np.ascontiguousarray(mono), rate, channels, data.shape[0])
+    return _to_model_format(*_decode(path, path.suffix, path), path)
+
+
+def decode_audio_bytes(data: bytes, suffix: str, name: str) -> DecodedAudio:
+    """``read_audio`` of a file's bytes (e.g. kept in a shard): ``suffix`` is the file's extension
+    (``.flac``), ``name`` what messages call it. The same result and errors as reading the file."""
+    if not data:
+        raise AudioError(skips.EMPTY, name, "the file has 0 bytes")
+    return _to_model_format(*_decode(io.BytesIO(data), suffix, name), name)
 
 
 def normalize(samples: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Transcripts for CTC fine-tuning: fairseq label files beside a manifest, normalised and encoded.
 
-fairseq's convention, so existing manifests work: beside `X.tsv`, one line per manifest row in the
-same order,
+fairseq's convention, so existing manifests work: beside `X.tsv` (a shard set's `index.tsv`), one
+line per manifest row in the same order,
 - `X.wrd`: the transcript (words);
 - `X.ltr`: its letters separated by spaces, `|` after every word (`t h e | c a t |`); derived from
   `X.wrd` when missing;
@@ -30,7 +30,8 @@ from typing import Literal
 
 import numpy as np
 
-from w2v_jax.data.manifest import Manifest, read_manifest
+from w2v_jax.data import shards
+from w2v_jax.data.manifest import Manifest, open_shards, read_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 
 logger = logging.getLogger("w2v_jax.data")
@@ -64,8 +65,9 @@ def letters_to_words(letters: Sequence[str]) -> str:
 
 
 def label_path(manifest_path: str | os.PathLike, extension: str) -> Path:
-    """`X.tsv` -> `X.<extension>` beside it."""
-    return Path(manifest_path).with_suffix(f".{extension}")
+    """`X.tsv` -> `X.<extension>` beside it; a shard set (its folder or `shards.json`) -> its
+    `index.<extension>`."""
+    return (shards.index_path(manifest_path) or Path(manifest_path)).with_suffix(f".{extension}")
 
 
 def read_label_lines(manifest_path: str | os.PathLike, extension: str, num_rows: int) -> list[str]:
@@ -102,6 +104,8 @@ def read_label_tokens(manifest_path: str | os.PathLike, kind: LabelKind, num_row
 
 
 def _read_manifest_file(manifest_path: str | os.PathLike) -> Manifest:
+    if shards.descriptor_path(manifest_path) is not None:
+        return open_shards(manifest_path)
     if not Path(manifest_path).is_file():
         raise ValueError(
             f"{manifest_path}: labels need a manifest file (X.tsv beside X.wrd/.ltr/.phn), "

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from w2v_jax.data import audio, skips
+from w2v_jax.data import audio, shards, skips
 
 # Formats whose headers give exact frame counts; others (mp3, ogg...) are decoded to measure them.
 _EXACT_HEADER_EXTENSIONS = frozenset({".wav", ".flac", ".aiff", ".aif", ".au", ".caf", ".w64"})
@@ -32,7 +32,8 @@ class Manifest:
 
     root: absolute folder; paths: as written in the manifest (relative to root unless allowed);
     num_samples: int64 [num_files] lengths at 16 kHz; source: where it came from, for messages;
-    known_bad: index -> (skip reason, detail) for files a folder scan could not read.
+    known_bad: index -> (skip reason, detail) for files a folder scan could not read; shard_rows: for
+    a shard set (`shards`), where its rows' audio is (None: in the files under root).
     """
 
     root: Path
@@ -40,6 +41,7 @@ class Manifest:
     num_samples: np.ndarray
     source: str
     known_bad: Mapping[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    shard_rows: shards.ShardRows | None = None
 
     def __post_init__(self):
         if len(self.paths) != len(self.num_samples):
@@ -49,7 +51,21 @@ class Manifest:
         return len(self.paths)
 
     def file_path(self, index: int) -> Path:
+        """Where row ``index``'s file is (for a shard set: its id under the set's folder, a name for
+        messages: the audio is read from the shards by `read`)."""
         return self.root / self.paths[index]
+
+    def read(self, index: int) -> audio.DecodedAudio:
+        """Row ``index`` decoded to 16 kHz mono (`audio.read_audio`), from its file or its shard."""
+        if self.shard_rows is not None:
+            return self.shard_rows.read(index, str(self.file_path(index)))
+        return audio.read_audio(self.file_path(index))
+
+    def lengths_16k(self) -> np.ndarray:
+        """int64 [num_files] lengths at 16 kHz (`lengths_at_16k`; a shard set's are in its index)."""
+        if self.shard_rows is not None:
+            return self.shard_rows.lengths_16k
+        return lengths_at_16k(self)
 
     def fingerprint(self) -> str:
         """sha256 over the entries (paths and lengths, not the root: a moved corpus keeps it)."""
@@ -61,7 +77,14 @@ class Manifest:
 
 def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
     """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
-    rows resolved under its own root, already checked by its loading)."""
+    rows resolved under its own root, already checked by its loading). Shard sets concatenate with
+    shard sets only."""
+    with_shards = {part.shard_rows is not None for part in manifests}
+    if len(with_shards) > 1:
+        raise ValueError(
+            f"{' + '.join(part.source for part in manifests)}: shard sets and manifests cannot be mixed; "
+            "prepare shards of each manifest (w2v-prepare-shards)"
+        )
     paths, lengths, known_bad = [], [], {}
     for part in manifests:
         for index, (reason, detail) in part.known_bad.items():
@@ -69,7 +92,8 @@ def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
         paths.extend(os.path.relpath(part.file_path(i), "/") for i in range(len(part)))
         lengths.append(part.num_samples)
     source = " + ".join(part.source for part in manifests)
-    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad)
+    rows = shards.concatenate_rows([part.shard_rows for part in manifests]) if with_shards == {True} else None
+    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad, rows)
 
 
 def _check_inside_root(path: str, where: str) -> None:
@@ -252,8 +276,10 @@ def scan_folder(folder: str | os.PathLike, *, num_workers: int = 8, progress: bo
 def load_manifest(
     manifest_or_folder: str | os.PathLike, *, allow_outside_root: bool = False, num_workers: int = 8
 ) -> Manifest:
-    """A TSV manifest file, or a folder to scan."""
+    """A TSV manifest file, a shard set (its folder or ``shards.json``: `shards`), or a folder to scan."""
     source = Path(manifest_or_folder)
+    if shards.descriptor_path(source) is not None:
+        return open_shards(source)
     if source.is_dir():
         return scan_folder(source, num_workers=num_workers)
     if not source.is_file():
@@ -261,10 +287,19 @@ def load_manifest(
     return read_manifest(source, allow_outside_root=allow_outside_root)
 
 
+def open_shards(path: str | os.PathLike) -> Manifest:
+    """The manifest of a shard set (`shards.open_shard_set`): the rows, paths and lengths of the
+    manifest it was prepared from, the audio read from its shards."""
+    shard_set = shards.open_shard_set(path)
+    source = str(shard_set.folder / shards.DESCRIPTOR)
+    return Manifest(shard_set.folder, shard_set.ids, shard_set.num_samples, source, shard_rows=shard_set.rows)
+
+
 def load_waveforms(manifest: str | os.PathLike, *, normalize: bool = True) -> list[np.ndarray]:
     """Every utterance of a manifest, float32 `[samples]` at 16 kHz (normalised as training does)."""
     entries = load_manifest(manifest)
-    return [audio.load_audio(entries.file_path(i), normalize_audio=normalize) for i in range(len(entries))]
+    waveforms = [entries.read(i).samples for i in range(len(entries))]
+    return [audio.normalize(w) for w in waveforms] if normalize else waveforms
 
 
 def valid_manifest_path(out: str | os.PathLike) -> Path:

@@ -44,7 +44,7 @@ from absl import flags
 
 from w2v_jax.data import audio, skips
 from w2v_jax.data.labels import LabelSet, pad_labels
-from w2v_jax.data.manifest import Manifest, concatenate_manifests, lengths_at_16k, load_manifest
+from w2v_jax.data.manifest import Manifest, concatenate_manifests, load_manifest
 from w2v_jax.data.planning import (
     EpochPlanner,
     assign_buckets,
@@ -118,6 +118,32 @@ class PipelineConfig:
             raise ValueError("labelled batches must be padded (pad=True): cropping would cut transcripts")
 
 
+# What reading one row reports: (manifest index, skip reason or "", detail, resampled, downmixed).
+RowOutcome = tuple[int, str, str, bool, bool]
+
+
+def read_row(manifest: Manifest, index: int) -> tuple[np.ndarray | None, RowOutcome]:
+    """Row ``index`` decoded (float32 [samples] at 16 kHz, not normalised; None when unusable) and
+    what reading it found: the file's (or shard's) own errors, or a length other than the manifest's
+    (a length written at the file's own rate is accepted)."""
+    try:
+        decoded = manifest.read(index)
+    except audio.AudioError as error:
+        return None, (index, error.reason, error.detail, False, False)
+    conversions = (decoded.resampled, decoded.downmixed)
+    detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
+    expected = int(manifest.num_samples[index])
+    if decoded.resampled and decoded.source_frames == expected:
+        detail += f" (the manifest's {expected} is its frame count at {decoded.source_rate} Hz)"
+    elif decoded.samples.shape[0] != expected:
+        mismatch = (
+            f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz "
+            f"({decoded.source_frames} at its {decoded.source_rate} Hz)"
+        )
+        return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
+    return decoded.samples, (index, "", detail, *conversions)
+
+
 class _BatchDataset(grain.MapDataset):
     """Element i = this process's shard of global batch ``start + i``, decoded, cropped and padded.
 
@@ -155,25 +181,6 @@ class _BatchDataset(grain.MapDataset):
     def __str__(self) -> str:
         return f"_BatchDataset(start={self._start})"
 
-    def _read_row(self, index: int) -> tuple[np.ndarray | None, tuple[int, str, str, bool, bool]]:
-        path = self._manifest.file_path(index)
-        try:
-            decoded = audio.read_audio(path)
-        except audio.AudioError as error:
-            return None, (index, error.reason, error.detail, False, False)
-        conversions = (decoded.resampled, decoded.downmixed)
-        detail = f"{decoded.source_rate} Hz, {decoded.source_channels} channel(s) -> 16 kHz mono"
-        expected = int(self._manifest.num_samples[index])
-        if decoded.resampled and decoded.source_frames == expected:
-            detail += f" (the manifest's {expected} is its frame count at {decoded.source_rate} Hz)"
-        elif decoded.samples.shape[0] != expected:
-            mismatch = (
-                f"the manifest says {expected} samples, the file has {decoded.samples.shape[0]} at 16 kHz "
-                f"({decoded.source_frames} at its {decoded.source_rate} Hz)"
-            )
-            return None, (index, skips.LENGTH_MISMATCH, mismatch, *conversions)
-        return decoded.samples, (index, "", detail, *conversions)
-
     def _load_batch(self, number: int) -> dict[str, Any]:
         config = self._config
         bucket, members = self._planner.global_batch(number)
@@ -185,13 +192,13 @@ class _BatchDataset(grain.MapDataset):
         label_rows = [np.zeros(0, np.int32)] * rows
         report = []
         for slot, row in enumerate(range(first_row, first_row + rows)):
-            samples, outcome = self._read_row(int(members[row]))
+            samples, outcome = read_row(self._manifest, int(members[row]))
             report.append(outcome)
             if samples is None:
                 # Replacements depend only on (seed, batch, row): the other rows never change.
                 draws = np.random.default_rng([config.seed, _REPLACEMENT_STREAM, number, row])
                 for _ in range(MAX_REPLACEMENT_DRAWS):
-                    samples, outcome = self._read_row(int(draws.choice(self._planner.bucket_members(bucket))))
+                    samples, outcome = read_row(self._manifest, int(draws.choice(self._planner.bucket_members(bucket))))
                     report.append(outcome)
                     if samples is not None:
                         break
@@ -263,7 +270,7 @@ class TrainIterator:
             max_skip_fraction=max_skip_fraction,
         )
         self._fingerprint = manifest.fingerprint()
-        self.lengths_16k = lengths_at_16k(manifest)  # int64 [num_files], rows at other rates converted
+        self.lengths_16k = manifest.lengths_16k()  # int64 [num_files], rows at other rates converted
         self.global_batch_sizes = global_batch_sizes(
             self.buckets,
             batch_size=config.batch_size,
@@ -582,7 +589,7 @@ def make_train_iterator(
     corpus_weights: Sequence[float] = (),
     sampling_alpha: float = 0.0,
 ) -> TrainIterator:
-    """Training batches from a TSV manifest, a folder of audio files, or a ``Manifest``.
+    """Training batches from a TSV manifest, a shard set (`shards`), a folder of audio files, or a ``Manifest``.
 
     batch_size: rows per process; each global batch has batch_size * shard_count rows and this
     process reads rows [shard_index * batch_size, (shard_index + 1) * batch_size).

@@ -5,6 +5,11 @@
 variant's train step (`research.benchmark`) on batches of the mean length the loader produced, so
 their ratio says whether the input pipeline keeps up. Audio-seconds count real (attention_mask)
 samples at 16 kHz. 0 workers = background threads in this process.
+
+`compare_sources` times a manifest and its shard set (`data.shards`) in alternated passes, each
+starting with the files' pages evicted from the page cache, and reports per pass the rate per CPU
+second (the loader's processes' user + system time: what one core delivers, however loaded the
+machine) and the workers' resident memory.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 
 from w2v_jax.data.audio import SAMPLE_RATE
+from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.pipeline import make_train_iterator
 from w2v_jax.research import benchmark
 
@@ -64,6 +71,97 @@ def measure_loader(
         "audio_s_per_s": audio_samples / SAMPLE_RATE / elapsed,
         "batches_per_s": batches / elapsed,
         "mean_batch_seconds": float(np.mean(lengths)) / SAMPLE_RATE,
+    }
+
+
+def _process_times(pid: int) -> tuple[float, float]:
+    """(CPU seconds, resident MiB) of process `pid`, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss_pages = int(fields[21])
+    return (int(fields[11]) + int(fields[12])) / ticks, rss_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (grain's workers are children of a fork server, not of ours), from
+    the children lists of all its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
+
+
+def evict_from_page_cache(paths: Sequence[str | os.PathLike]) -> None:
+    """Asks the kernel to drop the cached pages of `paths` (posix_fadvise DONTNEED; the next read
+    comes from the disk). Needs no privileges and leaves other files' pages alone."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure_cold_pass(
+    source: str | os.PathLike, files: Sequence[str | os.PathLike], *, num_workers: int, batches: int, **loader
+) -> dict[str, float]:
+    """One timed pass of the loader over `source` after evicting `files` (its audio or its shards):
+    audio-seconds per second and per CPU second of the loader's processes (ours and every one below
+    it), and the largest worker's resident memory (MiB; ours with 0 workers). `loader`:
+    make_train_iterator's batching arguments."""
+    evict_from_page_cache(files)
+    with make_train_iterator(source, seed=0, num_workers=num_workers, **loader) as iterator:
+        next(iterator)  # the workers start
+        processes = [os.getpid(), *_descendants(os.getpid())]
+        before = [_process_times(pid)[0] for pid in processes]
+        tic = time.perf_counter()
+        audio_samples = 0
+        for _ in range(batches):
+            audio_samples += int(np.sum(next(iterator)["attention_mask"]))
+        elapsed = time.perf_counter() - tic
+        after = [_process_times(pid) for pid in processes]
+    seconds = audio_samples / SAMPLE_RATE
+    # At least one clock tick, the counters' resolution (a pass shorter than that has no measure).
+    cpu = max(sum(a[0] - b for a, b in zip(after, before)), 1 / os.sysconf("SC_CLK_TCK"))
+    return {
+        "audio_s_per_s": seconds / elapsed,
+        "audio_s_per_cpu_s": seconds / cpu,
+        # The largest process below ours (beside the workers run a fork server and a resource tracker).
+        "worker_rss_mib": max(rss for _, rss in (after[1:] or after)),
+    }
+
+
+def source_files(source: str | os.PathLike) -> list[str]:
+    """The files a manifest's rows read (each once), or a shard set's shards."""
+    rows = load_manifest(source)
+    if rows.shard_rows is not None:
+        return list(rows.shard_rows.files)
+    return sorted({str(rows.file_path(i)) for i in range(len(rows))})
+
+
+def compare_sources(
+    sources: dict[str, tuple[str | os.PathLike, Sequence[str | os.PathLike]]],
+    *,
+    rounds: int,
+    num_workers: int,
+    batches: int,
+    **loader,
+) -> dict[str, dict[str, float]]:
+    """`measure_cold_pass` of each source (name -> (manifest or shard set, its files)), alternated for
+    `rounds` rounds: the medians of each figure per source."""
+    passes: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    for _ in range(rounds):
+        for name, (source, files) in sources.items():
+            passes[name].append(measure_cold_pass(source, files, num_workers=num_workers, batches=batches, **loader))
+    return {
+        name: {key: float(np.median([p[key] for p in results])) for key in results[0]}
+        for name, results in passes.items()
     }
 
 
