@@ -13,9 +13,9 @@ from tests.support import xla_flags
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
-from tests.support.launchers import run, shared_run, subprocess_env  # noqa: E402
+from tests.support.launchers import run, shared_run, subprocess_env
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -105,7 +105,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         return data, int(rate)
     # Decoders fed arbitrary bytes raise many exception types (LibsndfileError, audioread's
     # NoBackendError, EOFError, struct errors...): any of them means this file is unusable.
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise AudioError(skips.UNREADABLE, path, f"{type(error).__name__}: {error}") from error
 
 

@@ -32,7 +32,9 @@ class Manifest:
 
     root: absolute folder; paths: as written in the manifest (relative to root unless allowed);
     num_samples: int64 [num_files] lengths at 16 kHz; source: where it came from, for messages;
-    known_bad: index -> (skip reason, detail) for files a folder scan could not read.
+    known_bad: index -> (skip reason, detail) for files a folder scan could not read;
+    entry_paths: the paths as their own manifests write them, where `paths` differ (a concatenation's
+    are absolute), else empty.
     """
 
     root: Path
@@ -40,6 +42,7 @@ class Manifest:
     num_samples: np.ndarray
     source: str
     known_bad: Mapping[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    entry_paths: tuple[str, ...] = ()
 
     def __post_init__(self):
         if len(self.paths) != len(self.num_samples):
@@ -52,24 +55,29 @@ class Manifest:
         return self.root / self.paths[index]
 
     def fingerprint(self) -> str:
-        """sha256 over the entries (paths and lengths, not the root: a moved corpus keeps it)."""
+        """sha256 over the entries (paths as their manifests write them and lengths, not the roots: a
+        moved corpus keeps it, one manifest or several)."""
         digest = hashlib.sha256()
-        for path, length in zip(self.paths, self.num_samples.tolist()):
+        for path, length in zip(self.entry_paths or self.paths, self.num_samples.tolist()):
             digest.update(f"{path}\t{length}\n".encode())
         return digest.hexdigest()
 
 
 def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
     """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
-    rows resolved under its own root, already checked by its loading)."""
-    paths, lengths, known_bad = [], [], {}
+    rows resolved under its own root, already checked by its loading); its fingerprint is over the
+    parts' entries as written, so the corpora may move."""
+    paths, entries, lengths, known_bad = [], [], [], {}
     for part in manifests:
         for index, (reason, detail) in part.known_bad.items():
             known_bad[len(paths) + index] = (reason, detail)
         paths.extend(os.path.relpath(part.file_path(i), "/") for i in range(len(part)))
+        entries.extend(part.entry_paths or part.paths)
         lengths.append(part.num_samples)
     source = " + ".join(part.source for part in manifests)
-    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad)
+    return Manifest(
+        Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad, tuple(entries)
+    )
 
 
 def _check_inside_root(path: str, where: str) -> None:
@@ -160,7 +168,7 @@ def probe_length(path: str | os.PathLike) -> int:
         raise audio.AudioError(skips.EMPTY, path, "the file has 0 bytes")
     try:
         info = soundfile.info(path)
-    except Exception as error:  # noqa: BLE001 - see audio._decode: any decoder error = unusable file
+    except Exception as error:
         raise audio.AudioError(skips.UNREADABLE, path, f"{type(error).__name__}: {error}") from error
     if info.frames <= 0:
         raise audio.AudioError(skips.EMPTY, path, "the header reports no samples")
