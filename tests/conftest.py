@@ -13,11 +13,11 @@ from tests.support import xla_flags
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 
-from tests.support.launchers import run, shared_run, subprocess_env  # noqa: E402
-from w2v_jax.data import default_manifest  # noqa: E402
-from w2v_jax.data.shard_preparation import prepare_shards  # noqa: E402
+from tests.support.launchers import run, shared_run, subprocess_env
+from w2v_jax.data import default_manifest
+from w2v_jax.data.shard_preparation import prepare_shards
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

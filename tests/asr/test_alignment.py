@@ -6,6 +6,7 @@ import hypothesis.strategies as st
 import jax
 import numpy as np
 import pytest
+import torch
 
 from w2v_jax.asr import alignment
 from w2v_jax.data.vocabulary import Vocabulary
@@ -80,8 +81,9 @@ def test_the_path_is_the_best_one_ties_and_all(seed):
 
 
 def test_same_path_and_scores_as_torchaudio():
+    # torchaudio is no declared dependency (no build of it matches the test extra's torch), so this
+    # parity check skips unless one is installed by hand; docs/transcription.md says so.
     try:
-        import torch  # noqa: PLC0415 - optional: the `test` extra
         from torchaudio.functional import forced_align  # noqa: PLC0415 - optional: torchaudio
     except (ImportError, OSError) as error:  # OSError: a torchaudio build for another torch
         pytest.skip(f"torchaudio unavailable: {error}")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import pytest
+from flashlight.lib.text import dictionary
+from flashlight.lib.text.decoder import kenlm
 
 from tests.support import HANG_TIMEOUT
 from w2v_jax.asr import lm
@@ -69,8 +71,6 @@ def test_bigram_probabilities_by_hand():
 def test_kenlm_reads_the_arpa_file_and_gives_our_scores(tmp_path):
     """flashlight-text's KenLM (the decoder's scorer) on the file we write: the same sentence log10
     probabilities, unknown words included (float32 scores: measured differences <= 4e-6)."""
-    dictionary = pytest.importorskip("flashlight.lib.text.dictionary")
-    kenlm = pytest.importorskip("flashlight.lib.text.decoder.kenlm")
     sentences = lm.read_sentences([default_manifest("train")])
     for order in (2, 4):
         model = lm.estimate_kneser_ney(sentences, order)

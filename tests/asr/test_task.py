@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from tests.support.ctc import CONFIG, VOCABULARY
-from tests.support.health import observe
+from tests.support.health import WINDOW, observe
 from w2v_jax.asr.task import METRIC_ROLES, CTCAllBlank, FineTuningTask, finetuned_model_config, with_encoder
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import finetune as finetune_configs
@@ -71,6 +71,24 @@ def test_every_variant_builds_a_valid_model_config(variant):
 def _blank_records():
     """Eight records 10 updates apart, the blank the argmax of 99.5% of the frames."""
     return [{"step": 10 * i, "loss": 50.0 - i, "blank_fraction": 0.995, "skipped_nonfinite": 0} for i in range(1, 9)]
+
+
+def test_a_bucket_of_longer_utterances_is_no_divergence():
+    # CTC's loss per utterance grows with its length: records alternate between buckets whose
+    # utterances have 20 and 90 labels, at the same loss per label, the short bucket first.
+    records = []
+    for i in range(1, 31):
+        labels = 20 if i < 10 or i % 2 else 90
+        per_label = 1.0 - 0.01 * i
+        records.append({"step": 10 * i, "loss": per_label * labels, "loss_per_token": per_label, "grad_norm": 1.0})
+    config = finetune_configs.get_config("tiny")
+    monitor, names = observe(FineTuningTask().detectors(config), records)
+    assert names == [[]] * 30 and monitor.summary() == "no failure detected"
+    # The loss per label doubling is still one.
+    for record in records[20:]:
+        record["loss_per_token"] *= 2.5
+    names = observe(FineTuningTask().detectors(config), records)[1]
+    assert names[20 + WINDOW - 1 :] == [["divergence"]] * (10 - WINDOW + 1)
 
 
 def test_all_blank_ctc_fires_after_the_warmup_and_freeze_only():

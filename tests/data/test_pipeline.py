@@ -640,3 +640,25 @@ def test_several_corpora_are_sampled_at_their_shares_deterministically_and_resum
     assert resumed.corpus_shares() == shares
     with pytest.raises(ValueError, match="one non-negative weight per manifest"):
         make_train_iterator(manifests, **{**common, "corpus_weights": (1.0,)})
+
+
+def test_several_corpora_that_moved_resume_as_one_manifest_does(tmp_path):
+    # Relative manifest roots ("."), copied whole to another disk: the entries are the same, the
+    # absolute paths of the rows are not.
+    for name, length in (("big", MAX), ("small", MAX - 100)):
+        _corpus(tmp_path / "disk1" / name, [length] * (10 if name == "big" else 5))
+    shutil.copytree(tmp_path / "disk1", tmp_path / "disk2")
+    common = dict(batch_size=5, seed=1, min_sample_size=MIN, max_sample_size=MAX, num_buckets=1, num_workers=0)
+    common.update(corpus_weights=(2, 1), normalize=False)
+    first, moved = (
+        make_train_iterator([tmp_path / disk / name / "m.tsv" for name in ("big", "small")], **common)
+        for disk in ("disk1", "disk2")
+    )
+    _batches(first, 4)
+    state = json.loads(json.dumps(first.get_state()))
+    moved.set_state(state)
+    _assert_same_batches(_batches(moved, 3), _batches(first, 3))
+    # A changed entry is still refused.
+    write_manifest(tmp_path / "disk2" / "small" / "m.tsv", ".", [f"u{i:03d}.wav" for i in range(4)], [MAX - 100] * 4)
+    with pytest.raises(ValueError, match="fingerprint"):
+        make_train_iterator([tmp_path / "disk2" / n / "m.tsv" for n in ("big", "small")], **common).set_state(state)

@@ -13,8 +13,12 @@ WINDOW = 3
 
 # (condition, change applied to the records from the 20th on, evidence) of the loop's own detectors.
 GENERIC_CASES = [
-    (health.GradNormCollapse.name, lambda r, i: r.update(grad_norm=1e-3), "grad norm 0.001 < 0.01 x its peak"),
-    (health.Divergence.name, lambda r, i: r.update(loss=5.0 + i, contrastive_loss=5.0), "loss 7.0000 > 2 x its lowest"),
+    (health.GradNormCollapse.name, lambda r, i: r.update(grad_norm=1e-3), "grad norm 0.001 < 0.01 x its median"),
+    (
+        health.Divergence.name,
+        lambda r, i: r.update(loss=5.0 + i, contrastive_loss=5.0),
+        "loss 7.0000 > 2 x its lowest median over 5 records",
+    ),
     (health.Divergence.name, lambda r, i: r.update(loss=None, skipped_nonfinite=1), "loss None, 1 non-finite"),
 ]
 

@@ -1,6 +1,8 @@
 """Logging-window reductions: averages over finite steps, summed counts, ratios divided once."""
 
 import io
+import json
+import logging
 import math
 import struct
 import subprocess
@@ -14,7 +16,15 @@ from tensorboardX.proto import event_pb2
 from tests.support import HANG_TIMEOUT, REPO
 from w2v_jax.pretraining.task import METRIC_ROLES, PANELS, PretrainingTask
 from w2v_jax.training import trainer
-from w2v_jax.training.metrics import METRICS_FILE, MetricWriter, mean_metrics, plot_loss_curve, read_metrics
+from w2v_jax.training.metrics import (
+    METRICS_FILE,
+    UNREADABLE_SUFFIX,
+    MetricWriter,
+    mean_metrics,
+    plot_loss_curve,
+    read_metrics,
+    truncate_after,
+)
 
 
 def _step(loss, correct, masked, skipped=0):
@@ -196,3 +206,20 @@ def test_eta_leaves_out_compiles_and_evaluations():
     remaining = (meter["total"] - meter["n"]) * meter["elapsed"] / meter["n"]
     assert 8.0 < remaining < 20.0  # ~9 steps of ~1 s, not 9 x 60 s
     bar.close()
+
+
+def test_unreadable_lines_are_counted_named_and_kept_aside_on_resume(tmp_path, caplog):
+    path = tmp_path / METRICS_FILE
+    good = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    lines = [json.dumps(good[0]), json.dumps(good[1]), "\x00\x00garbage", '["not", "a record"]', json.dumps(good[2])]
+    lines += [json.dumps(good[3]), '{"step": 5, "lo']  # the last line torn by a kill mid-write
+    path.write_text("\n".join(lines))
+    with caplog.at_level(logging.WARNING, logger="w2v_jax.training.metrics"):
+        records = read_metrics(path)
+    assert records == good and records.unreadable == [3, 4, 7]
+    assert f"{path}: 3 unreadable line(s) left out (line 3, 4, 7;" in caplog.text
+    # A resume drops the records after its checkpoint and keeps the unreadable lines as written.
+    truncate_after(path, 2)
+    assert read_metrics(path) == good[:2] and read_metrics(path).unreadable == []
+    aside = (tmp_path / (METRICS_FILE + UNREADABLE_SUFFIX)).read_text().splitlines()
+    assert aside == [lines[2], lines[3], lines[6]]

@@ -95,6 +95,35 @@ def test_resume_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(unin
     assert resumed == reference
 
 
+def test_a_real_run_fed_non_finite_audio_is_named_divergent_and_stopped(tmp_path, monkeypatch):
+    # From the 4th batch on the audio is NaN: every update is skipped, which the monitor names
+    # divergence at the first logged step of a window of such updates, and train.health=stop ends.
+    make = pretraining_task.make_train_iterator
+
+    class Poisoned:
+        def __init__(self, inner):
+            self.inner, self.count = inner, 0
+
+        def __next__(self):
+            self.count += 1
+            batch = next(self.inner)
+            if self.count >= 4:
+                batch = {**batch, "input_values": np.full_like(batch["input_values"], np.nan)}
+            return batch
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    config = _config(num_steps=6)
+    config.train.health, config.train.health_window = "stop", 1
+    monkeypatch.setattr(pretraining_task, "make_train_iterator", lambda *a, **k: Poisoned(make(*a, **k)))
+    with pytest.raises(trainer.UnhealthyRunError, match="health: divergence at step 6: loss nan, 3 non-finite"):
+        trainer.train_and_evaluate(config, str(tmp_path), PretrainingTask())
+    records = _records(tmp_path)
+    assert [r["step"] for r in records] == [3, 6] and "health" not in records[0]
+    assert records[1]["health"] == ["divergence"]
+
+
 def test_loading_a_run_at_a_step_returns_that_steps_weights(uninterrupted):
     workdir, saved = uninterrupted
     assert sorted(saved) == [2, 4, 6]

@@ -287,8 +287,7 @@ class FineTuningTask:
         frozen-encoder updates are over (CTC's first updates are all blank by design)."""
         train = config.train
         return [
-            health.GradNormCollapse(),
-            health.Divergence(),
+            *health.loop_detectors(config, loss="loss_per_token"),
             CTCAllBlank(after=max(train.get("warmup_steps", 0), train.get("freeze_finetune_updates", 0))),
         ]
 

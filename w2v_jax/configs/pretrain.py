@@ -137,9 +137,12 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     # Failure detectors over the logged records (w2v_jax/training/health.py; pretraining's own in
     # w2v_jax/pretraining/task.py): "warn" logs a line naming the condition, its evidence and the fix,
     # and adds `health` to the record; "stop" also exits 1 after saving that step's checkpoint; "off".
-    # A condition counts once it holds on health_window consecutive logged records.
+    # A condition counts once it holds on health_window consecutive logged records; the gradient norm
+    # and the loss are compared with their medians over health_recent logged records (one spike moves
+    # no median).
     train.health = "warn"
     train.health_window = 3
+    train.health_recent = 5
     # Validation every eval_every updates (0: off; a multiple of log_every): valid_* keys in that
     # step's metrics record, on data.valid_manifest (w2v_jax/pretraining/evaluator.py).
     train.eval_every = 0

@@ -114,7 +114,7 @@ def _decode(source: Path | io.BytesIO, suffix: str, name: str | os.PathLike) -> 
         return data, int(rate)
     # Decoders fed arbitrary bytes raise many exception types (LibsndfileError, audioread's
     # NoBackendError, EOFError, struct errors...): any of them means this file is unusable.
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise AudioError(skips.UNREADABLE, name, f"{type(error).__name__}: {error}") from error
 
 

@@ -33,7 +33,9 @@ class Manifest:
     root: absolute folder; paths: as written in the manifest (relative to root unless allowed);
     num_samples: int64 [num_files] lengths at 16 kHz; source: where it came from, for messages;
     known_bad: index -> (skip reason, detail) for files a folder scan could not read; shard_rows: for
-    a shard set (`shards`), where its rows' audio is (None: in the files under root).
+    a shard set (`shards`), where its rows' audio is (None: in the files under root); entry_paths: the
+    paths as their own manifests write them, where `paths` differ (a concatenation's are absolute),
+    else empty.
     """
 
     root: Path
@@ -42,6 +44,7 @@ class Manifest:
     source: str
     known_bad: Mapping[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
     shard_rows: shards.ShardRows | None = None
+    entry_paths: tuple[str, ...] = ()
 
     def __post_init__(self):
         if len(self.paths) != len(self.num_samples):
@@ -68,32 +71,36 @@ class Manifest:
         return lengths_at_16k(self)
 
     def fingerprint(self) -> str:
-        """sha256 over the entries (paths and lengths, not the root: a moved corpus keeps it)."""
+        """sha256 over the entries (paths as their manifests write them and lengths, not the roots: a
+        moved corpus keeps it, one manifest or several)."""
         digest = hashlib.sha256()
-        for path, length in zip(self.paths, self.num_samples.tolist()):
+        for path, length in zip(self.entry_paths or self.paths, self.num_samples.tolist()):
             digest.update(f"{path}\t{length}\n".encode())
         return digest.hexdigest()
 
 
 def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
     """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
-    rows resolved under its own root, already checked by its loading). Shard sets concatenate with
-    shard sets only."""
+    rows resolved under its own root, already checked by its loading; its fingerprint is over the
+    parts' entries as written, so the corpora may move). Shard sets concatenate with shard sets only."""
     with_shards = {part.shard_rows is not None for part in manifests}
     if len(with_shards) > 1:
         raise ValueError(
             f"{' + '.join(part.source for part in manifests)}: shard sets and manifests cannot be mixed; "
             "prepare shards of each manifest (w2v-prepare-shards)"
         )
-    paths, lengths, known_bad = [], [], {}
+    paths, entries, lengths, known_bad = [], [], [], {}
     for part in manifests:
         for index, (reason, detail) in part.known_bad.items():
             known_bad[len(paths) + index] = (reason, detail)
         paths.extend(os.path.relpath(part.file_path(i), "/") for i in range(len(part)))
+        entries.extend(part.entry_paths or part.paths)
         lengths.append(part.num_samples)
     source = " + ".join(part.source for part in manifests)
     rows = shards.concatenate_rows([part.shard_rows for part in manifests]) if with_shards == {True} else None
-    return Manifest(Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad, rows)
+    return Manifest(
+        Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad, rows, tuple(entries)
+    )
 
 
 def _check_inside_root(path: str, where: str) -> None:
@@ -184,7 +191,7 @@ def probe_length(path: str | os.PathLike) -> int:
         raise audio.AudioError(skips.EMPTY, path, "the file has 0 bytes")
     try:
         info = soundfile.info(path)
-    except Exception as error:  # noqa: BLE001 - see audio._decode: any decoder error = unusable file
+    except Exception as error:
         raise audio.AudioError(skips.UNREADABLE, path, f"{type(error).__name__}: {error}") from error
     if info.frames <= 0:
         raise audio.AudioError(skips.EMPTY, path, "the header reports no samples")

@@ -49,6 +49,7 @@ from w2v_jax.data.planning import (
     EpochPlanner,
     assign_buckets,
     bucket_lengths,
+    corpus_draws,
     corpus_probabilities,
     global_batch_sizes,
 )
@@ -372,18 +373,20 @@ class TrainIterator:
             empty = [n for n, size in zip(self.corpus_names, sizes) if not size]
             raise ValueError(f"corpora without usable utterances: {empty}")
         self.corpus_probabilities = corpus_probabilities(sizes, config.corpus_weights, config.sampling_alpha)
-        factors = self.corpus_probabilities * sizes.sum() / sizes
-        strata = []
-        for bucket_members in members:
-            of = self._corpus_of[bucket_members]
-            strata.append(
-                [(bucket_members[of == i], int(round(f * np.sum(of == i)))) for i, f in enumerate(factors.tolist())]
-            )
+        counts = np.stack([np.bincount(self._corpus_of[m], minlength=len(sizes)) for m in members])
+        draws = corpus_draws(counts, self.corpus_probabilities, self.global_batch_sizes, self.corpus_names)
+        strata = [
+            [(bucket_members[self._corpus_of[bucket_members] == i], int(n)) for i, n in enumerate(drawn)]
+            for bucket_members, drawn in zip(members, draws.tolist())
+        ]
+        drawn = draws.sum(axis=0)
         logger.info(
             "corpora sampled %s",
             ", ".join(
-                f"{name}: {size} utterances, p={p:.3f} (x{f:.2f})"
-                for name, size, p, f in zip(self.corpus_names, sizes.tolist(), self.corpus_probabilities, factors)
+                f"{name}: {size} utterances, p={p:.3f}, {n} drawn per epoch ({n / drawn.sum():.3f})"
+                for name, size, p, n in zip(
+                    self.corpus_names, sizes.tolist(), self.corpus_probabilities, drawn.tolist()
+                )
             ),
         )
         return strata

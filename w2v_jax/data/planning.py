@@ -4,7 +4,7 @@ Lengths come from a fixed geometric set (`bucket_lengths`); each utterance is fi
 (`assign_buckets`); each bucket's global batch has a fixed number of rows (`global_batch_sizes`:
 one count, or a token budget's rows per length). `EpochPlanner` shuffles every bucket per epoch,
 cuts it into global batches and shuffles their order; with several corpora it first draws each
-corpus's share of the epoch (`corpus_probabilities`). Nothing here reads audio or depends on the
+corpus's share of the epoch (`corpus_probabilities`, `corpus_draws`). Nothing here reads audio or depends on the
 number of processes: the input pipeline (`pipeline`) reads each process's slice of these batches.
 """
 
@@ -102,6 +102,62 @@ def corpus_probabilities(sizes: Sequence[int], weights: Sequence[float] = (), al
             raise ValueError(f"sampling_alpha must be >= 0 (0: natural proportions), got {alpha}")
         raw = sizes ** (alpha or 1.0)
     return raw / raw.sum()
+
+
+def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
+    """`total` split in whole numbers in proportion to `shares` (largest remainders, a tie to the larger
+    share): int64 [len(shares)]."""
+    exact = shares / shares.sum() * total
+    whole = np.floor(exact).astype(np.int64)
+    left = total - int(whole.sum())
+    whole[np.lexsort((-shares, -(exact - whole)))[:left]] += 1
+    return whole
+
+
+def corpus_draws(
+    counts: np.ndarray, probabilities: np.ndarray, batch_sizes: np.ndarray, names: Sequence[str]
+) -> np.ndarray:
+    """Utterances an epoch draws from each (bucket, corpus), int64 [num_buckets, num_corpora].
+
+    counts: usable utterances per (bucket, corpus), int [num_buckets, num_corpora]; probabilities:
+    each corpus's share of an epoch, float [num_corpora]; batch_sizes: rows of a global batch per
+    bucket, int [num_buckets].
+
+    An epoch draws as many utterances as there are: each corpus its share of them, spread over the
+    buckets as its own lengths are. Each bucket then gives back its rows beyond a whole number of
+    batches, taken from the corpora the most above their share at that point, so every bucket's draw
+    is whole batches and each corpus's rows are within one global batch of its share of the epoch's
+    rows. A corpus whose share comes to no row, or an epoch of no batch, is a ValueError naming it.
+    """
+    counts = np.asarray(counts, np.int64)
+    per_corpus = _apportion(np.asarray(probabilities, np.float64), int(counts.sum()))
+    draws = np.zeros_like(counts)
+    for corpus, total in enumerate(per_corpus.tolist()):
+        if total:
+            draws[:, corpus] = _apportion(counts[:, corpus].astype(np.float64), total)
+    rows = int(sum(d // b * b for d, b in zip(draws.sum(axis=1).tolist(), batch_sizes.tolist())))
+    if rows == 0:
+        raise ValueError(
+            f"the corpora's draws per epoch ({draws.sum(axis=0).tolist()} utterances of {list(names)}) hold no full "
+            f"global batch of {batch_sizes.tolist()} rows in any length bucket: lower the batch size (or max_tokens) "
+            "or num_buckets"
+        )
+    target = np.asarray(probabilities, np.float64) * rows
+    excess = draws.sum(axis=0) - target  # rows above each corpus's share, updated as buckets give back
+    for bucket, size in enumerate(batch_sizes.tolist()):
+        for _ in range(int(draws[bucket].sum()) % size):
+            present = draws[bucket] > 0
+            corpus = int(np.argmax(np.where(present, excess, -np.inf)))
+            draws[bucket, corpus] -= 1
+            excess[corpus] -= 1
+    empty = [name for name, drawn in zip(names, draws.sum(axis=0).tolist()) if not drawn]
+    if empty:
+        shares = {name: float(p) for name, p in zip(names, probabilities)}
+        raise ValueError(
+            f"corpora {empty} get no utterance of an epoch of {rows} rows at sampling probabilities {shares}: raise "
+            "their data.train_weights (or data.sampling_alpha) or drop them from data.train_manifests"
+        )
+    return draws
 
 
 class EpochPlanner:

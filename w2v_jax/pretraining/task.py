@@ -168,8 +168,7 @@ class PretrainingTask:
         return [
             CodebookCollapse(config.model.num_codevector_groups),
             TrivialSolution(),
-            health.GradNormCollapse(),
-            health.Divergence(),
+            *health.loop_detectors(config, loss="loss"),
         ]
 
     def summary_lines(self, summary: dict[str, Any]) -> list[str]:

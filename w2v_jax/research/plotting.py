@@ -14,11 +14,11 @@ from typing import Any, Protocol
 import matplotlib
 
 matplotlib.use("Agg")  # servers and CI have no display; notebooks show returned figures anyway
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE  # noqa: E402
-from w2v_jax.data.utterances import FRAME_HOP  # noqa: E402
+from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE
+from w2v_jax.data.utterances import FRAME_HOP
 
 
 class PhoneProbeResults(Protocol):

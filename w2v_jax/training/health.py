@@ -12,10 +12,16 @@ names in the record's `health` field and the summary, and marks them on the loss
 The task says which detectors watch its run (`trainer.Task.detectors`). The ones every task's
 records can show are here:
 
-- `GradNormCollapse`: the gradient norm below `ratio` x the largest logged so far (the model
-  stopped learning).
+- `GradNormCollapse`: the gradient norm below `ratio` x its median over the `recent` records before
+  (the model stopped learning).
 - `Divergence`: a non-finite loss or skipped updates in the window's records, or a loss above
-  `ratio` x the lowest logged so far.
+  `ratio` x the lowest median of `recent` consecutive records so far.
+
+Both compare with medians of recent records, not with single extremes: one clipped spike of the
+gradient norm, or one record of a bucket of short utterances, moves no median, and a gradient norm
+that falls slowly through the warmup is followed by its recent median. The loss they watch is a
+per-position one (pretraining's loss per masked frame, CTC's loss per label: `loop_detectors`), so
+a bucket of longer utterances does not read as a higher loss.
 
 A task's own live in its room: pretraining's codebook collapse and trivial solution
 (`pretraining.task`), fine-tuning's all-blank CTC plateau (`asr.task`).
@@ -29,13 +35,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
+
+import ml_collections
 
 logger = logging.getLogger(__name__)
 
 MODES = ("warn", "stop", "off")
 RECORD_FIELD = "health"  # the record's list of condition names (present only when non-empty)
+RECENT = 5  # default `train.health_recent`: logged records a detector's running median covers
 
 
 class Detector(Protocol):
@@ -80,48 +91,90 @@ def record_value(record: Mapping[str, Any], name: str) -> float | None:
 
 @dataclasses.dataclass
 class GradNormCollapse:
-    """The gradient norm below `ratio` x the largest logged so far."""
+    """The gradient norm below `ratio` x its median over the `recent` logged records before it.
+
+    Records where the condition held stay out of that median, so a collapse holds until the norm
+    recovers; nothing is compared before `recent` records have been seen."""
 
     ratio: float = 0.01
+    recent: int = RECENT
     name: ClassVar[str] = "grad_norm_collapse"
     advice: ClassVar[str] = (
         "the model stopped learning: lower train.learning_rate or train.weight_decay, lengthen "
         "train.warmup_steps, check model.feature_grad_mult and a collapsed codebook"
     )
-    _peak: float = dataclasses.field(default=0.0, init=False, repr=False)
+    _norms: deque[float] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_recent(self.recent)
+        self._norms = deque(maxlen=self.recent)
 
     def check(self, record: Mapping[str, Any]) -> str | None:
         grad_norm = record_value(record, "grad_norm")
         if grad_norm is None or not math.isfinite(grad_norm):
             return None
-        self._peak = max(self._peak, grad_norm)
-        if grad_norm < self.ratio * self._peak:
-            return f"grad norm {grad_norm:.3g} < {self.ratio:g} x its peak {self._peak:.3g}"
+        if len(self._norms) == self.recent:
+            median = statistics.median(self._norms)
+            if grad_norm < self.ratio * median:
+                return (
+                    f"grad norm {grad_norm:.3g} < {self.ratio:g} x its median {median:.3g} over the "
+                    f"{self.recent} records before"
+                )
+        self._norms.append(grad_norm)
         return None
 
 
 @dataclasses.dataclass
 class Divergence:
-    """A non-finite loss or skipped updates, or a loss above `ratio` x the lowest logged so far."""
+    """A non-finite loss or skipped updates, or the loss above `ratio` x the lowest median of
+    `recent` consecutive logged records so far.
+
+    `loss` names the record's metric watched: a per-position loss (per masked frame, per label)."""
 
     ratio: float = 2.0
+    recent: int = RECENT
+    loss: str = "loss"
     name: ClassVar[str] = "divergence"
     advice: ClassVar[str] = (
         "lower train.learning_rate, lengthen train.warmup_steps, lower train.max_grad_norm, use float32 "
         "(train.precision) or check the data"
     )
+    _losses: deque[float] = dataclasses.field(init=False, repr=False)
     _lowest: float = dataclasses.field(default=math.inf, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        _check_recent(self.recent)
+        self._losses = deque(maxlen=self.recent)
+
     def check(self, record: Mapping[str, Any]) -> str | None:
-        loss = record_value(record, "loss")
         skipped = int(record.get("skipped_nonfinite") or 0)
+        if self.loss not in record and not skipped:
+            return None  # a record without the metric is no evidence (a non-finite one is logged as null)
+        loss = record_value(record, self.loss)
         if loss is None or not math.isfinite(loss) or skipped:
-            return f"loss {loss}, {skipped} non-finite updates skipped"
+            return f"{self.loss} {loss}, {skipped} non-finite updates skipped"
         evidence = None
         if loss > self.ratio * self._lowest:
-            evidence = f"loss {loss:.4f} > {self.ratio:g} x its lowest {self._lowest:.4f}"
-        self._lowest = min(self._lowest, loss)
+            evidence = (
+                f"{self.loss} {loss:.4f} > {self.ratio:g} x its lowest median over {self.recent} records "
+                f"{self._lowest:.4f}"
+            )
+        self._losses.append(loss)
+        if len(self._losses) == self.recent:
+            self._lowest = min(self._lowest, statistics.median(self._losses))
         return evidence
+
+
+def _check_recent(recent: int) -> None:
+    if recent < 1:
+        raise ValueError(f"train.health_recent must be >= 1 logged record, got {recent}")
+
+
+def loop_detectors(config: ml_collections.ConfigDict, *, loss: str) -> list[Detector]:
+    """The detectors every task's records can show, under the config's `train.health_recent`:
+    `GradNormCollapse` and `Divergence` of the task's per-position loss metric `loss`."""
+    recent = config.train.get("health_recent", RECENT)
+    return [GradNormCollapse(recent=recent), Divergence(recent=recent, loss=loss)]
 
 
 class HealthMonitor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -18,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -48,24 +51,65 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl` file (a torn last line, from a kill mid-write, is skipped)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+UNREADABLE_SUFFIX = ".unreadable"  # beside the metrics file: lines a resume could not keep as records
+
+
+class MetricRecords(list):
+    """The records of a metrics file in order (a list of dicts), and `unreadable`: the 1-based
+    numbers of its lines that are no JSON record (a kill mid-write tears the last line)."""
+
+    def __init__(self, records: Iterable[dict[str, Any]], unreadable: Sequence[int]):
+        super().__init__(records)
+        self.unreadable = list(unreadable)
+
+
+def _parse(path: str | os.PathLike) -> tuple[MetricRecords, list[str]]:
+    """(the records of `path`, its unreadable lines as written)."""
+    records, numbers, raw = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
                 continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
+            else:
+                numbers.append(number)
+                raw.append(line if line.endswith("\n") else line + "\n")
+    return MetricRecords(records, numbers), raw
+
+
+def read_metrics(path: str | os.PathLike) -> MetricRecords:
+    """The records of a `metrics.jsonl` file; lines that are no record are left out, counted in the
+    result's `unreadable` and named in one warning."""
+    records, _ = _parse(path)
+    if records.unreadable:
+        shown = ", ".join(map(str, records.unreadable[:10])) + (", ..." if len(records.unreadable) > 10 else "")
+        logger.warning(
+            "%s: %d unreadable line(s) left out (line %s; a kill mid-write tears the last line)",
+            path,
+            len(records.unreadable),
+            shown,
+        )
     return records
 
 
 def truncate_after(path: str | os.PathLike, step: int) -> None:
-    """Drops the records of `path` with `step` greater than `step` (the resumed-from checkpoint)."""
+    """Drops the records of `path` with `step` greater than `step` (the resumed-from checkpoint).
+    Unreadable lines are moved, as written, to the file beside it named with `UNREADABLE_SUFFIX`."""
     path = pathlib.Path(path)
     if not path.exists():
         return
-    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    records, raw = _parse(path)
+    if raw:
+        aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+        with open(aside, "a", encoding="utf-8") as f:
+            f.writelines(raw)
+        logger.warning("%s: %d unreadable line(s) moved to %s", path, len(raw), aside)
+    kept = [r for r in records if r["step"] <= step]
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -59,6 +59,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.max_consecutive_nonfinite",
         "train.health",
         "train.health_window",
+        "train.health_recent",
         "data.num_workers",
         "data.strict",
         "data.max_skip_fraction",
