@@ -65,7 +65,7 @@ from w2v_jax.configs import pretrain as pretrain_configs
 from w2v_jax.layers import dropout
 from w2v_jax.model import Wav2Vec2Model
 from w2v_jax.research import benchmark
-from w2v_jax.training import metrics
+from w2v_jax.training import compute, metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCHIVE = "accelerator_check.tar.gz"
@@ -269,7 +269,7 @@ def tiny_train_steps(device: jax.Device) -> dict[str, Any]:
 def matmul_rate(device: jax.Device, dry_run: bool) -> dict[str, float]:
     """The best bf16 `[n, n] @ [n, n]` rate (the benchmark's MFU yardstick), in TFLOP/s."""
     size = 256 if dry_run else None
-    return {"bf16_tflops": benchmark.matmul_peak_flops(device, jnp.bfloat16, size=size) / 1e12}
+    return {"bf16_tflops": compute.matmul_peak_flops(device, jnp.bfloat16, size=size) / 1e12}
 
 
 def attention_report(device: jax.Device) -> dict[str, Any]:

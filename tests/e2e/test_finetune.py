@@ -36,7 +36,7 @@ OVERRIDES = [
     "--config.train.checkpoint_every=10",
     "--config.train.freeze_finetune_updates=0",  # the mechanics of a run in which every part learns
 ]
-TIMING = {"audio_seconds_per_second", "steps_per_second"}
+TIMING = metrics.RATE_FIELDS
 
 
 def run(module, args, env):

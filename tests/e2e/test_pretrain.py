@@ -46,7 +46,7 @@ OVERRIDES = [
     "--config.data.min_sample_size=16000",
 ]
 # Wall-clock metrics differ between runs; everything else must be identical after a resume.
-TIMING = {"audio_seconds_per_second", "steps_per_second"}
+TIMING = metrics.RATE_FIELDS
 
 # Runs the launcher after patching one function to inject a fault at step AT.
 RUNNER = textwrap.dedent(

@@ -22,7 +22,7 @@ from w2v_jax.configs import finetune as finetune_configs
 from w2v_jax.configs import pretrain as pretrain_configs
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import benchmark
-from w2v_jax.training import host_memory, train_step
+from w2v_jax.training import compute, host_memory, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,7 +64,7 @@ def test_settings_reject_bad_values(overrides, message):
 
 
 def test_matmul_peak_is_positive_and_finite():
-    peak = benchmark.matmul_peak_flops(jax.devices()[0], jnp.float32, size=128, repeats=2)
+    peak = compute.matmul_peak_flops(jax.devices()[0], jnp.float32, size=128, repeats=2)
     assert np.isfinite(peak) and peak > 0
 
 

@@ -194,6 +194,9 @@ def test_end_of_run_summary_is_a_few_readable_lines():
     ]
     stopped = trainer.format_summary({**summary, "step": 120, "last_valid": {}}, "w", PretrainingTask()).splitlines()
     assert stopped[0] == "stopped at step 120 of 300 in w" and not any(line.startswith("  valid") for line in stopped)
+    counted = {**summary["last_logged"], "audio_hours_seen": 0.5, "flops_seen": 1.25e15, "mfu": 0.4123}
+    lines = trainer.format_summary({**summary, "last_logged": counted}, "w", PretrainingTask()).splitlines()
+    assert lines[-2] == "  compute: 0.5 hours of audio seen, 1.25e+15 model FLOPs, MFU 41.2% in the last window"
 
 
 def test_eta_leaves_out_compiles_and_evaluations():

@@ -27,7 +27,7 @@ from w2v_jax.pretraining import task as pretraining_task
 from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
 from w2v_jax.training import health, metrics, optim, train_step, trainer
 
-TIMING = {"audio_seconds_per_second", "steps_per_second"}
+TIMING = metrics.RATE_FIELDS
 
 
 def _config(num_steps=6):

@@ -32,7 +32,7 @@ from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import load_utterances
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.research import probes, sweep
-from w2v_jax.training import host_memory, trainer
+from w2v_jax.training import host_memory, metrics, trainer
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNamespace:
@@ -67,6 +67,13 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "The phone probe's train split (default: embedded corpus train split).",
             flag_values=fv,
         ),
+        curves_x=flags.DEFINE_enum(
+            "curves_x",
+            "step",
+            list(metrics.X_AXES),
+            "What results_curves.png draws the curves against: the step, the hours of audio seen, the model FLOPs.",
+            flag_values=fv,
+        ),
         **define_probe_flags(fv),
         host_malloc=define_host_malloc_flag(fv),
     )
@@ -98,6 +105,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         [u.waveform for u in valid[: args.max_utterances.value]],
         probe_sets=probe_sets,
         probe_steps=args.probe_steps.value,
+        curves_x=args.curves_x.value,
     )
     print(sweep.results_table(rows))
 

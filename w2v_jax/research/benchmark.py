@@ -61,7 +61,7 @@ from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
-from w2v_jax.training import host_memory, optim, train_step
+from w2v_jax.training import compute, host_memory, optim, train_step
 from w2v_jax.training_draws import sample_masks_and_negatives, sample_training_masks
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -244,27 +244,6 @@ def make_batch(task: BenchmarkTask, settings: BenchmarkSettings) -> dict[str, np
         "attention_mask": np.ones(waveforms.shape, np.int32),
         "labels": rng.choice(symbols, (settings.batch_size, num_labels)).astype(np.int32),
     }
-
-
-def matmul_peak_flops(device: jax.Device, dtype: jnp.dtype, size: int | None = None, repeats: int = 10) -> float:
-    """FLOP/s of the best of `repeats` timed `[n, n] @ [n, n]` products on `device`.
-
-    The yardstick of the model FLOPs utilisation: what this device reaches on a large dense
-    matmul in this run (so a shared or throttled machine is measured as it is now).
-    n defaults to 8192 on accelerators and 1024 on CPU (big enough to saturate its cores).
-    """
-    n = size or (1024 if device.platform == "cpu" else 8192)
-    k1, k2 = jax.random.split(jax.random.key(0))
-    a = jax.device_put(jax.random.normal(k1, (n, n), dtype), device)
-    b = jax.device_put(jax.random.normal(k2, (n, n), dtype), device)
-    product = jax.jit(jnp.matmul)
-    product(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best
 
 
 class PeakResidentMemory:
@@ -626,12 +605,12 @@ def run_benchmark(
     dtype = PRECISIONS[settings.precision] or jnp.float32
     # The best matmul rate seen during the run: sampled before and after every round of steps,
     # so the load the steps saw is in it too (one sample alone gave an MFU above 1).
-    peak = {device.platform: matmul_peak_flops(device, dtype)}
+    peak = {device.platform: compute.matmul_peak_flops(device, dtype)}
 
     def sample_peaks() -> None:
         for name in peak:
             target = device if name == device.platform else jax.devices(name)[0]
-            peak[name] = max(peak[name], matmul_peak_flops(target, dtype, repeats=5))
+            peak[name] = max(peak[name], compute.matmul_peak_flops(target, dtype, repeats=5))
 
     ours = JaxRunner(task, settings, device)
     steps = {"w2v_jax": ours.step}
@@ -641,7 +620,7 @@ def run_benchmark(
         steps["pytorch"] = reference.step
         reference_platform = "gpu" if reference.device.type == "cuda" else "cpu"
         if reference_platform not in peak:
-            peak[reference_platform] = matmul_peak_flops(jax.devices(reference_platform)[0], dtype)
+            peak[reference_platform] = compute.matmul_peak_flops(jax.devices(reference_platform)[0], dtype)
     del ours.initial_params
     for _ in range(settings.warmup):
         for step in steps.values():

@@ -19,6 +19,7 @@ import numpy as np
 
 from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE
 from w2v_jax.data.utterances import FRAME_HOP
+from w2v_jax.training.metrics import X_AXES, check_x_axis
 
 
 class PhoneProbeResults(Protocol):
@@ -205,8 +206,11 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
     plt.close(fig)
 
 
-def plot_sweep_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike) -> None:
-    """Every run's training curves overlaid: one colour per point (its seeds share it).
+def plot_sweep_curves(
+    runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike, x: str = "step"
+) -> None:
+    """Every run's training curves overlaid against `x` (`metrics.X_AXES`: the step, the hours of
+    audio seen, the model FLOPs done): one colour per point (its seeds share it).
 
     Panels: training loss, training accuracy with its real chance level (dotted, where the records
     have `chance_accuracy`) and validation accuracy (markers, where they have `valid_accuracy`),
@@ -216,6 +220,7 @@ def plot_sweep_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], p
       runs: (point label, the run's `metrics.jsonl` records) per run.
       path: the PNG to write.
     """
+    check_x_axis(x)
     panels = [
         ("loss", "training loss per masked frame"),
         ("accuracy", "contrastive accuracy"),
@@ -232,7 +237,7 @@ def plot_sweep_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], p
             if name == "accuracy":
                 series.append(("chance_accuracy", ":", 0.8))
             for key, style, alpha in series:
-                points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+                points = [(r[x], r[key]) for r in records if r.get(key) is not None and r.get(x) is not None]
                 if not points:
                     continue
                 steps, values = zip(*points)
@@ -253,7 +258,7 @@ def plot_sweep_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], p
                 )
     for ax, (_, title) in zip(axes[0], panels):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel(X_AXES[x])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.suptitle("every run; markers: validation; dotted: chance accuracy", fontsize=10)

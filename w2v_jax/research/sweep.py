@@ -187,6 +187,7 @@ def collect_results(
     probe_sets: probes.ProbeSets | None = None,
     probe_steps: int = 300,
     phone_probe: Callable[..., probes.PhoneProbeReport] = probes.phone_probe,
+    curves_x: str = "step",
 ) -> list[dict[str, Any]]:
     """One row per finished run: its grid values, last logged training metrics, validation metrics
     and phone probe.
@@ -206,6 +207,8 @@ def collect_results(
       phone_probe: `probes.phone_probe` (or a stand-in with its signature), run once per final
         checkpoint on the model's layers (no baselines); the report is kept in the run's
         `phone_probe.json` and reused while the checkpoint, probe sets and steps are the same.
+      curves_x: what `results_curves.png` draws the curves against (`metrics.X_AXES`: the step, the
+        hours of audio seen, the model FLOPs done).
 
     Returns:
       the rows: the grid values, `codebook_size` (G x V), `step`, `train_*` (the last logged
@@ -255,7 +258,7 @@ def collect_results(
             writer.writerows(rows)
         points = summarize_seeds(rows)
         plotting.plot_sweep_results(points, workdir / RESULTS_PNG)
-        plotting.plot_sweep_curves([(_point_label(p), r) for p, r in curves], workdir / RESULTS_CURVES_PNG)
+        plotting.plot_sweep_curves([(_point_label(p), r) for p, r in curves], workdir / RESULTS_CURVES_PNG, x=curves_x)
     (workdir / RESULTS_MD).write_text(results_table(rows, missing) + "\n", encoding="utf-8")
     return rows
 

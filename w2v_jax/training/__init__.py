@@ -4,6 +4,7 @@
 - `optim`: the optimizer and learning-rate schedules;
 - `trainer`: the loop, `train_and_evaluate(config, workdir, task)`, and the `Task` protocol;
 - `evaluation`: the `Evaluator` type of validation inside the loop;
+- `compute`: the model FLOPs of an update and the devices' peak rates (hours seen, FLOPs, MFU);
 - `health`: the failure monitor and the detectors any task can list;
 - `workdir`: the run's directory (lock, config check on resume, the metrics file's start, disk full);
 - `metrics`: `metrics.jsonl`, TensorBoard, how a logging window reduces metrics (`MetricRoles`), the loss-curve plot;
@@ -16,6 +17,7 @@ from w2v_jax.lazy_exports import lazy_exports
 
 with lazy_exports(globals()):
     from w2v_jax.training import (
+        compute,
         distributed,
         evaluation,
         health,
@@ -28,6 +30,7 @@ with lazy_exports(globals()):
     )
 
 __all__ = [
+    "compute",
     "distributed",
     "evaluation",
     "health",

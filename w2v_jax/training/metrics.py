@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+# Record fields measured against the clock: a resumed run's records equal an uninterrupted one's but for these.
+# What a curve can be drawn against: the record field and its axis label.
+X_AXES = {"step": "step", "audio_hours_seen": "hours of audio seen", "flops_seen": "model FLOPs done"}
+RATE_FIELDS = frozenset({"audio_seconds_per_second", "steps_per_second", "flops_per_second", "mfu"})
 
 
 def _summary_writer_class() -> type:
@@ -233,17 +237,29 @@ def format_values(values: Mapping[str, Any], spec: Sequence[tuple[str, str, str]
     return ", ".join(parts)
 
 
+def check_x_axis(x: str) -> None:
+    """A ValueError naming the choices unless `x` is one of `X_AXES`."""
+    if x not in X_AXES:
+        raise ValueError(f"curves are drawn against one of {sorted(X_AXES)}, not {x!r}")
+
+
 def plot_loss_curve(
-    records: Sequence[Mapping[str, Any]], path: str | os.PathLike, panels: Sequence[tuple[str, str]]
+    records: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, str]],
+    x: str = "step",
 ) -> None:
-    """Writes a PNG with one panel per `(metric, title)` against the step (a task's `plot`, e.g.
+    """Writes a PNG with one panel per `(metric, title)` against `x` (`X_AXES`: the step, the hours of
+    audio seen or the model FLOPs done; records without it are left out) (a task's `plot`, e.g.
     pretraining's loss, contrastive accuracy and code perplexity): the training values, the validation
     values (`valid_*` keys) and the chance level (`chance_*`, dotted: the accuracy's) where the records have them.
     Steps whose record names failure conditions (`health`) are shaded red in every panel, and the
     first panel names each condition where it starts."""
+    check_x_axis(x)
+    records = [r for r in records if r.get(x) is not None]
     fig = Figure(figsize=(4.5 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    unhealthy = [(r["step"], r["health"]) for r in records if r.get("health")]
+    unhealthy = [(r[x], r["health"]) for r in records if r.get("health")]
     for index, (ax, (name, title)) in enumerate(zip(axes, panels)):
         started = set()
         for step, names in unhealthy:
@@ -262,7 +278,7 @@ def plot_loss_curve(
                 )
             started.update(names)
         for key, label in ((name, "train"), (f"valid_{name}", "valid"), (f"chance_{name}", "chance")):
-            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            points = [(r[x], r[key]) for r in records if r.get(key) is not None]
             if points:
                 steps, values = zip(*points)
                 if label == "chance":
@@ -272,7 +288,7 @@ def plot_loss_curve(
         if any(r.get(f"valid_{name}") is not None or r.get(f"chance_{name}") is not None for r in records):
             ax.legend()
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(X_AXES[x])
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -27,6 +27,7 @@ parameters as `sharding.state_shardings` says) and donates the old state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding
 from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from w2v_jax.training import optim
+from w2v_jax.training import compute, optim
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +357,16 @@ class TrainStep:
         self.num_compiles = 0
         self.compile_seconds = 0.0
         self._batch_sharding = sharding.batch_sharding(mesh)
+        self._flops: dict[tuple[tuple[str, tuple[int, ...]], ...], float] = {}  # per batch shape
+        accum = hparams.grad_accum_steps
+        # The update XLA's cost analysis reads: one micro-batch's where a loop runs several (compute.py).
+        self._counted = functools.partial(
+            train_step,
+            graphdef=graphdef,
+            optimizer=optimizer,
+            hparams=dataclasses.replace(hparams, grad_accum_steps=1),
+        )
+        self._accum = accum
         replicated = sharding.replicated(mesh)
 
         def traced(state, batch, key):
@@ -378,15 +389,30 @@ class TrainStep:
     def batch_sharding(self) -> NamedSharding:
         return self._batch_sharding
 
+    def flops(self, batch: Batch) -> float:
+        """Model FLOPs of one update on `batch`'s shapes (counted at their first call: `compute.py`)."""
+        return self._flops[_shapes(batch)]
+
     def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         compiles = self.num_compiles
         start = time.perf_counter()
+        shapes = _shapes(batch)
+        if shapes not in self._flops:  # before the call: the state is donated to it
+            if self._accum == 1:  # the call reuses this trace and lowering, then compiles
+                self._flops[shapes] = compute.lowered_flops(self._jitted.lower(state, batch, key))
+            else:
+                micro = compute.micro_batch(batch, self._accum)
+                self._flops[shapes] = compute.update_flops(self._counted, self._accum, state, micro, key)
         out = self._jitted(state, batch, key)
         if self.num_compiles != compiles:
             # The first call of a new shape blocks for tracing and compiling; the run itself is async.
             self.compile_seconds += time.perf_counter() - start
             logger.info("train step compiled in %.1f s", time.perf_counter() - start)
         return out
+
+
+def _shapes(batch: Batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
 
 
 def check_batch(batch: Mapping[str, np.ndarray], rows: int) -> None:

@@ -53,14 +53,18 @@ from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.pipeline import TrainIterator
-from w2v_jax.training import distributed, evaluation, health, metrics, train_step
+from w2v_jax.training import compute, distributed, evaluation, health, metrics, train_step
 from w2v_jax.training.workdir import ConfigChangedError, WorkdirLock, prepare_config, start_metrics_file
 
 logger = logging.getLogger(__name__)
 
 # The train step's own metrics, beside the task's: whether the update was skipped (summed over a
 # logging window) and the skip counters, states the window keeps the last of.
-_STEP_ROLES = metrics.MetricRoles(summed=("skipped_nonfinite",), last=("nonfinite_total", "nonfinite_consecutive"))
+# The loop's own per-step values: `audio_samples` (real samples of the global batch) and `model_flops`
+# (`compute.py`) are summed over a window, then turned into the record's compute fields.
+_STEP_ROLES = metrics.MetricRoles(
+    summed=("skipped_nonfinite", "audio_samples", "model_flops"), last=("nonfinite_total", "nonfinite_consecutive")
+)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -235,13 +239,16 @@ class _Run:
     checkpointer: Checkpointer
     key_data: np.ndarray
     window: list[dict[str, Any]]
+    totals: compute.Totals
 
     def host_record(self) -> dict[str, Any]:
-        """What a checkpoint keeps beside the state: every process's data position, the key, the window."""
+        """What a checkpoint keeps beside the state: every process's data position, the key, the window,
+        the compute totals through the last logged record."""
         return {
             "data_iterators": distributed.allgather_json(self.data_iter.get_state()),
             "rng": self.key_data.tolist(),
             "window": _host_window(self.window),
+            "totals": self.totals.to_json(),
         }
 
     def save(self, step: int) -> None:
@@ -277,7 +284,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir_path: pathlib.Path, task:
         workdir_path / CHECKPOINTS_DIR, keep=t.keep_checkpoints, async_save=t.async_checkpointing
     )
     key_data = np.asarray(jax.random.key_data(jax.random.key(t.seed)))
-    return _Run(config, workdir_path, task, state, step_fn, evaluator, data_iter, checkpoints, key_data, [])
+    return _Run(
+        config, workdir_path, task, state, step_fn, evaluator, data_iter, checkpoints, key_data, [], compute.Totals()
+    )
 
 
 def _resume_or_start(run: _Run) -> None:
@@ -304,6 +313,8 @@ def _resume_or_start(run: _Run) -> None:
         raise ConfigChangedError(f"checkpoint {latest} in {run.checkpointer.directory}: {error}") from None
     run.key_data = np.asarray(host["rng"], np.uint32)
     run.window = host["window"]
+    # A checkpoint written before runs counted their compute restarts the count at its step.
+    run.totals = compute.Totals.from_json(host.get("totals"))
     if primary:
         metrics.truncate_after(run.workdir / metrics.METRICS_FILE, latest)
     logger.info("resumed from checkpoint %d in %s", latest, run.checkpointer.directory)
@@ -328,25 +339,41 @@ def _preemption_requests() -> Iterator[dict[str, bool]]:
 
 
 class _LoggingWindow:
-    """The steps since the last logged record: their metrics, the audio they consumed, their time
-    (compiles left out)."""
+    """The steps since the last logged record: their metrics (the audio and FLOPs of each among them),
+    their time (compiles left out), and the run's compute totals through the last record."""
 
-    def __init__(self, steps: list[dict[str, Any]], step_fn: train_step.TrainStep, roles: metrics.MetricRoles):
+    def __init__(
+        self,
+        steps: list[dict[str, Any]],
+        step_fn: train_step.TrainStep,
+        roles: metrics.MetricRoles,
+        totals: compute.Totals,
+        peak: float | None,
+    ):
         self.steps = steps  # a resumed run's window continues the checkpointed one
         self._step_fn = step_fn
         self._roles = roles
-        self.audio_seconds = 0.0
+        self.totals = totals
+        self._peak = peak
+        self._timed_from = len(steps)  # the steps timed here: a restored window's ran before the restart
         self._start = time.perf_counter()
         self._compile = step_fn.compile_seconds
 
     def record(self) -> dict[str, Any]:
-        """The window's logged record (throughputs included), then a new window."""
+        """The window's logged record (throughputs and compute fields included), then a new window."""
         host = _host_window(self.steps)
         record = _summarize(host, self._roles)
         elapsed = time.perf_counter() - self._start - (self._step_fn.compile_seconds - self._compile)
-        record["audio_seconds_per_second"] = self.audio_seconds / max(elapsed, 1e-9)
-        record["steps_per_second"] = len(host) / max(elapsed, 1e-9)
-        self.steps, self.audio_seconds = [], 0.0
+        # Totals count every step of the window; rates only those timed here.
+        record.update(self.totals.add(record.pop("audio_samples", 0) / SAMPLE_RATE, record.pop("model_flops", 0.0)))
+        timed = host[self._timed_from :]
+        seconds = max(elapsed, 1e-9)
+        record["audio_seconds_per_second"] = sum(m["audio_samples"] for m in timed) / SAMPLE_RATE / seconds
+        record["steps_per_second"] = len(timed) / seconds
+        record["flops_per_second"] = sum(m["model_flops"] for m in timed) / seconds
+        if self._peak:
+            record["mfu"] = record["flops_per_second"] / self._peak
+        self.steps, self._timed_from = [], 0
         self._start, self._compile = time.perf_counter(), self._step_fn.compile_seconds
         return record
 
@@ -458,7 +485,7 @@ def _loop(
     process_count = jax.process_count()
     key = jax.random.wrap_key_data(jnp.asarray(run.key_data))
     roles = run.task.metric_roles
-    window = _LoggingWindow(run.window, run.step_fn, roles)
+    window = _LoggingWindow(run.window, run.step_fn, roles, run.totals, compute.peak_flops(t.precision))
     eval_every = t.get("eval_every", 0)
     previous_metrics = None
     step = start_step
@@ -468,13 +495,17 @@ def _loop(
         # One batch size, or with a token budget one per bucket length (one compile each).
         rows = run.data_iter.rows_for_length(local["input_values"].shape[1])
         train_step.check_batch(local, rows // process_count)
-        window.audio_seconds += float(np.sum(local["attention_mask"])) * process_count / SAMPLE_RATE
         batch = {
             k: jax.make_array_from_process_local_data(run.step_fn.batch_sharding, v, (rows, *v.shape[1:]))
             for k, v in local.items()
         }
         compiled_before = run.step_fn.compile_seconds
         run.state, step_metrics = run.step_fn(run.state, batch, key)
+        step_metrics = {
+            **step_metrics,
+            "audio_samples": _real_samples(batch),
+            "model_flops": run.step_fn.flops(batch),
+        }
         _exclude_from_eta(progress, run.step_fn.compile_seconds - compiled_before)
         step += 1
         outcome["step"] = step
@@ -535,6 +566,12 @@ def _loop(
             break
 
 
+def _real_samples(batch: dict[str, jax.Array]) -> jax.Array:
+    """The global batch's real (unpadded) samples: a device scalar, read with the window."""
+    mask = batch.get("attention_mask")
+    return jnp.sum(mask, dtype=jnp.int32) if mask is not None else jnp.asarray(batch["input_values"].size, jnp.int32)
+
+
 def _exclude_from_eta(progress: tqdm.tqdm, seconds: float) -> None:
     """Moves the bar's start forward by `seconds` (a compile or an evaluation): not training time."""
     if seconds > 0 and not progress.disable:
@@ -555,6 +592,12 @@ def format_summary(summary: dict[str, Any], workdir: str | os.PathLike, task: Ta
         f"  compiles: {summary['num_compiles']} train step ({summary['compile_seconds']:.1f} s); "
         f"validation {summary['eval_seconds']:.1f} s"
     )
+    last = summary["last_logged"]
+    if "audio_hours_seen" in last:
+        mfu = f", MFU {last['mfu']:.1%} in the last window" if last.get("mfu") is not None else ""
+        lines.append(
+            f"  compute: {last['audio_hours_seen']:.4g} hours of audio seen, {last['flops_seen']:.3g} model FLOPs{mfu}"
+        )
     lines.append(f"  data: {summary['data']}")
     if "health" in summary:
         lines.append(f"  health: {summary['health']}")
