@@ -24,6 +24,7 @@ from tests.support.fairseq2 import fairseq2_from_fairseq, save_fairseq2_style
 from tests.support.launchers import run_main
 from tests.support.parity import relative_error
 from w2v_jax.checkpoints import fairseq2
+from w2v_jax.checkpoints.hf import hf_keys
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_encoder, load_model
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
@@ -155,6 +156,8 @@ def test_load_model_tells_fairseq2_files_from_fairseq_files(tmp_path):
         ({"encoder_frontend.model_dim_proj.weight": np.zeros(1)}, True),
         ({"module.encoder.layers.0.ffn.inner_proj.bias": np.zeros(1)}, True),
         ({"feature_extractor.conv_layers.0.0.weight": np.zeros(1)}, False),
+        ({"model": {"encoder_frontend.model_dim_proj.weight": np.zeros(1)}}, True),
+        ({"model": {"feature_extractor.conv_layers.0.0.weight": np.zeros(1)}}, False),
     ],
 )
 def test_fairseq2_files_are_told_by_their_top_level(state, expected):
@@ -170,7 +173,7 @@ def test_refusals_name_the_problem(tmp_path):
         fairseq2.load_fairseq2_checkpoint(tmp_path / "x.pt", arch="huge")
     with pytest.raises(ValueError, match="arch 'base_10h' is a wav2vec2_asr model, but the file holds a pretraining"):
         fairseq2.load_fairseq2_checkpoint(tmp_path / "x.pt", arch="base_10h")
-    with pytest.raises(ValueError, match="as fairseq2 arch 'base'.*shape mismatches"):
+    with pytest.raises(ValueError, match="x.pt: as fairseq2 arch base: .*asks for 12 layers but the weights hold"):
         fairseq2.load_fairseq2_checkpoint(tmp_path / "x.pt", arch="base")
     extra = fairseq2_from_fairseq(weights, pre_ln=False, ctc=False) | {"encoder.layers.0.adapter.weight": torch.ones(2)}
     save_fairseq2_style(tmp_path / "extra.pt", extra)
@@ -178,13 +181,40 @@ def test_refusals_name_the_problem(tmp_path):
         fairseq2.load_fairseq2_checkpoint(tmp_path / "extra.pt", arch=_config("base"))
 
 
+# transformers' layout of our parameters, by their last name (`hf._to_hf_layout` on shapes alone).
+_HF_SHAPE = {
+    "kernel": lambda shape: shape[::-1],
+    "weight_v": lambda shape: shape[::-1],
+    "weight_g": lambda shape: (1, 1, *shape),
+    "codevectors": lambda shape: (1, *shape),
+}
+
+
 def _abstract_shapes(name: str) -> tuple[dict, int]:
-    """fairseq2's key -> shape of a preset's model, and its parameter count; nothing allocated."""
+    """fairseq2's key -> shape of a preset's model, and its parameter count; nothing allocated.
+
+    The model is built abstractly with one Transformer layer (cheap at any size) and its layer's
+    shapes repeated: every layer of a preset has the same shapes, so shapes and count are exact."""
     preset = fairseq2.PRESETS[name]
-    cls = Wav2Vec2ForCTC if preset.family == "wav2vec2_asr" else Wav2Vec2ForPreTraining
-    model = nnx.eval_shape(lambda: cls(preset.config))
-    shapes = {k: tuple(v.shape) for k, v in fairseq2._fairseq2_arrays(model, num_updates=0).items()}
-    count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    ctc = preset.family == "wav2vec2_asr"
+    config = preset.config
+    model = nnx.eval_shape(
+        lambda: (Wav2Vec2ForCTC if ctc else Wav2Vec2ForPreTraining)(config.replace(num_hidden_layers=1))
+    )
+    one = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[-1] == "masked_spec_embed" and ctc and config.mask_time_prob == 0:
+            continue  # fairseq2 builds no masker for a CTC model that never masks
+        key = fairseq2.hf_to_fairseq2_key(
+            hf_keys(path)[0], norm=config.feat_extract_norm, pre_ln=config.do_stable_layer_norm, ctc=ctc
+        )
+        one[key] = _HF_SHAPE.get(path[-1], lambda shape: shape)(tuple(variable.shape))
+    layer = {k.removeprefix("encoder.layers.0."): v for k, v in one.items() if k.startswith("encoder.layers.0.")}
+    shapes = {k: v for k, v in one.items() if not k.startswith("encoder.layers.")}
+    for i in range(config.num_hidden_layers):
+        shapes |= {f"encoder.layers.{i}.{k}": v for k, v in layer.items()}
+    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    count += (config.num_hidden_layers - 1) * sum(int(np.prod(v)) for v in layer.values())
     return shapes, count
 
 
@@ -217,6 +247,7 @@ _WITHOUT_TORCH = """
 import sys
 for name in ("torch", "fairseq2"):
     sys.modules[name] = None  # any import of them fails
+from w2v_jax.checkpoints.hf import hf_keys
 from w2v_jax.checkpoints.loading import load_model
 model = load_model(sys.argv[1])
 print(type(model).__name__, model.config.num_hidden_layers)

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2v_jax.checkpoints.hf import params_from_hf, params_to_hf
+from w2v_jax.checkpoints.hf import model_from_hf, params_to_hf
 from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
-from w2v_jax.checkpoints.weights import Model, check_stored_weights
+from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import ACTIVATIONS, Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, PAD, UNK, Vocabulary
@@ -543,11 +543,8 @@ def import_fairseq_state(
             hf_state[name] = np.asarray(value, np.float32)
     if unknown:
         raise ValueError(f"{path}: fairseq keys with no place in the model: {unknown}")
-    check_stored_weights(config, hf_state, path, allow_nonfinite=allow_nonfinite)
     cls = Wav2Vec2ForCTC if ctc else Wav2Vec2ForPreTraining
-    params = params_from_hf(config, hf_state, cls)
-    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
-    nnx.update(model, params)
+    model = model_from_hf(config, hf_state, cls, path, dtype=dtype, allow_nonfinite=allow_nonfinite)
     vocabulary = None
     if ctc:
         dictionary = pathlib.Path(dictionary) if dictionary is not None else path.parent / DICT_FILE

@@ -47,9 +47,9 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.checkpoints.fairseq import HF_WEIGHT_NORM, rename_module
-from w2v_jax.checkpoints.hf import params_from_hf, params_to_hf
+from w2v_jax.checkpoints.hf import model_from_hf, params_to_hf
 from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
-from w2v_jax.checkpoints.weights import Model, check_stored_weights
+from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
@@ -263,27 +263,35 @@ def hf_to_fairseq2_key(key: str, *, norm: str, pre_ln: bool, ctc: bool) -> str:
 # Top-level layouts and the architecture from the shapes
 
 
+def _fairseq2_names(weights: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(k, str) and k.removeprefix(_MODULE_PREFIX).startswith(("encoder_frontend.", "encoder.layers."))
+        for k in weights
+    )
+
+
 def is_fairseq2_state(state: Mapping[str, Any]) -> bool:
     """Whether a `.pt`'s top-level dict is fairseq2's (module docstring), not fairseq's: it names its
-    state dict by `model_key`, or is a state dict whose keys are fairseq2's module names."""
+    state dict by `model_key`, or is (or holds as `model`, without fairseq's `cfg` or `args`) a state
+    dict whose keys are fairseq2's module names."""
     if "model_key" in state:
         return True
     if "cfg" in state or "args" in state:
         return False
-    return any(
-        isinstance(k, str) and k.removeprefix(_MODULE_PREFIX).startswith(("encoder_frontend.", "encoder.layers."))
-        for k in state
-    )
+    inner = state.get("model")
+    return _fairseq2_names(inner if isinstance(inner, dict) else state)
 
 
 def fairseq2_state_dict_of(state: Mapping[str, Any], path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str]:
-    """The state dict (keys without DDP's `module.` prefix) and the layout's name ("model_key" or
-    "bare") of a fairseq2 file's top-level dict. Raises a ValueError naming what is not a tensor."""
+    """The state dict (keys without DDP's `module.` prefix) and the layout's name ("model_key",
+    "model" or "bare") of a fairseq2 file's top-level dict. Raises a ValueError naming what is not a tensor."""
     if "model_key" in state:
         model_key = state["model_key"]
         if not isinstance(model_key, str) or not isinstance(state.get(model_key), dict):
             raise ValueError(f"{path}: model_key {model_key!r} does not name a state dict; entries: {sorted(state)}")
         weights, layout = state[model_key], "model_key"
+    elif isinstance(state.get("model"), dict):  # fairseq2's converter takes `model` when there is one
+        weights, layout = state["model"], "model"
     else:
         weights, layout = state, "bare"
     not_tensors = [k for k, v in weights.items() if not isinstance(v, np.ndarray)]
@@ -469,7 +477,7 @@ class Fairseq2Import:
     arch_source: str  # how the architecture was named ("named from the shapes", "given", ...)
     family: str
     num_updates: int | None  # `quantizer.num_updates`: the Gumbel temperature's position in its schedule
-    layout: str  # "model_key" (fairseq2 0.3-0.4) or "bare" (0.5+)
+    layout: str  # "model_key" (fairseq2 0.3-0.4), "bare" (0.5+), or "model" (a `model` entry alone)
     parameters: int  # tensors mapped to the model
 
     @property
@@ -583,14 +591,12 @@ def import_fairseq2_state(
             hf_state[hf_name] = np.asarray(value, np.float32)
     if unknown:
         raise ValueError(f"{path}: fairseq2 keys with no place in the model: {unknown}")
-    check_stored_weights(config, hf_state, path, allow_nonfinite=allow_nonfinite)
     cls = Wav2Vec2ForCTC if ctc else Wav2Vec2ForPreTraining
     try:
-        params = params_from_hf(config, hf_state, cls)
+        model = model_from_hf(config, hf_state, cls, path, dtype=dtype, allow_nonfinite=allow_nonfinite)
     except ValueError as error:
-        raise ValueError(f"{path}: as fairseq2 arch {name or 'of the config'}: {error}") from None
-    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
-    nnx.update(model, params)
+        reason = str(error).removeprefix(f"{path}: ")
+        raise ValueError(f"{path}: as fairseq2 arch {name or 'of the config'}: {reason}") from None
     return Fairseq2Import(
         config=config,
         model=model,
