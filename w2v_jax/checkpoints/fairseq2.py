@@ -609,8 +609,9 @@ def import_fairseq2_state(
     )
 
 
-def _fairseq2_arrays(model: Model, *, num_updates: int | None) -> dict[str, Any]:
-    """fairseq2's key -> array (or abstract shape) of a model's parameters."""
+def fairseq2_state_dict(model: Model, *, num_updates: int = 0) -> dict[str, np.ndarray]:
+    """A `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC` -> fairseq2's state dict (float32 arrays; a
+    pretraining model's `quantizer.num_updates` an int64 scalar)."""
     if not isinstance(model, Wav2Vec2ForPreTraining | Wav2Vec2ForCTC):
         raise ValueError(
             f"fairseq2's checkpoints hold a pretraining or CTC model, not a {type(model).__name__} "
@@ -624,15 +625,9 @@ def _fairseq2_arrays(model: Model, *, num_updates: int | None) -> dict[str, Any]
         hf_to_fairseq2_key(k, norm=config.feat_extract_norm, pre_ln=config.do_stable_layer_norm, ctc=ctc): v
         for k, v in hf.items()
     }
-    if not ctc and num_updates is not None:
+    if not ctc:
         out[NUM_UPDATES_KEY] = np.asarray(num_updates, np.int64)
     return out
-
-
-def fairseq2_state_dict(model: Model, *, num_updates: int = 0) -> dict[str, np.ndarray]:
-    """A `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC` -> fairseq2's state dict (float32 arrays; a
-    pretraining model's `quantizer.num_updates` an int64 scalar)."""
-    return {k: np.asarray(v) for k, v in _fairseq2_arrays(model, num_updates=num_updates).items()}
 
 
 def save_fairseq2_checkpoint(model: Model, path: str | os.PathLike, *, num_updates: int = 0) -> str | None:
