@@ -266,6 +266,18 @@ CASES = [
         {"dict": "dict.ltr.txt", "step": None},
     ),
     (
+        "w2v_jax.cli.convert_checkpoint",
+        ["fairseq2-to-jax", "omni.pt", "jax_folder", "--arch=omnilingual_ctc_1b", "--tokenizer", "omni.model"],
+        ["fairseq2-to-jax", "omni.pt", "jax_folder"],
+        {"arch": "omnilingual_ctc_1b", "tokenizer": "omni.model", "num_updates": None},
+    ),
+    (
+        "w2v_jax.cli.convert_checkpoint",
+        ["jax-to-fairseq2", "runs/base", "out.pt", "--step=400", "--num_updates=400"],
+        ["jax-to-fairseq2", "runs/base", "out.pt"],
+        {"step": 400, "num_updates": 400, "arch": None},
+    ),
+    (
         "tools.make_tts_corpus",
         ["--out", "w2v_jax/data/corpus", "--minutes", "15.25", "--max_bytes", "10000000"],
         [],

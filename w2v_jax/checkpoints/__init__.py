@@ -1,10 +1,13 @@
 """Checkpoint formats and loading a model from any of them.
 
-- `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder, a fairseq `.pt`),
+- `loading`: `load_model(path, step=None)` (a training workdir, our folder, a transformers folder, a fairseq or
+  fairseq2 `.pt`),
   `load_encoder`, `load_ctc_checkpoint`;
 - `hf`: transformers' folders, both directions, with a CTC model's vocabulary and processor files;
 - `fairseq`: fairseq's `.pt` files (pretraining and CTC), read without fairseq or torch, and written
   back (torch);
+- `fairseq2`: fairseq2's `.pt` files (pretraining and CTC, Omnilingual's included, their presets
+  named from the shapes), read without fairseq2 or torch, and written back (torch);
 - `torch_files`: torch's file format (`.pt`, `pytorch_model.bin`) read without torch through a
   restricted unpickler;
 - `folder`: our folder format (`config.json` + `params.safetensors`);
@@ -24,6 +27,7 @@ with lazy_exports(globals()):
         checkpointer,
         conversion,
         fairseq,
+        fairseq2,
         folder,
         hf,
         loading,
@@ -37,6 +41,7 @@ __all__ = [
     "checkpointer",
     "conversion",
     "fairseq",
+    "fairseq2",
     "folder",
     "hf",
     "load_ctc_checkpoint",

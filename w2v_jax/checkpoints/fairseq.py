@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2v_jax.checkpoints.hf import params_from_hf, params_to_hf
+from w2v_jax.checkpoints.hf import model_from_hf, params_to_hf
 from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
-from w2v_jax.checkpoints.weights import Model, check_stored_weights
+from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import ACTIVATIONS, Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, PAD, UNK, Vocabulary
@@ -388,14 +388,19 @@ _PARAMETERS = {"mask_emb": "masked_spec_embed", "quantizer.vars": "quantizer.cod
 _CTC_ENCODER, _CTC_HEAD = "w2v_encoder.w2v_model.", "w2v_encoder.proj"
 # Pretraining modules a fine-tuned model leaves unused (fairseq's remove_pretraining_modules).
 _PRETRAINING_ONLY = re.compile(r"^(quantizer|project_q|final_proj|target_glu|project_inp)\.")
-_HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+# transformers' weight-norm parameter names (torch's parametrizations) -> the older ones fairseq and
+# fairseq2 write.
+HF_WEIGHT_NORM = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
 
 
 def _module_pattern(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + r"\.(?P<attr>[A-Za-z_]\w*)$")
 
 
-def _rename(key: str, pairs: tuple[tuple[str, str], ...], reverse: bool) -> str | None:
+def rename_module(key: str, pairs: tuple[tuple[str, str], ...], reverse: bool) -> str | None:
+    """`key` (`module.attr`) renamed by the first of `pairs` (source module, target module) whose
+    module it is in (target to source when `reverse`); `{i}` in a module stands for a layer index.
+    None when no pair's module holds it."""
     for fairseq_module, hf_module in pairs:
         source, target = (hf_module, fairseq_module) if reverse else (fairseq_module, hf_module)
         if match := _module_pattern(source).match(key):
@@ -416,15 +421,15 @@ def fairseq_to_hf_key(key: str, norm: str) -> str | None:
     if inner in _PARAMETERS:
         name = _PARAMETERS[inner]
         return name if name.startswith("quantizer.") else f"wav2vec2.{name}"
-    if (name := _rename(inner, _HEADS, reverse=False)) is not None:
+    if (name := rename_module(inner, _HEADS, reverse=False)) is not None:
         return name
-    name = _rename(inner, _encoder_pairs(norm), reverse=False)
+    name = rename_module(inner, _encoder_pairs(norm), reverse=False)
     return None if name is None else f"wav2vec2.{name}"
 
 
 def hf_to_fairseq_key(key: str, norm: str, ctc: bool) -> str:
     """fairseq's key of a transformers key of `Wav2Vec2ForPreTraining` (`ctc=False`) or `Wav2Vec2ForCTC`."""
-    for long, short in _HF_WEIGHT_NORM.items():
+    for long, short in HF_WEIGHT_NORM.items():
         key = key.replace(long, short)
     if key.startswith("lm_head."):
         return _CTC_HEAD + key[len("lm_head") :]
@@ -433,8 +438,8 @@ def hf_to_fairseq_key(key: str, norm: str, ctc: bool) -> str:
     for fairseq_name, name in _PARAMETERS.items():
         if inner == name:
             return fairseq_name if name.startswith("quantizer.") else prefix + fairseq_name
-    name = _rename(inner, _HEADS, reverse=True) if not key.startswith("wav2vec2.") else None
-    name = name or _rename(inner, _encoder_pairs(norm), reverse=True)
+    name = rename_module(inner, _HEADS, reverse=True) if not key.startswith("wav2vec2.") else None
+    name = name or rename_module(inner, _encoder_pairs(norm), reverse=True)
     if name is None:
         raise ValueError(f"no fairseq key for {key}")
     return name if not key.startswith("wav2vec2.") else prefix + name
@@ -555,7 +560,21 @@ def load_fairseq_checkpoint(
     pickle global, a dictionary whose size is not the head's.
     """
     path = pathlib.Path(path)
-    state = read_torch_checkpoint(path)
+    return import_fairseq_state(
+        read_torch_checkpoint(path), path, dictionary, dtype=dtype, allow_nonfinite=allow_nonfinite
+    )
+
+
+def import_fairseq_state(
+    state: Mapping[str, Any],
+    path: pathlib.Path,
+    dictionary: str | os.PathLike | None = None,
+    *,
+    dtype: jnp.dtype | None = None,
+    allow_nonfinite: bool = False,
+) -> FairseqImport:
+    """`load_fairseq_checkpoint` of a file already read (`torch_files.read_torch_checkpoint`):
+    `state` is its top-level dict, `path` where it was read (for messages and the dictionary)."""
     if not isinstance(state.get("model"), dict):
         raise ValueError(f"{path}: no `model` state dict; entries: {sorted(state)}")
     style, model_fields, criterion, task, finetuning = _sections(state)
@@ -577,11 +596,8 @@ def load_fairseq_checkpoint(
             hf_state[name] = np.asarray(value, np.float32)
     if unknown:
         raise ValueError(f"{path}: fairseq keys with no place in the model: {unknown}")
-    check_stored_weights(config, hf_state, path, allow_nonfinite=allow_nonfinite)
     cls = Wav2Vec2ForCTC if ctc else Wav2Vec2ForPreTraining
-    params = params_from_hf(config, hf_state, cls)
-    model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
-    nnx.update(model, params)
+    model = model_from_hf(config, hf_state, cls, path, dtype=dtype, allow_nonfinite=allow_nonfinite)
     vocabulary = None
     if ctc:
         dictionary = pathlib.Path(dictionary) if dictionary is not None else path.parent / DICT_FILE

@@ -201,13 +201,28 @@ def load_hf_checkpoint(
         raise ValueError(f"{folder} has no {CONFIG_FILE}")
     config = Wav2Vec2Config.from_json_file(folder / CONFIG_FILE)
     state_dict = read_hf_state_dict(folder)
-    check_stored_weights(config, state_dict, folder, allow_nonfinite=allow_nonfinite)
-    cls = model_class(state_dict)
+    model = model_from_hf(
+        config, state_dict, model_class(state_dict), folder, dtype=dtype, allow_nonfinite=allow_nonfinite
+    )
+    return config, model
+
+
+def model_from_hf(
+    config: Wav2Vec2Config,
+    state_dict: Mapping[str, np.ndarray],
+    cls: type[Model],
+    source: str | os.PathLike,
+    *,
+    dtype: jnp.dtype | None = None,
+    allow_nonfinite: bool = False,
+) -> Model:
+    """`cls(config)` holding an untrusted checkpoint's weights (transformers' keys), checked first
+    (`check_stored_weights`; `source` names the checkpoint in messages); no random initialisation."""
+    check_stored_weights(config, state_dict, source, allow_nonfinite=allow_nonfinite)
     params = params_from_hf(config, state_dict, cls)
-    # No random initialisation: every parameter comes from the checkpoint.
     model = nnx.eval_shape(lambda: cls(config, dtype=dtype))
     nnx.update(model, params)
-    return config, model
+    return model
 
 
 def write_config(config: Wav2Vec2Config, model: Model, folder: pathlib.Path) -> None:

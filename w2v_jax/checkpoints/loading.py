@@ -6,7 +6,9 @@ The formats, told apart by what the path holds:
   model by the validation metric (`best/`) by default;
 - our folder format (`config.json` + `params.safetensors`, `folder.save_checkpoint`);
 - a transformers folder (`config.json` + `model.safetensors` / `pytorch_model.bin`, `hf`);
-- a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch).
+- a fairseq `.pt` file (`fairseq`: pretraining or CTC fine-tuned, read without fairseq or torch);
+- a fairseq2 `.pt` file (`fairseq2`: pretraining or CTC, Omnilingual's included, its architecture
+  named from its tensors' shapes), told from a fairseq one by its top level (`fairseq2.is_fairseq2_state`).
 
 A training workdir's checkpoint is read in part: the model's variables (`params`, `model_state`) of
 the run state, never the optimizer's moments (`checkpointer.Checkpointer.restore(partial=True)`): no
@@ -29,8 +31,10 @@ from flax import nnx
 from w2v_jax.checkpoints import folder as folder_format
 from w2v_jax.checkpoints import hf
 from w2v_jax.checkpoints.checkpointer import Checkpointer
-from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
+from w2v_jax.checkpoints.fairseq import FairseqImport, import_fairseq_state
+from w2v_jax.checkpoints.fairseq2 import Fairseq2Import, import_fairseq2_state, is_fairseq2_state
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, CHECKPOINTS_DIR, CONFIG_FILE, MODEL_CONFIG_FILE
+from w2v_jax.checkpoints.torch_files import read_torch_checkpoint
 from w2v_jax.checkpoints.weights import Model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
@@ -41,7 +45,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     """A model from any of our checkpoint formats (see the module docstring).
 
     Args:
-      path: a training workdir, our folder format, a transformers folder or a fairseq `.pt` file.
+      path: a training workdir, our folder format, a transformers folder, or a fairseq or
+        fairseq2 `.pt` file.
       step: the workdir checkpoint to load; default the newest, or for a fine-tuning workdir its
         best model by the validation metric (`WORKDIR/best/`, the newest checkpoint before any
         validation).
@@ -49,8 +54,8 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
     folder = pathlib.Path(path)
     if folder.suffix == ".pt" and folder.is_file():
         if step is not None:
-            raise ValueError(f"step={step} only applies to a training workdir, not the fairseq file {folder}")
-        return load_fairseq_checkpoint(folder).model
+            raise ValueError(f"step={step} only applies to a training workdir, not the .pt file {folder}")
+        return load_torch_file(folder).model
     if (folder / CHECKPOINTS_DIR).is_dir():
         if step is None and (folder / BEST_MODEL_DIR / folder_format.PARAMS_FILE).is_file():
             return folder_format.load_checkpoint(folder / BEST_MODEL_DIR)[1]
@@ -63,8 +68,18 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> Model:
         return hf.load_hf_checkpoint(folder)[1]
     raise ValueError(
         f"{folder} is not a checkpoint: expected a training workdir ({CHECKPOINTS_DIR}/), {folder_format.PARAMS_FILE}, "
-        "a transformers folder (config.json + model.safetensors) or a fairseq .pt file"
+        "a transformers folder (config.json + model.safetensors), or a fairseq or fairseq2 .pt file"
     )
+
+
+def load_torch_file(path: str | os.PathLike) -> FairseqImport | Fairseq2Import:
+    """A fairseq or a fairseq2 `.pt`, read once and imported as the format its top level names
+    (`fairseq2.is_fairseq2_state`); a fairseq2 file's architecture is named from its shapes."""
+    path = pathlib.Path(path)
+    state = read_torch_checkpoint(path)
+    if is_fairseq2_state(state):
+        return import_fairseq2_state(state, path)
+    return import_fairseq_state(state, path)
 
 
 def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
@@ -104,7 +119,8 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
 
 def load_encoder(path: str | os.PathLike) -> tuple[Wav2Vec2Config, nnx.State]:
     """The config and encoder (`Wav2Vec2Model`) parameters of any checkpoint (`load_model`: a
-    pretraining or fine-tuning workdir, our folder format or a transformers folder)."""
+    pretraining or fine-tuning workdir, our folder format, a transformers folder, a fairseq or
+    fairseq2 `.pt`)."""
     model = load_model(path)
     encoder = model if isinstance(model, Wav2Vec2Model) else model.wav2vec2
     return model.config, nnx.state(encoder, nnx.Param)
@@ -143,7 +159,13 @@ def input_normalization(path: str | os.PathLike) -> bool:
 
 
 def _fairseq_ctc_checkpoint(path: pathlib.Path) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
-    imported = load_fairseq_checkpoint(path)
+    state = read_torch_checkpoint(path)
+    if is_fairseq2_state(state):
+        raise ValueError(
+            f"{path} is a fairseq2 file, which holds no vocabulary: convert it with "
+            "w2v-convert-checkpoint fairseq2-to-jax --tokenizer=<its SentencePiece .model>"
+        )
+    imported = import_fairseq_state(state, path)
     if not isinstance(imported.model, Wav2Vec2ForCTC):
         raise ValueError(f"{path} holds a {type(imported.model).__name__}, not a fine-tuned (CTC) model")
     if imported.vocabulary is None:

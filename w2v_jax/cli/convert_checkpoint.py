@@ -14,6 +14,13 @@
     w2v-convert-checkpoint fairseq-to-jax wav2vec_small_960h.pt path/to/jax_folder --dict dict.ltr.txt
     w2v-convert-checkpoint jax-to-fairseq runs/tiny path/to/out.pt
 
+    # a fairseq2 .pt (fairseq2's wav2vec2 / wav2vec2_asr cards, Omnilingual's omniASR-W2V-*.pt and
+    # omniASR-CTC-*.pt) -> a w2v_jax folder, its architecture named from its tensors' shapes (or
+    # --arch: a preset or a config.json); and our model -> a fairseq2 .pt
+    w2v-convert-checkpoint fairseq2-to-jax omniASR-W2V-1B.pt path/to/jax_folder [--arch=omnilingual_w2v_1b]
+    w2v-convert-checkpoint fairseq2-to-jax omniASR-CTC-300M.pt path/to/jax_folder --tokenizer omniASR_tokenizer.model
+    w2v-convert-checkpoint jax-to-fairseq2 runs/tiny path/to/out.pt [--step=300 --num_updates=300]
+
 A fine-tuning workdir exports its best model by default (`--step` picks a checkpoint), to a folder
 that `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
 `pipeline("automatic-speech-recognition", model=...)` load; a CTC model's vocabulary (vocab.json
@@ -55,11 +62,31 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "fairseq-to-jax: a CTC checkpoint's fairseq dictionary (dict.ltr.txt; default: beside the .pt).",
             flag_values=flag_values,
         ),
+        arch=flags.DEFINE_string(
+            "arch",
+            None,
+            "fairseq2-to-jax: the architecture, a fairseq2 preset's name (w2v_jax.checkpoints.fairseq2.PRESETS) or "
+            "a config.json (default: the one our exporter stored, else the preset the tensors' shapes name).",
+            flag_values=flag_values,
+        ),
+        tokenizer=flags.DEFINE_string(
+            "tokenizer",
+            None,
+            "fairseq2-to-jax: a CTC model's tokenizer, its SentencePiece .model (fairseq2 files hold no vocabulary).",
+            flag_values=flag_values,
+        ),
+        num_updates=flags.DEFINE_integer(
+            "num_updates",
+            None,
+            "jax-to-fairseq2: the pretraining model's quantizer.num_updates, the update count fairseq2's Gumbel "
+            "temperature schedule continues from (default 0; e.g. the run's checkpoint step).",
+            flag_values=flag_values,
+        ),
         step=flags.DEFINE_integer(
             "step",
             None,
-            "jax-to-hf / jax-to-fairseq from a training workdir: its checkpoint step (default: the best model of a "
-            "fine-tuning run, else the newest checkpoint).",
+            "jax-to-hf / jax-to-fairseq / jax-to-fairseq2 from a training workdir: its checkpoint step (default: the "
+            "best model of a fine-tuning run, else the newest checkpoint).",
             flag_values=flag_values,
         ),
         lm=flags.DEFINE_string(
@@ -92,6 +119,9 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             step=args.step.value,
             allow_nonfinite=args.allow_nonfinite.value,
             dictionary=args.dict.value,
+            arch=args.arch.value,
+            tokenizer=args.tokenizer.value,
+            num_updates=args.num_updates.value,
         )
         vocabulary = load_vocabulary(destination)
         lm_dir = None
