@@ -1,8 +1,10 @@
 """The fine-tuning launcher end to end on the tiny config and the embedded corpus: outputs, validation
 and the best model, exact resume, transcription, export to transformers' ASR pipeline.
 
-Runs are subprocesses of `python -m experiments.finetune` (1 device) sharing a JAX persistent
-compilation cache, so only the first one compiles.
+The tests read one run, built once per session: the tiny config with its defaults from the main
+command's 300-update tiny pretraining, the run whose CTC leaves the all-blank plateau. Runs are
+subprocesses of `python -m experiments.finetune` (1 device) sharing a JAX persistent compilation
+cache, so only the first one compiles.
 """
 
 import json
@@ -26,16 +28,20 @@ from w2v_jax.data.manifest import read_manifest, write_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training import metrics
 
-NUM_STEPS = 40
-OVERRIDES = [
-    "--config=experiments/configs/finetune.py:tiny",
-    f"--config.train.num_steps={NUM_STEPS}",
-    "--config.train.batch_size=4",
-    "--config.train.log_every=10",
-    "--config.train.eval_every=20",
-    "--config.train.checkpoint_every=10",
-    "--config.train.freeze_finetune_updates=0",  # the mechanics of a run in which every part learns
-]
+NUM_STEPS = 300  # the tiny config's
+CHECKPOINT_EVERY = 30  # with the 3 kept, 240, 270 and 300: a resume from 270 falls between validations
+
+
+def overrides(init):
+    """The tiny config with its defaults (validation every 50 updates) from the pretraining `init`."""
+    return [
+        "--config=experiments/configs/finetune.py:tiny",
+        f"--config.init={init}",
+        f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
+    ]
+
+
+VALIDATED = list(range(50, NUM_STEPS + 1, 50))
 TIMING = metrics.RATE_FIELDS
 
 
@@ -50,11 +56,13 @@ def records(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(session_dir, env):
-    """The run of `OVERRIDES`, once per session (`shared_run`): its workdir, which tests only read."""
+def reference(session_dir, tiny_pretraining, long_run_env):
+    """The tiny config's run from the main command's 300-update tiny pretraining, once per session
+    (`shared_run`; LLVM's optimisation passes on, as for every run of hundreds of updates): its
+    workdir, which tests only read. The head learns alone for 100 updates, then the whole model."""
 
     def build(workdir):
-        run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
+        run("experiments.finetune", [f"--workdir={workdir}", *overrides(tiny_pretraining)], long_run_env)
 
     return shared_run(session_dir / "finetune_reference", build)
 
@@ -74,27 +82,28 @@ def test_launcher_writes_every_output(reference):
     ):
         assert (reference / name).is_file(), name
     logged = records(reference)
-    assert [r["step"] for r in logged] == [10, 20, 30, 40]
+    assert [r["step"] for r in logged] == list(range(10, NUM_STEPS + 1, 10))
     assert all(np.isfinite(r["loss"]) for r in logged)
     # Training leaves the initial (uniform) stage: the loss per label falls well below its start.
     assert logged[-1]["loss_per_token"] < 0.6 * logged[0]["loss_per_token"]
     evaluated = [r for r in logged if "valid_cer" in r]
-    assert [r["step"] for r in evaluated] == [20, 40]
+    assert [r["step"] for r in evaluated] == VALIDATED
     assert all(0.0 <= r["valid_cer"] and 0.0 <= r["valid_wer"] for r in evaluated)
     best = json.loads((reference / BEST_RECORD_FILE).read_text())
     assert best["metric"] == "cer" and best["value"] == min(r["valid_cer"] for r in evaluated)
-    assert [h["step"] for h in best["history"]] == [20, 40]
+    assert [h["step"] for h in best["history"]] == VALIDATED
     assert isinstance(load_model(reference), Wav2Vec2ForCTC)
 
 
-def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tmp_path):
-    """The reference run with its last checkpoint removed resumes from step 30 (after the validation at 20,
-    before the one at 40) and ends identical."""
+def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, tiny_pretraining, long_run_env, tmp_path):
+    """The reference run with its last checkpoint removed resumes from step 270 (after the validation at
+    250, before the one at 300) and ends identical."""
     workdir = tmp_path / "resumed"
     shutil.copytree(reference, workdir)
     shutil.rmtree(workdir / "checkpoints" / str(NUM_STEPS))
     (workdir / "lock").unlink(missing_ok=True)
-    run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
+    result = run("experiments.finetune", [f"--workdir={workdir}", *overrides(tiny_pretraining)], long_run_env)
+    assert "resumed from checkpoint 270 " in result.stderr
     assert records(workdir) == records(reference)
     resumed, uninterrupted = load_model(workdir, NUM_STEPS), load_model(reference, NUM_STEPS)
     for (path, a), (_, b) in zip(*(nnx_flat(m) for m in (resumed, uninterrupted))):
@@ -104,18 +113,32 @@ def test_resume_mid_run_logs_and_ends_as_an_uninterrupted_run(reference, env, tm
     )
 
 
+# A short run from random initialisation with every part learning: the shard test's pair of runs.
+SHORT = [
+    "--config=experiments/configs/finetune.py:tiny",
+    "--config.train.num_steps=40",
+    "--config.train.batch_size=4",
+    "--config.train.log_every=10",
+    "--config.train.eval_every=20",
+    "--config.train.checkpoint_every=40",
+    "--config.train.freeze_finetune_updates=0",
+]
+
+
 @pytest.mark.slow
-def test_a_run_on_shards_logs_the_manifest_runs_metrics(reference, embedded_shards, env, tmp_path):
-    """The reference run's corpus as shard sets with their letter labels: the same batches, the same
-    validation, the same metrics and best model."""
+def test_a_run_on_shards_logs_the_manifest_runs_metrics(embedded_shards, env, tmp_path):
+    """The embedded corpus as shard sets with their letter labels, against the same run on its
+    manifests: the same batches, the same validation, the same metrics and best model."""
     shards = [
         f"--config.data.train_manifest={embedded_shards / 'train'}",
         f"--config.data.valid_manifest={embedded_shards / 'valid'}",
     ]
-    run("experiments.finetune", [f"--workdir={tmp_path}", *OVERRIDES, *shards], env)
-    assert records(tmp_path) == records(reference)
-    best = json.loads((tmp_path / BEST_RECORD_FILE).read_text())
-    assert best == json.loads((reference / BEST_RECORD_FILE).read_text())
+    run("experiments.finetune", [f"--workdir={tmp_path / 'manifest'}", *SHORT], env)
+    run("experiments.finetune", [f"--workdir={tmp_path / 'shards'}", *SHORT, *shards], env)
+    logged = records(tmp_path / "shards")
+    assert [r["step"] for r in logged] == [10, 20, 30, 40] and logged == records(tmp_path / "manifest")
+    best = json.loads((tmp_path / "shards" / BEST_RECORD_FILE).read_text())
+    assert best == json.loads((tmp_path / "manifest" / BEST_RECORD_FILE).read_text())
 
 
 def nnx_flat(model):
@@ -166,23 +189,12 @@ def test_evaluate_launcher_reports_error_rates_of_the_best_model(reference, env,
 
 
 @pytest.mark.slow
-def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(tiny_pretraining, long_run_env, tmp_path):
-    """The tiny fine-tuning config with its defaults from the main command's 300-update tiny pretraining:
-    the head learns alone for 100 updates, then the whole model trains, and CTC leaves its all-blank
-    plateau (the loss per label of predicting the letter frequencies
+def test_pretrained_tiny_leaves_the_all_blank_plateau_and_valid_cer_falls(reference):
+    """The reference run: the tiny fine-tuning config with its defaults from the main command's
+    300-update tiny pretraining: the head learns alone for 100 updates, then the whole model trains,
+    and CTC leaves its all-blank plateau (the loss per label of predicting the letter frequencies
     without the audio: 2.94 nats on this corpus)."""
-    workdir = tmp_path / "run"
-    run(
-        "experiments.finetune",
-        [
-            f"--workdir={workdir}",
-            "--config=experiments/configs/finetune.py:tiny",
-            f"--config.init={tiny_pretraining}",
-            "--config.train.plot=False",
-        ],
-        long_run_env,
-    )
-    logged = metrics.read_metrics(workdir / "metrics.jsonl")
+    logged = metrics.read_metrics(reference / "metrics.jsonl")
     cer = {r["step"]: r["valid_cer"] for r in logged if "valid_cer" in r}
     assert sorted(cer) == [50, 100, 150, 200, 250, 300]
     # Measured: loss per label 2.32 over updates 281-300; valid CER 0.697 at update 50 (the head
