@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 import jax
@@ -23,12 +23,13 @@ import numpy as np
 from w2v_jax.asr import alignment, long_form
 from w2v_jax.asr.alignment import Segment
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
+from w2v_jax.asr.long_form import Forward
 from w2v_jax.asr.transcription import (
+    READ_BATCHES,
     BadFile,
-    load_readable,
-    long_recording_logits,
+    each_recording,
     model_forward,
-    padded_batches,
+    read_in_batches,
     read_inputs,
 )
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
@@ -57,21 +58,16 @@ def recording_logits(
     stride_s: float | None = None,
 ) -> list[np.ndarray]:
     """Each waveform's logits `[frames, vocab]`: recordings longer than `chunk_s` in chunks
-    (`long_form.stitched_logits`), the others whole in padded batches, as `transcription.transcribe`."""
-    forward = model_forward(model)
-    results: list[np.ndarray | None] = [None] * len(waveforms)
-    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
-        results[index] = logits
-    short = [i for i, r in enumerate(results) if r is None]
-    if short:
-        batches = padded_batches(
-            forward, [waveforms[i] for i in short], batch_size=batch_size, num_frames=model.num_frames
-        )
-        for rows, logits, lengths in batches:
-            logits, lengths = np.asarray(logits), np.asarray(lengths)
-            for slot, row in enumerate(rows):
-                results[short[int(row)]] = logits[slot, : lengths[slot]]
-    return results
+    (`long_form.stitched_logits`), the others whole in padded batches (`transcription.each_recording`)."""
+    return each_recording(
+        model,
+        model_forward(model),
+        waveforms,
+        lambda _, logits: logits,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+    )
 
 
 def _round_up(n: int, quantum: int) -> int:
@@ -131,16 +127,27 @@ def timestamped_transcripts(
     stride_s: float | None = None,
     separator: str = "",
     decoder: CTCDecoder | None = None,
+    forward: Forward | None = None,
 ) -> list[tuple[str, list[Segment]]]:
     """Transcripts (as `transcription.transcribe` gives them; greedy unless `decoder`) and the
-    segments of their tokens at `level`."""
-    results = []
+    segments of their tokens at `level`; each recording's logits dropped once it is aligned.
+    `forward`: the model's (`model_forward`), when the caller keeps one across calls."""
     decoder = decoder or GreedyDecoder(vocabulary, separator)
-    for logits in recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s):
+
+    def transcript_and_segments(_: int, logits: np.ndarray) -> tuple[str, list[Segment]]:
         transcript = decoder.decode(logits, len(logits))
         ids, _ = vocabulary.encode(transcript.tokens)
-        results.append((transcript.text, segments(logits, ids, vocabulary, level)))
-    return results
+        return transcript.text, segments(logits, ids, vocabulary, level)
+
+    return each_recording(
+        model,
+        forward or model_forward(model),
+        waveforms,
+        transcript_and_segments,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+    )
 
 
 def transcribe_files_with_timestamps(
@@ -155,25 +162,35 @@ def transcribe_files_with_timestamps(
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
     decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
-) -> tuple[list[tuple[pathlib.Path, str, list[Segment]]], float]:
-    """`transcription.transcribe_files` with each file's segments at `level`; also the seconds per frame."""
+) -> tuple[Iterator[tuple[pathlib.Path, str, list[Segment]]], float]:
+    """`transcription.transcribe_files` with each file's segments at `level`: `(file, transcript,
+    segments)` as they are made, a batch of files at a time, and the seconds per frame."""
     if level not in LEVELS:
         raise ValueError(f"timestamps must be one of {LEVELS}, got {level!r}")
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
-    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    found = timestamped_transcripts(
-        model,
-        waveforms,
-        vocabulary,
-        level,
-        batch_size=batch_size,
-        chunk_s=chunk_s,
-        stride_s=stride_s,
-        separator=separator,
-        decoder=decoder(vocabulary) if decoder is not None else None,
-    )
-    return [(f, text, s) for f, (text, s) in zip(files, found)], frame_seconds(model)
+    utterance_decoder = decoder(vocabulary) if decoder is not None else None
+    forward = model_forward(model)
+
+    def results() -> Iterator[tuple[pathlib.Path, str, list[Segment]]]:
+        for batch_files, waveforms in read_in_batches(
+            files, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
+        ):
+            found = timestamped_transcripts(
+                model,
+                waveforms,
+                vocabulary,
+                level,
+                batch_size=batch_size,
+                chunk_s=chunk_s,
+                stride_s=stride_s,
+                separator=separator,
+                decoder=utterance_decoder,
+                forward=forward,
+            )
+            yield from ((f, text, s) for f, (text, s) in zip(batch_files, found))
+
+    return results(), frame_seconds(model)
 
 
 def align_manifest(
@@ -187,9 +204,10 @@ def align_manifest(
     chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
-) -> tuple[list[tuple[pathlib.Path, str, list[Segment]]], float]:
+) -> tuple[Iterator[tuple[pathlib.Path, str, list[Segment]]], float]:
     """Forced alignment of a manifest's transcripts (`.ltr`, else `.wrd`, for `kind="ltr"`; `.phn`)
-    on its audio: `(file, transcript, segments at level)` per readable row, and the seconds per frame.
+    on its audio: `(file, transcript, segments at level)` per readable row, as they are made (a batch
+    of files at a time, as `transcribe_files_with_timestamps`), and the seconds per frame.
 
     A transcript longer than its recording's frames allow is reported like an unreadable file.
     """
@@ -200,17 +218,33 @@ def align_manifest(
     transcripts = read_label_tokens(manifest_path, kind, len(manifest))
     files = [manifest.file_path(i) for i in range(len(manifest))]
     by_file = dict(zip(files, transcripts))
-    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    results = []
-    logits = recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s)
-    for file, row_logits in zip(files, logits):
+    forward = model_forward(model)
+
+    def aligned(file: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment] | None]:
         tokens = by_file[file]
         ids, _ = vocabulary.encode(tokens)
         text = letters_to_words(tokens) if kind == "ltr" else " ".join(tokens)
         try:
-            results.append((file, text, segments(row_logits, ids, vocabulary, level)))
+            return text, segments(logits, ids, vocabulary, level)
         except ValueError as error:
             if on_bad_file is None:
                 raise ValueError(f"{file}: {error}") from None
             on_bad_file(file, f"{file}: {error}")
-    return results, frame_seconds(model)
+            return text, None
+
+    def results() -> Iterator[tuple[pathlib.Path, str, list[Segment]]]:
+        for batch_files, waveforms in read_in_batches(
+            files, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
+        ):
+            found = each_recording(
+                model,
+                forward,
+                waveforms,
+                lambda index, logits: aligned(batch_files[index], logits),
+                batch_size=batch_size,
+                chunk_s=chunk_s,
+                stride_s=stride_s,
+            )
+            yield from ((f, text, s) for f, (text, s) in zip(batch_files, found) if s is not None)
+
+    return results(), frame_seconds(model)
