@@ -23,15 +23,7 @@ import numpy as np
 from w2v_jax.asr import alignment, long_form
 from w2v_jax.asr.alignment import Segment
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
-from w2v_jax.asr.long_form import Forward
-from w2v_jax.asr.transcription import (
-    READ_BATCHES,
-    BadFile,
-    each_recording,
-    model_forward,
-    read_in_batches,
-    read_inputs,
-)
+from w2v_jax.asr.transcription import BadFile, each_file, each_recording, model_forward, read_inputs
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
 from w2v_jax.data.labels import letters_to_words, read_label_tokens
@@ -116,40 +108,6 @@ def utterance_id(path: str | os.PathLike) -> str:
     return pathlib.Path(path).stem
 
 
-def timestamped_transcripts(
-    model: Wav2Vec2ForCTC,
-    waveforms: Sequence[np.ndarray],
-    vocabulary: Vocabulary,
-    level: str,
-    *,
-    batch_size: int = 8,
-    chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
-    stride_s: float | None = None,
-    separator: str = "",
-    decoder: CTCDecoder | None = None,
-    forward: Forward | None = None,
-) -> list[tuple[str, list[Segment]]]:
-    """Transcripts (as `transcription.transcribe` gives them; greedy unless `decoder`) and the
-    segments of their tokens at `level`; each recording's logits dropped once it is aligned.
-    `forward`: the model's (`model_forward`), when the caller keeps one across calls."""
-    decoder = decoder or GreedyDecoder(vocabulary, separator)
-
-    def transcript_and_segments(_: int, logits: np.ndarray) -> tuple[str, list[Segment]]:
-        transcript = decoder.decode(logits, len(logits))
-        ids, _ = vocabulary.encode(transcript.tokens)
-        return transcript.text, segments(logits, ids, vocabulary, level)
-
-    return each_recording(
-        model,
-        forward or model_forward(model),
-        waveforms,
-        transcript_and_segments,
-        batch_size=batch_size,
-        chunk_s=chunk_s,
-        stride_s=stride_s,
-    )
-
-
 def transcribe_files_with_timestamps(
     checkpoint: str | os.PathLike,
     paths: Sequence[str | os.PathLike],
@@ -169,28 +127,24 @@ def transcribe_files_with_timestamps(
         raise ValueError(f"timestamps must be one of {LEVELS}, got {level!r}")
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
-    utterance_decoder = decoder(vocabulary) if decoder is not None else None
-    forward = model_forward(model)
+    utterance_decoder = decoder(vocabulary) if decoder is not None else GreedyDecoder(vocabulary, separator)
 
-    def results() -> Iterator[tuple[pathlib.Path, str, list[Segment]]]:
-        for batch_files, waveforms in read_in_batches(
-            files, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
-        ):
-            found = timestamped_transcripts(
-                model,
-                waveforms,
-                vocabulary,
-                level,
-                batch_size=batch_size,
-                chunk_s=chunk_s,
-                stride_s=stride_s,
-                separator=separator,
-                decoder=utterance_decoder,
-                forward=forward,
-            )
-            yield from ((f, text, s) for f, (text, s) in zip(batch_files, found))
+    def transcript_and_segments(_: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment]]:
+        transcript = utterance_decoder.decode(logits, len(logits))
+        ids, _ = vocabulary.encode(transcript.tokens)
+        return transcript.text, segments(logits, ids, vocabulary, level)
 
-    return results(), frame_seconds(model)
+    found = each_file(
+        model,
+        files,
+        transcript_and_segments,
+        normalize=normalize,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+        on_bad_file=on_bad_file,
+    )
+    return ((file, text, s) for file, (text, s) in found), frame_seconds(model)
 
 
 def align_manifest(
@@ -218,7 +172,6 @@ def align_manifest(
     transcripts = read_label_tokens(manifest_path, kind, len(manifest))
     files = [manifest.file_path(i) for i in range(len(manifest))]
     by_file = dict(zip(files, transcripts))
-    forward = model_forward(model)
 
     def aligned(file: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment] | None]:
         tokens = by_file[file]
@@ -232,19 +185,14 @@ def align_manifest(
             on_bad_file(file, f"{file}: {error}")
             return text, None
 
-    def results() -> Iterator[tuple[pathlib.Path, str, list[Segment]]]:
-        for batch_files, waveforms in read_in_batches(
-            files, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
-        ):
-            found = each_recording(
-                model,
-                forward,
-                waveforms,
-                lambda index, logits: aligned(batch_files[index], logits),
-                batch_size=batch_size,
-                chunk_s=chunk_s,
-                stride_s=stride_s,
-            )
-            yield from ((f, text, s) for f, (text, s) in zip(batch_files, found) if s is not None)
-
-    return results(), frame_seconds(model)
+    found = each_file(
+        model,
+        files,
+        aligned,
+        normalize=normalize,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+        on_bad_file=on_bad_file,
+    )
+    return ((file, text, s) for file, (text, s) in found if s is not None), frame_seconds(model)

@@ -297,19 +297,36 @@ def read_in_batches(
         yield readable, waveforms
 
 
-def load_readable(
-    files: Sequence[pathlib.Path], *, normalize: bool, on_bad_file: BadFile | None = None
-) -> tuple[list[pathlib.Path], list[np.ndarray]]:
-    """Every readable file and its waveform, in order, in memory at once (`read_in_batches`' arguments;
-    None: the first unreadable file raises and nothing is returned)."""
-    readable: list[pathlib.Path] = []
-    waveforms: list[np.ndarray] = []
-    for batch_files, batch_waveforms in read_in_batches(
-        files, normalize=normalize, size=max(len(files), 1), on_bad_file=on_bad_file
-    ):
-        readable += batch_files
-        waveforms += batch_waveforms
-    return readable, waveforms
+def each_file(
+    model: Wav2Vec2ForCTC,
+    files: Sequence[pathlib.Path],
+    consume: Callable[[pathlib.Path, np.ndarray], Result],
+    *,
+    normalize: bool,
+    batch_size: int,
+    chunk_s: float | None,
+    stride_s: float | None,
+    on_bad_file: BadFile | None,
+) -> Iterator[tuple[pathlib.Path, Result]]:
+    """`(file, consume(file, logits [frames, vocab]))` of each readable file, in order, as they are made.
+
+    Files are read `batch_size * READ_BATCHES` at a time (`read_in_batches`) and run through
+    `each_recording`, so memory does not grow with their number; unreadable files go to
+    `on_bad_file` (None: the first one raises once the results of the files before it are yielded).
+    """
+    forward = model_forward(model)
+    size = batch_size * READ_BATCHES
+    for batch, waveforms in read_in_batches(files, normalize=normalize, size=size, on_bad_file=on_bad_file):
+        results = each_recording(
+            model,
+            forward,
+            waveforms,
+            lambda index, logits, batch=batch: consume(batch[index], logits),
+            batch_size=batch_size,
+            chunk_s=chunk_s,
+            stride_s=stride_s,
+        )
+        yield from zip(batch, results)
 
 
 def transcribe_files(
@@ -325,29 +342,21 @@ def transcribe_files(
     on_bad_file: BadFile | None = None,
 ) -> Iterator[tuple[pathlib.Path, str]]:
     """`(file, transcript)` for every readable audio file or manifest row in `paths`, in order, as
-    they are made (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`;
-    `decoder` builds the decoder from the checkpoint's vocabulary, default greedy).
-
-    Files are read, transcribed and yielded `batch_size * READ_BATCHES` at a time, so memory does not
-    grow with their number; unreadable files go to `on_bad_file` (`read_in_batches`; None: the first
-    one raises once the transcripts of the files before it are yielded).
+    they are made, a few batches of files at a time (`each_file`): `load_ctc_checkpoint`, then what
+    `transcribe` gives with `separator`, `chunk_s` and `stride_s` (`decoder` builds the decoder from
+    the checkpoint's vocabulary, default greedy). Unreadable files go to `on_bad_file` (None: the
+    first one raises once the transcripts of the files before it are yielded).
     """
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
-    utterance_decoder = decoder(vocabulary) if decoder is not None else None
-    forward = model_forward(model)
-    for batch_files, waveforms in read_in_batches(
-        files, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
-    ):
-        texts = transcribe(
-            model,
-            waveforms,
-            vocabulary,
-            batch_size,
-            separator,
-            utterance_decoder,
-            chunk_s=chunk_s,
-            stride_s=stride_s,
-            forward=forward,
-        )
-        yield from zip(batch_files, texts)
+    utterance_decoder = decoder(vocabulary) if decoder is not None else GreedyDecoder(vocabulary, separator)
+    yield from each_file(
+        model,
+        files,
+        lambda _, logits: utterance_decoder.decode(logits, len(logits)).text,
+        normalize=normalize,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+        on_bad_file=on_bad_file,
+    )
