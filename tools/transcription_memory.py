@@ -16,11 +16,8 @@ files, the two versions' processes alternating, so both see the same machine.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import statistics
-import subprocess
-import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -29,6 +26,7 @@ import soundfile
 from absl import flags
 from flax import nnx
 
+from tools.loading_memory import measured_process
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.cli import launch
 from w2v_jax.config import Wav2Vec2Config
@@ -38,8 +36,8 @@ from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
 
 # One measured process: argv [checkpoint, manifest]; `w2v-transcribe` with its output thrown away,
-# then the package's folder and the process's peak resident set size in KiB on stderr (VmHWM: a
-# child's ru_maxrss would start from its parent's resident size at the fork).
+# then the package's folder and the process's peak resident set size in KiB (VmHWM: a child's
+# ru_maxrss would start from its parent's resident size at the fork).
 _MEASURED = """
 import contextlib, os, sys
 import w2v_jax
@@ -53,7 +51,7 @@ except SystemExit as exit:
         raise
 with open("/proc/self/status") as status:
     peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-print(w2v_jax.__path__[0], peak, file=sys.stderr)
+print(w2v_jax.__path__[0], peak)
 """
 
 MODEL_DIR = "model"
@@ -107,19 +105,7 @@ def write_inputs(folder: pathlib.Path, counts: Sequence[int], seconds: float) ->
 
 def _peak_mib(folder: pathlib.Path, manifest: pathlib.Path, source: str) -> tuple[str, float]:
     """(the measured package's folder, peak RSS in MiB) of one fresh process."""
-    env = dict(os.environ)
-    if source:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    # Run from the folder: `python -c` puts its folder first on the path, where no package is.
-    err = subprocess.run(
-        [sys.executable, "-c", _MEASURED, str((folder / MODEL_DIR).resolve()), str(manifest.resolve())],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stderr.split()
-    return err[-2], int(err[-1]) / 1024
+    return measured_process(_MEASURED, [str((folder / MODEL_DIR).resolve()), str(manifest.resolve())], folder, source)
 
 
 def peak_memory(
