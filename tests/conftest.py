@@ -1,5 +1,5 @@
 """Test-session set-up: eight simulated CPU devices, float32 everywhere; the session's shared folder,
-launcher environment and the README's tiny pretraining run."""
+launcher environment, the README's tiny pretraining run and the tiny fine-tuning from it."""
 
 import os
 import pathlib
@@ -75,3 +75,22 @@ def embedded_shards(session_dir) -> pathlib.Path:
             prepare_shards(default_manifest(split), folder / split, shard_mb=1, labels=["ltr"])
 
     return shared_run(session_dir / "embedded_shards", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuning(session_dir, tiny_pretraining, long_run_env) -> pathlib.Path:
+    """The tiny fine-tuning config with its defaults (300 updates) from `tiny_pretraining`: the model
+    that has left CTC's all-blank plateau (valid CER about 0.64), run once per session; its workdir
+    (checkpoints every 30 updates: tests/e2e/test_finetune.py resumes it from 270)."""
+
+    def build(workdir: pathlib.Path) -> None:
+        args = [
+            f"--workdir={workdir}",
+            "--config=experiments/configs/finetune.py:tiny",
+            f"--config.init={tiny_pretraining}",
+            "--config.train.checkpoint_every=30",
+        ]
+        result = run("experiments.finetune", args, long_run_env)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_run(session_dir / "tiny_finetuning", build)

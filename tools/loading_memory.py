@@ -101,21 +101,23 @@ def write_workdir(workdir: pathlib.Path, variant: str) -> None:
     checkpoints.close()
 
 
-def _peak_mib(workdir: pathlib.Path, what: str, source: str) -> tuple[str, float]:
-    """(the measured package's folder, peak RSS in MiB) of one fresh process."""
+def measured_process(script: str, args: Sequence[str], cwd: pathlib.Path, source: str) -> tuple[str, float]:
+    """(the measured package's folder, peak RSS in MiB) of one fresh `python -c script *args` process
+    that prints them last (the folder, then `VmHWM` in KiB), with the package of checkout `source`
+    first on the path ("" = the installed one)."""
     env = dict(os.environ)
     if source:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH", "")) if p)
-    # Run from the workdir: `python -c` puts its folder first on the path, where no package is.
+    # Run from `cwd`, a data folder: `python -c` puts its folder first on the path, where no package is.
     out = subprocess.run(
-        [sys.executable, "-c", _MEASURED, str(workdir.resolve()), what],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     return out[-2], int(out[-1]) / 1024
+
+
+def _peak_mib(workdir: pathlib.Path, what: str, source: str) -> tuple[str, float]:
+    """(the measured package's folder, peak RSS in MiB) of one fresh process."""
+    return measured_process(_MEASURED, [str(workdir.resolve()), what], workdir, source)
 
 
 def peak_memory(workdir: pathlib.Path, runs: int, sources: Sequence[str] = ("",)) -> dict[str, dict[str, float]]:

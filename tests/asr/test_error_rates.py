@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from w2v_jax.asr.error_rates import (
+    ErrorCounts,
     char_error_rate,
     edit_distance_from_scratch,
     error_rate_from_scratch,
+    error_rate_metrics,
     token_error_rate,
     word_error_rate,
 )
@@ -59,6 +61,19 @@ def test_rates_match_the_oracle(seed):
     )
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["ltr", "phn"])
+def test_counts_added_batch_by_batch_give_the_corpus_rates_exactly(seed, kind):
+    """Streamed evaluation's totals: the same summed integers as jiwer's corpus call, so the rates are
+    equal as floats, not only close."""
+    references, hypotheses = _random_sentences(seed)
+    counts = ErrorCounts(kind)
+    for begin in range(0, len(references), 7):
+        counts.add(references[begin : begin + 7], hypotheses[begin : begin + 7])
+    assert counts.rates() == error_rate_metrics(references, hypotheses, kind)
+    assert sum(counts.lengths.values()) > 0 and sum(counts.edits.values()) > 0
+
+
 def test_known_values():
     assert word_error_rate(["the cat sat", "on"], ["the bat sat down", ""]) == 3 / 4
     assert char_error_rate(["ab c"], ["ab"]) == 2 / 4
@@ -72,6 +87,10 @@ def test_bad_inputs_are_named():
         char_error_rate(["", " "], ["a", "b"])
     with pytest.raises(ValueError, match="whitespace"):
         token_error_rate([["a b"]], [["a"]])
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        ErrorCounts("ltr").add(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="references are empty"):
+        ErrorCounts("phn").rates()
 
 
 def test_missing_jiwer_names_the_extra(monkeypatch):

@@ -94,6 +94,39 @@ def test_transcribe_chunks_only_recordings_longer_than_a_chunk(monkeypatch):
     assert chunked[1] == GreedyDecoder(VOCABULARY).decode(stitched[0]).text != ""
 
 
+def test_each_long_recording_is_decoded_before_the_next_one_runs(monkeypatch):
+    """Only the current recording's chunks and logits are held: its logits reach the decoder before
+    the next long recording's chunks run (before streaming, every long recording's logits were made
+    first and all decoded after)."""
+    model = Wav2Vec2ForCTC(LAYER_CONFIG, rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(0)
+    waveforms = [rng.standard_normal(n).astype(np.float32) for n in (40_000, 4000, 36_000, 44_000)]
+    events = []
+    real = long_form.stitched_logits
+
+    def stitched_logits(forward, waveform, **kwargs):
+        events.append(("run", len(waveform)))
+        return real(forward, waveform, **kwargs)
+
+    class Decoder(GreedyDecoder):
+        def decode(self, logits, length=None):
+            events.append(("decode", len(logits[:length])))
+            return super().decode(logits, length)
+
+    monkeypatch.setattr(long_form, "stitched_logits", stitched_logits)
+    transcribe(model, waveforms, VOCABULARY, batch_size=2, decoder=Decoder(VOCABULARY), chunk_s=1.0)
+    frames = {n: model.num_frames(n) for n in (40_000, 36_000, 44_000)}
+    assert events[:6] == [
+        ("run", 40_000),
+        ("decode", frames[40_000]),
+        ("run", 36_000),
+        ("decode", frames[36_000]),
+        ("run", 44_000),
+        ("decode", frames[44_000]),
+    ]
+    assert events[6:] == [("decode", model.num_frames(4000))]  # the short one, whole
+
+
 _ON_DEVICES = """
 import json, numpy as np, jax
 from flax import nnx

@@ -1,6 +1,7 @@
 """The transcribe, align and evaluate launchers in this process on a tiny saved CTC model: unreadable
 files among good ones, a damaged model, timestamps as JSON lines, forced alignment of a manifest's
-transcripts."""
+transcripts, files streamed a few batches at a time (the results of all at once, those before a late
+error written)."""
 
 import json
 
@@ -12,9 +13,15 @@ from flax import nnx
 
 from tests.support.corpus import make_corpus
 from tests.support.launchers import run_main
+from w2v_jax.asr import transcription
+from w2v_jax.asr.error_rates import error_rate_metrics
+from w2v_jax.asr.evaluator import evaluate_finetuned_checkpoint
+from w2v_jax.asr.transcription import READ_BATCHES, transcribe_files
 from w2v_jax.checkpoints.folder import PARAMS_FILE, save_checkpoint
+from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.cli import align, evaluate, transcribe
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.data import audio
 from w2v_jax.data.labels import label_path
 from w2v_jax.data.manifest import read_manifest, write_manifest
 from w2v_jax.data.vocabulary import Vocabulary
@@ -65,7 +72,83 @@ def test_unreadable_files_are_reported_and_counted_and_the_others_transcribed(ch
     ]
     with pytest.raises(SystemExit, match=r"broken.flac: unreadable"):
         run_main(transcribe, ["--strict", *argv])
-    assert capsys.readouterr().out == ""  # --strict stops before transcribing anything
+    # --strict stops at the broken file, the transcript of the file read before it written.
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == files[:1]
+
+
+def test_files_stream_a_few_batches_at_a_time_with_the_transcripts_of_all_at_once(checkpoint, corpus, monkeypatch):
+    """With batch_size=1, files are read READ_BATCHES at a time and the first transcripts come before
+    the later files are read; the whole run gives, in order, the transcripts of all files at once."""
+    manifest = read_manifest(corpus)
+    files = [manifest.file_path(i % len(manifest)) for i in range(2 * READ_BATCHES + 3)]
+    reads, load = [], audio.load_audio
+    monkeypatch.setattr(audio, "load_audio", lambda path, **kw: reads.append(path) or load(path, **kw))
+    stream = transcribe_files(checkpoint, files, batch_size=1)
+    first = next(stream)
+    assert reads == files[:READ_BATCHES]
+    results = [first, *stream]
+    model, vocabulary, normalize = load_ctc_checkpoint(checkpoint)
+    whole = transcription.transcribe(model, [load(f, normalize_audio=normalize) for f in files], vocabulary, 1)
+    assert results == list(zip(files, whole)) and len(set(whole)) > 1
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["skip", "strict"])
+def test_a_bad_file_at_the_end_leaves_every_transcript_before_it_written(checkpoint, corpus, tmp_path, capsys, strict):
+    """Transcripts, timestamps and alignments of the files before an unreadable last one are written,
+    whether the run goes on (exit status 1 and the count) or stops there (`--strict`)."""
+    manifest = read_manifest(corpus)
+    (tmp_path / "broken.flac").write_bytes(b"not audio at all" * 10)
+    good = [str(manifest.file_path(i % len(manifest))) for i in range(READ_BATCHES + 2)]
+    error = "broken.flac: unreadable" if strict else r"^1 unreadable file skipped"
+    flags = ["--strict"] if strict else []
+    argv = [*flags, f"--checkpoint={checkpoint}", "--batch_size=1", *good, str(tmp_path / "broken.flac")]
+    with pytest.raises(SystemExit, match=error):
+        run_main(transcribe, argv)
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == good
+    output = tmp_path / "timestamps.jsonl"
+    with pytest.raises(SystemExit, match=error):
+        run_main(transcribe, [*argv, "--timestamps=word", f"--output={output}"])
+    assert [json.loads(line)["path"] for line in output.read_text().splitlines()] == good
+    # align: a manifest whose last row is the broken file.
+    rows = [i % len(manifest) for i in range(READ_BATCHES + 2)]
+    for i in set(rows):
+        (tmp_path / manifest.paths[i]).write_bytes(manifest.file_path(i).read_bytes())
+    paths = [manifest.paths[i] for i in rows]
+    lengths = [manifest.num_samples[i] for i in rows]
+    write_manifest(tmp_path / "late.tsv", tmp_path, [*paths, "broken.flac"], [*lengths, 32000])
+    transcripts = [TRANSCRIPTS[i % len(manifest)] for i in range(len(paths))] + ["ab"]
+    label_path(tmp_path / "late.tsv", "wrd").write_text("".join(f"{t}\n" for t in transcripts), encoding="utf-8")
+    out = tmp_path / "align"
+    with pytest.raises(SystemExit, match=error):
+        run_main(
+            align,
+            [
+                *flags,
+                f"--checkpoint={checkpoint}",
+                "--batch_size=1",
+                f"--manifest={tmp_path / 'late.tsv'}",
+                f"--out={out}",
+            ],
+        )
+    records = [json.loads(line) for line in (out / "alignments.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in records] == [str(tmp_path / p) for p in paths]
+    assert len((out / "alignments.ctm").read_text().splitlines()) == sum(len(t.split()) for t in transcripts[:-1])
+
+
+def test_evaluation_in_batches_counts_the_error_rates_of_all_utterances_at_once(checkpoint, corpus, tmp_path):
+    manifest = read_manifest(corpus)
+    rows = [i % len(manifest) for i in range(2 * READ_BATCHES + 3)]
+    write_manifest(
+        tmp_path / "many.tsv", manifest.root, [manifest.paths[i] for i in rows], [manifest.num_samples[i] for i in rows]
+    )
+    references = [TRANSCRIPTS[i] for i in rows]
+    label_path(tmp_path / "many.tsv", "wrd").write_text("".join(f"{t}\n" for t in references), encoding="utf-8")
+    record = evaluate_finetuned_checkpoint(checkpoint, tmp_path / "many.tsv", batch_size=1)
+    model, vocabulary, normalize = load_ctc_checkpoint(checkpoint)
+    waveforms = [audio.load_audio(manifest.file_path(i), normalize_audio=normalize) for i in rows]
+    hypotheses = transcription.transcribe(model, waveforms, vocabulary, 1)
+    assert {k: record[k] for k in ("wer", "cer")} == error_rate_metrics(references, hypotheses, "ltr")
+    assert record["num_utterances"] == len(rows)
 
 
 def test_a_damaged_model_does_not_transcribe(checkpoint, corpus, tmp_path):

@@ -6,11 +6,13 @@ compared as given: normalise references and hypotheses first (`w2v_jax.data.labe
 - WER: words are the space-separated parts of each string (jiwer splits on " " only).
 - CER: characters of each string with its ends stripped (spaces between words count).
 - PER (any token error rate): each utterance is a sequence of tokens (phones).
+`ErrorCounts` sums the same edits and lengths utterance by utterance, for corpora read in batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +80,36 @@ def error_rate_metrics(references: Sequence[str], hypotheses: Sequence[str], kin
     if kind == "phn":
         return {"per": token_error_rate([r.split() for r in references], [h.split() for h in hypotheses])}
     return {"wer": word_error_rate(references, hypotheses), "cer": char_error_rate(references, hypotheses)}
+
+
+class ErrorCounts:
+    """Corpus error rates of one label kind accumulated batch by batch: each rate's summed edits
+    (substitutions + deletions + insertions) and summed reference length, counted per utterance as
+    jiwer counts them, so `rates()` equals `error_rate_metrics` of all the utterances at once."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.edits = dict.fromkeys(METRICS[kind], 0)
+        self.lengths = dict.fromkeys(METRICS[kind], 0)
+
+    def add(self, references: Sequence[str], hypotheses: Sequence[str]) -> None:
+        """Counts a batch of utterances (strings as `error_rate_metrics` takes them)."""
+        if len(references) != len(hypotheses):
+            raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+        jiwer = _jiwer()
+        for reference, hypothesis in zip(references, hypotheses):
+            if self.kind == "phn":
+                self._count("per", jiwer.process_words(" ".join(reference.split()), " ".join(hypothesis.split())))
+            else:
+                self._count("wer", jiwer.process_words(reference, hypothesis))
+                self._count("cer", jiwer.process_characters(reference, hypothesis))
+
+    def _count(self, metric: str, output: Any) -> None:
+        self.edits[metric] += output.substitutions + output.deletions + output.insertions
+        self.lengths[metric] += output.hits + output.substitutions + output.deletions
+
+    def rates(self) -> dict[str, float]:
+        """{"wer", "cer"} for letter labels or {"per"} for phones: summed edits / summed lengths."""
+        if not all(self.lengths.values()):
+            raise ValueError("the references are empty: an error rate needs at least one reference unit")
+        return {m: float(self.edits[m]) / float(self.lengths[m]) for m in METRICS[self.kind]}

@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,8 +26,15 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.asr.decoding import SEPARATORS, CTCDecoder, GreedyDecoder
-from w2v_jax.asr.error_rates import METRICS, error_rate_metrics
-from w2v_jax.asr.transcription import BadFile, model_forward, transcribe, transcribe_waveforms
+from w2v_jax.asr.error_rates import METRICS, ErrorCounts, error_rate_metrics
+from w2v_jax.asr.transcription import (
+    READ_BATCHES,
+    BadFile,
+    model_forward,
+    read_in_batches,
+    transcribe,
+    transcribe_waveforms,
+)
 from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE
@@ -41,24 +48,40 @@ from w2v_jax.model import Wav2Vec2ForCTC
 logger = logging.getLogger(__name__)
 
 
+def labelled_batches(
+    manifest_path: str, labels: LabelSet, *, normalize: bool, size: int, on_bad_file: BadFile | None = None
+) -> Iterator[tuple[list[np.ndarray], list[str]]]:
+    """The usable rows of a labelled manifest (or shard set), `size` readable rows at a time: waveforms
+    and references (normalised). Unreadable rows go to `on_bad_file` and are left out
+    (`transcription.read_in_batches`; None: the first raises, after the rows before it are yielded)."""
+    manifest = load_manifest(manifest_path)
+    rows = [int(index) for index in labels.usable_indices()]
+    files = [manifest.file_path(index) for index in rows]
+    row_of = dict(zip(files, rows))
+    reference_of = {file: labels.reference(index) for file, index in zip(files, rows)}
+    batches = read_in_batches(
+        files,
+        normalize=normalize,
+        size=size,
+        on_bad_file=on_bad_file,
+        read=lambda file: manifest.read(row_of[file]).samples,
+    )
+    for readable, waveforms in batches:
+        yield waveforms, [reference_of[file] for file in readable]
+
+
 def load_labelled_waveforms(
     manifest_path: str, labels: LabelSet, *, normalize: bool, on_bad_file: BadFile | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
-    """The usable rows of a labelled manifest (or shard set): waveforms and references (normalised).
-    Unreadable rows go to `on_bad_file` with their file and reason and are left out (None: the first
-    raises its `data.audio.AudioError`)."""
-    manifest = load_manifest(manifest_path)
-    waveforms, references = [], []
-    for index in labels.usable_indices().tolist():
-        try:
-            samples = manifest.read(index).samples
-        except audio.AudioError as error:
-            if on_bad_file is None:
-                raise
-            on_bad_file(manifest.file_path(index), str(error))
-            continue
-        waveforms.append(audio.normalize(samples) if normalize else samples)
-        references.append(labels.reference(index))
+    """Every usable row of a labelled manifest at once: waveforms and references (`labelled_batches`;
+    None: the first unreadable file raises and nothing is returned)."""
+    waveforms: list[np.ndarray] = []
+    references: list[str] = []
+    for batch_waveforms, batch_references in labelled_batches(
+        manifest_path, labels, normalize=normalize, size=max(len(labels), 1), on_bad_file=on_bad_file
+    ):
+        waveforms += batch_waveforms
+        references += batch_references
     return waveforms, references
 
 
@@ -158,17 +181,25 @@ def evaluate_finetuned_checkpoint(
     on_bad_file: BadFile | None = None,
 ) -> dict[str, Any]:
     """Error rates of a fine-tuned checkpoint on a labelled manifest (`transcribe`, exact batching);
-    unreadable files go to `on_bad_file` (`load_labelled_waveforms`).
+    unreadable files go to `on_bad_file` (`labelled_batches`).
 
+    Rows are read and transcribed `batch_size * READ_BATCHES` at a time and their edits counted
+    (`error_rates.ErrorCounts`), so memory does not grow with the manifest.
     Returns {"wer", "cer"} (letters) or {"per"} (phones), plus "num_utterances" and the label skips.
     """
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     labels = LabelSet(manifest, kind, vocabulary, model.num_frames)
-    waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize, on_bad_file=on_bad_file)
-    hypotheses = transcribe(model, waveforms, vocabulary, batch_size, SEPARATORS[kind])
+    forward = model_forward(model)
+    counts = ErrorCounts(kind)
+    num_utterances = 0
+    for waveforms, references in labelled_batches(
+        str(manifest), labels, normalize=normalize, size=batch_size * READ_BATCHES, on_bad_file=on_bad_file
+    ):
+        counts.add(references, transcribe(model, waveforms, vocabulary, batch_size, SEPARATORS[kind], forward=forward))
+        num_utterances += len(waveforms)
     return {
-        **error_rate_metrics(references, hypotheses, kind),
-        "num_utterances": len(waveforms),
+        **counts.rates(),
+        "num_utterances": num_utterances,
         **{f"skipped_{k}": v for k, v in labels.skip_counts().items()},
         "unknown_symbols": labels.num_unknown(),
     }

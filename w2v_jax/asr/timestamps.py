@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 import jax
@@ -23,14 +23,7 @@ import numpy as np
 from w2v_jax.asr import alignment, long_form
 from w2v_jax.asr.alignment import Segment
 from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
-from w2v_jax.asr.transcription import (
-    BadFile,
-    load_readable,
-    long_recording_logits,
-    model_forward,
-    padded_batches,
-    read_inputs,
-)
+from w2v_jax.asr.transcription import BadFile, each_file, each_recording, model_forward, read_inputs
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
 from w2v_jax.data.labels import letters_to_words, read_label_tokens
@@ -57,21 +50,16 @@ def recording_logits(
     stride_s: float | None = None,
 ) -> list[np.ndarray]:
     """Each waveform's logits `[frames, vocab]`: recordings longer than `chunk_s` in chunks
-    (`long_form.stitched_logits`), the others whole in padded batches, as `transcription.transcribe`."""
-    forward = model_forward(model)
-    results: list[np.ndarray | None] = [None] * len(waveforms)
-    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
-        results[index] = logits
-    short = [i for i, r in enumerate(results) if r is None]
-    if short:
-        batches = padded_batches(
-            forward, [waveforms[i] for i in short], batch_size=batch_size, num_frames=model.num_frames
-        )
-        for rows, logits, lengths in batches:
-            logits, lengths = np.asarray(logits), np.asarray(lengths)
-            for slot, row in enumerate(rows):
-                results[short[int(row)]] = logits[slot, : lengths[slot]]
-    return results
+    (`long_form.stitched_logits`), the others whole in padded batches (`transcription.each_recording`)."""
+    return each_recording(
+        model,
+        model_forward(model),
+        waveforms,
+        lambda _, logits: logits,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+    )
 
 
 def _round_up(n: int, quantum: int) -> int:
@@ -120,29 +108,6 @@ def utterance_id(path: str | os.PathLike) -> str:
     return pathlib.Path(path).stem
 
 
-def timestamped_transcripts(
-    model: Wav2Vec2ForCTC,
-    waveforms: Sequence[np.ndarray],
-    vocabulary: Vocabulary,
-    level: str,
-    *,
-    batch_size: int = 8,
-    chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
-    stride_s: float | None = None,
-    separator: str = "",
-    decoder: CTCDecoder | None = None,
-) -> list[tuple[str, list[Segment]]]:
-    """Transcripts (as `transcription.transcribe` gives them; greedy unless `decoder`) and the
-    segments of their tokens at `level`."""
-    results = []
-    decoder = decoder or GreedyDecoder(vocabulary, separator)
-    for logits in recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s):
-        transcript = decoder.decode(logits, len(logits))
-        ids, _ = vocabulary.encode(transcript.tokens)
-        results.append((transcript.text, segments(logits, ids, vocabulary, level)))
-    return results
-
-
 def transcribe_files_with_timestamps(
     checkpoint: str | os.PathLike,
     paths: Sequence[str | os.PathLike],
@@ -155,25 +120,31 @@ def transcribe_files_with_timestamps(
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
     decoder: Callable[[Vocabulary], CTCDecoder] | None = None,
-) -> tuple[list[tuple[pathlib.Path, str, list[Segment]]], float]:
-    """`transcription.transcribe_files` with each file's segments at `level`; also the seconds per frame."""
+) -> tuple[Iterator[tuple[pathlib.Path, str, list[Segment]]], float]:
+    """`transcription.transcribe_files` with each file's segments at `level`: `(file, transcript,
+    segments)` as they are made, a batch of files at a time, and the seconds per frame."""
     if level not in LEVELS:
         raise ValueError(f"timestamps must be one of {LEVELS}, got {level!r}")
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
-    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    found = timestamped_transcripts(
+    utterance_decoder = decoder(vocabulary) if decoder is not None else GreedyDecoder(vocabulary, separator)
+
+    def transcript_and_segments(_: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment]]:
+        transcript = utterance_decoder.decode(logits, len(logits))
+        ids, _ = vocabulary.encode(transcript.tokens)
+        return transcript.text, segments(logits, ids, vocabulary, level)
+
+    found = each_file(
         model,
-        waveforms,
-        vocabulary,
-        level,
+        files,
+        transcript_and_segments,
+        normalize=normalize,
         batch_size=batch_size,
         chunk_s=chunk_s,
         stride_s=stride_s,
-        separator=separator,
-        decoder=decoder(vocabulary) if decoder is not None else None,
+        on_bad_file=on_bad_file,
     )
-    return [(f, text, s) for f, (text, s) in zip(files, found)], frame_seconds(model)
+    return ((file, text, s) for file, (text, s) in found), frame_seconds(model)
 
 
 def align_manifest(
@@ -187,9 +158,10 @@ def align_manifest(
     chunk_s: float | None = long_form.DEFAULT_CHUNK_S,
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
-) -> tuple[list[tuple[pathlib.Path, str, list[Segment]]], float]:
+) -> tuple[Iterator[tuple[pathlib.Path, str, list[Segment]]], float]:
     """Forced alignment of a manifest's transcripts (`.ltr`, else `.wrd`, for `kind="ltr"`; `.phn`)
-    on its audio: `(file, transcript, segments at level)` per readable row, and the seconds per frame.
+    on its audio: `(file, transcript, segments at level)` per readable row, as they are made (a batch
+    of files at a time, as `transcribe_files_with_timestamps`), and the seconds per frame.
 
     A transcript longer than its recording's frames allow is reported like an unreadable file.
     """
@@ -200,17 +172,27 @@ def align_manifest(
     transcripts = read_label_tokens(manifest_path, kind, len(manifest))
     files = [manifest.file_path(i) for i in range(len(manifest))]
     by_file = dict(zip(files, transcripts))
-    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    results = []
-    logits = recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s)
-    for file, row_logits in zip(files, logits):
+
+    def aligned(file: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment] | None]:
         tokens = by_file[file]
         ids, _ = vocabulary.encode(tokens)
         text = letters_to_words(tokens) if kind == "ltr" else " ".join(tokens)
         try:
-            results.append((file, text, segments(row_logits, ids, vocabulary, level)))
+            return text, segments(logits, ids, vocabulary, level)
         except ValueError as error:
             if on_bad_file is None:
                 raise ValueError(f"{file}: {error}") from None
             on_bad_file(file, f"{file}: {error}")
-    return results, frame_seconds(model)
+            return text, None
+
+    found = each_file(
+        model,
+        files,
+        aligned,
+        normalize=normalize,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+        on_bad_file=on_bad_file,
+    )
+    return ((file, text, s) for file, (text, s) in found if s is not None), frame_seconds(model)

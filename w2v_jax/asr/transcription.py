@@ -5,7 +5,8 @@
 (`Wav2Vec2Model`'s `group_norm="masked"`: each utterance's transcript as if alone); for validation
 inside training, group-norm models are zero-padded without attention mask, as they are trained.
 `transcribe` sends recordings longer than `chunk_s` through `long_form` (chunks, stitched logits).
-`transcribe_files` transcribes every readable file and reports each unreadable one.
+`transcribe_files` transcribes every readable file, a batch of files at a time, and reports each
+unreadable one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import functools
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -161,67 +162,80 @@ def transcribe(
     *,
     chunk_s: float | None = None,
     stride_s: float | None = None,
+    forward: Forward | None = None,
 ) -> list[str]:
     """Transcripts of `waveforms` (float32 `[samples]`, normalised as in training): greedy, tokens
     joined by `separator` (" " for phones), or by `decoder`. With `chunk_s`, waveforms longer than a
     chunk are transcribed in chunks (`long_form`, strides `stride_s`, default a sixth of the chunk),
-    their stitched logits decoded by the same decoder; shorter ones whole, as without it."""
+    their stitched logits decoded by the same decoder; shorter ones whole, as without it.
+    `forward`: the model's (`model_forward`), when the caller keeps one across calls."""
     decoder = decoder or GreedyDecoder(vocabulary, separator)
-    forward = model_forward(model)
-    texts: list[str | None] = [None] * len(waveforms)
-    for index, logits in long_recording_logits(model, forward, waveforms, batch_size, chunk_s, stride_s).items():
-        texts[index] = decoder.decode(logits, len(logits)).text
-    short = [i for i in range(len(waveforms)) if texts[i] is None]
-    if short:
-        whole = transcribe_waveforms(
-            forward,
-            [waveforms[i] for i in short],
-            vocabulary,
-            model.config,
-            batch_size=batch_size,
-            num_frames=model.num_frames,
-            separator=separator,
-            decoder=decoder,
-        )
-        for index, text in zip(short, whole):
-            texts[index] = text
-    return texts
+    return each_recording(
+        model,
+        forward or model_forward(model),
+        waveforms,
+        lambda _, logits: decoder.decode(logits, len(logits)).text,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+    )
 
 
-def long_recording_logits(
+Result = TypeVar("Result")
+
+
+def each_recording(
     model: Wav2Vec2ForCTC,
     forward: Forward,
     waveforms: Sequence[np.ndarray],
+    consume: Callable[[int, np.ndarray], Result],
+    *,
     batch_size: int,
     chunk_s: float | None,
     stride_s: float | None,
-) -> dict[int, np.ndarray]:
-    """The stitched logits `[frames, vocab]` (`long_form.stitched_logits`) of each waveform longer than
-    `chunk_s` seconds, by index; none when `chunk_s` is None."""
-    if chunk_s is None:
-        return {}
-    frame_stride = model.wav2vec2.feature_extractor.total_stride
-    chunk, stride = long_form.chunk_samples(
-        chunk_s,
-        stride_s,
-        sample_rate=audio.SAMPLE_RATE,
-        frame_stride=frame_stride,
-        receptive_field=audio.RECEPTIVE_FIELD,
-    )
-    return {
-        index: long_form.stitched_logits(
-            forward,
-            waveform,
-            chunk=chunk,
-            stride=stride,
-            batch_size=batch_size,
+) -> list[Result]:
+    """`consume(index, logits [frames, vocab] float32)` of each waveform, the results in order.
+
+    Waveforms longer than `chunk_s` seconds run in chunks (`long_form.stitched_logits`), one recording
+    at a time; the others whole, in padded batches (`padded_batches`). Each recording's logits go to
+    `consume` as soon as they are made and are dropped after it: only the current recording's chunks
+    or the current batch's logits are held.
+    """
+    results: list[Any] = [None] * len(waveforms)
+    done = [False] * len(waveforms)
+    if chunk_s is not None:
+        frame_stride = model.wav2vec2.feature_extractor.total_stride
+        chunk, stride = long_form.chunk_samples(
+            chunk_s,
+            stride_s,
+            sample_rate=audio.SAMPLE_RATE,
             frame_stride=frame_stride,
-            num_frames=model.num_frames,
             receptive_field=audio.RECEPTIVE_FIELD,
         )
-        for index, waveform in enumerate(waveforms)
-        if len(waveform) > chunk
-    }
+        for index, waveform in enumerate(waveforms):
+            if len(waveform) > chunk:
+                logits = long_form.stitched_logits(
+                    forward,
+                    waveform,
+                    chunk=chunk,
+                    stride=stride,
+                    batch_size=batch_size,
+                    frame_stride=frame_stride,
+                    num_frames=model.num_frames,
+                    receptive_field=audio.RECEPTIVE_FIELD,
+                )
+                results[index], done[index] = consume(index, np.asarray(logits, np.float32)), True
+    short = [i for i in range(len(waveforms)) if not done[i]]
+    if short:
+        batches = padded_batches(
+            forward, [waveforms[i] for i in short], batch_size=batch_size, num_frames=model.num_frames
+        )
+        for rows, logits, frame_lengths in batches:
+            logits, frame_lengths = np.asarray(logits, np.float32), np.asarray(frame_lengths)
+            for slot, row in enumerate(rows):
+                index = short[int(row)]
+                results[index] = consume(index, logits[slot, : frame_lengths[slot]])
+    return results
 
 
 def read_inputs(paths: Sequence[str | os.PathLike], *, strict: bool = True) -> list[pathlib.Path]:
@@ -243,29 +257,87 @@ def read_inputs(paths: Sequence[str | os.PathLike], *, strict: bool = True) -> l
 
 BadFile = Callable[[pathlib.Path, str], None]
 
+# Files are read this many forward batches at a time: enough to sort them into batches of similar
+# lengths, few enough that memory does not grow with the number of files.
+READ_BATCHES = 8
 
-def load_readable(
-    files: Sequence[pathlib.Path], *, normalize: bool, on_bad_file: BadFile | None = None
-) -> tuple[list[pathlib.Path], list[np.ndarray]]:
-    """The readable files and their waveforms, in order.
+
+def read_in_batches(
+    files: Sequence[pathlib.Path],
+    *,
+    normalize: bool,
+    size: int,
+    on_bad_file: BadFile | None = None,
+    read: Callable[[pathlib.Path], np.ndarray] | None = None,
+) -> Iterator[tuple[list[pathlib.Path], list[np.ndarray]]]:
+    """The readable files and their waveforms, in order, `size` readable files at a time (the last
+    batch fewer).
 
     Args:
       files: audio files.
       normalize: zero mean, unit variance (as the model was trained).
+      size: readable files per batch.
       on_bad_file: called with each unreadable file and its one-line reason as it is met; None:
-        the first one raises (`data.audio.AudioError`, a ValueError naming the file).
+        the first one raises (`data.audio.AudioError`, a ValueError naming the file), after the
+        files read before it are yielded, so that their results are written before the run ends.
+      read: file -> 16 kHz mono float32 [samples], raising `data.audio.AudioError` (None: decode the
+        file; a shard set's rows are read from its shards).
     """
-    readable, waveforms = [], []
+    readable: list[pathlib.Path] = []
+    waveforms: list[np.ndarray] = []
     for file in files:
         try:
-            waveforms.append(audio.load_audio(file, normalize_audio=normalize))
+            if read is None:
+                waveform = audio.load_audio(file, normalize_audio=normalize)
+            else:
+                waveform = read(file)
+                waveform = audio.normalize(waveform) if normalize else waveform
         except audio.AudioError as error:
             if on_bad_file is None:
+                if readable:
+                    yield readable, waveforms
                 raise
             on_bad_file(file, str(error))
             continue
         readable.append(file)
-    return readable, waveforms
+        waveforms.append(waveform)
+        if len(readable) == size:
+            yield readable, waveforms
+            readable, waveforms = [], []
+    if readable:
+        yield readable, waveforms
+
+
+def each_file(
+    model: Wav2Vec2ForCTC,
+    files: Sequence[pathlib.Path],
+    consume: Callable[[pathlib.Path, np.ndarray], Result],
+    *,
+    normalize: bool,
+    batch_size: int,
+    chunk_s: float | None,
+    stride_s: float | None,
+    on_bad_file: BadFile | None,
+) -> Iterator[tuple[pathlib.Path, Result]]:
+    """`(file, consume(file, logits [frames, vocab]))` of each readable file, in order, as they are made.
+
+    Files are read `batch_size * READ_BATCHES` at a time (`read_in_batches`) and run through
+    `each_recording`, so memory does not grow with their number; unreadable files go to
+    `on_bad_file` (None: the first one raises once the results of the files before it are yielded).
+    """
+    forward = model_forward(model)
+    size = batch_size * READ_BATCHES
+    for batch, waveforms in read_in_batches(files, normalize=normalize, size=size, on_bad_file=on_bad_file):
+        results = each_recording(
+            model,
+            forward,
+            waveforms,
+            lambda index, logits, batch=batch: consume(batch[index], logits),
+            batch_size=batch_size,
+            chunk_s=chunk_s,
+            stride_s=stride_s,
+        )
+        yield from zip(batch, results)
 
 
 def transcribe_files(
@@ -279,16 +351,23 @@ def transcribe_files(
     chunk_s: float | None = None,
     stride_s: float | None = None,
     on_bad_file: BadFile | None = None,
-) -> list[tuple[pathlib.Path, str]]:
-    """`(file, transcript)` for every readable audio file or manifest row in `paths`
-    (`load_ctc_checkpoint`, `transcribe` with its `separator`, `chunk_s` and `stride_s`; `decoder`
-    builds the decoder from the checkpoint's vocabulary, default greedy); unreadable files go to
-    `on_bad_file` (`load_readable`; None: the first one raises)."""
+) -> Iterator[tuple[pathlib.Path, str]]:
+    """`(file, transcript)` for every readable audio file or manifest row in `paths`, in order, as
+    they are made, a few batches of files at a time (`each_file`): `load_ctc_checkpoint`, then what
+    `transcribe` gives with `separator`, `chunk_s` and `stride_s` (`decoder` builds the decoder from
+    the checkpoint's vocabulary, default greedy). Unreadable files go to `on_bad_file` (None: the
+    first one raises once the transcripts of the files before it are yielded).
+    """
     model, vocabulary, normalize = load_ctc_checkpoint(checkpoint, step)
     files = read_inputs(paths, strict=on_bad_file is None)
-    files, waveforms = load_readable(files, normalize=normalize, on_bad_file=on_bad_file)
-    utterance_decoder = decoder(vocabulary) if decoder is not None else None
-    texts = transcribe(
-        model, waveforms, vocabulary, batch_size, separator, utterance_decoder, chunk_s=chunk_s, stride_s=stride_s
+    utterance_decoder = decoder(vocabulary) if decoder is not None else GreedyDecoder(vocabulary, separator)
+    yield from each_file(
+        model,
+        files,
+        lambda _, logits: utterance_decoder.decode(logits, len(logits)).text,
+        normalize=normalize,
+        batch_size=batch_size,
+        chunk_s=chunk_s,
+        stride_s=stride_s,
+        on_bad_file=on_bad_file,
     )
-    return list(zip(files, texts))

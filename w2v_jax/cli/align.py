@@ -9,17 +9,19 @@ Takes the audio of `--manifest` and its transcripts (`.ltr`, else `.wrd`, beside
 (`utterance channel start duration token score`), for example to cut long recordings into
 utterances. `--level` is word (default for letters), char or phone (default for phones). Recordings
 of any length (`--chunk_s`); unreadable files are reported on stderr and counted in the exit
-status as `transcribe` does (`--strict`: stop at the first one).
+status as `transcribe` does (`--strict`: stop at the first one). Recordings are read, aligned and
+written a few batches at a time, as `transcribe` does: the alignments made before an error are kept.
 All logic: `w2v_jax.asr.timestamps.align_manifest`.
 """
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 
 from absl import app, flags
 
 from w2v_jax.asr import timestamps
+from w2v_jax.asr.alignment import Segment
 from w2v_jax.cli.bad_files import BadFiles
 from w2v_jax.cli.checkpoint_flags import define_ctc_checkpoint_flags
 from w2v_jax.cli.launching import launch
@@ -65,10 +67,21 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             stride_s=args.stride_s.value,
             on_bad_file=None if args.strict.value else bad.report,
         )
+        out = pathlib.Path(args.out.value)
+        out.mkdir(parents=True, exist_ok=True)
+        count = write_alignments(results, seconds, out)
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    out = pathlib.Path(args.out.value)
-    out.mkdir(parents=True, exist_ok=True)
+    print(f"aligned {count} recordings: wrote {out}/alignments.jsonl and alignments.ctm")
+    bad.exit_if_any()
+
+
+def write_alignments(
+    results: Iterable[tuple[pathlib.Path, str, list[Segment]]], seconds: float, out: pathlib.Path
+) -> int:
+    """Each recording's lines in `out`/alignments.jsonl and alignments.ctm as it comes (flushed, so
+    that an error later leaves them written); returns how many recordings."""
+    count = 0
     with (
         (out / "alignments.jsonl").open("w", encoding="utf-8") as jsonl,
         (out / "alignments.ctm").open("w", encoding="utf-8") as ctm,
@@ -76,8 +89,10 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         for path, text, found in results:
             jsonl.write(timestamps.json_line(path, text, found, seconds) + "\n")
             timestamps.write_ctm(ctm, timestamps.utterance_id(path), found, seconds)
-    print(f"aligned {len(results)} recordings: wrote {out}/alignments.jsonl and alignments.ctm")
-    bad.exit_if_any()
+            jsonl.flush()
+            ctm.flush()
+            count += 1
+    return count
 
 
 def run() -> None:

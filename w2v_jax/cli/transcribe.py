@@ -11,7 +11,9 @@ padded; group-norm models padded with the masked group norm), in the text transf
 Recordings longer than `--chunk_s` (default 20 s) are transcribed in chunks with `--stride_s`
 overlaps (default a sixth of the chunk; `w2v_jax.asr.long_form`); shorter ones whole. An unreadable
 file is reported on stderr (one line) as it is met and the others are transcribed; the exit status
-is then 1, with the count (`--strict`: stop at the first one).
+is then 1, with the count (`--strict`: stop at the first one). Files are read, transcribed and
+written a few batches at a time (`--batch_size` times `transcription.READ_BATCHES`), so memory does
+not grow with their number and the transcripts made before an error are written.
 `--timestamps=word|char|phone --output=FILE.jsonl` also writes one JSON line per file,
 `{"path", "text", "segments": [{"token", "start", "end", "score"}]}` in seconds
 (`w2v_jax.asr.timestamps`).
@@ -93,7 +95,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
             write_timestamps(args, argv[1:], options)
         else:
             for path, text in transcribe_files(args.checkpoint.value, argv[1:], **options):
-                print(f"{path}\t{text}")
+                print(f"{path}\t{text}", flush=True)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     bad.exit_if_any()
@@ -108,8 +110,9 @@ def write_timestamps(args: SimpleNamespace, paths: list[str], options: dict) -> 
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as out:
         for path, text, found in results:
-            print(f"{path}\t{text}")
+            print(f"{path}\t{text}", flush=True)
             out.write(timestamps.json_line(path, text, found, seconds) + "\n")
+            out.flush()
 
 
 def run() -> None:

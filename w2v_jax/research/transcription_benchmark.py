@@ -48,7 +48,8 @@ def boundary_errors(checkpoint: str | os.PathLike, manifest_path: str | os.PathL
     manifest's transcripts (words for letters, phones for phones) against `metadata.jsonl` beside it.
     Utterances whose normalised gold tokens differ from the transcript's are left out (counted)."""
     level = "word" if kind == "ltr" else "phone"
-    results, seconds = timestamps.align_manifest(checkpoint, manifest_path, kind, level)
+    aligned, seconds = timestamps.align_manifest(checkpoint, manifest_path, kind, level)
+    results = list(aligned)
     manifest = load_manifest(manifest_path)
     metadata = read_metadata(pathlib.Path(manifest_path).parent / "metadata.jsonl")
     by_file = {manifest.file_path(i): manifest.paths[i] for i in range(len(manifest))}
