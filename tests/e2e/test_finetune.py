@@ -16,7 +16,6 @@ import transformers
 from flax import nnx
 
 from tests.support import launchers
-from tests.support.launchers import shared_run
 from w2v_jax.asr import timestamps
 from w2v_jax.asr.decoding import GreedyDecoder
 from w2v_jax.asr.error_rates import error_rate_metrics
