@@ -183,7 +183,8 @@ def evaluate_decoders(
     Args:
       decoders: name -> a function building the decoder from the checkpoint's vocabulary.
     Returns:
-      {"num_utterances", "audio_seconds", "forward_seconds", "decoders": {name: {error rates,
+      {"num_utterances", "audio_seconds", "forward_seconds", "unknown_symbols" (label symbols outside
+      the vocabulary), "decoders": {name: {error rates,
       "decode_seconds", "utterances_per_second", "real_time_factor"}}}: speed counts the forward pass
       plus that decoder's decoding; the real-time factor is that time over the audio's duration.
     """
@@ -202,6 +203,7 @@ def evaluate_decoders(
         "num_utterances": len(waveforms),
         "audio_seconds": audio_seconds,
         "forward_seconds": forward_seconds,
+        "unknown_symbols": labels.num_unknown(),
         "decoders": {},
     }
     for name, factory in decoders.items():

@@ -90,6 +90,17 @@ def align_tokens(logits: np.ndarray, token_ids: np.ndarray, blank: int) -> tuple
     return np.asarray(path[0, :frames]), np.asarray(scores[0, :frames])
 
 
+def transcript_ids(tokens: Sequence[str], vocabulary: Vocabulary) -> np.ndarray:
+    """A known transcript's token ids `[tokens]` in the model's vocabulary (in its casing,
+    `Vocabulary.encode`); a ValueError counting and naming the symbols it cannot spell: a forced
+    alignment of `<unk>` in their place would place words the model was never asked to find."""
+    ids, unknown = vocabulary.encode(tokens)
+    if unknown:
+        outside = sorted({t for t in tokens if vocabulary.model_token(t) not in vocabulary})
+        raise ValueError(f"the transcript has {unknown} symbols outside the model's vocabulary: {outside[:10]}")
+    return ids
+
+
 def segments(logits: np.ndarray, token_ids: np.ndarray, vocabulary: Vocabulary, level: str) -> list[Segment]:
     """The segments of a transcript (`token_ids`, with `|` between words for letters) at `level`:
     "word" (letters joined at the word delimiter), "char" (each letter) or "phone" (each token)."""
@@ -191,7 +202,8 @@ def align_manifest(
     """Forced alignment of a manifest's transcripts (`.ltr`, else `.wrd`, for `kind="ltr"`; `.phn`)
     on its audio: `(file, transcript, segments at level)` per readable row, and the seconds per frame.
 
-    A transcript longer than its recording's frames allow is reported like an unreadable file.
+    A transcript longer than its recording's frames allow, or with symbols the model cannot spell
+    (`transcript_ids`), is reported like an unreadable file.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -205,10 +217,9 @@ def align_manifest(
     logits = recording_logits(model, waveforms, batch_size=batch_size, chunk_s=chunk_s, stride_s=stride_s)
     for file, row_logits in zip(files, logits):
         tokens = by_file[file]
-        ids, _ = vocabulary.encode(tokens)
         text = letters_to_words(tokens) if kind == "ltr" else " ".join(tokens)
         try:
-            results.append((file, text, segments(row_logits, ids, vocabulary, level)))
+            results.append((file, text, segments(row_logits, transcript_ids(tokens, vocabulary), vocabulary, level)))
         except ValueError as error:
             if on_bad_file is None:
                 raise ValueError(f"{file}: {error}") from None
