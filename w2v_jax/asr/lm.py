@@ -7,9 +7,9 @@ before them (continuation counts; n-grams starting with `<s>` keep their counts,
 `Y = t_1 / (t_1 + 2 t_2)` and `t_k` the number of that order's n-grams counted exactly `k` times
 (D3 serves every count from 3 up); the unigrams interpolate with the uniform distribution over the
 vocabulary (`<unk>` included). On text too small for those discounts (a count-of-count of zero, or
-a discount outside `[0, k]`) it falls back to lmplz's `--discount_fallback` values 0.5, 1, 1.5. Written as ARPA in backoff form: the
-probability of a seen n-gram is the interpolated one, the backoff weight of a context is its
-interpolation weight, so every context's distribution sums to one.
+a discount outside `[0, k]`) it falls back to lmplz's `--discount_fallback` values 0.5, 1, 1.5.
+Written as ARPA in backoff form: the probability of a seen n-gram is the interpolated one, the
+backoff weight of a context is its interpolation weight, so every context's distribution sums to one.
 
 `NgramLM` reads and scores ARPA files (log10, as KenLM); a malformed file is a one-line ValueError
 naming the file. Lexicons are fairseq's and flashlight's format: a word, a tab, its spelling in the
@@ -382,7 +382,9 @@ def spell_words(words: Iterable[str], vocabulary: Vocabulary, source: str | os.P
         else:
             spellings[word] = spelling
     if not spellings:
-        raise ValueError(f"{source}: no word is spelled in the model's tokens (of {len(left_out)}, e.g. {left_out[:3]})")
+        raise ValueError(
+            f"{source}: no word is spelled in the model's tokens (of {len(left_out)}, e.g. {left_out[:3]})"
+        )
     if left_out:
         logger.warning(
             "%s: %d of %d words have letters outside the model's vocabulary and are left out, e.g. %s",

@@ -126,7 +126,7 @@ class Vocabulary:
 
     @property
     def casing(self) -> Casing | None:
-        """"lower" or "upper" when every cased letter of the tokens (special tokens aside) is of that
+        """ "lower" or "upper" when every cased letter of the tokens (special tokens aside) is of that
         case; None for mixed case or none (phones, most scripts)."""
         return self._casing
 
