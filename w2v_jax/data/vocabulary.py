@@ -126,8 +126,8 @@ class Vocabulary:
 
     @property
     def casing(self) -> Casing | None:
-        """ "lower" or "upper" when every cased letter of the tokens (special tokens aside) is of that
-        case; None for mixed case or none (phones, most scripts)."""
+        """The tokens' one case, "lower" or "upper", when every cased letter of them (special tokens
+        aside) is of it; None for mixed case or none (most phone sets, caseless scripts)."""
         return self._casing
 
     def model_token(self, token: str) -> str:
