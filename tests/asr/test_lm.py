@@ -1,5 +1,6 @@
 """The modified Kneser-Ney estimator, ARPA files, lexicons and the embedded corpus's LM."""
 
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +87,35 @@ def test_kenlm_reads_the_arpa_file_and_gives_our_scores(tmp_path):
                 total += score
             _, score = scorer.finish(state)
             assert total + score == pytest.approx(model.sentence_log10(sentence), abs=2e-5)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_lmplz_estimates_the_same_model(order, tmp_path):
+    """KenLM's own estimator on the corpus's text, each sentence once (so that the discounts of every
+    order but the highest come from the count-of-counts, not the fallback): the same n-grams, log10
+    probabilities and backoffs to 2e-5 (lmplz prints 7 significant digits of float32 values;
+    measured <= 3.4e-7), `<s>`'s probability aside (lmplz writes 0, ours -99: it is never
+    predicted). lmplz is C++ (KenLM's cmake build, not on the package index): skipped without it
+    on PATH."""
+    lmplz = shutil.which("lmplz")
+    if lmplz is None:
+        pytest.skip("KenLM's lmplz is not on PATH")
+    unique = {}
+    for sentence in lm.read_sentences([default_manifest("train"), default_manifest("valid")]):
+        unique.setdefault(tuple(sentence), None)
+    text = "".join(" ".join(sentence) + "\n" for sentence in unique)
+    command = [lmplz, "-o", str(order), "--discount_fallback", "-S", "100M", "-T", str(tmp_path)]
+    arpa = subprocess.run(command, input=text, capture_output=True, text=True, check=True, timeout=HANG_TIMEOUT)
+    (tmp_path / "kenlm.arpa").write_text(arpa.stdout)
+    theirs = lm.NgramLM.read_arpa(tmp_path / "kenlm.arpa")
+    ours = lm.estimate_kneser_ney([list(s) for s in unique], order)
+    for mine, kenlm in zip(ours.ngrams, theirs.ngrams, strict=True):
+        assert mine.keys() == kenlm.keys()
+        for gram in mine:
+            probability, backoff = mine[gram]
+            if gram != (lm.BOS,):
+                assert probability == pytest.approx(kenlm[gram][0], abs=2e-5), gram
+            assert backoff == pytest.approx(kenlm[gram][1], abs=2e-5), gram
 
 
 def test_arpa_round_trip_and_bad_files_name_the_file(tmp_path):
