@@ -261,3 +261,27 @@ def test_a_word_lm_without_a_lexicon_decodes_with_its_words_spelled_in_the_model
         logits = rng.normal(size=(int(rng.integers(5, 25)), len(upper))).astype(np.float32) * 3
         assert upper_ltr.best(logits).score == pytest.approx(lower_ltr.best(logits).score, abs=SCORE_ATOL)
         assert upper_ltr.decode(logits).tokens == tuple(map(upper.model_token, lower_ltr.decode(logits).tokens))
+
+
+@pytest.mark.parametrize("lm_weight", [0.0, 1.0])
+def test_lexicon_beam_search_tokens_frames_and_words_agree(tmp_path, lm_weight):
+    """A lexicon hypothesis's tokens spell its words (each word's spelling between the `|`s, the
+    last one's `|` may be the appended final frame's, which no token lists), in an upper-case
+    model's tokens, and each token has its own start frame among the real ones, increasing: the
+    text, the tokens and the timestamps drawn from them describe one hypothesis."""
+    upper = Vocabulary.from_symbols("ABCDEF")
+    (tmp_path / "text.txt").write_text("bad cab\nface bed\nfed a cab\nab ba\n")
+    lm.build_lm([tmp_path / "text.txt"], tmp_path / "lm.arpa", order=2, vocabulary=upper)
+    options = BeamSearchOptions(lm_weight=lm_weight, word_score=1.0)
+    decoder = BeamSearchDecoder(upper, tmp_path / "lm.arpa", lm.lexicon_path(tmp_path / "lm.arpa"), options)
+    rng = np.random.default_rng(3)
+    spoken = 0
+    for _ in range(30):
+        logits = rng.normal(size=(int(rng.integers(4, 30)), len(upper))).astype(np.float32) * 3
+        transcript = decoder.decode(logits)
+        spelled = [w for w in "".join(transcript.tokens).split("|") if w]
+        assert spelled == [w.upper() for w in transcript.text.split()]
+        assert list(transcript.token_frames) == sorted(set(transcript.token_frames))
+        assert all(0 <= f < len(logits) for f in transcript.token_frames)
+        spoken += len(spelled)
+    assert spoken > 10
