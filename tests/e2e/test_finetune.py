@@ -13,8 +13,7 @@ import pytest
 import transformers
 from flax import nnx
 
-from tests.support import launchers
-from tests.support.launchers import shared_run
+from tests.support.finetuned import NUM_STEPS, OVERRIDES, reference_run, run
 from w2v_jax.asr.error_rates import error_rate_metrics
 from w2v_jax.asr.transcription import read_inputs, transcribe_files
 from w2v_jax.checkpoints import load_model
@@ -26,23 +25,7 @@ from w2v_jax.data.manifest import read_manifest, write_manifest
 from w2v_jax.model import Wav2Vec2ForCTC
 from w2v_jax.training import metrics
 
-NUM_STEPS = 40
-OVERRIDES = [
-    "--config=experiments/configs/finetune.py:tiny",
-    f"--config.train.num_steps={NUM_STEPS}",
-    "--config.train.batch_size=4",
-    "--config.train.log_every=10",
-    "--config.train.eval_every=20",
-    "--config.train.checkpoint_every=10",
-    "--config.train.freeze_finetune_updates=0",  # the mechanics of a run in which every part learns
-]
 TIMING = {"audio_seconds_per_second", "steps_per_second"}
-
-
-def run(module, args, env):
-    result = launchers.run(module, args, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def records(workdir):
@@ -52,11 +35,7 @@ def records(workdir):
 @pytest.fixture(scope="module")
 def reference(session_dir, env):
     """The run of `OVERRIDES`, once per session (`shared_run`): its workdir, which tests only read."""
-
-    def build(workdir):
-        run("experiments.finetune", [f"--workdir={workdir}", *OVERRIDES], env)
-
-    return shared_run(session_dir / "finetune_reference", build)
+    return reference_run(session_dir, env)
 
 
 def test_launcher_writes_every_output(reference):
