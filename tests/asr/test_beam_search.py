@@ -189,11 +189,9 @@ def test_bad_lm_and_lexicon_files_are_one_line_errors_naming_them(tmp_path):
         BeamSearchDecoder(vocabulary, binary)
     assert "\n" not in str(error.value)
     _, words_lm = write_lm(tmp_path, [["ab", "ba"]], order=2, name="words.arpa")
-    with pytest.raises(ValueError, match="words.arpa: lexicon-free decoding.*token"):
-        BeamSearchDecoder(vocabulary, words_lm)
     bad_lexicon = tmp_path / "lexicon.txt"
-    bad_lexicon.write_text("ab\ta b |\nba b a z |\n")
-    with pytest.raises(ValueError, match=r"lexicon.txt:2: .*outside the vocabulary: \['z'\]"):
+    bad_lexicon.write_text("zz\tz z |\nzy z y |\n")
+    with pytest.raises(ValueError, match=r"lexicon.txt: no spelling of the lexicon.*\['y', 'z'\]"):
         BeamSearchDecoder(vocabulary, words_lm, bad_lexicon)
     bad_lexicon.write_text("ab\n")
     with pytest.raises(ValueError, match="lexicon.txt:1: not a lexicon line"):
@@ -227,3 +225,62 @@ def test_transcribe_decodes_with_beam_search_and_a_lexicon(tmp_path, capsys):
     beam = capsys.readouterr().out.strip().split("\t")[1]
     assert beam and set(beam.split()) <= {"bad", "cab", "face", "bed", "fed", "a"}
     assert greedy != beam
+
+
+def test_a_word_lm_without_a_lexicon_decodes_with_its_words_spelled_in_the_model_tokens(tmp_path, caplog):
+    """A word-level ARPA alone (transformers' `Wav2Vec2ProcessorWithLM` way) decodes as with the
+    lexicon of its unigrams, which `build_lm` writes (an upper-case model spells them in its tokens);
+    the words the model cannot spell are left out and counted, one line says what it does. A token
+    LM alone stays lexicon-free."""
+    upper = Vocabulary.from_symbols("ABCDEF")
+    (tmp_path / "text.txt").write_text("bad cab\nface bed\nfed a cab\nzed\n")
+    with caplog.at_level("INFO", logger="w2v_jax.asr"):
+        lm.build_lm([tmp_path / "text.txt"], tmp_path / "lm.arpa", order=2, vocabulary=upper)
+        alone = BeamSearchDecoder(upper, tmp_path / "lm.arpa", options=BeamSearchOptions(lm_weight=1.0))
+    assert "1 of 7 words have letters outside the model's vocabulary and are left out, e.g. ['zed']" in caplog.text
+    assert "lm.arpa: a word LM without a lexicon: decoding with the lexicon of its words" in caplog.text
+    assert not alone.lexicon_free
+    given = BeamSearchDecoder(
+        upper, tmp_path / "lm.arpa", lm.lexicon_path(tmp_path / "lm.arpa"), BeamSearchOptions(lm_weight=1.0)
+    )
+    rng = np.random.default_rng(1)
+    texts = []
+    for _ in range(20):
+        logits = rng.normal(size=(int(rng.integers(5, 25)), len(upper))).astype(np.float32) * 3
+        texts.append(alone.decode(logits).text)
+        assert alone.decode(logits) == given.decode(logits)
+    assert any(texts) and {w for t in texts for w in t.split()} <= {"bad", "cab", "face", "bed", "fed", "a"}
+    # A letter LM of the (lower-case) text scores an upper-case model's letters as a lower-case twin's.
+    lm.build_lm([tmp_path / "text.txt"], tmp_path / "ltr.arpa", order=3, unit="ltr")
+    options = BeamSearchOptions(lm_weight=2.0)
+    upper_ltr = BeamSearchDecoder(upper, tmp_path / "ltr.arpa", options=options)
+    lower_ltr = BeamSearchDecoder(Vocabulary.from_symbols("abcdef"), tmp_path / "ltr.arpa", options=options)
+    assert upper_ltr.lexicon_free
+    for _ in range(20):
+        logits = rng.normal(size=(int(rng.integers(5, 25)), len(upper))).astype(np.float32) * 3
+        assert upper_ltr.best(logits).score == pytest.approx(lower_ltr.best(logits).score, abs=SCORE_ATOL)
+        assert upper_ltr.decode(logits).tokens == tuple(map(upper.model_token, lower_ltr.decode(logits).tokens))
+
+
+@pytest.mark.parametrize("lm_weight", [0.0, 1.0])
+def test_lexicon_beam_search_tokens_frames_and_words_agree(tmp_path, lm_weight):
+    """A lexicon hypothesis's tokens spell its words (each word's spelling between the `|`s, the
+    last one's `|` may be the appended final frame's, which no token lists), in an upper-case
+    model's tokens, and each token has its own start frame among the real ones, increasing: the
+    text, the tokens and the timestamps drawn from them describe one hypothesis."""
+    upper = Vocabulary.from_symbols("ABCDEF")
+    (tmp_path / "text.txt").write_text("bad cab\nface bed\nfed a cab\nab ba\n")
+    lm.build_lm([tmp_path / "text.txt"], tmp_path / "lm.arpa", order=2, vocabulary=upper)
+    options = BeamSearchOptions(lm_weight=lm_weight, word_score=1.0)
+    decoder = BeamSearchDecoder(upper, tmp_path / "lm.arpa", lm.lexicon_path(tmp_path / "lm.arpa"), options)
+    rng = np.random.default_rng(3)
+    spoken = 0
+    for _ in range(30):
+        logits = rng.normal(size=(int(rng.integers(4, 30)), len(upper))).astype(np.float32) * 3
+        transcript = decoder.decode(logits)
+        spelled = [w for w in "".join(transcript.tokens).split("|") if w]
+        assert spelled == [w.upper() for w in transcript.text.split()]
+        assert list(transcript.token_frames) == sorted(set(transcript.token_frames))
+        assert all(0 <= f < len(logits) for f in transcript.token_frames)
+        spoken += len(spelled)
+    assert spoken > 10

@@ -97,3 +97,14 @@ def test_missing_jiwer_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "jiwer", None)  # makes `import jiwer` raise ImportError
     with pytest.raises(ImportError, match=r"pip install -e '\.\[finetune\]'"):
         word_error_rate(["a"], ["a"])
+
+
+def test_the_commands_metrics_compare_one_normalised_form():
+    """An upper-case model's hypotheses against the normalised (lower-case) references: the words
+    are the same, so are the rates; phones are symbols, compared as given."""
+    references = ["the cat's hat", "a dog"]
+    assert error_rate_metrics(references, ["THE CAT’S HAT", "A DOG."], "ltr") == {"wer": 0.0, "cer": 0.0}
+    lower = error_rate_metrics(references, ["the cap hat", "dog"], "ltr")
+    assert error_rate_metrics(references, ["THE CAP HAT", "DOG"], "ltr") == lower
+    assert lower["wer"] == pytest.approx(2 / 5)
+    assert error_rate_metrics(["AH t"], ["ah t"], "phn") == {"per": pytest.approx(1 / 2)}

@@ -1,5 +1,6 @@
 """The modified Kneser-Ney estimator, ARPA files, lexicons and the embedded corpus's LM."""
 
+import shutil
 import subprocess
 import sys
 
@@ -88,6 +89,35 @@ def test_kenlm_reads_the_arpa_file_and_gives_our_scores(tmp_path):
             assert total + score == pytest.approx(model.sentence_log10(sentence), abs=2e-5)
 
 
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_lmplz_estimates_the_same_model(order, tmp_path):
+    """KenLM's own estimator on the corpus's text, each sentence once (so that the discounts of every
+    order but the highest come from the count-of-counts, not the fallback): the same n-grams, log10
+    probabilities and backoffs to 2e-5 (lmplz prints 7 significant digits of float32 values;
+    measured <= 3.4e-7), `<s>`'s probability aside (lmplz writes 0, ours -99: it is never
+    predicted). lmplz is C++ (KenLM's cmake build, not on the package index): skipped without it
+    on PATH."""
+    lmplz = shutil.which("lmplz")
+    if lmplz is None:
+        pytest.skip("KenLM's lmplz is not on PATH")
+    unique = {}
+    for sentence in lm.read_sentences([default_manifest("train"), default_manifest("valid")]):
+        unique.setdefault(tuple(sentence), None)
+    text = "".join(" ".join(sentence) + "\n" for sentence in unique)
+    command = [lmplz, "-o", str(order), "--discount_fallback", "-S", "100M", "-T", str(tmp_path)]
+    arpa = subprocess.run(command, input=text, capture_output=True, text=True, check=True, timeout=HANG_TIMEOUT)
+    (tmp_path / "kenlm.arpa").write_text(arpa.stdout)
+    theirs = lm.NgramLM.read_arpa(tmp_path / "kenlm.arpa")
+    ours = lm.estimate_kneser_ney([list(s) for s in unique], order)
+    for mine, lmplz_grams in zip(ours.ngrams, theirs.ngrams, strict=True):
+        assert mine.keys() == lmplz_grams.keys()
+        for gram in mine:
+            probability, backoff = mine[gram]
+            if gram != (lm.BOS,):
+                assert probability == pytest.approx(lmplz_grams[gram][0], abs=2e-5), gram
+            assert backoff == pytest.approx(lmplz_grams[gram][1], abs=2e-5), gram
+
+
 def test_arpa_round_trip_and_bad_files_name_the_file(tmp_path):
     model = lm.estimate_kneser_ney(SENTENCES, 3)
     read = lm.NgramLM.read_arpa(model.write_arpa(tmp_path / "lm.arpa"))
@@ -122,13 +152,64 @@ def test_sentences_from_text_files_and_manifests_are_normalised_as_labels(tmp_pa
         lm.read_sentences([tmp_path / "missing.txt"])
 
 
-def test_lexicon_spells_words_in_the_vocabulary(tmp_path):
+def test_lexicon_spells_words_in_the_vocabulary(tmp_path, caplog):
     vocabulary = Vocabulary.from_symbols("abc")
-    path = lm.write_lexicon(["ab", "ba", "ab", "abz"], tmp_path / "lexicon.txt", vocabulary)
+    with caplog.at_level("WARNING", logger="w2v_jax.asr"):
+        path = lm.write_lexicon(["ab", "ba", "ab", "abz"], tmp_path / "lexicon.txt", vocabulary)
     assert path.read_text() == "ab\ta b |\nba\tb a |\n"
+    assert "1 of 3 words have letters outside the model's vocabulary and are left out, e.g. ['abz']" in caplog.text
     assert lm.read_lexicon(path, vocabulary) == {"ab": [["a", "b", "|"]], "ba": [["b", "a", "|"]]}
-    with pytest.raises(ValueError, match="upper.txt: no word of the text is spelled"):
-        lm.write_lexicon(["ab"], tmp_path / "upper.txt", Vocabulary.from_symbols("AB"))
+    with pytest.raises(ValueError, match=r"none.txt: no word is spelled in the model's tokens \(of 1"):
+        lm.write_lexicon(["ab"], tmp_path / "none.txt", Vocabulary.from_symbols("xy"))
+
+
+def test_an_upper_case_vocabulary_spells_the_lower_case_words(tmp_path, caplog):
+    """Words stay as the text has them (normalised: lower case); their spellings are in the model's
+    tokens, so an upper-case model (fairseq's LibriSpeech dictionary) decodes with the lexicon, and a
+    lower-case lexicon file reads into its tokens; a spelling it cannot make is left out, counted."""
+    upper = Vocabulary.from_symbols("ABC'")
+    path = lm.write_lexicon(["ab", "c'a"], tmp_path / "lexicon.txt", upper)
+    assert path.read_text() == "ab\tA B |\nc'a\tC ' A |\n"
+    lower = tmp_path / "lower.txt"
+    lower.write_text("ab\ta b |\nba\tb a |\nbad\tb a d |\n")
+    with caplog.at_level("WARNING", logger="w2v_jax.asr"):
+        assert lm.read_lexicon(lower, upper) == {"ab": [["A", "B", "|"]], "ba": [["B", "A", "|"]]}
+    assert "lower.txt: 1 spellings with tokens outside the model's vocabulary left out ({'d': 1})" in caplog.text
+    lower.write_text("dd\td d |\n")
+    with pytest.raises(ValueError, match=r"lower.txt: no spelling of the lexicon is in the model's tokens.*\['d'\]"):
+        lm.read_lexicon(lower, upper)
+
+
+def test_discounts_count_ngrams_seen_exactly_k_times():
+    """Chen and Goodman's D1, D2, D3+ from n_1..n_4, the n-grams seen exactly 1..4 times, on counts
+    where those are known: n = (10, 4, 3, 2) plus 10 n-grams seen 5 to 9 times, which count in no
+    n_k. By hand: Y = 10 / (10 + 8) = 5/9; D1 = 1 - 2 Y 4/10 = 5/9; D2 = 2 - 3 Y 3/4 = 3/4;
+    D3+ = 3 - 4 Y 2/3 = 41/27. (Counting the n-grams seen four times or more as n_4, 12 here, gives
+    D3+ = 3 - 4 Y 12/3 < 0, and the fixed fallback discounts.)"""
+    counts = [1] * 10 + [2] * 4 + [3] * 3 + [4] * 2 + [5] * 4 + [6, 7, 8, 9, 9, 9]
+    assert lm.count_of_counts(counts) == (10, 4, 3, 2)
+    assert lm.kneser_ney_discounts(counts) == pytest.approx((5 / 9, 3 / 4, 41 / 27), abs=1e-12)
+    assert lm.kneser_ney_discounts([1, 1, 2, 3, 5, 5]) == lm.FALLBACK_DISCOUNTS  # no n-gram seen 4 times
+
+
+def test_the_estimator_discounts_the_highest_order_by_its_count_of_counts():
+    """One-word sentences, word i repeated c_i times: its bigrams `<s> w` and `w </s>` are seen
+    exactly c_i times. Counts 1 (5 words), 2 (2), 3 (1), 4 (1), 6 (2): the bigrams' n_1..n_4 are
+    (10, 4, 2, 2), so Y = 5/9, D1 = 5/9, D2 = 2 - 3 Y 2/4 = 7/6, D3+ = 3 - 4 Y 2/2 = 7/9. A word's
+    context holds one bigram (`w </s>`, seen c times), so its backoff weight (the mass its discount
+    frees, D(c) / c) is D1 for a word seen once, D2 / 2 twice, D3+ / 4 four times; after `<s>` the
+    freed mass is (5 D1 + 2 D2 + 4 D3+) / 28 = 37/126 (28 sentences)."""
+    repeats = {"a1": 1, "a2": 1, "a3": 1, "a4": 1, "a5": 1, "b1": 2, "b2": 2, "c": 3, "d": 4, "e1": 6, "e2": 6}
+    sentences = [[word] for word, count in repeats.items() for _ in range(count)]
+    model = lm.estimate_kneser_ney(sentences, 2)
+
+    def backoff(word):
+        return 10 ** model.ngrams[0][(word,)][1]
+
+    assert backoff("a1") == pytest.approx(5 / 9, abs=1e-6)
+    assert backoff("b1") == pytest.approx(7 / 6 / 2, abs=1e-6)
+    assert backoff("d") == pytest.approx(7 / 9 / 4, abs=1e-6)
+    assert backoff("<s>") == pytest.approx(37 / 126, abs=1e-6)
 
 
 def test_the_corpus_lm_is_the_commands_output_on_the_train_text_only(tmp_path):

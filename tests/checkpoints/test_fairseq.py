@@ -21,11 +21,13 @@ from tests.support import HANG_TIMEOUT
 from tests.support.fairseq import PUBLIC_MODELS, fairseq_weights, save_fairseq_style, transformers_state_dict
 from tests.support.launchers import run_main
 from tests.support.parity import relative_error
+from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.checkpoints import fairseq
 from w2v_jax.checkpoints.folder import load_checkpoint
-from w2v_jax.checkpoints.loading import load_ctc_checkpoint, load_model
+from w2v_jax.checkpoints.loading import input_normalization, load_ctc_checkpoint, load_model
 from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.configs import finetune as finetune_configs
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
@@ -218,6 +220,8 @@ def test_round_trip_fairseq_ours_fairseq_is_bit_exact(kind, ctc, tmp_path):
         assert torch.equal(back["model"][key], value), key
     assert "optimizer" not in back and back["last_optimizer_state"] is None
     cfg = back["cfg"]
+    # task.normalize survives the trip: BASE was trained on raw audio, LARGE on normalised audio.
+    assert cfg["task"]["normalize"] is (fields["extractor_mode"] == "layer_norm")
     model_fields = cfg["model"]["w2v_args"]["model"] if ctc else cfg["model"]
     assert cfg["model"]["_name"] == ("wav2vec_ctc" if ctc else "wav2vec2")
     for name in ("extractor_mode", "layer_norm_first", "conv_bias", "encoder_layers", "final_dim", "latent_vars"):
@@ -428,3 +432,28 @@ def test_reading_imports_neither_torch_nor_fairseq_nor_omegaconf(tmp_path, env):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["Wav2Vec2ForCTC", str(len(weights)), str(4 + len(LETTERS))]
+
+
+@pytest.mark.parametrize("init", ["pt", "folder"])
+def test_fine_tuning_from_a_raw_audio_checkpoint_feeds_it_raw_audio(init, tmp_path, caplog):
+    """wav2vec_small.pt was pretrained on unnormalised audio (`task.normalize` False): fine-tuning
+    from it, or from its import to our folder, feeds the pipeline's batches raw (whatever
+    `data.normalize` says, with a warning), and the fine-tuned model's processor files say so."""
+    save_fairseq_style(tmp_path / "small.pt", fairseq_weights(BASE, None, seed=5), BASE, "cfg")
+    source = tmp_path / "small.pt"
+    if init == "folder":
+        run_main(convert_checkpoint, ["fairseq-to-jax", str(source), str(tmp_path / "small")])
+        source = tmp_path / "small"
+    config = finetune_configs.get_config("tiny")
+    config.init = str(source)
+    task = FineTuningTask()
+    with caplog.at_level("WARNING", logger="w2v_jax.asr.task"):
+        task.prepare(config, tmp_path / "ft", primary=True)
+    assert task.normalize is False and config.data.normalize is True
+    assert "pretrained on raw (unnormalised) audio: fine-tuning feeds it the same" in caplog.text
+    assert input_normalization(tmp_path / "ft") is False
+    batch = next(iter(task.data_iterator(config, batch_size=2, shard_index=0, shard_count=1)))
+    for row, mask in zip(batch["input_values"], batch["attention_mask"]):
+        real = row[mask.astype(bool)]
+        # Normalised rows have unit variance (to 1e-3); the corpus's raw speech is far quieter.
+        assert abs(float(real.std()) - 1) > 0.3

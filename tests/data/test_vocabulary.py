@@ -96,6 +96,20 @@ def test_encode_maps_unknown_symbols_and_counts_them():
     assert ids.shape == (0,) and unknown == 0
 
 
+def test_a_single_cased_vocabulary_takes_labels_in_its_own_case():
+    """fairseq's LibriSpeech dictionary and transformers' base-960h spell in upper case, labels are
+    normalised to lower case: a vocabulary of one case maps the other case into its own; a token it
+    has stays itself; mixed case (or none: phones) maps nothing."""
+    upper = Vocabulary.from_symbols("ABC'")
+    assert upper.casing == "upper" and LETTERS.casing == "lower"
+    assert Vocabulary.from_symbols("aB").casing is None and Vocabulary.from_symbols(["1", "2"]).casing is None
+    assert [upper.model_token(t) for t in ["a", "C", "'", "|", "<unk>", "d"]] == ["A", "C", "'", "|", "<unk>", "d"]
+    ids, unknown = upper.encode(list("abc|d"))
+    assert ids.tolist() == [upper.token_to_id[t] for t in ["A", "B", "C", "|", "<unk>"]] and unknown == 1
+    mixed = Vocabulary.from_symbols("aB")
+    assert mixed.encode(["A", "b"])[1] == 2
+
+
 def test_bad_vocabularies_are_named(tmp_path):
     with pytest.raises(ValueError, match="distinct"):
         Vocabulary(("<pad>", "<unk>", "a", "a"))

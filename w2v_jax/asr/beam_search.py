@@ -12,7 +12,12 @@ the LM's log10 probabilities (KenLM's unit), with `</s>` at the end, plus
   words. A final `|` frame is appended to the emissions so that the last word completes even when
   the model leaves out the transcript's final `|`.
 - without one (`LexiconFreeDecoder`): the LM scores every emitted token (a token LM built with
-  `build_lm --unit=ltr` or `phn`); flashlight has no word score there, so `word_score` must be 0.
+  `build_lm --unit=ltr` or `phn`, its tokens in either case); flashlight has no word score there, so
+  `word_score` must be 0. A word-level ARPA LM given without a lexicon decodes with the lexicon of
+  its words spelled in the model's tokens.
+
+Lexicons and token LMs are of normalised (lower-case) text; an upper-case model's tokens spell them
+(`Vocabulary.model_token`), and a spelling the model cannot make leaves its word out, counted.
 
 Without an LM, beam search at `beam_size=1` is greedy decoding (tested).
 """
@@ -22,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +39,15 @@ import numpy as np
 import scipy.special
 
 from w2v_jax.asr.decoding import GreedyDecoder, Transcript, frame_path_transcript
-from w2v_jax.asr.lm import BOS, EOS, UNK, NgramLM, read_lexicon
+from w2v_jax.asr.lm import BOS, EOS, UNK, NgramLM, read_lexicon, spell_words
 from w2v_jax.data.vocabulary import Vocabulary
 
 DECODERS = ("greedy", "beam")
 KENLM_BINARY_MAGIC = b"mmap lm "  # the first bytes of KenLM's binary format
 # Log-probability of every token but `|` in the appended final frame: unreachable, yet finite.
 _UNREACHABLE = -1e4
+
+logger = logging.getLogger("w2v_jax.asr")
 
 
 def _flashlight() -> tuple[Any, Any, Any]:
@@ -80,25 +88,24 @@ class BeamSearchOptions:
             raise ValueError(f"beam_threshold must be positive, got {self.beam_threshold}")
 
 
-def check_lm_file(path: str | os.PathLike, token_lm_vocabulary: Vocabulary | None = None) -> None:
-    """A ValueError naming `path` unless it is a KenLM binary or a well-formed ARPA file; for
-    lexicon-free decoding (`token_lm_vocabulary` given) the ARPA file must be over that vocabulary's
-    tokens, not words."""
+def check_lm_file(path: str | os.PathLike) -> list[str] | None:
+    """The words of an ARPA file (its unigrams but `<s>`, `</s>`, `<unk>`), None for a KenLM binary;
+    a ValueError naming `path` when it is neither."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such language model file")
     with path.open("rb") as file:
         if file.read(len(KENLM_BINARY_MAGIC)) == KENLM_BINARY_MAGIC:
-            return
+            return None
     # The header and the words only: a large LM is KenLM's to read, in seconds rather than Python's minutes.
-    lm = NgramLM.read_arpa(path, max_order=1)
-    if token_lm_vocabulary is not None:
-        tokens = set(token_lm_vocabulary.tokens) - {token_lm_vocabulary.pad_token, BOS, EOS, UNK}
-        if len(tokens & set(lm.vocabulary)) < len(tokens) / 2:
-            raise ValueError(
-                f"{path}: lexicon-free decoding scores every token with the LM, but this LM is not over "
-                "the vocabulary's tokens (a word LM? give its lexicon, or build a token LM with --unit=ltr)"
-            )
+    return [w for w in NgramLM.read_arpa(path, max_order=1).vocabulary if w not in (BOS, EOS, UNK)]
+
+
+def is_token_lm(words: Sequence[str], vocabulary: Vocabulary) -> bool:
+    """Whether an LM's `words` are `vocabulary`'s tokens (in either case, `Vocabulary.model_token`)
+    rather than words: at least half of the tokens (special tokens aside) are among them."""
+    tokens = set(vocabulary.tokens) - {vocabulary.pad_token, BOS, EOS, UNK}
+    return len(tokens & {vocabulary.model_token(w) for w in words}) >= len(tokens) / 2
 
 
 @contextlib.contextmanager
@@ -144,7 +151,10 @@ class BeamSearchDecoder:
     Args:
       vocabulary: the CTC head's tokens (blank = its pad token, `|` the word delimiter and silence).
       lm: an ARPA or KenLM binary file (None: no LM).
-      lexicon: word<TAB>spelling file (`lm.read_lexicon`); None: lexicon-free decoding.
+      lexicon: word<TAB>spelling file (`lm.read_lexicon`); None: lexicon-free decoding, except with a
+        word-level ARPA `lm` (not over the vocabulary's tokens, `is_token_lm`): then the lexicon of its
+        words spelled in the vocabulary's tokens (what transformers' `Wav2Vec2ProcessorWithLM` users
+        expect of an LM alone), said in one log line; the words it cannot spell are left out, counted.
       options: beam size, pruning, LM weight, word score.
       separator: between tokens of a lexicon-free transcript ("" letters, " " phones).
     """
@@ -159,26 +169,40 @@ class BeamSearchDecoder:
     ):
         fl_decoder, _, _ = _flashlight()
         self.vocabulary, self.options, self.separator = vocabulary, options, separator
-        self.lexicon_free = lexicon is None
         blank = vocabulary.pad_id
         delimiter = vocabulary.word_delimiter_token
         self._sil = vocabulary.token_to_id[delimiter] if delimiter in vocabulary else blank
-        if lm is not None:
-            check_lm_file(lm, vocabulary if self.lexicon_free else None)
+        lm_words = None if lm is None else check_lm_file(lm)
+        spellings = None
+        if lexicon is not None:
+            spellings = read_lexicon(lexicon, vocabulary)
+        elif lm_words is not None and not is_token_lm(lm_words, vocabulary):
+            spellings = {word: [spelling] for word, spelling in spell_words(lm_words, vocabulary, lm).items()}
+            logger.info(
+                "%s: a word LM without a lexicon: decoding with the lexicon of its words spelled in the "
+                "model's tokens (%d of %d words)",
+                lm,
+                len(spellings),
+                len(lm_words),
+            )
+        self.lexicon_free = spellings is None
         num_tokens = len(vocabulary)
         criterion = fl_decoder.CriterionType.CTC
         beam_size_token = options.beam_size_token or num_tokens
-        if self.lexicon_free:
+        if spellings is None:
             if options.word_score != 0:
                 raise ValueError("word_score needs a lexicon: flashlight's lexicon-free decoder has no word score")
-            language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, vocabulary.tokens)
+            # The LM's name of each token: a token LM of normalised (lower-case) text scores an
+            # upper-case model's tokens.
+            lm_name = {vocabulary.model_token(w): w for w in lm_words or ()}
+            units = tuple(lm_name.get(token, token) for token in vocabulary.tokens)
+            language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, units)
             decoder_options = fl_decoder.LexiconFreeDecoderOptions(
                 options.beam_size, beam_size_token, options.beam_threshold, options.lm_weight, 0.0, False, criterion
             )
             self._decoder = fl_decoder.LexiconFreeDecoder(decoder_options, language_model, self._sil, blank, [])
             self._words: list[str] = []
             return
-        spellings = read_lexicon(lexicon, vocabulary)
         self._words = [*spellings, UNK] if UNK not in spellings else list(spellings)
         language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, tuple(self._words))
         # The trie of spellings, each node carrying the best unigram score below it (flashlight's

@@ -1,8 +1,10 @@
 """Word, character and phone error rates over a corpus (jiwer), with a plain edit-distance oracle.
 
 Each rate is corpus-level, as jiwer and fairseq report it: the summed edit distance (substitutions +
-deletions + insertions) over all utterances divided by the summed reference length. Strings are
-compared as given: normalise references and hypotheses first (`w2v_jax.data.labels.normalize_text`).
+deletions + insertions) over all utterances divided by the summed reference length. The rate
+functions compare strings as given; `error_rate_metrics`, what the commands report, compares words
+and letters in one normalised form on both sides (`w2v_jax.data.labels.normalize_text`: an
+upper-case model's `THE CAT` is the reference's `the cat`) and phones as given.
 - WER: words are the space-separated parts of each string (jiwer splits on " " only).
 - CER: characters of each string with its ends stripped (spaces between words count).
 - PER (any token error rate): each utterance is a sequence of tokens (phones).
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from w2v_jax.data.labels import normalize_text
 
 # The error rates of each label kind (the first is the default best-checkpoint metric's family).
 METRICS = {"ltr": ("wer", "cer"), "phn": ("per",)}
@@ -76,9 +80,11 @@ def token_error_rate(references: Sequence[Sequence[str]], hypotheses: Sequence[S
 
 
 def error_rate_metrics(references: Sequence[str], hypotheses: Sequence[str], kind: str) -> dict[str, float]:
-    """{"wer", "cer"} for letter labels or {"per"} for phones (references normalised as labels are)."""
+    """{"wer", "cer"} for letter labels, references and hypotheses normalised as labels are
+    (`normalize_text`), or {"per"} for phones, compared as given."""
     if kind == "phn":
         return {"per": token_error_rate([r.split() for r in references], [h.split() for h in hypotheses])}
+    references, hypotheses = [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
     return {"wer": word_error_rate(references, hypotheses), "cer": char_error_rate(references, hypotheses)}
 
 

@@ -106,6 +106,7 @@ class CTCEvaluator:
         workdir: pathlib.Path | None,
         best_metric: str,
         write: bool = True,
+        normalize: bool = True,
     ):
         if best_metric not in METRICS[kind]:
             raise ValueError(f"train.best_metric must be one of {METRICS[kind]} for {kind} labels, got {best_metric!r}")
@@ -119,6 +120,7 @@ class CTCEvaluator:
         self._workdir = workdir
         self._best_metric = best_metric
         self._write = write and workdir is not None
+        self._normalize = normalize  # the best model's processor files say so
         self._num_frames = nnx.eval_shape(lambda: Wav2Vec2ForCTC(config)).num_frames
 
         def logits(params, model_state, x, mask):
@@ -151,7 +153,13 @@ class CTCEvaluator:
         best = min(history, key=lambda h: (h[self._best_metric], h["step"]))
         if best["step"] == step:
             model = nnx.merge(self._graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
-            save_checkpoint(self._config, model, self._workdir / BEST_MODEL_DIR, vocabulary=self._vocabulary)
+            save_checkpoint(
+                self._config,
+                model,
+                self._workdir / BEST_MODEL_DIR,
+                vocabulary=self._vocabulary,
+                do_normalize=self._normalize,
+            )
             (self._workdir / BEST_MODEL_DIR / "transcripts.txt").write_text(
                 "".join(f"{h}\n" for h in hypotheses), encoding="utf-8"
             )
@@ -222,7 +230,8 @@ def evaluate_decoders(
     Args:
       decoders: name -> a function building the decoder from the checkpoint's vocabulary.
     Returns:
-      {"num_utterances", "audio_seconds", "forward_seconds", "decoders": {name: {error rates,
+      {"num_utterances", "audio_seconds", "forward_seconds", "unknown_symbols" (label symbols outside
+      the vocabulary), "decoders": {name: {error rates,
       "decode_seconds", "utterances_per_second", "real_time_factor"}}}: speed counts the forward pass
       plus that decoder's decoding; the real-time factor is that time over the audio's duration.
     """
@@ -241,6 +250,7 @@ def evaluate_decoders(
         "num_utterances": len(waveforms),
         "audio_seconds": audio_seconds,
         "forward_seconds": forward_seconds,
+        "unknown_symbols": labels.num_unknown(),
         "decoders": {},
     }
     for name, factory in decoders.items():

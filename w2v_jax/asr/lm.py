@@ -4,11 +4,12 @@
 `lmplz` estimates it: the highest order counts n-grams, lower orders count the distinct words seen
 before them (continuation counts; n-grams starting with `<s>` keep their counts, nothing precedes
 `<s>`); three discounts per order from the count-of-counts, `D_k = k - (k + 1) Y t_{k+1} / t_k` with
-`Y = t_1 / (t_1 + 2 t_2)`; the unigrams interpolate with the uniform distribution over the vocabulary
-(`<unk>` included). On text too small for those discounts (a count-of-count of zero) it falls back
-to lmplz's `--discount_fallback` values 0.5, 1, 1.5. Written as ARPA in backoff form: the
-probability of a seen n-gram is the interpolated one, the backoff weight of a context is its
-interpolation weight, so every context's distribution sums to one.
+`Y = t_1 / (t_1 + 2 t_2)` and `t_k` the number of that order's n-grams counted exactly `k` times
+(D3 serves every count from 3 up); the unigrams interpolate with the uniform distribution over the
+vocabulary (`<unk>` included). On text too small for those discounts (a count-of-count of zero, or
+a discount outside `[0, k]`) it falls back to lmplz's `--discount_fallback` values 0.5, 1, 1.5.
+Written as ARPA in backoff form: the probability of a seen n-gram is the interpolated one, the
+backoff weight of a context is its interpolation weight, so every context's distribution sums to one.
 
 `NgramLM` reads and scores ARPA files (log10, as KenLM); a malformed file is a one-line ValueError
 naming the file. Lexicons are fairseq's and flashlight's format: a word, a tab, its spelling in the
@@ -218,15 +219,22 @@ def _parse_arpa(path: Path, lines: Iterable[str], max_order: int | None) -> list
 # Modified Kneser-Ney
 
 
-def _discounts(counts: Iterable[int]) -> tuple[float, float, float]:
-    """D1, D2, D3+ from the count-of-counts (Chen and Goodman's estimate), or lmplz's fallback."""
-    histogram = collections.Counter(min(c, 4) for c in counts)
-    t = [histogram[k] for k in range(1, 5)]
+def count_of_counts(counts: Iterable[int]) -> tuple[int, int, int, int]:
+    """`t_1..t_4`: how many n-grams were counted exactly once, twice, three and four times (an n-gram
+    counted five times or more is in none of them: Chen and Goodman's `n_k`, lmplz's)."""
+    histogram = collections.Counter(counts)
+    return histogram[1], histogram[2], histogram[3], histogram[4]
+
+
+def kneser_ney_discounts(counts: Iterable[int]) -> tuple[float, float, float]:
+    """D1, D2, D3+ from the count-of-counts (Chen and Goodman's estimate, their equation 26), or
+    lmplz's fallback where a count-of-count is zero or a discount leaves `[0, k]` (as lmplz checks)."""
+    t = count_of_counts(counts)
     if min(t) == 0:
         return FALLBACK_DISCOUNTS
     y = t[0] / (t[0] + 2 * t[1])
-    discounts = tuple(k - (k + 1) * y * t[k] / t[k - 1] for k in range(1, 4))
-    if not all(0 < d < k for k, d in enumerate(discounts, 1)):
+    discounts = (1 - 2 * y * t[1] / t[0], 2 - 3 * y * t[2] / t[1], 3 - 4 * y * t[3] / t[2])
+    if not all(0 <= d <= k for k, d in enumerate(discounts, 1)):
         return FALLBACK_DISCOUNTS
     return discounts
 
@@ -280,7 +288,7 @@ def estimate_kneser_ney(sentences: Sequence[Sequence[str]], order: int, prune: S
     backoffs: list[dict[Ngram, float]] = [{} for _ in range(order)]
     for n in range(1, order + 1):
         counts = adjusted[n - 1]
-        discounts = _discounts(counts.values())
+        discounts = kneser_ney_discounts(counts.values())
         totals: dict[Ngram, int] = collections.Counter()
         kinds: dict[Ngram, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
         for gram, count in counts.items():
@@ -354,40 +362,57 @@ def _prune(
 
 
 def spell(word: str, unit_vocabulary: Vocabulary | None = None) -> list[str] | None:
-    """A word's letters ending with `|` (fairseq's and flashlight's lexicon spelling); None when a
-    letter is outside `unit_vocabulary`."""
+    """A word's letters ending with `|` (fairseq's and flashlight's lexicon spelling), in
+    `unit_vocabulary`'s tokens (its casing: `Vocabulary.model_token`); None when a letter is outside it."""
     letters = [*word, WORD_DELIMITER]
-    if unit_vocabulary is not None and any(letter not in unit_vocabulary for letter in letters):
-        return None
-    return letters
+    if unit_vocabulary is None:
+        return letters
+    letters = [unit_vocabulary.model_token(letter) for letter in letters]
+    return None if any(letter not in unit_vocabulary for letter in letters) else letters
 
 
-def write_lexicon(words: Iterable[str], path: str | os.PathLike, vocabulary: Vocabulary | None = None) -> Path:
-    """Writes `word<TAB>l e t t e r s |` for every distinct word spelled in `vocabulary` (all when None).
-
-    Words with a letter outside the vocabulary are left out (counted in the log); none left is a ValueError.
-    """
-    lines, skipped = [], 0
+def spell_words(words: Iterable[str], vocabulary: Vocabulary, source: str | os.PathLike) -> dict[str, list[str]]:
+    """Each distinct word -> its spelling in `vocabulary`'s tokens (`spell`); the words it cannot
+    spell are left out and counted in one log line naming `source`; none left is a ValueError."""
+    spellings, left_out = {}, []
     for word in sorted(set(words)):
         spelling = spell(word, vocabulary)
         if spelling is None:
-            skipped += 1
-            continue
-        lines.append(f"{word}\t{' '.join(spelling)}")
-    if not lines:
+            left_out.append(word)
+        else:
+            spellings[word] = spelling
+    if not spellings:
         raise ValueError(
-            f"{path}: no word of the text is spelled in the vocabulary's tokens (an upper-case vocabulary?)"
+            f"{source}: no word is spelled in the model's tokens (of {len(left_out)}, e.g. {left_out[:3]})"
         )
-    if skipped:
-        logger.info("lexicon %s: %d words with letters outside the vocabulary left out", path, skipped)
+    if left_out:
+        logger.warning(
+            "%s: %d of %d words have letters outside the model's vocabulary and are left out, e.g. %s",
+            source,
+            len(left_out),
+            len(left_out) + len(spellings),
+            left_out[:5],
+        )
+    return spellings
+
+
+def write_lexicon(words: Iterable[str], path: str | os.PathLike, vocabulary: Vocabulary | None = None) -> Path:
+    """Writes `word<TAB>l e t t e r s |` for every distinct word, spelled in `vocabulary`'s tokens
+    (`spell_words`: the words it cannot spell left out and counted; none left is a ValueError), or
+    in the word's own letters when `vocabulary` is None."""
+    if vocabulary is None:
+        spellings = {word: spell(word) for word in sorted(set(words))}
+    else:
+        spellings = spell_words(words, vocabulary, path)
     path = Path(path)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("".join(f"{word}\t{' '.join(s)}\n" for word, s in spellings.items()), encoding="utf-8")
     return path
 
 
 def read_lexicon(path: str | os.PathLike, vocabulary: Vocabulary) -> dict[str, list[list[str]]]:
-    """word -> its spellings (token lists), from a lexicon file; a malformed line, or a token
-    outside `vocabulary`, is a ValueError naming the file and the line."""
+    """word -> its spellings (token lists, in `vocabulary`'s casing: `Vocabulary.model_token`), from
+    a lexicon file. A malformed line is a ValueError naming the file and the line; a spelling with a
+    token outside `vocabulary` is left out, counted in one log line, and none left is a ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such lexicon file")
@@ -396,19 +421,33 @@ def read_lexicon(path: str | os.PathLike, vocabulary: Vocabulary) -> dict[str, l
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a lexicon (not UTF-8 text)") from None
     lexicon: dict[str, list[list[str]]] = {}
+    unknown: collections.Counter[str] = collections.Counter()
+    left_out = 0
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split(maxsplit=1)
         if len(fields) != 2 or not fields[1].split():
             raise ValueError(f"{path}:{number}: not a lexicon line (a word, a tab, its spelling): {line[:60]!r}")
-        word, spelling = fields[0].strip(), fields[1].split()
-        unknown = [token for token in spelling if token not in vocabulary]
-        if unknown:
-            raise ValueError(f"{path}:{number}: spelling of {word!r} uses tokens outside the vocabulary: {unknown}")
+        word, spelling = fields[0].strip(), [vocabulary.model_token(token) for token in fields[1].split()]
+        outside = [token for token in spelling if token not in vocabulary]
+        if outside:
+            unknown.update(outside)
+            left_out += 1
+            continue
         lexicon.setdefault(word, []).append(spelling)
     if not lexicon:
-        raise ValueError(f"{path}: empty lexicon")
+        raise ValueError(
+            f"{path}: no spelling of the lexicon is in the model's tokens"
+            + (f" (tokens outside the vocabulary: {sorted(unknown)[:10]})" if unknown else " (empty lexicon)")
+        )
+    if left_out:
+        logger.warning(
+            "%s: %d spellings with tokens outside the model's vocabulary left out (%s)",
+            path,
+            left_out,
+            dict(unknown.most_common(10)),
+        )
     return lexicon
 
 

@@ -32,7 +32,7 @@ from w2v_jax.asr.error_rates import METRICS
 from w2v_jax.asr.evaluator import CTCEvaluator, load_labelled_waveforms, read_best_record
 from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.checkpoints.hf import load_vocabulary, save_processor_files
-from w2v_jax.checkpoints.loading import load_encoder
+from w2v_jax.checkpoints.loading import input_normalization, load_encoder
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, MODEL_CONFIG_FILE
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
@@ -184,6 +184,9 @@ class FineTuningTask:
         self._encoder: nnx.State | None = None
         self._workdir: pathlib.Path | None = None
         self._primary = True
+        # Whether the audio is normalised per utterance: `data.normalize`, unless the init checkpoint
+        # says what its encoder was pretrained on (fairseq's `task.normalize`), which wins.
+        self.normalize = True
 
     def prepare(self, config, workdir, *, primary):
         data = config.data
@@ -203,14 +206,23 @@ class FineTuningTask:
         )
         if stored.is_file():
             self._model_config = Wav2Vec2Config.from_json_file(stored)
+            self.normalize = input_normalization(workdir)  # as the first run settled it
             return
-        init_config = None
+        init_config, self.normalize = None, data.normalize
         if config.init:
-            init_config, self._encoder = load_encoder(config.init)
+            init_config, self._encoder, init_normalize = load_encoder(config.init)
             logger.info("initialising the encoder from %s", config.init)
+            if init_normalize is not None and init_normalize != data.normalize:
+                logger.warning(
+                    "%s was pretrained on %s audio: fine-tuning feeds it the same (data.normalize=%s ignored)",
+                    config.init,
+                    "normalised" if init_normalize else "raw (unnormalised)",
+                    data.normalize,
+                )
+                self.normalize = init_normalize
         self._model_config = finetuned_model_config(config.model, self.vocabulary, init_config)
         if primary:
-            save_processor_files(self.vocabulary, self._model_config, workdir, do_normalize=data.normalize)
+            save_processor_files(self.vocabulary, self._model_config, workdir, do_normalize=self.normalize)
             self._model_config.to_json_file(stored)
 
     def model_config(self, config):
@@ -251,7 +263,7 @@ class FineTuningTask:
             max_sample_size=data.max_sample_size,
             min_sample_size=data.min_sample_size,
             pad=True,
-            normalize=data.normalize,
+            normalize=self.normalize,
             num_workers=data.num_workers,
             shard_index=shard_index,
             shard_count=shard_count,
@@ -266,7 +278,7 @@ class FineTuningTask:
         del mesh, state_shardings  # evaluated on the default device, as `transcribe` runs
         manifest = config.data.valid_manifest or str(default_manifest("valid"))
         waveforms, references = load_labelled_waveforms(
-            manifest, self._labels(manifest, config), normalize=config.data.normalize
+            manifest, self._labels(manifest, config), normalize=self.normalize
         )
         logger.info("validation: %d utterances from %s", len(waveforms), manifest)
         return CTCEvaluator(
@@ -280,6 +292,7 @@ class FineTuningTask:
             workdir=self._workdir,
             best_metric=config.train.best_metric,
             write=self._primary,
+            normalize=self.normalize,
         )
 
     def detectors(self, config):

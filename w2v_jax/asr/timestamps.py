@@ -78,6 +78,17 @@ def align_tokens(logits: np.ndarray, token_ids: np.ndarray, blank: int) -> tuple
     return np.asarray(path[0, :frames]), np.asarray(scores[0, :frames])
 
 
+def transcript_ids(tokens: Sequence[str], vocabulary: Vocabulary) -> np.ndarray:
+    """A known transcript's token ids `[tokens]` in the model's vocabulary (in its casing,
+    `Vocabulary.encode`); a ValueError counting and naming the symbols it cannot spell: a forced
+    alignment of `<unk>` in their place would place words the model was never asked to find."""
+    ids, unknown = vocabulary.encode(tokens)
+    if unknown:
+        outside = sorted({t for t in tokens if vocabulary.model_token(t) not in vocabulary})
+        raise ValueError(f"the transcript has {unknown} symbols outside the model's vocabulary: {outside[:10]}")
+    return ids
+
+
 def segments(logits: np.ndarray, token_ids: np.ndarray, vocabulary: Vocabulary, level: str) -> list[Segment]:
     """The segments of a transcript (`token_ids`, with `|` between words for letters) at `level`:
     "word" (letters joined at the word delimiter), "char" (each letter) or "phone" (each token)."""
@@ -163,7 +174,8 @@ def align_manifest(
     on its audio: `(file, transcript, segments at level)` per readable row, as they are made (a batch
     of files at a time, as `transcribe_files_with_timestamps`), and the seconds per frame.
 
-    A transcript longer than its recording's frames allow is reported like an unreadable file.
+    A transcript longer than its recording's frames allow, or with symbols the model cannot spell
+    (`transcript_ids`), is reported like an unreadable file.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -175,10 +187,9 @@ def align_manifest(
 
     def aligned(file: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment] | None]:
         tokens = by_file[file]
-        ids, _ = vocabulary.encode(tokens)
         text = letters_to_words(tokens) if kind == "ltr" else " ".join(tokens)
         try:
-            return text, segments(logits, ids, vocabulary, level)
+            return text, segments(logits, transcript_ids(tokens, vocabulary), vocabulary, level)
         except ValueError as error:
             if on_bad_file is None:
                 raise ValueError(f"{file}: {error}") from None

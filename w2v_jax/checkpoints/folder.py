@@ -21,7 +21,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from w2v_jax.checkpoints.hf import CONFIG_FILE, save_processor_files, write_config
+from w2v_jax.checkpoints.hf import CONFIG_FILE, save_feature_extractor, save_processor_files, write_config
 from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, model_class
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
@@ -40,18 +40,22 @@ def save_checkpoint(
     path: str | os.PathLike,
     *,
     vocabulary: Vocabulary | None = None,
-    do_normalize: bool = True,
+    do_normalize: bool | None = None,
 ) -> None:
     """Our folder format: config.json (transformers' + fairseq fields) and params.safetensors
     keyed by our parameter paths (e.g. `wav2vec2.encoder.layers.0.attention.q_proj.kernel`); with
     a `vocabulary` (CTC models) also the processor files, as `save_hf_checkpoint` writes them
-    (`do_normalize`: whether the model's inputs are normalised per utterance)."""
+    (`do_normalize`: whether the model's inputs are normalised per utterance, None: True, our
+    pipeline's); without one, `do_normalize` given, the feature extractor's file alone
+    (`hf.save_feature_extractor`: an imported pretrained model's `task.normalize`)."""
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INTEGRITY_FILE).unlink(missing_ok=True)
     before = _file_stats(folder)
     if vocabulary is not None:
-        save_processor_files(vocabulary, config, folder, do_normalize=do_normalize)
+        save_processor_files(vocabulary, config, folder, do_normalize=do_normalize is not False)
+    elif do_normalize is not None:
+        save_feature_extractor(config, folder, do_normalize=do_normalize)
     write_config(config, model, folder)
     params = {
         _param_name(p): np.asarray(jax.device_get(v[...]), np.float32)

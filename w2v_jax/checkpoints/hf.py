@@ -248,6 +248,16 @@ def preprocessor_config(config: Wav2Vec2Config) -> dict[str, object]:
     }
 
 
+def save_feature_extractor(config: Wav2Vec2Config, path: str | os.PathLike, *, do_normalize: bool) -> None:
+    """Writes `preprocessor_config.json` alone (`preprocessor_config`, `do_normalize` as given): a
+    pretrained model's record of the inputs it was trained on (fairseq's `task.normalize`), which
+    fine-tuning from it and `jax-to-fairseq` keep (`loading.input_normalization`)."""
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {**preprocessor_config(config), "do_normalize": do_normalize}
+    (folder / PREPROCESSOR_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_processor_files(
     vocabulary: Vocabulary, config: Wav2Vec2Config, path: str | os.PathLike, *, do_normalize: bool = True
 ) -> None:

@@ -117,13 +117,21 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
     return nnx.merge(graphdef, restored["params"], restored["model_state"])
 
 
-def load_encoder(path: str | os.PathLike) -> tuple[Wav2Vec2Config, nnx.State]:
+def load_encoder(path: str | os.PathLike) -> tuple[Wav2Vec2Config, nnx.State, bool | None]:
     """The config and encoder (`Wav2Vec2Model`) parameters of any checkpoint (`load_model`: a
     pretraining or fine-tuning workdir, our folder format, a transformers folder, a fairseq or
-    fairseq2 `.pt`)."""
-    model = load_model(path)
+    fairseq2 `.pt`), and whether the checkpoint says its inputs were normalised per utterance (a
+    fairseq `.pt` file's `task.normalize`, else `stored_input_normalization`; None where it says
+    nothing, as a fairseq2 file does)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".pt" and path.is_file():
+        imported = load_torch_file(path)
+        model = imported.model
+        normalize = imported.normalize if isinstance(imported, FairseqImport) else None
+    else:
+        model, normalize = load_model(path), stored_input_normalization(path)
     encoder = model if isinstance(model, Wav2Vec2Model) else model.wav2vec2
-    return model.config, nnx.state(encoder, nnx.Param)
+    return model.config, nnx.state(encoder, nnx.Param), normalize
 
 
 def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:
@@ -151,11 +159,16 @@ def load_ctc_checkpoint(path: str | os.PathLike, step: int | None = None) -> tup
     return model, vocabulary, input_normalization(folder)
 
 
-def input_normalization(path: str | os.PathLike) -> bool:
-    """Whether a checkpoint's inputs are normalised per utterance: its `preprocessor_config.json`'s
-    `do_normalize` (True without one: our pipeline normalises)."""
+def stored_input_normalization(path: str | os.PathLike) -> bool | None:
+    """Whether a checkpoint folder's inputs are normalised per utterance, as its
+    `preprocessor_config.json` says (`do_normalize`, True when it names none); None without the file."""
     preprocessor = pathlib.Path(path) / hf.PREPROCESSOR_FILE
-    return bool(json.loads(preprocessor.read_text()).get("do_normalize", True)) if preprocessor.is_file() else True
+    return bool(json.loads(preprocessor.read_text()).get("do_normalize", True)) if preprocessor.is_file() else None
+
+
+def input_normalization(path: str | os.PathLike) -> bool:
+    """`stored_input_normalization`, True for a folder that says nothing (our pipeline normalises)."""
+    return stored_input_normalization(path) is not False
 
 
 def _fairseq_ctc_checkpoint(path: pathlib.Path) -> tuple[Wav2Vec2ForCTC, Vocabulary, bool]:

@@ -163,6 +163,7 @@ def evaluate_with_lm(args: SimpleNamespace, manifest: str, output: pathlib.Path)
     best = record["best"]
     pair = f"--lm_weight={best['lm_weight']:g} --word_score={best['word_score']:g}"
     print(f"best: {pair} ({metrics[0]} {best[metrics[0]]:.3f})")
+    print(f"{record['unknown_symbols']} label symbols outside the model's vocabulary (scored as <unk>)")
     written = [output / "lm_metrics.json"]
     if len(lm_weights) * len(word_scores) > 1:
         plotting.plot_lm_sweep(record["grid"], metrics[0], output / "lm_sweep.png")

@@ -125,7 +125,8 @@ class LabelSet:
     Args:
       manifest_path: the `X.tsv` the label files sit beside.
       kind: "ltr" (letters, from `.ltr` or `.wrd`) or "phn" (phones).
-      vocabulary: maps tokens to ids; symbols outside it become `<unk>` and are counted.
+      vocabulary: maps tokens to ids, in its own casing where it has one case (`Vocabulary.model_token`);
+        symbols outside it become `<unk>` and are counted.
       num_frames: samples -> encoder frames, e.g. `FeatureEncoder.compute_output_length`; applied to
         the manifest's lengths to find transcripts that cannot fit.
       manifest: the parsed manifest, when the caller has it already.
@@ -150,7 +151,7 @@ class LabelSet:
         self.unknown_symbols: collections.Counter[str] = collections.Counter()
         for index, tokens in enumerate(self.tokens):
             ids, _ = vocabulary.encode(tokens)
-            self.unknown_symbols.update(t for t in tokens if t not in vocabulary)
+            self.unknown_symbols.update(t for t in tokens if vocabulary.model_token(t) not in vocabulary)
             self._ids.append(ids)
             if not len(ids):
                 self._skip(manifest, index, EMPTY_TRANSCRIPT, "no labels after normalisation")

@@ -9,6 +9,12 @@ transformers models keep their ids.
 automatic-speech-recognition pipeline calls it (special tokens kept, `group_tokens=True`, no
 `clean_up_tokenization_spaces`, `do_lower_case=False`): ids -> tokens (unknown ids -> `<unk>`),
 runs of the same token collapsed, `<pad>` dropped, `|` -> " ", tokens joined, the ends stripped.
+
+Casing: labels and LM text are normalised to lower case (`data.labels.normalize_text`), while some
+public models spell in upper case (fairseq's LibriSpeech `dict.ltr.txt`, transformers'
+`facebook/wav2vec2-base-960h`). A vocabulary whose letters are all of one case (`casing`) takes a
+label token in the other case as its own (`model_token`: `a` is `A`'s in an upper-case vocabulary);
+a token the vocabulary has is always itself, and a vocabulary of mixed or no case maps nothing.
 """
 
 from __future__ import annotations
@@ -19,12 +25,24 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 PAD, BOS, EOS, UNK, WORD_DELIMITER = "<pad>", "<s>", "</s>", "<unk>", "|"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, WORD_DELIMITER)
 VOCAB_FILE = "vocab.json"  # transformers' Wav2Vec2CTCTokenizer file name
+Casing = Literal["lower", "upper"]
+
+
+def _casing(tokens: Iterable[str]) -> Casing | None:
+    """The one case of the tokens' cased letters, None if they mix cases or have none."""
+    letters = [c for token in tokens for c in token if c.lower() != c.upper()]
+    if letters and all(c.isupper() for c in letters):
+        return "upper"
+    if letters and all(c.islower() for c in letters):
+        return "lower"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +66,7 @@ class Vocabulary:
             if getattr(self, name) not in self.tokens:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not in the vocabulary")
         object.__setattr__(self, "_ids", {token: i for i, token in enumerate(self.tokens)})
+        object.__setattr__(self, "_casing", _casing(t for t in self.tokens if t not in SPECIAL_TOKENS))
 
     @classmethod
     def from_symbols(cls, symbols: Iterable[str]) -> Vocabulary:
@@ -105,9 +124,24 @@ class Vocabulary:
     def unk_id(self) -> int:
         return self._ids[self.unk_token]
 
+    @property
+    def casing(self) -> Casing | None:
+        """The tokens' one case, "lower" or "upper", when every cased letter of them (special tokens
+        aside) is of it; None for mixed case or none (most phone sets, caseless scripts)."""
+        return self._casing
+
+    def model_token(self, token: str) -> str:
+        """`token` as this vocabulary spells it: itself when the vocabulary has it, else in the
+        vocabulary's single case when that spelling is in it (module docstring), else itself."""
+        if token in self._ids or self._casing is None:
+            return token
+        cased = token.upper() if self._casing == "upper" else token.lower()
+        return cased if cased in self._ids else token
+
     def encode(self, tokens: Sequence[str]) -> tuple[np.ndarray, int]:
-        """Token ids `[len(tokens)]` int32 (unknown tokens -> `<unk>`) and how many were unknown."""
-        ids = np.fromiter((self._ids.get(t, -1) for t in tokens), np.int32, len(tokens))
+        """Token ids `[len(tokens)]` int32 (each token as `model_token` spells it; unknown tokens ->
+        `<unk>`) and how many were unknown."""
+        ids = np.fromiter((self._ids.get(self.model_token(t), -1) for t in tokens), np.int32, len(tokens))
         unknown = int(np.count_nonzero(ids < 0))
         return np.where(ids < 0, self.unk_id, ids).astype(np.int32), unknown
 
