@@ -62,7 +62,9 @@ class Manifest:
 def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
     """One manifest of the rows of ``manifests`` in order (root ``/``, absolute paths: each part's
     rows resolved under its own root, already checked by its loading)."""
-    paths, lengths, known_bad = [], [], {}
+    paths: list[str] = []
+    lengths: list[np.ndarray] = []
+    known_bad: dict[int, tuple[str, str]] = {}
     for part in manifests:
         for index, (reason, detail) in part.known_bad.items():
             known_bad[len(paths) + index] = (reason, detail)
@@ -139,7 +141,7 @@ def _check_links_inside_root(root: Path, paths: Sequence[str], manifest: Path) -
 
 
 def write_manifest(
-    path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str], num_samples: Sequence[int]
+    path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str], num_samples: Sequence[int] | np.ndarray
 ) -> None:
     """Writes a TSV manifest; ``root`` is written as given (``.`` keeps the manifest relocatable)."""
     lines = [str(root)] + [f"{p}\t{int(n)}" for p, n in zip(paths, num_samples, strict=True)]
