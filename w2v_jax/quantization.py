@@ -251,6 +251,7 @@ class GumbelVectorQuantizer(nnx.Module):
             codeword_probs = jax.nn.one_hot(indices, self.num_vars, dtype=jnp.float32)
             usage_probs = codeword_probs
         else:
+            assert key is not None  # checked above
             soft = jax.nn.softmax((logits + gumbel_noise(key, logits.shape)) / temperature, axis=-1)
             indices = jnp.argmax(soft, axis=-1)
             hard = jax.nn.one_hot(indices, self.num_vars, dtype=jnp.float32)
