@@ -153,7 +153,7 @@ class HealthMonitor:
         for detector in self.detectors:
             name, evidence = detector.name, found[detector.name]
             self._held[name] = self._held[name] + 1 if evidence is not None else 0
-            if self._held[name] >= self.window:
+            if evidence is not None and self._held[name] >= self.window:
                 findings.append(Finding(name, evidence, self._held[name] == self.window, detector.advice))
                 self.history[name].append(int(record["step"]))
         return findings

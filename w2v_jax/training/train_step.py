@@ -144,7 +144,7 @@ def _initial_state(
     """(graphdef, step-0 state) of a freshly initialised model: a traceable function (the graphdef is a
     pytree without leaves, so `jax.eval_shape` returns it whole)."""
     model = create_model(config, seed, dtype, remat, model_class)
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]  # flax types the states as variadic: two filters give two
     return graphdef, TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -320,7 +320,8 @@ def train_step(
         finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
     )
     skipped = (~finite).astype(jnp.int32)
-    new_state = state.replace(
+    new_state = dataclasses.replace(
+        state,
         step=state.step + 1,
         params=new_params,
         opt_state=new_opt_state,
