@@ -58,6 +58,7 @@ from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
@@ -192,7 +193,7 @@ class BenchmarkTask:
 
     name: str
     model_config: Wav2Vec2Config
-    model_class: type[nnx.Module]
+    model_class: type[Wav2Vec2ForPreTraining] | type[Wav2Vec2ForCTC]
     optimizer: optax.GradientTransformation
     hparams: train_step.StepHyperparams
     optimizer_settings: optim.OptimizerSettings
@@ -720,7 +721,9 @@ def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, r
     rematerialisation).
     """
     abstract = nnx.eval_shape(
-        lambda: train_step.create_model(task.model_config, 0, PRECISIONS[settings.precision], remat, task.model_class)
+        lambda: train_step.create_model(
+            task.model_config, 0, model_class=task.model_class, dtype=PRECISIONS[settings.precision], remat=remat
+        )
     )
     graphdef, params = nnx.split(abstract)
     objective = task.hparams.objective

@@ -49,8 +49,12 @@ class Detector(Protocol):
       advice: what to change, the settings known to fix it.
     """
 
-    name: str
-    advice: str
+    # Read-only (properties): detectors hold them as class constants.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def advice(self) -> str: ...
 
     def check(self, record: Mapping[str, Any]) -> str | None:
         """The evidence (the numbers) when the condition holds on `record` alone, else None.
