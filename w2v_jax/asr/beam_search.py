@@ -168,7 +168,7 @@ class BeamSearchDecoder:
         num_tokens = len(vocabulary)
         criterion = fl_decoder.CriterionType.CTC
         beam_size_token = options.beam_size_token or num_tokens
-        if self.lexicon_free:
+        if lexicon is None:  # lexicon-free
             if options.word_score != 0:
                 raise ValueError("word_score needs a lexicon: flashlight's lexicon-free decoder has no word score")
             language_model = fl_decoder.ZeroLM() if lm is None else _load_kenlm(lm, vocabulary.tokens)

@@ -15,7 +15,7 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TextIO, cast
 
 import jax
 import numpy as np
@@ -33,7 +33,7 @@ from w2v_jax.asr.transcription import (
 )
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
-from w2v_jax.data.labels import letters_to_words, read_label_tokens
+from w2v_jax.data.labels import LabelKind, letters_to_words, read_label_tokens
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
@@ -67,11 +67,11 @@ def recording_logits(
         batches = padded_batches(
             forward, [waveforms[i] for i in short], batch_size=batch_size, num_frames=model.num_frames
         )
-        for rows, logits, lengths in batches:
-            logits, lengths = np.asarray(logits), np.asarray(lengths)
+        for rows, batch_logits, lengths in batches:
+            host_logits = np.asarray(batch_logits)
             for slot, row in enumerate(rows):
-                results[short[int(row)]] = logits[slot, : lengths[slot]]
-    return results
+                results[short[int(row)]] = host_logits[slot, : lengths[slot]]
+    return cast(list[np.ndarray], results)  # every recording, long or short
 
 
 def _round_up(n: int, quantum: int) -> int:
@@ -179,7 +179,7 @@ def transcribe_files_with_timestamps(
 def align_manifest(
     checkpoint: str | os.PathLike,
     manifest_path: str | os.PathLike,
-    kind: str,
+    kind: LabelKind,
     level: str,
     *,
     step: int | None = None,
