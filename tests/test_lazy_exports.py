@@ -2,13 +2,16 @@
 defines; a lazy block binds nothing, resolves a name when it is read, and refuses what it can't make lazy.
 (That importing a room runs none of its lazy names: tests/test_imports.py.)"""
 
+import builtins
 import importlib
+import json
 import textwrap
 
 import pytest
 
 from tests.support.import_graph import package_modules, read_imports
 from w2v_jax.data import manifest
+from w2v_jax.lazy_exports import lazy_exports
 
 ROOMS = sorted(name for name, path in package_modules().items() if path.name == "__init__.py")
 
@@ -97,3 +100,12 @@ def test_one_lazy_block_per_module():
                 from json import loads
             """
         )
+
+
+def test_an_import_inside_a_block_may_name_the_builtins_parameters():
+    # Another module (or thread) importing while a block runs passes through the block's hook, by
+    # the builtin's parameter names too.
+    namespace = {"__name__": "a_room"}
+    with lazy_exports(namespace):
+        module = builtins.__import__("json", globals={}, locals=None, fromlist=(), level=0)
+    assert module is json

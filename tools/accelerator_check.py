@@ -62,6 +62,7 @@ from w2v_jax import context_network
 from w2v_jax.cli.launching import launch
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_configs
+from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.layers import dropout
 from w2v_jax.model import Wav2Vec2Model
 from w2v_jax.research import benchmark
@@ -230,7 +231,7 @@ def tiny_forward(device: jax.Device) -> dict[str, Any]:
     """The tiny encoder's output on `device` and on the CPU (same weights, float32): the largest gap."""
     model = Wav2Vec2Model(Wav2Vec2Config.preset("tiny"), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    waveforms = np.random.default_rng(0).standard_normal((2, 16_000)).astype(np.float32)
+    waveforms = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE)).astype(np.float32)
 
     def forward(state: nnx.State, waveforms: jax.Array) -> jax.Array:
         return nnx.merge(graphdef, state)(waveforms).last_hidden_state
@@ -429,7 +430,7 @@ def pretraining_step(settings: CheckSettings, workdir: pathlib.Path) -> Step:
     eval_every = steps = settings.pretrain_steps
     if settings.dry_run:  # no validation: one compile fewer
         variant, steps, batch, eval_every = "tiny", 2, 2, 1_000
-        extra = ["--config.data.max_sample_size=16000"]
+        extra = [f"--config.data.max_sample_size={SAMPLE_RATE}"]
     else:
         variant, batch = "small", settings.pretrain_batch
         # The small model trains fast enough to leave chance in a few hundred updates as LARGE and

@@ -33,6 +33,7 @@ from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR, CONFIG_FILE
 from w2v_jax.cli import launch
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.training import optim, train_step
 
 # One measured process: argv [workdir, "load" | "baseline"]; prints the package's folder and the
@@ -86,6 +87,7 @@ def write_workdir(workdir: pathlib.Path, variant: str) -> None:
     _, state, _ = train_step.create_train_state(
         Wav2Vec2Config.from_run_config(config),
         optim.optimizer_from_train_config(config.train),
+        model_class=Wav2Vec2ForPreTraining,
         seed=0,
         mesh=sharding.make_mesh(devices=jax.devices()[:1]),
     )

@@ -23,12 +23,16 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 # The Transformer activations the context network knows (transformers' ACT2FN names).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
 # How the context network computes attention (`context_network.SelfAttention` says what each does).
-ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
+AttentionImplementation = Literal["auto", "explicit", "xla", "cudnn"]
+ATTENTION_IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = get_args(AttentionImplementation)
+# The feature encoder's normalisation and the CTC loss's reduction over the batch.
+FeatExtractNorm = Literal["group", "layer"]
+CTCLossReduction = Literal["sum", "mean"]
 # The config's dropout probabilities (LayerDrop, `layerdrop`, is a probability of its own kind).
 DROPOUT_FIELDS = (
     "hidden_dropout",
@@ -88,7 +92,7 @@ class Wav2Vec2Config:
     conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
     conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
     conv_bias: bool = False
-    feat_extract_norm: str = "group"
+    feat_extract_norm: FeatExtractNorm = "group"
     feat_extract_activation: str = "gelu"
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -123,9 +127,9 @@ class Wav2Vec2Config:
     feature_grad_mult: float = 0.1
     vocab_size: int = 32
     pad_token_id: int = 0
-    ctc_loss_reduction: str = "sum"
+    ctc_loss_reduction: CTCLossReduction = "sum"
     ctc_zero_infinity: bool = False
-    attention_implementation: str = "auto"
+    attention_implementation: AttentionImplementation = "auto"
 
     # Overrides of the defaults above (BASE) per preset.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from w2v_jax import layers as layers_lib
-from w2v_jax.config import ATTENTION_IMPLEMENTATIONS, Wav2Vec2Config
+from w2v_jax.config import ATTENTION_IMPLEMENTATIONS, AttentionImplementation, Wav2Vec2Config
 from w2v_jax.layers import (
     ACTIVATION_FNS,
     INITIALIZER_RANGE,
@@ -41,6 +42,7 @@ from w2v_jax.layers import (
     rematerialised,
 )
 
+fused_attention_stablehlo: types.ModuleType | None
 try:  # JAX's private cuDNN attention, the one with dropout; private APIs may move between releases.
     from jax._src.cudnn import fused_attention_stablehlo
 except ImportError:
@@ -239,7 +241,7 @@ class SelfAttention(nnx.Module):
         num_heads: int,
         *,
         dropout_rate: float = 0.0,
-        implementation: str = "auto",
+        implementation: AttentionImplementation = "auto",
         dropout_seed: int = 0,
         dtype: jnp.dtype | None = None,
         rngs: nnx.Rngs,
@@ -448,7 +450,11 @@ class ContextNetwork(nnx.Module):
             if self.remat:
                 # Functional form: the layer's parameters are an explicit input of the recomputation.
                 graphdef, params = nnx.split(layer)
-                x = rematerialised(lambda p, h, i=index: run_layer(nnx.merge(graphdef, p), h, i))(params, x)
+
+                def remat_layer(p: nnx.State, h: jax.Array, i: int = index) -> jax.Array:
+                    return run_layer(nnx.merge(graphdef, p), h, i)
+
+                x = rematerialised(remat_layer)(params, x)
             else:
                 x = run_layer(layer, x, index)
             hidden_states.append(x)

@@ -51,9 +51,9 @@ def contrastive_loss_from_scratch(
     for negative in np.asarray(negatives):
         same = np.array_equal(negative, target)
         logits.append(-np.inf if same else cosine_similarity_from_scratch(context, negative) / temperature)
-    logits = np.array(logits)
-    top = logits.max()
-    return float(-(logits[0] - top - np.log(np.sum(np.exp(logits - top)))))
+    scores = np.array(logits)
+    top = scores.max()
+    return float(-(scores[0] - top - np.log(np.sum(np.exp(scores - top)))))
 
 
 def sample_negative_indices_from_scratch(mask: np.ndarray, num_negatives: int, rng: np.random.Generator) -> np.ndarray:

@@ -17,7 +17,7 @@ This module holds two versions, as the seed notebook does:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,8 @@ import scipy.special
 from flax import nnx
 
 NormMode = Literal["group", "layer", "none"]
+# Sample or frame counts: a Python int, or NumPy or JAX integer arrays (elementwise).
+Lengths = TypeVar("Lengths", int, np.ndarray, jax.Array)
 
 # torch's GroupNorm and LayerNorm default, which the reference checkpoints were trained with.
 NORM_EPS = 1e-5
@@ -186,6 +188,7 @@ class ConvBlock(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+        self.norm: nnx.GroupNorm | nnx.LayerNorm | None
         if norm == "group":
             # One group per channel: normalises each channel over time (and over padding too).
             self.norm = nnx.GroupNorm(out_features, num_groups=out_features, epsilon=NORM_EPS, dtype=dtype, rngs=rngs)
@@ -261,7 +264,9 @@ class FeatureEncoder(nnx.Module):
         blocks = []
         in_features = 1
         for i, (out_features, kernel, stride) in enumerate(zip(conv_dim, conv_kernel, conv_stride)):
-            layer_norm = "layer" if norm == "layer" else ("group" if norm == "group" and i == 0 else None)
+            layer_norm: Literal["group", "layer"] | None = (
+                "layer" if norm == "layer" else ("group" if norm == "group" and i == 0 else None)
+            )
             blocks.append(
                 ConvBlock(
                     in_features,
@@ -287,7 +292,7 @@ class FeatureEncoder(nnx.Module):
         """Samples seen by one output frame (400 for wav2vec 2.0: 25 ms at 16 kHz)."""
         return receptive_field(self.layer_configs)
 
-    def compute_output_length(self, num_samples: int | jax.Array | np.ndarray) -> int | jax.Array | np.ndarray:
+    def compute_output_length(self, num_samples: Lengths) -> Lengths:
         """Frames produced from `num_samples` samples: the valid-conv formula applied per layer.
 
         Works on Python ints (returns an int, 0 when the input is shorter than the receptive field),
@@ -343,7 +348,9 @@ class FeatureEncoder(nnx.Module):
             if block.conv.bias is not None:
                 layer["bias"] = np.asarray(block.conv.bias[...])
             if block.norm is not None:
-                layer["norm_scale"] = np.asarray(block.norm.scale[...])
-                layer["norm_bias"] = np.asarray(block.norm.bias[...])
+                scale, bias = block.norm.scale, block.norm.bias
+                assert scale is not None and bias is not None  # the norms are built with both
+                layer["norm_scale"] = np.asarray(scale[...])
+                layer["norm_bias"] = np.asarray(bias[...])
             weights.append(layer)
         return weights

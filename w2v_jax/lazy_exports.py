@@ -28,7 +28,8 @@ import builtins
 import contextlib
 import importlib
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -39,16 +40,14 @@ class _Export(NamedTuple):
     name: str
 
 
-class _Recorder:
-    """What `from MODULE import ...` gets inside a lazy block: each name read from it is an `_Export`."""
-
-    def __init__(self, module: str) -> None:
-        self._module = module
+class _Recorder(types.ModuleType):
+    """The stand-in module `from MODULE import ...` gets inside a lazy block: each name read from it
+    is an `_Export`."""
 
     def __getattr__(self, name: str) -> _Export:
         if name.startswith("__"):
             raise AttributeError(name)
-        return _Export(self._module, name)
+        return _Export(self.__name__, name)
 
 
 # Held while a block swaps `builtins.__import__`: two rooms imported by two threads at once swap it in turn.
@@ -73,14 +72,15 @@ def lazy_exports(namespace: dict[str, Any]) -> Iterator[None]:
 
         def record(
             name: str,
-            importer: dict[str, Any] | None = None,
-            local_names: dict[str, Any] | None = None,
-            fromlist: tuple[str, ...] | None = (),
+            globals: Mapping[str, object] | None = None,
+            locals: Mapping[str, object] | None = None,
+            fromlist: Sequence[str] | None = (),
             level: int = 0,
-        ) -> Any:
-            """`builtins.__import__` while the block runs (`importer`: the importing module's globals)."""
-            if importer is not namespace:
-                return original(name, importer, local_names, fromlist, level)
+        ) -> types.ModuleType:
+            """`builtins.__import__` while the block runs, its parameters named as the builtin's (callers
+            may pass them by name); `globals` is the importing module's."""
+            if globals is not namespace:
+                return original(name, globals, locals, fromlist, level)
             if level or not fromlist or "*" in fromlist:
                 statement = f"from {'.' * level}{name} import {', '.join(fromlist)}" if fromlist else f"import {name}"
                 raise ImportError(f"{room}: a lazy export is `from package.module import name`, not `{statement}`")

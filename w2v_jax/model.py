@@ -46,8 +46,9 @@ batches, no compile per length (`w2v_jax.representations`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypedDict
 
 import flax.struct
 import jax
@@ -67,7 +68,7 @@ from w2v_jax.contrastive_loss import (
     same_codewords,
 )
 from w2v_jax.ctc import ctc_utterance_losses, reduce_ctc_losses
-from w2v_jax.feature_encoder import FeatureEncoder
+from w2v_jax.feature_encoder import FeatureEncoder, Lengths
 from w2v_jax.layers import dropout, layer_norm, linear, named_key, rematerialised, scale_gradient
 from w2v_jax.masking import check_mask_arguments, padding_mask_from_lengths
 from w2v_jax.quantization import CodebookUsage, GumbelVectorQuantizer
@@ -154,7 +155,7 @@ class Wav2Vec2PreTrainingOutput:
 
         To average over several batches, add up `num_correct` and `num_masked` and divide once.
         """
-        if self.num_correct is None:
+        if self.num_correct is None or self.num_masked is None:
             return None
         return self.num_correct.astype(jnp.float32) / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
 
@@ -162,7 +163,7 @@ class Wav2Vec2PreTrainingOutput:
     def chance_accuracy(self) -> jax.Array | None:
         """float32 scalar, chance_correct / max(num_masked, 1): the accuracy of a uniform guess among
         the distractors that count (None without distractors). Over several batches, divide sums."""
-        if self.chance_correct is None:
+        if self.chance_correct is None or self.num_masked is None:
             return None
         return self.chance_correct / jnp.maximum(self.num_masked, 1).astype(jnp.float32)
 
@@ -232,7 +233,7 @@ class Wav2Vec2Model(nnx.Module):
         self.masked_spec_embed = nnx.Param(jax.random.uniform(rngs.params(), (config.hidden_size,), jnp.float32))
         self.encoder = ContextNetwork(config, dtype=dtype, remat=remat, rngs=rngs)
 
-    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+    def num_frames(self, num_samples: Lengths) -> Lengths:
         """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
         return self.feature_extractor.compute_output_length(num_samples)
 
@@ -319,6 +320,7 @@ class Wav2Vec2Model(nnx.Module):
         if mask_time_indices is not None:
             mask = _without_padding(mask_time_indices, padding_mask)
         elif not deterministic and config.mask_time_prob > 0.0:
+            assert key is not None  # check_inputs requires one in training mode
             mask = sample_time_mask(key, config, input_values.shape[0], time, self.frame_lengths(attention_mask))
         else:
             mask = None
@@ -384,6 +386,7 @@ class Wav2Vec2Model(nnx.Module):
         if mask is not None:
             hidden = jnp.where(mask[:, :, None], self.masked_spec_embed[...].astype(hidden.dtype), hidden)
         if feature_mask is None and not deterministic and config.mask_feature_prob > 0.0:
+            assert key is not None  # check_inputs requires one in training mode
             feature_mask = sample_feature_mask(key, config, hidden.shape[0])
         if feature_mask is not None:
             hidden = jnp.where(feature_mask[:, None, :], jnp.zeros((), hidden.dtype), hidden)
@@ -394,7 +397,7 @@ class Wav2Vec2Model(nnx.Module):
             key=subkey("encoder"),
             output_hidden_states=output_hidden_states,
         )
-        context, hidden_states = encoded if output_hidden_states else (encoded, None)
+        context, hidden_states = encoded if isinstance(encoded, tuple) else (encoded, None)
         return Wav2Vec2BaseModelOutput(
             last_hidden_state=context,
             extract_features=normed,
@@ -461,7 +464,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         self.project_hid = linear(config.hidden_size, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
         self.project_q = linear(config.codevector_dim, config.proj_codevector_dim, dtype=dtype, rngs=rngs)
 
-    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+    def num_frames(self, num_samples: Lengths) -> Lengths:
         """Frames the feature encoder makes of `num_samples` samples (also elementwise on arrays)."""
         return self.wav2vec2.num_frames(num_samples)
 
@@ -533,11 +536,11 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         """
         if not _is_concrete(mask) or (attention_mask is not None and not _is_concrete(attention_mask)):
             return
-        mask = np.asarray(mask, bool)
+        host_mask = np.asarray(mask, bool)
         if attention_mask is not None:
             lengths = self.num_frames(np.asarray(attention_mask).astype(np.int64).sum(-1))
-            mask = mask & (np.arange(mask.shape[1])[None, :] < lengths[:, None])
-        counts = mask.sum(axis=1)
+            host_mask = host_mask & (np.arange(host_mask.shape[1])[None, :] < lengths[:, None])
+        counts = host_mask.sum(axis=1)
         counts = counts[counts > 0]
         if counts.size and counts.min() <= self.config.num_negatives:
             raise ValueError(
@@ -636,6 +639,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
 
         if negative_indices is None:
             return output
+        assert mask is not None  # `_check_inputs`: distractors come with a mask (given or drawn)
         losses = pretraining_losses(
             config,
             projected_states,
@@ -645,7 +649,7 @@ class Wav2Vec2ForPreTraining(nnx.Module):
             jnp.asarray(negative_indices, jnp.int32),
             base.mean_squared_features,
         )
-        return output.replace(**losses)
+        return dataclasses.replace(output, **losses)
 
     def _masks(
         self,
@@ -674,6 +678,18 @@ class Wav2Vec2ForPreTraining(nnx.Module):
         return mask, negative_indices
 
 
+class PretrainingLosses(TypedDict):
+    """The pretraining objective's fields of `Wav2Vec2PreTrainingOutput` (`pretraining_losses`)."""
+
+    loss: jax.Array
+    contrastive_loss: jax.Array
+    diversity_loss: jax.Array
+    feature_penalty: jax.Array
+    num_correct: jax.Array
+    num_masked: jax.Array
+    chance_correct: jax.Array
+
+
 def pretraining_losses(
     config: Wav2Vec2Config,
     projected_states: jax.Array,
@@ -682,7 +698,7 @@ def pretraining_losses(
     mask: jax.Array,
     negative_indices: jax.Array,
     mean_squared_features: jax.Array,
-) -> dict[str, jax.Array]:
+) -> PretrainingLosses:
     """The pretraining objective's fields of `Wav2Vec2PreTrainingOutput` (see the module docstring).
 
     Args:
@@ -777,7 +793,7 @@ class Wav2Vec2ForCTC(nnx.Module):
         self.wav2vec2 = Wav2Vec2Model(config, dtype=dtype, remat=remat, rngs=rngs)
         self.lm_head = linear(config.hidden_size, config.vocab_size, stddev=0.02, dtype=dtype, rngs=rngs)
 
-    def num_frames(self, num_samples: int | np.ndarray | jax.Array) -> int | np.ndarray | jax.Array:
+    def num_frames(self, num_samples: Lengths) -> Lengths:
         """Frames (= logits) the model makes of `num_samples` samples (also elementwise on arrays)."""
         return self.wav2vec2.num_frames(num_samples)
 
@@ -828,6 +844,7 @@ class Wav2Vec2ForCTC(nnx.Module):
         )
         logits = self.lm_head(hidden)
         batch, time = logits.shape[:2]
+        lengths: jax.Array | None
         if input_lengths is not None:
             lengths = self.num_frames(jnp.asarray(input_lengths, jnp.int32))
         else:
@@ -846,7 +863,8 @@ class Wav2Vec2ForCTC(nnx.Module):
         losses, target_lengths = ctc_utterance_losses(
             logits, lengths, labels, blank_id=config.pad_token_id, zero_infinity=config.ctc_zero_infinity
         )
-        return output.replace(
+        return dataclasses.replace(
+            output,
             loss=reduce_ctc_losses(losses, target_lengths, config.ctc_loss_reduction),
             utterance_losses=losses,
             num_label_tokens=jnp.sum(target_lengths, dtype=jnp.int32),

@@ -13,7 +13,7 @@ so it can be a function of the step inside a jitted train step.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -101,8 +101,12 @@ def gumbel_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return -jnp.log(-jnp.log(uniform))
 
 
+@overload
+def gumbel_temperature(step: int | float, start: float = ..., end: float = ..., decay: float = ...) -> float: ...
+@overload
+def gumbel_temperature(step: jax.Array, start: float = ..., end: float = ..., decay: float = ...) -> jax.Array: ...
 def gumbel_temperature(
-    step: int | jax.Array, start: float = 2.0, end: float = 0.5, decay: float = 0.999995
+    step: int | float | jax.Array, start: float = 2.0, end: float = 0.5, decay: float = 0.999995
 ) -> float | jax.Array:
     """fairseq's annealing schedule: `max(start * decay**step, end)`.
 
@@ -251,6 +255,7 @@ class GumbelVectorQuantizer(nnx.Module):
             codeword_probs = jax.nn.one_hot(indices, self.num_vars, dtype=jnp.float32)
             usage_probs = codeword_probs
         else:
+            assert key is not None  # checked above
             soft = jax.nn.softmax((logits + gumbel_noise(key, logits.shape)) / temperature, axis=-1)
             indices = jnp.argmax(soft, axis=-1)
             hard = jax.nn.one_hot(indices, self.num_vars, dtype=jnp.float32)

@@ -9,7 +9,7 @@ from flax import nnx
 from tests.support.ctc import LAYER_CONFIG, ctc_batch
 from w2v_jax import sharding
 from w2v_jax.asr.objective import CTCObjective
-from w2v_jax.model import Wav2Vec2ForCTC
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.training import optim, train_step
 
 
@@ -88,3 +88,9 @@ def test_step_loss_is_the_sum_of_ctc_losses_over_utterances(ctc_training):
     assert float(metrics["num_frames"]) == lengths.sum()
     assert float(metrics["num_blank_frames"]) == sum(int(np.sum(a == blank_id)) for a in argmax)
     np.testing.assert_allclose(float(metrics["blank_fraction"]), metrics["num_blank_frames"] / lengths.sum(), rtol=1e-6)
+
+
+def test_the_objective_refuses_a_model_without_a_ctc_head():
+    model = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(LAYER_CONFIG))
+    with pytest.raises(TypeError, match="CTCObjective trains a Wav2Vec2ForCTC, got a Wav2Vec2ForPreTraining"):
+        CTCObjective().loss(model, {}, jax.random.key(0), jnp.zeros((), jnp.int32))

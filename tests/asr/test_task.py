@@ -125,3 +125,8 @@ def test_the_blank_fraction_is_logged_as_a_ratio_of_window_sums():
     assert record["blank_fraction"] == pytest.approx(19 / 110)  # not the mean of 0.9 and 0.1
     assert record["num_frames"] == 117 and record["num_blank_frames"] == 26  # skipped steps counted
     assert record["loss"] == pytest.approx(2.0) and record["nonfinite_total"] == 1
+
+
+def test_the_task_needs_prepare_before_its_model_config():
+    with pytest.raises(RuntimeError, match="FineTuningTask.prepare has not run"):
+        FineTuningTask().model_config(finetune_configs.get_config("base_10m"))

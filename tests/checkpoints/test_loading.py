@@ -54,6 +54,7 @@ def pretraining_workdir(tmp_path_factory):
     _, state, _ = train_step.create_train_state(
         Wav2Vec2Config.from_run_config(config),
         optim.optimizer_from_train_config(config.train),
+        model_class=Wav2Vec2ForPreTraining,
         seed=0,
         mesh=sharding.make_mesh(data=2, fsdp=4),
         param_sharding="fsdp",

@@ -15,6 +15,7 @@ from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import CORPUS_DIR, load_audio
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.task import pretraining_hyperparams
 from w2v_jax.training import metrics, train_step
 
@@ -42,7 +43,9 @@ def test_training_configuration_fits_a_fixed_batch(variant, loss_ratio, margin):
         config.train.learning_rate = 5e-3
     optimizer, hparams = pretraining_hyperparams(config.train)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    graphdef, state, shardings = train_step.create_train_state(model_config, optimizer, seed=0, mesh=mesh)
+    graphdef, state, shardings = train_step.create_train_state(
+        model_config, optimizer, model_class=Wav2Vec2ForPreTraining, seed=0, mesh=mesh
+    )
     step = train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)
     batch = _fixed_batch()
 

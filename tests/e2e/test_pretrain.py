@@ -31,6 +31,7 @@ from w2v_jax.cli import convert_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import audio
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.training import metrics, optim, train_step
 
 NUM_STEPS = 6
@@ -134,7 +135,9 @@ def test_every_variant_resolves_to_a_valid_model_and_schedule(variant, millions)
         t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end, t.lr_power
     )
     assert float(schedule(t.warmup_steps)) == pytest.approx(t.learning_rate, rel=1e-6)
-    _, abstract, _ = train_step.abstract_train_state(model_config, optim.make_optimizer(), mesh=sharding.make_mesh())
+    _, abstract, _ = train_step.abstract_train_state(
+        model_config, optim.make_optimizer(), model_class=Wav2Vec2ForPreTraining, mesh=sharding.make_mesh()
+    )
     num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     if millions is not None:
         assert num_params / 1e6 == pytest.approx(millions, rel=0.005)

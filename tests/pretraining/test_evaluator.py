@@ -81,7 +81,9 @@ def test_evaluator_matches_the_model_run_batch_by_batch():
     )
     mesh = sharding.make_mesh(-1, 1)
     optimizer, _ = pretraining_hyperparams(pretrain_config.get_config("tiny").train)
-    graphdef, state, shardings = train_step.create_train_state(TINY, optimizer, seed=3, mesh=mesh)
+    graphdef, state, shardings = train_step.create_train_state(
+        TINY, optimizer, model_class=Wav2Vec2ForPreTraining, seed=3, mesh=mesh
+    )
     evaluator = PretrainingEvaluator(graphdef, batches, mesh, shardings.params, shardings.model_state)
     got = evaluator(state, 0)
 

@@ -9,10 +9,13 @@ import pytest
 from flax import nnx
 
 from tests.support.corpus import make_corpus
+from tests.support.ctc import CONFIG as CTC_CONFIG
+from tests.support.ctc import VOCABULARY
+from w2v_jax.checkpoints.folder import save_checkpoint
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.utterances import Utterance, load_utterances
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.research import plotting, probes
 
 
@@ -225,3 +228,9 @@ def test_evaluate_reports_every_layer_beside_random_init_and_log_mel(model, tmp_
     assert metrics.num_masked > 0
     plotting.plot_phone_probe(report, tmp_path / "probe.png")
     assert (tmp_path / "probe.png").stat().st_size > 10_000
+
+
+def test_evaluating_a_checkpoint_refuses_a_fine_tuned_model(tmp_path):
+    save_checkpoint(CTC_CONFIG, Wav2Vec2ForCTC(CTC_CONFIG, rngs=nnx.Rngs(0)), tmp_path / "ctc", vocabulary=VOCABULARY)
+    with pytest.raises(ValueError, match="holds a Wav2Vec2ForCTC: the validation objective and the codebook need"):
+        probes.evaluate_pretrained_checkpoint(tmp_path / "ctc", output=tmp_path / "eval")

@@ -13,6 +13,7 @@ from flax import nnx
 from w2v_jax import sharding
 from w2v_jax.checkpoints.run_layout import CONFIG_FILE
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.training import optim, train_step
 
 
@@ -42,6 +43,7 @@ def whole_state_target(workdir: pathlib.Path):
     _, state, shardings = train_step.abstract_train_state(
         Wav2Vec2Config.from_run_config(config),
         optim.optimizer_from_train_config(config.train),
+        model_class=Wav2Vec2ForPreTraining,
         mesh=sharding.make_mesh(devices=jax.devices()[:1]),
     )
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)

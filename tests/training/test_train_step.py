@@ -15,6 +15,7 @@ from flax import nnx
 
 from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.objective import PretrainingObjective
 from w2v_jax.quantization import gumbel_temperature
 from w2v_jax.training import optim, train_step
@@ -51,7 +52,9 @@ class Setup:
 def make_setup(num_devices: int, hparams: train_step.StepHyperparams = HPARAMS, fsdp: int = 1, **state_kwargs) -> Setup:
     mesh = sharding.make_mesh(fsdp=fsdp, devices=jax.devices()[:num_devices])
     optimizer = optim.make_optimizer()
-    graphdef, state, shardings = train_step.create_train_state(CONFIG, optimizer, seed=0, mesh=mesh, **state_kwargs)
+    graphdef, state, shardings = train_step.create_train_state(
+        CONFIG, optimizer, model_class=Wav2Vec2ForPreTraining, seed=0, mesh=mesh, **state_kwargs
+    )
     return Setup(mesh, graphdef, shardings, train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings), state)
 
 
@@ -254,7 +257,7 @@ def test_gradient_accumulation_matches_a_loop_over_micro_batches(setup1):
 def test_bfloat16_compute_keeps_float32_master_weights(setup1):
     optimizer = optim.make_optimizer()
     graphdef, abstract, shardings = train_step.abstract_train_state(
-        CONFIG, optimizer, mesh=setup1.mesh, dtype=jnp.bfloat16
+        CONFIG, optimizer, model_class=Wav2Vec2ForPreTraining, mesh=setup1.mesh, dtype=jnp.bfloat16
     )
     # Same parameters as the float32 model: only the computation dtype (in the graphdef) differs.
     assert jax.tree.structure(abstract) == jax.tree.structure(setup1.initial_state)

@@ -22,7 +22,7 @@ from w2v_jax.checkpoints import checkpointer, load_model
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.configs import pretrain as pretrain_config
 from w2v_jax.data import default_manifest, make_train_iterator, write_manifest
-from w2v_jax.model import Wav2Vec2Model
+from w2v_jax.model import Wav2Vec2ForPreTraining, Wav2Vec2Model
 from w2v_jax.pretraining import task as pretraining_task
 from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
 from w2v_jax.training import health, metrics, optim, train_step, trainer
@@ -145,7 +145,13 @@ def test_checkpoint_round_trip_after_real_updates(tmp_path):
     optimizer, hparams = pretraining_hyperparams(config.train)
     mesh = sharding.make_mesh(data=2, fsdp=4)
     graphdef, state, shardings = train_step.create_train_state(
-        model_config, optimizer, seed=0, mesh=mesh, param_sharding="fsdp", min_fsdp_size=64
+        model_config,
+        optimizer,
+        model_class=Wav2Vec2ForPreTraining,
+        seed=0,
+        mesh=mesh,
+        param_sharding="fsdp",
+        min_fsdp_size=64,
     )
     initial = checkpointer.abstract_like(state)
     step = train_step.TrainStep(graphdef, optimizer, hparams, mesh, shardings)

@@ -85,9 +85,9 @@ def _forced_align(log_probs, input_lengths, targets, target_lengths, blank):
 
 def forced_align(
     log_probs: jax.Array | np.ndarray,
-    input_lengths: jax.Array | np.ndarray,
+    input_lengths: jax.Array | np.ndarray | Sequence[int],
     targets: jax.Array | np.ndarray,
-    target_lengths: jax.Array | np.ndarray,
+    target_lengths: jax.Array | np.ndarray | Sequence[int],
     blank: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """The Viterbi CTC path of each transcript, batched (module docstring).
@@ -216,7 +216,8 @@ def token_segments(path: np.ndarray, scores: np.ndarray, vocabulary: Vocabulary,
 def word_segments(letters: Sequence[Segment], delimiter: str) -> list[Segment]:
     """Letters grouped into words at `delimiter` (`|`): first letter's start, last letter's end,
     the score the mean of the letters' weighted by their frames."""
-    words, current = [], []
+    words: list[Segment] = []
+    current: list[Segment] = []
     for segment in [*letters, None]:
         if segment is None or segment.token == delimiter:
             if current:

@@ -89,5 +89,5 @@ class GreedyDecoder:
 
 def decode_batch(decoder: CTCDecoder, logits: jax.Array, logit_lengths: jax.Array) -> list[str]:
     """The texts of a batch (`logits [batch, time, vocab]`, `logit_lengths [batch]`), one utterance at a time."""
-    logits, logit_lengths = np.asarray(logits, np.float32), np.asarray(logit_lengths)
-    return [decoder.decode(row, int(n)).text for row, n in zip(logits, logit_lengths)]
+    rows, lengths = np.asarray(logits, np.float32), np.asarray(logit_lengths)
+    return [decoder.decode(row, int(n)).text for row, n in zip(rows, lengths)]

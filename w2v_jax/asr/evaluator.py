@@ -12,6 +12,7 @@ and `sweep_lm_weights` searches the LM weight and word score of beam search on i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -19,7 +20,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -40,7 +41,7 @@ from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, BEST_RECORD_FILE
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import audio
-from w2v_jax.data.labels import LabelSet
+from w2v_jax.data.labels import LabelKind, LabelSet
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
@@ -100,7 +101,7 @@ class CTCEvaluator:
         waveforms: Sequence[np.ndarray],
         references: Sequence[str],
         vocabulary: Vocabulary,
-        kind: str,
+        kind: LabelKind,
         *,
         batch_size: int,
         workdir: pathlib.Path | None,
@@ -141,26 +142,24 @@ class CTCEvaluator:
             separator=SEPARATORS[self._kind],
         )
         values = error_rate_metrics(self._references, hypotheses, self._kind)
-        if self._write:
-            self._keep_best(state, step, values, hypotheses)
+        if self._write and self._workdir is not None:
+            self._keep_best(self._workdir, state, step, values, hypotheses)
         return values
 
-    def _keep_best(self, state: Any, step: int, values: dict[str, float], hypotheses: list[str]) -> None:
-        path = self._workdir / BEST_RECORD_FILE
-        stored = read_best_record(self._workdir) or {"history": []}
+    def _keep_best(
+        self, workdir: pathlib.Path, state: Any, step: int, values: dict[str, float], hypotheses: list[str]
+    ) -> None:
+        path = workdir / BEST_RECORD_FILE
+        stored = read_best_record(workdir) or {"history": []}
         # Evaluations after this step belong to an interrupted run that this one replays.
         history = [h for h in stored["history"] if h["step"] < step] + [{"step": step, **values}]
         best = min(history, key=lambda h: (h[self._best_metric], h["step"]))
         if best["step"] == step:
             model = nnx.merge(self._graphdef, jax.device_get(state.params), jax.device_get(state.model_state))
             save_checkpoint(
-                self._config,
-                model,
-                self._workdir / BEST_MODEL_DIR,
-                vocabulary=self._vocabulary,
-                do_normalize=self._normalize,
+                self._config, model, workdir / BEST_MODEL_DIR, vocabulary=self._vocabulary, do_normalize=self._normalize
             )
-            (self._workdir / BEST_MODEL_DIR / "transcripts.txt").write_text(
+            (workdir / BEST_MODEL_DIR / "transcripts.txt").write_text(
                 "".join(f"{h}\n" for h in hypotheses), encoding="utf-8"
             )
             logger.info(
@@ -168,7 +167,7 @@ class CTCEvaluator:
                 self._best_metric,
                 values[self._best_metric],
                 step,
-                self._workdir / BEST_MODEL_DIR,
+                workdir / BEST_MODEL_DIR,
             )
         record = {
             "step": best["step"],
@@ -182,7 +181,7 @@ class CTCEvaluator:
 def evaluate_finetuned_checkpoint(
     checkpoint: str | os.PathLike,
     manifest: str | os.PathLike,
-    kind: str = "ltr",
+    kind: LabelKind = "ltr",
     *,
     step: int | None = None,
     batch_size: int = 8,
@@ -220,7 +219,7 @@ def evaluate_decoders(
     checkpoint: str | os.PathLike,
     manifest: str | os.PathLike,
     decoders: Mapping[str, DecoderFactory],
-    kind: str = "ltr",
+    kind: LabelKind = "ltr",
     *,
     step: int | None = None,
     batch_size: int = 8,
@@ -240,10 +239,19 @@ def evaluate_decoders(
     waveforms, references = load_labelled_waveforms(str(manifest), labels, normalize=normalize)
     forward = model_forward(model)
     logits: list[np.ndarray | None] = [None] * len(waveforms)
-    batching = dict(batch_size=batch_size, num_frames=model.num_frames, separator=SEPARATORS[kind])
-    transcribe_waveforms(forward, waveforms, vocabulary, model.config, **batching)  # compiles
+    transcribe = functools.partial(
+        transcribe_waveforms,
+        forward,
+        waveforms,
+        vocabulary,
+        model.config,
+        batch_size=batch_size,
+        num_frames=model.num_frames,
+        separator=SEPARATORS[kind],
+    )
+    transcribe()  # compiles
     start = time.perf_counter()
-    transcribe_waveforms(forward, waveforms, vocabulary, model.config, **batching, logits_out=logits)
+    transcribe(logits_out=logits)
     forward_seconds = time.perf_counter() - start
     audio_seconds = sum(len(w) for w in waveforms) / audio.SAMPLE_RATE
     record: dict[str, Any] = {
@@ -256,7 +264,7 @@ def evaluate_decoders(
     for name, factory in decoders.items():
         decoder = factory(vocabulary)
         start = time.perf_counter()
-        hypotheses = [decoder.decode(row).text for row in logits]
+        hypotheses = [decoder.decode(row).text for row in cast(list[np.ndarray], logits)]  # every row filled
         decode_seconds = time.perf_counter() - start
         total = forward_seconds + decode_seconds
         record["decoders"][name] = {
@@ -275,7 +283,7 @@ def sweep_lm_weights(
     decoder: Callable[[Vocabulary, float, float], CTCDecoder],
     lm_weights: Sequence[float],
     word_scores: Sequence[float],
-    kind: str = "ltr",
+    kind: LabelKind = "ltr",
     *,
     step: int | None = None,
     batch_size: int = 8,
@@ -293,9 +301,16 @@ def sweep_lm_weights(
     """
     metric = METRICS[kind][0]
     pairs = list(itertools.product(lm_weights, word_scores))
-    decoders = {"greedy": lambda vocabulary: GreedyDecoder(vocabulary, SEPARATORS[kind]), **(extra_decoders or {})}
+    decoders: dict[str, DecoderFactory] = {
+        "greedy": lambda vocabulary: GreedyDecoder(vocabulary, SEPARATORS[kind]),
+        **(extra_decoders or {}),
+    }
     for alpha, beta in pairs:
-        decoders[f"alpha={alpha:g},beta={beta:g}"] = lambda v, a=alpha, b=beta: decoder(v, a, b)
+
+        def beam_search(v: Vocabulary, a: float = alpha, b: float = beta) -> CTCDecoder:
+            return decoder(v, a, b)
+
+        decoders[f"alpha={alpha:g},beta={beta:g}"] = beam_search
     record = evaluate_decoders(checkpoint, manifest, decoders, kind, step=step, batch_size=batch_size)
     grid = []
     for alpha, beta in pairs:

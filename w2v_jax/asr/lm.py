@@ -241,7 +241,7 @@ def kneser_ney_discounts(counts: Iterable[int]) -> tuple[float, float, float]:
 
 def _raw_counts(sentences: Sequence[Sequence[str]], order: int) -> collections.Counter:
     """Every n-gram of order 1..`order` of the sentences with `<s>` and `</s>` around each, counted."""
-    raw = collections.Counter()
+    raw: collections.Counter[tuple[str, ...]] = collections.Counter()
     for sentence in sentences:
         padded = (BOS, *sentence, EOS)
         for n in range(1, order + 1):
@@ -253,7 +253,7 @@ def _raw_counts(sentences: Sequence[Sequence[str]], order: int) -> collections.C
 def _adjusted_counts(raw: collections.Counter, order: int) -> list[collections.Counter]:
     """Per order, the counts modified Kneser-Ney discounts: raw counts for the highest order and for
     n-grams starting with `<s>`, else the number of distinct words seen before the n-gram."""
-    adjusted = [collections.Counter() for _ in range(order)]
+    adjusted: list[collections.Counter[tuple[str, ...]]] = [collections.Counter() for _ in range(order)]
     for gram, count in raw.items():
         if len(gram) == order or gram[0] == BOS:
             adjusted[len(gram) - 1][gram] += count
@@ -310,9 +310,9 @@ def estimate_kneser_ney(sentences: Sequence[Sequence[str]], order: int, prune: S
                 backoffs[n - 2][history] = weight
         probabilities.append(probs)
     _prune(probabilities, backoffs, raw, prune)
-    ngrams = []
+    ngrams: list[dict[tuple[str, ...], tuple[float, float]]] = []
     for n, probs in enumerate(probabilities):
-        grams = {}
+        grams: dict[tuple[str, ...], tuple[float, float]] = {}
         if n == 0:
             grams[(BOS,)] = (LOG10_ZERO, math.log10(backoffs[0].get((BOS,), 1.0)) if order > 1 else 0.0)
         for gram, prob in sorted(probs.items()):

@@ -15,9 +15,13 @@ uses each utterance's real frame count.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from w2v_jax.model import Wav2Vec2ForCTC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +40,11 @@ class CTCObjective:
     counts: tuple[str, ...] = ("num_utterances", "num_label_tokens", "num_frames", "num_blank_frames")
     normalizer: str = "num_utterances"
 
-    def loss(self, model, micro, key, step):
+    def loss(
+        self, model: nnx.Module, micro: Mapping[str, jax.Array], key: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+        if not isinstance(model, Wav2Vec2ForCTC):  # at trace time
+            raise TypeError(f"CTCObjective trains a Wav2Vec2ForCTC, got a {type(model).__name__}")
         attention_mask = micro["attention_mask"]
         # The model's per-utterance CTC losses; group-norm models get the batch zero-padded without
         # an attention mask, and their real lengths for the loss.
@@ -48,6 +56,7 @@ class CTCObjective:
             deterministic=False,
             key=key,
         )
+        assert out.utterance_losses is not None and out.num_label_tokens is not None  # labels given
         loss = jnp.sum(out.utterance_losses)
         # Real frames whose argmax is the blank: the all-blank plateau's measure (training.health).
         real = jnp.arange(out.logits.shape[1])[None, :] < out.logit_lengths[:, None]
@@ -60,7 +69,7 @@ class CTCObjective:
         }
         return loss, {"loss": loss}, counts
 
-    def frozen_gradients(self, grads, step):
+    def frozen_gradients(self, grads: nnx.State, step: jax.Array) -> nnx.State:
         if self.freeze_finetune_updates <= 0:
             return grads
         frozen = step < self.freeze_finetune_updates
@@ -71,7 +80,9 @@ class CTCObjective:
 
         return jax.tree_util.tree_map_with_path(freeze, grads)
 
-    def metrics(self, sums, counts, accum, step):
+    def metrics(
+        self, sums: dict[str, jax.Array], counts: dict[str, jax.Array], accum: int, step: jax.Array
+    ) -> dict[str, jax.Array]:
         utterances = counts["num_utterances"].astype(jnp.float32)
         tokens = counts["num_label_tokens"].astype(jnp.float32)
         return {

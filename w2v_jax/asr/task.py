@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -36,12 +36,12 @@ from w2v_jax.checkpoints.loading import input_normalization, load_encoder
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, MODEL_CONFIG_FILE
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
-from w2v_jax.data.labels import LabelSet, build_vocabulary
+from w2v_jax.data.labels import LabelKind, LabelSet, build_vocabulary
 from w2v_jax.data.pipeline import TrainIterator, make_train_iterator
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2Model
-from w2v_jax.training import health, metrics, optim
-from w2v_jax.training.train_step import StepHyperparams
+from w2v_jax.training import evaluation, health, metrics, optim
+from w2v_jax.training.train_step import StepHyperparams, TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,22 @@ def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
 
 
 def prepare_vocabulary(
-    workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: str, vocabulary_path: str, init: str
+    workdir: pathlib.Path, train_manifest: str | os.PathLike, kind: LabelKind, vocabulary_path: str, init: str
 ) -> Vocabulary:
     """The run's vocabulary: the workdir's `vocab.json` on a resume; else `vocabulary_path` (a
     vocab.json or a folder with one), else the init checkpoint's (a fine-tuned transformers folder),
     else built from the training labels."""
     if (workdir / VOCAB_FILE).is_file():
-        return load_vocabulary(workdir)
+        resumed = load_vocabulary(workdir)
+        assert resumed is not None  # the file is there
+        return resumed
     if vocabulary_path:
         path = pathlib.Path(vocabulary_path)
         vocabulary = load_vocabulary(path) if path.is_dir() else Vocabulary.load(path)
         if vocabulary is None:
             raise ValueError(f"data.vocabulary={vocabulary_path}: no {VOCAB_FILE} there")
-    elif init and load_vocabulary(init) is not None:
-        vocabulary = load_vocabulary(init)
+    elif init and (from_init := load_vocabulary(init)) is not None:
+        vocabulary = from_init
     else:
         vocabulary = build_vocabulary(train_manifest, kind)
     logger.info("vocabulary: %d tokens (%s)", len(vocabulary), " ".join(vocabulary.tokens[:40]))
@@ -188,7 +190,7 @@ class FineTuningTask:
         # says what its encoder was pretrained on (fairseq's `task.normalize`), which wins.
         self.normalize = True
 
-    def prepare(self, config, workdir, *, primary):
+    def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
         data = config.data
         if data.labels not in METRICS:
             raise ValueError(f"data.labels must be one of {sorted(METRICS)}, got {data.labels!r}")
@@ -225,14 +227,20 @@ class FineTuningTask:
             save_processor_files(self.vocabulary, self._model_config, workdir, do_normalize=self.normalize)
             self._model_config.to_json_file(stored)
 
-    def model_config(self, config):
-        return self._model_config
+    def _settled(self) -> tuple[Wav2Vec2Config, Vocabulary]:
+        """The model config and vocabulary `prepare` settled."""
+        if self._model_config is None or self.vocabulary is None:
+            raise RuntimeError("FineTuningTask.prepare has not run: the training loop calls it first")
+        return self._model_config, self.vocabulary
 
-    def optimizer_and_hyperparams(self, config):
+    def model_config(self, config: ml_collections.ConfigDict) -> Wav2Vec2Config:
+        return self._settled()[0]
+
+    def optimizer_and_hyperparams(self, config: ml_collections.ConfigDict) -> tuple[Any, StepHyperparams]:
         train = config.train
         objective = CTCObjective(
             freeze_finetune_updates=train.freeze_finetune_updates,
-            use_attention_mask=self._model_config.feat_extract_norm == "layer",
+            use_attention_mask=self._settled()[0].feat_extract_norm == "layer",
         )
         hparams = StepHyperparams(
             learning_rate=optim.schedule_from_train_config(train),
@@ -241,19 +249,24 @@ class FineTuningTask:
         )
         return optim.optimizer_from_train_config(train), hparams
 
-    def initial_state(self, state):
+    def initial_state(self, state: TrainState) -> TrainState:
         if self._encoder is None:
             return state
         params = with_encoder(state.params, self._encoder)
-        return state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params)))
+        return dataclasses.replace(
+            state, params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+        )
 
     def _labels(self, manifest: str, config) -> LabelSet:
-        num_frames = nnx.eval_shape(lambda: Wav2Vec2Model(self._model_config)).num_frames
-        labels = LabelSet(manifest, config.data.labels, self.vocabulary, num_frames)
+        model_config, vocabulary = self._settled()
+        num_frames = nnx.eval_shape(lambda: Wav2Vec2Model(model_config)).num_frames
+        labels = LabelSet(manifest, config.data.labels, vocabulary, num_frames)
         logger.info("%s: %s", manifest, labels.summary())
         return labels
 
-    def data_iterator(self, config, *, batch_size, shard_index, shard_count) -> TrainIterator:
+    def data_iterator(
+        self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int, shard_count: int
+    ) -> TrainIterator:
         data = config.data
         manifest = _train_manifest(config)
         return make_train_iterator(
@@ -274,19 +287,22 @@ class FineTuningTask:
             labels=self._labels(manifest, config),
         )
 
-    def make_evaluator(self, config, graphdef, mesh, state_shardings) -> CTCEvaluator:
+    def make_evaluator(
+        self, config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+    ) -> evaluation.Evaluator:
         del mesh, state_shardings  # evaluated on the default device, as `transcribe` runs
         manifest = config.data.valid_manifest or str(default_manifest("valid"))
         waveforms, references = load_labelled_waveforms(
             manifest, self._labels(manifest, config), normalize=self.normalize
         )
         logger.info("validation: %d utterances from %s", len(waveforms), manifest)
+        model_config, vocabulary = self._settled()
         return CTCEvaluator(
             graphdef,
-            self._model_config,
+            model_config,
             waveforms,
             references,
-            self.vocabulary,
+            vocabulary,
             config.data.labels,
             batch_size=config.train.eval_batch_size,
             workdir=self._workdir,
@@ -295,7 +311,7 @@ class FineTuningTask:
             normalize=self.normalize,
         )
 
-    def detectors(self, config):
+    def detectors(self, config: ml_collections.ConfigDict) -> Sequence[health.Detector]:
         """A collapsed gradient norm, divergence, and the all-blank plateau once the warmup and the
         frozen-encoder updates are over (CTC's first updates are all blank by design)."""
         train = config.train
@@ -315,14 +331,14 @@ class FineTuningTask:
             rates = [(name, name.upper(), ".4f") for name in ("wer", "cer", "per") if name in valid]
             lines.append(f"  valid (step {valid['step']}): " + metrics.format_values(valid, rates))
         record = read_best_record(self._workdir) if self._workdir is not None else None
-        if record is not None:
+        if record is not None and self._workdir is not None:
             lines.append(
                 f"  best model: {record['metric'].upper()} {record['value']:.4f} at step {record['step']} "
                 f"in {self._workdir / BEST_MODEL_DIR}"
             )
         return lines
 
-    def plot(self, records, workdir):
+    def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None:
         panels = [
             (name, title)
             for name, title in PANELS

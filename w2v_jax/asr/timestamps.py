@@ -26,7 +26,7 @@ from w2v_jax.asr.decoding import CTCDecoder, GreedyDecoder
 from w2v_jax.asr.transcription import BadFile, each_file, each_recording, model_forward, read_inputs
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
-from w2v_jax.data.labels import letters_to_words, read_label_tokens
+from w2v_jax.data.labels import LabelKind, letters_to_words, read_label_tokens
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.vocabulary import Vocabulary
 from w2v_jax.model import Wav2Vec2ForCTC
@@ -161,7 +161,7 @@ def transcribe_files_with_timestamps(
 def align_manifest(
     checkpoint: str | os.PathLike,
     manifest_path: str | os.PathLike,
-    kind: str,
+    kind: LabelKind,
     level: str,
     *,
     step: int | None = None,

@@ -15,7 +15,7 @@ import functools
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import jax
 import numpy as np
@@ -68,9 +68,8 @@ def transcribe_waveforms(
     decoder = decoder or GreedyDecoder(vocabulary, separator)
     texts: list[str | None] = [None] * len(waveforms)
 
-    def decode(indices: Sequence[int], logits: jax.Array, lengths: Any) -> None:
-        logits, lengths = np.asarray(logits, np.float32), np.asarray(lengths)
-        for index, row, length in zip(indices, logits, lengths):
+    def decode(indices: np.ndarray, logits: jax.Array, lengths: np.ndarray) -> None:
+        for index, row, length in zip(indices, np.asarray(logits, np.float32), np.asarray(lengths)):
             texts[int(index)] = decoder.decode(row, int(length)).text
             if logits_out is not None:
                 logits_out[int(index)] = row[: int(length)]
@@ -80,7 +79,7 @@ def transcribe_waveforms(
         forward, waveforms, batch_size=batch_size, num_frames=num_frames, attention_mask=not unmasked, fine=exact
     ):
         decode(rows, logits, frame_lengths)
-    return texts
+    return cast(list[str], texts)  # every utterance decoded
 
 
 def padded_batches(
@@ -91,7 +90,7 @@ def padded_batches(
     num_frames: Callable[[Any], Any],
     attention_mask: bool = True,
     fine: bool = True,
-) -> Iterator[tuple[np.ndarray, jax.Array, jax.Array]]:
+) -> Iterator[tuple[np.ndarray, jax.Array, np.ndarray]]:
     """The model on zero-padded batches of similar lengths: `(rows, logits [batch_size, frames, vocab],
     frame_lengths [batch_size])` per call, `rows` the waveforms' indices (filler rows after them).
 

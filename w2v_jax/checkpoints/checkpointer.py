@@ -44,6 +44,7 @@ import logging
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -185,6 +186,20 @@ class _AbandonedReadFilter(logging.Filter):
         return True
 
 
+class _AbandonedReadHook:
+    """The unraisable-exception hook of `_drop_abandoned_reads`: `_is_abandoned_read` errors dropped,
+    every other one handed to the `previous` hook."""
+
+    drops_abandoned_reads = True  # the mark that it is installed
+
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        self._previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not _is_abandoned_read(unraisable):
+            self._previous(unraisable)
+
+
 def _drop_abandoned_reads() -> None:
     """Installs (once) an unraisable-exception hook that drops `_is_abandoned_read` errors, which
     would print a traceback per array of a corrupt checkpoint (every other one goes to the previous
@@ -194,12 +209,7 @@ def _drop_abandoned_reads() -> None:
         return
     logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
-    def hook(unraisable: Any) -> None:
-        if not _is_abandoned_read(unraisable):
-            previous(unraisable)
-
-    hook.drops_abandoned_reads = True
-    sys.unraisablehook = hook
+    sys.unraisablehook = _AbandonedReadHook(previous)
 
 
 def _field_checksums(checksums: dict[str, list[int]], fields: dict[str, Any]) -> dict[str, list[int]]:
@@ -458,7 +468,7 @@ class Checkpointer:
           Any other error of a restore (not damage: `restore`), at once, with no step moved.
         """
         steps = sorted(self.all_steps(), reverse=True)
-        failures = []
+        failures: list[str] = []
         for step in steps:
             try:
                 state, host = self.restore(step, abstract_state, partial=partial)

@@ -418,6 +418,7 @@ def fairseq_to_hf_key(key: str, norm: str) -> str | None:
     if key == _CTC_HEAD + ".weight" or key == _CTC_HEAD + ".bias":
         return "lm_head." + key.rsplit(".", 1)[1]
     inner = key[len(_CTC_ENCODER) :] if key.startswith(_CTC_ENCODER) else key
+    name: str | None
     if inner in _PARAMETERS:
         name = _PARAMETERS[inner]
         return name if name.startswith("quantizer.") else f"wav2vec2.{name}"
@@ -435,6 +436,7 @@ def hf_to_fairseq_key(key: str, norm: str, ctc: bool) -> str:
         return _CTC_HEAD + key[len("lm_head") :]
     prefix = _CTC_ENCODER if ctc else ""
     inner = key.removeprefix("wav2vec2.")
+    name: str | None
     for fairseq_name, name in _PARAMETERS.items():
         if inner == name:
             return fairseq_name if name.startswith("quantizer.") else prefix + fairseq_name
@@ -612,7 +614,7 @@ def import_fairseq_state(
         config=config,
         model=model,
         vocabulary=vocabulary,
-        normalize=bool(task.get("normalize", finetuning.get("normalize", False) if ctc else False)),
+        normalize=bool(task.get("normalize", finetuning.get("normalize", False) if finetuning is not None else False)),
         config_style=style,
         parameters=len(hf_state),
         skipped_parameters=tuple(skipped),
@@ -696,6 +698,7 @@ def save_fairseq_checkpoint(
     weights = fairseq_state_dict(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     if ctc:
+        assert vocabulary is not None  # checked above
         if len(vocabulary) != model.config.vocab_size:
             raise ValueError(f"the vocabulary has {len(vocabulary)} tokens, the head {model.config.vocab_size}")
         write_fairseq_dictionary(vocabulary, path.parent / DICT_FILE)

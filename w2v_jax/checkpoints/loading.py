@@ -87,7 +87,7 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
     (whatever devices and processes wrote it); the optimizer state is never read."""
     if (folder / MODEL_CONFIG_FILE).is_file():
         model_config = Wav2Vec2Config.from_json_file(folder / MODEL_CONFIG_FILE)
-        model_class = Wav2Vec2ForCTC
+        model_class: type[Wav2Vec2ForCTC] | type[Wav2Vec2ForPreTraining] = Wav2Vec2ForCTC
     else:
         config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
         model_config = Wav2Vec2Config.from_run_config(config)
@@ -107,7 +107,9 @@ def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTrain
         if not steps:
             raise ValueError(f"{folder / CHECKPOINTS_DIR} holds no complete checkpoint")
         if step is None:  # the newest intact one (a corrupt newer one is reported and skipped)
-            _, restored, _ = checkpointer.restore_newest_intact(target, move_aside=False, partial=True)
+            newest = checkpointer.restore_newest_intact(target, move_aside=False, partial=True)
+            assert newest is not None  # the directory holds checkpoints (`steps`)
+            _, restored, _ = newest
         elif step not in steps:
             raise ValueError(f"no checkpoint {step} in {folder / CHECKPOINTS_DIR}; available: {sorted(steps)}")
         else:

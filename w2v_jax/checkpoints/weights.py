@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -13,8 +13,9 @@ from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 Model = Wav2Vec2ForPreTraining | Wav2Vec2ForCTC | Wav2Vec2Model
-# A parameter's path in `nnx.to_flat_state` (e.g. ("wav2vec2", "encoder", "layers", 0, ...)).
-ParamPath = tuple[str | int, ...]
+# A parameter's path in `nnx.to_flat_state` (e.g. ("wav2vec2", "encoder", "layers", 0, ...)): names and
+# indices, which flax types as hashable keys.
+ParamPath = tuple[Hashable, ...]
 
 
 def model_class(keys: Iterable[str]) -> type[Model]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 from absl import flags
 
@@ -15,7 +17,7 @@ def define_beam_search_flags(flag_values: flags.FlagValues, sweep: bool = False)
     score are comma-separated lists of values."""
     defaults = BeamSearchOptions()
     fv = flag_values
-    number = flags.DEFINE_list if sweep else flags.DEFINE_float
+    number: Callable[..., flags.FlagHolder[Any]] = flags.DEFINE_list if sweep else flags.DEFINE_float
     return {
         "lm": flags.DEFINE_string("lm", None, "n-gram LM: ARPA or KenLM binary file.", flag_values=fv),
         "lexicon": flags.DEFINE_string(

@@ -38,6 +38,7 @@ from absl import app, flags
 from w2v_jax.cli.launching import launch
 from w2v_jax.configs import pretrain
 from w2v_jax.data import audio, default_manifest, generated, shards
+from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.shard_preparation import prepare_shards
 from w2v_jax.research import input_benchmark
@@ -83,7 +84,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> SimpleNa
             "librispeech_like_files", 200, "Distinct files of the generated corpus.", flag_values=fv
         ),
         librispeech_like_rate=flags.DEFINE_integer(
-            "librispeech_like_rate", 16_000, "Sample rate of the generated files.", flag_values=fv
+            "librispeech_like_rate", SAMPLE_RATE, "Sample rate of the generated files.", flag_values=fv
         ),
         gpu_rate=flags.DEFINE_float(
             "gpu_rate", 750.0, "Audio-s/s one GPU trains on (NVIDIA, BASE, A100, bf16).", flag_values=fv

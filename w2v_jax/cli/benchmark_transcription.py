@@ -23,7 +23,7 @@ All logic: `w2v_jax.research.transcription_benchmark`.
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 
 from absl import app, flags
@@ -68,6 +68,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     checkpoint, measure = args.checkpoint.value, args.measure.value
     manifest = args.manifest.value or str(default_manifest("valid"))
+    record: Mapping[str, object]
     if measure == "boundaries":
         record = bench.boundary_errors(checkpoint, manifest, args.labels.value)
     elif measure == "long_form":

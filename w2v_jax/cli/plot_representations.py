@@ -20,6 +20,7 @@ from w2v_jax.cli.launching import launch
 from w2v_jax.data import default_manifest
 from w2v_jax.data.audio import load_audio
 from w2v_jax.data.manifest import load_manifest
+from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.research import plotting, probes
 
 
@@ -42,6 +43,11 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
     audio = args.audio.value or load_manifest(default_manifest("valid")).file_path(0)
     waveform = load_audio(audio)
     model = load_model(args.checkpoint.value, args.step.value)
+    if not isinstance(model, Wav2Vec2ForPreTraining):
+        raise app.UsageError(
+            f"--checkpoint {args.checkpoint.value} holds a {type(model).__name__}: the figure needs a pretraining "
+            "model's quantizer and projections (Wav2Vec2ForPreTraining)"
+        )
     figure = plotting.representation_figure(
         waveform, probes.representations(model, waveform), title=f"{args.checkpoint.value}: {pathlib.Path(audio).name}"
     )

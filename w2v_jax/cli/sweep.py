@@ -91,8 +91,8 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         return
     if not args.collect_only.value:
         with run_faults_exit(args.workdir.value):
-            train = functools.partial(trainer.train_and_evaluate, task=PretrainingTask())
-            sweep.run_sweep(config, args.workdir.value, train)
+            run_training = functools.partial(trainer.train_and_evaluate, task=PretrainingTask())
+            sweep.run_sweep(config, args.workdir.value, run_training)
     valid = load_utterances(args.valid_manifest.value or default_manifest("valid"))
     probe_sets = None
     if args.probe.value:

@@ -89,7 +89,10 @@ def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
             f"{' + '.join(part.source for part in manifests)}: shard sets and manifests cannot be mixed; "
             "prepare shards of each manifest (w2v-prepare-shards)"
         )
-    paths, entries, lengths, known_bad = [], [], [], {}
+    paths: list[str] = []
+    entries: list[str] = []
+    lengths: list[np.ndarray] = []
+    known_bad: dict[int, tuple[str, str]] = {}
     for part in manifests:
         for index, (reason, detail) in part.known_bad.items():
             known_bad[len(paths) + index] = (reason, detail)
@@ -170,7 +173,7 @@ def _check_links_inside_root(root: Path, paths: Sequence[str], manifest: Path) -
 
 
 def write_manifest(
-    path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str], num_samples: Sequence[int]
+    path: str | os.PathLike, root: str | os.PathLike, paths: Sequence[str], num_samples: Sequence[int] | np.ndarray
 ) -> None:
     """Writes a TSV manifest; ``root`` is written as given (``.`` keeps the manifest relocatable)."""
     lines = [str(root)] + [f"{p}\t{int(n)}" for p, n in zip(paths, num_samples, strict=True)]

@@ -190,7 +190,7 @@ class _BatchDataset(grain.MapDataset):
         first_row = config.shard_index * rows
         input_values = np.zeros((rows, length), np.float32)
         attention_mask = np.zeros((rows, length), np.int32)
-        label_rows = [np.zeros(0, np.int32)] * rows
+        label_rows: list[np.ndarray] = [np.zeros(0, np.int32)] * rows
         report = []
         for slot, row in enumerate(range(first_row, first_row + rows)):
             samples, outcome = read_row(self._manifest, int(members[row]))
@@ -213,7 +213,9 @@ class _BatchDataset(grain.MapDataset):
             input_values[slot, :keep] = samples[offset : offset + keep]
             attention_mask[slot, :keep] = 1
             if self._labels is not None:
-                label_rows[slot] = self._labels.encode(outcome[0])  # the row read, replacements included
+                ids = self._labels.encode(outcome[0])  # the row read, replacements included
+                assert isinstance(ids, np.ndarray)  # the plan holds labelled rows alone (`usable_indices`)
+                label_rows[slot] = ids
         batch = {"input_values": input_values, "attention_mask": attention_mask, "report": tuple(report)}
         if self._labels is not None:
             batch["labels"] = pad_labels(label_rows, config.label_length)
@@ -298,9 +300,9 @@ class TrainIterator:
         their 16 kHz lengths: a row written at its file's own rate is converted from the header)."""
         config, lengths = self.config, self.lengths_16k
         usable = np.ones(len(lengths), bool)
-        for index, (reason, detail) in sorted(self.manifest.known_bad.items()):
-            self._tracker.record(index, reason=reason, detail=detail)
-            usable[index] = False
+        for row, (reason, detail) in sorted(self.manifest.known_bad.items()):
+            self._tracker.record(row, reason=reason, detail=detail)
+            usable[row] = False
         too_short = [
             (lengths == 0, skips.EMPTY, "the manifest length is 0"),
             (
@@ -570,7 +572,7 @@ class TrainIterator:
 
 
 def make_train_iterator(
-    manifest: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
+    manifest: str | os.PathLike | Manifest | list[str | os.PathLike] | tuple[str | os.PathLike, ...],
     *,
     batch_size: int,
     seed: int,
@@ -625,7 +627,7 @@ def make_train_iterator(
         sampling_alpha=float(sampling_alpha),
         label_length=0 if labels is None else max(len(labels.encode(int(i))) for i in labels.usable_indices()),
     )
-    corpora = ()
+    corpora: Sequence[tuple[str, int]] = ()
     if isinstance(manifest, list | tuple):
         parts = [load_manifest(m, allow_outside_root=allow_outside_root) for m in manifest]
         corpora = [(corpus_name(str(m), i), len(part)) for i, (m, part) in enumerate(zip(manifest, parts))]

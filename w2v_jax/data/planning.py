@@ -86,21 +86,23 @@ def _draw(rng: np.random.Generator, members: np.ndarray, count: int) -> np.ndarr
     return np.concatenate([rng.permutation(members) for _ in range(repeats)])[:count]
 
 
-def corpus_probabilities(sizes: Sequence[int], weights: Sequence[float] = (), alpha: float = 0.0) -> np.ndarray:
+def corpus_probabilities(
+    sizes: Sequence[int] | np.ndarray, weights: Sequence[float] = (), alpha: float = 0.0
+) -> np.ndarray:
     """Sampling probability of each corpus, float64 [num_corpora]: proportional to ``weights`` when
     given, else to size**alpha (XLS-R's temperature sampling; alpha=1 or 0 (unset): each utterance
     once per epoch)."""
-    sizes = np.asarray(sizes, np.float64)
+    rows = np.asarray(sizes, np.float64)
     if weights:
-        if len(weights) != len(sizes) or min(weights) < 0 or sum(weights) <= 0:
+        if len(weights) != len(rows) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
-                f"train_weights {tuple(weights)} must be one non-negative weight per manifest ({len(sizes)}), not all 0"
+                f"train_weights {tuple(weights)} must be one non-negative weight per manifest ({len(rows)}), not all 0"
             )
         raw = np.asarray(weights, np.float64)
     else:
         if alpha < 0:
             raise ValueError(f"sampling_alpha must be >= 0 (0: natural proportions), got {alpha}")
-        raw = sizes ** (alpha or 1.0)
+        raw = rows ** (alpha or 1.0)
     return raw / raw.sum()
 
 
@@ -190,7 +192,8 @@ class EpochPlanner:
         if cache is not None and cache[0] == epoch:
             return cache[1]
         rng = np.random.default_rng([self._seed, SHUFFLE_STREAM, epoch])
-        ids, rows = [], []
+        ids: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
         for bucket, (members, size) in enumerate(zip(self._members, self._batch_sizes)):
             if self._strata is not None:
                 members = np.concatenate([_draw(rng, m, c) for m, c in self._strata[bucket]] + [members[:0]])

@@ -90,7 +90,7 @@ def load_utterances(
     if metadata is None:
         beside = pathlib.Path(manifest).parent / "metadata.jsonl"
         metadata = read_metadata(beside) if beside.is_file() else {}
-    out = []
+    out: list[Utterance] = []
     for index in range(len(entries)):
         if max_utterances is not None and len(out) >= max_utterances:
             break

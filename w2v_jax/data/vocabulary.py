@@ -57,8 +57,10 @@ class Vocabulary:
     pad_token: str = PAD
     unk_token: str = UNK
     word_delimiter_token: str = WORD_DELIMITER
+    # token -> id, derived from `tokens` in `__post_init__`.
+    _ids: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(set(self.tokens)) != len(self.tokens):
             duplicates = sorted({t for t in self.tokens if self.tokens.count(t) > 1})
             raise ValueError(f"vocabulary tokens must be distinct, repeated: {duplicates}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from w2v_jax.model import Wav2Vec2PreTrainingOutput
 from w2v_jax.quantization import gumbel_temperature
@@ -96,7 +97,9 @@ class PretrainingObjective:
     def temperature(self, step: jax.Array) -> jax.Array:
         return gumbel_temperature(step, self.gumbel_start, self.gumbel_end, self.gumbel_decay)
 
-    def loss(self, model, micro, key, step):
+    def loss(
+        self, model: nnx.Module, micro: Mapping[str, jax.Array], key: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
         out = model(
             micro["input_values"],
             attention_mask=micro.get("attention_mask"),
@@ -109,10 +112,12 @@ class PretrainingObjective:
         sums, counts = pretraining_sums(out)
         return out.loss, sums, counts
 
-    def frozen_gradients(self, grads, step):
+    def frozen_gradients(self, grads: nnx.State, step: jax.Array) -> nnx.State:
         return grads
 
-    def metrics(self, sums, counts, accum, step):
+    def metrics(
+        self, sums: dict[str, jax.Array], counts: dict[str, jax.Array], accum: int, step: jax.Array
+    ) -> dict[str, jax.Array]:
         num_masked = counts["num_masked"].astype(jnp.float32)
         return {
             "loss": sums["loss"] / num_masked,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -22,12 +23,12 @@ import optax
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
-from w2v_jax.data.pipeline import make_train_iterator
+from w2v_jax.data.pipeline import TrainIterator, make_train_iterator
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.evaluator import pretraining_evaluator
 from w2v_jax.pretraining.objective import PretrainingObjective
-from w2v_jax.training import health, metrics, optim
-from w2v_jax.training.train_step import StepHyperparams
+from w2v_jax.training import evaluation, health, metrics, optim
+from w2v_jax.training.train_step import StepHyperparams, TrainState
 
 
 def pretraining_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
@@ -124,19 +125,21 @@ class PretrainingTask:
     model_class = Wav2Vec2ForPreTraining
     metric_roles = METRIC_ROLES
 
-    def prepare(self, config, workdir, *, primary):
+    def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
         del config, workdir, primary
 
-    def model_config(self, config):
+    def model_config(self, config: ml_collections.ConfigDict) -> Wav2Vec2Config:
         return Wav2Vec2Config.from_run_config(config)
 
-    def optimizer_and_hyperparams(self, config):
+    def optimizer_and_hyperparams(self, config: ml_collections.ConfigDict) -> tuple[Any, StepHyperparams]:
         return pretraining_hyperparams(config.train)
 
-    def initial_state(self, state):
+    def initial_state(self, state: TrainState) -> TrainState:
         return state
 
-    def data_iterator(self, config, *, batch_size, shard_index, shard_count):
+    def data_iterator(
+        self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int, shard_count: int
+    ) -> TrainIterator:
         manifests = list(config.data.train_manifests)
         return make_train_iterator(
             manifests or config.data.train_manifest or str(default_manifest("train")),
@@ -159,10 +162,12 @@ class PretrainingTask:
             allow_outside_root=config.data.allow_outside_root,
         )
 
-    def make_evaluator(self, config, graphdef, mesh, state_shardings):
+    def make_evaluator(
+        self, config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+    ) -> evaluation.Evaluator:
         return pretraining_evaluator(config, graphdef, mesh, state_shardings)
 
-    def detectors(self, config):
+    def detectors(self, config: ml_collections.ConfigDict) -> Sequence[health.Detector]:
         """Codebook collapse (the config's codebook groups), a trivial solution, a collapsed gradient
         norm, divergence."""
         return [
@@ -179,5 +184,5 @@ class PretrainingTask:
                 lines.append(f"  {label} (step {values['step']}): " + metrics.format_values(values, SUMMARY_METRICS))
         return lines
 
-    def plot(self, records, workdir):
+    def plot(self, records: list[dict[str, Any]], workdir: pathlib.Path) -> None:
         metrics.plot_loss_curve(records, workdir / metrics.LOSS_CURVE_FILE, PANELS)

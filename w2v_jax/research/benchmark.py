@@ -54,10 +54,12 @@ import optax
 from flax import nnx
 
 from w2v_jax import sharding
+from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.asr.task import FineTuningTask
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import BOS, EOS, Vocabulary
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.task import PretrainingTask
 from w2v_jax.reference import import_reference
 from w2v_jax.research.torch_twin import ReferenceTrainer, flat_negative_indices
@@ -192,7 +194,7 @@ class BenchmarkTask:
 
     name: str
     model_config: Wav2Vec2Config
-    model_class: type[nnx.Module]
+    model_class: type[Wav2Vec2ForPreTraining] | type[Wav2Vec2ForCTC]
     optimizer: optax.GradientTransformation
     hparams: train_step.StepHyperparams
     optimizer_settings: optim.OptimizerSettings
@@ -319,8 +321,10 @@ def compile_train_step(
     start = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()
     compile_seconds = time.perf_counter() - start
-    flops = float(compiled.cost_analysis()["flops"])
-    return CompiledStep(compiled, compile_seconds, flops, compiled.memory_analysis()), state
+    cost = compiled.cost_analysis()
+    if cost is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend reports no cost analysis of the compiled step")
+    return CompiledStep(compiled, compile_seconds, float(cost["flops"]), compiled.memory_analysis()), state
 
 
 def device_memory_bytes(device: jax.Device) -> int:
@@ -449,9 +453,10 @@ class TorchRunner:
         # Drawn before any timing (with JAX on the host), so a timed step is PyTorch work only.
         self.inputs: list[dict[str, Any]] = []
         for step in range(settings.warmup + settings.steps):
-            if self.trainer.is_ctc:
+            objective = task.hparams.objective
+            if isinstance(objective, CTCObjective):  # the trainer's `is_ctc`
                 # The model sees the attention mask (so its real frame counts) only when the objective passes it.
-                lengths = np.full(rows, frames) if task.hparams.objective.use_attention_mask else None
+                lengths = np.full(rows, frames) if objective.use_attention_mask else None
                 time_mask, feature_mask = sample_training_masks(
                     train_step.model_key(key, step, 0), model_config, rows, frames, lengths
                 )
@@ -699,7 +704,9 @@ def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, r
     rematerialisation).
     """
     abstract = nnx.eval_shape(
-        lambda: train_step.create_model(task.model_config, 0, PRECISIONS[settings.precision], remat, task.model_class)
+        lambda: train_step.create_model(
+            task.model_config, 0, model_class=task.model_class, dtype=PRECISIONS[settings.precision], remat=remat
+        )
     )
     graphdef, params = nnx.split(abstract)
     objective = task.hparams.objective
@@ -709,7 +716,10 @@ def loss_gradient_temp_bytes(task: BenchmarkTask, settings: BenchmarkSettings, r
 
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in make_batch(task, settings).items()}
     compiled = jax.jit(jax.grad(loss)).lower(params, batch, jax.random.key(0)).compile()
-    return int(compiled.memory_analysis().temp_size_in_bytes)
+    memory = compiled.memory_analysis()
+    if memory is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis of the compiled gradient")
+    return int(memory.temp_size_in_bytes)
 
 
 def remat_memory(config: ml_collections.ConfigDict, settings: BenchmarkSettings) -> list[str]:

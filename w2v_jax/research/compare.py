@@ -87,13 +87,17 @@ def compare_training(
     # One device: the comparison is about the numbers, not the parallelism.
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     optimizer, hparams = pretraining_hyperparams(t)
-    graphdef, state, state_shardings = train_step.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
+    graphdef, state, state_shardings = train_step.create_train_state(
+        model_config, optimizer, model_class=Wav2Vec2ForPreTraining, seed=t.seed, mesh=mesh
+    )
     step_fn = train_step.TrainStep(graphdef, optimizer, hparams, mesh, state_shardings)
-    _, control, _ = train_step.create_train_state(model_config, optimizer, seed=t.seed, mesh=mesh)
+    _, control, _ = train_step.create_train_state(
+        model_config, optimizer, model_class=Wav2Vec2ForPreTraining, seed=t.seed, mesh=mesh
+    )
     one_ulp_up = jax.jit(
         lambda p: jax.tree.map(lambda x: jnp.nextafter(x, jnp.inf), p), out_shardings=state_shardings.params
     )
-    control = control.replace(params=one_ulp_up(control.params))
+    control = dataclasses.replace(control, params=one_ulp_up(control.params))
     reference = ReferenceTrainer(model_config, state.params, optim.OptimizerSettings.from_train_config(t), hparams)
     shapes = nnx.eval_shape(lambda: Wav2Vec2ForPreTraining(model_config))
     key = jax.random.key(t.seed)  # the trainer's base key
@@ -132,7 +136,7 @@ def compare_training(
     return records
 
 
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average over `window` points (fewer at the start)."""
     if window < 1:
         raise ValueError(f"smoothing window must be >= 1, got {window}")

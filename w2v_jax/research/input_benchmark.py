@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -279,7 +280,7 @@ def compare_batching(
 ) -> list[str]:
     """`batching_report` of a token budget beside fixed-count batches of the same mean rows (rounded
     to `batch_multiple`): one line each."""
-    common = dict(
+    common: dict[str, Any] = dict(
         pad=pad,
         max_sample_size=max_sample_size,
         min_sample_size=min_sample_size,

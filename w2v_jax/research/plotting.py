@@ -25,10 +25,18 @@ from w2v_jax.training.metrics import X_AXES, check_x_axis
 class PhoneProbeResults(Protocol):
     """What `plot_phone_probe` reads of a `probes.PhoneProbeReport`."""
 
-    num_frames: Mapping[str, int]
-    majority: Mapping[str, float]
-    held_out_voices: Sequence[str]
-    num_classes: int
+    # Read-only (properties), as the frozen dataclass holds them.
+    @property
+    def num_frames(self) -> Mapping[str, int]: ...
+
+    @property
+    def majority(self) -> Mapping[str, float]: ...
+
+    @property
+    def held_out_voices(self) -> Sequence[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
 
     def feature_names(self) -> list[str]: ...
 
@@ -151,7 +159,8 @@ def plot_sweep_results(points: Sequence[Mapping[str, Any]], path: str | os.PathL
         (mean, min, max; the bars span min to max).
       path: the PNG to write.
     """
-    panels = [
+    # (title, [(metric, line style, label suffix)]): the first metric decides whether the panel is drawn.
+    panels: list[tuple[str, list[tuple[str, str, str | None]]]] = [
         (
             "phone probe accuracy (unseen voices)",
             [("probe_best_unseen_voice", "-", "best layer"), ("probe_last_unseen_voice", "--", "last layer")],

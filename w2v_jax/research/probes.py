@@ -87,7 +87,7 @@ def representations(model: Wav2Vec2ForPreTraining, waveform: np.ndarray) -> dict
     """
     x = np.asarray(waveform, np.float32)[None]
     model.wav2vec2.feature_extractor.check_input(x)
-    return {k: np.asarray(v)[0] for k, v in _representations(model, x).items()}
+    return {k: np.asarray(v)[0] for k, v in _representations(model, jnp.asarray(x)).items()}
 
 
 def model_features(
@@ -119,7 +119,11 @@ def model_features(
     out = {"conv": [f.extract_features for f in features]}
     if kind == "layers":
         num_layers = model.config.num_hidden_layers + 1
-        out |= {f"layer {i}": [f.hidden_states[i] for f in features] for i in range(num_layers)}
+        stacks: list[tuple[np.ndarray, ...]] = []
+        for f in features:
+            assert f.hidden_states is not None  # asked for: output_hidden_states
+            stacks.append(f.hidden_states)
+        out |= {f"layer {i}": [stack[i] for stack in stacks] for i in range(num_layers)}
     return out
 
 
@@ -354,6 +358,11 @@ class LayerProbeResult:
     held_out_sentences: float
 
 
+def _nan_for_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `_json_ready` on one flat record: JSON's nulls back to NaN."""
+    return {k: (math.nan if v is None else v) for k, v in values.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class PhoneProbeReport:
     """The phone probe of every feature set on one `ProbeSets`.
@@ -435,9 +444,7 @@ class PhoneProbeReport:
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> PhoneProbeReport:
         """The inverse of `to_dict`."""
-        results = tuple(
-            LayerProbeResult(**{k: (math.nan if v is None else v) for k, v in r.items()}) for r in record["results"]
-        )
+        results = tuple(LayerProbeResult(**_nan_for_none(r)) for r in record["results"])
         return cls(
             results=results,
             majority={k: (math.nan if v is None else v) for k, v in record["majority"].items()},
@@ -615,6 +622,11 @@ def evaluate_pretrained_checkpoint(
     output.mkdir(parents=True, exist_ok=True)
     records = read_metadata(metadata) if metadata else None
     model = load_model(checkpoint, step)
+    if not isinstance(model, Wav2Vec2ForPreTraining):
+        raise ValueError(
+            f"{checkpoint} holds a {type(model).__name__}: the validation objective and the codebook need a "
+            "pretraining model (Wav2Vec2ForPreTraining)"
+        )
     train = load_utterances(probe_train_manifest or default_manifest("train"), records)
     valid = load_utterances(manifest or default_manifest("valid"), records)
     metrics, report = evaluate(

@@ -311,7 +311,7 @@ class Spread:
     max: float
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
+    def of(cls, values: Sequence[float] | np.ndarray) -> Spread:
         values = np.asarray(values, np.float64)
         return cls(float(np.mean(values)), float(np.min(values)), float(np.max(values)))
 

@@ -62,6 +62,8 @@ from w2v_jax.training.train_step import StepHyperparams
 
 torch = LazyReference("torch", "the PyTorch twin (w2v_jax.research.torch_twin)")
 transformers = LazyReference("transformers", "the PyTorch twin (w2v_jax.research.torch_twin)")
+# torch's types in annotations: the lazy modules above hold none for the type checker.
+Tensor = Any
 
 # The randomness the reference draws from its own generator: zero it for a comparison.
 _STOCHASTIC_FIELDS = (*DROPOUT_FIELDS, "layerdrop")
@@ -101,7 +103,7 @@ def check_comparable(config: Wav2Vec2Config) -> None:
         )
 
 
-def hf_config(config: Wav2Vec2Config) -> transformers.Wav2Vec2Config:
+def hf_config(config: Wav2Vec2Config) -> Any:
     """transformers' config of the same model (eager attention: no fused-kernel reordering)."""
     hf = transformers.Wav2Vec2Config(**config.to_hf_dict())
     hf._attn_implementation = "eager"
@@ -110,7 +112,7 @@ def hf_config(config: Wav2Vec2Config) -> transformers.Wav2Vec2Config:
 
 def build_reference_model(
     config: Wav2Vec2Config, params: nnx.State, model_class: type[nnx.Module] = Wav2Vec2ForPreTraining
-) -> transformers.PreTrainedModel:
+) -> Any:
     """transformers' counterpart of our `model_class` holding our parameters, float32, in training mode.
 
     Args:
@@ -187,7 +189,7 @@ def supplied_gumbel_noise(noise: np.ndarray) -> Iterator[None]:
     noise_t = torch.tensor(np.asarray(noise, np.float32))
     original = torch.nn.functional.gumbel_softmax
 
-    def with_noise(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1):
+    def with_noise(logits: Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10, dim: int = -1):
         del eps  # deprecated in torch, unused there too
         if not hard or dim != -1:
             raise ValueError("supplied_gumbel_noise supports the reference's call: hard=True over the last axis")
@@ -211,7 +213,7 @@ class ReferenceOptimizer:
     AdamW decays every leaf), so a missing gradient counts as zero.
     """
 
-    def __init__(self, parameters: Sequence[torch.nn.Parameter], settings: OptimizerSettings, learning_rate: Any):
+    def __init__(self, parameters: Sequence[Tensor], settings: OptimizerSettings, learning_rate: Any):
         """`learning_rate`: the schedule `step -> lr` (`StepHyperparams.learning_rate`)."""
         self.parameters = list(parameters)
         self.settings = settings
@@ -285,9 +287,9 @@ class ReferenceTrainer:
         optimizer: OptimizerSettings,
         hparams: StepHyperparams,
         *,
-        device: str | torch.device = "cpu",
+        device: Any = "cpu",
         attention: str = "eager",
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: Any = None,
     ):
         """Args:
         config: the model config (`check_comparable` it for a step-by-step comparison).
@@ -303,7 +305,7 @@ class ReferenceTrainer:
         """
         self.config = config
         self.hparams = hparams
-        self.objective = hparams.objective
+        self.objective: Any = hparams.objective  # a PretrainingObjective or a CTCObjective (`is_ctc`)
         self.is_ctc = isinstance(self.objective, CTCObjective)
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
@@ -324,7 +326,7 @@ class ReferenceTrainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
-    def _optimize(self, summed_loss: torch.Tensor, normalizer: float) -> tuple[float, float]:
+    def _optimize(self, summed_loss: Tensor, normalizer: float) -> tuple[float, float]:
         """Backward pass of `summed_loss / normalizer`, frozen gradients zeroed, the optimizer's
         update of this step; returns (grad norm, learning rate)."""
         (summed_loss / normalizer).backward()
@@ -338,10 +340,10 @@ class ReferenceTrainer:
 
     def update(
         self,
-        input_values: torch.Tensor,
-        mask_time_indices: torch.Tensor,
-        flat_negatives: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        input_values: Tensor,
+        mask_time_indices: Tensor,
+        flat_negatives: Tensor,
+        attention_mask: Tensor | None = None,
         gumbel_noise: np.ndarray | None = None,
     ) -> ReferenceUpdate:
         """One pretraining update from torch tensors already in transformers' formats (no host-side metrics).
@@ -374,10 +376,10 @@ class ReferenceTrainer:
 
     def update_ctc(
         self,
-        input_values: torch.Tensor,
-        labels: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        mask_time_indices: torch.Tensor | None = None,
+        input_values: Tensor,
+        labels: Tensor,
+        attention_mask: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
         feature_mask: np.ndarray | None = None,
     ) -> ReferenceUpdate:
         """One CTC fine-tuning update from torch tensors (no host-side metrics).

@@ -23,7 +23,7 @@ from w2v_jax.asr.transcription import model_forward, transcribe
 from w2v_jax.checkpoints.hf import save_hf_checkpoint
 from w2v_jax.checkpoints.loading import load_ctc_checkpoint
 from w2v_jax.data import audio
-from w2v_jax.data.labels import letters_to_words, normalize_text, read_label_tokens
+from w2v_jax.data.labels import LabelKind, letters_to_words, normalize_text, read_label_tokens
 from w2v_jax.data.manifest import load_manifest
 from w2v_jax.data.utterances import read_metadata
 from w2v_jax.data.vocabulary import Vocabulary
@@ -43,7 +43,9 @@ def _timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - begin
 
 
-def boundary_errors(checkpoint: str | os.PathLike, manifest_path: str | os.PathLike, kind: str) -> dict[str, float]:
+def boundary_errors(
+    checkpoint: str | os.PathLike, manifest_path: str | os.PathLike, kind: LabelKind
+) -> dict[str, str | float]:
     """Median and 90th percentile |aligned - gold| boundary error (ms) of the forced alignment of the
     manifest's transcripts (words for letters, phones for phones) against `metadata.jsonl` beside it.
     Utterances whose normalised gold tokens differ from the transcript's are left out (counted)."""
@@ -152,7 +154,7 @@ def masked_speedup(checkpoint: str | os.PathLike, manifest_path: str | os.PathLi
     def batched() -> None:
         transcribe(model, waveforms, vocabulary, batch_size)
 
-    figures = {"group_norm": model.config.feat_extract_norm, "utterances": len(waveforms)}
+    figures: dict[str, str | float] = {"group_norm": model.config.feat_extract_norm, "utterances": len(waveforms)}
     for name, run in (
         ("transcribe_alone", alone),
         ("transcribe_masked", batched),
@@ -170,7 +172,7 @@ def model_features(model: EncoderModel, waveforms: Sequence[np.ndarray], group_n
 
 
 def pipeline_throughput(
-    checkpoint: str | os.PathLike, manifest_path: str | os.PathLike, kind: str = "ltr", batch_size: int = 8
+    checkpoint: str | os.PathLike, manifest_path: str | os.PathLike, kind: LabelKind = "ltr", batch_size: int = 8
 ) -> dict[str, float]:
     """Audio-seconds per second, greedy, of `transcribe` and of transformers' ASR pipeline on the same
     exported model and files (compiled / warmed up by a first pass; one process)."""

@@ -105,7 +105,7 @@ def validation_metrics(
         too_few = mask[: len(chunk)].sum(axis=1) <= config.num_negatives
         skipped += int(too_few.sum())
         mask[: len(chunk)][too_few] = False
-        values, counts = jax.device_get(_objective(model, x, mask, negatives))
+        values, counts = jax.device_get(_objective(model, jnp.asarray(x), jnp.asarray(mask), negatives))
         usage += counts[: len(chunk)].sum(axis=0)
         if values["num_masked"] > 0:
             totals.add(values)
@@ -122,6 +122,6 @@ def validation_metrics(
         code_perplexity=float(code_perplexity(jnp.asarray(marginal, jnp.float32))),
         codebook_usage=usage,
         used_fraction=float(np.mean(usage > 0)),
-        num_masked=metrics["num_masked"],
+        num_masked=int(metrics["num_masked"]),  # an int already (`PretrainingTotals.metrics`)
         skipped_utterances=skipped,
     )

@@ -9,12 +9,18 @@ own (`pretraining.evaluator.PretrainingEvaluator`: the contrastive task on held-
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-# `evaluate(state, step) -> {name: value}`; the trainer logs each value as `valid_<name>`.
-Evaluator = Callable[[Any, int], dict[str, float]]
 VALID_PREFIX = "valid_"
+
+
+class Evaluator(Protocol):
+    """`evaluate(state, step) -> {name: value}`; the trainer logs each value as `valid_<name>`.
+
+    `state` is the run's `train_step.TrainState`, typed `Any` so that an evaluator needs nothing of
+    the training room (`asr.evaluator` also serves `w2v-evaluate`)."""
+
+    def __call__(self, state: Any, step: int) -> dict[str, float]: ...
 
 
 def prefixed(metrics: dict[str, float]) -> dict[str, float]:

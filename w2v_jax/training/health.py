@@ -60,8 +60,12 @@ class Detector(Protocol):
       advice: what to change, the settings known to fix it.
     """
 
-    name: str
-    advice: str
+    # Read-only (properties): detectors hold them as class constants.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def advice(self) -> str: ...
 
     def check(self, record: Mapping[str, Any]) -> str | None:
         """The evidence (the numbers) when the condition holds on `record` alone, else None.
@@ -206,7 +210,7 @@ class HealthMonitor:
         for detector in self.detectors:
             name, evidence = detector.name, found[detector.name]
             self._held[name] = self._held[name] + 1 if evidence is not None else 0
-            if self._held[name] >= self.window:
+            if evidence is not None and self._held[name] >= self.window:
                 findings.append(Finding(name, evidence, self._held[name] == self.window, detector.advice))
                 self.history[name].append(int(record["step"]))
         return findings

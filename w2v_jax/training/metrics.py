@@ -16,7 +16,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from matplotlib.figure import Figure
 
@@ -38,7 +38,8 @@ def _summary_writer_class() -> type:
         from tensorboardX import SummaryWriter  # noqa: PLC0415 - a 1 s import, for the writing process only
 
         return SummaryWriter
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    # None makes `import torch` raise ImportError (the import system's documented block).
+    sys.modules["torch"] = None  # type: ignore[assignment]  # typeshed types sys.modules' values as modules only
     try:
         from tensorboardX import SummaryWriter  # noqa: PLC0415 - as above
     finally:
@@ -141,8 +142,8 @@ class MetricWriter:
     def __init__(self, workdir: str | os.PathLike, enabled: bool = True, config: str | None = None):
         self.path = pathlib.Path(workdir) / METRICS_FILE
         self.enabled = enabled
-        self._file = None
-        self._tb = None
+        self._file: TextIO | None = None
+        self._tb: Any = None  # tensorboardX's SummaryWriter (untyped)
         if enabled:
             self._file = open(self.path, "a", encoding="utf-8")
             self._tb = _summary_writer_class()(str(workdir))
@@ -152,7 +153,7 @@ class MetricWriter:
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends one record `{"step": step, **metrics}` and the scalars to TensorBoard."""
-        if not self.enabled:
+        if self._file is None:  # not enabled
             return
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
@@ -163,7 +164,7 @@ class MetricWriter:
         self._tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self._file is not None:
             self._file.close()
             self._tb.close()
 

@@ -43,7 +43,6 @@ from jax.sharding import Mesh, NamedSharding
 
 from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
-from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from w2v_jax.training import compute, optim
 
 logger = logging.getLogger(__name__)
@@ -83,9 +82,15 @@ class Objective(Protocol):
         sample size).
     """
 
-    sums: tuple[str, ...]
-    counts: tuple[str, ...]
-    normalizer: str
+    # Read-only (properties), as the frozen dataclasses that implement it hold them.
+    @property
+    def sums(self) -> tuple[str, ...]: ...
+
+    @property
+    def counts(self) -> tuple[str, ...]: ...
+
+    @property
+    def normalizer(self) -> str: ...
 
     def loss(
         self, model: nnx.Module, micro: Mapping[str, jax.Array], key: jax.Array, step: jax.Array
@@ -119,18 +124,26 @@ class StepHyperparams:
     grad_accum_steps: int = 1
 
 
-ModelClass = type[Wav2Vec2ForPreTraining] | type[Wav2Vec2ForCTC]
+class ModelClass(Protocol):
+    """What the step needs of a task's model class: built as `cls(config, dtype=, remat=, rngs=)`, an
+    `nnx.Module` (what it computes is its objective's business): `Wav2Vec2ForPreTraining`,
+    `Wav2Vec2ForCTC`, or a third task's model."""
+
+    def __call__(
+        self, config: Wav2Vec2Config, *, dtype: jnp.dtype | None, remat: bool, rngs: nnx.Rngs
+    ) -> nnx.Module: ...
 
 
 def create_model(
     config: Wav2Vec2Config,
     seed: int,
+    *,
+    model_class: ModelClass,
     dtype: jnp.dtype | None = None,
     remat: bool = False,
-    model_class: ModelClass = Wav2Vec2ForPreTraining,
-) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
-    """The model (pretraining by default) with float32 parameters (`dtype` is the computation dtype);
-    `remat` recomputes the conv encoder's and each Transformer layer's activations in the backward pass."""
+) -> nnx.Module:
+    """The task's model with float32 parameters (`dtype` is the computation dtype); `remat`
+    recomputes the conv encoder's and each Transformer layer's activations in the backward pass."""
     return model_class(config, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed))
 
 
@@ -140,12 +153,12 @@ def _initial_state(
     seed: int,
     dtype: jnp.dtype | None,
     remat: bool,
-    model_class: ModelClass = Wav2Vec2ForPreTraining,
+    model_class: ModelClass,
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, step-0 state) of a freshly initialised model: a traceable function (the graphdef is a
     pytree without leaves, so `jax.eval_shape` returns it whole)."""
-    model = create_model(config, seed, dtype, remat, model_class)
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    model = create_model(config, seed, model_class=model_class, dtype=dtype, remat=remat)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]  # flax types the states as variadic: two filters give two
     return graphdef, TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -160,12 +173,12 @@ def abstract_train_state(
     config: Wav2Vec2Config,
     optimizer: optax.GradientTransformation,
     *,
+    model_class: ModelClass,
     mesh: Mesh,
     param_sharding: sharding.ParamSharding = "replicated",
     min_fsdp_size: int = 2**14,
     dtype: jnp.dtype | None = None,
     remat: bool = False,
-    model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Shapes only, nothing computed: (graphdef, abstract state, state shardings)."""
     # One trace gives both: building the model is most of the cost (seconds for LARGE).
@@ -177,26 +190,26 @@ def create_train_state(
     config: Wav2Vec2Config,
     optimizer: optax.GradientTransformation,
     *,
+    model_class: ModelClass,
     seed: int,
     mesh: Mesh,
     param_sharding: sharding.ParamSharding = "replicated",
     min_fsdp_size: int = 2**14,
     dtype: jnp.dtype | None = None,
     remat: bool = False,
-    model_class: ModelClass = Wav2Vec2ForPreTraining,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Initialises the model and optimizer directly in their shardings (no host copy of big weights).
 
     Args:
       config: the model config.
       optimizer: `optim.make_optimizer`'s transformation.
+      model_class: the task's model (`Task.model_class`).
       seed: parameter initialisation seed.
       mesh: a `sharding.make_mesh` mesh.
       param_sharding: "replicated" or "fsdp".
       min_fsdp_size: under "fsdp", arrays with fewer elements stay replicated.
       dtype: computation dtype (parameters stay float32).
       remat: rematerialise Transformer layers.
-      model_class: `Wav2Vec2ForPreTraining` or `Wav2Vec2ForCTC`.
 
     Returns:
       (graphdef, state, state_shardings): the static model structure for `train_step`, the
@@ -321,7 +334,8 @@ def train_step(
         finite, apply_update, lambda params_and_opt_state: params_and_opt_state, (state.params, state.opt_state)
     )
     skipped = (~finite).astype(jnp.int32)
-    new_state = state.replace(
+    new_state = dataclasses.replace(
+        state,
         step=state.step + 1,
         params=new_params,
         opt_state=new_opt_state,
@@ -389,11 +403,13 @@ class TrainStep:
     def batch_sharding(self) -> NamedSharding:
         return self._batch_sharding
 
-    def flops(self, batch: Batch) -> float:
+    def flops(self, batch: Mapping[str, jax.Array | np.ndarray]) -> float:
         """Model FLOPs of one update on `batch`'s shapes (counted at their first call: `compute.py`)."""
         return self._flops[_shapes(batch)]
 
-    def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    def __call__(
+        self, state: TrainState, batch: Mapping[str, jax.Array | np.ndarray], key: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         compiles = self.num_compiles
         start = time.perf_counter()
         shapes = _shapes(batch)

@@ -156,9 +156,15 @@ class Task(Protocol):
         states), and which of them and of the validation values the progress bar shows.
     """
 
-    name: str
-    model_class: type
-    metric_roles: metrics.MetricRoles
+    # Read-only (properties): tasks hold them as class constants.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model_class(self) -> train_step.ModelClass: ...
+
+    @property
+    def metric_roles(self) -> metrics.MetricRoles: ...
 
     def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
         """Called once the workdir is locked and its config checked, before anything else."""

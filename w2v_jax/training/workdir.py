@@ -255,7 +255,9 @@ def start_metrics_file(path: str | os.PathLike) -> pathlib.Path | None:
 
 def _chain(error: BaseException) -> list[BaseException]:
     """The exception, its causes and contexts, and the members of exception groups."""
-    seen, stack, out = set(), [error], []
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    out: list[BaseException] = []
     while stack:
         current = stack.pop()
         if current is None or id(current) in seen:
