@@ -214,10 +214,10 @@ class PretrainingTask:
         return pretraining_evaluator(config, self.model_config(config), graphdef, mesh, state_shardings)
 
     def detectors(self, config):
-        """Codebook collapse (the config's codebook groups), a trivial solution, a collapsed gradient
-        norm, divergence."""
+        """Codebook collapse (the model's codebook groups: a continued run's source's), a trivial
+        solution, a collapsed gradient norm, divergence."""
         return [
-            CodebookCollapse(self.model_config(config).num_codevector_groups),
+            CodebookCollapse((self._model_config or config.model).num_codevector_groups),
             TrivialSolution(),
             health.GradNormCollapse(),
             health.Divergence(),
