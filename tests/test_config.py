@@ -12,9 +12,10 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from w2v_jax.config import DROPOUT_FIELDS, Wav2Vec2Config
+from w2v_jax.asr.task import FINETUNING_FIELDS
+from w2v_jax.config import ARCHITECTURE_FIELDS, DROPOUT_FIELDS, TRAINING_FIELDS, Wav2Vec2Config
 from w2v_jax.configs import pretrain
-from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 
 
 def _num_params_ours(config: Wav2Vec2Config) -> int:
@@ -123,6 +124,53 @@ def test_from_hf_dict_rejects_other_architectures():
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         Wav2Vec2Config.preset("tiny", **{field: value})
+
+
+def _parameter_shapes(config: Wav2Vec2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape in the pretraining and the CTC model of `config` (traced, not built)."""
+    shapes = {}
+    for cls in (Wav2Vec2ForPreTraining, Wav2Vec2ForCTC):
+        abstract = nnx.eval_shape(lambda cls=cls: cls(config))
+        for path, value in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+            shapes[f"{cls.__name__}.{'.'.join(map(str, path))}"] = tuple(value.shape)
+    return shapes
+
+
+def _another_value(config: Wav2Vec2Config, name: str):
+    """A valid value of field `name` other than `config`'s."""
+    value = getattr(config, name)
+    others = {"ctc_loss_reduction": "mean", "attention_implementation": "explicit", "feat_extract_norm": "layer"}
+    if name in others:
+        return others[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, tuple):
+        return (value[0] + 8, *value[1:])
+    if isinstance(value, int):
+        return value * 2 if value and name != "pad_token_id" else value + 1
+    return 0.5 if value == 0 else value / 2
+
+
+def test_the_architecture_and_training_fields_split_the_config():
+    """Every field is one or the other; a training field never changes a weight's shape (a run's
+    config sets it over a checkpoint's weights); an architecture field shapes the weights unless it
+    is one of those that change what the weights compute."""
+    names = [f.name for f in dataclasses.fields(Wav2Vec2Config)]
+    assert sorted(ARCHITECTURE_FIELDS + TRAINING_FIELDS) == sorted(names)
+    assert not set(ARCHITECTURE_FIELDS) & set(TRAINING_FIELDS)
+    assert set(FINETUNING_FIELDS) <= set(TRAINING_FIELDS)
+    assert set(DROPOUT_FIELDS) <= set(TRAINING_FIELDS)
+    tiny = Wav2Vec2Config.preset("tiny")
+    shapes = _parameter_shapes(tiny)
+    for name in TRAINING_FIELDS:
+        assert _parameter_shapes(tiny.replace(**{name: _another_value(tiny, name)})) == shapes, name
+    computation = {"conv_stride", "num_attention_heads", "hidden_act", "layer_norm_eps", "do_stable_layer_norm"}
+    computation |= {"feat_extract_activation", "pad_token_id"}  # gelu alone; the CTC blank's id
+    for name in sorted(set(ARCHITECTURE_FIELDS) - computation):
+        changed = tiny.replace(**{name: _another_value(tiny, name)})
+        if name == "num_codevector_groups":
+            changed = changed.replace(codevector_dim=2 * tiny.codevector_dim)
+        assert _parameter_shapes(changed) != shapes, name
 
 
 def test_dropout_fields_are_every_dropout_of_the_config_and_each_is_a_probability():

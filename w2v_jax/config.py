@@ -42,6 +42,36 @@ DROPOUT_FIELDS = (
     "feat_quantizer_dropout",
     "final_dropout",
 )
+# The fields that make the model what it is: the shapes of its weights (conv stack, Transformer,
+# positional convolution, codebooks, contrastive projections, the CTC head's vocabulary and blank)
+# and what the weights compute (norms, activations, epsilons). A checkpoint fixes them; a run that
+# starts from one takes them from it (`pretraining.task`, `asr.task`). Every other field is how the
+# model is trained (`TRAINING_FIELDS`: dropouts, LayerDrop, masking, negatives, loss weights and
+# temperature, the encoder's gradient scale, CTC options) or computed (the attention kernel), which
+# a run's config sets on top of a checkpoint's architecture.
+ARCHITECTURE_FIELDS = (
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
+    "feat_extract_activation",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "do_stable_layer_norm",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "num_codevector_groups",
+    "num_codevectors_per_group",
+    "codevector_dim",
+    "proj_codevector_dim",
+    "vocab_size",
+    "pad_token_id",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +378,10 @@ class Wav2Vec2Config:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+# How the model is trained or computed: every field but the architecture's (`ARCHITECTURE_FIELDS`).
+TRAINING_FIELDS = tuple(f.name for f in dataclasses.fields(Wav2Vec2Config) if f.name not in ARCHITECTURE_FIELDS)
 
 
 # transformers' Wav2Vec2Config defaults where they differ from ours (BASE pretraining), so a

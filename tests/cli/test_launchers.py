@@ -284,6 +284,13 @@ CASES = [
         {"out": "w2v_jax/data/corpus", "minutes": 15.25, "max_bytes": 10_000_000},
     ),
     ("tools.make_tts_corpus", ["--seed", "2", "--max_bytes=5"], [], {"seed": 2, "max_bytes": 5}),
+    ("tools.make_new_language_corpus", ["--out", "/tmp/dutch"], [], {"out": "/tmp/dutch", "seed": 0}),
+    (
+        "tools.continued_pretraining",
+        ["--data=/tmp/dutch", "--out=/tmp/continued", "--pretrained=/tmp/continued/A_pretrained"],
+        [],
+        {"data": "/tmp/dutch", "out": "/tmp/continued", "pretrained": "/tmp/continued/A_pretrained"},
+    ),
     ("tools.check_fairseq_full_size", ["--size=large"], [], {"size": "large"}),
     (
         "tools.loading_memory",

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -34,6 +33,7 @@ from w2v_jax.asr.objective import CTCObjective
 from w2v_jax.checkpoints.hf import load_vocabulary, save_processor_files
 from w2v_jax.checkpoints.loading import input_normalization, load_encoder
 from w2v_jax.checkpoints.run_layout import BEST_MODEL_DIR, MODEL_CONFIG_FILE
+from w2v_jax.checkpoints.weights import with_parameters
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.labels import LabelKind, LabelSet, build_vocabulary
@@ -89,23 +89,7 @@ def finetuned_model_config(
 
 def with_encoder(params: nnx.State, encoder: nnx.State) -> nnx.State:
     """`Wav2Vec2ForCTC` parameters with `wav2vec2.*` replaced by `encoder`'s (shapes must agree)."""
-    replacement = {("wav2vec2", *path): variable for path, variable in nnx.to_flat_state(encoder)}
-    flat = []
-    for path, variable in nnx.to_flat_state(params):
-        if path[0] == "wav2vec2":
-            if path not in replacement:
-                raise ValueError(f"the pretrained encoder has no parameter {'.'.join(map(str, path[1:]))}")
-            new = replacement.pop(path)
-            if tuple(new.shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"{'.'.join(map(str, path))}: shape {tuple(new.shape)} in the pretrained encoder, "
-                    f"{tuple(variable.shape)} in the model"
-                )
-            variable = variable.replace(jnp.asarray(new[...], variable.dtype))
-        flat.append((path, variable))
-    if replacement:
-        raise ValueError(f"the pretrained encoder has parameters the model lacks: {sorted(replacement)[:5]}")
-    return nnx.from_flat_state(flat)
+    return with_parameters(params, encoder, under=("wav2vec2",), source="the pretrained encoder")
 
 
 def prepare_vocabulary(

@@ -85,13 +85,17 @@ def load_torch_file(path: str | os.PathLike) -> FairseqImport | Fairseq2Import:
 def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
     """Restores the model's variables of a training run's checkpoint onto this process's first device
     (whatever devices and processes wrote it); the optimizer state is never read."""
+    config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
+    # A fine-tuning run's config names its labels; its model (the pretrained architecture with the
+    # vocabulary's head) and a continued pretraining run's (the init checkpoint's architecture) are
+    # in model_config.json: their run config's `model` section is not the model.
+    model_class: type[Wav2Vec2ForCTC] | type[Wav2Vec2ForPreTraining] = (
+        Wav2Vec2ForCTC if "labels" in config.get("data", {}) else Wav2Vec2ForPreTraining
+    )
     if (folder / MODEL_CONFIG_FILE).is_file():
         model_config = Wav2Vec2Config.from_json_file(folder / MODEL_CONFIG_FILE)
-        model_class: type[Wav2Vec2ForCTC] | type[Wav2Vec2ForPreTraining] = Wav2Vec2ForCTC
     else:
-        config = ml_collections.ConfigDict(json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
         model_config = Wav2Vec2Config.from_run_config(config)
-        model_class = Wav2Vec2ForPreTraining
     # Shapes only: the model is traced, not initialised.
     graphdef, params, model_state = jax.eval_shape(
         lambda: nnx.split(model_class(model_config, rngs=nnx.Rngs(0)), nnx.Param, ...)

@@ -8,7 +8,9 @@ and by every reader of it (`load_model`, conversion, evaluation, sweeps).
       checkpoints/<step>/      orbax checkpoints of the run state (`checkpoints.checkpointer`)
       metrics.jsonl            the logged metrics (`training.metrics`, which names it)
       model_config.json        fine-tuning: the model's config (the pretrained architecture plus the
-                               vocabulary's size and blank), which the run config's `model` is not
+                               vocabulary's size and blank), which the run config's `model` is not;
+                               continued pretraining (`init`): the init checkpoint's architecture
+                               with the run config's training fields
       best/                    fine-tuning: the best model so far by the validation metric (our
                                folder format, `checkpoints.folder`)
       best.json                fine-tuning: {"step", "metric", "value", "history"} of that model

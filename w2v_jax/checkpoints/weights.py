@@ -1,5 +1,6 @@
-"""What every checkpoint format shares: which model a set of weights fills, and the checks on
-untrusted weights before a model is built from them."""
+"""What every checkpoint format shares: which model a set of weights fills, the checks on
+untrusted weights before a model is built from them, and a checkpoint's weights put into a model
+being trained (`with_parameters`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import re
 from collections.abc import Hashable, Iterable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.model import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
@@ -75,3 +78,37 @@ def check_stored_weights(
                 f"{source}: {len(bad)} weight arrays hold NaN or infinity (first: {bad[0]}); "
                 "pass allow_nonfinite=True (--allow_nonfinite) to load them anyway"
             )
+
+
+def with_parameters(
+    params: nnx.State, replacement: nnx.State, *, under: ParamPath = (), source: str = "the checkpoint"
+) -> nnx.State:
+    """`params` with the parameters under the path `under` replaced by `replacement`'s.
+
+    Every parameter under `under` must be in `replacement`, with its shape, and `replacement` may
+    hold no other (a checkpoint that does not describe the model is refused, naming the
+    parameter); the others keep their values. Each new value takes the dtype of the one it replaces.
+
+    Args:
+      params: a model's parameters (`nnx.state(model, nnx.Param)`).
+      replacement: the parameters of the sub-module at `under` (all of them with `under=()`).
+      under: e.g. `("wav2vec2",)`: the encoder of a pretraining or CTC model.
+      source: what `replacement` comes from, for messages.
+    """
+    new_values = {(*under, *path): variable for path, variable in nnx.to_flat_state(replacement)}
+    flat = []
+    for path, variable in nnx.to_flat_state(params):
+        if path[: len(under)] == tuple(under):
+            if path not in new_values:
+                raise ValueError(f"{source} has no parameter {'.'.join(map(str, path[len(under) :]))}")
+            new = new_values.pop(path)
+            if tuple(new.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"{'.'.join(map(str, path))}: shape {tuple(new.shape)} in {source}, "
+                    f"{tuple(variable.shape)} in the model"
+                )
+            variable = variable.replace(jnp.asarray(new[...], variable.dtype))
+        flat.append((path, variable))
+    if new_values:
+        raise ValueError(f"{source} has parameters the model lacks: {sorted(new_values)[:5]}")
+    return nnx.from_flat_state(flat)

@@ -141,6 +141,7 @@ def _base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     """A pretrain config turned into fairseq's CTC fine-tuning recipe (the sections the training loop
     shares with pretraining: mesh, distributed, data, train)."""
     config.init = ""  # pretrained checkpoint; "": random initialisation
+    del config["init_fresh_heads"]  # pretraining's: fine-tuning has no pretraining heads
 
     model = config.model
     # fairseq's wav2vec_ctc defaults: no dropout but activation dropout 0.1 and LayerDrop; the

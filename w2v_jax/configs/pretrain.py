@@ -6,6 +6,12 @@ Launch (any field can be overridden on the command line):
     w2v-pretrain --config=pretrain.py:base --workdir=runs/base \
         --config.train.batch_size=64 --config.mesh.param_sharding=fsdp --config.mesh.fsdp=8
 
+`init` continues the pretraining of a checkpoint (docs/continued_pretraining.md): its weights and
+architecture, this config's training fields, optimizer and schedules from step 0.
+
+    w2v-pretrain --config=pretrain.py:base --workdir=runs/base_nl --config.init=wav2vec_small.pt \
+        --config.data.train_manifest=/data/nl/train.tsv --config.train.learning_rate=1e-4
+
 `model.*` are `Wav2Vec2Config`'s fields (transformers' names); `train.*` the optimisation (fairseq's
 recipe: Adam 0.9/0.98, eps 1e-6, wd 0.01, linear warmup then polynomial decay); `data.*` the input
 pipeline (an empty `train_manifest` means the corpus embedded in the package); `mesh.*` the device
@@ -101,6 +107,14 @@ def _base_config(model: Wav2Vec2Config) -> ml_collections.ConfigDict:
     """fairseq's BASE pretraining recipe around `model`."""
     config = ml_collections.ConfigDict()
     config.variant = ""
+    # Continued pretraining (docs/continued_pretraining.md): the checkpoint every weight starts from
+    # (a pretraining workdir, our folder, a transformers folder, a fairseq or fairseq2 .pt; "": random
+    # initialisation). Its architecture replaces the `model` section's (`config.ARCHITECTURE_FIELDS`);
+    # the training fields, the optimizer, the schedules and the update counter are this config's.
+    config.init = ""
+    # Start the pretraining heads (quantizer, project_q, project_hid) fresh on init's encoder: needed
+    # for a source without them (a transformers Wav2Vec2Model, a CTC model).
+    config.init_fresh_heads = False
     config.model = ml_collections.ConfigDict({f.name: getattr(model, f.name) for f in dataclasses.fields(model)})
 
     config.train = ml_collections.ConfigDict()

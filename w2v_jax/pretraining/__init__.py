@@ -4,7 +4,9 @@
   over masked frames) and the totals of its terms over several batches;
 - `evaluator`: validation inside pretraining: fixed batches, masks and distractors of held-out audio;
 - `task`: pretraining as a task of the loop: the step settings, the input pipeline, how its
-  metrics are logged and shown, the failure detectors that watch it.
+  metrics are logged and shown, the failure detectors that watch it;
+- `continued`: continued pretraining from a checkpoint (`config.init`): the source's architecture
+  with the config's training fields, the parameters it gives.
 
 Importing the room imports none of them: each is imported when first read.
 """
@@ -12,6 +14,6 @@ Importing the room imports none of them: each is imported when first read.
 from w2v_jax.lazy_exports import lazy_exports
 
 with lazy_exports(globals()):
-    from w2v_jax.pretraining import evaluator, objective, task
+    from w2v_jax.pretraining import continued, evaluator, objective, task
 
-__all__ = ["evaluator", "objective", "task"]
+__all__ = ["continued", "evaluator", "objective", "task"]

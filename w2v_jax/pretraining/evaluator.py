@@ -176,14 +176,20 @@ class PretrainingEvaluator:
 
 
 def pretraining_evaluator(
-    config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
+    config: ml_collections.ConfigDict,
+    model_config: Wav2Vec2Config,
+    graphdef: Any,
+    mesh: jax.sharding.Mesh,
+    state_shardings: Any,
 ) -> PretrainingEvaluator:
     """The validation of a pretrain config: `data.valid_manifest` (empty: the embedded corpus's
-    valid split), batches of `train.batch_size` made as training makes them, masks from `train.seed`."""
+    valid split), batches of `train.batch_size` made as training makes them for the run's model
+    (`model_config`: the config's `model` section, or a continued run's source architecture), masks
+    from `train.seed`."""
     manifest = config.data.get("valid_manifest", "") or str(default_manifest("valid"))
     batches, skipped = validation_batches(
         load_waveforms(manifest, normalize=config.data.normalize),
-        Wav2Vec2Config.from_run_config(config),
+        model_config,
         batch_size=config.train.batch_size,
         max_sample_size=config.data.max_sample_size,
         min_sample_size=config.data.min_sample_size,

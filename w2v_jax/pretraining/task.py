@@ -2,7 +2,8 @@
 
 - `pretraining_hyperparams`: the optimizer and step settings of a pretrain config's `train` section.
 - `token_batch_multiple`: what a token budget's batch sizes are rounded to.
-- `PretrainingTask`: the model of the config's `model` section, `objective.PretrainingObjective`,
+- `PretrainingTask`: the model of the config's `model` section (or, continuing from `config.init`,
+  that checkpoint's architecture and parameters: `continued`), `objective.PretrainingObjective`,
   the input pipeline on `data.train_manifest` (default: the embedded corpus), validation on
   `data.valid_manifest` (`evaluator.PretrainingEvaluator`), how its metrics are logged and shown
   (`METRIC_ROLES`) and the failure detectors that watch it: the loop's (`health.GradNormCollapse`,
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -20,15 +22,23 @@ from typing import Any, ClassVar
 import jax
 import ml_collections
 import optax
+from flax import nnx
 
+from w2v_jax.checkpoints.checkpointer import has_checkpoints
+from w2v_jax.checkpoints.loading import load_model
+from w2v_jax.checkpoints.run_layout import CHECKPOINTS_DIR, MODEL_CONFIG_FILE
+from w2v_jax.checkpoints.weights import ParamPath, with_parameters
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data import default_manifest
 from w2v_jax.data.pipeline import TrainIterator, make_train_iterator
 from w2v_jax.model import Wav2Vec2ForPreTraining
+from w2v_jax.pretraining.continued import architecture_differences, continued_model_config, source_parameters
 from w2v_jax.pretraining.evaluator import pretraining_evaluator
 from w2v_jax.pretraining.objective import PretrainingObjective
 from w2v_jax.training import evaluation, health, metrics, optim
 from w2v_jax.training.train_step import StepHyperparams, TrainState
+
+logger = logging.getLogger(__name__)
 
 
 def pretraining_hyperparams(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, StepHyperparams]:
@@ -119,23 +129,64 @@ PANELS = (
 
 
 class PretrainingTask:
-    """wav2vec 2.0 pretraining on `data.train_manifest` (default: the embedded corpus)."""
+    """wav2vec 2.0 pretraining on `data.train_manifest` (default: the embedded corpus).
+
+    With `config.init` (continued pretraining, `continued`) the first run reads the source
+    checkpoint once: its architecture with the config's training fields is the model, written to the
+    workdir (`model_config.json`), and its parameters are the fresh run's. A resume reads that file
+    and its own checkpoints, never the source.
+    """
 
     name = "pretrain"
     model_class = Wav2Vec2ForPreTraining
     metric_roles = METRIC_ROLES
 
+    def __init__(self) -> None:
+        self._model_config: Wav2Vec2Config | None = None
+        self._source: tuple[nnx.State, ParamPath] | None = None
+
     def prepare(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, *, primary: bool) -> None:
-        del config, workdir, primary
+        init = config.get("init", "")
+        self._source = None  # a task object may run several runs (a sweep's points)
+        if not init:
+            self._model_config = Wav2Vec2Config.from_run_config(config)
+            return
+        stored = workdir / MODEL_CONFIG_FILE
+        if stored.is_file() and has_checkpoints(workdir / CHECKPOINTS_DIR):
+            self._model_config = Wav2Vec2Config.from_json_file(stored)
+            logger.info("continued pretraining from %s: resuming, the model from %s", init, stored)
+            return
+        source = load_model(init)
+        self._source = source_parameters(source, init, fresh_heads=config.get("init_fresh_heads", False))
+        self._model_config = continued_model_config(config.model, source.config)
+        differences = architecture_differences(config.model, source.config)
+        logger.info(
+            "continued pretraining from %s (%s%s); architecture fields it sets differently from the config: %s",
+            init,
+            type(source).__name__,
+            ", fresh heads" if self._source[1] else "",
+            "; ".join(differences) or "none",
+        )
+        if primary:
+            self._model_config.to_json_file(stored)
 
     def model_config(self, config: ml_collections.ConfigDict) -> Wav2Vec2Config:
+        if self._model_config is not None:
+            return self._model_config
+        if config.get("init", ""):
+            raise RuntimeError("a continued run's model is known once PretrainingTask.prepare has read config.init")
         return Wav2Vec2Config.from_run_config(config)
 
     def optimizer_and_hyperparams(self, config: ml_collections.ConfigDict) -> tuple[Any, StepHyperparams]:
         return pretraining_hyperparams(config.train)
 
     def initial_state(self, state: TrainState) -> TrainState:
-        return state
+        if self._source is None:
+            return state
+        parameters, under = self._source
+        params = with_parameters(state.params, parameters, under=under, source="the init checkpoint")
+        self._source = None  # the source's arrays are not kept beside the run's
+        return state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params)))
 
     def data_iterator(
         self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int, shard_count: int
@@ -165,13 +216,13 @@ class PretrainingTask:
     def make_evaluator(
         self, config: ml_collections.ConfigDict, graphdef: Any, mesh: jax.sharding.Mesh, state_shardings: Any
     ) -> evaluation.Evaluator:
-        return pretraining_evaluator(config, graphdef, mesh, state_shardings)
+        return pretraining_evaluator(config, self.model_config(config), graphdef, mesh, state_shardings)
 
     def detectors(self, config: ml_collections.ConfigDict) -> Sequence[health.Detector]:
-        """Codebook collapse (the config's codebook groups), a trivial solution, a collapsed gradient
-        norm, divergence."""
+        """Codebook collapse (the model's codebook groups: a continued run's source's), a trivial
+        solution, a collapsed gradient norm, divergence."""
         return [
-            CodebookCollapse(config.model.num_codevector_groups),
+            CodebookCollapse((self._model_config or config.model).num_codevector_groups),
             TrivialSolution(),
             *health.loop_detectors(config, loss="loss"),
         ]
