@@ -176,7 +176,7 @@ class BeamSearchDecoder:
         spellings = None
         if lexicon is not None:
             spellings = read_lexicon(lexicon, vocabulary)
-        elif lm_words is not None and not is_token_lm(lm_words, vocabulary):
+        elif lm is not None and lm_words is not None and not is_token_lm(lm_words, vocabulary):
             spellings = {word: [spelling] for word, spelling in spell_words(lm_words, vocabulary, lm).items()}
             logger.info(
                 "%s: a word LM without a lexicon: decoding with the lexicon of its words spelled in the "

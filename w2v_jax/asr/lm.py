@@ -401,7 +401,8 @@ def write_lexicon(words: Iterable[str], path: str | os.PathLike, vocabulary: Voc
     (`spell_words`: the words it cannot spell left out and counted; none left is a ValueError), or
     in the word's own letters when `vocabulary` is None."""
     if vocabulary is None:
-        spellings = {word: spell(word) for word in sorted(set(words))}
+        # Without a unit vocabulary every word has a spelling (`spell` gives None only with one).
+        spellings = {word: spelling for word in sorted(set(words)) if (spelling := spell(word)) is not None}
     else:
         spellings = spell_words(words, vocabulary, path)
     path = Path(path)

@@ -142,8 +142,7 @@ def transcribe_files_with_timestamps(
 
     def transcript_and_segments(_: pathlib.Path, logits: np.ndarray) -> tuple[str, list[Segment]]:
         transcript = utterance_decoder.decode(logits, len(logits))
-        ids, _ = vocabulary.encode(transcript.tokens)
-        return transcript.text, segments(logits, ids, vocabulary, level)
+        return transcript.text, segments(logits, vocabulary.encode(transcript.tokens)[0], vocabulary, level)
 
     found = each_file(
         model,

@@ -229,8 +229,8 @@ def each_recording(
         batches = padded_batches(
             forward, [waveforms[i] for i in short], batch_size=batch_size, num_frames=model.num_frames
         )
-        for rows, logits, frame_lengths in batches:
-            logits, frame_lengths = np.asarray(logits, np.float32), np.asarray(frame_lengths)
+        for rows, batch_logits, batch_lengths in batches:
+            logits, frame_lengths = np.asarray(batch_logits, np.float32), np.asarray(batch_lengths)
             for slot, row in enumerate(rows):
                 index = short[int(row)]
                 results[index] = consume(index, logits[slot, : frame_lengths[slot]])
@@ -327,11 +327,15 @@ def each_file(
     forward = model_forward(model)
     size = batch_size * READ_BATCHES
     for batch, waveforms in read_in_batches(files, normalize=normalize, size=size, on_bad_file=on_bad_file):
+
+        def consume_row(index: int, logits: np.ndarray, batch: list[pathlib.Path] = batch) -> Result:
+            return consume(batch[index], logits)
+
         results = each_recording(
             model,
             forward,
             waveforms,
-            lambda index, logits, batch=batch: consume(batch[index], logits),
+            consume_row,
             batch_size=batch_size,
             chunk_s=chunk_s,
             stride_s=stride_s,

@@ -74,7 +74,7 @@ class Fairseq2Preset:
 
 # fairseq2's `Wav2Vec2Config()` / `Wav2Vec2EncoderConfig()` (the base architecture), our names.
 # fairseq2 has no dropout on the quantizer's input (fairseq's dropout_features): 0.
-_BASE = dict(
+_BASE: dict[str, Any] = dict(
     conv_bias=False,
     feat_extract_norm="group",
     hidden_size=768,
@@ -104,7 +104,7 @@ _BASE = dict(
     num_negatives=100,  # num_distractors
     feature_grad_mult=0.1,  # feature_grad_scale
 )
-_LARGE = dict(
+_LARGE: dict[str, Any] = dict(
     _BASE,
     hidden_size=1024,
     num_hidden_layers=24,
@@ -116,9 +116,11 @@ _LARGE = dict(
     proj_codevector_dim=768,
 )
 # Layer-norm convs with biases, pre-LN (no frontend norm after the positional conv).
-_LARGE_LV60K = dict(_LARGE, conv_bias=True, feat_extract_norm="layer", layerdrop=0.0, do_stable_layer_norm=True)
+_LARGE_LV60K: dict[str, Any] = dict(
+    _LARGE, conv_bias=True, feat_extract_norm="layer", layerdrop=0.0, do_stable_layer_norm=True
+)
 # Omnilingual's wav2vec2_ssl presets, from its `xlsr_base` (large_lv60k without attention dropout).
-_OMNI_1B = dict(
+_OMNI_1B: dict[str, Any] = dict(
     _LARGE_LV60K,
     attention_dropout=0.0,
     hidden_size=1280,
@@ -128,16 +130,22 @@ _OMNI_1B = dict(
     proj_codevector_dim=1024,
     feat_proj_dropout=0.1,
 )
-_OMNI_3B = dict(_OMNI_1B, hidden_size=2048, num_hidden_layers=60, intermediate_size=8192)
-_OMNI_7B = dict(_OMNI_3B, num_hidden_layers=128)
+_OMNI_3B: dict[str, Any] = dict(_OMNI_1B, hidden_size=2048, num_hidden_layers=60, intermediate_size=8192)
+_OMNI_7B: dict[str, Any] = dict(_OMNI_3B, num_hidden_layers=128)
 
 _TEMPERATURE, _TEMPERATURE_LV60K = (2.0, 0.5, 0.999995), (2.0, 0.1, 0.999995)
 # fairseq2's Wav2Vec2AsrConfig's encoder changes (full encoder gradient, dropout on the FFN's inner
 # activations alone) and masks (spatial spans of 64 channels).
-_ASR_ENCODER = dict(feature_grad_mult=1.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.1)
-_ASR_MASKS = dict(mask_time_prob=0.69, mask_feature_prob=0.55, mask_feature_length=64, final_dropout=0.0)
+_ASR_ENCODER: dict[str, Any] = dict(
+    feature_grad_mult=1.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.1
+)
+_ASR_MASKS: dict[str, Any] = dict(
+    mask_time_prob=0.69, mask_feature_prob=0.55, mask_feature_length=64, final_dropout=0.0
+)
 # Omnilingual's CTC models: no masking (no mask embedding in the file), LayerDrop 0.1.
-_OMNI_CTC = dict(_ASR_ENCODER, layerdrop=0.1, mask_time_prob=0.0, mask_feature_prob=0.0, final_dropout=0.0)
+_OMNI_CTC: dict[str, Any] = dict(
+    _ASR_ENCODER, layerdrop=0.1, mask_time_prob=0.0, mask_feature_prob=0.0, final_dropout=0.0
+)
 _OMNI_VOCAB_V1, _OMNI_VOCAB_V2 = 9812, 10288
 
 
@@ -251,12 +259,12 @@ def hf_to_fairseq2_key(key: str, *, norm: str, pre_ln: bool, ctc: bool) -> str:
         if key == hf_name:
             return name
     if not key.startswith("wav2vec2."):
-        name = rename_module(key, (_CTC_HEAD,) if ctc else _HEADS, reverse=True)
+        renamed = rename_module(key, (_CTC_HEAD,) if ctc else _HEADS, reverse=True)
     else:
-        name = rename_module(key.removeprefix("wav2vec2."), _encoder_pairs(norm, pre_ln), reverse=True)
-    if name is None:
+        renamed = rename_module(key.removeprefix("wav2vec2."), _encoder_pairs(norm, pre_ln), reverse=True)
+    if renamed is None:
         raise ValueError(f"no fairseq2 key for {key}")
-    return name
+    return renamed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +370,8 @@ def _preset_with(signature: tuple, vocab_size: int) -> str | None:
         if _config_signature(preset.config, ctc=preset.family == ASR_FAMILY) == signature
     ]
     exact = [name for name in matches if PRESETS[name].config.vocab_size == vocab_size]
-    return (exact or matches or [None])[0]
+    found = exact or matches
+    return found[0] if found else None
 
 
 def detect_preset(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
@@ -412,10 +421,12 @@ def _protobuf_fields(data: bytes, source: pathlib.Path) -> list[tuple[int, int, 
             if byte < 0x80:
                 return value, at
 
-    fields, at = [], 0
+    fields: list[tuple[int, int, int | bytes]] = []
+    at = 0
     while at < len(data):
         tag, at = varint(at)
         number, wire = tag >> 3, tag & 7
+        value: int | bytes
         if wire == 0:
             value, at = varint(at)
         elif wire == 2:
@@ -440,7 +451,8 @@ def read_sentencepiece_vocabulary(path: str | os.PathLike) -> Vocabulary:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such SentencePiece model")
-    pieces, unknown = [], None
+    pieces: list[str] = []
+    unknown: str | None = None
     for number, wire, value in _protobuf_fields(path.read_bytes(), path):
         if number != _PIECES_FIELD or wire != 2:
             continue
@@ -448,7 +460,7 @@ def read_sentencepiece_vocabulary(path: str | os.PathLike) -> Vocabulary:
         for field, field_wire, field_value in _protobuf_fields(bytes(value), path):
             if field == _PIECE_FIELD and field_wire == 2:
                 piece = bytes(field_value).decode("utf-8")
-            elif field == _TYPE_FIELD and field_wire == 0:
+            elif field == _TYPE_FIELD and field_wire == 0 and isinstance(field_value, int):
                 kind = field_value
         if piece is None:
             raise ValueError(f"{path}: SentencePiece piece {len(pieces)} has no text")

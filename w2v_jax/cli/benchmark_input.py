@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from absl import app, flags
@@ -160,7 +161,7 @@ def main(argv: list[str], args: SimpleNamespace) -> None:
         )
 
 
-def loader_settings(args: SimpleNamespace) -> dict[str, int | bool]:
+def loader_settings(args: SimpleNamespace) -> dict[str, Any]:
     """The flags that say how the loader batches (`make_train_iterator`'s arguments)."""
     return {
         "batch_size": args.batch_size.value,
@@ -180,13 +181,17 @@ def compare_with_shards(manifest: str, shards_dir: str, num_workers: int, args: 
         prepare_shards(manifest, shards_dir)
         elapsed = time.perf_counter() - start
         rows = load_manifest(shards_dir)
+        if rows.shard_rows is None:
+            raise ValueError(f"{shards_dir}: prepare_shards wrote no shard set")
         audio_s = float(np.sum(rows.lengths_16k())) / audio.SAMPLE_RATE
         mib = sum(os.path.getsize(f) for f in rows.shard_rows.files) / (1 << 20)
         lines.append(
             f"preparation: {len(rows)} rows, {mib:.0f} MiB in {elapsed:.1f} s: {len(rows) / elapsed:.0f} rows/s, "
             f"{mib / elapsed:.1f} MiB/s, {audio_s / elapsed:.0f} audio-s/s"
         )
-    sources = {"files": (manifest, input_benchmark.source_files(manifest))}
+    sources: dict[str, tuple[str | os.PathLike, Sequence[str | os.PathLike]]] = {
+        "files": (manifest, input_benchmark.source_files(manifest))
+    }
     sources["shards"] = (shards_dir, input_benchmark.source_files(shards_dir))
     medians = input_benchmark.compare_sources(
         sources,

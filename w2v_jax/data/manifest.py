@@ -100,7 +100,8 @@ def concatenate_manifests(manifests: Sequence[Manifest]) -> Manifest:
         entries.extend(part.entry_paths or part.paths)
         lengths.append(part.num_samples)
     source = " + ".join(part.source for part in manifests)
-    rows = shards.concatenate_rows([part.shard_rows for part in manifests]) if with_shards == {True} else None
+    parts = [part.shard_rows for part in manifests if part.shard_rows is not None]
+    rows = shards.concatenate_rows(parts) if with_shards == {True} else None
     return Manifest(
         Path("/"), tuple(paths), np.concatenate(lengths).astype(np.int64), source, known_bad, rows, tuple(entries)
     )

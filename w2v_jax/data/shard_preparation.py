@@ -213,7 +213,7 @@ def _finish(
     skipped = [line.split("\t")[3].partition(":")[0] for line in index_lines if line.split("\t")[3]]
     skip_counts = {reason: skipped.count(reason) for reason in sorted(set(skipped))}
     digests = [entry["sha256"] for entry in done]
-    descriptor = {
+    descriptor: dict[str, Any] = {
         "format": shards.FORMAT,
         "manifest": str(Path(manifest_path).resolve()),
         "manifest_fingerprint": manifest.fingerprint(),

@@ -59,6 +59,7 @@ class Vocabulary:
     word_delimiter_token: str = WORD_DELIMITER
     # token -> id, derived from `tokens` in `__post_init__`.
     _ids: dict[str, int] = dataclasses.field(init=False, repr=False, compare=False)
+    _casing: Casing | None = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(set(self.tokens)) != len(self.tokens):

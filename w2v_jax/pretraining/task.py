@@ -186,7 +186,9 @@ class PretrainingTask:
         parameters, under = self._source
         params = with_parameters(state.params, parameters, under=under, source="the init checkpoint")
         self._source = None  # the source's arrays are not kept beside the run's
-        return state.replace(params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params)))
+        return dataclasses.replace(
+            state, params=jax.device_put(params, jax.tree.map(lambda x: x.sharding, state.params))
+        )
 
     def data_iterator(
         self, config: ml_collections.ConfigDict, *, batch_size: int, shard_index: int, shard_count: int

@@ -103,6 +103,8 @@ def lowered_flops(lowered: jax.stages.Lowered, grad_accum_steps: int = 1) -> flo
     cost = lowered.cost_analysis()
     if isinstance(cost, Sequence):  # some versions return one dict per program
         cost = cost[0]
+    if not cost or "flops" not in cost:
+        raise ValueError("XLA's cost analysis of the update gave no FLOPs")
     return float(cost["flops"]) * grad_accum_steps
 
 

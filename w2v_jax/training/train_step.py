@@ -427,7 +427,7 @@ class TrainStep:
         return out
 
 
-def _shapes(batch: Batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _shapes(batch: Mapping[str, jax.Array | np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
 
 

@@ -506,9 +506,9 @@ def _loop(
             for k, v in local.items()
         }
         compiled_before = run.step_fn.compile_seconds
-        run.state, step_metrics = run.step_fn(run.state, batch, key)
-        step_metrics = {
-            **step_metrics,
+        run.state, device_metrics = run.step_fn(run.state, batch, key)
+        step_metrics: dict[str, Any] = {
+            **device_metrics,
             "audio_samples": _real_samples(batch),
             "model_flops": run.step_fn.flops(batch),
         }
