@@ -197,10 +197,16 @@ def test_ctc_checkpoint_with_its_dictionary_matches_transformers(kind, style, tm
     assert imported.vocabulary.pad_id == config.pad_token_id == 0
 
     reference = _reference(kind, {k: v for k, v in weights.items() if "quantizer" not in k}, config.vocab_size)
+    assert_ctc_outputs_match(imported.model, reference)
+
+
+def assert_ctc_outputs_match(model, reference):
+    """Our CTC model's logits and hidden states against transformers' `reference` (the same weights)
+    on the same audio, each within TOLERANCE."""
     audio = _audio(1)
     with torch.no_grad():
         expected = reference(torch.from_numpy(audio), output_hidden_states=True)
-    ours = nnx.jit(lambda m, x: m(x, output_hidden_states=True))(imported.model, audio)
+    ours = nnx.jit(lambda m, x: m(x, output_hidden_states=True))(model, audio)
     assert relative_error(ours.logits, expected.logits.numpy()) < TOLERANCE
     for mine, theirs in zip(ours.hidden_states, expected.hidden_states, strict=True):
         assert relative_error(mine, theirs.numpy()) < TOLERANCE

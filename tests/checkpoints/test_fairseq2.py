@@ -17,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-from tests.checkpoints.test_fairseq import EXPECTED, FIELDS, TOLERANCE, _audio, _reference
+from tests.checkpoints.test_fairseq import EXPECTED, FIELDS, TOLERANCE, _audio, _reference, assert_ctc_outputs_match
 from tests.support import HANG_TIMEOUT
 from tests.support.fairseq import fairseq_weights, save_fairseq_style
 from tests.support.fairseq2 import fairseq2_from_fairseq, save_fairseq2_style
@@ -76,14 +76,7 @@ def test_ctc_file_matches_transformers(kind, tmp_path):
     assert isinstance(imported.model, Wav2Vec2ForCTC) and imported.num_updates is None
     assert imported.family == "wav2vec2_asr" and imported.parameters == len(state)
 
-    reference = _reference(kind, weights, VOCAB)
-    audio = _audio(1)
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(audio), output_hidden_states=True)
-    ours = nnx.jit(lambda m, x: m(x, output_hidden_states=True))(imported.model, audio)
-    assert relative_error(ours.logits, expected.logits.numpy()) < TOLERANCE
-    for mine, theirs in zip(ours.hidden_states, expected.hidden_states, strict=True):
-        assert relative_error(mine, theirs.numpy()) < TOLERANCE
+    assert_ctc_outputs_match(imported.model, _reference(kind, weights, VOCAB))
 
 
 @pytest.mark.parametrize(("kind", "ctc"), [("base", False), ("large", True)])
