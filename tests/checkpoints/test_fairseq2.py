@@ -136,8 +136,9 @@ def test_load_model_tells_fairseq2_files_from_fairseq_files(tmp_path):
     assert isinstance(loaded, Wav2Vec2ForPreTraining)
     for (path, a), (_, b) in zip(_params(ours), _params(loaded), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=str(path))
-    config, encoder = load_encoder(tmp_path / "fairseq2.pt")
+    config, encoder, normalize = load_encoder(tmp_path / "fairseq2.pt")
     assert config == ours.config and len(nnx.to_flat_state(encoder)) < len(_params(ours))
+    assert normalize is None  # a fairseq2 file says nothing of its inputs' normalisation
 
 
 @pytest.mark.parametrize(

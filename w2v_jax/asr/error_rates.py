@@ -99,14 +99,15 @@ class ErrorCounts:
         self.lengths = dict.fromkeys(METRICS[kind], 0)
 
     def add(self, references: Sequence[str], hypotheses: Sequence[str]) -> None:
-        """Counts a batch of utterances (strings as `error_rate_metrics` takes them)."""
+        """Counts a batch of utterances (strings as `error_rate_metrics` takes them, letters normalised as it does)."""
         if len(references) != len(hypotheses):
             raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
         jiwer = _jiwer()
         for reference, hypothesis in zip(references, hypotheses):
             if self.kind == "phn":
                 self._count("per", jiwer.process_words(" ".join(reference.split()), " ".join(hypothesis.split())))
-            else:
+            else:  # one normalised form on both sides, as `error_rate_metrics`
+                reference, hypothesis = normalize_text(reference), normalize_text(hypothesis)
                 self._count("wer", jiwer.process_words(reference, hypothesis))
                 self._count("cer", jiwer.process_characters(reference, hypothesis))
 
