@@ -25,6 +25,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, get_args
 
+from w2v_jax.json_files import read_json
+
 # The Transformer activations the context network knows (transformers' ACT2FN names).
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu", "swish")
 # How the context network computes attention (`context_network.SelfAttention` says what each does).
@@ -369,9 +371,8 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Wav2Vec2Config:
-        """Reads a transformers `config.json`."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_hf_dict(json.load(f))
+        """Reads a transformers `config.json`; a JSONFileError naming it when it is no JSON."""
+        return cls.from_hf_dict(read_json(path))
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Writes a transformers `config.json`."""

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.support import NESTED_JSON
 from tests.support.states import assert_trees_equal, make_state
 from w2v_jax import sharding
 from w2v_jax.checkpoints import checkpointer
@@ -155,6 +156,28 @@ def test_lost_bookkeeping_file_with_verified_arrays_still_restores(two_checkpoin
     ckpt.close()
     assert step == 2 and host == {"n": 2}
     assert_trees_equal(state, state_of(2))
+
+
+def test_metadata_nested_too_deep_to_parse_is_corruption(two_checkpoints):
+    """JSON nested deeper than Python's parser recurses, in orbax's `_CHECKPOINT_METADATA` (read as the
+    directory opens): the step is named corrupt in one line; in the host record: the step is corrupt
+    like any undecodable one, moved aside, and the restore falls back."""
+    metadata = two_checkpoints / "2" / "_CHECKPOINT_METADATA"
+    written = metadata.read_text()
+    metadata.write_text(NESTED_JSON)
+    with pytest.raises(checkpointer.CorruptCheckpointError) as info:
+        checkpointer.Checkpointer(two_checkpoints, read_only=True)
+    message = str(info.value)
+    step_dir = two_checkpoints / "2"
+    assert message.startswith(f"checkpoint {step_dir} is corrupt or incomplete: its metadata is unreadable (JSON")
+    assert "nested deeper" in message and "\n" not in message
+    metadata.write_text(written)
+    (two_checkpoints / "2" / "host" / "metadata").write_text(NESTED_JSON)
+    ckpt = checkpointer.Checkpointer(two_checkpoints, keep=3, async_save=False)
+    step, state, host = ckpt.restore_newest_intact(checkpointer.abstract_like(state_of(0)))
+    ckpt.close()
+    assert step == 1 and host == {"n": 1} and (two_checkpoints / "2.corrupt").is_dir()
+    assert_trees_equal(state, state_of(1))
 
 
 def test_no_intact_checkpoint_refuses_with_every_path(two_checkpoints):

@@ -1,8 +1,10 @@
 """Untrusted files stay small: each attack of a few hundred bytes (pickles written opcode by opcode,
 no torch) is refused in one line with the memory it costs bounded by the file's size, and nothing of
 ours is mutated. Covers `torch_files` (the reader of fairseq's `.pt` and transformers'
-`pytorch_model.bin`), fairseq's config fields, `integrity.json` and `import_processor_lm`."""
+`pytorch_model.bin`), fairseq's config fields, `integrity.json`, `import_processor_lm` and every JSON
+file of a checkpoint folder (nested too deep to parse)."""
 
+import json
 import pathlib
 import pickle
 import struct
@@ -12,10 +14,14 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests.support import NESTED_JSON
 from w2v_jax.asr.processor_lm import import_processor_lm
 from w2v_jax.checkpoints import torch_files
 from w2v_jax.checkpoints.fairseq import load_fairseq_checkpoint
 from w2v_jax.checkpoints.folder import DamagedCheckpointError, verify_integrity
+from w2v_jax.checkpoints.hf import load_vocabulary
+from w2v_jax.checkpoints.loading import load_model, stored_input_normalization
+from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
 
 # Pickle opcodes (pickletools names) of protocol 2.
@@ -220,6 +226,34 @@ def test_symbolic_links_out_of_a_transformers_folder_are_not_followed(tmp_path):
     (lm / "lm.arpa").symlink_to("/dev/zero")  # would be copied forever
     with pytest.raises(ValueError, match="refused"):
         import_processor_lm(source, destination, vocabulary)
+
+
+@pytest.mark.parametrize(
+    "nested, beside, read",
+    [
+        # A transformers folder's config, read by the loader before any weight.
+        ("config.json", {"model.safetensors": ""}, load_model),
+        ("model.safetensors.index.json", {"config.json": json.dumps(Wav2Vec2Config().to_hf_dict())}, load_model),
+        ("tokenizer_config.json", {"vocab.json": '{"<pad>": 0, "<unk>": 1}'}, load_vocabulary),
+        ("preprocessor_config.json", {}, stored_input_normalization),
+        # A training workdir's run config.
+        ("config.json", {"checkpoints/1/_CHECKPOINT_METADATA": "{}"}, load_model),
+        ("integrity.json", {}, verify_integrity),
+        (
+            "language_model/attrs.json",
+            {"language_model/lm.arpa": ""},
+            lambda folder: import_processor_lm(folder, folder / "ours", Vocabulary.from_symbols(["a"])),
+        ),
+    ],
+)
+def test_json_nested_too_deep_to_parse_is_one_line_naming_the_file(tmp_path, nested, beside, read):
+    for name, content in {**beside, nested: NESTED_JSON}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError) as error:
+        read(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / nested}: ") and "nested deeper" in message and "\n" not in message
 
 
 def test_a_real_array_still_reads_with_its_copy_counted(tmp_path):

@@ -2,6 +2,7 @@
 
 import glob
 import logging
+import re
 import shutil
 import unicodedata
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.support import NESTED_JSON
 from w2v_jax.data import CORPUS_DIR, default_manifest
 from w2v_jax.data.labels import (
     EMPTY_TRANSCRIPT,
@@ -156,6 +158,13 @@ def test_corpus_labels_regenerate_identically_and_match_manifests(tmp_path):
     # setup.cfg's package_data pattern (data/corpus/**/*) ships them.
     shipped = {p.split("/")[-1] for p in glob.glob(str(CORPUS_DIR / "**" / "*"), recursive=True)}
     assert {p.name for p in written} <= shipped
+
+
+def test_corpus_metadata_nested_too_deep_to_parse_is_named_with_its_line(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text('{"path": "a.flac", "text": "a"}\n' + NESTED_JSON + "\n")
+    path = re.escape(str(tmp_path / "metadata.jsonl"))
+    with pytest.raises(ValueError, match=rf"^{path}: JSON nested deeper .* \(line 2\)$"):
+        write_corpus_labels(tmp_path)
 
 
 def test_corpus_rows_follow_the_metadata():

@@ -4,12 +4,14 @@ resumable preparation, checksums."""
 import json
 import logging
 import re
+import struct
 
 import grain
 import numpy as np
 import pytest
 
 from tests.data.test_pipeline import EXPECTED_SKIPS, MAX, MIN, _bad_corpus, _batches, _corpus
+from tests.support import NESTED_JSON
 from tests.support.launchers import run_main
 from w2v_jax.cli import benchmark_input
 from w2v_jax.data import default_manifest, make_train_iterator, manifest, pipeline, shard_preparation, shards
@@ -136,6 +138,17 @@ def test_a_finished_set_is_verified_and_damage_is_named(tmp_path):
     first.unlink()
     with pytest.raises(ValueError, match=f"shard {first.name} is missing"):
         make_train_iterator(out, **COMMON)
+
+
+def test_json_nested_too_deep_to_parse_is_one_line_naming_the_descriptor_or_the_record(tmp_path):
+    (tmp_path / shards.DESCRIPTOR).write_text(NESTED_JSON)
+    descriptor = re.escape(str(tmp_path / shards.DESCRIPTOR))
+    with pytest.raises(ValueError, match=rf"^{descriptor}: JSON nested deeper .* allows$"):
+        manifest.load_manifest(tmp_path)
+    header = NESTED_JSON.encode()
+    record = struct.pack("<I", len(header)) + header + b"RIFF"
+    with pytest.raises(ValueError, match=r"^the shard record of a\.wav's header: JSON nested deeper .* allows$"):
+        shards.decode_record(record, "the shard record of a.wav")
 
 
 def test_labels_in_shards_give_the_manifests_labelled_batches_and_several_corpora_mix(tmp_path):

@@ -1,12 +1,21 @@
 """w2v_jax.data.utterances: speakers, frame labels from phoneme spans, equal-length batches."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import NESTED_JSON
 from w2v_jax.data import default_manifest
-from w2v_jax.data.utterances import Utterance, equal_length_batches, frame_phone_labels, load_utterances
+from w2v_jax.data.utterances import (
+    Utterance,
+    equal_length_batches,
+    frame_phone_labels,
+    load_utterances,
+    read_metadata,
+)
 
 
 def _labels_oracle(phonemes, starts, ends, num_frames):
@@ -57,3 +66,12 @@ def test_the_speaker_is_the_voice_variant_in_every_language():
     assert speaker("en-us") == "en-us" and speaker(None) is None  # no variant: the voice is its own speaker
     loaded = load_utterances(default_manifest("valid"), max_utterances=2)
     assert [u.voice for u in loaded] == ["en-us+f2", "fr+m3"] and [u.speaker for u in loaded] == ["f2", "m3"]
+
+
+def test_metadata_lines_are_read_and_one_nested_too_deep_is_named_with_its_line(tmp_path):
+    path = tmp_path / "metadata.jsonl"
+    path.write_text('{"path": "a.flac", "text": "x"}\n\n{"path": "b.flac"}\n')
+    assert read_metadata(path) == {"a.flac": {"path": "a.flac", "text": "x"}, "b.flac": {"path": "b.flac"}}
+    path.write_text('{"path": "a.flac"}\n' + NESTED_JSON + "\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: JSON nested deeper .* \(line 2\)$"):
+        read_metadata(path)

@@ -2,11 +2,13 @@
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
 from transformers import Wav2Vec2CTCTokenizer
 
+from tests.support import NESTED_JSON
 from w2v_jax.data.vocabulary import SPECIAL_TOKENS, Vocabulary
 
 LETTERS = Vocabulary.from_symbols("zabé'c")
@@ -124,6 +126,12 @@ def test_bad_vocabularies_are_named(tmp_path):
         Vocabulary.load(tmp_path)
     (tmp_path / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 2}))
     with pytest.raises(ValueError, match=r"ids must be 0\.\.1"):
+        Vocabulary.load(tmp_path)
+
+
+def test_a_vocabulary_nested_too_deep_to_parse_is_one_line_naming_it(tmp_path):
+    (tmp_path / "vocab.json").write_text(NESTED_JSON)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'vocab.json'))}: JSON nested deeper"):
         Vocabulary.load(tmp_path)
 
 

@@ -1,6 +1,6 @@
-"""Helpers shared by the tests: the repository's path, how XLA compiles in the tests (`xla_flags`), small
-generated corpora (`corpus`), an install without the PyTorch reference (`imports`) and launcher runs in
-subprocesses (`launchers`)."""
+"""Helpers shared by the tests: the repository's path, how XLA compiles in the tests (`xla_flags`), JSON
+nested too deep to parse (`NESTED_JSON`), small generated corpora (`corpus`), an install without the
+PyTorch reference (`imports`) and launcher runs in subprocesses (`launchers`)."""
 
 import pathlib
 
@@ -9,6 +9,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # The limit of a subprocess or notebook cell of a test: only against a hang. It is many times the
 # longest run of any test on the slowest machine CI has had (the tiny fine-tuning run, under 4 min).
 HANG_TIMEOUT = 3600
+
+# JSON nested 100000 levels deep (objects holding lists), 0.6 MB: Python's json parser gives up with a
+# RecursionError near its recursion limit (1000); every reader of a supplied JSON file must refuse it
+# in one line naming the file.
+NESTED_JSON = '{"a": [' * 50_000
 
 
 def xla_flags(devices: int, *, long_run: bool = False) -> str:

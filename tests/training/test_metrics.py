@@ -13,7 +13,7 @@ import pytest
 import tqdm
 from tensorboardX.proto import event_pb2
 
-from tests.support import HANG_TIMEOUT, REPO
+from tests.support import HANG_TIMEOUT, NESTED_JSON, REPO
 from w2v_jax.pretraining.task import METRIC_ROLES, PANELS, PretrainingTask
 from w2v_jax.training import trainer
 from w2v_jax.training.metrics import (
@@ -226,3 +226,10 @@ def test_unreadable_lines_are_counted_named_and_kept_aside_on_resume(tmp_path, c
     assert read_metrics(path) == good[:2] and read_metrics(path).unreadable == []
     aside = (tmp_path / (METRICS_FILE + UNREADABLE_SUFFIX)).read_text().splitlines()
     assert aside == [lines[2], lines[3], lines[6]]
+
+
+def test_a_line_nested_too_deep_to_parse_is_unreadable_like_any_other(tmp_path):
+    path = tmp_path / METRICS_FILE
+    path.write_text(f'{{"step": 1}}\n{NESTED_JSON}\n{{"step": 2}}\n')
+    records = read_metrics(path)
+    assert records == [{"step": 1}, {"step": 2}] and records.unreadable == [2]

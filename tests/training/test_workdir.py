@@ -20,7 +20,7 @@ import ml_collections
 import orbax.checkpoint._src.path.atomicity as atomicity
 import pytest
 
-from tests.support import HANG_TIMEOUT, REPO
+from tests.support import HANG_TIMEOUT, NESTED_JSON, REPO
 from w2v_jax.checkpoints import checkpointer, load_model, run_layout
 from w2v_jax.cli import run_faults_exit, unknown_field_message
 from w2v_jax.configs import pretrain as pretrain_config
@@ -389,6 +389,15 @@ def test_a_sweep_point_in_use_exits_with_one_line(tmp_path, env):
         f"workdir {point} is in use by {holder}; wait for that run to end or use another --workdir"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_a_stored_config_nested_too_deep_to_parse_is_one_line(tmp_path):
+    (tmp_path / run_layout.CONFIG_FILE).write_text(NESTED_JSON)
+    with pytest.raises(SystemExit) as info, run_faults_exit(tmp_path):
+        workdir.prepare_config(tmp_path, {"seed": 0}, '{"seed": 0}', has_checkpoints=True)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / run_layout.CONFIG_FILE}: JSON nested deeper") and "\n" not in message
+    assert message.endswith("the checkpoints can't be checked against it")
 
 
 def test_run_faults_exit_turns_user_faults_into_one_line(tmp_path):

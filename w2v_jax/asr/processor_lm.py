@@ -28,6 +28,7 @@ from w2v_jax.asr.beam_search import KENLM_BINARY_MAGIC, BeamSearchOptions
 from w2v_jax.asr.lm import BOS, EOS, UNK, NgramLM, write_lexicon
 from w2v_jax.checkpoints.hf import PREPROCESSOR_FILE
 from w2v_jax.data.vocabulary import Vocabulary
+from w2v_jax.json_files import JSONFileError, read_json
 
 PROCESSOR_CLASS = "Wav2Vec2ProcessorWithLM"
 ALPHABET_FILE = "alphabet.json"
@@ -64,7 +65,7 @@ def export_processor_lm(
     folder = Path(folder)
     # The pipeline loads the LM decoder when the feature extractor names an LM processor.
     preprocessor = folder / PREPROCESSOR_FILE
-    settings = json.loads(preprocessor.read_text())
+    settings = read_json(preprocessor)
     preprocessor.write_text(json.dumps({**settings, "processor_class": PROCESSOR_CLASS}, indent=2) + "\n")
     (folder / ALPHABET_FILE).write_text(json.dumps({"labels": alphabet_labels(vocabulary), "is_bpe": False}))
     lm_dir = folder / LM_DIR
@@ -114,7 +115,10 @@ def import_processor_lm(
     if len(models) != 1:
         raise ValueError(f"{source_dir}: expected one KenLM file (.arpa, .bin or .binary), found {len(models)}")
     try:
-        attrs = json.loads(attrs_path.read_text())
+        attrs = read_json(attrs_path)
+    except JSONFileError as error:
+        raise ValueError(f"{attrs_path}: not pyctcdecode's attrs.json ({error.problem})") from None
+    try:
         weights = {"lm_weight": float(attrs["alpha"]) * math.log(10), "word_score": float(attrs["beta"])}
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{attrs_path}: not pyctcdecode's attrs.json ({error})") from None

@@ -53,6 +53,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from w2v_jax.json_files import JSONFileError, read_json
+
 logger = logging.getLogger(__name__)
 
 
@@ -138,7 +140,8 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _is_damage(error: BaseException) -> bool:
     """Whether a restore's `error` says the checkpoint's files are damaged: missing (FileNotFoundError,
-    tensorstore's NOT_FOUND), truncated or unreadable (DATA_LOSS, OUT_OF_RANGE), undecodable JSON.
+    tensorstore's NOT_FOUND), truncated or unreadable (DATA_LOSS, OUT_OF_RANGE), undecodable JSON (nested
+    too deep to parse included).
     An error of memory (MemoryError, RESOURCE_EXHAUSTED) or of the file system (an OSError other than
     a missing file) anywhere in its chain is not damage, whatever else the chain says."""
     chain = _causes(error)
@@ -150,6 +153,9 @@ def _is_damage(error: BaseException) -> bool:
             return False
     for link in chain:
         if isinstance(link, FileNotFoundError | json.JSONDecodeError | UnicodeDecodeError):
+            return True
+        # JSON nested too deep to parse: Python's json parser says what it was decoding.
+        if isinstance(link, RecursionError) and "while decoding a JSON" in str(link):
             return True
         if isinstance(link, ValueError | RuntimeError) and str(link).lstrip().startswith(_DAMAGE_CODES):
             return True
@@ -256,6 +262,27 @@ def tree_all_finite(tree: Any) -> bool:
     return bool(_all_finite(tree))
 
 
+def _open_manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    """orbax's manager of `directory`.
+
+    Opening it reads every step's `_CHECKPOINT_METADATA`: orbax passes over one that is not valid JSON
+    (restoring that step then reports it corrupt), but lets a RecursionError out of one nested too deep
+    to parse. That step is named corrupt here, in one line (CorruptCheckpointError).
+    """
+    try:
+        return ocp.CheckpointManager(directory, options=options)
+    except RecursionError:
+        for metadata in sorted(pathlib.Path(directory).glob("*/_CHECKPOINT_METADATA")):
+            try:
+                read_json(metadata)
+            except JSONFileError as error:
+                raise CorruptCheckpointError(
+                    f"checkpoint {metadata.parent} is corrupt or incomplete: its metadata is unreadable "
+                    f"({error.problem})"
+                ) from None
+        raise
+
+
 class Checkpointer:
     """Periodic, asynchronous, keep-the-last-N checkpoints of a train state and its host record.
 
@@ -286,7 +313,7 @@ class Checkpointer:
                 cleanup_tmp_directories=True,
                 create=True,
             )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = _open_manager(self.directory, options)
         self._partial_manager: ocp.CheckpointManager | None = None
 
     def _restoring_manager(self, partial: bool) -> ocp.CheckpointManager:
@@ -296,7 +323,7 @@ class Checkpointer:
         if not partial:
             return self._manager
         if self._partial_manager is None:
-            self._partial_manager = ocp.CheckpointManager(self.directory, options=_read_only_options())
+            self._partial_manager = _open_manager(self.directory, _read_only_options())
         return self._partial_manager
 
     def latest_step(self) -> int | None:
@@ -434,7 +461,7 @@ class Checkpointer:
         if (path / INTEGRITY_ITEM).is_dir():
             return True
         try:
-            items = json.loads((path / "_CHECKPOINT_METADATA").read_text(encoding="utf-8"))["item_handlers"]
+            items = read_json(path / "_CHECKPOINT_METADATA")["item_handlers"]
         except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
             raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or incomplete: its metadata is missing or unreadable "

@@ -25,6 +25,7 @@ from w2v_jax.checkpoints.hf import CONFIG_FILE, save_feature_extractor, save_pro
 from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, model_class
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.vocabulary import Vocabulary
+from w2v_jax.json_files import JSONFileError, read_json
 
 PARAMS_FILE = "params.safetensors"
 INTEGRITY_FILE = "integrity.json"
@@ -108,8 +109,10 @@ def verify_integrity(folder: str | os.PathLike) -> None:
     if not path.is_file():
         return
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))["sha256"]
-    except (ValueError, KeyError, TypeError) as error:
+        recorded = read_json(path)["sha256"]
+    except JSONFileError as error:
+        raise DamagedCheckpointError(f"{path}: damaged integrity record ({error.problem})") from None
+    except (KeyError, TypeError) as error:
         raise DamagedCheckpointError(f"{path}: damaged integrity record ({error})") from None
     if not isinstance(recorded, dict):
         raise DamagedCheckpointError(f"{path}: damaged integrity record (sha256 is not a mapping)")

@@ -42,6 +42,7 @@ from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
+from w2v_jax.json_files import read_json
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -176,7 +177,7 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return safetensors.numpy.load_file(folder / "model.safetensors")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         return {k: v for shard in shards for k, v in safetensors.numpy.load_file(folder / shard).items()}
     if (folder / "pytorch_model.bin").is_file():
         return _read_pytorch_bin(folder / "pytorch_model.bin")
@@ -318,7 +319,7 @@ def load_vocabulary(path: str | os.PathLike) -> Vocabulary | None:
         return None
     names = {}
     if (folder / "tokenizer_config.json").is_file():
-        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        settings = read_json(folder / "tokenizer_config.json")
         names = {
             k: settings[k]
             for k in ("pad_token", "unk_token", "word_delimiter_token")

@@ -20,7 +20,6 @@ each logged once): an empty transcript, or one needing more frames than the utte
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import unicodedata
@@ -33,6 +32,7 @@ import numpy as np
 from w2v_jax.data import shards
 from w2v_jax.data.manifest import Manifest, open_shards, read_manifest
 from w2v_jax.data.vocabulary import Vocabulary
+from w2v_jax.json_files import read_json_lines
 
 logger = logging.getLogger("w2v_jax.data")
 
@@ -237,8 +237,7 @@ def write_corpus_labels(corpus_dir: str | os.PathLike, splits: Sequence[str] = (
     without pauses. Rows follow the manifest. Returns the files written.
     """
     corpus_dir = Path(corpus_dir)
-    with open(corpus_dir / "metadata.jsonl", encoding="utf-8") as f:
-        by_path = {row["path"]: row for row in map(json.loads, f)}
+    by_path = {row["path"]: row for row in read_json_lines(corpus_dir / "metadata.jsonl")}
     written = []
     for split in splits:
         manifest_path = corpus_dir / f"{split}.tsv"

@@ -31,6 +31,7 @@ from w2v_jax.data import audio, shards
 from w2v_jax.data.labels import read_label_lines
 from w2v_jax.data.manifest import Manifest, lengths_at_16k, read_manifest
 from w2v_jax.data.pipeline import read_row
+from w2v_jax.json_files import loads
 
 logger = logging.getLogger("w2v_jax.data")
 
@@ -69,7 +70,7 @@ def _read_progress(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
     # The last line may be cut short by the stop: only lines that end are records.
-    records = [json.loads(line) for line in lines[:-1]]
+    records = [loads(line, path, line=number) for number, line in enumerate(lines[:-1], start=1)]
     if not records:
         return []  # stopped before its settings were recorded
     if records[0] != settings:

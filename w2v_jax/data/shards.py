@@ -40,6 +40,7 @@ import grain
 import numpy as np
 
 from w2v_jax.data import audio
+from w2v_jax.json_files import loads, read_json
 
 FORMAT = "w2v_jax.shards/1"
 DESCRIPTOR = "shards.json"
@@ -72,15 +73,16 @@ def encode_record(header: Mapping[str, Any], data: bytes = b"") -> bytes:
     return _HEADER_LENGTH.pack(len(encoded)) + encoded + data
 
 
-def decode_record(record: bytes) -> tuple[dict[str, Any], bytes]:
-    """(header, file bytes) of one record; a ValueError for a record that is not one of ours."""
+def decode_record(record: bytes, source: str = "a shard record") -> tuple[dict[str, Any], bytes]:
+    """(header, file bytes) of one record; a ValueError for a record that is not one of ours
+    (`source` names the record in it)."""
     if len(record) < _HEADER_LENGTH.size:
-        raise ValueError(f"a shard record of {len(record)} bytes has no header")
+        raise ValueError(f"{source} of {len(record)} bytes has no header")
     (length,) = _HEADER_LENGTH.unpack_from(record)
     end = _HEADER_LENGTH.size + length
     if end > len(record):
-        raise ValueError(f"a shard record's header claims {length} bytes, the record holds {len(record)}")
-    return json.loads(record[_HEADER_LENGTH.size : end].decode("utf-8")), record[end:]
+        raise ValueError(f"{source}'s header claims {length} bytes, the record holds {len(record)}")
+    return loads(record[_HEADER_LENGTH.size : end], f"{source}'s header"), record[end:]
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -126,7 +128,7 @@ class ShardRows:
         if index in self.skipped:
             reason, detail = self.skipped[index]
             raise audio.AudioError(reason, name, detail)
-        header, data = decode_record(self._source[index])
+        header, data = decode_record(self._source[index], f"the shard record of {name}")
         return audio.decode_audio_bytes(data, header["suffix"], name)
 
 
@@ -184,7 +186,7 @@ def open_shard_set(path: str | os.PathLike) -> ShardSet:
     descriptor_file = descriptor_path(path)
     if descriptor_file is None:
         raise ValueError(f"{path}: not a shard set (no {DESCRIPTOR})")
-    descriptor = json.loads(descriptor_file.read_text(encoding="utf-8"))
+    descriptor = read_json(descriptor_file)
     if descriptor.get("format") != FORMAT:
         raise ValueError(f"{descriptor_file}: not a {FORMAT} descriptor (format={descriptor.get('format')!r})")
     folder = descriptor_file.parent

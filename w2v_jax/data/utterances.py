@@ -9,7 +9,6 @@ groups waveforms of equal length so a model compiles one forward pass per length
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 
 from w2v_jax.data.audio import RECEPTIVE_FIELD, SAMPLE_RATE, load_audio
 from w2v_jax.data.manifest import load_manifest
+from w2v_jax.json_files import read_json_lines
 
 # Frame grid of the standard conv stack: a frame every 320 samples over its receptive field
 # (`audio.RECEPTIVE_FIELD` samples).
@@ -55,12 +55,7 @@ class Utterance:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, dict]:
     """A corpus' `metadata.jsonl` keyed by each record's manifest path."""
-    records = {}
-    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records[record["path"]] = record
-    return records
+    return {record["path"]: record for record in read_json_lines(path)}
 
 
 def load_utterances(

@@ -29,6 +29,8 @@ from typing import Literal
 
 import numpy as np
 
+from w2v_jax.json_files import read_json
+
 PAD, BOS, EOS, UNK, WORD_DELIMITER = "<pad>", "<s>", "</s>", "<unk>", "|"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, WORD_DELIMITER)
 VOCAB_FILE = "vocab.json"  # transformers' Wav2Vec2CTCTokenizer file name
@@ -91,7 +93,7 @@ class Vocabulary:
             path = path / VOCAB_FILE
         if not path.is_file():
             raise ValueError(f"{path}: no such vocabulary file")
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = read_json(path)
         if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
             raise ValueError(
                 f"{path}: expected a flat JSON object token -> integer id (per-language vocabularies are not supported)"

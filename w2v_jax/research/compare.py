@@ -24,6 +24,7 @@ from flax import nnx
 
 from w2v_jax import sharding
 from w2v_jax.config import Wav2Vec2Config
+from w2v_jax.json_files import read_json_lines
 from w2v_jax.layers import named_key
 from w2v_jax.model import Wav2Vec2ForPreTraining
 from w2v_jax.pretraining.task import PretrainingTask, pretraining_hyperparams
@@ -194,7 +195,7 @@ def read_curve_file(path: str | os.PathLike, metric: str = "loss") -> tuple[np.n
     if not path.is_file():
         raise ValueError(f"curve file {path} does not exist")
     if path.suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_json_lines(path)
     elif path.suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))

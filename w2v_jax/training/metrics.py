@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 from matplotlib.figure import Figure
 
+from w2v_jax.json_files import JSONFileError, loads
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -76,8 +78,8 @@ def _parse(path: str | os.PathLike) -> tuple[MetricRecords, list[str]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = loads(line, path, line=number)
+            except JSONFileError:
                 record = None
             if isinstance(record, dict) and "step" in record:
                 records.append(record)

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from w2v_jax.checkpoints.run_layout import CONFIG_CHANGES_FILE, CONFIG_FILE, LOCK_FILE
+from w2v_jax.json_files import JSONFileError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -214,11 +215,9 @@ def prepare_config(
     path = workdir / CONFIG_FILE
     if has_checkpoints and path.is_file():
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise WorkdirError(
-                f"{path} is not valid JSON ({error}); the checkpoints can't be checked against it"
-            ) from None
+            stored = read_json(path)
+        except JSONFileError as error:
+            raise WorkdirError(f"{error}; the checkpoints can't be checked against it") from None
         changes = check_resume_config(stored, config, where=str(path))
         if changes and write:
             logger.warning(
