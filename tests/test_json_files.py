@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from tests.support import NESTED_JSON
-from w2v_jax.json_files import JSONFileError, loads, read_json, read_json_lines
+from w2v_jax.json_files import JSONFileError, loads, member, read_json, read_json_lines
 
 
 def _depth(n: int) -> int:
@@ -58,6 +58,54 @@ def test_json_lines_name_the_line_and_skip_blank_ones(tmp_path):
     path.write_text('{"path": "a"}\n{"path": }\n')
     with pytest.raises(JSONFileError, match=rf"^{name}: not valid JSON \(Expecting value: line 2 column 10\)$"):
         read_json_lines(path)
+
+
+@pytest.mark.parametrize(
+    "text, expect, found",
+    [
+        ("[]", dict, "an array"),
+        ("3", dict, "a number"),
+        ("2.5", dict, "a number"),
+        ('"a"', dict, "a string"),
+        ("true", dict, "a boolean"),
+        ("null", dict, "null"),
+        ('{"a": 1}', list, "an object"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_what_was_expected_and_found(tmp_path, text, expect, found):
+    wanted = f"expected a JSON {'object' if expect is dict else 'array'} at the top level, found {found}"
+    with pytest.raises(JSONFileError) as error:
+        loads(text, "some/config.json", expect=expect)
+    assert str(error.value) == f"some/config.json: {wanted}" and error.value.problem == wanted
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(JSONFileError, match=rf"^{re.escape(str(path))}: {wanted}$"):
+        read_json(path, expect=expect)
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text(f"{'[1]' if expect is list else '{}'}\n\n{text}\n")
+    with pytest.raises(JSONFileError, match=rf"^{re.escape(str(lines))}: {wanted} \(line 3\)$"):
+        read_json_lines(lines, expect=expect)
+
+
+def test_the_expected_type_is_given_back_and_no_expectation_takes_any_value(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": [1]}\n[2]\n"x"\n')
+    assert read_json_lines(path) == [{"a": [1]}, [2], "x"]
+    path.write_text('{"a": [1]}\n{}\n')
+    assert read_json_lines(path, expect=dict) == [{"a": [1]}, {}]
+    path.write_text('{"a": [1]}')
+    assert read_json(path, expect=dict) == {"a": [1]} and loads("[2]", "x", expect=list) == [2]
+    assert member({"weight_map": {"w": "a.safetensors"}}, "weight_map", dict, "x") == {"w": "a.safetensors"}
+
+
+@pytest.mark.parametrize(
+    "obj, found",
+    [({}, "nothing"), ({"weight_map": None}, "null"), ({"weight_map": ["a.safetensors"]}, "an array")],
+)
+def test_a_member_of_an_object_is_checked_like_the_top_level(obj, found):
+    with pytest.raises(JSONFileError) as error:
+        member(obj, "weight_map", dict, "index.json")
+    assert str(error.value) == f'index.json: expected a JSON object as "weight_map", found {found}'
 
 
 def test_a_deep_file_is_refused_within_a_few_times_its_size(tmp_path):

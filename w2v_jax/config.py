@@ -371,8 +371,8 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Wav2Vec2Config:
-        """Reads a transformers `config.json`; a JSONFileError naming it when it is no JSON."""
-        return cls.from_hf_dict(read_json(path))
+        """Reads a transformers `config.json`; a JSONFileError naming it when it is no JSON object."""
+        return cls.from_hf_dict(read_json(path, expect=dict))
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Writes a transformers `config.json`."""

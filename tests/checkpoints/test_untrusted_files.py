@@ -228,32 +228,74 @@ def test_symbolic_links_out_of_a_transformers_folder_are_not_followed(tmp_path):
         import_processor_lm(source, destination, vocabulary)
 
 
-@pytest.mark.parametrize(
-    "nested, beside, read",
-    [
-        # A transformers folder's config, read by the loader before any weight.
-        ("config.json", {"model.safetensors": ""}, load_model),
-        ("model.safetensors.index.json", {"config.json": json.dumps(Wav2Vec2Config().to_hf_dict())}, load_model),
-        ("tokenizer_config.json", {"vocab.json": '{"<pad>": 0, "<unk>": 1}'}, load_vocabulary),
-        ("preprocessor_config.json", {}, stored_input_normalization),
-        # A training workdir's run config.
-        ("config.json", {"checkpoints/1/_CHECKPOINT_METADATA": "{}"}, load_model),
-        ("integrity.json", {}, verify_integrity),
-        (
-            "language_model/attrs.json",
-            {"language_model/lm.arpa": ""},
-            lambda folder: import_processor_lm(folder, folder / "ours", Vocabulary.from_symbols(["a"])),
-        ),
-    ],
-)
-def test_json_nested_too_deep_to_parse_is_one_line_naming_the_file(tmp_path, nested, beside, read):
-    for name, content in {**beside, nested: NESTED_JSON}.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError) as error:
+# Each JSON file of a checkpoint folder, the files its reader needs beside it, the reader, and the
+# error it raises (one naming the file, or the reader's own damage type).
+JSON_READERS = [
+    # A transformers folder's config, read by the loader before any weight.
+    ("config.json", {"model.safetensors": ""}, load_model, ValueError),
+    (
+        "model.safetensors.index.json",
+        {"config.json": json.dumps(Wav2Vec2Config().to_hf_dict())},
+        load_model,
+        ValueError,
+    ),
+    ("tokenizer_config.json", {"vocab.json": '{"<pad>": 0, "<unk>": 1}'}, load_vocabulary, ValueError),
+    ("preprocessor_config.json", {}, stored_input_normalization, ValueError),
+    # A training workdir's run config.
+    ("config.json", {"checkpoints/1/_CHECKPOINT_METADATA": "{}"}, load_model, ValueError),
+    ("integrity.json", {}, verify_integrity, DamagedCheckpointError),
+    (
+        "language_model/attrs.json",
+        {"language_model/lm.arpa": ""},
+        lambda folder: import_processor_lm(folder, folder / "ours", Vocabulary.from_symbols(["a"])),
+        ValueError,
+    ),
+]
+
+
+def _write(folder: pathlib.Path, files: dict[str, str]) -> None:
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(content)
+
+
+@pytest.mark.parametrize("nested, beside, read, refusal", JSON_READERS)
+def test_json_nested_too_deep_to_parse_is_one_line_naming_the_file(tmp_path, nested, beside, read, refusal):
+    _write(tmp_path, {**beside, nested: NESTED_JSON})
+    with pytest.raises(refusal) as error:
         read(tmp_path)
     message = str(error.value)
     assert message.startswith(f"{tmp_path / nested}: ") and "nested deeper" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("content, found", [("[]", "an array"), ("3", "a number")])
+@pytest.mark.parametrize("name, beside, read, refusal", JSON_READERS)
+def test_json_of_another_type_than_an_object_is_one_line_naming_the_file(
+    tmp_path, name, beside, read, refusal, content, found
+):
+    _write(tmp_path, {**beside, name: content})
+    with pytest.raises(refusal) as error:
+        read(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / name}: ") and "\n" not in message
+    # Alone, or in the reader's own words (a damaged integrity record, not pyctcdecode's attrs.json).
+    assert f"expected a JSON object at the top level, found {found}" in message
+
+
+@pytest.mark.parametrize(
+    "index, problem",
+    [
+        ("{}", 'expected a JSON object as "weight_map", found nothing'),
+        ('{"weight_map": ["model-1.safetensors"]}', 'expected a JSON object as "weight_map", found an array'),
+        ('{"weight_map": {"w": 1}}', 'expected a file name for each weight of "weight_map"'),
+        ('{"weight_map": {"w": ["model-1.safetensors"]}}', 'expected a file name for each weight of "weight_map"'),
+    ],
+)
+def test_a_safetensors_index_without_a_map_of_file_names_is_one_line(tmp_path, index, problem):
+    _write(tmp_path, {"config.json": json.dumps(Wav2Vec2Config().to_hf_dict()), "model.safetensors.index.json": index})
+    with pytest.raises(ValueError) as error:
+        load_model(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'model.safetensors.index.json'}: {problem}"
 
 
 def test_a_real_array_still_reads_with_its_copy_counted(tmp_path):

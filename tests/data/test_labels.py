@@ -160,10 +160,14 @@ def test_corpus_labels_regenerate_identically_and_match_manifests(tmp_path):
     assert {p.name for p in written} <= shipped
 
 
-def test_corpus_metadata_nested_too_deep_to_parse_is_named_with_its_line(tmp_path):
-    (tmp_path / "metadata.jsonl").write_text('{"path": "a.flac", "text": "a"}\n' + NESTED_JSON + "\n")
+@pytest.mark.parametrize(
+    "line, problem",
+    [(NESTED_JSON, "JSON nested deeper .*"), ('"b.flac"', "expected a JSON object at the top level, found a string")],
+)
+def test_corpus_metadata_that_is_unreadable_is_named_with_its_line(tmp_path, line, problem):
+    (tmp_path / "metadata.jsonl").write_text('{"path": "a.flac", "text": "a"}\n' + line + "\n")
     path = re.escape(str(tmp_path / "metadata.jsonl"))
-    with pytest.raises(ValueError, match=rf"^{path}: JSON nested deeper .* \(line 2\)$"):
+    with pytest.raises(ValueError, match=rf"^{path}: {problem} \(line 2\)$"):
         write_corpus_labels(tmp_path)
 
 

@@ -140,15 +140,30 @@ def test_a_finished_set_is_verified_and_damage_is_named(tmp_path):
         make_train_iterator(out, **COMMON)
 
 
-def test_json_nested_too_deep_to_parse_is_one_line_naming_the_descriptor_or_the_record(tmp_path):
-    (tmp_path / shards.DESCRIPTOR).write_text(NESTED_JSON)
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (NESTED_JSON, "JSON nested deeper .* allows"),
+        ("[]", "expected a JSON object at the top level, found an array"),
+        ('"a.wav"', "expected a JSON object at the top level, found a string"),
+    ],
+)
+def test_unreadable_json_is_one_line_naming_the_descriptor_the_record_or_the_progress_line(tmp_path, text, problem):
+    (tmp_path / shards.DESCRIPTOR).write_text(text)
     descriptor = re.escape(str(tmp_path / shards.DESCRIPTOR))
-    with pytest.raises(ValueError, match=rf"^{descriptor}: JSON nested deeper .* allows$"):
+    with pytest.raises(ValueError, match=rf"^{descriptor}: {problem}$"):
         manifest.load_manifest(tmp_path)
-    header = NESTED_JSON.encode()
+    header = text.encode()
     record = struct.pack("<I", len(header)) + header + b"RIFF"
-    with pytest.raises(ValueError, match=r"^the shard record of a\.wav's header: JSON nested deeper .* allows$"):
+    with pytest.raises(ValueError, match=rf"^the shard record of a\.wav's header: {problem}$"):
         shards.decode_record(record, "the shard record of a.wav")
+    _corpus(tmp_path / "corpus", [MIN])
+    out = tmp_path / "stopped"
+    out.mkdir()
+    (out / shard_preparation.PROGRESS).write_text(f"{text}\n")
+    progress = re.escape(str(out / shard_preparation.PROGRESS))
+    with pytest.raises(ValueError, match=rf"^{progress}: {problem} \(line 1\)$"):
+        shard_preparation.prepare_shards(tmp_path / "corpus" / "m.tsv", out)
 
 
 def test_labels_in_shards_give_the_manifests_labelled_batches_and_several_corpora_mix(tmp_path):

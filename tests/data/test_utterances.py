@@ -68,10 +68,18 @@ def test_the_speaker_is_the_voice_variant_in_every_language():
     assert [u.voice for u in loaded] == ["en-us+f2", "fr+m3"] and [u.speaker for u in loaded] == ["f2", "m3"]
 
 
-def test_metadata_lines_are_read_and_one_nested_too_deep_is_named_with_its_line(tmp_path):
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (NESTED_JSON, "JSON nested deeper .*"),
+        ('"b.flac"', "expected a JSON object at the top level, found a string"),
+        ('["b.flac"]', "expected a JSON object at the top level, found an array"),
+    ],
+)
+def test_metadata_lines_are_read_and_an_unreadable_one_is_named_with_its_line(tmp_path, line, problem):
     path = tmp_path / "metadata.jsonl"
     path.write_text('{"path": "a.flac", "text": "x"}\n\n{"path": "b.flac"}\n')
     assert read_metadata(path) == {"a.flac": {"path": "a.flac", "text": "x"}, "b.flac": {"path": "b.flac"}}
-    path.write_text('{"path": "a.flac"}\n' + NESTED_JSON + "\n")
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: JSON nested deeper .* \(line 2\)$"):
+    path.write_text('{"path": "a.flac"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: {problem} \(line 2\)$"):
         read_metadata(path)

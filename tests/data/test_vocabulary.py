@@ -129,9 +129,16 @@ def test_bad_vocabularies_are_named(tmp_path):
         Vocabulary.load(tmp_path)
 
 
-def test_a_vocabulary_nested_too_deep_to_parse_is_one_line_naming_it(tmp_path):
-    (tmp_path / "vocab.json").write_text(NESTED_JSON)
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'vocab.json'))}: JSON nested deeper"):
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (NESTED_JSON, "JSON nested deeper"),
+        ('["<pad>", "<unk>"]', "expected a JSON object at the top level, found an array$"),
+    ],
+)
+def test_a_vocabulary_that_is_no_json_object_is_one_line_naming_it(tmp_path, text, problem):
+    (tmp_path / "vocab.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'vocab.json'))}: {problem}"):
         Vocabulary.load(tmp_path)
 
 

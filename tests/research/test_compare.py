@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +55,12 @@ def test_read_curve_file_csv_and_jsonl(tmp_path):
         compare.read_curve_file(tmp_path / "run.txt")
     with pytest.raises(ValueError, match="does not exist"):
         compare.read_curve_file(tmp_path / "missing.csv")
+    (tmp_path / "rows.jsonl").write_text('{"step": 10, "loss": 1.5}\n3.0\n')
+    name = re.escape(str(tmp_path / "rows.jsonl"))
+    with pytest.raises(
+        ValueError, match=rf"^{name}: expected a JSON object at the top level, found a number \(line 2\)$"
+    ):
+        compare.read_curve_file(tmp_path / "rows.jsonl")
 
 
 def test_comparison_settings_make_a_comparable_run():

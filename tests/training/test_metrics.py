@@ -228,8 +228,8 @@ def test_unreadable_lines_are_counted_named_and_kept_aside_on_resume(tmp_path, c
     assert aside == [lines[2], lines[3], lines[6]]
 
 
-def test_a_line_nested_too_deep_to_parse_is_unreadable_like_any_other(tmp_path):
+def test_a_line_nested_too_deep_to_parse_or_of_another_type_is_unreadable_like_any_other(tmp_path):
     path = tmp_path / METRICS_FILE
-    path.write_text(f'{{"step": 1}}\n{NESTED_JSON}\n{{"step": 2}}\n')
+    path.write_text(f'{{"step": 1}}\n{NESTED_JSON}\n["step"]\n"step"\n{{"step": 2}}\n')
     records = read_metrics(path)
-    assert records == [{"step": 1}, {"step": 2}] and records.unreadable == [2]
+    assert records == [{"step": 1}, {"step": 2}] and records.unreadable == [2, 3, 4]

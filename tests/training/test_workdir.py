@@ -391,12 +391,16 @@ def test_a_sweep_point_in_use_exits_with_one_line(tmp_path, env):
     assert "Traceback" not in proc.stderr
 
 
-def test_a_stored_config_nested_too_deep_to_parse_is_one_line(tmp_path):
-    (tmp_path / run_layout.CONFIG_FILE).write_text(NESTED_JSON)
+@pytest.mark.parametrize(
+    "text, problem",
+    [(NESTED_JSON, "JSON nested deeper"), ('[{"seed": 0}]', "expected a JSON object at the top level, found an array")],
+)
+def test_a_stored_config_that_is_no_json_object_is_one_line(tmp_path, text, problem):
+    (tmp_path / run_layout.CONFIG_FILE).write_text(text)
     with pytest.raises(SystemExit) as info, run_faults_exit(tmp_path):
         workdir.prepare_config(tmp_path, {"seed": 0}, '{"seed": 0}', has_checkpoints=True)
     message = str(info.value)
-    assert message.startswith(f"{tmp_path / run_layout.CONFIG_FILE}: JSON nested deeper") and "\n" not in message
+    assert message.startswith(f"{tmp_path / run_layout.CONFIG_FILE}: {problem}") and "\n" not in message
     assert message.endswith("the checkpoints can't be checked against it")
 
 

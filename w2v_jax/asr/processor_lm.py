@@ -65,7 +65,7 @@ def export_processor_lm(
     folder = Path(folder)
     # The pipeline loads the LM decoder when the feature extractor names an LM processor.
     preprocessor = folder / PREPROCESSOR_FILE
-    settings = read_json(preprocessor)
+    settings = read_json(preprocessor, expect=dict)
     preprocessor.write_text(json.dumps({**settings, "processor_class": PROCESSOR_CLASS}, indent=2) + "\n")
     (folder / ALPHABET_FILE).write_text(json.dumps({"labels": alphabet_labels(vocabulary), "is_bpe": False}))
     lm_dir = folder / LM_DIR
@@ -115,7 +115,7 @@ def import_processor_lm(
     if len(models) != 1:
         raise ValueError(f"{source_dir}: expected one KenLM file (.arpa, .bin or .binary), found {len(models)}")
     try:
-        attrs = read_json(attrs_path)
+        attrs = read_json(attrs_path, expect=dict)
     except JSONFileError as error:
         raise ValueError(f"{attrs_path}: not pyctcdecode's attrs.json ({error.problem})") from None
     try:

@@ -461,8 +461,8 @@ class Checkpointer:
         if (path / INTEGRITY_ITEM).is_dir():
             return True
         try:
-            items = read_json(path / "_CHECKPOINT_METADATA")["item_handlers"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+            items = read_json(path / "_CHECKPOINT_METADATA", expect=dict)["item_handlers"]
+        except (FileNotFoundError, ValueError, KeyError) as error:
             raise CorruptCheckpointError(
                 f"checkpoint {path} is corrupt or incomplete: its metadata is missing or unreadable "
                 f"({_first_line(error)})"

@@ -109,10 +109,10 @@ def verify_integrity(folder: str | os.PathLike) -> None:
     if not path.is_file():
         return
     try:
-        recorded = read_json(path)["sha256"]
+        recorded = read_json(path, expect=dict)["sha256"]
     except JSONFileError as error:
         raise DamagedCheckpointError(f"{path}: damaged integrity record ({error.problem})") from None
-    except (KeyError, TypeError) as error:
+    except KeyError as error:
         raise DamagedCheckpointError(f"{path}: damaged integrity record ({error})") from None
     if not isinstance(recorded, dict):
         raise DamagedCheckpointError(f"{path}: damaged integrity record (sha256 is not a mapping)")

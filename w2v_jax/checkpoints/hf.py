@@ -42,7 +42,7 @@ from w2v_jax.checkpoints.weights import Model, ParamPath, check_stored_weights, 
 from w2v_jax.config import Wav2Vec2Config
 from w2v_jax.data.audio import SAMPLE_RATE
 from w2v_jax.data.vocabulary import VOCAB_FILE, Vocabulary
-from w2v_jax.json_files import read_json
+from w2v_jax.json_files import member, read_json
 
 CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -177,7 +177,10 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return safetensors.numpy.load_file(folder / "model.safetensors")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(read_json(index)["weight_map"].values()))
+        weight_map = member(read_json(index, expect=dict), "weight_map", dict, index)
+        if not all(isinstance(shard, str) for shard in weight_map.values()):
+            raise ValueError(f'{index}: expected a file name for each weight of "weight_map"')
+        shards = sorted(set(weight_map.values()))
         return {k: v for shard in shards for k, v in safetensors.numpy.load_file(folder / shard).items()}
     if (folder / "pytorch_model.bin").is_file():
         return _read_pytorch_bin(folder / "pytorch_model.bin")
@@ -319,7 +322,7 @@ def load_vocabulary(path: str | os.PathLike) -> Vocabulary | None:
         return None
     names = {}
     if (folder / "tokenizer_config.json").is_file():
-        settings = read_json(folder / "tokenizer_config.json")
+        settings = read_json(folder / "tokenizer_config.json", expect=dict)
         names = {
             k: settings[k]
             for k in ("pad_token", "unk_token", "word_delimiter_token")

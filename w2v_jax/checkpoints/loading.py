@@ -85,7 +85,7 @@ def load_torch_file(path: str | os.PathLike) -> FairseqImport | Fairseq2Import:
 def _load_workdir(folder: pathlib.Path, step: int | None) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
     """Restores the model's variables of a training run's checkpoint onto this process's first device
     (whatever devices and processes wrote it); the optimizer state is never read."""
-    config = ml_collections.ConfigDict(read_json(folder / CONFIG_FILE))
+    config = ml_collections.ConfigDict(read_json(folder / CONFIG_FILE, expect=dict))
     # A fine-tuning run's config names its labels; its model (the pretrained architecture with the
     # vocabulary's head) and a continued pretraining run's (the init checkpoint's architecture) are
     # in model_config.json: their run config's `model` section is not the model.
@@ -169,7 +169,7 @@ def stored_input_normalization(path: str | os.PathLike) -> bool | None:
     """Whether a checkpoint folder's inputs are normalised per utterance, as its
     `preprocessor_config.json` says (`do_normalize`, True when it names none); None without the file."""
     preprocessor = pathlib.Path(path) / hf.PREPROCESSOR_FILE
-    return bool(read_json(preprocessor).get("do_normalize", True)) if preprocessor.is_file() else None
+    return bool(read_json(preprocessor, expect=dict).get("do_normalize", True)) if preprocessor.is_file() else None
 
 
 def input_normalization(path: str | os.PathLike) -> bool:

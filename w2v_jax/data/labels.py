@@ -237,7 +237,7 @@ def write_corpus_labels(corpus_dir: str | os.PathLike, splits: Sequence[str] = (
     without pauses. Rows follow the manifest. Returns the files written.
     """
     corpus_dir = Path(corpus_dir)
-    by_path = {row["path"]: row for row in read_json_lines(corpus_dir / "metadata.jsonl")}
+    by_path = {row["path"]: row for row in read_json_lines(corpus_dir / "metadata.jsonl", expect=dict)}
     written = []
     for split in splits:
         manifest_path = corpus_dir / f"{split}.tsv"

@@ -70,7 +70,7 @@ def _read_progress(out: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
     # The last line may be cut short by the stop: only lines that end are records.
-    records = [loads(line, path, line=number) for number, line in enumerate(lines[:-1], start=1)]
+    records = [loads(line, path, line=number, expect=dict) for number, line in enumerate(lines[:-1], start=1)]
     if not records:
         return []  # stopped before its settings were recorded
     if records[0] != settings:

@@ -82,7 +82,7 @@ def decode_record(record: bytes, source: str = "a shard record") -> tuple[dict[s
     end = _HEADER_LENGTH.size + length
     if end > len(record):
         raise ValueError(f"{source}'s header claims {length} bytes, the record holds {len(record)}")
-    return loads(record[_HEADER_LENGTH.size : end], f"{source}'s header"), record[end:]
+    return loads(record[_HEADER_LENGTH.size : end], f"{source}'s header", expect=dict), record[end:]
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -186,7 +186,7 @@ def open_shard_set(path: str | os.PathLike) -> ShardSet:
     descriptor_file = descriptor_path(path)
     if descriptor_file is None:
         raise ValueError(f"{path}: not a shard set (no {DESCRIPTOR})")
-    descriptor = read_json(descriptor_file)
+    descriptor = read_json(descriptor_file, expect=dict)
     if descriptor.get("format") != FORMAT:
         raise ValueError(f"{descriptor_file}: not a {FORMAT} descriptor (format={descriptor.get('format')!r})")
     folder = descriptor_file.parent

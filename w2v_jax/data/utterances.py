@@ -55,7 +55,7 @@ class Utterance:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, dict]:
     """A corpus' `metadata.jsonl` keyed by each record's manifest path."""
-    return {record["path"]: record for record in read_json_lines(path)}
+    return {record["path"]: record for record in read_json_lines(path, expect=dict)}
 
 
 def load_utterances(

@@ -93,8 +93,8 @@ class Vocabulary:
             path = path / VOCAB_FILE
         if not path.is_file():
             raise ValueError(f"{path}: no such vocabulary file")
-        mapping = read_json(path)
-        if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+        mapping = read_json(path, expect=dict)
+        if not all(isinstance(v, int) for v in mapping.values()):
             raise ValueError(
                 f"{path}: expected a flat JSON object token -> integer id (per-language vocabularies are not supported)"
             )

@@ -195,7 +195,7 @@ def read_curve_file(path: str | os.PathLike, metric: str = "loss") -> tuple[np.n
     if not path.is_file():
         raise ValueError(f"curve file {path} does not exist")
     if path.suffix in (".jsonl", ".json"):
-        rows = read_json_lines(path)
+        rows = read_json_lines(path, expect=dict)
     elif path.suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))

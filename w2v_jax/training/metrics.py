@@ -78,10 +78,10 @@ def _parse(path: str | os.PathLike) -> tuple[MetricRecords, list[str]]:
             if not line.strip():
                 continue
             try:
-                record = loads(line, path, line=number)
+                record = loads(line, path, line=number, expect=dict)
             except JSONFileError:
                 record = None
-            if isinstance(record, dict) and "step" in record:
+            if record is not None and "step" in record:
                 records.append(record)
             else:
                 numbers.append(number)

@@ -215,7 +215,7 @@ def prepare_config(
     path = workdir / CONFIG_FILE
     if has_checkpoints and path.is_file():
         try:
-            stored = read_json(path)
+            stored = read_json(path, expect=dict)
         except JSONFileError as error:
             raise WorkdirError(f"{error}; the checkpoints can't be checked against it") from None
         changes = check_resume_config(stored, config, where=str(path))
