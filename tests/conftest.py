@@ -22,6 +22,34 @@ from w2v_jax.data.shard_preparation import prepare_shards
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# Fixtures of the session's training runs (`tiny_pretraining`, `tiny_finetuning`: the longest set-up of
+# the suite) and of launcher subprocesses, by which `pytest_collection_modifyitems` orders the files.
+SHARED_RUNS = ("tiny_pretraining", "tiny_finetuning")
+LAUNCHER_RUNS = ("env", "long_run_env")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Orders the test files so that pytest-xdist's work stealing (`--dist worksteal`, setup.cfg) keeps
+    both workers busy to the end: each worker starts on one half of this order and an idle one takes
+    the end of the other's queue. First the files that read the session's training runs, so that one
+    worker builds them at the start and the other never waits for them; then the files with the most
+    slow or launcher tests; the quick in-process files last, the ones an idle worker takes. Each
+    file's tests stay together (its module fixtures are built once) and in their order."""
+
+    def heavy(item: pytest.Item) -> bool:
+        return item.get_closest_marker("slow") is not None or any(n in item.fixturenames for n in LAUNCHER_RUNS)
+
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def rank(tests: list[pytest.Item]) -> tuple[bool, int]:
+        reads_shared_runs = any(n in item.fixturenames for item in tests for n in SHARED_RUNS)
+        return not reads_shared_runs, -sum(map(heavy, tests))
+
+    items[:] = [item for tests in sorted(files.values(), key=rank) for item in tests]
+
+
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> pathlib.Path:
     """A folder of the whole test session, shared by pytest-xdist's workers (which run in parallel:
